@@ -1,0 +1,11 @@
+"""Entry point: ``python -m services.auth``."""
+
+from services.auth.app import create_app
+from services.auth.config import AuthConfig
+from shared.logs import configure
+from shared.serve import run_http
+
+if __name__ == "__main__":
+    configure("auth")
+    config = AuthConfig.from_env()
+    run_http(create_app(config), config.host, config.port)

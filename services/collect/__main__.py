@@ -1,0 +1,11 @@
+"""Entry point: ``python -m services.collect``."""
+
+from services.collect.app import create_app
+from services.collect.config import CollectConfig
+from shared.logs import configure
+from shared.serve import run_http
+
+if __name__ == "__main__":
+    configure("collect")
+    config = CollectConfig.from_env()
+    run_http(create_app(config), config.host, config.port)

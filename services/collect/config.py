@@ -1,0 +1,66 @@
+"""collect's settings, from the environment.
+
+========================  ==========================  ==============================================
+variable                  default                     meaning
+========================  ==========================  ==============================================
+COLLECT_HOST / _PORT      127.0.0.1 / 8002            where collect listens
+COLLECT_API_KEYS          demo:dev-api-key            ``name:key`` pairs, comma-separated, one per business system
+REDIS_URL                 redis://127.0.0.1:6379/0    Redis holding the delivery stream
+MONGO_URL / MONGO_DB      mongodb://127.0.0.1:27017/  MongoDB (or FerretDB) storing messages / database ``push``
+MAX_BODY_BYTES            1048576                     largest request body (413 above)
+MAX_PAYLOAD_BYTES         65536                       largest single payload, JSON-encoded (413 above)
+MAX_BATCH                 1000                        most messages in one ``{"messages": [...]}`` post
+MAX_RECIPIENTS            1000                        most ``user_ids`` in one message
+MESSAGE_TTL_SECONDS       604800                      default lifetime of an undelivered message (7 days)
+========================  ==========================  ==============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_API_KEYS, check_secrets, env
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """``"shop:k1,billing:k2"`` -> ``{"k1": "shop", "k2": "billing"}`` (key -> sender name)."""
+    keys = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        name, sep, key = pair.partition(":")
+        if not sep or not name or not key:
+            raise SystemExit(f"collect: COLLECT_API_KEYS entry {pair!r} is not name:key")
+        keys[key] = name
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class CollectConfig:
+    host: str
+    port: int
+    api_keys: dict[str, str]
+    redis_url: str
+    mongo_url: str
+    mongo_db: str
+    max_body_bytes: int
+    max_payload_bytes: int
+    max_batch: int
+    max_recipients: int
+    message_ttl_seconds: int
+
+    @classmethod
+    def from_env(cls) -> CollectConfig:
+        raw_keys = env("COLLECT_API_KEYS", DEV_API_KEYS)
+        check_secrets("collect", COLLECT_API_KEYS=(raw_keys, DEV_API_KEYS))
+        return cls(
+            host=env("COLLECT_HOST", "127.0.0.1"),
+            port=env("COLLECT_PORT", 8002),
+            api_keys=parse_api_keys(raw_keys),
+            redis_url=env("REDIS_URL", DEFAULT_REDIS_URL),
+            mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
+            mongo_db=env("MONGO_DB", "push"),
+            max_body_bytes=env("MAX_BODY_BYTES", 1024 * 1024),
+            max_payload_bytes=env("MAX_PAYLOAD_BYTES", 64 * 1024),
+            max_batch=env("MAX_BATCH", 1000),
+            max_recipients=env("MAX_RECIPIENTS", 1000),
+            message_ttl_seconds=env("MESSAGE_TTL_SECONDS", 7 * 24 * 3600),
+        )

@@ -1,0 +1,11 @@
+"""Entry point: ``python -m services.dispatch``."""
+
+from services.dispatch.app import create_app
+from services.dispatch.config import DispatchConfig
+from shared.logs import configure
+from shared.serve import run_http
+
+if __name__ == "__main__":
+    configure("dispatch")
+    config = DispatchConfig.from_env()
+    run_http(create_app(config), config.host, config.port)

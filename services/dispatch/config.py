@@ -1,0 +1,58 @@
+"""dispatch's settings, from the environment.
+
+=========================  ==========================  ============================================
+variable                   default                     meaning
+=========================  ==========================  ============================================
+DISPATCH_HOST / _PORT      127.0.0.1 / 8003            where ``/healthz`` and ``/metrics`` listen
+DISPATCH_CONSUMER          ``{hostname}-{pid}``        this instance's name in the consumer group
+REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes
+INTERNAL_KEY               dev-internal-key            Bearer key presented to push nodes
+BATCH_SIZE                 500                         most stream entries read at once
+BATCH_BYTES                900000                      most frame bytes sent to a node in one batch
+BLOCK_MS                   1000                        how long one stream read waits for entries
+CLAIM_IDLE_MS              10000                       unacknowledged entries older than this are retried
+LINK_TIMEOUT_SECONDS       5                           how long a node may take to accept a batch
+NODES_REFRESH_SECONDS      1                           how stale the cached list of live nodes may be
+=========================  ==========================  ============================================
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from shared.config import DEFAULT_REDIS_URL, DEV_INTERNAL_KEY, check_secrets, env
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    host: str
+    port: int
+    consumer: str
+    redis_url: str
+    internal_key: str
+    batch_size: int
+    batch_bytes: int
+    block_ms: int
+    claim_idle_ms: int
+    link_timeout: float
+    nodes_refresh: float
+
+    @classmethod
+    def from_env(cls) -> DispatchConfig:
+        internal_key = env("INTERNAL_KEY", DEV_INTERNAL_KEY)
+        check_secrets("dispatch", INTERNAL_KEY=(internal_key, DEV_INTERNAL_KEY))
+        return cls(
+            host=env("DISPATCH_HOST", "127.0.0.1"),
+            port=env("DISPATCH_PORT", 8003),
+            consumer=env("DISPATCH_CONSUMER", f"{socket.gethostname()}-{os.getpid()}"),
+            redis_url=env("REDIS_URL", DEFAULT_REDIS_URL),
+            internal_key=internal_key,
+            batch_size=env("BATCH_SIZE", 500),
+            batch_bytes=env("BATCH_BYTES", 900_000),
+            block_ms=env("BLOCK_MS", 1000),
+            claim_idle_ms=env("CLAIM_IDLE_MS", 10_000),
+            link_timeout=env("LINK_TIMEOUT_SECONDS", 5.0),
+            nodes_refresh=env("NODES_REFRESH_SECONDS", 1.0),
+        )

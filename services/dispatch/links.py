@@ -1,0 +1,103 @@
+"""Persistent, authenticated websocket links from dispatch to push nodes: one per node, many batches in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from shared.protocol import BatchResult, DeliverBatch, Delivery
+from shared.routing import NodeCard
+
+log = logging.getLogger(__name__)
+
+
+class LinkDown(Exception):
+    """The node could not take the batch (unreachable, closed, or too slow): leave it for a retry."""
+
+
+class NodeLink:
+    def __init__(self, card: NodeCard, key: str, timeout: float) -> None:
+        self.card = card
+        self.key = key
+        self.timeout = timeout
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[BatchResult]] = {}
+        self._ids = itertools.count(1)
+        self._connecting = asyncio.Lock()
+
+    async def _connection(self) -> ClientConnection:
+        async with self._connecting:
+            if self._ws is None:
+                try:
+                    self._ws = await connect(
+                        self.card.link_url, additional_headers={"Authorization": f"Bearer {self.key}"},
+                        compression=None, open_timeout=self.timeout, max_size=None,
+                    )
+                except (OSError, WebSocketException, TimeoutError) as exc:
+                    raise LinkDown(f"cannot reach {self.card.id}: {exc!r}") from None
+                self._reader = asyncio.create_task(self._read(self._ws))
+                log.info("link open", extra={"node": self.card.id})
+            return self._ws
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for data in ws:
+                result = BatchResult.decode(data)
+                waiter = self._pending.pop(result.batch, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(result)
+        except (ConnectionClosed, Exception) as exc:  # any failure ends the link; senders retry
+            log.warning("link lost", extra={"node": self.card.id, "error": repr(exc)})
+        finally:
+            if self._ws is ws:
+                self._ws = None
+            for waiter in self._pending.values():
+                if not waiter.done():
+                    waiter.set_exception(LinkDown(f"link to {self.card.id} closed"))
+            self._pending.clear()
+
+    async def send(self, items: list[Delivery]) -> BatchResult:
+        ws = await self._connection()
+        batch = DeliverBatch(next(self._ids), tuple(items))
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending[batch.batch] = waiter
+        try:
+            await ws.send(batch.encode())
+            return await asyncio.wait_for(waiter, self.timeout)
+        except (ConnectionClosed, TimeoutError) as exc:
+            raise LinkDown(f"{self.card.id}: {exc!r}") from None
+        finally:
+            self._pending.pop(batch.batch, None)
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class LinkPool:
+    """The links to the currently live nodes; a node that disappears has its link closed."""
+
+    def __init__(self, key: str, timeout: float) -> None:
+        self.key = key
+        self.timeout = timeout
+        self.links: dict[str, NodeLink] = {}
+
+    def get(self, card: NodeCard) -> NodeLink:
+        link = self.links.get(card.id)
+        if link is None or link.card.link_url != card.link_url:
+            link = self.links[card.id] = NodeLink(card, self.key, self.timeout)
+        return link
+
+    async def retain(self, live: set[str]) -> None:
+        for node_id in [n for n in self.links if n not in live]:
+            await self.links.pop(node_id).close()
+
+    async def close(self) -> None:
+        await self.retain(set())

@@ -1,0 +1,120 @@
+"""The dispatch loop: read the stream, find each user's live nodes, forward in batches, acknowledge.
+
+An entry is acknowledged once every node holding its user accepted it, or at once if the user has
+no live route (the message stays stored in MongoDB). If a node fails, the entry stays pending in the
+consumer group and is claimed again after ``claim_idle_ms``, by this or another instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+from redis.exceptions import RedisError
+
+from services.dispatch.config import DispatchConfig
+from services.dispatch.links import LinkDown, LinkPool
+from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, LIVE_NODES, RETRIED, UNROUTED
+from shared.metrics import MESSAGES_IN, MESSAGES_OUT
+from shared.protocol import Delivery
+from shared.retry import Backoff
+from shared.routing import NodeCard, RouteReader
+from shared.stream import DeliveryStream, StreamEntry
+
+log = logging.getLogger(__name__)
+
+
+def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]]:
+    """Split so each batch stays under the node's frame limit (a single oversized item goes alone)."""
+    chunks: list[list[Delivery]] = [[]]
+    size = 0
+    for item in items:
+        cost = len(item.frame) + len(item.user_id) + len(item.message_id) + 32
+        if chunks[-1] and size + cost > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += cost
+    return [c for c in chunks if c]
+
+
+class Router:
+    def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool) -> None:
+        self.config = config
+        self.stream = stream
+        self.routes = routes
+        self.links = links
+        self._nodes: dict[str, NodeCard] = {}
+        self._nodes_at = 0.0
+        self.last_cycle = 0.0
+
+    async def live_nodes(self) -> dict[str, NodeCard]:
+        if time.monotonic() - self._nodes_at >= self.config.nodes_refresh:
+            self._nodes = await self.routes.live_nodes()
+            self._nodes_at = time.monotonic()
+            LIVE_NODES.set(len(self._nodes))
+            await self.links.retain(set(self._nodes))
+        return self._nodes
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        next_claim = 0.0
+        group_ready = False
+        while True:
+            try:
+                if not group_ready:
+                    await self.stream.ensure_group()
+                    group_ready = True
+                entries: list[StreamEntry] = []
+                if time.monotonic() >= next_claim:
+                    entries = await self.stream.claim_stale(self.config.consumer, self.config.claim_idle_ms, self.config.batch_size)
+                    next_claim = time.monotonic() + self.config.claim_idle_ms / 2000
+                if not entries:
+                    entries = await self.stream.read(self.config.consumer, self.config.batch_size, self.config.block_ms)
+                if entries:
+                    await self.forward(entries)
+                backoff.succeeded()
+                self.last_cycle = time.time()
+            except RedisError as exc:
+                group_ready = "NOGROUP" not in str(exc)  # Redis lost its data: recreate the group
+                await backoff.failed(log, "stream read", exc)
+
+    async def forward(self, entries: list[StreamEntry]) -> None:
+        start = time.perf_counter()
+        MESSAGES_IN.inc(len(entries))
+        nodes = await self.live_nodes()
+        users = list({e.delivery.user_id for e in entries})
+        routes = await self.routes.lookup(users, nodes)
+        per_node: defaultdict[str, list[StreamEntry]] = defaultdict(list)
+        done: list[str] = []
+        for entry in entries:
+            targets = routes.get(entry.delivery.user_id)
+            if not targets:
+                UNROUTED.inc()
+                done.append(entry.entry_id)
+                continue
+            for node_id in targets:
+                per_node[node_id].append(entry)
+        failed = set()
+        results = await asyncio.gather(*(self.send(nodes[n], batch) for n, batch in per_node.items()))
+        for ok, batch in zip(results, per_node.values()):
+            if not ok:
+                failed.update(e.entry_id for e in batch)
+        done.extend(e.entry_id for e in entries if e.entry_id not in failed and e.delivery.user_id in routes)
+        await self.stream.ack(done)
+        RETRIED.inc(len(failed))
+        MESSAGES_OUT.inc(len(entries) - len(failed))
+        BATCH_SECONDS.observe(time.perf_counter() - start)
+
+    async def send(self, card: NodeCard, entries: list[StreamEntry]) -> bool:
+        link = self.links.get(card)
+        try:
+            for chunk in chunk_by_bytes([e.delivery for e in entries], self.config.batch_bytes):
+                await link.send(chunk)
+                FORWARDED.inc(len(chunk))
+        except LinkDown as exc:
+            log.warning("node did not take the batch; will retry", extra={"node": card.id, "error": str(exc), "count": len(entries)})
+            return False
+        return True

@@ -1,0 +1,71 @@
+"""A push node's settings, from the environment.
+
+=======================  ==============================  ===========================================
+variable                 default                         meaning
+=======================  ==============================  ===========================================
+PUSH_HOST / PUSH_PORT    127.0.0.1 / 8101                where the node listens (``/ws``, ``/internal``)
+PUSH_NODE_ID             ``{host}:{port}``               the node's name in Redis routes
+PUSH_PUBLIC_URL          ``ws://{host}:{port}/ws``       the URL browsers are given for this node
+AUTH_URL                 http://127.0.0.1:8001           auth, asked to verify tokens
+REDIS_URL                redis://127.0.0.1:6379/0        Redis holding routes and node cards
+INTERNAL_KEY             dev-internal-key                Bearer key dispatch presents on ``/internal``
+NODE_TTL_SECONDS         30                              a killed node stops being routed to within this
+ROUTE_TTL_SECONDS        3600                            garbage-collection TTL of user routes
+TOKEN_CACHE_SIZE         100000                          verified tokens kept until they expire
+PING_INTERVAL_SECONDS    20                              websocket ping/pong keepalive
+MAX_FRAME_BYTES          1048576                         largest frame accepted (client or dispatch)
+SHUTDOWN_GRACE_SECONDS   5                               wait for closing handshakes before cancelling
+=======================  ==============================  ===========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.config import DEFAULT_REDIS_URL, DEV_INTERNAL_KEY, check_secrets, env
+
+
+@dataclass(frozen=True, slots=True)
+class PushConfig:
+    host: str
+    port: int
+    node_id: str
+    public_url: str
+    auth_url: str
+    redis_url: str
+    internal_key: str
+    node_ttl: int
+    route_ttl: int
+    token_cache_size: int
+    ping_interval: float
+    max_frame_bytes: int
+    shutdown_grace: float
+
+    @property
+    def link_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/internal"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.node_ttl / 3
+
+    @classmethod
+    def from_env(cls) -> PushConfig:
+        host, port = env("PUSH_HOST", "127.0.0.1"), env("PUSH_PORT", 8101)
+        internal_key = env("INTERNAL_KEY", DEV_INTERNAL_KEY)
+        check_secrets("push", INTERNAL_KEY=(internal_key, DEV_INTERNAL_KEY))
+        return cls(
+            host=host,
+            port=port,
+            node_id=env("PUSH_NODE_ID", f"{host}:{port}"),
+            public_url=env("PUSH_PUBLIC_URL", f"ws://{host}:{port}/ws"),
+            auth_url=env("AUTH_URL", "http://127.0.0.1:8001"),
+            redis_url=env("REDIS_URL", DEFAULT_REDIS_URL),
+            internal_key=internal_key,
+            node_ttl=env("NODE_TTL_SECONDS", 30),
+            route_ttl=env("ROUTE_TTL_SECONDS", 3600),
+            token_cache_size=env("TOKEN_CACHE_SIZE", 100_000),
+            ping_interval=env("PING_INTERVAL_SECONDS", 20.0),
+            max_frame_bytes=env("MAX_FRAME_BYTES", 1024 * 1024),
+            shutdown_grace=env("SHUTDOWN_GRACE_SECONDS", 5.0),
+        )

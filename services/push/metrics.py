@@ -1,0 +1,15 @@
+"""A push node's own metrics, beside the shared ones."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.metrics import LATENCY_BUCKETS
+
+CONNECTIONS = Gauge("push_connections", "Open browser websocket connections")
+USERS = Gauge("push_users", "Distinct users connected to this node")
+CONNECTS = Counter("push_connects_total", "Browser connections accepted")
+REFUSED = Counter("push_refused_total", "Browser connections closed before use, by close code", ["code"])
+DELIVERED = Counter("push_delivered_total", "Messages written to at least one socket of their user")
+ABSENT = Counter("push_absent_total", "Messages for users not connected here")
+DELIVERY_LATENCY = Histogram(
+    "push_delivery_latency_seconds", "From acceptance by collect to the write on a socket", buckets=LATENCY_BUCKETS
+)

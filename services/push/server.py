@@ -1,0 +1,162 @@
+"""Wiring of a push node: one websockets server for browsers (``/ws``), dispatch (``/internal``),
+``/healthz`` and ``/metrics``, plus the presence loops; and uvicorn-style graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import time
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import orjson
+from redis.exceptions import RedisError
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from services.push.config import PushConfig
+from services.push.hub import Hub
+from services.push.identity import TokenVerifier
+from services.push.link import serve_link
+from services.push.metrics import CONNECTS, REFUSED
+from services.push.presence import Presence
+from shared.clients import redis_client
+from shared.errors import ServiceError, Unauthorized
+from shared.metrics import ERRORS, exposition
+from shared.protocol import AckFrame, PingFrame, PongFrame, WelcomeFrame, parse_client_frame
+from shared.routing import NodeCard, RouteWriter, now_ms
+
+log = logging.getLogger(__name__)
+
+
+def http_response(status: int, body: bytes, content_type: str = "application/json") -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def token_of(request: Request) -> str | None:
+    """The token from ``?token=`` (browsers cannot set headers) or an ``Authorization: Bearer`` header."""
+    query = parse_qs(urlsplit(request.path).query)
+    if query.get("token"):
+        return query["token"][0]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class PushNode:
+    def __init__(self, config: PushConfig) -> None:
+        self.config = config
+        self.hub = Hub()
+        self.redis = redis_client(config.redis_url)
+        self.writer = RouteWriter(self.redis, config.node_id, config.route_ttl, config.node_ttl)
+        self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)
+        self.verifier: TokenVerifier | None = None
+
+    def card(self) -> NodeCard:
+        c = self.config
+        return NodeCard(c.node_id, c.link_url, c.public_url, self.hub.connections, len(self.hub), now_ms())
+
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            try:
+                redis_ok = bool(await self.redis.ping())
+            except RedisError:
+                redis_ok = False
+            report = {"ok": redis_ok, "service": "push", "node": self.config.node_id, "redis": redis_ok,
+                      "connections": self.hub.connections, "users": len(self.hub)}
+            return http_response(200 if redis_ok else 503, orjson.dumps(report))
+        if path == "/metrics":
+            body, content_type = exposition()
+            return http_response(200, body, content_type)
+        if path == "/internal":
+            presented = token_of(request) or ""
+            if not hmac.compare_digest(presented, self.config.internal_key):
+                ERRORS.labels(Unauthorized.code).inc()
+                log.warning("dispatch link refused: wrong internal key", extra={"peer": str(connection.remote_address)})
+                return http_response(401, b'{"error":{"code":"unauthorized","message":"wrong internal key"}}')
+            return None
+        if path == "/ws":
+            return None
+        return http_response(404, b'{"error":{"code":"not_found","message":"no such path"}}')
+
+    async def handle(self, ws: ServerConnection) -> None:
+        if urlsplit(ws.request.path).path == "/internal":
+            await serve_link(ws, self.hub)
+        else:
+            await self.client_session(ws)
+
+    async def client_session(self, ws: ServerConnection) -> None:
+        assert self.verifier is not None
+        try:
+            identity = await self.verifier.verify(token_of(ws.request))
+        except ServiceError as exc:
+            await self.refuse(ws, exc, None)
+            return
+        user = identity.user_id
+        self.hub.add(user, ws)
+        try:
+            await self.presence.arrived(user)
+            await ws.send(WelcomeFrame(user, self.config.node_id).encode())
+            CONNECTS.inc()
+            log.info("connected", extra={"user_id": user})
+            async with asyncio.timeout(identity.expires_at - time.time()):
+                async for data in ws:
+                    frame = parse_client_frame(data)
+                    if isinstance(frame, PingFrame):
+                        await ws.send(PongFrame().encode())
+                    elif isinstance(frame, AckFrame):
+                        pass  # acknowledgements are recorded by the delivery-guarantee layer
+        except TimeoutError:
+            await self.refuse(ws, Unauthorized("token expired"), user)
+        except ServiceError as exc:
+            await self.refuse(ws, exc, user)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.hub.remove(user, ws)
+            self.presence.left(user)
+            log.info("disconnected", extra={"user_id": user})
+
+    async def refuse(self, ws: ServerConnection, exc: ServiceError, user: str | None) -> None:
+        ERRORS.labels(exc.code).inc()
+        REFUSED.labels(str(exc.close_code)).inc()
+        log.warning("closing connection", extra={"user_id": user, "code": exc.close_code, "error": exc.message})
+        await ws.close(exc.close_code, exc.message[:120])
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT, then: withdraw routes, close sockets with 1001, wait, cancel."""
+        c = self.config
+        stop = asyncio.get_running_loop().create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            self.verifier = TokenVerifier(c.auth_url, session, c.token_cache_size)
+            server = await serve(
+                self.handle, c.host, c.port, process_request=self.process_request, compression=None,
+                ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
+                server_header=None,
+            )
+            loops = [asyncio.create_task(self.presence.run_flusher()), asyncio.create_task(self.presence.run_heartbeat())]
+            log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
+            await stop
+            log.info("shutting down", extra={"node": c.node_id, "count": self.hub.connections})
+            for task in loops:
+                task.cancel()
+            try:
+                await self.presence.withdraw()
+            except RedisError as exc:
+                log.warning("could not withdraw routes; they expire with the node card", extra={"error": repr(exc)})
+            server.close()
+            try:
+                await asyncio.wait_for(server.wait_closed(), c.shutdown_grace)
+            except TimeoutError:
+                log.warning("connections still open after the grace period; cancelling")
+            await self.redis.aclose()
+        log.info("stopped", extra={"node": c.node_id})

@@ -1,0 +1,1 @@
+"""The project's shared library: wire protocol, errors, config, logs, metrics and data access."""

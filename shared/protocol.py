@@ -1,0 +1,166 @@
+"""The wire protocol as plain typed data, free of I/O.
+
+Two links carry frames:
+
+* browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame`` out;
+  ``AckFrame``, ``PingFrame`` in);
+* dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
+
+A ``MessageFrame`` is encoded once, when collect accepts the message, and travels as the exact
+text the browser receives, so no hop re-encodes the payload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import re
+import secrets
+from typing import Any
+
+import orjson
+
+from shared.errors import MalformedRequest
+
+
+def _load(data: str | bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"frame is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedRequest("frame must be a JSON object")
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFrame:
+    """A message for one user, as the browser receives it; ``id`` lets clients drop duplicates."""
+
+    id: str
+    payload: Any
+    ts: int
+
+    def encode(self) -> str:
+        return orjson.dumps({"type": "message", "id": self.id, "payload": self.payload, "ts": self.ts}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class WelcomeFrame:
+    """Sent once the node has registered the connection's route, so a client knows it is reachable."""
+
+    user_id: str
+    node: str
+
+    def encode(self) -> str:
+        return orjson.dumps({"type": "welcome", "user_id": self.user_id, "node": self.node}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class PingFrame:
+    """An application-level ping: browsers cannot send websocket pings themselves."""
+
+
+@dataclass(frozen=True, slots=True)
+class PongFrame:
+    def encode(self) -> str:
+        return '{"type":"pong"}'
+
+
+@dataclass(frozen=True, slots=True)
+class AckFrame:
+    """The client confirms it has handled these message ids."""
+
+    ids: tuple[str, ...]
+
+
+MAX_ACK_IDS = 1000
+
+
+def parse_client_frame(data: str | bytes) -> AckFrame | PingFrame:
+    """Decode a browser frame or raise ``MalformedRequest`` naming what is wrong."""
+    if isinstance(data, bytes):
+        raise MalformedRequest("binary frames are not accepted")
+    obj = _load(data)
+    kind = obj.get("type")
+    if kind == "ping":
+        return PingFrame()
+    if kind == "ack":
+        ids = obj.get("ids", [obj["id"]] if "id" in obj else None)
+        if not isinstance(ids, list) or not ids or len(ids) > MAX_ACK_IDS:
+            raise MalformedRequest(f"ack needs 'id' or 'ids' (1 to {MAX_ACK_IDS} strings)")
+        if not all(isinstance(i, str) for i in ids):
+            raise MalformedRequest("ack ids must be strings")
+        return AckFrame(tuple(ids))
+    raise MalformedRequest(f"unknown frame type {kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for, and until when (seconds since epoch)."""
+
+    user_id: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for one user, with the frame the user's sockets receive and its acceptance time (ms)."""
+
+    message_id: str
+    user_id: str
+    frame: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverBatch:
+    """dispatch -> node: write these deliveries to the users' sockets."""
+
+    batch: int
+    items: tuple[Delivery, ...]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"type": "deliver", "batch": self.batch, "items": [[d.message_id, d.user_id, d.frame, d.ts] for d in self.items]}
+        )
+
+    @classmethod
+    def decode(cls, data: str | bytes) -> DeliverBatch:
+        obj = _load(data)
+        try:
+            items = tuple(Delivery(str(m), str(u), str(f), int(t)) for m, u, f, t in obj["items"])
+            return cls(int(obj["batch"]), items)
+        except (KeyError, TypeError, ValueError):
+            raise MalformedRequest("deliver frame needs 'batch' and 'items' [[id, user, frame, ts], ...]") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """node -> dispatch: the batch is accepted; ``delivered`` lists the indexes written to a socket."""
+
+    batch: int
+    delivered: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"type": "result", "batch": self.batch, "delivered": list(self.delivered)})
+
+    @classmethod
+    def decode(cls, data: str | bytes) -> BatchResult:
+        obj = _load(data)
+        try:
+            return cls(int(obj["batch"]), tuple(int(i) for i in obj["delivered"]))
+        except (KeyError, TypeError, ValueError):
+            raise MalformedRequest("result frame needs 'batch' and 'delivered'") from None
+
+
+def new_message_id(ms: int) -> str:
+    """A unique id that sorts by acceptance time (hex milliseconds, then 40 random bits)."""
+    return f"{ms:012x}{secrets.token_hex(5)}"
+
+
+_USER_ID = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
+
+
+def valid_user_id(value: object) -> bool:
+    """User ids are 1-128 characters of letters, digits and ``_ . @ -`` (so ``:`` can join keys)."""
+    return isinstance(value, str) and _USER_ID.fullmatch(value) is not None

