@@ -48,7 +48,7 @@ class Router:
         self.links = links
         self._nodes: dict[str, NodeCard] = {}
         self._nodes_at = 0.0
-        self.last_cycle = 0.0
+        self.last_cycle = time.time()
 
     async def live_nodes(self) -> dict[str, NodeCard]:
         if time.monotonic() - self._nodes_at >= self.config.nodes_refresh:

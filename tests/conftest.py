@@ -1,0 +1,94 @@
+"""Fixtures that start real servers on free loopback ports: Redis, FerretDB and the services."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import AsyncIterator, Callable, Iterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.client import ClusterClient
+from tools.cluster import Cluster, Proc, Stack, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = Path(os.environ.get("TEST_OUTPUT", ROOT / "test-output"))
+
+
+class Servers:
+    """One Redis and one FerretDB for the whole run; each stack gets its own Redis db and Mongo database."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.redis_port = free_port()
+        self.mongo_port = free_port()
+        self.redis = cluster.start_redis(self.redis_port)
+        self.mongo = cluster.start_ferretdb(self.mongo_port)
+        self._dbs = itertools.count(1)
+
+    @property
+    def mongo_url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.mongo_port}/"
+
+    def new_stack(self, nodes: int = 2, redis_url: str | None = None, **env: str) -> Stack:
+        n = next(self._dbs)
+        return Stack.on_free_ports(redis_url or f"redis://127.0.0.1:{self.redis_port}/{n}", self.mongo_url,
+                                   f"push_test_{n}", nodes, **env)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop_all()
+
+
+@pytest.fixture(scope="session")
+def servers(cluster: Cluster) -> Servers:
+    return Servers(cluster)
+
+
+class RunningStack:
+    """A started stack: its addresses, its processes (to stop or kill), and a client for it."""
+
+    def __init__(self, stack: Stack, procs: dict[str, Proc], client: ClusterClient) -> None:
+        self.stack = stack
+        self.procs = procs
+        self.client = client
+
+    def push(self, index: int) -> Proc:
+        return self.procs[f"push-{self.stack.push_ports[index]}"]
+
+
+@pytest_asyncio.fixture
+async def start_stack(servers: Servers, cluster: Cluster) -> AsyncIterator[Callable[..., RunningStack]]:
+    """Start a fresh, isolated stack of the four services (stopped after the test)."""
+    started: list[RunningStack] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+
+        def start(nodes: int = 2, **env: str) -> RunningStack:
+            stack = servers.new_stack(nodes, **env)
+            running = RunningStack(stack, cluster.start_stack(stack), ClusterClient(stack, session))
+            started.append(running)
+            return running
+
+        yield start
+        for running in started:
+            for proc in reversed(list(running.procs.values())):
+                proc.stop()
+                cluster.procs.remove(proc)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def shared_stack(servers: Servers, cluster: Cluster) -> AsyncIterator[RunningStack]:
+    """One stack shared by a module's tests that do not stop or kill anything."""
+    stack = servers.new_stack(2)
+    procs = cluster.start_stack(stack)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield RunningStack(stack, procs, ClusterClient(stack, session))
+    for proc in reversed(list(procs.values())):
+        proc.stop()
+        cluster.procs.remove(proc)

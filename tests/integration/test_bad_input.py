@@ -1,0 +1,101 @@
+"""Bad input gets a clear 4xx or close code, and every service keeps answering afterwards."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from shared.config import DEV_JWT_KEY
+from tests.client import next_frame
+from tests.conftest import RunningStack
+
+
+async def assert_all_healthy(stack: RunningStack) -> None:
+    assert set((await stack.client.health()).values()) == {200}
+
+
+async def closed_with(ws) -> tuple[int, str]:
+    with pytest.raises(ConnectionClosed) as info:
+        await next_frame(ws)
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+@pytest.mark.parametrize("token", ["", "not-a-jwt", jwt.encode({"sub": "x", "exp": 2**40}, "wrong-key-" * 4, "HS256"),
+                                   jwt.encode({"sub": "x", "exp": 2**40}, None, "none")])
+async def test_bad_token_is_closed_with_4001(shared_stack: RunningStack, token: str) -> None:
+    """A missing, garbled, wrongly signed or unsigned (alg none) token gets close code 4001."""
+    ws = await shared_stack.client.open(token)
+    code, reason = await closed_with(ws)
+    assert code == 4001 and reason
+    await assert_all_healthy(shared_stack)
+
+
+async def test_expired_token_is_closed_with_4001(shared_stack: RunningStack) -> None:
+    """A correctly signed token whose exp has passed gets close code 4001 'token expired'."""
+    token = jwt.encode({"sub": "old", "exp": int(time.time()) - 5}, DEV_JWT_KEY, "HS256")
+    code, reason = await closed_with(await shared_stack.client.open(token))
+    assert (code, reason) == (4001, "token expired")
+    await assert_all_healthy(shared_stack)
+
+
+async def test_token_expiring_during_session_closes_with_4001(shared_stack: RunningStack) -> None:
+    """A connection is closed with 4001 when its token expires, so the client fetches a new one."""
+    c = shared_stack.client
+    ws = await c.open(await c.token("short-lived", ttl_seconds=2))
+    assert (await next_frame(ws))["type"] == "welcome"
+    code, reason = await closed_with(ws)
+    assert (code, reason) == (4001, "token expired")
+
+
+async def test_garbage_frame_is_closed_with_4002(shared_stack: RunningStack) -> None:
+    """A frame that is not JSON gets close code 4002 and the node keeps serving."""
+    ws = await shared_stack.client.connect("garbler")
+    await ws.send("{{{ not json")
+    code, _ = await closed_with(ws)
+    assert code == 4002
+    await assert_all_healthy(shared_stack)
+
+
+async def test_app_ping_gets_pong(shared_stack: RunningStack) -> None:
+    """Browsers, which cannot send websocket pings, get a pong frame for a ping frame."""
+    ws = await shared_stack.client.connect("pinger")
+    await ws.send('{"type": "ping"}')
+    assert await next_frame(ws) == {"type": "pong"}
+    await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"body": {"user_id": "u1", "payload": 1}, "api_key": "wrong"}, 401, "unauthorized"),
+        ({"raw": b'{"user_id": "u1", "payload": '}, 400, "malformed"),
+        ({"body": {"user_id": "u1", "payload": "x" * 70_000}}, 413, "too_large"),
+        ({"raw": b"[" + b"1," * 600_000 + b"1]"}, 413, "too_large"),
+        ({"body": {"user_id": "has space", "payload": 1}}, 422, "invalid"),
+        ({"body": {"payload": 1}}, 422, "invalid"),
+        ({"body": [1, 2]}, 422, "invalid"),
+        ({"body": {"messages": [{"user_id": "u", "payload": 1}] * 1001}}, 413, "too_large"),
+    ],
+    ids=["wrong-api-key", "malformed-json", "payload-over-limit", "body-over-limit", "bad-user-id", "no-user",
+         "not-an-object", "batch-over-limit"],
+)
+async def test_bad_post_gets_clear_4xx(shared_stack: RunningStack, kwargs: dict, status: int, code: str) -> None:
+    """collect answers each kind of bad post with its status and a JSON error code, then stays healthy."""
+    got_status, body = await shared_stack.client.post(**kwargs)
+    assert got_status == status
+    assert body["error"]["code"] == code and body["error"]["message"]
+    await assert_all_healthy(shared_stack)
+
+
+async def test_internal_link_refuses_wrong_key(shared_stack: RunningStack) -> None:
+    """The dispatch link on a push node refuses a client without the internal key (HTTP 401)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as info:
+        await connect(f"ws://127.0.0.1:{shared_stack.stack.push_ports[0]}/internal",
+                      additional_headers={"Authorization": "Bearer guess"})
+    assert info.value.response.status_code == 401

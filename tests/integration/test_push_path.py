@@ -1,0 +1,140 @@
+"""The push path end to end, over real processes, Redis and FerretDB."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+
+from tests.client import frames_within, next_frame
+from tests.conftest import RunningStack
+
+
+async def stored(stack: RunningStack, message_id: str) -> list[dict]:
+    client = AsyncMongoClient(stack.stack.mongo_url)
+    try:
+        return [d async for d in client[stack.stack.mongo_db]["deliveries"].find({"message_id": message_id})]
+    finally:
+        await client.close()
+
+
+async def test_user_on_node_receives_posted_message(shared_stack: RunningStack) -> None:
+    """A user connected to a push node receives a message posted to collect, with its id, payload and time."""
+    c = shared_stack.client
+    ws = await c.connect("alice", node=0)
+    status, body = await c.post({"user_id": "alice", "payload": {"text": "hi", "n": 1}})
+    assert status == 202
+    frame = await next_frame(ws)
+    assert frame["type"] == "message" and frame["id"] == body["id"] and frame["payload"] == {"text": "hi", "n": 1}
+    assert isinstance(frame["ts"], int)
+    await ws.close()
+
+
+async def test_user_on_two_nodes_receives_on_both(shared_stack: RunningStack) -> None:
+    """A user with one connection on each node receives the message on both."""
+    c = shared_stack.client
+    on_a, on_b = await c.connect("bob", node=0), await c.connect("bob", node=1)
+    status, body = await c.post({"user_id": "bob", "payload": "both"})
+    assert status == 202
+    assert (await next_frame(on_a))["id"] == body["id"]
+    assert (await next_frame(on_b))["id"] == body["id"]
+    await on_a.close()
+    await on_b.close()
+
+
+async def test_users_never_see_each_others_messages(shared_stack: RunningStack) -> None:
+    """Messages for carol and dave, on the same node, reach only their own recipient."""
+    c = shared_stack.client
+    carol, dave = await c.connect("carol", node=1), await c.connect("dave", node=1)
+    _, to_carol = await c.post({"user_id": "carol", "payload": "for carol"})
+    _, to_dave = await c.post({"user_id": "dave", "payload": "for dave"})
+    carol_frames = await frames_within(carol, 1.5)
+    dave_frames = await frames_within(dave, 0.2)
+    assert [f["id"] for f in carol_frames] == [to_carol["id"]]
+    assert [f["id"] for f in dave_frames] == [to_dave["id"]]
+    await carol.close()
+    await dave.close()
+
+
+async def test_batch_and_multi_recipient_posts_reach_every_recipient(shared_stack: RunningStack) -> None:
+    """``user_ids`` fans one message out, and ``messages`` posts several at once, each to its user."""
+    c = shared_stack.client
+    erin, frank = await c.connect("erin"), await c.connect("frank", node=1)
+    status, multi = await c.post({"user_ids": ["erin", "frank"], "payload": "to both"})
+    assert status == 202
+    status, batch = await c.post({"messages": [{"user_id": "erin", "payload": 1}, {"user_id": "frank", "payload": 2}]})
+    assert status == 202 and len(batch["ids"]) == 2
+    erin_got = [(await next_frame(erin))["payload"] for _ in range(2)]
+    frank_got = [(await next_frame(frank))["payload"] for _ in range(2)]
+    assert erin_got == ["to both", 1] and frank_got == ["to both", 2]
+    await erin.close()
+    await frank.close()
+
+
+async def test_message_for_offline_user_is_stored_not_delivered(shared_stack: RunningStack) -> None:
+    """A message for a user with no connection is stored in MongoDB and nobody receives it."""
+    c = shared_stack.client
+    bystander = await c.connect("grace")
+    status, body = await c.post({"user_id": "nobody-online", "payload": "later"})
+    assert status == 202
+    docs = await stored(shared_stack, body["id"])
+    assert [(d["user_id"], d["payload"]) for d in docs] == [("nobody-online", "later")]
+    assert await frames_within(bystander, 1.0) == []
+    await bystander.close()
+
+
+async def test_killed_node_stops_being_routed_within_ttl(start_stack) -> None:
+    """After SIGKILL, a node's routes stop counting once its card's TTL runs out; the other node still delivers."""
+    stack: RunningStack = start_stack(NODE_TTL_SECONDS="3")
+    c = stack.client
+    on_a, on_b = await c.connect("heidi", node=0), await c.connect("heidi", node=1)
+    stack.push(0).kill()
+    await asyncio.sleep(3.5)
+    dispatch_metrics = await metrics(stack, stack.stack.dispatch_url)
+    status, body = await c.post({"user_id": "heidi", "payload": "after kill"})
+    assert status == 202
+    assert (await next_frame(on_b))["id"] == body["id"]
+    await asyncio.sleep(1)
+    assert "dispatch_retried_total 0.0" in await metrics(stack, stack.stack.dispatch_url), dispatch_metrics
+    await on_b.close()
+    await on_a.close()
+
+
+async def test_clean_shutdown_removes_routes_at_once(start_stack) -> None:
+    """SIGTERM on a node withdraws its card and routes before it exits: nothing is routed there afterwards."""
+    stack: RunningStack = start_stack()
+    c = stack.client
+    ws = await c.connect("ivan", node=0)
+    r = Redis.from_url(stack.stack.redis_url)
+    node_id = f"127.0.0.1:{stack.stack.push_ports[0]}"
+    assert await r.smembers("route:ivan") == {node_id.encode()}
+    assert stack.push(0).stop() == 0
+    assert await r.smembers("route:ivan") == set()
+    assert await r.exists(f"node:{node_id}") == 0
+    await ws.wait_closed()
+    assert ws.close_code == 1001
+    await r.aclose()
+
+
+async def test_messages_posted_while_dispatch_is_down_arrive_when_it_returns(start_stack, cluster) -> None:
+    """Messages accepted while dispatch is stopped wait in the stream and are delivered after it restarts."""
+    stack: RunningStack = start_stack()
+    c = stack.client
+    ws = await c.connect("judy", node=1)
+    stack.procs["dispatch"].stop()
+    ids = []
+    for n in range(20):
+        status, body = await c.post({"user_id": "judy", "payload": n})
+        assert status == 202
+        ids.append(body["id"])
+    assert await frames_within(ws, 0.5) == []
+    stack.procs["dispatch"] = cluster.start_service("dispatch", stack.stack)
+    got = [(await next_frame(ws))["id"] for _ in ids]
+    assert got == ids
+    await ws.close()
+
+
+async def metrics(stack: RunningStack, url: str) -> str:
+    async with stack.client.session.get(f"{url}/metrics") as r:
+        return await r.text()
