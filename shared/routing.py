@@ -70,15 +70,20 @@ class RouteWriter:
                 pipe.srem(route_key(user), self.node_id)
             await pipe.execute()
 
-    async def heartbeat(self, card: NodeCard, renew: Iterable[str]) -> None:
-        """Renew the card (liveness) and the TTL of a slice of this node's user routes."""
+    async def heartbeat(self, card: NodeCard, renew: Iterable[str]) -> bool:
+        """Renew the card (liveness) and the TTL of a slice of this node's user routes.
+
+        Returns False when the card was gone (Redis lost its data, or this node was unreachable past
+        its TTL): the node must then write all its routes again.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(node_key(self.node_id), card.encode(), ex=self.node_ttl)
+            pipe.set(node_key(self.node_id), card.encode(), ex=self.node_ttl, get=True)
             pipe.sadd(NODES_KEY, self.node_id)
             for user in renew:
                 pipe.sadd(route_key(user), self.node_id)
                 pipe.expire(route_key(user), self.route_ttl)
-            await pipe.execute()
+            replies = await pipe.execute()
+        return replies[0] is not None
 
     async def withdraw(self, users: Iterable[str]) -> None:
         """Clean shutdown: drop every route and the card at once, so nothing is routed here."""

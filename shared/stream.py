@@ -12,7 +12,8 @@ from typing import Iterable
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared.protocol import Delivery
+from shared.protocol import Delivery, MessageFrame
+from shared.store import NewDelivery
 
 STREAM_KEY = "push:deliveries"
 GROUP = "dispatch"
@@ -22,20 +23,34 @@ GROUP = "dispatch"
 class StreamEntry:
     entry_id: str
     delivery: Delivery
+    expires_ms: int
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEntry:
-    return StreamEntry(entry_id.decode(), Delivery(fields[b"m"].decode(), fields[b"u"].decode(), fields[b"f"].decode(), int(fields[b"t"])))
+    delivery = Delivery(fields[b"m"].decode(), fields[b"u"].decode(), fields[b"f"].decode(), int(fields[b"t"]))
+    return StreamEntry(entry_id.decode(), delivery, int(fields[b"x"]))
+
+
+def stream_items(records: Iterable[NewDelivery]) -> list[tuple[Delivery, int]]:
+    """What goes on the stream for stored records: each message's frame is encoded once."""
+    frames: dict[str, str] = {}
+    items = []
+    for r in records:
+        if r.message_id not in frames:
+            frames[r.message_id] = MessageFrame(r.message_id, r.payload, r.ts).encode()
+        items.append((Delivery(r.message_id, r.user_id, frames[r.message_id], r.ts), r.expires_ms))
+    return items
 
 
 class DeliveryStream:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def enqueue(self, deliveries: Iterable[Delivery]) -> None:
+    async def enqueue(self, deliveries: Iterable[tuple[Delivery, int]]) -> None:
+        """Append (delivery, expiry in ms) pairs in one pipeline."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for d in deliveries:
-                pipe.xadd(STREAM_KEY, {"m": d.message_id, "u": d.user_id, "f": d.frame, "t": d.ts})
+            for d, expires_ms in deliveries:
+                pipe.xadd(STREAM_KEY, {"m": d.message_id, "u": d.user_id, "f": d.frame, "t": d.ts, "x": expires_ms})
             await pipe.execute()
 
     async def ensure_group(self) -> None:

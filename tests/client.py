@@ -44,6 +44,16 @@ class ClusterClient:
         async with self.session.post(f"{self.stack.collect_url}/v1/messages", data=data, headers=hdrs) as r:
             return r.status, await r.json(content_type=None)
 
+    async def post_until_accepted(self, body: Any, timeout: float = 30) -> dict[str, Any]:
+        """Post until collect answers 202 (after an outage), accepting only 503 meanwhile."""
+        async with asyncio.timeout(timeout):
+            while True:
+                status, answer = await self.post(body)
+                if status == 202:
+                    return answer
+                assert status == 503, answer
+                await asyncio.sleep(0.3)
+
     async def health(self) -> dict[str, int]:
         """Every service's ``/healthz`` status code (0 when it does not answer at all)."""
         urls = {"auth": self.stack.auth_url, "collect": self.stack.collect_url, "dispatch": self.stack.dispatch_url}

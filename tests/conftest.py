@@ -69,8 +69,9 @@ async def start_stack(servers: Servers, cluster: Cluster) -> AsyncIterator[Calla
     started: list[RunningStack] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
 
-        def start(nodes: int = 2, **env: str) -> RunningStack:
-            stack = servers.new_stack(nodes, **env)
+        def start(nodes: int = 2, redis_url: str | None = None, mongo_url: str | None = None, **env: str) -> RunningStack:
+            stack = servers.new_stack(nodes, redis_url, **env)
+            stack.mongo_url = mongo_url or stack.mongo_url
             running = RunningStack(stack, cluster.start_stack(stack), ClusterClient(stack, session))
             started.append(running)
             return running
@@ -92,3 +93,21 @@ async def shared_stack(servers: Servers, cluster: Cluster) -> AsyncIterator[Runn
     for proc in reversed(list(procs.values())):
         proc.stop()
         cluster.procs.remove(proc)
+
+
+SCENARIOS: list[tuple[str, int, int, int, int]] = []
+
+
+def report_scenario(name: str, posted: list[str], received: list[str]) -> tuple[int, int]:
+    """Record a failure scenario's counts for the run summary; returns (lost, delivered twice)."""
+    lost = len(set(posted) - set(received))
+    twice = len(received) - len(set(received))
+    SCENARIOS.append((name, len(posted), len(set(received) & set(posted)), lost, twice))
+    return lost, twice
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if SCENARIOS:
+        terminalreporter.section("failure scenarios: messages posted (202), delivered, lost, delivered twice")
+        for name, posted, delivered, lost, twice in SCENARIOS:
+            terminalreporter.write_line(f"{name:<58} posted={posted:<5} delivered={delivered:<5} lost={lost:<3} twice={twice}")

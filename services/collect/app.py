@@ -14,13 +14,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.collect.config import CollectConfig
+from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
 from shared.clients import redis_client
-from shared.errors import Unauthorized, Unavailable
+from shared.breaker import OPEN, CircuitBreaker
+from shared.errors import NotFound, Unauthorized, Unavailable
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.routing import now_ms
-from shared.store import MessageStore
-from shared.stream import DeliveryStream
+from shared.store import STAGES, MessageStore, to_ms
+from shared.stream import DeliveryStream, stream_items
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)
@@ -39,23 +41,35 @@ def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     stream = DeliveryStream(redis)
+    redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds)
 
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
-        postings = parse_body(await read_json(request, config.max_body_bytes), limits, now_ms())
-        await store.insert([r for p in postings for r in p.records(sender)])
-        deliveries = [d for p in postings for d in p.deliveries()]
-        MESSAGES_IN.inc(len(deliveries))
-        try:
-            await stream.enqueue(deliveries)
-        except RedisError as exc:
-            raise Unavailable(f"Redis: {exc}") from None
-        MESSAGES_OUT.inc(len(deliveries))
+        body = await read_json(request, config.max_body_bytes)
+        postings = parse_body(body, limits, now_ms(), sender, request.headers.get("idempotency-key"))
+        if redis_breaker.state == OPEN:
+            raise Unavailable("Redis is unavailable (circuit open); nothing was stored")
+        fresh = await store.insert([r for p in postings for r in p.records(sender)])
+        MESSAGES_IN.inc(len(fresh))
+        await redis_breaker.call(lambda: stream.enqueue(stream_items(fresh)))
+        MESSAGES_OUT.inc(len(fresh))
         ids = [p.message_id for p in postings]
         for p in postings:
             log.info("accepted", extra={"message_id": p.message_id, "user_id": ",".join(p.user_ids)})
         return json_response({"id": ids[0], "ids": ids} if len(ids) == 1 else {"ids": ids}, 202)
+
+    async def message_status(request: Request) -> Response:
+        """The lifecycle of one message, per recipient; only the business system that posted it may look."""
+        sender = sender_of(request, config.api_keys)
+        message_id = request.path_params["message_id"]
+        docs = await store.find_message(message_id, sender)
+        if not docs:
+            raise NotFound(f"no message {message_id!r} for this API key")
+        stages = [f"{stage}_at" for stage in STAGES]
+        recipients = [{"user_id": d["user_id"], "state": d["state"], **{k: to_ms(d[k]) for k in stages if k in d}} for d in docs]
+        return json_response({"id": message_id, "accepted_at": recipients[0]["accepted_at"],
+                              "expires_at": to_ms(docs[0]["expires_at"]), "recipients": recipients})
 
     async def health() -> dict[str, object]:
         mongo_ok = await store.ping()
@@ -63,7 +77,8 @@ def create_app(config: CollectConfig) -> Starlette:
             redis_ok = bool(await redis.ping())
         except RedisError:
             redis_ok = False
-        return {"ok": mongo_ok and redis_ok, "service": "collect", "mongo": mongo_ok, "redis": redis_ok}
+        return {"ok": mongo_ok and redis_ok, "service": "collect", "mongo": mongo_ok, "redis": redis_ok,
+                "breakers": {"mongodb": store.breaker.state, "redis": redis_breaker.state}}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -75,5 +90,10 @@ def create_app(config: CollectConfig) -> Starlette:
         await redis.aclose()
         await store.close()
 
-    routes = [Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]), *ops_routes(health)]
+    routes = [
+        Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
+        Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
+        *ops_routes(health),
+        *console_routes(config, redis, store.deliveries, post_messages),
+    ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from shared.errors import InvalidFields, PayloadTooLarge
-from shared.protocol import Delivery, MessageFrame, new_message_id, valid_user_id
+from shared.protocol import new_message_id, valid_user_id
 from shared.store import NewDelivery
+
+MAX_IDEMPOTENCY_KEY = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +25,7 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Posting:
-    """One accepted message: an id, its recipients and the frame every recipient receives."""
+    """One accepted message: an id, its recipients, and what each recipient is stored and sent as."""
 
     message_id: str
     user_ids: tuple[str, ...]
@@ -32,31 +34,39 @@ class Posting:
     ttl_seconds: int
 
     @property
-    def frame(self) -> str:
-        return MessageFrame(self.message_id, self.payload, self.ts).encode()
+    def expires_ms(self) -> int:
+        return self.ts + self.ttl_seconds * 1000
 
     def records(self, sender: str) -> list[NewDelivery]:
-        expires = dt.datetime.fromtimestamp(self.ts / 1000 + self.ttl_seconds, dt.timezone.utc)
-        return [NewDelivery(self.message_id, u, sender, self.payload, self.ts, expires) for u in self.user_ids]
-
-    def deliveries(self) -> list[Delivery]:
-        frame = self.frame
-        return [Delivery(self.message_id, u, frame, self.ts) for u in self.user_ids]
+        return [NewDelivery(self.message_id, u, sender, self.payload, self.ts, self.expires_ms) for u in self.user_ids]
 
 
-def parse_body(body: dict[str, Any], limits: Limits, now_ms: int) -> list[Posting]:
+def idempotent_id(sender: str, key: str, index: int) -> str:
+    """The same sender, key and position always name the same message, so a retry stores nothing new."""
+    return hashlib.sha256(f"{sender}\0{key}\0{index}".encode()).hexdigest()[:22]
+
+
+def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = "", idempotency_key: str | None = None) -> list[Posting]:
     """Validate a whole post (single, multi-recipient or ``{"messages": [...]}``): all or nothing."""
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidFields(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
     if "messages" in body:
         items = body["messages"]
         if not isinstance(items, list) or not items:
             raise InvalidFields("'messages' must be a non-empty list")
         if len(items) > limits.max_batch:
             raise PayloadTooLarge(f"{len(items)} messages in one post; the limit is {limits.max_batch}")
-        return [_posting(item, limits, now_ms, f"messages[{i}].") for i, item in enumerate(items)]
-    return [_posting(body, limits, now_ms, "")]
+        where = [f"messages[{i}]." for i in range(len(items))]
+    else:
+        items, where = [body], [""]
+    postings = []
+    for index, (item, prefix) in enumerate(zip(items, where)):
+        message_id = idempotent_id(sender, idempotency_key, index) if idempotency_key else new_message_id(now_ms)
+        postings.append(_posting(item, limits, now_ms, prefix, message_id))
+    return postings
 
 
-def _posting(item: Any, limits: Limits, now_ms: int, where: str) -> Posting:
+def _posting(item: Any, limits: Limits, now_ms: int, where: str, message_id: str) -> Posting:
     if not isinstance(item, dict):
         raise InvalidFields(f"{where or 'body'} must be an object")
     if "payload" not in item:
@@ -78,4 +88,4 @@ def _posting(item: Any, limits: Limits, now_ms: int, where: str) -> Posting:
     size = len(orjson.dumps(item["payload"]))
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(f"{where}payload is {size} bytes; the limit is {limits.max_payload_bytes}")
-    return Posting(new_message_id(now_ms), tuple(users), item["payload"], now_ms, ttl)
+    return Posting(message_id, tuple(users), item["payload"], now_ms, ttl)

@@ -1,4 +1,5 @@
-"""dispatch's wiring: the router loop in the lifespan, ``/healthz`` and ``/metrics`` beside it."""
+"""dispatch's wiring: the router, reconciler and lifecycle loops in the lifespan; ``/healthz`` and
+``/metrics`` beside them."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from services.dispatch.config import DispatchConfig
+from services.dispatch.lease import Lease
 from services.dispatch.links import LinkPool
+from services.dispatch.reconciler import LEASE_KEY, Reconciler
 from services.dispatch.router import Router
 from shared.clients import redis_client
+from shared.lifecycle import LifecycleWriter
 from shared.routing import RouteReader
+from shared.store import MessageStore
 from shared.stream import DeliveryStream
 from shared.web import EXCEPTION_HANDLERS, ops_routes
 
@@ -25,25 +30,36 @@ log = logging.getLogger(__name__)
 def create_app(config: DispatchConfig) -> Starlette:
     # The stream read blocks for block_ms, so its socket timeout must be longer.
     redis = redis_client(config.redis_url, timeout=config.block_ms / 1000 + 3)
+    store = MessageStore(config.mongo_url, config.mongo_db)
+    lifecycle = LifecycleWriter(store)
+    stream = DeliveryStream(redis)
     links = LinkPool(config.internal_key, config.link_timeout)
-    router = Router(config, DeliveryStream(redis), RouteReader(redis), links)
+    router = Router(config, stream, RouteReader(redis), links, lifecycle)
+    lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
+    reconciler = Reconciler(config, store, stream, lease)
 
     async def health() -> dict[str, object]:
         try:
             redis_ok = bool(await redis.ping())
         except RedisError:
             redis_ok = False
+        mongo_ok = await store.ping()
         loop_ok = time.time() - router.last_cycle < config.block_ms / 1000 + 10
-        return {"ok": redis_ok and loop_ok, "service": "dispatch", "redis": redis_ok, "router": loop_ok,
+        return {"ok": redis_ok and mongo_ok and loop_ok, "service": "dispatch", "redis": redis_ok, "mongo": mongo_ok,
+                "router": loop_ok, "breakers": {"redis": router.breaker.state, "mongodb": store.breaker.state},
                 "links": sorted(links.links)}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(router.run())
+        tasks = [asyncio.create_task(loop()) for loop in (router.run, lifecycle.run, reconciler.run)]
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await lifecycle.flush()
         await links.close()
         await redis.aclose()
+        await store.close()
 
     return Starlette(routes=ops_routes(health), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -13,6 +13,10 @@ BLOCK_MS                   1000                        how long one stream read 
 CLAIM_IDLE_MS              10000                       unacknowledged entries older than this are retried
 LINK_TIMEOUT_SECONDS       5                           how long a node may take to accept a batch
 NODES_REFRESH_SECONDS      1                           how stale the cached list of live nodes may be
+MONGO_URL / MONGO_DB       mongodb://127.0.0.1:27017/  MongoDB holding the messages' lifecycle / ``push``
+RECONCILE_AFTER_SECONDS    30                          accepted but not dispatched for this long: re-queue
+RECONCILE_INTERVAL_SECONDS 5                           how often the reconciler (one instance) looks
+RECONCILE_BATCH            500                         most deliveries re-queued per look
 =========================  ==========================  ============================================
 """
 
@@ -22,7 +26,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from shared.config import DEFAULT_REDIS_URL, DEV_INTERNAL_KEY, check_secrets, env
+from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_INTERNAL_KEY, check_secrets, env
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,11 @@ class DispatchConfig:
     claim_idle_ms: int
     link_timeout: float
     nodes_refresh: float
+    mongo_url: str
+    mongo_db: str
+    reconcile_after: float
+    reconcile_interval: float
+    reconcile_batch: int
 
     @classmethod
     def from_env(cls) -> DispatchConfig:
@@ -55,4 +64,9 @@ class DispatchConfig:
             claim_idle_ms=env("CLAIM_IDLE_MS", 10_000),
             link_timeout=env("LINK_TIMEOUT_SECONDS", 5.0),
             nodes_refresh=env("NODES_REFRESH_SECONDS", 1.0),
+            mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
+            mongo_db=env("MONGO_DB", "push"),
+            reconcile_after=env("RECONCILE_AFTER_SECONDS", 30.0),
+            reconcile_interval=env("RECONCILE_INTERVAL_SECONDS", 5.0),
+            reconcile_batch=env("RECONCILE_BATCH", 500),
         )

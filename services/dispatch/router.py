@@ -1,13 +1,15 @@
 """The dispatch loop: read the stream, find each user's live nodes, forward in batches, acknowledge.
 
 An entry is acknowledged once every node holding its user accepted it, or at once if the user has
-no live route (the message stays stored in MongoDB). If a node fails, the entry stays pending in the
+no live route (the message waits in MongoDB, the user's offline inbox, replayed when they connect),
+or if it expired. Lifecycle stages (dispatched, delivered, expired) are marked for a bulk write. If a node fails, the entry stays pending in the
 consumer group and is claimed again after ``claim_idle_ms``, by this or another instance.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections import defaultdict
@@ -17,10 +19,14 @@ from redis.exceptions import RedisError
 from services.dispatch.config import DispatchConfig
 from services.dispatch.links import LinkDown, LinkPool
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, LIVE_NODES, RETRIED, UNROUTED
+from shared import routing
+from shared.breaker import CircuitBreaker
+from shared.lifecycle import LifecycleWriter
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.protocol import Delivery
 from shared.retry import Backoff
 from shared.routing import NodeCard, RouteReader
+from shared.store import delivery_id
 from shared.stream import DeliveryStream, StreamEntry
 
 log = logging.getLogger(__name__)
@@ -41,14 +47,19 @@ def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]
 
 
 class Router:
-    def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool) -> None:
+    def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool,
+                 lifecycle: LifecycleWriter) -> None:
         self.config = config
         self.stream = stream
         self.routes = routes
         self.links = links
+        self.lifecycle = lifecycle
+        self.breaker = CircuitBreaker("redis", failures=(RedisError,))
         self._nodes: dict[str, NodeCard] = {}
         self._nodes_at = 0.0
         self.last_cycle = time.time()
+        self._group_ready = False
+        self._next_claim = 0.0
 
     async def live_nodes(self) -> dict[str, NodeCard]:
         if time.monotonic() - self._nodes_at >= self.config.nodes_refresh:
@@ -60,52 +71,53 @@ class Router:
 
     async def run(self) -> None:
         backoff = Backoff()
-        next_claim = 0.0
-        group_ready = False
         while True:
             try:
-                if not group_ready:
-                    await self.stream.ensure_group()
-                    group_ready = True
-                entries: list[StreamEntry] = []
-                if time.monotonic() >= next_claim:
-                    entries = await self.stream.claim_stale(self.config.consumer, self.config.claim_idle_ms, self.config.batch_size)
-                    next_claim = time.monotonic() + self.config.claim_idle_ms / 2000
-                if not entries:
-                    entries = await self.stream.read(self.config.consumer, self.config.batch_size, self.config.block_ms)
-                if entries:
-                    await self.forward(entries)
+                await self.breaker.call(self.cycle)
                 backoff.succeeded()
                 self.last_cycle = time.time()
-            except RedisError as exc:
-                group_ready = "NOGROUP" not in str(exc)  # Redis lost its data: recreate the group
-                await backoff.failed(log, "stream read", exc)
+            except Exception as exc:  # never die silently: log, back off, go on
+                await backoff.failed(log, "dispatch cycle", exc)
+
+    async def cycle(self) -> None:
+        """One step: make sure the group exists, take stale or new entries, forward them."""
+        if not self._group_ready:
+            await self.stream.ensure_group()
+            self._group_ready = True
+        try:
+            entries: list[StreamEntry] = []
+            if time.monotonic() >= self._next_claim:
+                entries = await self.stream.claim_stale(self.config.consumer, self.config.claim_idle_ms, self.config.batch_size)
+                self._next_claim = time.monotonic() + self.config.claim_idle_ms / 2000
+            if not entries:
+                entries = await self.stream.read(self.config.consumer, self.config.batch_size, self.config.block_ms)
+        except RedisError as exc:
+            self._group_ready = "NOGROUP" not in str(exc)  # Redis lost its data: recreate the group
+            raise
+        if entries:
+            await self.forward(entries)
 
     async def forward(self, entries: list[StreamEntry]) -> None:
-        start = time.perf_counter()
+        start, at = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
         MESSAGES_IN.inc(len(entries))
+        now = routing.now_ms()
+        expired = [e for e in entries if e.expires_ms <= now]
+        live = [e for e in entries if e.expires_ms > now]
         nodes = await self.live_nodes()
-        users = list({e.delivery.user_id for e in entries})
-        routes = await self.routes.lookup(users, nodes)
+        routes = await self.routes.lookup(list({e.delivery.user_id for e in live}), nodes)
         per_node: defaultdict[str, list[StreamEntry]] = defaultdict(list)
-        done: list[str] = []
-        for entry in entries:
-            targets = routes.get(entry.delivery.user_id)
-            if not targets:
-                UNROUTED.inc()
-                done.append(entry.entry_id)
-                continue
-            for node_id in targets:
+        for entry in live:
+            for node_id in routes.get(entry.delivery.user_id, ()):
                 per_node[node_id].append(entry)
-        failed = set()
         results = await asyncio.gather(*(self.send(nodes[n], batch) for n, batch in per_node.items()))
-        for ok, batch in zip(results, per_node.values()):
-            if not ok:
-                failed.update(e.entry_id for e in batch)
-        done.extend(e.entry_id for e in entries if e.entry_id not in failed and e.delivery.user_id in routes)
-        await self.stream.ack(done)
+        failed = {e.entry_id for ok, batch in zip(results, per_node.values()) if not ok for e in batch}
+        dispatched = [e for e in live if e.entry_id not in failed]
+        UNROUTED.inc(sum(1 for e in live if e.delivery.user_id not in routes))
+        self.lifecycle.mark("dispatched", [delivery_id(e.delivery.message_id, e.delivery.user_id) for e in dispatched], at)
+        self.lifecycle.mark("expired", [delivery_id(e.delivery.message_id, e.delivery.user_id) for e in expired], at)
+        await self.stream.ack([e.entry_id for e in dispatched + expired])
         RETRIED.inc(len(failed))
-        MESSAGES_OUT.inc(len(entries) - len(failed))
+        MESSAGES_OUT.inc(len(dispatched))
         BATCH_SECONDS.observe(time.perf_counter() - start)
 
     async def send(self, card: NodeCard, entries: list[StreamEntry]) -> bool:

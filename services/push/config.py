@@ -15,6 +15,8 @@ TOKEN_CACHE_SIZE         100000                          verified tokens kept un
 PING_INTERVAL_SECONDS    20                              websocket ping/pong keepalive
 MAX_FRAME_BYTES          1048576                         largest frame accepted (client or dispatch)
 SHUTDOWN_GRACE_SECONDS   5                               wait for closing handshakes before cancelling
+MONGO_URL / MONGO_DB     mongodb://127.0.0.1:27017/      the offline inbox and lifecycle / ``push``
+REPLAY_LIMIT             5000                            most stored messages replayed on one connect
 =======================  ==============================  ===========================================
 """
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.config import DEFAULT_REDIS_URL, DEV_INTERNAL_KEY, check_secrets, env
+from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_INTERNAL_KEY, check_secrets, env
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,9 @@ class PushConfig:
     ping_interval: float
     max_frame_bytes: int
     shutdown_grace: float
+    mongo_url: str
+    mongo_db: str
+    replay_limit: int
 
     @property
     def link_url(self) -> str:
@@ -68,4 +73,7 @@ class PushConfig:
             ping_interval=env("PING_INTERVAL_SECONDS", 20.0),
             max_frame_bytes=env("MAX_FRAME_BYTES", 1024 * 1024),
             shutdown_grace=env("SHUTDOWN_GRACE_SECONDS", 5.0),
+            mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
+            mongo_db=env("MONGO_DB", "push"),
+            replay_limit=env("REPLAY_LIMIT", 5000),
         )

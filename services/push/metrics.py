@@ -13,3 +13,4 @@ ABSENT = Counter("push_absent_total", "Messages for users not connected here")
 DELIVERY_LATENCY = Histogram(
     "push_delivery_latency_seconds", "From acceptance by collect to the write on a socket", buckets=LATENCY_BUCKETS
 )
+REPLAYED = Counter("push_replayed_total", "Stored messages sent to a user on connect (offline inbox and unacked)")

@@ -18,7 +18,6 @@ import logging
 import math
 from typing import Callable
 
-from redis.exceptions import RedisError
 
 from services.push.hub import Hub
 from shared.errors import Unavailable
@@ -65,7 +64,7 @@ class Presence:
             gone = [u for u in dirty if not self.hub.holds(u)]
             try:
                 await self.writer.apply(present, gone)
-            except RedisError as exc:
+            except Exception as exc:  # never die silently: log, back off, go on
                 self._dirty |= dirty
                 self._waiters[:0] = waiters
                 self._wake.set()
@@ -81,9 +80,12 @@ class Presence:
         while True:
             renew = self._next_renewal_slice()
             try:
-                await self.writer.heartbeat(self.card(), renew)
+                if not await self.writer.heartbeat(self.card(), renew) and len(self.hub):
+                    log.warning("node card was missing; writing every route again", extra={"count": len(self.hub)})
+                    self._dirty.update(self.hub.users())
+                    self._wake.set()
                 backoff.succeeded()
-            except RedisError as exc:
+            except Exception as exc:  # never die silently: log, back off, go on
                 await backoff.failed(log, "heartbeat", exc)
                 continue
             await asyncio.sleep(self.heartbeat_interval)

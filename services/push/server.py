@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
 import logging
 import signal
@@ -20,16 +21,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from services.push.config import PushConfig
-from services.push.hub import Hub
+from services.push.hub import Hub, Session
 from services.push.identity import TokenVerifier
 from services.push.link import serve_link
-from services.push.metrics import CONNECTS, REFUSED
+from services.push.metrics import CONNECTS, REFUSED, REPLAYED
 from services.push.presence import Presence
 from shared.clients import redis_client
-from shared.errors import ServiceError, Unauthorized
+from shared.errors import ServiceError, Unauthorized, Unavailable
+from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, exposition
-from shared.protocol import AckFrame, PingFrame, PongFrame, WelcomeFrame, parse_client_frame
+from shared.protocol import AckFrame, MessageFrame, PingFrame, PongFrame, WelcomeFrame, parse_client_frame
 from shared.routing import NodeCard, RouteWriter, now_ms
+from shared.store import MessageStore, delivery_id
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class PushNode:
         self.redis = redis_client(config.redis_url)
         self.writer = RouteWriter(self.redis, config.node_id, config.route_ttl, config.node_ttl)
         self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)
+        self.store = MessageStore(config.mongo_url, config.mongo_db)
+        self.lifecycle = LifecycleWriter(self.store)
         self.verifier: TokenVerifier | None = None
 
     def card(self) -> NodeCard:
@@ -87,7 +92,7 @@ class PushNode:
 
     async def handle(self, ws: ServerConnection) -> None:
         if urlsplit(ws.request.path).path == "/internal":
-            await serve_link(ws, self.hub)
+            await serve_link(ws, self.hub, self.lifecycle)
         else:
             await self.client_session(ws)
 
@@ -99,19 +104,21 @@ class PushNode:
             await self.refuse(ws, exc, None)
             return
         user = identity.user_id
-        self.hub.add(user, ws)
+        session = Session(ws, user)
+        self.hub.add(session)
         try:
             await self.presence.arrived(user)
             await ws.send(WelcomeFrame(user, self.config.node_id).encode())
             CONNECTS.inc()
             log.info("connected", extra={"user_id": user})
+            session.finish_replay(await self.replay(session))
             async with asyncio.timeout(identity.expires_at - time.time()):
                 async for data in ws:
                     frame = parse_client_frame(data)
                     if isinstance(frame, PingFrame):
                         await ws.send(PongFrame().encode())
                     elif isinstance(frame, AckFrame):
-                        pass  # acknowledgements are recorded by the delivery-guarantee layer
+                        self.lifecycle.mark("acked", [delivery_id(m, user) for m in frame.ids])
         except TimeoutError:
             await self.refuse(ws, Unauthorized("token expired"), user)
         except ServiceError as exc:
@@ -119,9 +126,24 @@ class PushNode:
         except ConnectionClosed:
             pass
         finally:
-            self.hub.remove(user, ws)
+            self.hub.remove(session)
             self.presence.left(user)
             log.info("disconnected", extra={"user_id": user})
+
+    async def replay(self, session: Session) -> set[str]:
+        """Send the user's unacknowledged, unexpired messages, oldest first; return their ids."""
+        try:
+            pending = await self.store.pending_for(session.user_id, dt.datetime.now(dt.timezone.utc), self.config.replay_limit)
+        except Unavailable as exc:
+            log.warning("inbox unavailable; serving live messages only", extra={"user_id": session.user_id, "error": exc.message})
+            return set()
+        for doc in pending:
+            await session.ws.send(MessageFrame(doc["message_id"], doc["payload"], doc["ts"]).encode())
+        REPLAYED.inc(len(pending))
+        self.lifecycle.mark("delivered", [doc["_id"] for doc in pending])
+        if pending:
+            log.info("replayed stored messages", extra={"user_id": session.user_id, "count": len(pending)})
+        return {doc["message_id"] for doc in pending}
 
     async def refuse(self, ws: ServerConnection, exc: ServiceError, user: str | None) -> None:
         ERRORS.labels(exc.code).inc()
@@ -143,7 +165,7 @@ class PushNode:
                 ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
                 server_header=None,
             )
-            loops = [asyncio.create_task(self.presence.run_flusher()), asyncio.create_task(self.presence.run_heartbeat())]
+            loops = [asyncio.create_task(loop()) for loop in (self.presence.run_flusher, self.presence.run_heartbeat, self.lifecycle.run)]
             log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
             await stop
             log.info("shutting down", extra={"node": c.node_id, "count": self.hub.connections})
@@ -158,5 +180,10 @@ class PushNode:
                 await asyncio.wait_for(server.wait_closed(), c.shutdown_grace)
             except TimeoutError:
                 log.warning("connections still open after the grace period; cancelling")
+            try:
+                await self.lifecycle.flush()
+            except Unavailable as exc:
+                log.warning("lifecycle marks not written at shutdown", extra={"error": exc.message})
             await self.redis.aclose()
+            await self.store.close()
         log.info("stopped", extra={"node": c.node_id})

@@ -1,0 +1,60 @@
+"""A circuit breaker per dependency, so a dead MongoDB or Redis does not pile up waiting work.
+
+closed -> (``threshold`` failures in a row) -> open: calls fail at once with ``Unavailable``
+open -> (``cooldown`` seconds later) -> half-open: one trial call; success closes, failure reopens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable, TypeVar
+
+from shared.errors import Unavailable
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+class CircuitBreaker:
+    def __init__(self, name: str, threshold: int = 5, cooldown: float = 2.0, failures: tuple[type[BaseException], ...] = ()) -> None:
+        self.name = name
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = failures
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        if self.consecutive < self.threshold:
+            return CLOSED
+        return HALF_OPEN if time.monotonic() - self.opened_at >= self.cooldown else OPEN
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` unless the breaker is open; a ``failures`` exception counts and becomes ``Unavailable``."""
+        state = self.state
+        if state == OPEN or (state == HALF_OPEN and self._trial_running):
+            raise Unavailable(f"{self.name} is unavailable (circuit open)")
+        self._trial_running = state == HALF_OPEN
+        try:
+            result = await operation()
+        except self.failures as exc:
+            self._record_failure()
+            raise Unavailable(f"{self.name}: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        finally:
+            self._trial_running = False
+        if self.consecutive:
+            log.info("circuit closed", extra={"error": self.name})
+        self.consecutive = 0
+        return result
+
+    def _record_failure(self) -> None:
+        self.consecutive += 1
+        if self.consecutive >= self.threshold:
+            if self.consecutive == self.threshold or self.state == HALF_OPEN:
+                log.warning("circuit open", extra={"error": self.name, "count": self.consecutive})
+            self.opened_at = time.monotonic()

@@ -1,0 +1,225 @@
+"""At-least-once delivery: acks, the offline inbox, expiry, idempotency, and nothing lost when parts fail."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+
+from tests.client import frames_within, next_frame
+from tests.conftest import RunningStack, Servers, report_scenario
+from tools.cluster import Cluster, free_port
+
+FAST = {"NODE_TTL_SECONDS": "3", "RECONCILE_AFTER_SECONDS": "2", "RECONCILE_INTERVAL_SECONDS": "0.5",
+        "CLAIM_IDLE_MS": "2000"}
+
+
+async def receive_ids(ws, count: int, timeout: float = 30) -> list[str]:
+    """Message ids from the next ``count`` message frames."""
+    ids: list[str] = []
+    async with asyncio.timeout(timeout):
+        while len(ids) < count:
+            frame = await next_frame(ws, timeout)
+            if frame["type"] == "message":
+                ids.append(frame["id"])
+    return ids
+
+
+async def status(stack: RunningStack, message_id: str, api_key: str = "dev-api-key") -> tuple[int, dict]:
+    async with stack.client.session.get(f"{stack.stack.collect_url}/v1/messages/{message_id}",
+                                        headers={"Authorization": f"Bearer {api_key}"}) as r:
+        return r.status, await r.json()
+
+
+async def wait_for_state(stack: RunningStack, message_id: str, state: str, *stamps: str, timeout: float = 15) -> dict:
+    """The status once the first recipient is in ``state`` and has every stage time in ``stamps``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            code, body = await status(stack, message_id)
+            if code == 200 and body["recipients"][0]["state"] == state and set(stamps) <= set(body["recipients"][0]):
+                return body
+            await asyncio.sleep(0.2)
+
+
+async def test_lifecycle_records_each_stage_with_its_time(start_stack) -> None:
+    """A message acked by its client shows accepted, dispatched, delivered and acked, each with a time."""
+    stack: RunningStack = start_stack()
+    ws = await stack.client.connect("lena")
+    _, posted = await stack.client.post({"user_id": "lena", "payload": "track me"})
+    frame = await next_frame(ws)
+    await ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
+    body = await wait_for_state(stack, posted["id"], "acked", "dispatched_at", "delivered_at", "acked_at")
+    stages = body["recipients"][0]
+    assert stages["accepted_at"] <= stages["dispatched_at"] <= stages["acked_at"]
+    assert stages["accepted_at"] <= stages["delivered_at"] <= stages["acked_at"]
+    await ws.close()
+
+
+async def test_unacked_messages_are_redelivered_on_reconnect_but_acked_ones_are_not(start_stack) -> None:
+    """After a reconnect, only the messages the client did not ack come again."""
+    stack: RunningStack = start_stack()
+    c = stack.client
+    ws = await c.connect("mia")
+    ids = [(await c.post({"user_id": "mia", "payload": n}))[1]["id"] for n in range(4)]
+    assert await receive_ids(ws, 4) == ids
+    await ws.send(orjson.dumps({"type": "ack", "ids": ids[:2]}).decode())
+    await wait_for_state(stack, ids[1], "acked")
+    await ws.close()
+    again = await c.connect("mia", node=1)
+    assert await receive_ids(again, 2) == ids[2:]
+    assert await frames_within(again, 1.0) == []
+    await again.close()
+
+
+async def test_killed_node_with_unacked_messages_loses_none(start_stack) -> None:
+    """A node SIGKILLed while holding delivered-but-unacked messages: the user reconnects to the other node and gets each."""
+    stack: RunningStack = start_stack(**FAST)
+    c = stack.client
+    ws = await c.connect("nina", node=0)
+    posted = [(await c.post({"user_id": "nina", "payload": n}))[1]["id"] for n in range(30)]
+    first = await receive_ids(ws, 30)
+    await ws.send(orjson.dumps({"type": "ack", "ids": first[:10]}).decode())
+    await wait_for_state(stack, first[9], "acked")
+    stack.push(0).kill()
+    again = await c.connect("nina", node=1)
+    second = await receive_ids(again, 20)
+    assert await frames_within(again, 1.0) == []
+    lost, twice = report_scenario("push node SIGKILLed: 30 delivered, 10 acked, 20 unacked", posted, first + second)
+    assert lost == 0 and second == posted[10:] and twice == 20
+    await again.close()
+
+
+async def test_messages_posted_across_a_redis_restart_are_all_delivered(start_stack, cluster: Cluster) -> None:
+    """Redis restarted without persistence while messages are posted: every 202 message is delivered once it is back."""
+    redis_port = free_port()
+    redis = cluster.start_redis(redis_port)
+    stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0", **FAST)
+    c = stack.client
+    ws = await c.connect("oscar", node=0)
+    accepted, refused = [], 0
+
+    async def post_batch(count: int) -> None:
+        nonlocal refused
+        for _ in range(count):
+            code, body = await c.post({"user_id": "oscar", "payload": len(accepted) + refused})
+            if code == 202:
+                accepted.append(body["id"])
+            else:
+                assert code == 503, body
+                refused += 1
+            await asyncio.sleep(0.02)
+
+    await post_batch(20)
+    redis.stop()
+    await post_batch(20)
+    redis = cluster.start_redis(redis_port)
+    async with asyncio.timeout(20):  # collect's breaker half-opens, tries, closes
+        while (await stack.client.health())["collect"] != 200 or len(accepted) < 21:
+            await post_batch(1)
+    await post_batch(20)
+    received = await receive_ids(ws, len(accepted), timeout=45)
+    received += [f["id"] for f in await frames_within(ws, 2.0) if f["type"] == "message"]
+    lost, _ = report_scenario(f"Redis restarted, no persistence: {len(accepted) + refused} posts, {refused} got 503", accepted, received)
+    assert lost == 0
+    assert refused >= 20, "Redis was down for 20 posts, so those must have been refused"
+    assert len(accepted) >= 41
+    await ws.close()
+
+
+async def test_collect_answers_503_while_mongodb_is_down_and_recovers(start_stack, cluster: Cluster) -> None:
+    """With FerretDB stopped collect answers 503, never 202; once it is back, posting works again."""
+    mongo_port = free_port()
+    mongo = cluster.start_ferretdb(mongo_port)
+    stack: RunningStack = start_stack(mongo_url=f"mongodb://127.0.0.1:{mongo_port}/")
+    c = stack.client
+    ws = await c.connect("pia")
+    _, before = await c.post({"user_id": "pia", "payload": "before"})
+    mongo.stop()
+    codes = [(await c.post({"user_id": "pia", "payload": f"down {n}"}))[0] for n in range(8)]
+    assert set(codes) == {503}
+    mongo = cluster.start_ferretdb(mongo_port)
+    after = await c.post_until_accepted({"user_id": "pia", "payload": "after"})
+    received = await receive_ids(ws, 2)
+    report_scenario("FerretDB stopped: 8 posts refused with 503", [before["id"], after["id"]], received)
+    assert received == [before["id"], after["id"]]
+    await ws.close()
+
+
+async def test_offline_user_gets_pending_messages_oldest_first_then_live_ones(start_stack) -> None:
+    """A user connecting receives the stored messages in order, then live ones, with per-user order kept."""
+    stack: RunningStack = start_stack()
+    c = stack.client
+    stored = [(await c.post({"user_id": "quinn", "payload": f"stored {n}"}))[1]["id"] for n in range(25)]
+    await asyncio.sleep(0.5)
+    token = await c.token("quinn")
+    ws = await c.open(token, node=1)
+    live_task = asyncio.ensure_future(asyncio.gather(*(c.post({"user_id": "quinn", "payload": f"live {n}"}) for n in range(5))))
+    assert (await next_frame(ws))["type"] == "welcome"
+    live = [body["id"] for _, body in await live_task]
+    got = await receive_ids(ws, 30)
+    assert got[:25] == stored
+    assert sorted(got[25:]) == sorted(live)
+    assert await frames_within(ws, 1.0) == []
+    await ws.close()
+
+
+async def test_expired_message_is_not_delivered_and_shows_expired(start_stack) -> None:
+    """A message whose TTL passes while its user is offline is never delivered and its status says expired."""
+    stack: RunningStack = start_stack(RECONCILE_INTERVAL_SECONDS="0.5")
+    c = stack.client
+    _, doomed = await c.post({"user_id": "rosa", "payload": "too late", "ttl_seconds": 1})
+    _, kept = await c.post({"user_id": "rosa", "payload": "in time"})
+    await wait_for_state(stack, doomed["id"], "expired")
+    ws = await c.connect("rosa")
+    assert [f["id"] for f in await frames_within(ws, 1.5)] == [kept["id"]]
+    await ws.close()
+
+
+async def test_same_idempotency_key_twice_stores_one_message(start_stack) -> None:
+    """A retried post with the same Idempotency-Key returns the same ids and is delivered once."""
+    stack: RunningStack = start_stack()
+    c = stack.client
+    ws = await c.connect("sam")
+    headers = {"Idempotency-Key": "order-42-shipped"}
+    first = await c.post({"user_id": "sam", "payload": "shipped"}, headers=headers)
+    second = await c.post({"user_id": "sam", "payload": "shipped"}, headers=headers)
+    assert first[0] == second[0] == 202 and first[1]["ids"] == second[1]["ids"]
+    assert [f["id"] for f in await frames_within(ws, 1.5)] == first[1]["ids"]
+    _, other = await c.post({"user_id": "sam", "payload": "shipped"}, headers={"Idempotency-Key": "order-43"})
+    assert other["id"] != first[1]["id"]
+    await ws.close()
+
+
+async def test_status_is_visible_only_to_the_api_key_that_posted(start_stack) -> None:
+    """GET /v1/messages/{id} answers the poster and 404s another business system's key."""
+    stack: RunningStack = start_stack(COLLECT_API_KEYS="demo:dev-api-key,billing:billing-key")
+    _, posted = await stack.client.post({"user_ids": ["tom", "uma"], "payload": "x"})
+    code, body = await status(stack, posted["id"])
+    assert code == 200 and [r["user_id"] for r in body["recipients"]] == ["tom", "uma"]
+    code, body = await status(stack, posted["id"], api_key="billing-key")
+    assert code == 404 and body["error"]["code"] == "not_found"
+
+
+async def test_consuming_loops_survive_a_redis_outage_and_health_reports_it(start_stack, cluster: Cluster) -> None:
+    """While Redis is down dispatch's /healthz says so (breaker open); once Redis returns it delivers again."""
+    redis_port = free_port()
+    redis = cluster.start_redis(redis_port)
+    stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0", **FAST)
+    redis.stop()
+    async with asyncio.timeout(30):
+        while True:
+            async with stack.client.session.get(f"{stack.stack.dispatch_url}/healthz") as r:
+                health = await r.json()
+            if health["breakers"]["redis"] != "closed":
+                break
+            await asyncio.sleep(0.3)
+    assert r.status == 503 and health["redis"] is False
+    cluster.start_redis(redis_port)
+    ws = await stack.client.connect("vera")
+    posted = await stack.client.post_until_accepted({"user_id": "vera", "payload": "back"})
+    # Attempts refused with 503 after their MongoDB write may arrive too (re-queued): at least once.
+    async with asyncio.timeout(20):
+        while (await next_frame(ws))["id"] != posted["id"]:
+            pass
+    await ws.close()
