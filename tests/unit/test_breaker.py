@@ -1,0 +1,46 @@
+"""The circuit breaker's closed / open / half-open transitions (pure logic)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from shared.errors import Unavailable
+
+
+async def fail() -> None:
+    raise ConnectionError("down")
+
+
+async def succeed() -> str:
+    return "ok"
+
+
+async def test_breaker_opens_after_threshold_then_half_opens_and_closes() -> None:
+    """Three failures open it (calls refused at once); after the cooldown one trial success closes it."""
+    breaker = CircuitBreaker("dep", threshold=3, cooldown=0.05, failures=(ConnectionError,))
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            await breaker.call(fail)
+    assert breaker.state == OPEN
+    with pytest.raises(Unavailable, match="circuit open"):
+        await breaker.call(succeed)
+
+    await asyncio.sleep(0.06)
+    assert breaker.state == HALF_OPEN
+    assert await breaker.call(succeed) == "ok"
+    assert breaker.state == CLOSED
+
+
+async def test_failed_trial_reopens_the_breaker() -> None:
+    """A failure in half-open state opens the breaker again for another cooldown."""
+    breaker = CircuitBreaker("dep", threshold=1, cooldown=0.05, failures=(ConnectionError,))
+    with pytest.raises(Unavailable):
+        await breaker.call(fail)
+
+    await asyncio.sleep(0.06)
+    with pytest.raises(Unavailable):
+        await breaker.call(fail)
+    assert breaker.state == OPEN

@@ -1,0 +1,44 @@
+"""collect's validation of posted bodies and its idempotent ids (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.collect.intake import Limits, parse_body
+from shared.errors import InvalidFields, PayloadTooLarge
+
+LIMITS = Limits(max_payload_bytes=100, max_batch=3, max_recipients=2, default_ttl_seconds=60)
+
+
+def test_single_multi_and_batch_bodies_become_postings() -> None:
+    """Each accepted shape yields one posting per message with its recipients and TTL."""
+    assert [p.user_ids for p in parse_body({"user_id": "a", "payload": 1}, LIMITS, 0)] == [("a",)]
+    assert [p.user_ids for p in parse_body({"user_ids": ["a", "b"], "payload": 1}, LIMITS, 0)] == [("a", "b")]
+    batch = parse_body({"messages": [{"user_id": "a", "payload": 1, "ttl_seconds": 5}, {"user_id": "b", "payload": 2}]}, LIMITS, 0)
+    assert [(p.user_ids, p.expires_ms) for p in batch] == [(("a",), 5000), (("b",), 60000)]
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ({"user_id": "a", "payload": "x" * 200}, PayloadTooLarge),
+    ({"messages": [{"user_id": "a", "payload": 1}] * 4}, PayloadTooLarge),
+    ({"user_ids": ["a", "b", "c"], "payload": 1}, PayloadTooLarge),
+    ({"user_ids": ["a", "a"], "payload": 1}, InvalidFields),
+    ({"user_id": "a"}, InvalidFields),
+    ({"user_id": "a", "payload": 1, "ttl_seconds": 0}, InvalidFields),
+    ({"user_id": "a", "payload": 1, "ttl_seconds": True}, InvalidFields),
+    ({"messages": []}, InvalidFields),
+])
+def test_bodies_breaking_limits_or_fields_are_refused(body: dict, error: type) -> None:
+    """Over-limit posts are 413s and bad fields 422s, for the whole post."""
+    with pytest.raises(error):
+        parse_body(body, LIMITS, 0)
+
+
+def test_idempotency_key_gives_the_same_ids_per_sender_only() -> None:
+    """The same key from the same sender names the same messages; another sender or key names others."""
+    body = {"messages": [{"user_id": "a", "payload": 1}, {"user_id": "b", "payload": 2}]}
+    first = [p.message_id for p in parse_body(body, LIMITS, 0, "shop", "k1")]
+    assert first == [p.message_id for p in parse_body(body, LIMITS, 999, "shop", "k1")]
+    assert first != [p.message_id for p in parse_body(body, LIMITS, 0, "billing", "k1")]
+    assert first != [p.message_id for p in parse_body(body, LIMITS, 0, "shop", "k2")]
+    assert len(set(first)) == 2

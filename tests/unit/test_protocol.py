@@ -1,0 +1,52 @@
+"""The wire protocol's encoding and parsing (pure data, no I/O)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from shared.errors import MalformedRequest
+from shared.protocol import (AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, new_message_id,
+                             parse_client_frame, valid_user_id)
+
+
+def test_message_frame_encodes_the_documented_shape() -> None:
+    """A message frame carries type, id, payload and ts."""
+    assert orjson.loads(MessageFrame("m1", {"a": [1]}, 5).encode()) == {"type": "message", "id": "m1", "payload": {"a": [1]}, "ts": 5}
+
+
+@pytest.mark.parametrize(("text", "frame"), [
+    ('{"type": "ack", "id": "m1"}', AckFrame(("m1",))),
+    ('{"type": "ack", "ids": ["m1", "m2"]}', AckFrame(("m1", "m2"))),
+    ('{"type": "ping"}', PingFrame()),
+])
+def test_client_frames_parse(text: str, frame: object) -> None:
+    """Ack (single or many ids) and ping frames parse to their dataclasses."""
+    assert parse_client_frame(text) == frame
+
+
+@pytest.mark.parametrize("data", ["nope", "[1]", '{"type": "shout"}', '{"type": "ack"}', '{"type": "ack", "ids": [1]}',
+                                  '{"type": "ack", "ids": []}', b"\x00\x01"])
+def test_garbage_client_frames_are_malformed(data: str | bytes) -> None:
+    """Anything but a known frame raises MalformedRequest (closed with 4002)."""
+    with pytest.raises(MalformedRequest):
+        parse_client_frame(data)
+
+
+def test_deliver_batch_and_result_round_trip() -> None:
+    """The dispatch link frames decode to what was encoded."""
+    batch = DeliverBatch(7, (Delivery("m", "u", '{"x":1}', 3),))
+    assert DeliverBatch.decode(batch.encode()) == batch
+    assert BatchResult.decode(BatchResult(7, (0,)).encode()) == BatchResult(7, (0,))
+
+
+def test_message_ids_sort_by_time_and_are_unique() -> None:
+    """Ids made later sort later; ids made in the same millisecond differ."""
+    assert new_message_id(1000) < new_message_id(1001)
+    assert len({new_message_id(5) for _ in range(1000)}) == 1000
+
+
+def test_user_ids_allow_only_safe_characters() -> None:
+    """User ids may not contain ':' (it joins keys), spaces, or be empty or too long."""
+    assert valid_user_id("alice.smith@example-1_2")
+    assert not any(valid_user_id(v) for v in ["", "a:b", "a b", "x" * 129, 5, None])
