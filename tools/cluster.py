@@ -111,7 +111,8 @@ class Stack:
         return {
             "REDIS_URL": self.redis_url, "MONGO_URL": self.mongo_url, "MONGO_DB": self.mongo_db,
             "AUTH_PORT": str(self.auth_port), "COLLECT_PORT": str(self.collect_port),
-            "DISPATCH_PORT": str(self.dispatch_port), "AUTH_URL": self.auth_url, **self.env,
+            "DISPATCH_PORT": str(self.dispatch_port), "AUTH_URL": self.auth_url, "DISPATCH_URL": self.dispatch_url,
+            **self.env,
         }
 
     @classmethod
@@ -142,8 +143,9 @@ class Cluster:
     def start_redis(self, port: int) -> Proc:
         data = self.workdir / f"redis-{port}"
         data.mkdir(exist_ok=True)
+        # No persistence (tests restart it empty on purpose); many databases, one per test stack.
         argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(data)]
+                "--databases", "1000", "--dir", str(data)]
         proc = self.spawn(f"redis-{port}", argv)
         self.wait_tcp(proc, port)
         return proc
