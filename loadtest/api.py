@@ -1,0 +1,58 @@
+"""The HTTP side of a benchmark: tokens from auth and posts to collect, with the development keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+import orjson
+
+from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
+
+ADMIN_KEY = os.environ.get("AUTH_ADMIN_KEY", DEV_ADMIN_KEY)
+API_KEY = os.environ.get("COLLECT_API_KEYS", DEV_API_KEYS).split(",")[0].partition(":")[2]
+
+
+class Rejected(Exception):
+    """collect did not accept a post (any status but 202, or no answer in time)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Api:
+    def __init__(self, auth_url: str, collect_url: str, session: aiohttp.ClientSession) -> None:
+        self.auth_url = auth_url
+        self.collect_url = collect_url
+        self.session = session
+
+    async def token(self, user_id: str, ttl_seconds: int = 3600) -> str:
+        async with self.session.post(f"{self.auth_url}/v1/tokens", json={"user_id": user_id, "ttl_seconds": ttl_seconds},
+                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
+            if r.status != 200:
+                raise RuntimeError(f"auth answered {r.status}: {await r.text()}")
+            return (await r.json())["token"]
+
+    async def tokens(self, user_ids: list[str], concurrency: int = 32) -> list[str]:
+        """Tokens for many users, a bounded number of requests in flight."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(user_id: str) -> str:
+            async with gate:
+                return await self.token(user_id)
+
+        return await asyncio.gather(*(one(u) for u in user_ids))
+
+    async def post(self, body: dict[str, Any]) -> list[str]:
+        """POST /v1/messages; the accepted message ids, or ``Rejected`` naming the status or the error."""
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        try:
+            async with self.session.post(f"{self.collect_url}/v1/messages", data=orjson.dumps(body), headers=headers) as r:
+                if r.status != 202:
+                    raise Rejected(f"HTTP {r.status}")
+                return (await r.json(content_type=None))["ids"]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Rejected(type(exc).__name__) from None

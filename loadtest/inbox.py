@@ -1,0 +1,132 @@
+"""Benchmark users that stay connected, receive and ack messages, and the tally of what they got.
+
+Latency is the receive time minus the frame's ``ts`` (when collect accepted the message), both wall
+clock on this machine. Every posted id is registered as expected for its user, so the tally can
+say, per (user, message), whether it arrived exactly once, never, or more than once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from loadtest.api import Api
+from loadtest.target import Target
+
+ACK_EVERY_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Tally:
+    expected: int
+    delivered: int
+    lost: int
+    duplicates: int
+    unexpected: int
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.expected: set[tuple[str, str]] = set()
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.latencies_ms: list[float] = []
+        self.last_receive = 0.0
+        self._changed = asyncio.Event()
+
+    def expect(self, user_id: str, message_id: str) -> None:
+        self.expected.add((user_id, message_id))
+
+    def record(self, user_id: str, message_id: str, latency_ms: float) -> None:
+        self.counts[(user_id, message_id)] += 1
+        self.latencies_ms.append(latency_ms)
+        self.last_receive = time.time()
+        self._changed.set()
+
+    def missing(self) -> int:
+        return sum(1 for key in self.expected if key not in self.counts)
+
+    async def settle(self, timeout: float, grace: float = 1.0) -> None:
+        """Wait until every expected message arrived (or ``timeout``), then ``grace`` more for duplicates."""
+        deadline = time.monotonic() + timeout
+        while self.missing() and time.monotonic() < deadline:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+        await asyncio.sleep(grace)
+
+    def tally(self) -> Tally:
+        delivered = sum(1 for key in self.expected if key in self.counts)
+        return Tally(
+            expected=len(self.expected),
+            delivered=delivered,
+            lost=len(self.expected) - delivered,
+            duplicates=sum(n - 1 for n in self.counts.values() if n > 1),
+            unexpected=sum(n for key, n in self.counts.items() if key not in self.expected),
+        )
+
+
+class Users:
+    """``user_ids`` connected round-robin over the push nodes, each receiving into ``inbox`` and acking."""
+
+    def __init__(self, target: Target, api: Api, user_ids: list[str], inbox: Inbox) -> None:
+        self.target = target
+        self.api = api
+        self.user_ids = user_ids
+        self.inbox = inbox
+        self._sockets: list[ClientConnection] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Users:
+        tokens = await self.api.tokens(self.user_ids)
+        nodes = len(self.target.push_urls)
+        self._sockets = list(await asyncio.gather(
+            *(self._open(token, self.target.ws_url(i % nodes)) for i, token in enumerate(tokens))))
+        self._tasks = [asyncio.create_task(self._listen(u, ws)) for u, ws in zip(self.user_ids, self._sockets)]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in self._sockets), return_exceptions=True)
+
+    @staticmethod
+    async def _open(token: str, url: str) -> ClientConnection:
+        """A socket that the node has routed (its welcome frame arrived), so posts can reach it."""
+        ws = await connect(f"{url}?token={token}", open_timeout=10, compression=None, ping_interval=None, max_size=None)
+        welcome = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        if welcome.get("type") != "welcome":
+            raise RuntimeError(f"expected a welcome frame, got {welcome}")
+        return ws
+
+    async def _listen(self, user_id: str, ws: ClientConnection) -> None:
+        """Record each message as it arrives; ack the ids every 100 ms, as a browser client would."""
+        unacked: list[str] = []
+        acker = asyncio.create_task(self._ack_loop(ws, unacked))
+        try:
+            async for data in ws:
+                received_ms = time.time() * 1000
+                frame = orjson.loads(data)
+                if frame.get("type") == "message":
+                    self.inbox.record(user_id, frame["id"], received_ms - frame["ts"])
+                    unacked.append(frame["id"])
+        except ConnectionClosed:
+            pass
+        finally:
+            acker.cancel()
+
+    @staticmethod
+    async def _ack_loop(ws: ClientConnection, unacked: list[str]) -> None:
+        while True:
+            await asyncio.sleep(ACK_EVERY_SECONDS)
+            while unacked:
+                ids, unacked[:] = unacked[:1000], unacked[1000:]
+                await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())

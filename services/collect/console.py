@@ -1,0 +1,103 @@
+"""collect's browser-facing routes: what a web page needs to reach the cluster, and two pages.
+
+Always served (public, read-only):
+
+* ``GET /v1/nodes`` -- live push nodes, least loaded first, with the websocket URL browsers use;
+* ``GET /v1/stats`` -- a cumulative snapshot for the dashboard (see ``stats.py``);
+* ``GET /dashboard`` and ``GET /static/...`` -- the live dashboard, the JavaScript client, the CSS.
+
+Development only (absent when ``APP_ENV=production``, because they hand out tokens for any user and
+send as a business system without a key):
+
+* ``POST /dev/tokens`` ``{"user_id", "ttl_seconds"?}`` -- a token from auth, asked with the admin key;
+* ``POST /dev/messages`` -- exactly ``POST /v1/messages``, as the first configured business system;
+* ``GET /demo`` -- the demo page using both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import aiohttp
+from pymongo.asynchronous.collection import AsyncCollection
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from services.collect.config import CollectConfig
+from services.collect.stats import gather_stats
+from shared.config import is_production
+from shared.errors import Unavailable
+from shared.routing import directory
+from shared.web import json_response, read_json, timed
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+STATIC = Path(__file__).parent / "static"
+AUTH_TIMEOUT = aiohttp.ClientTimeout(total=5)
+MAX_TOKEN_BODY = 4096
+
+
+def page(name: str) -> Handler:
+    """A handler serving one HTML page from ``static/``."""
+
+    async def serve(_: Request) -> Response:
+        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+    return serve
+
+
+def as_sender(request: Request, api_key: str) -> Request:
+    """The same request (body unread) presenting ``api_key``, so the page never holds the business key."""
+    headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
+    scope = {**request.scope, "headers": [*headers, (b"authorization", f"Bearer {api_key}".encode())]}
+    return Request(scope, request.receive)
+
+
+def console_routes(config: CollectConfig, redis: Redis, deliveries: AsyncCollection, post_messages: Handler) -> list[BaseRoute]:
+    """The routes above; ``post_messages`` is collect's own ``POST /v1/messages`` handler, reused as is."""
+
+    async def nodes(_: Request) -> Response:
+        try:
+            cards = await directory(redis)
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from None
+        body = [{"id": c.id, "url": c.public_url, "connections": c.connections, "users": c.users} for c in cards]
+        return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})
+
+    async def stats(_: Request) -> Response:
+        return json_response(await gather_stats(redis, deliveries, config.dispatch_url), headers={"Cache-Control": "no-store"})
+
+    async def dev_token(request: Request) -> Response:
+        body = await read_json(request, MAX_TOKEN_BODY)
+        ask = {"user_id": body.get("user_id"), "ttl_seconds": body.get("ttl_seconds", 3600)}
+        try:
+            async with aiohttp.ClientSession(timeout=AUTH_TIMEOUT) as session:
+                async with session.post(f"{config.auth_url}/v1/tokens", json=ask,
+                                        headers={"Authorization": f"Bearer {config.auth_admin_key}"}) as answer:
+                    return Response(await answer.read(), answer.status, media_type="application/json")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"auth: {exc!r}") from None
+
+    first_key = next(iter(config.api_keys), "")  # no key configured: the post is refused with 401
+
+    async def dev_messages(request: Request) -> Response:
+        return await post_messages(as_sender(request, first_key))
+
+    routes: list[BaseRoute] = [
+        Route("/v1/nodes", timed("nodes", nodes)),
+        Route("/v1/stats", timed("stats", stats)),
+        Route("/dashboard", page("dashboard.html")),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    if not is_production():
+        routes += [
+            Route("/demo", page("demo.html")),
+            Route("/dev/tokens", dev_token, methods=["POST"]),
+            Route("/dev/messages", dev_messages, methods=["POST"]),
+        ]
+    return routes

@@ -1,0 +1,134 @@
+"""The dashboard's numbers, gathered on demand from where they already live.
+
+* which push nodes are alive: their cards in Redis (``shared.routing.directory``);
+* connections, users, deliveries and delivery latency: each node's ``/metrics``, scraped live
+  (cards are only renewed every few seconds, so their counts lag behind);
+* messages accepted: collect's own counter (this instance); passed on by dispatch: dispatch's ``/metrics``;
+* messages pending (stored for users who have not received them yet): a count in MongoDB.
+
+Everything returned is a cumulative total or a current gauge, never a rate: the page derives rates
+and windowed percentiles from successive snapshots, so this stays stateless and any number of open
+dashboards cost the same. A source that does not answer is reported as unknown (``None``, or a node
+with ``"up": false``) instead of failing the whole snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.errors import Unavailable
+from shared.metrics import exposition
+from shared.routing import NodeCard, directory, now_ms
+
+PENDING_STATES = ["accepted", "dispatched"]
+LATENCY = "push_delivery_latency_seconds"
+SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    """One ``/metrics`` page: unlabelled samples by name, and histogram buckets (``le`` -> cumulative count)."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    buckets: dict[str, dict[float, float]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Samples:
+        values: dict[str, float] = {}
+        buckets: defaultdict[str, dict[float, float]] = defaultdict(dict)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and "le" in sample.labels:
+                    buckets[family.name][float(sample.labels["le"])] = sample.value
+                elif not sample.labels:
+                    values[sample.name] = sample.value
+        return cls(values, dict(buckets))
+
+    def get(self, name: str) -> float:
+        return self.values.get(name, 0.0)
+
+
+def node_http_base(link_url: str) -> str:
+    """A node's HTTP base from its internal link URL: ``ws://h:p/internal`` -> ``http://h:p``."""
+    parts = urlsplit(link_url)
+    return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
+
+
+async def scrape(session: aiohttp.ClientSession, base_url: str) -> Samples | None:
+    """The service's parsed ``/metrics``, or None if it does not answer in time."""
+    try:
+        async with session.get(f"{base_url}/metrics") as response:
+            if response.status != 200:
+                return None
+            return Samples.parse(await response.text())
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+def merge_latency(pages: list[Samples]) -> dict[str, Any]:
+    """Sum the nodes' latency histograms; ``+Inf`` is left out of ``buckets`` (JSON has no infinity): it is ``count``."""
+    merged: defaultdict[float, float] = defaultdict(float)
+    for page in pages:
+        for le, count in page.buckets.get(LATENCY, {}).items():
+            merged[le] += count
+    count = merged.pop(math.inf, 0.0)
+    total = sum(page.get(f"{LATENCY}_sum") for page in pages)
+    return {"buckets": sorted(merged.items()), "count": count, "sum": total}
+
+
+async def count_pending(deliveries: AsyncCollection, now: dt.datetime) -> int | None:
+    """Deliveries stored but not yet handed to a socket and not expired; None if MongoDB does not answer."""
+    try:
+        return await deliveries.count_documents({"state": {"$in": PENDING_STATES}, "expires_at": {"$gt": now}})
+    except PyMongoError:
+        return None
+
+
+def node_entry(card: NodeCard, page: Samples | None) -> dict[str, Any]:
+    """What the dashboard shows per node: live gauges when the node answered, its last card otherwise."""
+    up = page is not None
+    return {
+        "id": card.id, "url": card.public_url, "up": up,
+        "connections": int(page.get("push_connections")) if up else card.connections,
+        "users": int(page.get("push_users")) if up else card.users,
+        "delivered": page.get("push_delivered_total") if up else None,
+    }
+
+
+async def gather_stats(redis: Redis, deliveries: AsyncCollection, dispatch_url: str) -> dict[str, Any]:
+    """One snapshot of the cluster (503 only when Redis, the source of truth on live nodes, is down)."""
+    try:
+        cards = await directory(redis)
+    except RedisError as exc:
+        raise Unavailable(f"Redis: {exc}") from None
+    async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT) as session:
+        *node_pages, dispatch_page = await asyncio.gather(
+            *(scrape(session, node_http_base(c.link_url)) for c in cards), scrape(session, dispatch_url)
+        )
+    pending = await count_pending(deliveries, dt.datetime.now(dt.timezone.utc))
+    own = Samples.parse(exposition()[0].decode())
+    answered = [p for p in node_pages if p is not None]
+    return {
+        "ts": now_ms(),
+        "nodes": [node_entry(c, p) for c, p in zip(cards, node_pages)],
+        "messages": {
+            "accepted": own.get("push_messages_in_total"),
+            "dispatched": dispatch_page.get("push_messages_out_total") if dispatch_page else None,
+            "delivered": sum(p.get("push_delivered_total") for p in answered),
+        },
+        "latency": merge_latency(answered),
+        "pending": pending,
+    }

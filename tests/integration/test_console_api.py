@@ -1,0 +1,62 @@
+"""collect's browser-facing API over real processes: the node directory, the stats feed and the /dev routes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.client import next_frame
+from tests.conftest import RunningStack
+
+
+async def get_json(stack: RunningStack, path: str) -> Any:
+    async with stack.client.session.get(f"{stack.stack.collect_url}{path}") as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def post_json(stack: RunningStack, path: str, body: Any) -> tuple[int, Any]:
+    async with stack.client.session.post(f"{stack.stack.collect_url}{path}", json=body) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def test_node_directory_lists_every_live_node_with_its_websocket_url(shared_stack: RunningStack) -> None:
+    """GET /v1/nodes needs no key and lists each live node's public websocket URL and load."""
+    nodes = (await get_json(shared_stack, "/v1/nodes"))["nodes"]
+    assert sorted(n["url"] for n in nodes) == sorted(f"ws://127.0.0.1:{p}/ws" for p in shared_stack.stack.push_ports)
+    assert all(set(n) == {"id", "url", "connections", "users"} for n in nodes)
+
+
+async def test_dev_token_connects_and_dev_message_arrives(shared_stack: RunningStack) -> None:
+    """A token from POST /dev/tokens opens a websocket, and POST /dev/messages (no key) delivers to it."""
+    status, issued = await post_json(shared_stack, "/dev/tokens", {"user_id": "dora"})
+    assert status == 200, issued
+    ws = await shared_stack.client.open(issued["token"], node=1)
+    assert (await next_frame(ws))["type"] == "welcome"
+    status, accepted = await post_json(shared_stack, "/dev/messages", {"user_id": "dora", "payload": {"text": "hi"}})
+    assert status == 202, accepted
+    frame = await next_frame(ws)
+    assert (frame["id"], frame["payload"]) == (accepted["id"], {"text": "hi"})
+    await ws.close()
+
+
+async def test_dev_token_refuses_a_bad_user_id(shared_stack: RunningStack) -> None:
+    """auth's validation reaches the page: a user id with a colon gets 422 and no token."""
+    status, body = await post_json(shared_stack, "/dev/tokens", {"user_id": "no:colons"})
+    assert status == 422 and body["error"]["code"] == "invalid"
+
+
+async def test_stats_report_nodes_up_and_a_message_for_an_offline_user_as_pending(start_stack) -> None:
+    """GET /v1/stats shows both nodes answering and counts a stored, undelivered message as pending."""
+    stack: RunningStack = start_stack()  # fresh: no other message may be pending
+    before = await get_json(stack, "/v1/stats")
+    assert [n["up"] for n in before["nodes"]] == [True, True]
+    assert (before["pending"], before["messages"]["accepted"]) == (0, 0)
+    status, _ = await stack.client.post({"user_id": "offline-olga", "payload": "later"})
+    assert status == 202
+    for _ in range(100):  # bounded: at most ~10 s
+        after = await get_json(stack, "/v1/stats")
+        if after["pending"] and after["messages"]["accepted"]:
+            break
+        await asyncio.sleep(0.1)
+    assert (after["pending"], after["messages"]["accepted"]) == (1, 1)

@@ -1,0 +1,265 @@
+// Unit tests of the browser client's logic, with node's built-in runner: `node --test tests/js/`.
+import assert from "node:assert/strict";
+import { afterEach, beforeEach, describe, it, mock } from "node:test";
+
+import { CLOSE, PushClient, RecentIds, backoffDelay, chooseNode } from "../../services/collect/static/pushclient.js";
+
+describe("backoffDelay", () => {
+  it("doubles its range per attempt up to the cap", () => {
+    const top = (attempt) => backoffDelay(attempt, { baseMs: 500, maxMs: 30000, random: () => 1 });
+    assert.deepEqual([0, 1, 2, 3, 6, 7, 50].map(top), [500, 1000, 2000, 4000, 30000, 30000, 30000]);
+  });
+
+  it("is never zero, even when the random draw is zero", () => {
+    for (let attempt = 0; attempt < 40; attempt++) {
+      const delay = backoffDelay(attempt, { baseMs: 500, maxMs: 30000, random: () => 0 });
+      assert.ok(delay >= 250, `attempt ${attempt} waits ${delay} ms`);
+    }
+  });
+
+  it("spreads clients over the upper half of the range (jitter)", () => {
+    const delays = [0, 0.25, 0.5, 0.99].map((r) => backoffDelay(3, { baseMs: 500, random: () => r }));
+    assert.deepEqual(delays, [2000, 2500, 3000, 3980]);
+  });
+});
+
+describe("chooseNode", () => {
+  const nodes = [{ url: "ws://a/ws" }, { url: "ws://b/ws" }, { url: "ws://c/ws" }];
+
+  it("picks between the two least loaded nodes", () => {
+    assert.equal(chooseNode(nodes, new Map(), 0, () => 0), "ws://a/ws");
+    assert.equal(chooseNode(nodes, new Map(), 0, () => 0.99), "ws://b/ws");
+  });
+
+  it("fails over: skips a node that failed recently while another is up", () => {
+    const avoid = new Map([["ws://a/ws", 1000]]);
+    assert.equal(chooseNode(nodes, avoid, 500, () => 0), "ws://b/ws");
+  });
+
+  it("tries a failed node again once its penalty has run out", () => {
+    const avoid = new Map([["ws://a/ws", 1000]]);
+    assert.equal(chooseNode(nodes, avoid, 1000, () => 0), "ws://a/ws");
+  });
+
+  it("takes the least loaded node when every node failed recently", () => {
+    const avoid = new Map(nodes.map((n) => [n.url, 1000]));
+    assert.equal(chooseNode(nodes, avoid, 0, () => 0.99), "ws://a/ws");
+  });
+
+  it("returns null for an empty directory", () => {
+    assert.equal(chooseNode([], new Map(), 0), null);
+  });
+});
+
+describe("RecentIds", () => {
+  it("reports an id as seen the second time", () => {
+    const recent = new RecentIds(10);
+    assert.equal(recent.seen("m1"), false);
+    assert.equal(recent.seen("m1"), true);
+  });
+
+  it("forgets the oldest ids beyond its capacity, keeping memory bounded", () => {
+    const recent = new RecentIds(3);
+    for (const id of ["m1", "m2", "m3", "m4"]) recent.seen(id);
+    assert.equal(recent.ids.size, 3);
+    assert.equal(recent.seen("m4"), true);
+    assert.equal(recent.seen("m1"), false);
+  });
+});
+
+/** A WebSocket stand-in the test drives by hand. */
+class FakeSocket {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.sent = [];
+    this.readyState = 0;
+    FakeSocket.all.push(this);
+  }
+  send(data) {
+    this.sent.push(JSON.parse(data));
+  }
+  close(code) {
+    this.closedWith = code;
+    this.readyState = 3;
+  }
+  accept(node) {
+    this.readyState = 1;
+    this.onopen?.();
+    this.frame({ type: "welcome", user_id: "alice", node });
+  }
+  frame(obj) {
+    this.onmessage?.({ data: JSON.stringify(obj) });
+  }
+  drop(code) {
+    this.readyState = 3;
+    this.onclose?.({ code, reason: "" });
+  }
+}
+
+/** A window stand-in with a switchable navigator.onLine. */
+class FakeWindow extends EventTarget {
+  navigator = { onLine: true };
+}
+
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+describe("PushClient", () => {
+  let clock, win, tokens, client, events;
+
+  beforeEach(() => {
+    FakeSocket.all = [];
+    clock = 1_000_000;
+    mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+    win = new FakeWindow();
+    tokens = 0;
+    events = [];
+    client = new PushClient({
+      getToken: async () => `token-${++tokens}`,
+      fetch: async () => ({ ok: true, json: async () => ({ nodes: [{ url: "ws://a/ws" }, { url: "ws://b/ws" }] }) }),
+      WebSocket: FakeSocket,
+      window: win,
+      random: () => 0,
+      now: () => clock,
+    });
+    for (const type of ["open", "message", "close", "error"]) client.addEventListener(type, (e) => events.push([type, e.detail]));
+  });
+
+  afterEach(() => {
+    client.stop();
+    mock.timers.reset();
+  });
+
+  const advance = async (ms) => {
+    clock += ms;
+    mock.timers.tick(ms);
+    await settle();
+  };
+
+  const connected = async () => {
+    client.start();
+    await settle();
+    const ws = FakeSocket.all.at(-1);
+    ws.accept(ws.url.startsWith("ws://a") ? "a" : "b");
+    return ws;
+  };
+
+  it("acks every message once the handlers ran, and emits a redelivered one only once", async () => {
+    const ws = await connected();
+    ws.frame({ type: "message", id: "m1", payload: "hi", ts: clock - 5 });
+    ws.frame({ type: "message", id: "m1", payload: "hi", ts: clock - 5 });
+    await settle();
+    assert.deepEqual(events.filter(([t]) => t === "message").map(([, d]) => [d.id, d.latencyMs]), [["m1", 5]]);
+    assert.deepEqual(ws.sent, [{ type: "ack", ids: ["m1", "m1"] }]);
+    assert.equal(client.duplicates, 1);
+  });
+
+  it("reconnects to the other node after a backoff delay when its node dies", async () => {
+    const first = await connected();
+    assert.equal(first.url, "ws://a/ws?token=token-1");
+    first.drop(1006);
+    const [, close] = events.at(-1);
+    assert.equal(close.code, 1006);
+    assert.ok(close.retryInMs >= 250, `retries after ${close.retryInMs} ms`);
+    await advance(close.retryInMs - 1);
+    assert.equal(FakeSocket.all.length, 1, "no reconnect before the delay");
+    await advance(1);
+    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?token=token-1");
+  });
+
+  it("backs off further on every failed attempt instead of spinning", async () => {
+    client.start();
+    await settle();
+    const delays = [];
+    for (let i = 0; i < 5; i++) {
+      FakeSocket.all.at(-1).drop(1006);
+      delays.push(events.at(-1)[1].retryInMs);
+      await advance(delays.at(-1));
+    }
+    assert.deepEqual(delays, [250, 500, 1000, 2000, 4000]);
+  });
+
+  it("asks for a fresh token when the node closes with 4001", async () => {
+    const ws = await connected();
+    ws.drop(CLOSE.TOKEN);
+    await advance(events.at(-1)[1].retryInMs);
+    assert.equal(FakeSocket.all.at(-1).url, "ws://a/ws?token=token-2");
+  });
+
+  it("drops a link that does not answer a ping, then reconnects", async () => {
+    const ws = await connected();
+    await advance(15000);
+    assert.deepEqual(ws.sent.at(-1), { type: "ping" });
+    await advance(10000);
+    assert.equal(ws.closedWith, CLOSE.SILENT);
+    assert.equal(events.at(-1)[1].code, CLOSE.SILENT);
+    await advance(events.at(-1)[1].retryInMs);
+    assert.equal(FakeSocket.all.length, 2);
+  });
+
+  it("gives up on a node that never completes the handshake and tries the other", async () => {
+    client.start();
+    await settle();
+    await advance(10000);
+    assert.equal(FakeSocket.all[0].closedWith, CLOSE.SILENT);
+    await advance(events.at(-1)[1].retryInMs);
+    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?token=token-1");
+  });
+
+  it("does not retry after stop() while a failing token fetch was in flight", async () => {
+    let fetches = 0;
+    const failing = new PushClient({ getToken: async () => { fetches++; throw new Error("auth down"); }, WebSocket: FakeSocket });
+    failing.start();
+    failing.stop();
+    await advance(120000);
+    assert.equal(fetches, 1);
+    assert.equal(FakeSocket.all.length, 0);
+  });
+
+  it("keeps a link that answers its pings", async () => {
+    const ws = await connected();
+    for (let i = 0; i < 3; i++) {
+      await advance(15000);
+      ws.frame({ type: "pong" });
+    }
+    assert.equal(ws.closedWith, undefined);
+  });
+
+  it("waits for the browser to come back online before reconnecting", async () => {
+    const ws = await connected();
+    win.navigator.onLine = false;
+    win.dispatchEvent(new Event("offline"));
+    ws.drop(1006);
+    await advance(60000);
+    assert.equal(FakeSocket.all.length, 1);
+    assert.equal(client.state, "offline");
+    win.navigator.onLine = true;
+    win.dispatchEvent(new Event("online"));
+    await advance(0);
+    assert.equal(FakeSocket.all.length, 1, "online reconnects after a jittered delay, not at once");
+    await advance(30000);
+    assert.equal(FakeSocket.all.length, 2);
+  });
+
+  it("closes on pagehide and comes back on pageshow", async () => {
+    const ws = await connected();
+    win.dispatchEvent(new Event("pagehide"));
+    assert.equal(ws.closedWith, CLOSE.NORMAL);
+    await advance(60000);
+    assert.equal(FakeSocket.all.length, 1);
+    win.dispatchEvent(new Event("pageshow"));
+    await advance(30000);
+    assert.equal(FakeSocket.all.length, 2);
+  });
+
+  it("stops for good on stop(): no reconnect, no listeners left", async () => {
+    const ws = await connected();
+    client.stop();
+    assert.equal(ws.closedWith, CLOSE.NORMAL);
+    win.dispatchEvent(new Event("online"));
+    win.dispatchEvent(new Event("pageshow"));
+    await advance(120000);
+    assert.equal(FakeSocket.all.length, 1);
+    assert.equal(client.state, "stopped");
+  });
+});
