@@ -43,7 +43,7 @@ class LifecycleWriter:
         if not marks:
             return
         try:
-            await self.store.advance(marks)
+            await self.store.record(marks)
         except Unavailable:
             self._pending[:0] = marks
             self._count += count

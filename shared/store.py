@@ -1,16 +1,22 @@
-"""Messages in MongoDB: one document per message per recipient (a "delivery"), with its lifecycle.
+"""Messages in MongoDB: an ``inbox`` of open deliveries and an append-only ``events`` lifecycle log.
 
-``_id`` is ``"{message_id}:{user_id}"``, so a retried insert cannot store a delivery twice, and a
-user can only ever acknowledge deliveries addressed to them.
+A *delivery* is one message for one recipient, ``_id = "{message_id}:{user_id}"`` (user ids cannot
+contain ``:``), so a user can only ever acknowledge deliveries addressed to them.
 
-Lifecycle: accepted -> dispatched -> delivered -> acked, or -> expired. Each stage keeps its own
-time (``<stage>_at``, first time only); ``state`` follows ``rank`` upward only, so stage updates
-that arrive out of order (a node's "delivered" before dispatch's "dispatched") cannot move a
-delivery backwards. FerretDB has no TTL indexes, so expiry is enforced by queries; where the server
-has them, a TTL index on ``purge_at`` removes documents long after they stopped mattering.
+* ``inbox`` holds what a recipient may still receive: inserted when collect accepts, deleted when
+  the client acks or the message expires. The replay on connect and the reconciler read only this,
+  so their cost follows what is open, not the whole history.
+* ``events`` records each stage once (``_id = "{delivery}/{stage}"``; a repeat is a duplicate key,
+  so the first time is kept): accepted -> dispatched -> delivered -> acked, or -> expired. Stage
+  writes are inserts, never read-modify-write, and the state is derived when read.
 
-Any driver failure becomes ``Unavailable`` (503 / retry): nobody is told a message is stored when
-the write was not acknowledged. One circuit breaker guards every call.
+Both suit FerretDB on SQLite, which scans a collection for every query (its indexes serve
+MongoDB here, and matter on the real server in docker-compose): nothing hot ever updates the large
+history. FerretDB has no TTL indexes, so expiry is enforced by code; where the server has them, a
+TTL index on ``events.purge_at`` drops history 30 days after a message's expiry.
+
+Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit breaker: nobody is
+told a message is stored when the write was not acknowledged.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import AsyncMongoClient, UpdateMany
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from shared.breaker import CircuitBreaker
@@ -29,10 +36,12 @@ from shared.errors import Unavailable
 log = logging.getLogger(__name__)
 
 STAGES = ("accepted", "dispatched", "delivered", "acked", "expired")
-RANK = {stage: rank for rank, stage in enumerate(STAGES)}
-OPEN_STATES = ["accepted", "dispatched", "delivered"]
+# Which stage names the state when several are recorded: an ack beats a late expiry.
+PRECEDENCE = {"accepted": 0, "dispatched": 1, "delivered": 2, "expired": 3, "acked": 4}
 PURGE_AFTER = dt.timedelta(days=30)
 DUPLICATE_KEY = 11000
+
+Mark = tuple[str, dt.datetime, list[str]]
 
 
 def delivery_id(message_id: str, user_id: str) -> str:
@@ -61,16 +70,42 @@ class NewDelivery:
         return delivery_id(self.message_id, self.user_id)
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any]) -> NewDelivery:
+    def from_inbox(cls, doc: dict[str, Any]) -> NewDelivery:
         return cls(doc["message_id"], doc["user_id"], doc["sender"], doc["payload"], doc["ts"], to_ms(doc["expires_at"]))
 
-    def document(self) -> dict[str, Any]:
-        accepted, expires = utc(self.ts), utc(self.expires_ms)
-        return {
-            "_id": self.id, "message_id": self.message_id, "user_id": self.user_id, "sender": self.sender,
-            "payload": self.payload, "ts": self.ts, "state": "accepted", "rank": 0, "accepted_at": accepted,
-            "queued_at": accepted, "expires_at": expires, "purge_at": expires + PURGE_AFTER,
-        }
+    def inbox_document(self) -> dict[str, Any]:
+        return {"_id": self.id, "message_id": self.message_id, "user_id": self.user_id, "sender": self.sender,
+                "payload": self.payload, "ts": self.ts, "queued_at": utc(self.ts), "expires_at": utc(self.expires_ms)}
+
+
+def event(delivery: str, stage: str, at: dt.datetime, **extra: Any) -> dict[str, Any]:
+    message_id, _, user_id = delivery.partition(":")
+    return {"_id": f"{delivery}/{stage}", "message_id": message_id, "user_id": user_id, "stage": stage, "at": at, **extra}
+
+
+def derive(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per recipient: the state (by precedence) and each stage's time in ms, from raw events."""
+    by_user: dict[str, dict[str, Any]] = {}
+    for e in events:
+        entry = by_user.setdefault(e["user_id"], {"user_id": e["user_id"], "state": "accepted"})
+        entry[f"{e['stage']}_at"] = to_ms(e["at"])
+        if PRECEDENCE[e["stage"]] > PRECEDENCE[entry["state"]]:
+            entry["state"] = e["stage"]
+    return [by_user[u] for u in sorted(by_user)]
+
+
+async def insert_new(collection: AsyncCollection, docs: list[dict[str, Any]]) -> set[int]:
+    """Insert, ignoring documents already there; return the indexes that were duplicates."""
+    if not docs:
+        return set()
+    try:
+        await collection.insert_many(docs, ordered=False)
+        return set()
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return {e["index"] for e in errors}
 
 
 class MessageStore:
@@ -79,77 +114,86 @@ class MessageStore:
             url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 2,
             tz_aware=True,
         )
-        self.deliveries = self.client[database]["deliveries"]
+        self.inbox = self.client[database]["inbox"]
+        self.events = self.client[database]["events"]
         self.breaker = CircuitBreaker("mongodb", failures=(PyMongoError,))
 
     async def prepare(self) -> None:
         """Create the indexes the queries need (idempotent), and a TTL index where supported."""
 
         async def create() -> None:
-            await self.deliveries.create_index([("message_id", 1)])
-            await self.deliveries.create_index([("user_id", 1), ("ts", 1)])
-            await self.deliveries.create_index([("rank", 1), ("queued_at", 1)])
-            await self.deliveries.create_index([("expires_at", 1)])
+            await self.inbox.create_index([("user_id", 1), ("ts", 1)])
+            await self.inbox.create_index([("queued_at", 1)])
+            await self.inbox.create_index([("expires_at", 1)])
+            await self.events.create_index([("message_id", 1)])
             try:
-                await self.deliveries.create_index([("purge_at", 1)], expireAfterSeconds=0)
+                await self.events.create_index([("purge_at", 1)], expireAfterSeconds=0)
             except OperationFailure as exc:
-                log.info("no TTL index on this server; expiry is enforced by queries", extra={"error": exc.code})
+                log.info("no TTL index on this server; expiry is enforced by code", extra={"error": exc.code})
 
         await self.breaker.call(create)
 
-    async def insert(self, deliveries: list[NewDelivery]) -> list[NewDelivery]:
-        """Store the deliveries once MongoDB acknowledges; return those not stored before (retries)."""
+    async def accept(self, deliveries: list[NewDelivery], retry: bool = False) -> list[NewDelivery]:
+        """Store deliveries once MongoDB acknowledges; return those not stored before.
 
-        async def insert() -> list[NewDelivery]:
-            try:
-                await self.deliveries.insert_many([d.document() for d in deliveries], ordered=False)
-                return deliveries
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    raise
-                duplicates = {e["index"] for e in errors}
-                return [d for i, d in enumerate(deliveries) if i not in duplicates]
+        ``retry`` (an Idempotency-Key was given): first drop deliveries already accepted, even ones
+        since acked and gone from the inbox, so a retry never delivers twice.
+        """
 
-        return await self.breaker.call(insert)
+        async def accept() -> list[NewDelivery]:
+            todo = deliveries
+            if retry:
+                seen = {e["_id"] async for e in self.events.find({"_id": {"$in": [f"{d.id}/accepted" for d in todo]}}, {"_id": 1})}
+                todo = [d for d in todo if f"{d.id}/accepted" not in seen]
+            open_already = await insert_new(self.inbox, [d.inbox_document() for d in todo])
+            await insert_new(self.events, [event(d.id, "accepted", utc(d.ts), sender=d.sender,
+                                                 purge_at=utc(d.expires_ms) + PURGE_AFTER) for d in todo])
+            return [d for i, d in enumerate(todo) if i not in open_already]
 
-    async def advance(self, marks: list[tuple[str, dt.datetime, list[str]]]) -> None:
-        """Apply (stage, time, ids) marks in one bulk write: record first stage times, raise state by rank."""
-        ops = []
-        for stage, at, ids in marks:
-            if ids:
-                ops.append(UpdateMany({"_id": {"$in": ids}, f"{stage}_at": {"$exists": False}}, {"$set": {f"{stage}_at": at}}))
-                ceiling = RANK["acked"] if stage == "expired" else RANK[stage]  # acked never expires
-                ops.append(UpdateMany({"_id": {"$in": ids}, "rank": {"$lt": ceiling}},
-                                      {"$set": {"state": stage, "rank": RANK[stage]}}))
-        if ops:
-            await self.breaker.call(lambda: self.deliveries.bulk_write(ops, ordered=False))
+        return await self.breaker.call(accept)
+
+    async def record(self, marks: list[Mark]) -> None:
+        """Write lifecycle marks: one insert of events, then close acked and expired inbox entries."""
+
+        async def record() -> None:
+            await insert_new(self.events, [event(d, stage, at) for stage, at, ids in marks for d in ids])
+            closed = [d for stage, _, ids in marks if stage in ("acked", "expired") for d in ids]
+            if closed:
+                await self.inbox.delete_many({"_id": {"$in": closed}})
+            dispatched = [(at, ids) for stage, at, ids in marks if stage == "dispatched"]
+            for at, ids in dispatched:
+                await self.inbox.update_many({"_id": {"$in": ids}}, {"$set": {"dispatched_at": at}})
+
+        await self.breaker.call(record)
 
     async def pending_for(self, user_id: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
         """What the user has not acknowledged and may still receive, oldest first."""
-        query = {"user_id": user_id, "state": {"$in": OPEN_STATES}, "expires_at": {"$gt": now}}
-        projection = {"message_id": 1, "payload": 1, "ts": 1}
-        return await self.breaker.call(lambda: self.deliveries.find(query, projection).sort([("ts", 1), ("_id", 1)]).to_list(limit))
+        query = {"user_id": user_id, "expires_at": {"$gt": now}}
+        cursor = self.inbox.find(query, {"message_id": 1, "payload": 1, "ts": 1}).sort([("ts", 1), ("_id", 1)])
+        return await self.breaker.call(lambda: cursor.to_list(limit))
 
-    async def stale_accepted(self, before: dt.datetime, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
-        """Deliveries accepted, unexpired, but not taken from the stream since ``before``: lost hand-overs."""
-        query = {"rank": 0, "queued_at": {"$lt": before}, "expires_at": {"$gt": now}}
-        projection = {"message_id": 1, "user_id": 1, "sender": 1, "payload": 1, "ts": 1, "expires_at": 1}
-        return await self.breaker.call(lambda: self.deliveries.find(query, projection).sort("queued_at", 1).to_list(limit))
+    async def stale_undispatched(self, before: dt.datetime, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
+        """Open deliveries never taken from the stream since ``before``: lost hand-overs to re-queue."""
+        query = {"dispatched_at": {"$exists": False}, "queued_at": {"$lt": before}, "expires_at": {"$gt": now}}
+        return await self.breaker.call(lambda: self.inbox.find(query).sort("queued_at", 1).to_list(limit))
 
     async def requeued(self, ids: list[str], at: dt.datetime) -> None:
-        await self.breaker.call(lambda: self.deliveries.update_many({"_id": {"$in": ids}}, {"$set": {"queued_at": at}}))
+        await self.breaker.call(lambda: self.inbox.update_many({"_id": {"$in": ids}}, {"$set": {"queued_at": at}}))
 
-    async def expire_due(self, now: dt.datetime) -> int:
-        """Mark every open delivery past its expiry as expired; it is never delivered after this."""
-        query = {"state": {"$in": OPEN_STATES}, "expires_at": {"$lte": now}}
-        update = {"$set": {"state": "expired", "rank": RANK["expired"], "expired_at": now}}
-        result = await self.breaker.call(lambda: self.deliveries.update_many(query, update))
-        return result.modified_count
+    async def due_to_expire(self, now: dt.datetime, limit: int) -> list[str]:
+        docs = await self.breaker.call(lambda: self.inbox.find({"expires_at": {"$lte": now}}, {"_id": 1}).to_list(limit))
+        return [d["_id"] for d in docs]
 
-    async def find_message(self, message_id: str, sender: str) -> list[dict[str, Any]]:
-        query = {"message_id": message_id, "sender": sender}
-        return await self.breaker.call(lambda: self.deliveries.find(query, {"payload": 0}).sort("user_id", 1).to_list(None))
+    async def lifecycle(self, message_id: str, sender: str) -> list[dict[str, Any]]:
+        """Per recipient state and stage times, or [] unless ``sender`` posted the message."""
+        events = await self.breaker.call(lambda: self.events.find({"message_id": message_id}).to_list(None))
+        if not any(e["stage"] == "accepted" and e.get("sender") == sender for e in events):
+            return []
+        return derive(events)
+
+    async def count_open(self, now: dt.datetime) -> int:
+        """Deliveries not yet acknowledged and not expired (the offline inbox and in-flight)."""
+        return await self.breaker.call(lambda: self.inbox.count_documents({"expires_at": {"$gt": now}}))
 
     async def ping(self) -> bool:
         try:

@@ -21,7 +21,7 @@ from shared.breaker import OPEN, CircuitBreaker
 from shared.errors import NotFound, Unauthorized, Unavailable
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.routing import now_ms
-from shared.store import STAGES, MessageStore, to_ms
+from shared.store import MessageStore
 from shared.stream import DeliveryStream, stream_items
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
@@ -50,7 +50,8 @@ def create_app(config: CollectConfig) -> Starlette:
         postings = parse_body(body, limits, now_ms(), sender, request.headers.get("idempotency-key"))
         if redis_breaker.state == OPEN:
             raise Unavailable("Redis is unavailable (circuit open); nothing was stored")
-        fresh = await store.insert([r for p in postings for r in p.records(sender)])
+        idempotency_key = request.headers.get("idempotency-key")
+        fresh = await store.accept([r for p in postings for r in p.records(sender)], retry=idempotency_key is not None)
         MESSAGES_IN.inc(len(fresh))
         await redis_breaker.call(lambda: stream.enqueue(stream_items(fresh)))
         MESSAGES_OUT.inc(len(fresh))
@@ -63,13 +64,10 @@ def create_app(config: CollectConfig) -> Starlette:
         """The lifecycle of one message, per recipient; only the business system that posted it may look."""
         sender = sender_of(request, config.api_keys)
         message_id = request.path_params["message_id"]
-        docs = await store.find_message(message_id, sender)
-        if not docs:
+        recipients = await store.lifecycle(message_id, sender)
+        if not recipients:
             raise NotFound(f"no message {message_id!r} for this API key")
-        stages = [f"{stage}_at" for stage in STAGES]
-        recipients = [{"user_id": d["user_id"], "state": d["state"], **{k: to_ms(d[k]) for k in stages if k in d}} for d in docs]
-        return json_response({"id": message_id, "accepted_at": recipients[0]["accepted_at"],
-                              "expires_at": to_ms(docs[0]["expires_at"]), "recipients": recipients})
+        return json_response({"id": message_id, "recipients": recipients})
 
     async def health() -> dict[str, object]:
         mongo_ok = await store.ping()
@@ -94,6 +92,6 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         *ops_routes(health),
-        *console_routes(config, redis, store.deliveries, post_messages),
+        *console_routes(config, redis, store, post_messages),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

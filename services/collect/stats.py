@@ -4,7 +4,7 @@
 * connections, users, deliveries and delivery latency: each node's ``/metrics``, scraped live
   (cards are only renewed every few seconds, so their counts lag behind);
 * messages accepted: collect's own counter (this instance); passed on by dispatch: dispatch's ``/metrics``;
-* messages pending (stored for users who have not received them yet): a count in MongoDB.
+* messages pending (stored, not yet acknowledged by their user, not expired): a count in MongoDB.
 
 Everything returned is a cumulative total or a current gauge, never a rate: the page derives rates
 and windowed percentiles from successive snapshots, so this stays stateless and any number of open
@@ -24,16 +24,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.errors import Unavailable
 from shared.metrics import exposition
 from shared.routing import NodeCard, directory, now_ms
+from shared.store import MessageStore
 
-PENDING_STATES = ["accepted", "dispatched"]
 LATENCY = "push_delivery_latency_seconds"
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
 
@@ -89,11 +87,11 @@ def merge_latency(pages: list[Samples]) -> dict[str, Any]:
     return {"buckets": sorted(merged.items()), "count": count, "sum": total}
 
 
-async def count_pending(deliveries: AsyncCollection, now: dt.datetime) -> int | None:
-    """Deliveries stored but not yet handed to a socket and not expired; None if MongoDB does not answer."""
+async def count_pending(store: MessageStore, now: dt.datetime) -> int | None:
+    """Deliveries stored but not yet acknowledged and not expired; None if MongoDB does not answer."""
     try:
-        return await deliveries.count_documents({"state": {"$in": PENDING_STATES}, "expires_at": {"$gt": now}})
-    except PyMongoError:
+        return await store.count_open(now)
+    except Unavailable:
         return None
 
 
@@ -108,7 +106,7 @@ def node_entry(card: NodeCard, page: Samples | None) -> dict[str, Any]:
     }
 
 
-async def gather_stats(redis: Redis, deliveries: AsyncCollection, dispatch_url: str) -> dict[str, Any]:
+async def gather_stats(redis: Redis, store: MessageStore, dispatch_url: str) -> dict[str, Any]:
     """One snapshot of the cluster (503 only when Redis, the source of truth on live nodes, is down)."""
     try:
         cards = await directory(redis)
@@ -118,7 +116,7 @@ async def gather_stats(redis: Redis, deliveries: AsyncCollection, dispatch_url: 
         *node_pages, dispatch_page = await asyncio.gather(
             *(scrape(session, node_http_base(c.link_url)) for c in cards), scrape(session, dispatch_url)
         )
-    pending = await count_pending(deliveries, dt.datetime.now(dt.timezone.utc))
+    pending = await count_pending(store, dt.datetime.now(dt.timezone.utc))
     own = Samples.parse(exposition()[0].decode())
     answered = [p for p in node_pages if p is not None]
     return {

@@ -48,14 +48,16 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         now = dt.datetime.now(dt.timezone.utc)
-        expired = await self.store.expire_due(now)
-        EXPIRED.inc(expired)
+        expired = await self.store.due_to_expire(now, self.config.reconcile_batch)
+        if expired:
+            await self.store.record([("expired", now, expired)])
+            EXPIRED.inc(len(expired))
         before = now - dt.timedelta(seconds=self.config.reconcile_after)
         while True:
-            docs = await self.store.stale_accepted(before, now, self.config.reconcile_batch)
+            docs = await self.store.stale_undispatched(before, now, self.config.reconcile_batch)
             if not docs:
                 return
-            records = [NewDelivery.from_document(d) for d in docs]
+            records = [NewDelivery.from_inbox(d) for d in docs]
             await self.stream.enqueue(stream_items(records))
             await self.store.requeued([d["_id"] for d in docs], now)
             REQUEUED.inc(len(docs))

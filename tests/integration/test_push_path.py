@@ -14,7 +14,7 @@ from tests.conftest import RunningStack
 async def stored(stack: RunningStack, message_id: str) -> list[dict]:
     client = AsyncMongoClient(stack.stack.mongo_url)
     try:
-        return [d async for d in client[stack.stack.mongo_db]["deliveries"].find({"message_id": message_id})]
+        return [d async for d in client[stack.stack.mongo_db]["inbox"].find({"message_id": message_id})]
     finally:
         await client.close()
 
