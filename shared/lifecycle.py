@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class LifecycleWriter:
-    def __init__(self, store: MessageStore, interval: float = 0.1, max_pending: int = 200_000) -> None:
+    def __init__(self, store: MessageStore, interval: float = 1.0, max_pending: int = 200_000) -> None:
         self.store = store
         self.interval = interval
         self.max_pending = max_pending

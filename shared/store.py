@@ -153,16 +153,13 @@ class MessageStore:
         return await self.breaker.call(accept)
 
     async def record(self, marks: list[Mark]) -> None:
-        """Write lifecycle marks: one insert of events, then close acked and expired inbox entries."""
+        """Write lifecycle marks: one insert of events, then one delete of acked and expired inbox entries."""
 
         async def record() -> None:
             await insert_new(self.events, [event(d, stage, at) for stage, at, ids in marks for d in ids])
             closed = [d for stage, _, ids in marks if stage in ("acked", "expired") for d in ids]
             if closed:
                 await self.inbox.delete_many({"_id": {"$in": closed}})
-            dispatched = [(at, ids) for stage, at, ids in marks if stage == "dispatched"]
-            for at, ids in dispatched:
-                await self.inbox.update_many({"_id": {"$in": ids}}, {"$set": {"dispatched_at": at}})
 
         await self.breaker.call(record)
 
@@ -173,9 +170,22 @@ class MessageStore:
         return await self.breaker.call(lambda: cursor.to_list(limit))
 
     async def stale_undispatched(self, before: dt.datetime, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
-        """Open deliveries never taken from the stream since ``before``: lost hand-overs to re-queue."""
-        query = {"dispatched_at": {"$exists": False}, "queued_at": {"$lt": before}, "expires_at": {"$gt": now}}
-        return await self.breaker.call(lambda: self.inbox.find(query).sort("queued_at", 1).to_list(limit))
+        """Open deliveries queued before ``before`` that dispatch never took: lost hand-overs to re-queue.
+
+        Two reads (open deliveries, then their dispatched events) rather than a flag updated in
+        place: FerretDB rewrites each updated document with a scan of its own.
+        """
+
+        async def stale() -> list[dict[str, Any]]:
+            query = {"queued_at": {"$lt": before}, "expires_at": {"$gt": now}}
+            docs = await self.inbox.find(query).sort("queued_at", 1).to_list(None)
+            if not docs:
+                return []
+            marks = [f"{d['_id']}/dispatched" for d in docs]
+            seen = {e["_id"] async for e in self.events.find({"_id": {"$in": marks}}, {"_id": 1})}
+            return [d for d, mark in zip(docs, marks) if mark not in seen][:limit]
+
+        return await self.breaker.call(stale)
 
     async def requeued(self, ids: list[str], at: dt.datetime) -> None:
         await self.breaker.call(lambda: self.inbox.update_many({"_id": {"$in": ids}}, {"$set": {"queued_at": at}}))

@@ -18,7 +18,7 @@ from websockets.protocol import State
 from services.push.metrics import CONNECTIONS, USERS
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     ws: ServerConnection
     user_id: str
