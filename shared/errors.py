@@ -50,6 +50,3 @@ class Unavailable(ServiceError):
     """A dependency (MongoDB, Redis, auth) cannot answer; the caller should retry later."""
 
     status, close_code, code = 503, 1013, "unavailable"
-
-
-CLOSE_GOING_AWAY = 1001

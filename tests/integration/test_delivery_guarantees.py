@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import orjson
 
 from tests.client import frames_within, next_frame
-from tests.conftest import RunningStack, Servers, report_scenario
+from tests.conftest import RunningStack, report_scenario
 from tools.cluster import Cluster, free_port
 
 FAST = {"NODE_TTL_SECONDS": "3", "RECONCILE_AFTER_SECONDS": "2", "RECONCILE_INTERVAL_SECONDS": "0.5",

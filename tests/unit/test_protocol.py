@@ -50,3 +50,12 @@ def test_user_ids_allow_only_safe_characters() -> None:
     """User ids may not contain ':' (it joins keys), spaces, or be empty or too long."""
     assert valid_user_id("alice.smith@example-1_2")
     assert not any(valid_user_id(v) for v in ["", "a:b", "a b", "x" * 129, 5, None])
+
+
+def test_dispatch_splits_batches_under_the_frame_limit() -> None:
+    """Batches to a node stay under the byte limit, keep order, and an oversized item travels alone."""
+    from services.dispatch.router import chunk_by_bytes
+
+    items = [Delivery(f"m{i}", "u", "x" * size, 0) for i, size in enumerate([100, 100, 500, 100])]
+    chunks = chunk_by_bytes(items, 300)
+    assert [[d.message_id for d in c] for c in chunks] == [["m0", "m1"], ["m2"], ["m3"]]
