@@ -8,7 +8,7 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from tests.client import frames_within, next_frame
-from tests.conftest import RunningStack
+from tests.conftest import RunningStack, report_scenario
 
 
 async def stored(stack: RunningStack, message_id: str) -> list[dict]:
@@ -131,7 +131,9 @@ async def test_messages_posted_while_dispatch_is_down_arrive_when_it_returns(sta
     assert await frames_within(ws, 0.5) == []
     stack.procs["dispatch"] = cluster.start_service("dispatch", stack.stack)
     got = [(await next_frame(ws))["id"] for _ in ids]
-    assert got == ids
+    got += [f["id"] for f in await frames_within(ws, 1.0)]
+    lost, twice = report_scenario("dispatch stopped while 20 messages were posted", ids, got)
+    assert got == ids and lost == twice == 0
     await ws.close()
 
 
