@@ -17,6 +17,7 @@ MAX_FRAME_BYTES          1048576                         largest frame accepted 
 SHUTDOWN_GRACE_SECONDS   5                               wait for closing handshakes before cancelling
 MONGO_URL / MONGO_DB     mongodb://127.0.0.1:27017/      the offline inbox and lifecycle / ``push``
 REPLAY_LIMIT             5000                            most stored messages replayed on one connect
+REPLAY_CONCURRENCY       32                              inbox queries in flight at once (connect storms)
 =======================  ==============================  ===========================================
 """
 
@@ -45,6 +46,7 @@ class PushConfig:
     mongo_url: str
     mongo_db: str
     replay_limit: int
+    replay_concurrency: int
 
     @property
     def link_url(self) -> str:
@@ -75,5 +77,6 @@ class PushConfig:
             shutdown_grace=env("SHUTDOWN_GRACE_SECONDS", 5.0),
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),
-            replay_limit=env("REPLAY_LIMIT", 5000),
+            replay_limit=max(1, env("REPLAY_LIMIT", 5000)),
+            replay_concurrency=max(1, env("REPLAY_CONCURRENCY", 32)),
         )

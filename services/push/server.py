@@ -60,6 +60,8 @@ class PushNode:
         self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)
         self.store = MessageStore(config.mongo_url, config.mongo_db)
         self.lifecycle = LifecycleWriter(self.store)
+        # A reconnect storm would otherwise queue one inbox query per socket at once.
+        self.replays = asyncio.Semaphore(config.replay_concurrency)
         self.verifier: TokenVerifier | None = None
 
     def card(self) -> NodeCard:
@@ -133,7 +135,8 @@ class PushNode:
     async def replay(self, session: Session) -> set[str]:
         """Send the user's unacknowledged, unexpired messages, oldest first; return their ids."""
         try:
-            pending = await self.store.pending_for(session.user_id, dt.datetime.now(dt.timezone.utc), self.config.replay_limit)
+            async with self.replays:
+                pending = await self.store.pending_for(session.user_id, dt.datetime.now(dt.timezone.utc), self.config.replay_limit)
         except Unavailable as exc:
             log.warning("inbox unavailable; serving live messages only", extra={"user_id": session.user_id, "error": exc.message})
             return set()
