@@ -117,7 +117,7 @@ class RouteReader:
             replies = await pipe.execute()
         routes = {}
         for user, members in zip(users, replies):
-            nodes = [m.decode() for m in members if m.decode() in alive]
+            nodes = [n for n in (m.decode() for m in members) if n in alive]
             if nodes:
                 routes[user] = nodes
         return routes

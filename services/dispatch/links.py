@@ -91,13 +91,14 @@ class LinkPool:
 
     def get(self, card: NodeCard) -> NodeLink:
         link = self.links.get(card.id)
-        if link is None or link.card.link_url != card.link_url:
+        if link is None:
             link = self.links[card.id] = NodeLink(card, self.key, self.timeout)
         return link
 
-    async def retain(self, live: set[str]) -> None:
-        for node_id in [n for n in self.links if n not in live]:
+    async def retain(self, live: dict[str, NodeCard]) -> None:
+        """Close links to nodes that are gone, or that came back at another link URL."""
+        for node_id in [n for n, link in self.links.items() if n not in live or live[n].link_url != link.card.link_url]:
             await self.links.pop(node_id).close()
 
     async def close(self) -> None:
-        await self.retain(set())
+        await self.retain({})

@@ -66,7 +66,7 @@ class Router:
             self._nodes = await self.routes.live_nodes()
             self._nodes_at = time.monotonic()
             LIVE_NODES.set(len(self._nodes))
-            await self.links.retain(set(self._nodes))
+            await self.links.retain(self._nodes)
         return self._nodes
 
     async def run(self) -> None:
