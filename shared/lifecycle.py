@@ -1,16 +1,21 @@
-"""Batched lifecycle writes: services mark stages as they happen; one loop writes them in bulk.
+"""Batched, coalesced lifecycle writes: services mark stages as they happen; one loop writes them in bulk.
 
-Marking never waits on MongoDB, so a slow database cannot slow delivery. A failed flush is kept and
-retried with backoff; past ``max_pending`` ids the oldest marks are dropped with a warning (they
-only refine the status view: an unrecorded ack means one extra redelivery, never a loss).
+Marks are kept per delivery until the next flush, so a delivery that is dispatched, delivered and
+acknowledged within one window costs one document. Marking never waits on MongoDB, so a slow
+database cannot slow delivery. A failed flush is kept and retried with backoff; past
+``max_pending`` deliveries the oldest marks are dropped with a warning (they only refine the status
+view: the delivery state itself lives in Redis).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
+import time
+from typing import Iterable
+
 from shared.errors import Unavailable
+from shared.message import Pair
 from shared.retry import Backoff
 from shared.store import STAGES, MessageStore
 
@@ -22,31 +27,34 @@ class LifecycleWriter:
         self.store = store
         self.interval = interval
         self.max_pending = max_pending
-        self._pending: list[tuple[str, dt.datetime, list[str]]] = []
-        self._count = 0
+        self._pending: dict[Pair, dict[str, int]] = {}
 
-    def mark(self, stage: str, delivery_ids: list[str], at: dt.datetime | None = None) -> None:
-        """Record that these deliveries reached ``stage`` at ``at`` (now by default)."""
-        if not delivery_ids:
-            return
+    def mark(self, stage: str, pairs: Iterable[Pair], at_ms: int | None = None) -> None:
+        """Record that these deliveries reached ``stage`` at ``at_ms`` (now by default); the first time wins."""
         assert stage in STAGES, stage
-        self._pending.append((stage, at or dt.datetime.now(dt.timezone.utc), delivery_ids))
-        self._count += len(delivery_ids)
-        while self._count > self.max_pending:
-            dropped = self._pending.pop(0)
-            self._count -= len(dropped[2])
-            log.warning("lifecycle backlog full; dropping oldest marks", extra={"code": dropped[0], "count": len(dropped[2])})
+        at = at_ms or int(time.time() * 1000)
+        pending = self._pending
+        for pair in pairs:
+            stages = pending.get(pair)
+            if stages is None:
+                pending[pair] = {stage: at}
+            else:
+                stages.setdefault(stage, at)
+        if len(pending) > self.max_pending:
+            dropped = len(pending) - self.max_pending
+            for pair in list(pending)[:dropped]:
+                del pending[pair]
+            log.warning("lifecycle backlog full; dropping oldest marks", extra={"count": dropped})
 
     async def flush(self) -> None:
-        marks, self._pending, count = self._pending, [], self._count
-        self._count = 0
-        if not marks:
-            return
+        marks, self._pending = self._pending, {}
         try:
             await self.store.record(marks)
         except Unavailable:
-            self._pending[:0] = marks
-            self._count += count
+            for pair, stages in self._pending.items():  # marked meanwhile: merge into the kept ones
+                for stage, at in stages.items():
+                    marks.setdefault(pair, {}).setdefault(stage, at)
+            self._pending = marks
             raise
 
     async def run(self) -> None:

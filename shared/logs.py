@@ -1,6 +1,6 @@
-"""Structured logs: one JSON object per line, carrying the message id and user id where known.
+"""Structured logs: one JSON object per line, with whatever key-value fields the call site gives.
 
-Call sites pass context through ``extra``: ``log.info("delivered", extra={"message_id": m, "user_id": u})``.
+Call sites pass context through ``extra``: ``log.info("rebuilt", extra={"messages": n, "seconds": s})``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import time
 
 import orjson
 
-_CONTEXT_FIELDS = ("message_id", "user_id", "node", "count", "code", "error", "batch", "peer", "port", "url")
+# What every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,10 +28,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        for field in _CONTEXT_FIELDS:
-            value = getattr(record, field, None)
-            if value is not None:
-                entry[field] = value
+        for key, value in vars(record).items():
+            if key not in _STANDARD and value is not None:
+                entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()

@@ -104,51 +104,51 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One message for one user, with the frame the user's sockets receive and its acceptance time (ms)."""
+    """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms)."""
 
     message_id: str
-    user_id: str
     frame: str
     ts: int
+    users: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class DeliverBatch:
-    """dispatch -> node: write these deliveries to the users' sockets."""
+    """dispatch -> node: write these messages to their users' sockets; ``at`` is when dispatch sent it (ms)."""
 
     batch: int
+    at: int
     items: tuple[Delivery, ...]
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {"type": "deliver", "batch": self.batch, "items": [[d.message_id, d.user_id, d.frame, d.ts] for d in self.items]}
-        )
+        items = [[d.message_id, d.frame, d.ts, list(d.users)] for d in self.items]
+        return orjson.dumps({"type": "deliver", "batch": self.batch, "at": self.at, "items": items})
 
     @classmethod
     def decode(cls, data: str | bytes) -> DeliverBatch:
         obj = _load(data)
         try:
-            items = tuple(Delivery(str(m), str(u), str(f), int(t)) for m, u, f, t in obj["items"])
-            return cls(int(obj["batch"]), items)
+            items = tuple(Delivery(str(m), str(f), int(t), tuple(map(str, u))) for m, f, t, u in obj["items"])
+            return cls(int(obj["batch"]), int(obj["at"]), items)
         except (KeyError, TypeError, ValueError):
-            raise MalformedRequest("deliver frame needs 'batch' and 'items' [[id, user, frame, ts], ...]") from None
+            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' [[id, frame, ts, [users]], ...]") from None
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """node -> dispatch: the batch is accepted; ``delivered`` lists the indexes written to a socket."""
+    """node -> dispatch: the batch is accepted; ``delivered`` counts the (message, user) pairs written to a socket."""
 
     batch: int
-    delivered: tuple[int, ...]
+    delivered: int
 
     def encode(self) -> bytes:
-        return orjson.dumps({"type": "result", "batch": self.batch, "delivered": list(self.delivered)})
+        return orjson.dumps({"type": "result", "batch": self.batch, "delivered": self.delivered})
 
     @classmethod
     def decode(cls, data: str | bytes) -> BatchResult:
         obj = _load(data)
         try:
-            return cls(int(obj["batch"]), tuple(int(i) for i in obj["delivered"]))
+            return cls(int(obj["batch"]), int(obj["delivered"]))
         except (KeyError, TypeError, ValueError):
             raise MalformedRequest("result frame needs 'batch' and 'delivered'") from None
 

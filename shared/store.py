@@ -1,111 +1,76 @@
-"""Messages in MongoDB: an ``inbox`` of open deliveries and an append-only ``events`` lifecycle log.
+"""The durable record in MongoDB: ``messages`` (one document per message) and ``events`` (lifecycle).
 
-A *delivery* is one message for one recipient, ``_id = "{message_id}:{user_id}"`` (user ids cannot
-contain ``:``), so a user can only ever acknowledge deliveries addressed to them.
+MongoDB is written, never queried, on the hot path: the hot delivery state lives in Redis
+(``shared.inbox``). Every write is an insert, so the store suits FerretDB 1.24, which answers most
+queries with a scan and updates slowly (see the README); the queries below run off the hot path:
+the status view, the rebuild after Redis lost its data, and the purge of old history.
 
-* ``inbox`` holds what a recipient may still receive: inserted when collect accepts, deleted when
-  the client acks or the message expires. The replay on connect and the reconciler read only this,
-  so their cost follows what is open, not the whole history.
-* ``events`` records each stage once (``_id = "{delivery}/{stage}"``; a repeat is a duplicate key,
-  so the first time is kept): accepted -> dispatched -> delivered -> acked, or -> expired. Stage
-  writes are inserts, never read-modify-write, and the state is derived when read.
+* ``messages``: ``_id`` = message id; ``frame`` (the payload, encoded once, as its recipients
+  receive it: stored once however many recipients), ``users``, ``sender``, ``ts`` and
+  ``expires_at``. A duplicate ``_id`` means the post was already accepted (an Idempotency-Key retry).
+* ``events``: per delivery and flush window one document ``{m, u, s: {stage: ms}, closed}`` holding
+  every stage the delivery reached in that window (dispatched, delivered, acked, expired), so the
+  usual path costs one insert, not one per stage. ``closed`` marks acked or expired deliveries.
 
-Both suit FerretDB on SQLite, which scans a collection for every query (its indexes serve
-MongoDB here, and matter on the real server in docker-compose): nothing hot ever updates the large
-history. FerretDB has no TTL indexes, so expiry is enforced by code; where the server has them, a
-TTL index on ``events.purge_at`` drops history 30 days after a message's expiry.
-
-Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit breaker: nobody is
-told a message is stored when the write was not acknowledged.
+Both carry ``purge_at``; a TTL index drops them where the server has TTL indexes, and dispatch
+deletes them otherwise. Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit
+breaker: nobody is told a message is stored when the write was not acknowledged.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from shared.breaker import CircuitBreaker
 from shared.errors import Unavailable
+from shared.message import Message, Pair
 
 log = logging.getLogger(__name__)
 
-STAGES = ("accepted", "dispatched", "delivered", "acked", "expired")
 # Which stage names the state when several are recorded: an ack beats a late expiry.
 PRECEDENCE = {"accepted": 0, "dispatched": 1, "delivered": 2, "expired": 3, "acked": 4}
+STAGES = tuple(s for s in PRECEDENCE if s != "accepted")  # accepted is the message document itself
+CLOSING = ("acked", "expired")
 PURGE_AFTER = dt.timedelta(days=30)
 DUPLICATE_KEY = 11000
-
-Mark = tuple[str, dt.datetime, list[str]]
-
-
-def delivery_id(message_id: str, user_id: str) -> str:
-    return f"{message_id}:{user_id}"
-
-
-def to_ms(value: dt.datetime) -> int:
-    return int(value.timestamp() * 1000)
 
 
 def utc(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
 
 
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    message_id: str
-    user_id: str
-    sender: str
-    payload: Any
-    ts: int
-    expires_ms: int
-
-    @property
-    def id(self) -> str:
-        return delivery_id(self.message_id, self.user_id)
-
-    @classmethod
-    def from_inbox(cls, doc: dict[str, Any]) -> NewDelivery:
-        return cls(doc["message_id"], doc["user_id"], doc["sender"], doc["payload"], doc["ts"], to_ms(doc["expires_at"]))
-
-    def inbox_document(self) -> dict[str, Any]:
-        return {"_id": self.id, "message_id": self.message_id, "user_id": self.user_id, "sender": self.sender,
-                "payload": self.payload, "ts": self.ts, "queued_at": utc(self.ts), "expires_at": utc(self.expires_ms)}
+def message_document(m: Message) -> dict[str, Any]:
+    return {"_id": m.id, "sender": m.sender, "users": list(m.users), "frame": m.frame, "ts": m.ts,
+            "expires_at": utc(m.expires_ms), "purge_at": utc(m.expires_ms) + PURGE_AFTER}
 
 
-def event(delivery: str, stage: str, at: dt.datetime, **extra: Any) -> dict[str, Any]:
-    message_id, _, user_id = delivery.partition(":")
-    return {"_id": f"{delivery}/{stage}", "message_id": message_id, "user_id": user_id, "stage": stage, "at": at, **extra}
+def message_of(doc: dict[str, Any]) -> Message:
+    return Message(doc["_id"], tuple(doc["users"]), doc["frame"], doc["ts"], int(doc["expires_at"].timestamp() * 1000),
+                   doc["sender"])
 
 
-def derive(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per recipient: the state (by precedence) and each stage's time in ms, from raw events."""
-    by_user: dict[str, dict[str, Any]] = {}
+def event_document(pair: Pair, stages: dict[str, int], now: dt.datetime) -> dict[str, Any]:
+    return {"m": pair[0], "u": pair[1], "s": stages, "closed": any(s in stages for s in CLOSING),
+            "purge_at": now + PURGE_AFTER}
+
+
+def derive(message: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per recipient of ``message``: the state (by precedence) and each stage's first time in ms."""
+    rows = {u: {"user_id": u, "state": "accepted", "accepted_at": message["ts"]} for u in message["users"]}
     for e in events:
-        entry = by_user.setdefault(e["user_id"], {"user_id": e["user_id"], "state": "accepted"})
-        entry[f"{e['stage']}_at"] = to_ms(e["at"])
-        if PRECEDENCE[e["stage"]] > PRECEDENCE[entry["state"]]:
-            entry["state"] = e["stage"]
-    return [by_user[u] for u in sorted(by_user)]
-
-
-async def insert_new(collection: AsyncCollection, docs: list[dict[str, Any]]) -> set[int]:
-    """Insert, ignoring documents already there; return the indexes that were duplicates."""
-    if not docs:
-        return set()
-    try:
-        await collection.insert_many(docs, ordered=False)
-        return set()
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(e.get("code") != DUPLICATE_KEY for e in errors):
-            raise
-        return {e["index"] for e in errors}
+        row = rows.get(e["u"])
+        if row is None:
+            continue
+        for stage, at in e["s"].items():
+            row[f"{stage}_at"] = min(at, row.get(f"{stage}_at", at))
+            if PRECEDENCE[stage] > PRECEDENCE[row["state"]]:
+                row["state"] = stage
+    return [rows[u] for u in sorted(rows)]
 
 
 class MessageStore:
@@ -114,96 +79,83 @@ class MessageStore:
             url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 2,
             tz_aware=True,
         )
-        self.inbox = self.client[database]["inbox"]
+        self.messages = self.client[database]["messages"]
         self.events = self.client[database]["events"]
         self.breaker = CircuitBreaker("mongodb", failures=(PyMongoError,))
 
     async def prepare(self) -> None:
-        """Create the indexes the queries need (idempotent), and a TTL index where supported."""
+        """Create the indexes the off-path queries use on a real MongoDB (idempotent), TTL where supported."""
 
         async def create() -> None:
-            await self.inbox.create_index([("user_id", 1), ("ts", 1)])
-            await self.inbox.create_index([("queued_at", 1)])
-            await self.inbox.create_index([("expires_at", 1)])
-            await self.events.create_index([("message_id", 1)])
-            try:
-                await self.events.create_index([("purge_at", 1)], expireAfterSeconds=0)
-            except OperationFailure as exc:
-                log.info("no TTL index on this server; expiry is enforced by code", extra={"error": exc.code})
+            await self.events.create_index([("m", 1)])
+            await self.events.create_index([("closed", 1)])
+            await self.messages.create_index([("expires_at", 1)])
+            for collection in (self.messages, self.events):
+                try:
+                    await collection.create_index([("purge_at", 1)], expireAfterSeconds=0)
+                except OperationFailure as exc:
+                    log.info("no TTL index on this server; dispatch purges old history", extra={"error": exc.code})
 
         await self.breaker.call(create)
 
-    async def accept(self, deliveries: list[NewDelivery], retry: bool = False) -> list[NewDelivery]:
-        """Store deliveries once MongoDB acknowledges; return those not stored before.
+    async def accept(self, messages: list[Message]) -> list[Message]:
+        """Insert once MongoDB acknowledges; return the messages not stored before (a retry's are)."""
+        if not messages:
+            return []
 
-        ``retry`` (an Idempotency-Key was given): first drop deliveries already accepted, even ones
-        since acked and gone from the inbox, so a retry never delivers twice.
-        """
+        async def insert() -> set[int]:
+            try:
+                await self.messages.insert_many([message_document(m) for m in messages], ordered=False)
+                return set()
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                return {e["index"] for e in errors}
 
-        async def accept() -> list[NewDelivery]:
-            todo = deliveries
-            if retry:
-                seen = {e["_id"] async for e in self.events.find({"_id": {"$in": [f"{d.id}/accepted" for d in todo]}}, {"_id": 1})}
-                todo = [d for d in todo if f"{d.id}/accepted" not in seen]
-            open_already = await insert_new(self.inbox, [d.inbox_document() for d in todo])
-            await insert_new(self.events, [event(d.id, "accepted", utc(d.ts), sender=d.sender,
-                                                 purge_at=utc(d.expires_ms) + PURGE_AFTER) for d in todo])
-            return [d for i, d in enumerate(todo) if i not in open_already]
+        seen = await self.breaker.call(insert)
+        return [m for i, m in enumerate(messages) if i not in seen]
 
-        return await self.breaker.call(accept)
-
-    async def record(self, marks: list[Mark]) -> None:
-        """Write lifecycle marks: one insert of events, then one delete of acked and expired inbox entries."""
-
-        async def record() -> None:
-            await insert_new(self.events, [event(d, stage, at) for stage, at, ids in marks for d in ids])
-            closed = [d for stage, _, ids in marks if stage in ("acked", "expired") for d in ids]
-            if closed:
-                await self.inbox.delete_many({"_id": {"$in": closed}})
-
-        await self.breaker.call(record)
-
-    async def pending_for(self, user_id: str, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
-        """What the user has not acknowledged and may still receive, oldest first."""
-        query = {"user_id": user_id, "expires_at": {"$gt": now}}
-        cursor = self.inbox.find(query, {"message_id": 1, "payload": 1, "ts": 1}).sort([("ts", 1), ("_id", 1)])
-        return await self.breaker.call(lambda: cursor.to_list(limit))
-
-    async def stale_undispatched(self, before: dt.datetime, now: dt.datetime, limit: int) -> list[dict[str, Any]]:
-        """Open deliveries queued before ``before`` that dispatch never took: lost hand-overs to re-queue.
-
-        Two reads (open deliveries, then their dispatched events) rather than a flag updated in
-        place: FerretDB rewrites each updated document with a scan of its own.
-        """
-
-        async def stale() -> list[dict[str, Any]]:
-            query = {"queued_at": {"$lt": before}, "expires_at": {"$gt": now}}
-            docs = await self.inbox.find(query).sort("queued_at", 1).to_list(None)
-            if not docs:
-                return []
-            marks = [f"{d['_id']}/dispatched" for d in docs]
-            seen = {e["_id"] async for e in self.events.find({"_id": {"$in": marks}}, {"_id": 1})}
-            return [d for d, mark in zip(docs, marks) if mark not in seen][:limit]
-
-        return await self.breaker.call(stale)
-
-    async def requeued(self, ids: list[str], at: dt.datetime) -> None:
-        await self.breaker.call(lambda: self.inbox.update_many({"_id": {"$in": ids}}, {"$set": {"queued_at": at}}))
-
-    async def due_to_expire(self, now: dt.datetime, limit: int) -> list[str]:
-        docs = await self.breaker.call(lambda: self.inbox.find({"expires_at": {"$lte": now}}, {"_id": 1}).to_list(limit))
-        return [d["_id"] for d in docs]
+    async def record(self, stages: dict[Pair, dict[str, int]]) -> None:
+        """One insert of one event document per delivery."""
+        if stages:
+            now = dt.datetime.now(dt.timezone.utc)
+            docs = [event_document(pair, s, now) for pair, s in stages.items()]
+            await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
 
     async def lifecycle(self, message_id: str, sender: str) -> list[dict[str, Any]]:
         """Per recipient state and stage times, or [] unless ``sender`` posted the message."""
-        events = await self.breaker.call(lambda: self.events.find({"message_id": message_id}).to_list(None))
-        if not any(e["stage"] == "accepted" and e.get("sender") == sender for e in events):
-            return []
-        return derive(events)
 
-    async def count_open(self, now: dt.datetime) -> int:
-        """Deliveries not yet acknowledged and not expired (the offline inbox and in-flight)."""
-        return await self.breaker.call(lambda: self.inbox.count_documents({"expires_at": {"$gt": now}}))
+        async def read() -> list[dict[str, Any]]:
+            message = await self.messages.find_one({"_id": message_id}, {"users": 1, "ts": 1, "sender": 1})
+            if message is None or message["sender"] != sender:
+                return []
+            return derive(message, await self.events.find({"m": message_id}, {"u": 1, "s": 1}).to_list(None))
+
+        return await self.breaker.call(read)
+
+    async def open_messages(self, now: dt.datetime, page: int) -> AsyncIterator[list[Message]]:
+        """Unexpired messages, oldest first, ``page`` at a time (one query, read in batches)."""
+        cursor = self.messages.find({"expires_at": {"$gt": now}}, {"purge_at": 0}, batch_size=page).sort("ts", 1)
+        while batch := await self.breaker.call(lambda: cursor.to_list(page)):
+            yield [message_of(d) for d in batch]
+
+    async def closed_deliveries(self, page: int) -> AsyncIterator[list[Pair]]:
+        """Every acknowledged or expired delivery on record, ``page`` at a time."""
+        cursor = self.events.find({"closed": True}, {"m": 1, "u": 1, "_id": 0}, batch_size=page)
+        while batch := await self.breaker.call(lambda: cursor.to_list(page)):
+            yield [(d["m"], d["u"]) for d in batch]
+
+    async def purge(self, now: dt.datetime) -> int:
+        """Delete history past its ``purge_at`` (where no TTL index does it); return how many documents."""
+
+        async def purge() -> int:
+            deleted = 0
+            for collection in (self.events, self.messages):
+                deleted += (await collection.delete_many({"purge_at": {"$lt": now}})).deleted_count
+            return deleted
+
+        return await self.breaker.call(purge)
 
     async def ping(self) -> bool:
         try:

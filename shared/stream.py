@@ -1,7 +1,8 @@
-"""The hand-over from collect to dispatch: a Redis Stream read by a consumer group.
+"""The hand-over from collect to dispatch: a Redis Stream read by a consumer group, one entry per message.
 
-An entry stays pending in the group until dispatch acknowledges it after a node accepted it, so a
-dispatch restart loses nothing and several dispatch instances share the stream.
+An entry carries the message's frame and recipients, so dispatch never reads MongoDB. It stays
+pending in the group until dispatch acknowledges it after every node holding a recipient accepted
+it, so a dispatch restart loses nothing and several dispatch instances share the stream.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from shared.protocol import Delivery, MessageFrame
-from shared.store import NewDelivery
+from shared.message import Message, join_users, split_users
 
 STREAM_KEY = "push:deliveries"
 GROUP = "dispatch"
@@ -22,36 +23,24 @@ GROUP = "dispatch"
 @dataclass(frozen=True, slots=True)
 class StreamEntry:
     entry_id: str
-    delivery: Delivery
-    expires_ms: int
+    message: Message
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEntry:
-    delivery = Delivery(fields[b"m"].decode(), fields[b"u"].decode(), fields[b"f"].decode(), int(fields[b"t"]))
-    return StreamEntry(entry_id.decode(), delivery, int(fields[b"x"]))
-
-
-def stream_items(records: Iterable[NewDelivery]) -> list[tuple[Delivery, int]]:
-    """What goes on the stream for stored records: each message's frame is encoded once."""
-    frames: dict[str, str] = {}
-    items = []
-    for r in records:
-        if r.message_id not in frames:
-            frames[r.message_id] = MessageFrame(r.message_id, r.payload, r.ts).encode()
-        items.append((Delivery(r.message_id, r.user_id, frames[r.message_id], r.ts), r.expires_ms))
-    return items
+    message = Message(fields[b"m"].decode(), split_users(fields[b"u"]), fields[b"f"].decode(), int(fields[b"t"]),
+                      int(fields[b"x"]))
+    return StreamEntry(entry_id.decode(), message)
 
 
 class DeliveryStream:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def enqueue(self, deliveries: Iterable[tuple[Delivery, int]]) -> None:
-        """Append (delivery, expiry in ms) pairs in one pipeline."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for d, expires_ms in deliveries:
-                pipe.xadd(STREAM_KEY, {"m": d.message_id, "u": d.user_id, "f": d.frame, "t": d.ts, "x": expires_ms})
-            await pipe.execute()
+    @staticmethod
+    def stage(pipe: Pipeline, messages: Iterable[Message]) -> None:
+        """Queue one XADD per message on ``pipe``."""
+        for m in messages:
+            pipe.xadd(STREAM_KEY, {"m": m.id, "u": join_users(m.users), "f": m.frame, "t": m.ts, "x": m.expires_ms})
 
     async def ensure_group(self) -> None:
         try:

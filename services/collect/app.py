@@ -19,10 +19,12 @@ from services.collect.intake import Limits, parse_body
 from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
 from shared.errors import NotFound, Unauthorized, Unavailable
-from shared.metrics import MESSAGES_IN, MESSAGES_OUT
+from shared.inbox import Inbox
+from shared.message import Message
+from shared.metrics import MESSAGES_IN
 from shared.routing import now_ms
 from shared.store import MessageStore
-from shared.stream import DeliveryStream, stream_items
+from shared.stream import DeliveryStream
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)
@@ -41,23 +43,34 @@ def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     stream = DeliveryStream(redis)
+    inbox = Inbox(redis, config.inbox_limit)
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds)
+
+    async def hand_over(messages: list[Message]) -> None:
+        """One pipeline: open each delivery in its user's inbox, then append the messages to the stream."""
+
+        async def write() -> None:
+            async with redis.pipeline(transaction=False) as pipe:
+                inbox.stage(pipe, messages)
+                stream.stage(pipe, messages)
+                await pipe.execute()
+
+        if messages:
+            await redis_breaker.call(write)
 
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
         body = await read_json(request, config.max_body_bytes)
-        postings = parse_body(body, limits, now_ms(), sender, request.headers.get("idempotency-key"))
+        idempotency_key = request.headers.get("idempotency-key")
+        messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
         if redis_breaker.state == OPEN:
             raise Unavailable("Redis is unavailable (circuit open); nothing was stored")
-        idempotency_key = request.headers.get("idempotency-key")
-        fresh = await store.accept([r for p in postings for r in p.records(sender)], retry=idempotency_key is not None)
-        MESSAGES_IN.inc(len(fresh))
-        await redis_breaker.call(lambda: stream.enqueue(stream_items(fresh)))
-        MESSAGES_OUT.inc(len(fresh))
-        ids = [p.message_id for p in postings]
-        for p in postings:
-            log.info("accepted", extra={"message_id": p.message_id, "user_id": ",".join(p.user_ids)})
+        # Stored first, then handed over: a 503 from MongoDB means nothing reached anyone, and a retry
+        # with the same Idempotency-Key hands over only what MongoDB did not have yet.
+        await hand_over(await store.accept(messages))
+        MESSAGES_IN.inc(len(messages))
+        ids = [m.id for m in messages]
         return json_response({"id": ids[0], "ids": ids} if len(ids) == 1 else {"ids": ids}, 202)
 
     async def message_status(request: Request) -> Response:
@@ -92,6 +105,6 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         *ops_routes(health),
-        *console_routes(config, redis, store, post_messages),
+        *console_routes(config, redis, inbox, post_messages),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -31,8 +31,8 @@ from services.collect.config import CollectConfig
 from services.collect.stats import gather_stats
 from shared.config import is_production
 from shared.errors import Unavailable
+from shared.inbox import Inbox
 from shared.routing import directory
-from shared.store import MessageStore
 from shared.web import json_response, read_json, timed
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -58,7 +58,7 @@ def as_sender(request: Request, api_key: str) -> Request:
     return Request(scope, request.receive)
 
 
-def console_routes(config: CollectConfig, redis: Redis, store: MessageStore, post_messages: Handler) -> list[BaseRoute]:
+def console_routes(config: CollectConfig, redis: Redis, inbox: Inbox, post_messages: Handler) -> list[BaseRoute]:
     """The routes above; ``post_messages`` is collect's own ``POST /v1/messages`` handler, reused as is."""
 
     async def nodes(_: Request) -> Response:
@@ -70,7 +70,7 @@ def console_routes(config: CollectConfig, redis: Redis, store: MessageStore, pos
         return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})
 
     async def stats(_: Request) -> Response:
-        return json_response(await gather_stats(redis, store, config.dispatch_url), headers={"Cache-Control": "no-store"})
+        return json_response(await gather_stats(redis, inbox, config.dispatch_url), headers={"Cache-Control": "no-store"})
 
     async def dev_token(request: Request) -> Response:
         body = await read_json(request, MAX_TOKEN_BODY)

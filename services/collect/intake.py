@@ -1,4 +1,4 @@
-"""Turning a business system's POST body into postings: validation, limits, ids. Pure logic, no I/O."""
+"""Turning a business system's POST body into messages: validation, limits, ids, frames. Pure logic, no I/O."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from shared.errors import InvalidFields, PayloadTooLarge
-from shared.protocol import new_message_id, valid_user_id
-from shared.store import NewDelivery
+from shared.message import Message
+from shared.protocol import MessageFrame, new_message_id, valid_user_id
 
 MAX_IDEMPOTENCY_KEY = 200
+MAX_TTL_SECONDS = 30 * 24 * 3600  # history is purged 30 days on: nothing may wait longer
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,31 +22,16 @@ class Limits:
     default_ttl_seconds: int
 
 
-@dataclass(frozen=True, slots=True)
-class Posting:
-    """One accepted message: an id, its recipients, and what each recipient is stored and sent as."""
-
-    message_id: str
-    user_ids: tuple[str, ...]
-    payload: Any
-    ts: int
-    ttl_seconds: int
-
-    @property
-    def expires_ms(self) -> int:
-        return self.ts + self.ttl_seconds * 1000
-
-    def records(self, sender: str) -> list[NewDelivery]:
-        return [NewDelivery(self.message_id, u, sender, self.payload, self.ts, self.expires_ms) for u in self.user_ids]
-
-
 def idempotent_id(sender: str, key: str, index: int) -> str:
     """The same sender, key and position always name the same message, so a retry stores nothing new."""
     return hashlib.sha256(f"{sender}\0{key}\0{index}".encode()).hexdigest()[:22]
 
 
-def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = "", idempotency_key: str | None = None) -> list[Posting]:
-    """Validate a whole post (single, multi-recipient or ``{"messages": [...]}``): all or nothing."""
+def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = "", idempotency_key: str | None = None) -> list[Message]:
+    """Validate a whole post (single, multi-recipient or ``{"messages": [...]}``): all or nothing.
+
+    Each message's frame is encoded here, once, and travels unchanged to every recipient's socket.
+    """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidFields(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
     if "messages" in body:
@@ -59,14 +43,14 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
         where = [f"messages[{i}]." for i in range(len(items))]
     else:
         items, where = [body], [""]
-    postings = []
+    messages = []
     for index, (item, prefix) in enumerate(zip(items, where)):
         message_id = idempotent_id(sender, idempotency_key, index) if idempotency_key else new_message_id(now_ms)
-        postings.append(_posting(item, limits, now_ms, prefix, message_id))
-    return postings
+        messages.append(_message(item, limits, now_ms, prefix, message_id, sender))
+    return messages
 
 
-def _posting(item: Any, limits: Limits, now_ms: int, where: str, message_id: str) -> Posting:
+def _message(item: Any, limits: Limits, now_ms: int, where: str, message_id: str, sender: str) -> Message:
     if not isinstance(item, dict):
         raise InvalidFields(f"{where or 'body'} must be an object")
     if "payload" not in item:
@@ -83,9 +67,10 @@ def _posting(item: Any, limits: Limits, now_ms: int, where: str, message_id: str
     if bad is not None or len(set(users)) != len(users):
         raise InvalidFields(f"{where}user ids must be unique, 1-128 characters of letters, digits and _ . @ - (got {bad!r})")
     ttl = item.get("ttl_seconds", limits.default_ttl_seconds)
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
-        raise InvalidFields(f"{where}ttl_seconds must be a positive integer")
-    size = len(orjson.dumps(item["payload"]))
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
+        raise InvalidFields(f"{where}ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} (30 days)")
+    frame = MessageFrame(message_id, item["payload"], now_ms).encode()
+    size = len(frame.encode())
     if size > limits.max_payload_bytes:
-        raise PayloadTooLarge(f"{where}payload is {size} bytes; the limit is {limits.max_payload_bytes}")
-    return Posting(message_id, tuple(users), item["payload"], now_ms, ttl)
+        raise PayloadTooLarge(f"{where}payload is {size} bytes in its frame; the limit is {limits.max_payload_bytes}")
+    return Message(message_id, tuple(users), frame, now_ms, now_ms + ttl * 1000, sender)

@@ -4,7 +4,7 @@
 * connections, users, deliveries and delivery latency: each node's ``/metrics``, scraped live
   (cards are only renewed every few seconds, so their counts lag behind);
 * messages accepted: collect's own counter (this instance); passed on by dispatch: dispatch's ``/metrics``;
-* messages pending (stored, not yet acknowledged by their user, not expired): a count in MongoDB.
+* messages pending (stored, not yet acknowledged by every recipient, not expired): a count in Redis.
 
 Everything returned is a cumulative total or a current gauge, never a rate: the page derives rates
 and windowed percentiles from successive snapshots, so this stays stateless and any number of open
@@ -15,7 +15,6 @@ with ``"up": false``) instead of failing the whole snapshot.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,9 +27,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.errors import Unavailable
+from shared.inbox import Inbox
 from shared.metrics import exposition
 from shared.routing import NodeCard, directory, now_ms
-from shared.store import MessageStore
 
 LATENCY = "push_delivery_latency_seconds"
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
@@ -87,14 +86,6 @@ def merge_latency(pages: list[Samples]) -> dict[str, Any]:
     return {"buckets": sorted(merged.items()), "count": count, "sum": total}
 
 
-async def count_pending(store: MessageStore, now: dt.datetime) -> int | None:
-    """Deliveries stored but not yet acknowledged and not expired; None if MongoDB does not answer."""
-    try:
-        return await store.count_open(now)
-    except Unavailable:
-        return None
-
-
 def node_entry(card: NodeCard, page: Samples | None) -> dict[str, Any]:
     """What the dashboard shows per node: live gauges when the node answered, its last card otherwise."""
     up = page is not None
@@ -106,17 +97,17 @@ def node_entry(card: NodeCard, page: Samples | None) -> dict[str, Any]:
     }
 
 
-async def gather_stats(redis: Redis, store: MessageStore, dispatch_url: str) -> dict[str, Any]:
+async def gather_stats(redis: Redis, inbox: Inbox, dispatch_url: str) -> dict[str, Any]:
     """One snapshot of the cluster (503 only when Redis, the source of truth on live nodes, is down)."""
     try:
         cards = await directory(redis)
+        pending = await inbox.open_count()
     except RedisError as exc:
         raise Unavailable(f"Redis: {exc}") from None
     async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT) as session:
         *node_pages, dispatch_page = await asyncio.gather(
             *(scrape(session, node_http_base(c.link_url)) for c in cards), scrape(session, dispatch_url)
         )
-    pending = await count_pending(store, dt.datetime.now(dt.timezone.utc))
     own = Samples.parse(exposition()[0].decode())
     answered = [p for p in node_pages if p is not None]
     return {

@@ -18,6 +18,7 @@ from services.dispatch.links import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
 from services.dispatch.router import Router
 from shared.clients import redis_client
+from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.routing import RouteReader
 from shared.store import MessageStore
@@ -34,9 +35,9 @@ def create_app(config: DispatchConfig) -> Starlette:
     lifecycle = LifecycleWriter(store)
     stream = DeliveryStream(redis)
     links = LinkPool(config.internal_key, config.link_timeout)
-    router = Router(config, stream, RouteReader(redis), links, lifecycle)
+    router = Router(config, stream, RouteReader(redis), links)
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
-    reconciler = Reconciler(config, store, stream, lease)
+    reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease)
 
     async def health() -> dict[str, object]:
         try:

@@ -13,10 +13,11 @@ BLOCK_MS                   1000                        how long one stream read 
 CLAIM_IDLE_MS              10000                       unacknowledged entries older than this are retried
 LINK_TIMEOUT_SECONDS       5                           how long a node may take to accept a batch
 NODES_REFRESH_SECONDS      1                           how stale the cached list of live nodes may be
-MONGO_URL / MONGO_DB       mongodb://127.0.0.1:27017/  MongoDB holding the messages' lifecycle / ``push``
-RECONCILE_AFTER_SECONDS    30                          accepted but not dispatched for this long: re-queue
-RECONCILE_INTERVAL_SECONDS 5                           how often the reconciler (one instance) looks
-RECONCILE_BATCH            500                         most deliveries re-queued per look
+MONGO_URL / MONGO_DB       mongodb://127.0.0.1:27017/  MongoDB: the durable record, read to rebuild Redis / ``push``
+RECONCILE_INTERVAL_SECONDS 5                           how often the reconciler (one instance) expires and checks Redis
+EXPIRE_BATCH               5000                        messages expired per Redis round trip
+REBUILD_PAGE               1000                        documents per page when rebuilding Redis from MongoDB
+PURGE_INTERVAL_SECONDS     3600                        how often history past its ``purge_at`` is deleted
 =========================  ==========================  ============================================
 """
 
@@ -44,9 +45,10 @@ class DispatchConfig:
     nodes_refresh: float
     mongo_url: str
     mongo_db: str
-    reconcile_after: float
     reconcile_interval: float
-    reconcile_batch: int
+    expire_batch: int
+    rebuild_page: int
+    purge_interval: float
 
     @classmethod
     def from_env(cls) -> DispatchConfig:
@@ -66,7 +68,8 @@ class DispatchConfig:
             nodes_refresh=env("NODES_REFRESH_SECONDS", 1.0),
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),
-            reconcile_after=env("RECONCILE_AFTER_SECONDS", 30.0),
             reconcile_interval=env("RECONCILE_INTERVAL_SECONDS", 5.0),
-            reconcile_batch=env("RECONCILE_BATCH", 500),
+            expire_batch=env("EXPIRE_BATCH", 5000),
+            rebuild_page=env("REBUILD_PAGE", 1000),
+            purge_interval=env("PURGE_INTERVAL_SECONDS", 3600.0),
         )

@@ -61,9 +61,9 @@ class NodeLink:
                     waiter.set_exception(LinkDown(f"link to {self.card.id} closed"))
             self._pending.clear()
 
-    async def send(self, items: list[Delivery]) -> BatchResult:
+    async def send(self, items: list[Delivery], at: int) -> BatchResult:
         ws = await self._connection()
-        batch = DeliverBatch(next(self._ids), tuple(items))
+        batch = DeliverBatch(next(self._ids), at, tuple(items))
         waiter = asyncio.get_running_loop().create_future()
         self._pending[batch.batch] = waiter
         try:

@@ -1,9 +1,14 @@
-"""Re-queueing what fell between MongoDB and the stream, and expiring what waited too long.
+"""The background duties of one dispatch instance at a time (it holds a Redis lease).
 
-A delivery MongoDB accepted but dispatch never took from the stream (Redis restarted without
-persistence, collect answered 503 after its write, an entry was lost) is put on the stream again
-after ``reconcile_after`` seconds. One instance at a time does this, holding a Redis lease, in
-batches. Re-queueing may deliver a message twice; clients drop duplicates by id.
+Each pass, in this order:
+
+* if Redis lost the delivery state (no epoch), rebuild it from MongoDB (``rebuild.py``);
+* expire: close every inbox entry of messages past their expiry, a page at a time, from Redis's
+  ``expiry`` index (no MongoDB read), and mark them ``expired`` in the lifecycle;
+* every ``purge_interval``, delete history past its ``purge_at`` (a TTL index does it on MongoDB).
+
+Nothing here re-queues to the stream: an entry a node did not take stays pending in the consumer
+group and is claimed again; a delivery that reached no socket waits in its user's inbox.
 """
 
 from __future__ import annotations
@@ -11,28 +16,35 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 
 from prometheus_client import Counter
 
 from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
+from services.dispatch.rebuild import LeaseLost, rebuild
+from shared.inbox import Inbox
+from shared.lifecycle import LifecycleWriter
 from shared.retry import Backoff
-from shared.store import MessageStore, NewDelivery
-from shared.stream import DeliveryStream, stream_items
+from shared.routing import now_ms
+from shared.store import MessageStore
 
 log = logging.getLogger(__name__)
-REQUEUED = Counter("dispatch_requeued_total", "Deliveries re-queued from MongoDB by the reconciler")
-EXPIRED = Counter("dispatch_expired_total", "Deliveries marked expired")
+EXPIRED = Counter("dispatch_expired_total", "Deliveries closed because their message expired")
+REBUILDS = Counter("dispatch_rebuilds_total", "Rebuilds of the delivery state after Redis lost it")
 
 LEASE_KEY = "lease:reconciler"
 
 
 class Reconciler:
-    def __init__(self, config: DispatchConfig, store: MessageStore, stream: DeliveryStream, lease: Lease) -> None:
+    def __init__(self, config: DispatchConfig, store: MessageStore, inbox: Inbox, lifecycle: LifecycleWriter,
+                 lease: Lease) -> None:
         self.config = config
         self.store = store
-        self.stream = stream
+        self.inbox = inbox
+        self.lifecycle = lifecycle
         self.lease = lease
+        self._next_purge = 0.0
 
     async def run(self) -> None:
         backoff = Backoff(cap=self.config.reconcile_interval)
@@ -41,26 +53,35 @@ class Reconciler:
                 if await self.lease.hold():
                     await self.reconcile()
                 backoff.succeeded()
+            except LeaseLost:
+                log.info("reconciler lease lost; another instance goes on")
             except Exception as exc:  # a loop that dies silently is the failure we guard against
                 await backoff.failed(log, "reconcile", exc)
                 continue
             await asyncio.sleep(self.config.reconcile_interval)
 
     async def reconcile(self) -> None:
-        now = dt.datetime.now(dt.timezone.utc)
-        expired = await self.store.due_to_expire(now, self.config.reconcile_batch)
-        if expired:
-            await self.store.record([("expired", now, expired)])
-            EXPIRED.inc(len(expired))
-        before = now - dt.timedelta(seconds=self.config.reconcile_after)
+        if await self.inbox.epoch() is None:
+            await rebuild(self.store, self.inbox, self.config.rebuild_page, self.lease.hold)
+            REBUILDS.inc()
+        await self.expire()
+        if time.monotonic() >= self._next_purge:
+            deleted = await self.store.purge(dt.datetime.now(dt.timezone.utc))
+            self._next_purge = time.monotonic() + self.config.purge_interval
+            if deleted:
+                log.info("purged old history", extra={"count": deleted})
+
+    async def expire(self) -> int:
+        """Close every delivery of every message due by now, a page at a time; return how many."""
+        total, now = 0, now_ms()
         while True:
-            docs = await self.store.stale_undispatched(before, now, self.config.reconcile_batch)
-            if not docs:
-                return
-            records = [NewDelivery.from_inbox(d) for d in docs]
-            await self.stream.enqueue(stream_items(records))
-            await self.store.requeued([d["_id"] for d in docs], now)
-            REQUEUED.inc(len(docs))
-            log.info("re-queued stale deliveries", extra={"count": len(docs)})
-            if len(docs) < self.config.reconcile_batch:
-                return
+            due = await self.inbox.due(now, self.config.expire_batch)
+            closed = await self.inbox.expire(due)
+            self.lifecycle.mark("expired", closed, now)
+            total += len(closed)
+            if len(due) < self.config.expire_batch:
+                break
+        EXPIRED.inc(total)
+        if total:
+            log.info("expired deliveries", extra={"count": total})
+        return total

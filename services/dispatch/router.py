@@ -1,15 +1,15 @@
-"""The dispatch loop: read the stream, find each user's live nodes, forward in batches, acknowledge.
+"""The dispatch loop: read the stream, find each recipient's live nodes, forward one frame per node, acknowledge.
 
-An entry is acknowledged once every node holding its user accepted it, or at once if the user has
-no live route (the message waits in MongoDB, the user's offline inbox, replayed when they connect),
-or if it expired. Lifecycle stages (dispatched, delivered, expired) are marked for a bulk write. If a node fails, the entry stays pending in the
-consumer group and is claimed again after ``claim_idle_ms``, by this or another instance.
+An entry (one message, its recipients) is acknowledged once every node holding one of its
+recipients accepted it. Recipients with no live route are left to their inbox in Redis, which their
+node replays when they connect; an expired entry is dropped (the expiry loop closes its inboxes).
+If a node fails, the entry stays pending in the consumer group and is claimed again after
+``claim_idle_ms``, by this or another instance. The push node records the lifecycle stages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections import defaultdict
@@ -21,15 +21,20 @@ from services.dispatch.links import LinkDown, LinkPool
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, LIVE_NODES, RETRIED, UNROUTED
 from shared import routing
 from shared.breaker import CircuitBreaker
-from shared.lifecycle import LifecycleWriter
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.protocol import Delivery
 from shared.retry import Backoff
 from shared.routing import NodeCard, RouteReader
-from shared.store import delivery_id
 from shared.stream import DeliveryStream, StreamEntry
 
 log = logging.getLogger(__name__)
+ITEM_OVERHEAD = 48  # brackets, quotes, the id and the ts around each frame in a deliver batch
+
+
+def encoded_size(item: Delivery) -> int:
+    """Bytes the item takes in a deliver batch: frames are text, counted as UTF-8, not as characters."""
+    frame = item.frame if item.frame.isascii() else item.frame.encode()
+    return len(frame) + sum(len(u) + 3 for u in item.users) + len(item.message_id) + ITEM_OVERHEAD
 
 
 def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]]:
@@ -37,7 +42,7 @@ def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]
     chunks: list[list[Delivery]] = [[]]
     size = 0
     for item in items:
-        cost = len(item.frame) + len(item.user_id) + len(item.message_id) + 32
+        cost = encoded_size(item)
         if chunks[-1] and size + cost > max_bytes:
             chunks.append([])
             size = 0
@@ -46,14 +51,26 @@ def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]
     return [c for c in chunks if c]
 
 
+def per_node(entries: list[StreamEntry], routes: dict[str, list[str]]) -> dict[str, list[tuple[StreamEntry, Delivery]]]:
+    """For each node, the entries it must take, each as one delivery naming only that node's recipients."""
+    users_on: defaultdict[str, defaultdict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for index, entry in enumerate(entries):
+        for user in entry.message.users:
+            for node in routes.get(user, ()):
+                users_on[node][index].append(user)
+    return {
+        node: [(entries[i], Delivery(entries[i].message.id, entries[i].message.frame, entries[i].message.ts, tuple(users)))
+               for i, users in by_entry.items()]
+        for node, by_entry in users_on.items()
+    }
+
+
 class Router:
-    def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool,
-                 lifecycle: LifecycleWriter) -> None:
+    def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool) -> None:
         self.config = config
         self.stream = stream
         self.routes = routes
         self.links = links
-        self.lifecycle = lifecycle
         self.breaker = CircuitBreaker("redis", failures=(RedisError,))
         self._nodes: dict[str, NodeCard] = {}
         self._nodes_at = 0.0
@@ -98,35 +115,28 @@ class Router:
             await self.forward(entries)
 
     async def forward(self, entries: list[StreamEntry]) -> None:
-        start, at = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
+        start = time.perf_counter()
         MESSAGES_IN.inc(len(entries))
         now = routing.now_ms()
-        expired = [e for e in entries if e.expires_ms <= now]
-        live = [e for e in entries if e.expires_ms > now]
+        live = [e for e in entries if e.message.expires_ms > now]
         nodes = await self.live_nodes()
-        routes = await self.routes.lookup(list({e.delivery.user_id for e in live}), nodes)
-        per_node: defaultdict[str, list[StreamEntry]] = defaultdict(list)
-        for entry in live:
-            for node_id in routes.get(entry.delivery.user_id, ()):
-                per_node[node_id].append(entry)
-        results = await asyncio.gather(*(self.send(nodes[n], batch) for n, batch in per_node.items()))
-        failed = {e.entry_id for ok, batch in zip(results, per_node.values()) if not ok for e in batch}
-        dispatched = [e for e in live if e.entry_id not in failed]
-        UNROUTED.inc(sum(1 for e in live if e.delivery.user_id not in routes))
-        self.lifecycle.mark("dispatched", [delivery_id(e.delivery.message_id, e.delivery.user_id) for e in dispatched], at)
-        self.lifecycle.mark("expired", [delivery_id(e.delivery.message_id, e.delivery.user_id) for e in expired], at)
-        await self.stream.ack([e.entry_id for e in dispatched + expired])
+        routes = await self.routes.lookup(list({u for e in live for u in e.message.users}), nodes)
+        work = per_node(live, routes)
+        results = await asyncio.gather(*(self.send(nodes[n], [d for _, d in items], now) for n, items in work.items()))
+        failed = {e.entry_id for ok, items in zip(results, work.values()) if not ok for e, _ in items}
+        await self.stream.ack([e.entry_id for e in entries if e.entry_id not in failed])
+        UNROUTED.inc(sum(1 for e in live for u in e.message.users if u not in routes))
         RETRIED.inc(len(failed))
-        MESSAGES_OUT.inc(len(dispatched))
+        MESSAGES_OUT.inc(len(live) - len(failed))
         BATCH_SECONDS.observe(time.perf_counter() - start)
 
-    async def send(self, card: NodeCard, entries: list[StreamEntry]) -> bool:
+    async def send(self, card: NodeCard, items: list[Delivery], at: int) -> bool:
         link = self.links.get(card)
         try:
-            for chunk in chunk_by_bytes([e.delivery for e in entries], self.config.batch_bytes):
-                await link.send(chunk)
-                FORWARDED.inc(len(chunk))
+            for chunk in chunk_by_bytes(items, self.config.batch_bytes):
+                result = await link.send(chunk, at)
+                FORWARDED.inc(result.delivered)
         except LinkDown as exc:
-            log.warning("node did not take the batch; will retry", extra={"node": card.id, "error": str(exc), "count": len(entries)})
+            log.warning("node did not take the batch; will retry", extra={"node": card.id, "error": str(exc), "count": len(items)})
             return False
         return True

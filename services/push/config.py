@@ -15,9 +15,10 @@ TOKEN_CACHE_SIZE         100000                          verified tokens kept un
 PING_INTERVAL_SECONDS    20                              websocket ping/pong keepalive
 MAX_FRAME_BYTES          1048576                         largest frame accepted (client or dispatch)
 SHUTDOWN_GRACE_SECONDS   5                               wait for closing handshakes before cancelling
-MONGO_URL / MONGO_DB     mongodb://127.0.0.1:27017/      the offline inbox and lifecycle / ``push``
-REPLAY_LIMIT             5000                            most stored messages replayed on one connect
-REPLAY_CONCURRENCY       32                              inbox queries in flight at once (connect storms)
+MONGO_URL / MONGO_DB     mongodb://127.0.0.1:27017/      where the lifecycle is recorded / ``push``
+REPLAY_LIMIT             10000                           most open messages replayed on one connect
+REPLAY_PAGE              200                             frames read from Redis per round trip while replaying
+REPLAY_CONCURRENCY       32                              replays running at once (reconnect storms)
 =======================  ==============================  ===========================================
 """
 
@@ -46,6 +47,7 @@ class PushConfig:
     mongo_url: str
     mongo_db: str
     replay_limit: int
+    replay_page: int
     replay_concurrency: int
 
     @property
@@ -77,6 +79,7 @@ class PushConfig:
             shutdown_grace=env("SHUTDOWN_GRACE_SECONDS", 5.0),
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),
-            replay_limit=max(1, env("REPLAY_LIMIT", 5000)),
+            replay_limit=max(1, env("REPLAY_LIMIT", 10_000)),
+            replay_page=max(1, env("REPLAY_PAGE", 200)),
             replay_concurrency=max(1, env("REPLAY_CONCURRENCY", 32)),
         )

@@ -1,21 +1,25 @@
 """The node's local map of user id -> open sessions, and writing frames to them.
 
-A session starts in *replay*: the node first sends the user's stored, unacknowledged messages,
-oldest first. Live frames arriving meanwhile are held and written after the replay, so a user's
-messages arrive in order across the replay. A message stored just before the replay query is
-usually also on its way live: the session remembers what it replayed and skips that live copy.
+A session starts in *replay*: the node first sends the user's open messages from their inbox,
+oldest first (``replay.py``). Live frames arriving meanwhile are held and written after the replay,
+so a user's messages arrive in order across it. Every frame written is remembered in ``sent`` until
+the client acknowledges it, so neither a replay nor a retried batch writes the same message twice
+to one socket. Held frames are bounded: past ``HELD_LIMIT`` they are dropped and the replay runs
+once more (every live message is in the inbox too).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
 from services.push.metrics import CONNECTIONS, USERS
+
+HELD_LIMIT = 1000
 
 
 @dataclass(eq=False, slots=True)
@@ -24,20 +28,36 @@ class Session:
     user_id: str
     replaying: bool = True
     held: list[tuple[str, str]] = field(default_factory=list)
-    replayed: frozenset[str] = frozenset()
+    sent: set[str] = field(default_factory=set)
+    overflowed: bool = False
 
     @property
     def open(self) -> bool:
         return self.ws.protocol.state is State.OPEN
 
-    def finish_replay(self, replayed: set[str]) -> None:
-        """Write the held live frames the replay did not already send, then go live; no await in between."""
-        self.replayed = frozenset(replayed)
-        frames = [frame for message_id, frame in self.held if message_id not in self.replayed]
+    def hold(self, message_id: str, frame: str) -> None:
+        if len(self.held) < HELD_LIMIT:
+            self.held.append((message_id, frame))
+        else:
+            self.overflowed = True
+
+    def go_live(self) -> bool:
+        """Write the held frames not sent yet and go live, with no await in between; False if some were
+        dropped (the replay must run again, still holding)."""
+        if self.overflowed:
+            self.held.clear()
+            self.overflowed = False
+            return False
+        frames = [(m, f) for m, f in self.held if m not in self.sent]
         self.held.clear()
         self.replaying = False
-        for frame in frames:
+        for message_id, frame in frames:
+            self.sent.add(message_id)
             broadcast([self.ws], frame)
+        return True
+
+    def acknowledged(self, message_ids: Iterable[str]) -> None:
+        self.sent.difference_update(message_ids)
 
 
 class Hub:
@@ -70,6 +90,9 @@ class Hub:
     def users(self) -> Iterator[str]:
         return iter(list(self._by_user))
 
+    def sessions(self) -> list[Session]:
+        return [s for sessions in self._by_user.values() for s in sessions]
+
     def __len__(self) -> int:
         return len(self._by_user)
 
@@ -81,11 +104,12 @@ class Hub:
             if not session.open:
                 continue
             taken = True
-            if message_id in session.replayed:
+            if message_id in session.sent:
                 continue
             if session.replaying:
-                session.held.append((message_id, frame))
+                session.hold(message_id, frame)
             else:
+                session.sent.add(message_id)
                 live.append(session.ws)
         if live:
             broadcast(live, frame)

@@ -14,24 +14,28 @@ from shared.errors import MalformedRequest
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, MESSAGES_IN, MESSAGES_OUT
 from shared.protocol import BatchResult, DeliverBatch
-from shared.store import delivery_id
 
 log = logging.getLogger(__name__)
 
 
 def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter) -> BatchResult:
+    """Write each message to its users' sockets; mark the pairs written as dispatched and delivered."""
     now = time.time()
-    delivered = []
-    for index, item in enumerate(batch.items):
-        if hub.deliver(item.user_id, item.message_id, item.frame):
-            delivered.append(index)
-            DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
-    lifecycle.mark("delivered", [delivery_id(batch.items[i].message_id, batch.items[i].user_id) for i in delivered])
-    MESSAGES_IN.inc(len(batch.items))
+    delivered, absent = [], 0
+    for item in batch.items:
+        for user in item.users:
+            if hub.deliver(user, item.message_id, item.frame):
+                delivered.append((item.message_id, user))
+                DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
+            else:
+                absent += 1
+    lifecycle.mark("dispatched", delivered, batch.at)
+    lifecycle.mark("delivered", delivered, int(now * 1000))
+    MESSAGES_IN.inc(len(delivered) + absent)
     MESSAGES_OUT.inc(len(delivered))
     DELIVERED.inc(len(delivered))
-    ABSENT.inc(len(batch.items) - len(delivered))
-    return BatchResult(batch.batch, tuple(delivered))
+    ABSENT.inc(absent)
+    return BatchResult(batch.batch, len(delivered))
 
 
 async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter) -> None:

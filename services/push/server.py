@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hmac
 import logging
 import signal
@@ -24,15 +23,18 @@ from services.push.config import PushConfig
 from services.push.hub import Hub, Session
 from services.push.identity import TokenVerifier
 from services.push.link import serve_link
-from services.push.metrics import CONNECTS, REFUSED, REPLAYED
+from services.push.acks import Acks
+from services.push.metrics import CONNECTS, REFUSED
 from services.push.presence import Presence
+from services.push.replay import Replayer
 from shared.clients import redis_client
 from shared.errors import ServiceError, Unauthorized, Unavailable
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, exposition
-from shared.protocol import AckFrame, MessageFrame, PingFrame, PongFrame, WelcomeFrame, parse_client_frame
+from shared.inbox import Inbox
+from shared.protocol import AckFrame, PingFrame, PongFrame, WelcomeFrame, parse_client_frame
 from shared.routing import NodeCard, RouteWriter, now_ms
-from shared.store import MessageStore, delivery_id
+from shared.store import MessageStore
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ class PushNode:
         self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)
         self.store = MessageStore(config.mongo_url, config.mongo_db)
         self.lifecycle = LifecycleWriter(self.store)
-        # A reconnect storm would otherwise queue one inbox query per socket at once.
-        self.replays = asyncio.Semaphore(config.replay_concurrency)
+        inbox = Inbox(self.redis)
+        self.replayer = Replayer(inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
+        self.acks = Acks(inbox, self.lifecycle)
         self.verifier: TokenVerifier | None = None
 
     def card(self) -> NodeCard:
@@ -112,15 +115,18 @@ class PushNode:
             await self.presence.arrived(user)
             await ws.send(WelcomeFrame(user, self.config.node_id).encode())
             CONNECTS.inc()
-            log.info("connected", extra={"user_id": user})
-            session.finish_replay(await self.replay(session))
             async with asyncio.timeout(identity.expires_at - time.time()):
-                async for data in ws:
-                    frame = parse_client_frame(data)
-                    if isinstance(frame, PingFrame):
-                        await ws.send(PongFrame().encode())
-                    elif isinstance(frame, AckFrame):
-                        self.lifecycle.mark("acked", [delivery_id(m, user) for m in frame.ids])
+                replay = asyncio.create_task(self.replayer.replay(session))
+                try:
+                    async for data in ws:
+                        frame = parse_client_frame(data)
+                        if isinstance(frame, PingFrame):
+                            await ws.send(PongFrame().encode())
+                        elif isinstance(frame, AckFrame):
+                            session.acknowledged(frame.ids)
+                            self.acks.add(user, frame.ids)
+                finally:
+                    replay.cancel()
         except TimeoutError:
             await self.refuse(ws, Unauthorized("token expired"), user)
         except ServiceError as exc:
@@ -130,23 +136,6 @@ class PushNode:
         finally:
             self.hub.remove(session)
             self.presence.left(user)
-            log.info("disconnected", extra={"user_id": user})
-
-    async def replay(self, session: Session) -> set[str]:
-        """Send the user's unacknowledged, unexpired messages, oldest first; return their ids."""
-        try:
-            async with self.replays:
-                pending = await self.store.pending_for(session.user_id, dt.datetime.now(dt.timezone.utc), self.config.replay_limit)
-        except Unavailable as exc:
-            log.warning("inbox unavailable; serving live messages only", extra={"user_id": session.user_id, "error": exc.message})
-            return set()
-        for doc in pending:
-            await session.ws.send(MessageFrame(doc["message_id"], doc["payload"], doc["ts"]).encode())
-        REPLAYED.inc(len(pending))
-        self.lifecycle.mark("delivered", [doc["_id"] for doc in pending])
-        if pending:
-            log.info("replayed stored messages", extra={"user_id": session.user_id, "count": len(pending)})
-        return {doc["message_id"] for doc in pending}
 
     async def refuse(self, ws: ServerConnection, exc: ServiceError, user: str | None) -> None:
         ERRORS.labels(exc.code).inc()
@@ -168,7 +157,9 @@ class PushNode:
                 ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
                 server_header=None,
             )
-            loops = [asyncio.create_task(loop()) for loop in (self.presence.run_flusher, self.presence.run_heartbeat, self.lifecycle.run)]
+            loops = [asyncio.create_task(loop) for loop in (
+                self.presence.run_flusher(), self.presence.run_heartbeat(), self.lifecycle.run(), self.acks.run(),
+                self.replayer.watch_epoch(self.hub, c.heartbeat_interval))]
             log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
             await stop
             log.info("shutting down", extra={"node": c.node_id, "count": self.hub.connections})
@@ -184,9 +175,10 @@ class PushNode:
             except TimeoutError:
                 log.warning("connections still open after the grace period; cancelling")
             try:
+                await self.acks.flush()
                 await self.lifecycle.flush()
-            except Unavailable as exc:
-                log.warning("lifecycle marks not written at shutdown", extra={"error": exc.message})
+            except (RedisError, Unavailable) as exc:
+                log.warning("acks or lifecycle marks not written at shutdown", extra={"error": repr(exc)})
             await self.redis.aclose()
             await self.store.close()
         log.info("stopped", extra={"node": c.node_id})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
@@ -14,7 +15,7 @@ from tests.conftest import RunningStack, report_scenario
 async def stored(stack: RunningStack, message_id: str) -> list[dict]:
     client = AsyncMongoClient(stack.stack.mongo_url)
     try:
-        return [d async for d in client[stack.stack.mongo_db]["inbox"].find({"message_id": message_id})]
+        return [d async for d in client[stack.stack.mongo_db]["messages"].find({"_id": message_id})]
     finally:
         await client.close()
 
@@ -73,13 +74,16 @@ async def test_batch_and_multi_recipient_posts_reach_every_recipient(shared_stac
 
 
 async def test_message_for_offline_user_is_stored_not_delivered(shared_stack: RunningStack) -> None:
-    """A message for a user with no connection is stored in MongoDB and nobody receives it."""
+    """A message for a user with no connection is stored in MongoDB, waits in their Redis inbox, and nobody receives it."""
     c = shared_stack.client
     bystander = await c.connect("grace")
     status, body = await c.post({"user_id": "nobody-online", "payload": "later"})
     assert status == 202
     docs = await stored(shared_stack, body["id"])
-    assert [(d["user_id"], d["payload"]) for d in docs] == [("nobody-online", "later")]
+    assert [(d["users"], orjson.loads(d["frame"])["payload"]) for d in docs] == [(["nobody-online"], "later")]
+    r = Redis.from_url(shared_stack.stack.redis_url)
+    assert await r.zrange("inbox:nobody-online", 0, -1) == [body["id"].encode()]
+    await r.aclose()
     assert await frames_within(bystander, 1.0) == []
     await bystander.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from services.collect.intake import Limits, parse_body
@@ -10,12 +11,25 @@ from shared.errors import InvalidFields, PayloadTooLarge
 LIMITS = Limits(max_payload_bytes=100, max_batch=3, max_recipients=2, default_ttl_seconds=60)
 
 
-def test_single_multi_and_batch_bodies_become_postings() -> None:
-    """Each accepted shape yields one posting per message with its recipients and TTL."""
-    assert [p.user_ids for p in parse_body({"user_id": "a", "payload": 1}, LIMITS, 0)] == [("a",)]
-    assert [p.user_ids for p in parse_body({"user_ids": ["a", "b"], "payload": 1}, LIMITS, 0)] == [("a", "b")]
+def test_single_multi_and_batch_bodies_become_messages() -> None:
+    """Each accepted shape yields one message per posted message with its recipients and TTL."""
+    assert [m.users for m in parse_body({"user_id": "a", "payload": 1}, LIMITS, 0)] == [("a",)]
+    assert [m.users for m in parse_body({"user_ids": ["a", "b"], "payload": 1}, LIMITS, 0)] == [("a", "b")]
     batch = parse_body({"messages": [{"user_id": "a", "payload": 1, "ttl_seconds": 5}, {"user_id": "b", "payload": 2}]}, LIMITS, 0)
-    assert [(p.user_ids, p.expires_ms) for p in batch] == [(("a",), 5000), (("b",), 60000)]
+    assert [(m.users, m.expires_ms) for m in batch] == [(("a",), 5000), (("b",), 60000)]
+
+
+def test_a_message_frame_is_encoded_once_with_the_payload_as_posted() -> None:
+    """The frame a recipient receives carries the id, the payload unchanged and the acceptance time."""
+    (message,) = parse_body({"user_ids": ["a", "b"], "payload": {"k": ["é", 1]}}, LIMITS, 42, "shop")
+    assert orjson.loads(message.frame) == {"type": "message", "id": message.id, "payload": {"k": ["é", 1]}, "ts": 42}
+    assert message.sender == "shop"
+
+
+def test_payload_limit_counts_utf8_bytes_not_characters() -> None:
+    """A payload of 40 three-byte characters is over a 100-byte limit although it has only 40 characters."""
+    with pytest.raises(PayloadTooLarge):
+        parse_body({"user_id": "a", "payload": "€" * 40}, LIMITS, 0)
 
 
 @pytest.mark.parametrize(("body", "error"), [
@@ -26,6 +40,7 @@ def test_single_multi_and_batch_bodies_become_postings() -> None:
     ({"user_id": "a"}, InvalidFields),
     ({"user_id": "a", "payload": 1, "ttl_seconds": 0}, InvalidFields),
     ({"user_id": "a", "payload": 1, "ttl_seconds": True}, InvalidFields),
+    ({"user_id": "a", "payload": 1, "ttl_seconds": 31 * 24 * 3600}, InvalidFields),
     ({"messages": []}, InvalidFields),
 ])
 def test_bodies_breaking_limits_or_fields_are_refused(body: dict, error: type) -> None:
@@ -37,8 +52,8 @@ def test_bodies_breaking_limits_or_fields_are_refused(body: dict, error: type) -
 def test_idempotency_key_gives_the_same_ids_per_sender_only() -> None:
     """The same key from the same sender names the same messages; another sender or key names others."""
     body = {"messages": [{"user_id": "a", "payload": 1}, {"user_id": "b", "payload": 2}]}
-    first = [p.message_id for p in parse_body(body, LIMITS, 0, "shop", "k1")]
-    assert first == [p.message_id for p in parse_body(body, LIMITS, 999, "shop", "k1")]
-    assert first != [p.message_id for p in parse_body(body, LIMITS, 0, "billing", "k1")]
-    assert first != [p.message_id for p in parse_body(body, LIMITS, 0, "shop", "k2")]
+    first = [m.id for m in parse_body(body, LIMITS, 0, "shop", "k1")]
+    assert first == [m.id for m in parse_body(body, LIMITS, 999, "shop", "k1")]
+    assert first != [m.id for m in parse_body(body, LIMITS, 0, "billing", "k1")]
+    assert first != [m.id for m in parse_body(body, LIMITS, 0, "shop", "k2")]
     assert len(set(first)) == 2

@@ -35,9 +35,9 @@ def test_garbage_client_frames_are_malformed(data: str | bytes) -> None:
 
 def test_deliver_batch_and_result_round_trip() -> None:
     """The dispatch link frames decode to what was encoded."""
-    batch = DeliverBatch(7, (Delivery("m", "u", '{"x":1}', 3),))
+    batch = DeliverBatch(7, 1234, (Delivery("m", '{"x":1}', 3, ("u", "v")),))
     assert DeliverBatch.decode(batch.encode()) == batch
-    assert BatchResult.decode(BatchResult(7, (0,)).encode()) == BatchResult(7, (0,))
+    assert BatchResult.decode(BatchResult(7, 2).encode()) == BatchResult(7, 2)
 
 
 def test_message_ids_sort_by_time_and_are_unique() -> None:
@@ -56,6 +56,29 @@ def test_dispatch_splits_batches_under_the_frame_limit() -> None:
     """Batches to a node stay under the byte limit, keep order, and an oversized item travels alone."""
     from services.dispatch.router import chunk_by_bytes
 
-    items = [Delivery(f"m{i}", "u", "x" * size, 0) for i, size in enumerate([100, 100, 500, 100])]
-    chunks = chunk_by_bytes(items, 300)
+    items = [Delivery(f"m{i}", "x" * size, 0, ("u",)) for i, size in enumerate([100, 100, 500, 100])]
+    chunks = chunk_by_bytes(items, 400)
     assert [[d.message_id for d in c] for c in chunks] == [["m0", "m1"], ["m2"], ["m3"]]
+
+
+def test_dispatch_sizes_batches_by_utf8_bytes() -> None:
+    """Frames of multi-byte characters are counted in bytes, so two 150-character emoji frames do not share a 400-byte batch."""
+    from services.dispatch.router import chunk_by_bytes, encoded_size
+
+    items = [Delivery(f"m{i}", "\U0001F600" * 150, 0, ("u",)) for i in range(2)]
+    assert all(encoded_size(d) > 600 for d in items)
+    assert [len(c) for c in chunk_by_bytes(items, 400)] == [1, 1]
+
+
+def test_dispatch_groups_each_message_per_node_with_only_that_nodes_recipients() -> None:
+    """A message for users on two nodes becomes one delivery per node naming the users there; unrouted users go nowhere."""
+    from services.dispatch.router import per_node
+    from shared.message import Message
+    from shared.stream import StreamEntry
+
+    entries = [StreamEntry("1-0", Message("m1", ("a", "b", "c"), "F1", 5, 99)), StreamEntry("2-0", Message("m2", ("b",), "F2", 6, 99))]
+    work = per_node(entries, {"a": ["n1"], "b": ["n1", "n2"]})
+    assert {n: [(e.entry_id, d) for e, d in items] for n, items in work.items()} == {
+        "n1": [("1-0", Delivery("m1", "F1", 5, ("a", "b"))), ("2-0", Delivery("m2", "F2", 6, ("b",)))],
+        "n2": [("1-0", Delivery("m1", "F1", 5, ("b",))), ("2-0", Delivery("m2", "F2", 6, ("b",)))],
+    }

@@ -1,0 +1,80 @@
+"""Sending users what waits in their inbox: on connect, and again after Redis's state was rebuilt.
+
+A replay reads the user's open ids from Redis (no MongoDB), then their frames a page at a time,
+and writes those this socket has not been sent yet, oldest first. At most ``concurrency`` replays
+run at once, so a reconnect storm queues instead of flooding Redis. If Redis fails meanwhile the
+replay retries with backoff for as long as the socket stays open: it never gives up silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+from websockets.exceptions import ConnectionClosed
+
+from services.push.hub import Hub, Session
+from services.push.metrics import REPLAYED
+from shared.inbox import Inbox
+from shared.lifecycle import LifecycleWriter
+from shared.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+
+class Replayer:
+    def __init__(self, inbox: Inbox, lifecycle: LifecycleWriter, limit: int, page: int, concurrency: int) -> None:
+        self.inbox = inbox
+        self.lifecycle = lifecycle
+        self.limit = limit
+        self.page = page
+        self.gate = asyncio.Semaphore(concurrency)
+
+    async def replay(self, session: Session) -> None:
+        """Send what is pending, then let live frames through; retry while Redis fails and the socket is open."""
+        backoff = Backoff()
+        while session.open:
+            try:
+                await self.send_pending(session)
+            except RedisError as exc:
+                await backoff.failed(log, "replay", exc)
+                continue
+            except ConnectionClosed:
+                return
+            if session.go_live():
+                return
+
+    async def send_pending(self, session: Session) -> int:
+        """Write the open messages this socket was not sent yet, a page of frames at a time; return how many."""
+        async with self.gate:
+            ids = [m for m in await self.inbox.pending(session.user_id, self.limit) if m not in session.sent]
+            written, gone = [], []
+            for start in range(0, len(ids), self.page):
+                page = ids[start:start + self.page]
+                for message_id, frame in zip(page, await self.inbox.frames(page)):
+                    if frame is None:
+                        gone.append(message_id)
+                    elif message_id not in session.sent:
+                        session.sent.add(message_id)
+                        written.append((message_id, session.user_id))
+                        await session.ws.send(frame)
+            await self.inbox.drop(session.user_id, gone)
+        REPLAYED.inc(len(written))
+        self.lifecycle.mark("delivered", written)
+        return len(written)
+
+    async def watch_epoch(self, hub: Hub, interval: float) -> None:
+        """When the state's epoch changes (dispatch rebuilt it), send every open session what came back."""
+        last: str | None = None
+        while True:
+            try:
+                epoch = await self.inbox.epoch()
+            except RedisError:
+                epoch = last
+            if epoch is not None and last is not None and epoch != last:
+                sessions = [s for s in hub.sessions() if s.open and not s.replaying]
+                log.warning("delivery state was rebuilt; replaying to open sessions", extra={"count": len(sessions)})
+                await asyncio.gather(*(self.send_pending(s) for s in sessions), return_exceptions=True)
+            last = epoch if epoch is not None else last
+            await asyncio.sleep(interval)
