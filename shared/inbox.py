@@ -9,8 +9,8 @@ Keys:
   the newest ``limit``; Redis drops it when the last entry goes;
 * ``expiry`` -- a ZSET of open message ids scored by expiry time (ms), read by dispatch's expiry loop;
 * ``state:epoch`` -- present once this state is complete. Redis restarted empty has none: dispatch
-  rebuilds the state from MongoDB (``services/dispatch/rebuild.py``) and sets a new epoch, and push nodes that see
-  the epoch change send their sessions what the rebuild brought back.
+  rebuilds the state from MongoDB (``services/dispatch/rebuild.py``) and sets a new epoch; replays
+  wait for it, and push nodes that see the epoch change send their open sessions what came back.
 
 Every write is a pipeline of single-key commands (no Lua, no multi-key command), and each method
 takes a whole batch, so its cost is a few round trips whatever the batch size.
@@ -25,6 +25,7 @@ from typing import Iterable
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from shared.errors import Unavailable
 from shared.message import Message, Pair, join_users, split_users
 
 EXPIRY_KEY = "expiry"
@@ -59,8 +60,18 @@ class Inbox:
             await pipe.execute()
 
     async def pending(self, user_id: str, limit: int) -> list[str]:
-        """The user's open message ids, oldest first (ids only: frames are read page by page)."""
-        return [m.decode() for m in await self.redis.zrange(inbox_key(user_id), 0, limit - 1)]
+        """The user's open message ids, oldest first (ids only: frames are read page by page).
+
+        Raises ``Unavailable`` while the state is incomplete (being rebuilt): an inbox read then could
+        miss messages, or return some the user has already acknowledged.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(EPOCH_KEY)
+            pipe.zrange(inbox_key(user_id), 0, limit - 1)
+            complete, ids = await pipe.execute()
+        if not complete:
+            raise Unavailable("the delivery state is being rebuilt from MongoDB")
+        return [m.decode() for m in ids]
 
     async def frames(self, message_ids: list[str]) -> list[str | None]:
         """Each message's frame, or None where it is gone (expired, or trimmed away)."""

@@ -154,8 +154,8 @@ class BatchResult:
 
 
 def new_message_id(ms: int) -> str:
-    """A unique id that sorts by acceptance time (hex milliseconds, then 40 random bits)."""
-    return f"{ms:012x}{secrets.token_hex(5)}"
+    """A unique id that sorts by acceptance time (hex milliseconds, then 32 random bits)."""
+    return f"{ms:012x}{secrets.token_hex(4)}"
 
 
 _USER_ID = re.compile(r"[A-Za-z0-9_.@-]{1,128}")

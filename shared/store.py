@@ -8,7 +8,7 @@ the status view, the rebuild after Redis lost its data, and the purge of old his
 * ``messages``: ``_id`` = message id; ``frame`` (the payload, encoded once, as its recipients
   receive it: stored once however many recipients), ``users``, ``sender``, ``ts`` and
   ``expires_at``. A duplicate ``_id`` means the post was already accepted (an Idempotency-Key retry).
-* ``events``: per delivery and flush window one document ``{m, u, s: {stage: ms}, closed}`` holding
+* ``events``: per delivery and flush window one document ``{m, u, s: {stage: ms}, closed, at}`` holding
   every stage the delivery reached in that window (dispatched, delivered, acked, expired), so the
   usual path costs one insert, not one per stage. ``closed`` marks acked or expired deliveries.
 
@@ -55,7 +55,7 @@ def message_of(doc: dict[str, Any]) -> Message:
 
 
 def event_document(pair: Pair, stages: dict[str, int], now: dt.datetime) -> dict[str, Any]:
-    return {"m": pair[0], "u": pair[1], "s": stages, "closed": any(s in stages for s in CLOSING),
+    return {"m": pair[0], "u": pair[1], "s": stages, "closed": any(s in stages for s in CLOSING), "at": now,
             "purge_at": now + PURGE_AFTER}
 
 
@@ -74,10 +74,10 @@ def derive(message: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[s
 
 
 class MessageStore:
-    def __init__(self, url: str, database: str = "push", timeout_ms: int = 3000) -> None:
+    def __init__(self, url: str, database: str = "push", timeout_ms: int = 3000, **client_options: Any) -> None:
         self.client: AsyncMongoClient = AsyncMongoClient(
             url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 2,
-            tz_aware=True,
+            tz_aware=True, **client_options,
         )
         self.messages = self.client[database]["messages"]
         self.events = self.client[database]["events"]
@@ -140,9 +140,10 @@ class MessageStore:
         while batch := await self.breaker.call(lambda: cursor.to_list(page)):
             yield [message_of(d) for d in batch]
 
-    async def closed_deliveries(self, page: int) -> AsyncIterator[list[Pair]]:
-        """Every acknowledged or expired delivery on record, ``page`` at a time."""
-        cursor = self.events.find({"closed": True}, {"m": 1, "u": 1, "_id": 0}, batch_size=page)
+    async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[list[Pair]]:
+        """Deliveries recorded as acknowledged or expired since ``since`` (no earlier record can close a
+        message accepted after it), ``page`` at a time."""
+        cursor = self.events.find({"closed": True, "at": {"$gte": since}}, {"m": 1, "u": 1, "_id": 0}, batch_size=page)
         while batch := await self.breaker.call(lambda: cursor.to_list(page)):
             yield [(d["m"], d["u"]) for d in batch]
 

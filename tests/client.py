@@ -81,3 +81,14 @@ async def frames_within(ws: ClientConnection, seconds: float) -> list[dict[str, 
                 frames.append(orjson.loads(await ws.recv()))
     except TimeoutError:
         return frames
+
+
+async def receive_ids(ws: ClientConnection, count: int, timeout: float = 30) -> list[str]:
+    """Message ids from the next ``count`` message frames."""
+    ids: list[str] = []
+    async with asyncio.timeout(timeout):
+        while len(ids) < count:
+            frame = await next_frame(ws, timeout)
+            if frame["type"] == "message":
+                ids.append(frame["id"])
+    return ids

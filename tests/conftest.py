@@ -33,10 +33,14 @@ class Servers:
     def mongo_url(self) -> str:
         return f"mongodb://127.0.0.1:{self.mongo_port}/"
 
-    def new_stack(self, nodes: int = 2, redis_url: str | None = None, **env: str) -> Stack:
+    def fresh_database(self) -> tuple[str, str]:
+        """A Redis URL and a MongoDB database name no other test uses."""
         n = next(self._dbs)
-        return Stack.on_free_ports(redis_url or f"redis://127.0.0.1:{self.redis_port}/{n}", self.mongo_url,
-                                   f"push_test_{n}", nodes, **env)
+        return f"redis://127.0.0.1:{self.redis_port}/{n}", f"push_test_{n}"
+
+    def new_stack(self, nodes: int = 2, redis_url: str | None = None, **env: str) -> Stack:
+        own_redis, mongo_db = self.fresh_database()
+        return Stack.on_free_ports(redis_url or own_redis, self.mongo_url, mongo_db, nodes, **env)
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,15 @@ class Limits:
     default_ttl_seconds: int
 
 
-def idempotent_id(sender: str, key: str, index: int) -> str:
-    """The same sender, key and position always name the same message, so a retry stores nothing new."""
-    return hashlib.sha256(f"{sender}\0{key}\0{index}".encode()).hexdigest()[:22]
+def post_ids(count: int, now_ms: int, sender: str, idempotency_key: str | None) -> list[str]:
+    """Ids for a post's messages, ending in their position, so one user's messages from one post sort in
+    posting order. With an Idempotency-Key, the same sender and key always name the same messages, so a
+    retry stores nothing new; without, the ids also sort by acceptance time."""
+    if idempotency_key is None:
+        base = new_message_id(now_ms)
+    else:
+        base = hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()[:18]
+    return [f"{base}{i:04x}" for i in range(count)]
 
 
 def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = "", idempotency_key: str | None = None) -> list[Message]:
@@ -43,11 +49,8 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
         where = [f"messages[{i}]." for i in range(len(items))]
     else:
         items, where = [body], [""]
-    messages = []
-    for index, (item, prefix) in enumerate(zip(items, where)):
-        message_id = idempotent_id(sender, idempotency_key, index) if idempotency_key else new_message_id(now_ms)
-        messages.append(_message(item, limits, now_ms, prefix, message_id, sender))
-    return messages
+    ids = post_ids(len(items), now_ms, sender, idempotency_key)
+    return [_message(item, limits, now_ms, prefix, message_id, sender) for item, prefix, message_id in zip(items, where, ids)]
 
 
 def _message(item: Any, limits: Limits, now_ms: int, where: str, message_id: str, sender: str) -> Message:

@@ -1,12 +1,12 @@
 """Rebuilding the hot delivery state in Redis from MongoDB's record, after Redis came back empty.
 
 Two passes, each one query read page by page, so memory stays bounded whatever the backlog: first
-every unexpired message is opened again for its recipients, oldest first; then every delivery on
-record as acknowledged or expired is closed again. Live traffic goes on meanwhile (new messages go
-to Redis as usual); a user who connects between the two passes may be sent a message they had
-already acknowledged, which at-least-once delivery allows (clients drop duplicates by id).
-Finally a new epoch marks the state complete; push nodes that see it change send their open
-sessions what came back.
+every unexpired message is opened again for its recipients, oldest first; then every delivery
+recorded as acknowledged or expired since the oldest of them was accepted is closed again.
+
+Live traffic goes on meanwhile (new messages go to Redis as usual). Replays wait until a new epoch
+marks the state complete at the end, so nobody is sent a message they had acknowledged; push nodes
+that see the epoch change send their open sessions what came back.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from typing import Awaitable, Callable
 
 from shared.inbox import Inbox
-from shared.store import MessageStore
+from shared.store import MessageStore, utc
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,18 @@ async def rebuild(store: MessageStore, inbox: Inbox, page: int, held: Callable[[
     started = time.monotonic()
     log.warning("Redis holds no delivery state; rebuilding it from MongoDB")
     opened = closed = 0
+    oldest: int | None = None
     async for messages in store.open_messages(dt.datetime.now(dt.timezone.utc), page):
         await inbox.open(messages)
         opened += len(messages)
+        oldest = messages[0].ts if oldest is None else oldest
         if not await held():
             raise LeaseLost
-    async for pairs in store.closed_deliveries(page):
-        closed += len(await inbox.close(pairs))
-        if not await held():
-            raise LeaseLost
+    if oldest is not None:
+        async for pairs in store.closed_deliveries(utc(oldest), page):
+            closed += len(await inbox.close(pairs))
+            if not await held():
+                raise LeaseLost
     epoch = await inbox.complete()
     log.warning("delivery state rebuilt", extra={"messages": opened, "closed": closed, "epoch": epoch,
                                                  "seconds": round(time.monotonic() - started, 3)})

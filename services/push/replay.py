@@ -2,8 +2,9 @@
 
 A replay reads the user's open ids from Redis (no MongoDB), then their frames a page at a time,
 and writes those this socket has not been sent yet, oldest first. At most ``concurrency`` replays
-run at once, so a reconnect storm queues instead of flooding Redis. If Redis fails meanwhile the
-replay retries with backoff for as long as the socket stays open: it never gives up silently.
+run at once, so a reconnect storm queues instead of flooding Redis. If Redis fails meanwhile, or
+its state is being rebuilt, the replay retries with backoff for as long as the socket stays open:
+it never gives up silently.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from services.push.hub import Hub, Session
 from services.push.metrics import REPLAYED
+from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.retry import Backoff
@@ -37,7 +39,7 @@ class Replayer:
         while session.open:
             try:
                 await self.send_pending(session)
-            except RedisError as exc:
+            except (RedisError, Unavailable) as exc:
                 await backoff.failed(log, "replay", exc)
                 continue
             except ConnectionClosed:

@@ -6,23 +6,11 @@ import asyncio
 
 import orjson
 
-from tests.client import frames_within, next_frame
+from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, report_scenario
 from tools.cluster import Cluster, free_port
 
-FAST = {"NODE_TTL_SECONDS": "3", "RECONCILE_AFTER_SECONDS": "2", "RECONCILE_INTERVAL_SECONDS": "0.5",
-        "CLAIM_IDLE_MS": "2000"}
-
-
-async def receive_ids(ws, count: int, timeout: float = 30) -> list[str]:
-    """Message ids from the next ``count`` message frames."""
-    ids: list[str] = []
-    async with asyncio.timeout(timeout):
-        while len(ids) < count:
-            frame = await next_frame(ws, timeout)
-            if frame["type"] == "message":
-                ids.append(frame["id"])
-    return ids
+FAST = {"NODE_TTL_SECONDS": "3", "RECONCILE_INTERVAL_SECONDS": "0.5", "CLAIM_IDLE_MS": "2000"}
 
 
 async def status(stack: RunningStack, message_id: str, api_key: str = "dev-api-key") -> tuple[int, dict]:

@@ -57,3 +57,11 @@ def test_idempotency_key_gives_the_same_ids_per_sender_only() -> None:
     assert first != [m.id for m in parse_body(body, LIMITS, 0, "billing", "k1")]
     assert first != [m.id for m in parse_body(body, LIMITS, 0, "shop", "k2")]
     assert len(set(first)) == 2
+
+
+@pytest.mark.parametrize("key", [None, "k1"])
+def test_ids_of_one_post_sort_in_posting_order(key: str | None) -> None:
+    """A post's ids sort in the order its messages were given, so a user's inbox replays them in that order."""
+    body = {"messages": [{"user_id": "a", "payload": n} for n in range(3)]}
+    ids = [m.id for m in parse_body(body, LIMITS, 0, "shop", key)]
+    assert ids == sorted(ids) and len(set(ids)) == 3

@@ -1,0 +1,206 @@
+"""The delivery state at scale: reconnect storms, Redis lost and rebuilt, the store down, bounded work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import orjson
+from pymongo import monitoring
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from services.dispatch.config import DispatchConfig
+from services.dispatch.lease import Lease
+from services.dispatch.reconciler import Reconciler
+from shared.inbox import Inbox
+from shared.lifecycle import LifecycleWriter
+from shared.message import Message
+from shared.protocol import MessageFrame
+from shared.routing import now_ms
+from shared.store import MessageStore
+from tests.client import frames_within, next_frame, receive_ids
+from tests.conftest import RunningStack, Servers, report_scenario
+from tests.integration.test_delivery_guarantees import FAST, wait_for_state
+from tools.cluster import Cluster, free_port
+
+
+async def post_to_each(stack: RunningStack, users: list[str], per_user: int) -> dict[str, list[str]]:
+    """Post ``per_user`` messages to every user (500 per post); return each user's ids in posting order."""
+    bodies = [{"user_id": u, "payload": n} for n in range(per_user) for u in users]
+    ids: dict[str, list[str]] = {u: [] for u in users}
+    for start in range(0, len(bodies), 500):
+        chunk = bodies[start:start + 500]
+        status, answer = await stack.client.post({"messages": chunk})
+        assert status == 202, answer
+        for body, message_id in zip(chunk, answer["ids"]):
+            ids[body["user_id"]].append(message_id)
+    return ids
+
+
+async def connect_all(stack: RunningStack, users: list[str]) -> dict[str, object]:
+    """Every user connected at once, alternating between the two nodes, each once welcomed."""
+    sockets = await asyncio.gather(*(stack.client.connect(u, node=i % 2) for i, u in enumerate(users)))
+    return dict(zip(users, sockets))
+
+
+async def test_reconnect_storm_delivers_every_stored_message_exactly_once(start_stack) -> None:
+    """300 offline users with 5 messages each all connect at once: each gets exactly their 5, oldest first."""
+    stack: RunningStack = start_stack()
+    users = [f"storm{i}" for i in range(300)]
+    posted = await post_to_each(stack, users, 5)
+    sockets = await connect_all(stack, users)
+    received = dict(zip(users, await asyncio.gather(*(receive_ids(sockets[u], 5, timeout=60) for u in users))))
+    extra = await asyncio.gather(*(frames_within(sockets[u], 0.3) for u in users[:20]))
+    counts = Counter((u, m) for u in users for m in received[u])
+    lost, twice = report_scenario("reconnect storm: 300 users x 5 stored messages",
+                                  [f"{u}/{m}" for u in users for m in posted[u]],
+                                  [f"{u}/{m}" for u, m in counts.elements()])
+    assert lost == twice == 0 and not any(extra)
+    assert all(received[u] == posted[u] for u in users)
+    await asyncio.gather(*(ws.close() for ws in sockets.values()))
+
+
+async def test_pending_messages_survive_redis_restarted_empty_and_acked_ones_stay_acked(start_stack, cluster: Cluster) -> None:
+    """Redis restarted empty while 200 users have pending messages: dispatch rebuilds from MongoDB, each arrives on
+    reconnect, and messages acknowledged before the restart are not sent again."""
+    redis_port = free_port()
+    redis = cluster.start_redis(redis_port)
+    stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0", **FAST)
+    users = [f"lost{i}" for i in range(200)]
+    acked_first = await post_to_each(stack, users[:20], 1)
+    early = await connect_all(stack, users[:20])
+    for user, ws in early.items():
+        assert await receive_ids(ws, 1) == acked_first[user]
+        await ws.send(orjson.dumps({"type": "ack", "ids": acked_first[user]}).decode())
+    for user in users[:20]:
+        await wait_for_state(stack, acked_first[user][0], "acked")
+    await asyncio.gather(*(ws.close() for ws in early.values()))
+    posted = await post_to_each(stack, users, 2)
+    redis.stop()
+    redis = cluster.start_redis(redis_port)
+    sockets = await asyncio.gather(*(connect_until_welcomed(stack, u, i % 2) for i, u in enumerate(users)))
+    received = await asyncio.gather(*(receive_ids(ws, 2, timeout=60) for ws in sockets))
+    again = await asyncio.gather(*(frames_within(ws, 0.5) for ws in sockets[:20]))
+    lost, twice = report_scenario("Redis restarted empty: 200 users x 2 pending, rebuilt from MongoDB",
+                                  [m for u in users for m in posted[u]], [m for ids in received for m in ids])
+    assert lost == twice == 0
+    assert [f for frames in again for f in frames if f["type"] == "message"] == [], "an acked message came back"
+    await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def connect_until_welcomed(stack: RunningStack, user: str, node: int, timeout: float = 30) -> ClientConnection:
+    """Connect, retrying while the node refuses with 1013 (its Redis is coming back)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            ws = await stack.client.open(await stack.client.token(user), node)
+            try:
+                assert (await next_frame(ws))["type"] == "welcome"
+                return ws
+            except ConnectionClosed:
+                assert ws.close_code == 1013, ws.close_code
+            await asyncio.sleep(0.3)
+
+
+async def test_pending_messages_reach_users_who_connect_while_the_store_is_down(start_stack, cluster: Cluster) -> None:
+    """With FerretDB stopped, users who connect get their pending messages on the same sockets; posting works once it
+    is back 5 s later."""
+    mongo_port = free_port()
+    mongo = cluster.start_ferretdb(mongo_port)
+    stack: RunningStack = start_stack(mongo_url=f"mongodb://127.0.0.1:{mongo_port}/")
+    users = [f"nostore{i}" for i in range(20)]
+    posted = await post_to_each(stack, users, 3)
+    mongo.stop()
+    sockets = await connect_all(stack, users)
+    received = await asyncio.gather(*(receive_ids(sockets[u], 3, timeout=5) for u in users))
+    assert list(received) == [posted[u] for u in users]
+    await asyncio.sleep(5)
+    cluster.start_ferretdb(mongo_port)
+    after = await stack.client.post_until_accepted({"user_id": users[0], "payload": "store is back"})
+    assert (await next_frame(sockets[users[0]]))["id"] == after["id"]
+    await asyncio.gather(*(ws.close() for ws in sockets.values()))
+
+
+async def test_an_ack_batch_of_500_ids_costs_a_bounded_number_of_redis_commands(start_stack, cluster: Cluster) -> None:
+    """One ack frame with 500 ids costs one ZREM, HINCRBY and DEL per id plus one ZREM of the expiry index, no read,
+    and records them acked."""
+    redis_port = free_port()
+    cluster.start_redis(redis_port)
+    stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0")
+    ws = await stack.client.connect("acker")
+    ids = (await post_to_each(stack, ["acker"], 500))["acker"]
+    assert await receive_ids(ws, 500) == ids
+    redis = Redis.from_url(f"redis://127.0.0.1:{redis_port}/0")
+    await redis.config_resetstat()
+    await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
+    async with asyncio.timeout(10):  # the flush ends by deleting the fully acked messages
+        while await redis.zcard("inbox:acker") or await redis.exists(*(f"msg:{m}" for m in ids)):
+            await asyncio.sleep(0.05)
+    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
+    assert (calls["zrem"], calls["hincrby"], calls["del"]) == (500 + 1, 500, 500)
+    assert not {"zrange", "hget", "hgetall", "smembers"} & set(calls)
+    await wait_for_state(stack, ids[-1], "acked")
+    await redis.aclose()
+    await ws.close()
+
+
+class CommandCounter(monitoring.CommandListener):
+    """Counts the MongoDB commands a client sends and the documents its finds return."""
+
+    def __init__(self) -> None:
+        self.commands: Counter[str] = Counter()
+        self.documents = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands[event.command_name] += 1
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        cursor = event.reply.get("cursor", {}) if isinstance(event.reply, dict) else {}
+        self.documents += len(cursor.get("firstBatch", cursor.get("nextBatch", [])))
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires_in_pages(servers: Servers) -> None:
+    """With 20,000 open deliveries (half past expiry), a reconciler pass reads no MongoDB document and expires the
+    10,000 due in pages; after Redis is emptied, the rebuild reads each open message and each closing record once."""
+    redis_url, mongo_db = servers.fresh_database()
+    redis = Redis.from_url(redis_url)
+    counter = CommandCounter()
+    store = MessageStore(servers.mongo_url, mongo_db, event_listeners=[counter])
+    inbox = Inbox(redis)
+    now = now_ms()
+    messages = [Message(f"m{i:05d}", tuple(f"u{i % 1000}-{k}" for k in range(2)), MessageFrame(f"m{i:05d}", i, now).encode(),
+                        now, now - 1000 if i % 2 else now + 3_600_000) for i in range(10_000)]
+    await store.accept(messages)
+    await inbox.open(messages)
+    await inbox.complete()
+    config = DispatchConfig.from_env()
+    lifecycle = LifecycleWriter(store)
+    reconciler = Reconciler(config, store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000))
+    counter.commands.clear()
+    await redis.config_resetstat()
+    await reconciler.reconcile()
+    assert counter.documents == 0 and "find" not in counter.commands
+    calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
+    pages = 5_000 // config.expire_batch  # 5,000 messages due, 2 recipients each
+    assert calls["zrangebyscore"] == pages + 1 and calls["hget"] == 5_000
+    assert calls["zrem"] == 10_000 + pages, "one per delivery, and one of the expiry index per page"
+    assert await inbox.open_count() == 5_000
+    await lifecycle.flush()
+    assert await store.events.count_documents({"closed": True}) == 10_000
+
+    await redis.flushdb()
+    counter.commands.clear()
+    counter.documents = 0
+    await reconciler.reconcile()
+    assert counter.documents == 5_000 + 10_000, "each open message and each closing record is read once"
+    assert counter.commands["find"] == 2 and counter.commands["getMore"] <= 15_000 // config.rebuild_page + 2
+    assert await inbox.open_count() == 5_000 and await inbox.epoch() is not None
+    # u0-0 was sent messages 0, 1000, ..., 9000 (all open); u1-0 messages 1, 1001, ... (all expired).
+    assert (await redis.zcard("inbox:u0-0"), await redis.zcard("inbox:u1-0")) == (10, 0)
+    await store.client.drop_database(mongo_db)
+    await store.close()
+    await redis.aclose()
