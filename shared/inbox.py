@@ -1,39 +1,41 @@
 """The hot delivery state in Redis: what each user still has to receive, known without MongoDB.
 
-Keys:
+Keys (a post is one POST's messages, see ``shared.message``):
 
-* ``msg:{id}`` -- a HASH: ``f`` the frame (stored once, however many recipients), ``u`` the
-  recipients, ``n`` how many of them have not acknowledged it yet; deleted when ``n`` reaches 0 or
-  the message expires;
+* ``post:{id}`` -- a HASH with the post's field map (each message's frame, stored once however
+  many recipients, its recipients and its expiry) and ``n``, how many of its deliveries are still
+  open; deleted when ``n`` reaches 0 or the post expires;
 * ``inbox:{user}`` -- a ZSET of the user's open message ids scored by acceptance time, trimmed to
   the newest ``limit``; Redis drops it when the last entry goes;
-* ``expiry`` -- a ZSET of open message ids scored by expiry time (ms), read by dispatch's expiry loop;
+* ``expiry`` -- a ZSET of open post ids scored by their latest expiry (ms), read by dispatch's
+  expiry loop (a replay skips a message whose own expiry has passed);
 * ``state:epoch`` -- present once this state is complete. Redis restarted empty has none: dispatch
   rebuilds the state from MongoDB (``services/dispatch/rebuild.py``) and sets a new epoch; replays
   wait for it, and push nodes that see the epoch change send their open sessions what came back.
 
-Every write is a pipeline of single-key commands (no Lua, no multi-key command), and each method
-takes a whole batch, so its cost is a few round trips whatever the batch size.
+Every write is a pipeline of single-key commands (no Lua, no multi-key command): per post one
+HSET and one ZADD, per recipient one ZADD and one trim; each method takes a whole batch, so its
+cost is a few round trips whatever the batch size.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Iterable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared.errors import Unavailable
-from shared.message import Message, Pair, join_users, split_users
+from shared.message import Message, Pair, by_post, index_of, message_id, post_fields, post_of, split_users
 
 EXPIRY_KEY = "expiry"
 EPOCH_KEY = "state:epoch"
 
 
-def msg_key(message_id: str) -> str:
-    return f"msg:{message_id}"
+def post_key(post: str) -> str:
+    return f"post:{post}"
 
 
 def inbox_key(user_id: str) -> str:
@@ -47,12 +49,19 @@ class Inbox:
 
     def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
         """Queue the commands that open ``messages`` for their recipients (idempotent: ids are keys)."""
-        for m in messages:
-            pipe.hset(msg_key(m.id), mapping={"f": m.frame, "u": join_users(m.users), "n": len(m.users)})
-            pipe.zadd(EXPIRY_KEY, {m.id: m.expires_ms})
-            for user in m.users:
-                pipe.zadd(inbox_key(user), {m.id: m.ts})
-                pipe.zremrangebyrank(inbox_key(user), 0, -self.limit - 1)
+        inboxes: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        expiry: dict[str, int] = {}
+        for post, batch in by_post(messages).items():
+            pipe.hset(post_key(post), mapping={**post_fields(batch), "n": sum(len(m.users) for m in batch)})
+            expiry[post] = max(m.expires_ms for m in batch)
+            for m in batch:
+                for user in m.users:
+                    inboxes[user][m.id] = m.ts
+        if expiry:
+            pipe.zadd(EXPIRY_KEY, expiry)
+        for user, entries in inboxes.items():
+            pipe.zadd(inbox_key(user), entries)
+            pipe.zremrangebyrank(inbox_key(user), 0, -self.limit - 1)
 
     async def open(self, messages: list[Message]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -73,13 +82,14 @@ class Inbox:
             raise Unavailable("the delivery state is being rebuilt from MongoDB")
         return [m.decode() for m in ids]
 
-    async def frames(self, message_ids: list[str]) -> list[str | None]:
+    async def frames(self, message_ids: list[str], now_ms: int) -> list[str | None]:
         """Each message's frame, or None where it is gone (expired, or trimmed away)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in message_ids:
-                pipe.hget(msg_key(m), "f")
+                i = index_of(m)
+                pipe.hmget(post_key(post_of(m)), [str(i), f"x{i}"])
             replies = await pipe.execute()
-        return [r.decode() if r is not None else None for r in replies]
+        return [f.decode() if f is not None and x is not None and int(x) > now_ms else None for f, x in replies]
 
     async def drop(self, user_id: str, message_ids: list[str]) -> None:
         """Forget entries whose frame is gone."""
@@ -97,49 +107,50 @@ class Inbox:
             for m, u in pairs:
                 pipe.zrem(inbox_key(u), m)
             removed = [p for p, n in zip(pairs, await pipe.execute()) if n]
-        if not removed:
-            return []
-        counts: defaultdict[str, int] = defaultdict(int)
-        for m, _ in removed:
-            counts[m] += 1
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for m, n in counts.items():
-                pipe.hincrby(msg_key(m), "n", -n)
-            done = [m for m, left in zip(counts, await pipe.execute()) if left <= 0]
-        await self.forget(done)
+        await self._settle(Counter(post_of(m) for m, _ in removed))
         return removed
 
-    async def forget(self, message_ids: list[str]) -> None:
-        """Delete messages nobody is waiting for any more."""
-        if message_ids:
+    async def _settle(self, closed: Counter[str]) -> None:
+        """Count closed deliveries against their posts; forget the posts nobody waits for any more."""
+        if not closed:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for post, n in closed.items():
+                pipe.hincrby(post_key(post), "n", -n)
+            done = [post for post, left in zip(closed, await pipe.execute()) if left <= 0]
+        await self.forget(done)
+
+    async def forget(self, posts: list[str]) -> None:
+        if posts:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for m in message_ids:
-                    pipe.delete(msg_key(m))
-                pipe.zrem(EXPIRY_KEY, *message_ids)
+                for post in posts:
+                    pipe.delete(post_key(post))
+                pipe.zrem(EXPIRY_KEY, *posts)
                 await pipe.execute()
 
     async def due(self, now_ms: int, limit: int) -> list[str]:
-        """Open messages whose expiry has passed, oldest expiry first."""
-        return [m.decode() for m in await self.redis.zrangebyscore(EXPIRY_KEY, "-inf", now_ms, start=0, num=limit)]
+        """Open posts whose latest expiry has passed, oldest first."""
+        return [p.decode() for p in await self.redis.zrangebyscore(EXPIRY_KEY, "-inf", now_ms, start=0, num=limit)]
 
-    async def expire(self, message_ids: list[str]) -> list[Pair]:
-        """Remove expired messages from every inbox still holding them; return those deliveries."""
-        if not message_ids:
+    async def expire(self, posts: list[str]) -> list[Pair]:
+        """Remove expired posts' messages from every inbox still holding them; return those deliveries."""
+        if not posts:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for m in message_ids:
-                pipe.hget(msg_key(m), "u")
-            users = await pipe.execute()
-        pairs = [(m, u) for m, field in zip(message_ids, users) if field is not None for u in split_users(field)]
+            for post in posts:
+                pipe.hgetall(post_key(post))
+            maps = await pipe.execute()
+        pairs = [(message_id(post, int(k[1:])), u) for post, fields in zip(posts, maps)
+                 for k, v in fields.items() if k.startswith(b"u") for u in split_users(v)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for m, u in pairs:
                 pipe.zrem(inbox_key(u), m)
             open_ = [p for p, n in zip(pairs, await pipe.execute()) if n]
-        await self.forget(message_ids)
+        await self.forget(posts)
         return open_
 
     async def open_count(self) -> int:
-        """Messages with at least one recipient still waiting."""
+        """Posts with at least one recipient still waiting."""
         return int(await self.redis.zcard(EXPIRY_KEY))
 
     async def epoch(self) -> str | None:

@@ -1,16 +1,25 @@
-"""An accepted message as every service holds it: plain data, no I/O.
+"""Accepted messages and the posts that carry them: plain data, no I/O.
 
-A message is stored once, whatever the number of recipients: its frame (the exact text a browser
-receives, encoded once by collect) and its recipients travel together through MongoDB, the Redis
-inboxes, the stream and the link to the push nodes. A *delivery* is one message for one recipient,
-named by the pair ``(message_id, user_id)``.
+A business system's POST is a *post* of one or more messages. The post is the unit of storage
+everywhere (one MongoDB document, one Redis hash, one stream entry), so a post of 1,000 messages
+costs a handful of writes, not thousands; a message's id is its post's id plus its position
+(``{post}{index:04x}``). A message is stored once, whatever the number of recipients: its frame
+(the exact text a browser receives, encoded once by collect) and its recipients. A *delivery* is
+one message for one recipient, named by the pair ``(message_id, user_id)``.
+
+The same flat field map describes a post's messages in its Redis hash and its stream entry:
+``"{i}"`` the frame of message ``i``, ``"u{i}"`` its recipients joined by ``,`` (user ids cannot
+contain one), ``"x{i}"`` its expiry in ms.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 Pair = tuple[str, str]  # (message_id, user_id): one delivery
+INDEX_DIGITS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,15 +31,56 @@ class Message:
     expires_ms: int
     sender: str = ""
 
-    def pairs(self) -> list[Pair]:
-        return [(self.id, u) for u in self.users]
+    @property
+    def post(self) -> str:
+        return post_of(self.id)
+
+    @property
+    def index(self) -> int:
+        return index_of(self.id)
 
 
-def join_users(users: tuple[str, ...] | list[str]) -> str:
-    """Recipients as one field (user ids cannot contain ``,``)."""
+def message_id(post: str, index: int) -> str:
+    return f"{post}{index:0{INDEX_DIGITS}x}"
+
+
+def post_of(message_id: str) -> str:
+    return message_id[:-INDEX_DIGITS]
+
+
+def index_of(message_id: str) -> int:
+    return int(message_id[-INDEX_DIGITS:], 16)
+
+
+def by_post(messages: Iterable[Message]) -> dict[str, list[Message]]:
+    posts: defaultdict[str, list[Message]] = defaultdict(list)
+    for m in messages:
+        posts[m.post].append(m)
+    return posts
+
+
+def join_users(users: Iterable[str]) -> str:
     return ",".join(users)
 
 
 def split_users(field: bytes | str) -> tuple[str, ...]:
     text = field.decode() if isinstance(field, bytes) else field
     return tuple(text.split(",")) if text else ()
+
+
+def post_fields(messages: list[Message]) -> dict[str, str | int]:
+    """The field map of one post's messages (see the module docstring)."""
+    fields: dict[str, str | int] = {}
+    for m in messages:
+        i = m.index
+        fields[str(i)] = m.frame
+        fields[f"u{i}"] = join_users(m.users)
+        fields[f"x{i}"] = m.expires_ms
+    return fields
+
+
+def messages_of(post: str, ts: int, fields: Mapping[bytes, bytes]) -> list[Message]:
+    """The messages a field map describes, in position order (the inverse of ``post_fields``)."""
+    indexes = sorted(int(k) for k in fields if k.isdigit())
+    return [Message(message_id(post, i), split_users(fields[b"u%d" % i]), fields[b"%d" % i].decode(), ts,
+                    int(fields[b"x%d" % i])) for i in indexes]

@@ -153,8 +153,8 @@ class BatchResult:
             raise MalformedRequest("result frame needs 'batch' and 'delivered'") from None
 
 
-def new_message_id(ms: int) -> str:
-    """A unique id that sorts by acceptance time (hex milliseconds, then 32 random bits)."""
+def new_post_id(ms: int) -> str:
+    """A unique post id that sorts by acceptance time (hex milliseconds, then 32 random bits)."""
     return f"{ms:012x}{secrets.token_hex(4)}"
 
 

@@ -1,16 +1,19 @@
-"""The durable record in MongoDB: ``messages`` (one document per message) and ``events`` (lifecycle).
+"""The durable record in MongoDB: ``posts`` (one document per POST) and ``events`` (lifecycle).
 
 MongoDB is written, never queried, on the hot path: the hot delivery state lives in Redis
-(``shared.inbox``). Every write is an insert, so the store suits FerretDB 1.24, which answers most
-queries with a scan and updates slowly (see the README); the queries below run off the hot path:
-the status view, the rebuild after Redis lost its data, and the purge of old history.
+(``shared.inbox``). Every write is an insert of one document per post, so the store suits
+FerretDB 1.24, which answers most queries with a scan and updates slowly (see the README); the
+queries below run off the hot path: the status view, the rebuild after Redis lost its data, and
+the purge of old history.
 
-* ``messages``: ``_id`` = message id; ``frame`` (the payload, encoded once, as its recipients
-  receive it: stored once however many recipients), ``users``, ``sender``, ``ts`` and
-  ``expires_at``. A duplicate ``_id`` means the post was already accepted (an Idempotency-Key retry).
-* ``events``: per delivery and flush window one document ``{m, u, s: {stage: ms}, closed, at}`` holding
-  every stage the delivery reached in that window (dispatched, delivered, acked, expired), so the
-  usual path costs one insert, not one per stage. ``closed`` marks acked or expired deliveries.
+* ``posts``: ``_id`` = post id (a message id is its post id plus its position); ``frames`` (each
+  payload encoded once, as its recipients receive it, however many recipients), ``users`` (each
+  message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
+  (the latest). A duplicate ``_id`` means the post was already accepted (an Idempotency-Key retry).
+* ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
+  at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
+  the usual path costs one insert per post, not one per delivery and stage. ``closed`` says a row
+  was acked or expired.
 
 Both carry ``purge_at``; a TTL index drops them where the server has TTL indexes, and dispatch
 deletes them otherwise. Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit
@@ -28,7 +31,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from shared.breaker import CircuitBreaker
 from shared.errors import Unavailable
-from shared.message import Message, Pair
+from shared.message import Message, Pair, by_post, index_of, join_users, message_id, post_of, split_users
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +47,40 @@ def utc(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
 
 
-def message_document(m: Message) -> dict[str, Any]:
-    return {"_id": m.id, "sender": m.sender, "users": list(m.users), "frame": m.frame, "ts": m.ts,
-            "expires_at": utc(m.expires_ms), "purge_at": utc(m.expires_ms) + PURGE_AFTER}
+def post_document(messages: list[Message]) -> dict[str, Any]:
+    """One post's messages, in position order, as one document."""
+    first, expires = messages[0], max(m.expires_ms for m in messages)
+    return {"_id": first.post, "sender": first.sender, "ts": first.ts, "frames": [m.frame for m in messages],
+            "users": [join_users(m.users) for m in messages], "expires": [m.expires_ms for m in messages],
+            "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
 
 
-def message_of(doc: dict[str, Any]) -> Message:
-    return Message(doc["_id"], tuple(doc["users"]), doc["frame"], doc["ts"], int(doc["expires_at"].timestamp() * 1000),
-                   doc["sender"])
+def messages_of_document(doc: dict[str, Any]) -> list[Message]:
+    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"])
+            for i, (frame, users, expires) in enumerate(zip(doc["frames"], doc["users"], doc["expires"]))]
 
 
-def event_document(pair: Pair, stages: dict[str, int], now: dt.datetime) -> dict[str, Any]:
-    return {"m": pair[0], "u": pair[1], "s": stages, "closed": any(s in stages for s in CLOSING), "at": now,
-            "purge_at": now + PURGE_AFTER}
+def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime) -> list[dict[str, Any]]:
+    """One document per post with a row per delivery."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for (m, u), s in stages.items():
+        rows.setdefault(post_of(m), []).append({"i": index_of(m), "u": u, "s": s})
+    return [{"p": post, "rows": r, "closed": any(c in row["s"] for row in r for c in CLOSING), "at": now,
+             "purge_at": now + PURGE_AFTER} for post, r in rows.items()]
 
 
-def derive(message: dict[str, Any], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per recipient of ``message``: the state (by precedence) and each stage's first time in ms."""
-    rows = {u: {"user_id": u, "state": "accepted", "accepted_at": message["ts"]} for u in message["users"]}
+def derive(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per recipient of message ``index`` of ``post``: the state (by precedence) and each stage's first time in ms."""
+    rows = {u: {"user_id": u, "state": "accepted", "accepted_at": post["ts"]} for u in split_users(post["users"][index])}
     for e in events:
-        row = rows.get(e["u"])
-        if row is None:
-            continue
-        for stage, at in e["s"].items():
-            row[f"{stage}_at"] = min(at, row.get(f"{stage}_at", at))
-            if PRECEDENCE[stage] > PRECEDENCE[row["state"]]:
-                row["state"] = stage
+        for r in e["rows"]:
+            row = rows.get(r["u"]) if r["i"] == index else None
+            if row is None:
+                continue
+            for stage, at in r["s"].items():
+                row[f"{stage}_at"] = min(at, row.get(f"{stage}_at", at))
+                if PRECEDENCE[stage] > PRECEDENCE[row["state"]]:
+                    row["state"] = stage
     return [rows[u] for u in sorted(rows)]
 
 
@@ -79,7 +90,7 @@ class MessageStore:
             url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 2,
             tz_aware=True, **client_options,
         )
-        self.messages = self.client[database]["messages"]
+        self.posts = self.client[database]["posts"]
         self.events = self.client[database]["events"]
         self.breaker = CircuitBreaker("mongodb", failures=(PyMongoError,))
 
@@ -87,10 +98,10 @@ class MessageStore:
         """Create the indexes the off-path queries use on a real MongoDB (idempotent), TTL where supported."""
 
         async def create() -> None:
-            await self.events.create_index([("m", 1)])
-            await self.events.create_index([("closed", 1)])
-            await self.messages.create_index([("expires_at", 1)])
-            for collection in (self.messages, self.events):
+            await self.events.create_index([("p", 1)])
+            await self.events.create_index([("closed", 1), ("at", 1)])
+            await self.posts.create_index([("expires_at", 1), ("ts", 1)])
+            for collection in (self.posts, self.events):
                 try:
                     await collection.create_index([("purge_at", 1)], expireAfterSeconds=0)
                 except OperationFailure as exc:
@@ -99,13 +110,15 @@ class MessageStore:
         await self.breaker.call(create)
 
     async def accept(self, messages: list[Message]) -> list[Message]:
-        """Insert once MongoDB acknowledges; return the messages not stored before (a retry's are)."""
-        if not messages:
+        """Insert one document per post once MongoDB acknowledges; return the messages not stored before
+        (a retried post's are)."""
+        posts = list(by_post(messages).values())
+        if not posts:
             return []
 
         async def insert() -> set[int]:
             try:
-                await self.messages.insert_many([message_document(m) for m in messages], ordered=False)
+                await self.posts.insert_many([post_document(p) for p in posts], ordered=False)
                 return set()
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
@@ -114,45 +127,46 @@ class MessageStore:
                 return {e["index"] for e in errors}
 
         seen = await self.breaker.call(insert)
-        return [m for i, m in enumerate(messages) if i not in seen]
+        return [m for i, p in enumerate(posts) if i not in seen for m in p]
 
     async def record(self, stages: dict[Pair, dict[str, int]]) -> None:
-        """One insert of one event document per delivery."""
+        """One insert: one event document per post."""
         if stages:
-            now = dt.datetime.now(dt.timezone.utc)
-            docs = [event_document(pair, s, now) for pair, s in stages.items()]
+            docs = event_documents(stages, dt.datetime.now(dt.timezone.utc))
             await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
 
     async def lifecycle(self, message_id: str, sender: str) -> list[dict[str, Any]]:
         """Per recipient state and stage times, or [] unless ``sender`` posted the message."""
+        post, index = post_of(message_id), index_of(message_id)
 
         async def read() -> list[dict[str, Any]]:
-            message = await self.messages.find_one({"_id": message_id}, {"users": 1, "ts": 1, "sender": 1})
-            if message is None or message["sender"] != sender:
+            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1})
+            if doc is None or doc["sender"] != sender or index >= len(doc["users"]):
                 return []
-            return derive(message, await self.events.find({"m": message_id}, {"u": 1, "s": 1}).to_list(None))
+            return derive(doc, index, await self.events.find({"p": post}, {"rows": 1}).to_list(None))
 
         return await self.breaker.call(read)
 
     async def open_messages(self, now: dt.datetime, page: int) -> AsyncIterator[list[Message]]:
-        """Unexpired messages, oldest first, ``page`` at a time (one query, read in batches)."""
-        cursor = self.messages.find({"expires_at": {"$gt": now}}, {"purge_at": 0}, batch_size=page).sort("ts", 1)
+        """Messages of unexpired posts, oldest post first, ``page`` posts at a time (one query, read in batches)."""
+        cursor = self.posts.find({"expires_at": {"$gt": now}}, {"purge_at": 0}, batch_size=page).sort("ts", 1)
         while batch := await self.breaker.call(lambda: cursor.to_list(page)):
-            yield [message_of(d) for d in batch]
+            yield [m for doc in batch for m in messages_of_document(doc)]
 
     async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[list[Pair]]:
         """Deliveries recorded as acknowledged or expired since ``since`` (no earlier record can close a
-        message accepted after it), ``page`` at a time."""
-        cursor = self.events.find({"closed": True, "at": {"$gte": since}}, {"m": 1, "u": 1, "_id": 0}, batch_size=page)
+        message accepted after it), ``page`` documents at a time."""
+        cursor = self.events.find({"closed": True, "at": {"$gte": since}}, {"p": 1, "rows": 1, "_id": 0}, batch_size=page)
         while batch := await self.breaker.call(lambda: cursor.to_list(page)):
-            yield [(d["m"], d["u"]) for d in batch]
+            yield [(message_id(d["p"], r["i"]), r["u"]) for d in batch for r in d["rows"]
+                   if any(c in r["s"] for c in CLOSING)]
 
     async def purge(self, now: dt.datetime) -> int:
         """Delete history past its ``purge_at`` (where no TTL index does it); return how many documents."""
 
         async def purge() -> int:
             deleted = 0
-            for collection in (self.events, self.messages):
+            for collection in (self.events, self.posts):
                 deleted += (await collection.delete_many({"purge_at": {"$lt": now}})).deleted_count
             return deleted
 

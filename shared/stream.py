@@ -1,8 +1,9 @@
-"""The hand-over from collect to dispatch: a Redis Stream read by a consumer group, one entry per message.
+"""The hand-over from collect to dispatch: a Redis Stream read by a consumer group, one entry per post.
 
-An entry carries the message's frame and recipients, so dispatch never reads MongoDB. It stays
-pending in the group until dispatch acknowledges it after every node holding a recipient accepted
-it, so a dispatch restart loses nothing and several dispatch instances share the stream.
+An entry carries its post's messages (frames and recipients, ``shared.message``'s field map), so
+dispatch never reads MongoDB. It stays pending in the group until dispatch acknowledges it after
+every node holding a recipient accepted it, so a dispatch restart loses nothing and several
+dispatch instances share the stream.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from shared.message import Message, join_users, split_users
+from shared.message import Message, by_post, messages_of, post_fields
 
 STREAM_KEY = "push:deliveries"
 GROUP = "dispatch"
@@ -23,13 +24,11 @@ GROUP = "dispatch"
 @dataclass(frozen=True, slots=True)
 class StreamEntry:
     entry_id: str
-    message: Message
+    messages: list[Message]
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEntry:
-    message = Message(fields[b"m"].decode(), split_users(fields[b"u"]), fields[b"f"].decode(), int(fields[b"t"]),
-                      int(fields[b"x"]))
-    return StreamEntry(entry_id.decode(), message)
+    return StreamEntry(entry_id.decode(), messages_of(fields[b"p"].decode(), int(fields[b"t"]), fields))
 
 
 class DeliveryStream:
@@ -38,9 +37,9 @@ class DeliveryStream:
 
     @staticmethod
     def stage(pipe: Pipeline, messages: Iterable[Message]) -> None:
-        """Queue one XADD per message on ``pipe``."""
-        for m in messages:
-            pipe.xadd(STREAM_KEY, {"m": m.id, "u": join_users(m.users), "f": m.frame, "t": m.ts, "x": m.expires_ms})
+        """Queue one XADD per post on ``pipe``."""
+        for post, batch in by_post(messages).items():
+            pipe.xadd(STREAM_KEY, {"p": post, "t": batch[0].ts, **post_fields(batch)})
 
     async def ensure_group(self) -> None:
         try:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import InvalidFields, PayloadTooLarge
-from shared.message import Message
-from shared.protocol import MessageFrame, new_message_id, valid_user_id
+from shared.message import Message, message_id
+from shared.protocol import MessageFrame, new_post_id, valid_user_id
 
 MAX_IDEMPOTENCY_KEY = 200
 MAX_TTL_SECONDS = 30 * 24 * 3600  # history is purged 30 days on: nothing may wait longer
@@ -23,14 +23,14 @@ class Limits:
 
 
 def post_ids(count: int, now_ms: int, sender: str, idempotency_key: str | None) -> list[str]:
-    """Ids for a post's messages, ending in their position, so one user's messages from one post sort in
-    posting order. With an Idempotency-Key, the same sender and key always name the same messages, so a
-    retry stores nothing new; without, the ids also sort by acceptance time."""
+    """Ids for a post's messages: the post's id and their position, so one user's messages from one post
+    sort in posting order. With an Idempotency-Key, the same sender and key always name the same post, so
+    a retry stores nothing new; without, the ids also sort by acceptance time."""
     if idempotency_key is None:
-        base = new_message_id(now_ms)
+        base = new_post_id(now_ms)
     else:
         base = hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()[:18]
-    return [f"{base}{i:04x}" for i in range(count)]
+    return [message_id(base, i) for i in range(count)]
 
 
 def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = "", idempotency_key: str | None = None) -> list[Message]:
@@ -50,10 +50,10 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
     else:
         items, where = [body], [""]
     ids = post_ids(len(items), now_ms, sender, idempotency_key)
-    return [_message(item, limits, now_ms, prefix, message_id, sender) for item, prefix, message_id in zip(items, where, ids)]
+    return [_message(item, limits, now_ms, prefix, mid, sender) for item, prefix, mid in zip(items, where, ids)]
 
 
-def _message(item: Any, limits: Limits, now_ms: int, where: str, message_id: str, sender: str) -> Message:
+def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sender: str) -> Message:
     if not isinstance(item, dict):
         raise InvalidFields(f"{where or 'body'} must be an object")
     if "payload" not in item:
@@ -72,8 +72,8 @@ def _message(item: Any, limits: Limits, now_ms: int, where: str, message_id: str
     ttl = item.get("ttl_seconds", limits.default_ttl_seconds)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
         raise InvalidFields(f"{where}ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} (30 days)")
-    frame = MessageFrame(message_id, item["payload"], now_ms).encode()
+    frame = MessageFrame(mid, item["payload"], now_ms).encode()
     size = len(frame.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(f"{where}payload is {size} bytes in its frame; the limit is {limits.max_payload_bytes}")
-    return Message(message_id, tuple(users), frame, now_ms, now_ms + ttl * 1000, sender)
+    return Message(mid, tuple(users), frame, now_ms, now_ms + ttl * 1000, sender)

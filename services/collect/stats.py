@@ -4,7 +4,7 @@
 * connections, users, deliveries and delivery latency: each node's ``/metrics``, scraped live
   (cards are only renewed every few seconds, so their counts lag behind);
 * messages accepted: collect's own counter (this instance); passed on by dispatch: dispatch's ``/metrics``;
-* messages pending (stored, not yet acknowledged by every recipient, not expired): a count in Redis.
+* pending: posts stored with a recipient that has not acknowledged yet (not expired), counted in Redis.
 
 Everything returned is a cumulative total or a current gauge, never a rate: the page derives rates
 and windowed percentiles from successive snapshots, so this stays stateless and any number of open

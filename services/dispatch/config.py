@@ -7,7 +7,7 @@ DISPATCH_HOST / _PORT      127.0.0.1 / 8003            where ``/healthz`` and ``
 DISPATCH_CONSUMER          ``{hostname}-{pid}``        this instance's name in the consumer group
 REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes
 INTERNAL_KEY               dev-internal-key            Bearer key presented to push nodes
-BATCH_SIZE                 500                         most stream entries read at once
+BATCH_SIZE                 200                         most stream entries (posts) read at once
 BATCH_BYTES                900000                      most frame bytes sent to a node in one batch
 BLOCK_MS                   1000                        how long one stream read waits for entries
 CLAIM_IDLE_MS              10000                       unacknowledged entries older than this are retried
@@ -15,7 +15,7 @@ LINK_TIMEOUT_SECONDS       5                           how long a node may take 
 NODES_REFRESH_SECONDS      1                           how stale the cached list of live nodes may be
 MONGO_URL / MONGO_DB       mongodb://127.0.0.1:27017/  MongoDB: the durable record, read to rebuild Redis / ``push``
 RECONCILE_INTERVAL_SECONDS 5                           how often the reconciler (one instance) expires and checks Redis
-EXPIRE_BATCH               5000                        messages expired per Redis round trip
+EXPIRE_BATCH               500                         posts expired per Redis round trip
 REBUILD_PAGE               1000                        documents per page when rebuilding Redis from MongoDB
 PURGE_INTERVAL_SECONDS     3600                        how often history past its ``purge_at`` is deleted
 =========================  ==========================  ============================================
@@ -60,7 +60,7 @@ class DispatchConfig:
             consumer=env("DISPATCH_CONSUMER", f"{socket.gethostname()}-{os.getpid()}"),
             redis_url=env("REDIS_URL", DEFAULT_REDIS_URL),
             internal_key=internal_key,
-            batch_size=env("BATCH_SIZE", 500),
+            batch_size=env("BATCH_SIZE", 200),
             batch_bytes=env("BATCH_BYTES", 900_000),
             block_ms=env("BLOCK_MS", 1000),
             claim_idle_ms=env("CLAIM_IDLE_MS", 10_000),
@@ -69,7 +69,7 @@ class DispatchConfig:
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),
             reconcile_interval=env("RECONCILE_INTERVAL_SECONDS", 5.0),
-            expire_batch=env("EXPIRE_BATCH", 5000),
+            expire_batch=env("EXPIRE_BATCH", 500),
             rebuild_page=env("REBUILD_PAGE", 1000),
             purge_interval=env("PURGE_INTERVAL_SECONDS", 3600.0),
         )

@@ -1,9 +1,9 @@
 """The dispatch loop: read the stream, find each recipient's live nodes, forward one frame per node, acknowledge.
 
-An entry (one message, its recipients) is acknowledged once every node holding one of its
-recipients accepted it. Recipients with no live route are left to their inbox in Redis, which their
-node replays when they connect; an expired entry is dropped (the expiry loop closes its inboxes).
-If a node fails, the entry stays pending in the consumer group and is claimed again after
+An entry (one post: its messages and their recipients) is acknowledged once every node holding
+one of its recipients accepted it. Recipients with no live route are left to their inbox in Redis,
+which their node replays when they connect; an expired message is not forwarded (the expiry loop
+closes its inboxes). If a node fails, the entry stays pending in the consumer group and is claimed again after
 ``claim_idle_ms``, by this or another instance. The push node records the lifecycle stages.
 """
 
@@ -51,18 +51,20 @@ def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]
     return [c for c in chunks if c]
 
 
-def per_node(entries: list[StreamEntry], routes: dict[str, list[str]]) -> dict[str, list[tuple[StreamEntry, Delivery]]]:
-    """For each node, the entries it must take, each as one delivery naming only that node's recipients."""
-    users_on: defaultdict[str, defaultdict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for index, entry in enumerate(entries):
-        for user in entry.message.users:
-            for node in routes.get(user, ()):
-                users_on[node][index].append(user)
-    return {
-        node: [(entries[i], Delivery(entries[i].message.id, entries[i].message.frame, entries[i].message.ts, tuple(users)))
-               for i, users in by_entry.items()]
-        for node, by_entry in users_on.items()
-    }
+def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: int) -> dict[str, dict[str, list[Delivery]]]:
+    """For each node, the unexpired messages it must take, by stream entry, each naming only that node's recipients."""
+    work: defaultdict[str, defaultdict[str, list[Delivery]]] = defaultdict(lambda: defaultdict(list))
+    for entry in entries:
+        for m in entry.messages:
+            if m.expires_ms <= now_ms:
+                continue
+            users_on: defaultdict[str, list[str]] = defaultdict(list)
+            for user in m.users:
+                for node in routes.get(user, ()):
+                    users_on[node].append(user)
+            for node, users in users_on.items():
+                work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, tuple(users)))
+    return work
 
 
 class Router:
@@ -116,18 +118,19 @@ class Router:
 
     async def forward(self, entries: list[StreamEntry]) -> None:
         start = time.perf_counter()
-        MESSAGES_IN.inc(len(entries))
+        messages = sum(len(e.messages) for e in entries)
+        MESSAGES_IN.inc(messages)
         now = routing.now_ms()
-        live = [e for e in entries if e.message.expires_ms > now]
         nodes = await self.live_nodes()
-        routes = await self.routes.lookup(list({u for e in live for u in e.message.users}), nodes)
-        work = per_node(live, routes)
-        results = await asyncio.gather(*(self.send(nodes[n], [d for _, d in items], now) for n, items in work.items()))
-        failed = {e.entry_id for ok, items in zip(results, work.values()) if not ok for e, _ in items}
+        routes = await self.routes.lookup(list({u for e in entries for m in e.messages for u in m.users}), nodes)
+        work = per_node(entries, routes, now)
+        results = await asyncio.gather(*(self.send(nodes[n], [d for ds in by_entry.values() for d in ds], now)
+                                         for n, by_entry in work.items()))
+        failed = {entry_id for ok, by_entry in zip(results, work.values()) if not ok for entry_id in by_entry}
         await self.stream.ack([e.entry_id for e in entries if e.entry_id not in failed])
-        UNROUTED.inc(sum(1 for e in live for u in e.message.users if u not in routes))
+        UNROUTED.inc(sum(1 for e in entries for m in e.messages for u in m.users if u not in routes))
         RETRIED.inc(len(failed))
-        MESSAGES_OUT.inc(len(live) - len(failed))
+        MESSAGES_OUT.inc(messages)
         BATCH_SECONDS.observe(time.perf_counter() - start)
 
     async def send(self, card: NodeCard, items: list[Delivery], at: int) -> bool:

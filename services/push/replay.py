@@ -21,6 +21,7 @@ from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.retry import Backoff
+from shared.routing import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Replayer:
             written, gone = [], []
             for start in range(0, len(ids), self.page):
                 page = ids[start:start + self.page]
-                for message_id, frame in zip(page, await self.inbox.frames(page)):
+                for message_id, frame in zip(page, await self.inbox.frames(page, now_ms())):
                     if frame is None:
                         gone.append(message_id)
                     elif message_id not in session.sent:

@@ -16,7 +16,7 @@ from services.dispatch.lease import Lease
 from services.dispatch.reconciler import Reconciler
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
-from shared.message import Message
+from shared.message import Message, message_id, post_of
 from shared.protocol import MessageFrame
 from shared.routing import now_ms
 from shared.store import MessageStore
@@ -34,8 +34,8 @@ async def post_to_each(stack: RunningStack, users: list[str], per_user: int) -> 
         chunk = bodies[start:start + 500]
         status, answer = await stack.client.post({"messages": chunk})
         assert status == 202, answer
-        for body, message_id in zip(chunk, answer["ids"]):
-            ids[body["user_id"]].append(message_id)
+        for body, mid in zip(chunk, answer["ids"]):
+            ids[body["user_id"]].append(mid)
     return ids
 
 
@@ -123,8 +123,8 @@ async def test_pending_messages_reach_users_who_connect_while_the_store_is_down(
 
 
 async def test_an_ack_batch_of_500_ids_costs_a_bounded_number_of_redis_commands(start_stack, cluster: Cluster) -> None:
-    """One ack frame with 500 ids costs one ZREM, HINCRBY and DEL per id plus one ZREM of the expiry index, no read,
-    and records them acked."""
+    """One ack frame for a post's 500 messages costs one ZREM per id, then one HINCRBY, DEL and ZREM for the post,
+    no read, and records them acked."""
     redis_port = free_port()
     cluster.start_redis(redis_port)
     stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0")
@@ -135,10 +135,10 @@ async def test_an_ack_batch_of_500_ids_costs_a_bounded_number_of_redis_commands(
     await redis.config_resetstat()
     await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
     async with asyncio.timeout(10):  # the flush ends by deleting the fully acked messages
-        while await redis.zcard("inbox:acker") or await redis.exists(*(f"msg:{m}" for m in ids)):
+        while await redis.zcard("inbox:acker") or await redis.exists(f"post:{post_of(ids[0])}"):
             await asyncio.sleep(0.05)
     calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
-    assert (calls["zrem"], calls["hincrby"], calls["del"]) == (500 + 1, 500, 500)
+    assert (calls["zrem"], calls["hincrby"], calls["del"]) == (500 + 1, 1, 1)
     assert not {"zrange", "hget", "hgetall", "smembers"} & set(calls)
     await wait_for_state(stack, ids[-1], "acked")
     await redis.aclose()
@@ -165,15 +165,17 @@ class CommandCounter(monitoring.CommandListener):
 
 async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires_in_pages(servers: Servers) -> None:
     """With 20,000 open deliveries (half past expiry), a reconciler pass reads no MongoDB document and expires the
-    10,000 due in pages; after Redis is emptied, the rebuild reads each open message and each closing record once."""
+    10,000 due; after Redis is emptied, the rebuild reads each open post and each closing record once."""
     redis_url, mongo_db = servers.fresh_database()
     redis = Redis.from_url(redis_url)
     counter = CommandCounter()
     store = MessageStore(servers.mongo_url, mongo_db, event_listeners=[counter])
     inbox = Inbox(redis)
     now = now_ms()
-    messages = [Message(f"m{i:05d}", tuple(f"u{i % 1000}-{k}" for k in range(2)), MessageFrame(f"m{i:05d}", i, now).encode(),
-                        now, now - 1000 if i % 2 else now + 3_600_000) for i in range(10_000)]
+    # 100 posts of 100 messages, message i of each to users ui-a and ui-b; the even posts are past their expiry.
+    messages = [Message(message_id(f"p{p:03d}", i), (f"u{i}-a", f"u{i}-b"),
+                        MessageFrame(message_id(f"p{p:03d}", i), i, now).encode(), now,
+                        now - 1000 if p % 2 == 0 else now + 3_600_000) for p in range(100) for i in range(100)]
     await store.accept(messages)
     await inbox.open(messages)
     await inbox.complete()
@@ -185,22 +187,20 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     await reconciler.reconcile()
     assert counter.documents == 0 and "find" not in counter.commands
     calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
-    pages = 5_000 // config.expire_batch  # 5,000 messages due, 2 recipients each
-    assert calls["zrangebyscore"] == pages + 1 and calls["hget"] == 5_000
-    assert calls["zrem"] == 10_000 + pages, "one per delivery, and one of the expiry index per page"
-    assert await inbox.open_count() == 5_000
+    assert calls["zrangebyscore"] == 50 // config.expire_batch + 1 and calls["hgetall"] == 50
+    assert calls["zrem"] == 10_000 + 1, "one per delivery, and one of the expiry index"
+    assert await inbox.open_count() == 50
     await lifecycle.flush()
-    assert await store.events.count_documents({"closed": True}) == 10_000
+    assert await store.events.count_documents({"closed": True}) == 50, "one event document per post"
 
     await redis.flushdb()
     counter.commands.clear()
     counter.documents = 0
     await reconciler.reconcile()
-    assert counter.documents == 5_000 + 10_000, "each open message and each closing record is read once"
-    assert counter.commands["find"] == 2 and counter.commands["getMore"] <= 15_000 // config.rebuild_page + 2
-    assert await inbox.open_count() == 5_000 and await inbox.epoch() is not None
-    # u0-0 was sent messages 0, 1000, ..., 9000 (all open); u1-0 messages 1, 1001, ... (all expired).
-    assert (await redis.zcard("inbox:u0-0"), await redis.zcard("inbox:u1-0")) == (10, 0)
+    assert counter.documents == 50 + 50, "each open post and each closing record is read once"
+    assert counter.commands["find"] == 2 and counter.commands["getMore"] <= 2
+    assert await inbox.open_count() == 50 and await inbox.epoch() is not None
+    assert await redis.zcard("inbox:u1-a") == 50, "message 1 of each odd post"
     await store.client.drop_database(mongo_db)
     await store.close()
     await redis.aclose()

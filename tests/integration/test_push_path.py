@@ -8,6 +8,7 @@ import orjson
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from shared.message import post_of
 from tests.client import frames_within, next_frame
 from tests.conftest import RunningStack, report_scenario
 
@@ -15,7 +16,7 @@ from tests.conftest import RunningStack, report_scenario
 async def stored(stack: RunningStack, message_id: str) -> list[dict]:
     client = AsyncMongoClient(stack.stack.mongo_url)
     try:
-        return [d async for d in client[stack.stack.mongo_db]["messages"].find({"_id": message_id})]
+        return [d async for d in client[stack.stack.mongo_db]["posts"].find({"_id": post_of(message_id)})]
     finally:
         await client.close()
 
@@ -80,7 +81,7 @@ async def test_message_for_offline_user_is_stored_not_delivered(shared_stack: Ru
     status, body = await c.post({"user_id": "nobody-online", "payload": "later"})
     assert status == 202
     docs = await stored(shared_stack, body["id"])
-    assert [(d["users"], orjson.loads(d["frame"])["payload"]) for d in docs] == [(["nobody-online"], "later")]
+    assert [(d["users"], [orjson.loads(f)["payload"] for f in d["frames"]]) for d in docs] == [(["nobody-online"], ["later"])]
     r = Redis.from_url(shared_stack.stack.redis_url)
     assert await r.zrange("inbox:nobody-online", 0, -1) == [body["id"].encode()]
     await r.aclose()

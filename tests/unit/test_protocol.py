@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from shared.errors import MalformedRequest
-from shared.protocol import (AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, new_message_id,
+from shared.protocol import (AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, new_post_id,
                              parse_client_frame, valid_user_id)
 
 
@@ -42,8 +42,8 @@ def test_deliver_batch_and_result_round_trip() -> None:
 
 def test_message_ids_sort_by_time_and_are_unique() -> None:
     """Ids made later sort later; ids made in the same millisecond differ."""
-    assert new_message_id(1000) < new_message_id(1001)
-    assert len({new_message_id(5) for _ in range(1000)}) == 1000
+    assert new_post_id(1000) < new_post_id(1001)
+    assert len({new_post_id(5) for _ in range(1000)}) == 1000
 
 
 def test_user_ids_allow_only_safe_characters() -> None:
@@ -71,14 +71,16 @@ def test_dispatch_sizes_batches_by_utf8_bytes() -> None:
 
 
 def test_dispatch_groups_each_message_per_node_with_only_that_nodes_recipients() -> None:
-    """A message for users on two nodes becomes one delivery per node naming the users there; unrouted users go nowhere."""
+    """A message for users on two nodes becomes one delivery per node naming the users there; unrouted users and
+    expired messages go nowhere."""
     from services.dispatch.router import per_node
     from shared.message import Message
     from shared.stream import StreamEntry
 
-    entries = [StreamEntry("1-0", Message("m1", ("a", "b", "c"), "F1", 5, 99)), StreamEntry("2-0", Message("m2", ("b",), "F2", 6, 99))]
-    work = per_node(entries, {"a": ["n1"], "b": ["n1", "n2"]})
-    assert {n: [(e.entry_id, d) for e, d in items] for n, items in work.items()} == {
-        "n1": [("1-0", Delivery("m1", "F1", 5, ("a", "b"))), ("2-0", Delivery("m2", "F2", 6, ("b",)))],
-        "n2": [("1-0", Delivery("m1", "F1", 5, ("b",))), ("2-0", Delivery("m2", "F2", 6, ("b",)))],
+    entries = [StreamEntry("1-0", [Message("m1", ("a", "b", "c"), "F1", 5, 99), Message("m9", ("a",), "F9", 5, 10)]),
+               StreamEntry("2-0", [Message("m2", ("b",), "F2", 6, 99)])]
+    work = per_node(entries, {"a": ["n1"], "b": ["n1", "n2"]}, now_ms=50)
+    assert work == {
+        "n1": {"1-0": [Delivery("m1", "F1", 5, ("a", "b"))], "2-0": [Delivery("m2", "F2", 6, ("b",))]},
+        "n2": {"1-0": [Delivery("m1", "F1", 5, ("b",))], "2-0": [Delivery("m2", "F2", 6, ("b",))]},
     }
