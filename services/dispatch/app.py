@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(config: DispatchConfig) -> Starlette:
-    # The stream read blocks for block_ms, so its socket timeout must be longer.
-    redis = redis_client(config.redis_url, timeout=config.block_ms / 1000 + 3)
+    redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     lifecycle = LifecycleWriter(store)
     stream = DeliveryStream(redis)
