@@ -1,0 +1,77 @@
+"""The pure parts of the durable record: post documents, lifecycle coalescing and the status derived from it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from shared.message import Message, message_id, messages_of, post_fields
+from shared.store import derive, event_documents, messages_of_document, post_document
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def post(n: int, users: tuple[str, ...] = ("a", "b")) -> list[Message]:
+    return [Message(message_id("p1", i), users, f'{{"n":{i}}}', 1000, 9000 + i, "shop") for i in range(n)]
+
+
+def test_a_post_round_trips_through_its_document_and_its_field_map() -> None:
+    """A post's messages come back unchanged from its MongoDB document and from its Redis/stream field map."""
+    messages = post(3)
+    assert messages_of_document(post_document(messages)) == messages
+    fields = {k.encode(): str(v).encode() for k, v in post_fields(messages).items()}
+    assert messages_of("p1", 1000, fields) == [Message(m.id, m.users, m.frame, m.ts, m.expires_ms) for m in messages]
+
+
+def test_a_post_document_stores_each_payload_once_whatever_the_recipients() -> None:
+    """A message to 1,000 users keeps one frame in the document, and its expiry is the post's latest."""
+    doc = post_document([Message(message_id("p1", 0), tuple(f"u{i}" for i in range(1000)), "F", 1, 5, "shop")])
+    assert doc["frames"] == ["F"] and doc["users"][0].count(",") == 999
+
+
+def test_lifecycle_rows_group_by_post_and_flag_closing_stages() -> None:
+    """Marks for two posts become two documents; only the one holding an ack or expiry says closed."""
+    stages = {(message_id("p1", 0), "a"): {"dispatched": 1, "delivered": 2, "acked": 3},
+              (message_id("p1", 1), "a"): {"delivered": 2},
+              (message_id("p2", 0), "b"): {"delivered": 4}}
+    docs = {d["p"]: d for d in event_documents(stages, NOW)}
+    assert docs["p1"]["rows"] == [{"i": 0, "u": "a", "s": {"dispatched": 1, "delivered": 2, "acked": 3}},
+                                  {"i": 1, "u": "a", "s": {"delivered": 2}}]
+    assert (docs["p1"]["closed"], docs["p2"]["closed"]) == (True, False)
+
+
+def test_status_takes_each_stage_first_time_and_the_highest_state_per_recipient() -> None:
+    """Rows from several windows merge: the earliest time per stage, acked beats expired, rows of other messages ignored."""
+    doc = post_document(post(2))
+    events = [{"rows": [{"i": 0, "u": "a", "s": {"delivered": 20}}, {"i": 1, "u": "a", "s": {"acked": 99}}]},
+              {"rows": [{"i": 0, "u": "a", "s": {"delivered": 15, "acked": 30}}, {"i": 0, "u": "b", "s": {"expired": 40}}]},
+              {"rows": [{"i": 0, "u": "mallory", "s": {"acked": 5}}]}]
+    assert derive(doc, 0, events) == [
+        {"user_id": "a", "state": "acked", "accepted_at": 1000, "delivered_at": 15, "acked_at": 30},
+        {"user_id": "b", "state": "expired", "accepted_at": 1000, "expired_at": 40},
+    ]
+
+
+class RecordingStore:
+    """Stands in for MongoDB in this unit test: keeps what one flush would insert."""
+
+    def __init__(self) -> None:
+        self.flushed: list[dict] = []
+
+    async def record(self, stages: dict) -> None:
+        self.flushed.append(stages)
+
+
+async def test_lifecycle_marks_coalesce_per_delivery_keeping_the_first_time() -> None:
+    """Three stages of one delivery marked in one window flush as one entry; a repeated stage keeps its first time."""
+    from shared.lifecycle import LifecycleWriter
+
+    store = RecordingStore()
+    writer = LifecycleWriter(store)  # type: ignore[arg-type]
+    pair = (message_id("p1", 0), "a")
+    writer.mark("dispatched", [pair], 1)
+    writer.mark("delivered", [pair], 2)
+    writer.mark("delivered", [pair], 5)
+    writer.mark("acked", [pair], 3)
+    await writer.flush()
+    await writer.flush()
+    assert store.flushed == [{pair: {"dispatched": 1, "delivered": 2, "acked": 3}}, {}]
