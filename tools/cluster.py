@@ -1,6 +1,6 @@
-"""Starting the cluster's processes on this machine: Redis, FerretDB and the four services.
+"""Starting the cluster's processes on this machine: Redis, PostgreSQL, FerretDB and the four services.
 
-``make run`` (``python -m tools.cluster``) and the test fixtures both use this module, so the tests
+``make run`` (``python -m tools.run``) and the test fixtures both use this module, so the tests
 start the cluster exactly the way a newcomer does.
 """
 
@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FERRETDB = ROOT / "bin" / "ferretdb"
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_USER = "postgres"  # initdb and the server refuse to run as root
 
 
 def free_port() -> int:
@@ -48,10 +51,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    stop_signal: int = signal.SIGTERM
 
     @property
     def alive(self) -> bool:
@@ -64,9 +64,9 @@ class Proc:
             return ""
 
     def stop(self, timeout: float = 15) -> int:
-        """SIGTERM (a clean shutdown), then SIGKILL if it does not end in time."""
+        """``stop_signal`` (a clean shutdown), then SIGKILL if it does not end in time."""
         if self.alive:
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(self.stop_signal)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -128,15 +128,18 @@ class Cluster:
         self.workdir = workdir
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
+        self.postgresql_url: str | None = None
+        self._scratch: list[Path] = []
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, user: str | None = None,
+              stop_signal: int = signal.SIGTERM) -> Proc:
         log_path = self.workdir / "logs" / f"{name}.log"
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
-                argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                argv, cwd=ROOT if user is None else "/", env={**os.environ, **(env or {})}, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, user=user,
             )
-        proc = Proc(name, popen, log_path)
+        proc = Proc(name, popen, log_path, stop_signal)
         self.procs.append(proc)
         return proc
 
@@ -150,13 +153,45 @@ class Cluster:
         self.wait_tcp(proc, port)
         return proc
 
+    def _postgres_data(self) -> Path:
+        """A data directory the ``postgres`` user owns: under the workdir if that user can reach it, else
+        a fresh one in the system temp dir (pytest's temp dirs are private to root), removed on stop."""
+        reachable = subprocess.run(["runuser", "-u", PG_USER, "--", "test", "-x", str(self.workdir)]).returncode == 0
+        if reachable:
+            data = self.workdir / "postgres"
+            data.mkdir(exist_ok=True)
+        else:
+            data = Path(tempfile.mkdtemp(prefix="pushcluster-pg-"))
+            self._scratch.append(data)
+        shutil.chown(data, PG_USER, PG_USER)
+        data.chmod(0o700)
+        return data
+
+    def start_postgres(self, port: int) -> Proc:
+        """PostgreSQL 15 on loopback (fsync on, as shipped), initialised on first use; FerretDB stores in it."""
+        if not (PG_BIN / "postgres").exists():
+            raise SystemExit(f"{PG_BIN}/postgres is missing: `make` installs Debian's postgresql-15")
+        data = self._postgres_data()
+        if not (data / "PG_VERSION").exists():
+            init = subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
+                                   "--locale=C"], user=PG_USER, cwd="/", capture_output=True, text=True)
+            if init.returncode != 0:
+                raise RuntimeError(f"initdb failed:\n{init.stdout}{init.stderr}")
+        argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),
+                "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"]
+        proc = self.spawn(f"postgres-{port}", argv, user=PG_USER, stop_signal=signal.SIGINT)  # SIGINT: fast shutdown
+        self.wait_tcp(proc, port)
+        self.postgresql_url = f"postgres://{PG_USER}@127.0.0.1:{port}/postgres"
+        return proc
+
     def start_ferretdb(self, port: int) -> Proc:
+        """FerretDB on this cluster's PostgreSQL (started on first use)."""
         if not FERRETDB.exists():
             raise SystemExit(f"{FERRETDB} is missing: run `make bin/ferretdb` (needs Go)")
-        data = self.workdir / f"ferretdb-{port}"
-        data.mkdir(exist_ok=True)
+        if self.postgresql_url is None:
+            self.start_postgres(free_port())
         proc = self.spawn(f"ferretdb-{port}", [str(FERRETDB), "--listen-addr", f"127.0.0.1:{port}",
-                                               "--sqlite-url", f"file:{data}/"])
+                                               "--postgresql-url", str(self.postgresql_url)])
         self.wait_tcp(proc, port)
         return proc
 
@@ -211,3 +246,7 @@ class Cluster:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+        self.postgresql_url = None
+        for path in self._scratch:
+            shutil.rmtree(path, ignore_errors=True)
+        self._scratch.clear()

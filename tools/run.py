@@ -1,4 +1,4 @@
-"""``make run``: Redis, FerretDB, auth, collect, dispatch and two push nodes on this machine.
+"""``make run``: Redis, PostgreSQL + FerretDB, auth, collect, dispatch and two push nodes on this machine.
 
 Set ``REDIS_URL`` or ``MONGO_URL`` to use servers you already run instead of starting them. Ctrl-C
 stops every process this started, push nodes first (they withdraw their routes), servers last.
@@ -21,7 +21,7 @@ The push cluster is up.
   auth      {auth}/v1/tokens            collect   {collect}/v1/messages
   dispatch  {dispatch}/healthz         push      {pushes}
   redis     {redis}
-  mongodb   {mongo}
+  mongodb   {mongo} {store}
   logs      {logs}/
   browser   {collect}/demo (development only) and {collect}/dashboard
 
@@ -73,6 +73,7 @@ def main() -> None:
             auth=stack.auth_url, collect=stack.collect_url, dispatch=stack.dispatch_url,
             pushes=", ".join(f"ws://127.0.0.1:{p}/ws" for p in stack.push_ports), ws=f"ws://127.0.0.1:{stack.push_ports[0]}/ws",
             redis=redis_url, mongo=mongo_url, logs=Path(workdir, "logs"), root=ROOT,
+            store=f"(FerretDB on {cluster.postgresql_url})" if cluster.postgresql_url else "",
             admin=os.environ.get("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),
             api_key=os.environ.get("COLLECT_API_KEYS", DEV_API_KEYS).split(",")[0].partition(":")[2],
         ), flush=True)

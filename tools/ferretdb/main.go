@@ -1,5 +1,5 @@
-// Command ferretdb runs FerretDB v1.24 with its SQLite handler: the project's local stand-in for
-// MongoDB in `make run` and the tests.
+// Command ferretdb runs FerretDB v1.24 with its PostgreSQL handler: the project's local stand-in
+// for MongoDB in `make run` and the tests (tools/cluster.py starts PostgreSQL 15 first).
 //
 // It wraps the embeddable package because `go install .../cmd/ferretdb@v1.24.2` needs the module
 // proxy's version list (refused here) and a cmd build outside FerretDB's own tree lacks its
@@ -20,7 +20,7 @@ import (
 
 func main() {
 	listen := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
-	sqliteURL := flag.String("sqlite-url", "file:data/", "SQLite data directory URL (must end with /)")
+	postgresURL := flag.String("postgresql-url", "postgres://postgres@127.0.0.1:5432/ferretdb", "PostgreSQL database URL")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -28,15 +28,15 @@ func main() {
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	f, err := ferretdb.New(&ferretdb.Config{
-		Listener:  ferretdb.ListenerConfig{TCP: *listen},
-		Logger:    logger,
-		Handler:   "sqlite",
-		SQLiteURL: *sqliteURL,
+		Listener:      ferretdb.ListenerConfig{TCP: *listen},
+		Logger:        logger,
+		Handler:       "postgresql",
+		PostgreSQLURL: *postgresURL,
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("ferretdb listening on %s (sqlite %s)", *listen, *sqliteURL)
+	log.Printf("ferretdb listening on %s (postgresql %s)", *listen, *postgresURL)
 	if err := f.Run(ctx); err != nil {
 		log.Fatal(err)
 	}
