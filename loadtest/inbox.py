@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from loadtest.api import Api
 from loadtest.target import Target
 
 ACK_EVERY_SECONDS = 0.1
@@ -74,35 +73,64 @@ class Inbox:
 
 
 class Users:
-    """``user_ids`` connected round-robin over the push nodes, each receiving into ``inbox`` and acking."""
+    """Users connected round-robin over the push nodes, at most ``concurrency`` handshakes in flight, each
+    receiving into ``inbox`` from the moment its node welcomed it, and acking."""
 
-    def __init__(self, target: Target, api: Api, user_ids: list[str], inbox: Inbox) -> None:
+    def __init__(self, target: Target, tokens: dict[str, str], inbox: Inbox, concurrency: int = 200) -> None:
         self.target = target
-        self.api = api
-        self.user_ids = user_ids
+        self.tokens = tokens
         self.inbox = inbox
+        self.concurrency = concurrency
+        self.failures: Counter[str] = Counter()
+        self.started = self.all_welcomed = 0.0
         self._sockets: list[ClientConnection] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._opening = 0
+        self._ready = asyncio.Event()
 
-    async def __aenter__(self) -> Users:
-        tokens = await self.api.tokens(self.user_ids)
+    @property
+    def connected(self) -> int:
+        return len(self._sockets)
+
+    async def open(self) -> None:
+        """Return once every user is welcomed (or failed to connect: see ``failures``)."""
+        gate = asyncio.Semaphore(self.concurrency)
         nodes = len(self.target.push_urls)
-        self._sockets = list(await asyncio.gather(
-            *(self._open(token, self.target.ws_url(i % nodes)) for i, token in enumerate(tokens))))
-        self._tasks = [asyncio.create_task(self._listen(u, ws)) for u, ws in zip(self.user_ids, self._sockets)]
-        return self
+        self._opening = len(self.tokens)
+        self.started = time.time()
+        self._tasks = [asyncio.create_task(self._session(user, token, self.target.ws_url(i % nodes), gate))
+                       for i, (user, token) in enumerate(self.tokens.items())]
+        await self._ready.wait()
 
-    async def __aexit__(self, *_: object) -> None:
+    async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(ws.close() for ws in self._sockets), return_exceptions=True)
 
+    def _opened(self) -> None:
+        self._opening -= 1
+        if not self._opening:
+            self.all_welcomed = time.time()
+            self._ready.set()
+
+    async def _session(self, user_id: str, token: str, url: str, gate: asyncio.Semaphore) -> None:
+        try:
+            async with gate:
+                ws = await self._open(token, url)
+        except (OSError, TimeoutError, RuntimeError, WebSocketException) as exc:
+            self.failures[type(exc).__name__] += 1
+            self._opened()
+            return
+        self._sockets.append(ws)
+        self._opened()
+        await self._listen(user_id, ws)
+
     @staticmethod
     async def _open(token: str, url: str) -> ClientConnection:
         """A socket that the node has routed (its welcome frame arrived), so posts can reach it."""
-        ws = await connect(f"{url}?token={token}", open_timeout=10, compression=None, ping_interval=None, max_size=None)
-        welcome = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        ws = await connect(f"{url}?token={token}", open_timeout=30, compression=None, ping_interval=None, max_size=None)
+        welcome = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
         if welcome.get("type") != "welcome":
             raise RuntimeError(f"expected a welcome frame, got {welcome}")
         return ws

@@ -8,4 +8,4 @@ from starlette.applications import Starlette
 
 def run_http(app: Starlette, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM: uvicorn stops accepting, drains requests, then runs the lifespan exit."""
-    uvicorn.run(app, host=host, port=port, loop="uvloop", log_config=None, access_log=False, timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=10)

@@ -18,6 +18,7 @@ from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
 from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
+from shared.coalesce import Coalescer
 from shared.errors import NotFound, Unauthorized, Unavailable
 from shared.inbox import Inbox
 from shared.message import Message
@@ -59,6 +60,15 @@ def create_app(config: CollectConfig) -> Starlette:
         if messages:
             await redis_breaker.call(write)
 
+    async def store_and_hand_over(messages: list[Message]) -> list[None]:
+        """Stored first, then handed over: a 503 from MongoDB means nothing reached anyone, and a retry
+        with the same Idempotency-Key hands over only what MongoDB did not have yet."""
+        await hand_over(await store.accept(messages))
+        return [None] * len(messages)
+
+    # Posts arriving while a write runs share the next one: one insert and one pipeline for all.
+    writes: Coalescer[Message, None] = Coalescer(store_and_hand_over)
+
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
         body = await read_json(request, config.max_body_bytes)
@@ -66,9 +76,7 @@ def create_app(config: CollectConfig) -> Starlette:
         messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
         if redis_breaker.state == OPEN:
             raise Unavailable("Redis is unavailable (circuit open); nothing was stored")
-        # Stored first, then handed over: a 503 from MongoDB means nothing reached anyone, and a retry
-        # with the same Idempotency-Key hands over only what MongoDB did not have yet.
-        await hand_over(await store.accept(messages))
+        await writes.submit(messages)
         MESSAGES_IN.inc(len(messages))
         ids = [m.id for m in messages]
         return json_response({"id": ids[0], "ids": ids} if len(ids) == 1 else {"ids": ids}, 202)
