@@ -164,10 +164,9 @@ async def post_paced(api: Api, inbox: Inbox, user_ids: list[str], rate: float, s
     return round_trips
 
 
-async def connected_users(target: Target, api: Api, table: Table, name: str, user_ids: list[str], inbox: Inbox,
+async def connected_users(target: Target, table: Table, name: str, tokens: dict[str, str], inbox: Inbox,
                           concurrency: int) -> Users:
-    """``Users`` for ``user_ids`` (tokens fetched first), reporting how many connected and how fast."""
-    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
+    """``Users`` for ``tokens`` (user -> token), reporting how many connected and how fast."""
     users = Users(target, tokens, inbox, concurrency)
     await users.open()
     window = max(users.all_welcomed - users.started, 1e-9)
@@ -184,8 +183,9 @@ async def scenario_storm(target: Target, api: Api, table: Table, args: argparse.
     started = time.time()
     answered = await post_batches(api, inbox, user_ids, n * m, MAX_BATCH, args.posters, rejected)
     table.add("storm", "accepted msgs/s while offline", len(inbox.expected) / (answered - started))
+    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
     meter = CpuMeter(target.processes)
-    users = await connected_users(target, api, table, "storm", user_ids, inbox, args.connect_concurrency)
+    users = await connected_users(target, table, "storm", tokens, inbox, args.connect_concurrency)
     try:
         await inbox.settle(args.timeout)
         tally = inbox.tally()
@@ -200,7 +200,8 @@ async def scenario_storm(target: Target, api: Api, table: Table, args: argparse.
 async def scenario_steady(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
     user_ids = [f"{run}-b{i}" for i in range(args.users)]
     inbox, rejected = Inbox(), Counter[str]()
-    users = await connected_users(target, api, table, "steady", user_ids, inbox, args.connect_concurrency)
+    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
+    users = await connected_users(target, table, "steady", tokens, inbox, args.connect_concurrency)
     try:
         total = args.steady_messages
         table.add("steady", "users / messages / per post / posters", f"{len(user_ids):,} / {total:,} / {args.batch} / {args.posters}")
@@ -217,7 +218,8 @@ async def scenario_steady(target: Target, api: Api, table: Table, args: argparse
 async def scenario_latency(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
     user_ids = [f"{run}-a{i}" for i in range(args.users)]
     inbox, rejected = Inbox(), Counter[str]()
-    users = await connected_users(target, api, table, "latency", user_ids, inbox, args.connect_concurrency)
+    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
+    users = await connected_users(target, table, "latency", tokens, inbox, args.connect_concurrency)
     try:
         table.add("latency", "users / target rate / seconds", f"{len(user_ids):,} / {args.rate:,.0f} msgs/s / {args.seconds:g}")
         meter, started = CpuMeter(target.processes), time.time()

@@ -68,28 +68,39 @@ class Inbox:
             self.stage(pipe, messages)
             await pipe.execute()
 
-    async def pending(self, user_id: str, limit: int) -> list[str]:
-        """The user's open message ids, oldest first (ids only: frames are read page by page).
+    async def pending(self, users: list[str], limit: int) -> list[list[str]]:
+        """Each user's open message ids, oldest first (ids only: frames are read page by page).
 
         Raises ``Unavailable`` while the state is incomplete (being rebuilt): an inbox read then could
         miss messages, or return some the user has already acknowledged.
         """
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(EPOCH_KEY)
-            pipe.zrange(inbox_key(user_id), 0, limit - 1)
-            complete, ids = await pipe.execute()
+            for user in users:
+                pipe.zrange(inbox_key(user), 0, limit - 1)
+            complete, *replies = await pipe.execute()
         if not complete:
             raise Unavailable("the delivery state is being rebuilt from MongoDB")
-        return [m.decode() for m in ids]
+        return [[m.decode() for m in ids] for ids in replies]
 
     async def frames(self, message_ids: list[str], now_ms: int) -> list[str | None]:
-        """Each message's frame, or None where it is gone (expired, or trimmed away)."""
+        """Each message's frame, or None where it is gone (expired, or trimmed away): one HMGET per post."""
+        fields: defaultdict[str, list[str]] = defaultdict(list)
+        for m in message_ids:
+            i = index_of(m)
+            fields[post_of(m)] += [str(i), f"x{i}"]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for m in message_ids:
-                i = index_of(m)
-                pipe.hmget(post_key(post_of(m)), [str(i), f"x{i}"])
-            replies = await pipe.execute()
-        return [f.decode() if f is not None and x is not None and int(x) > now_ms else None for f, x in replies]
+            for post, names in fields.items():
+                pipe.hmget(post_key(post), names)
+            replies = dict(zip(fields, await pipe.execute()))
+        found: dict[str, str | None] = {}
+        for post, names in fields.items():
+            values = replies[post]
+            for k in range(0, len(names), 2):
+                frame, expires = values[k], values[k + 1]
+                alive = frame is not None and expires is not None and int(expires) > now_ms
+                found[message_id(post, int(names[k]))] = frame.decode() if alive else None
+        return [found[m] for m in message_ids]
 
     async def drop(self, user_id: str, message_ids: list[str]) -> None:
         """Forget entries whose frame is gone."""

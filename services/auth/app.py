@@ -19,6 +19,8 @@ from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, re
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
+MAX_VERIFY_BATCH = 1000
+MAX_VERIFY_BODY = 1024 * 1024
 
 
 def create_app(config: AuthConfig) -> Starlette:
@@ -39,12 +41,25 @@ def create_app(config: AuthConfig) -> Starlette:
         log.info("token issued", extra={"user_id": user_id})
         return json_response({"token": token, "expires_at": expires_at})
 
+    def verify_one(token: str) -> dict[str, object]:
+        try:
+            identity = tokens.verify(token)
+        except Unauthorized as exc:
+            return exc.body()
+        return {"user_id": identity.user_id, "expires_at": identity.expires_at}
+
     async def verify(request: Request) -> Response:
-        MESSAGES_IN.inc()
-        body = await read_json(request, MAX_BODY)
+        """``{"token"}`` -> the identity or 401; ``{"tokens": [...]}`` -> one result (identity or error) per token,
+        so a push node in a reconnect storm asks once for many sockets."""
+        body = await read_json(request, MAX_VERIFY_BODY)
+        batch = body.get("tokens")
+        if isinstance(batch, list) and 0 < len(batch) <= MAX_VERIFY_BATCH and all(isinstance(t, str) for t in batch):
+            MESSAGES_IN.inc(len(batch))
+            return json_response({"results": [verify_one(t) for t in batch]})
         token = body.get("token")
         if not isinstance(token, str):
-            raise InvalidFields("body must be {\"token\": \"...\"}")
+            raise InvalidFields(f'body must be {{"token": "..."}} or {{"tokens": [1 to {MAX_VERIFY_BATCH} strings]}}')
+        MESSAGES_IN.inc()
         identity = tokens.verify(token)
         return json_response({"user_id": identity.user_id, "expires_at": identity.expires_at})
 

@@ -18,7 +18,7 @@ SHUTDOWN_GRACE_SECONDS   5                               wait for closing handsh
 MONGO_URL / MONGO_DB     mongodb://127.0.0.1:27017/      where the lifecycle is recorded / ``push``
 REPLAY_LIMIT             10000                           most open messages replayed on one connect
 REPLAY_PAGE              200                             frames read from Redis per round trip while replaying
-REPLAY_CONCURRENCY       32                              replays running at once (reconnect storms)
+REPLAY_CONCURRENCY       256                             replays running at once, sharing their Redis reads (reconnect storms)
 =======================  ==============================  ===========================================
 """
 
@@ -81,5 +81,5 @@ class PushConfig:
             mongo_db=env("MONGO_DB", "push"),
             replay_limit=max(1, env("REPLAY_LIMIT", 10_000)),
             replay_page=max(1, env("REPLAY_PAGE", 200)),
-            replay_concurrency=max(1, env("REPLAY_CONCURRENCY", 32)),
+            replay_concurrency=max(1, env("REPLAY_CONCURRENCY", 256)),
         )

@@ -1,4 +1,8 @@
-"""Asking auth who a token belongs to, with a cache so a reconnect storm does not hammer auth."""
+"""Asking auth who a token belongs to, with a cache so a reconnect storm does not hammer auth.
+
+Tokens not in the cache are verified in batches: connects that arrive while a request to auth is
+out share the next one (``{"tokens": [...]}``), so a storm costs auth a few requests, not one per socket.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ from collections import OrderedDict
 
 import aiohttp
 
+from shared.coalesce import Coalescer
 from shared.errors import Unauthorized, Unavailable
 from shared.protocol import Identity
+
+BATCH = 1000  # auth's limit per request
 
 
 class TokenVerifier:
@@ -17,29 +24,34 @@ class TokenVerifier:
         self.session = session
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Identity] = OrderedDict()
+        self._asks: Coalescer[str, Identity | Unauthorized] = Coalescer(self._ask_auth)
 
     async def verify(self, token: str | None) -> Identity:
-        """The token's identity, from the cache while unexpired, else from auth (401 -> Unauthorized)."""
+        """The token's identity, from the cache while unexpired, else from auth (refused -> Unauthorized)."""
         if not token:
             raise Unauthorized("missing token: use ?token=JWT or an Authorization header")
         cached = self._cache.get(token)
         if cached is not None and cached.expires_at > time.time():
             self._cache.move_to_end(token)
             return cached
-        identity = await self._ask_auth(token)
-        self._cache[token] = identity
+        (answer,) = await self._asks.submit([token])
+        if isinstance(answer, Unauthorized):
+            raise answer
+        self._cache[token] = answer
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return identity
+        return answer
 
-    async def _ask_auth(self, token: str) -> Identity:
-        try:
-            async with self.session.post(self.url, json={"token": token}) as response:
-                body = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise Unavailable(f"auth unreachable: {exc!r}") from None
-        if response.status == 401:
-            raise Unauthorized(body.get("error", {}).get("message", "invalid token"))
-        if response.status != 200:
-            raise Unavailable(f"auth answered {response.status}")
-        return Identity(body["user_id"], int(body["expires_at"]))
+    async def _ask_auth(self, tokens: list[str]) -> list[Identity | Unauthorized]:
+        answers: list[Identity | Unauthorized] = []
+        for start in range(0, len(tokens), BATCH):
+            try:
+                async with self.session.post(self.url, json={"tokens": tokens[start:start + BATCH]}) as response:
+                    body = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise Unavailable(f"auth unreachable: {exc!r}") from None
+            if response.status != 200:
+                raise Unavailable(f"auth answered {response.status}")
+            answers += [Identity(r["user_id"], int(r["expires_at"])) if "user_id" in r
+                        else Unauthorized(r.get("error", {}).get("message", "invalid token")) for r in body["results"]]
+        return answers

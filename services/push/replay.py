@@ -2,7 +2,8 @@
 
 A replay reads the user's open ids from Redis (no MongoDB), then their frames a page at a time,
 and writes those this socket has not been sent yet, oldest first. At most ``concurrency`` replays
-run at once, so a reconnect storm queues instead of flooding Redis. If Redis fails meanwhile, or
+run at once, so a reconnect storm queues instead of flooding Redis, and those running share their
+reads (``shared.coalesce``): a storm costs a few pipelines per round, not a few per user. If Redis fails meanwhile, or
 its state is being rebuilt, the replay retries with backoff for as long as the socket stays open:
 it never gives up silently.
 """
@@ -17,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from services.push.hub import Hub, Session
 from services.push.metrics import REPLAYED
+from shared.coalesce import Coalescer
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
@@ -33,6 +35,9 @@ class Replayer:
         self.limit = limit
         self.page = page
         self.gate = asyncio.Semaphore(concurrency)
+        # Replays running at once share their Redis reads: one pipeline for all their inboxes, one for frames.
+        self._inboxes: Coalescer[str, list[str]] = Coalescer(lambda users: inbox.pending(users, limit))
+        self._frames: Coalescer[str, str | None] = Coalescer(lambda ids: inbox.frames(ids, now_ms()))
 
     async def replay(self, session: Session) -> None:
         """Send what is pending, then let live frames through; retry while Redis fails and the socket is open."""
@@ -51,11 +56,12 @@ class Replayer:
     async def send_pending(self, session: Session) -> int:
         """Write the open messages this socket was not sent yet, a page of frames at a time; return how many."""
         async with self.gate:
-            ids = [m for m in await self.inbox.pending(session.user_id, self.limit) if m not in session.sent]
+            (pending,) = await self._inboxes.submit([session.user_id])
+            ids = [m for m in pending if m not in session.sent]
             written, gone = [], []
             for start in range(0, len(ids), self.page):
                 page = ids[start:start + self.page]
-                for message_id, frame in zip(page, await self.inbox.frames(page, now_ms())):
+                for message_id, frame in zip(page, await self._frames.submit(page)):
                     if frame is None:
                         gone.append(message_id)
                     elif message_id not in session.sent:

@@ -99,3 +99,16 @@ async def test_internal_link_refuses_wrong_key(shared_stack: RunningStack) -> No
         await connect(f"ws://127.0.0.1:{shared_stack.stack.push_ports[0]}/internal",
                       additional_headers={"Authorization": "Bearer guess"})
     assert info.value.response.status_code == 401
+
+
+async def test_auth_verifies_a_batch_of_tokens_one_result_each(shared_stack: RunningStack) -> None:
+    """POST /v1/verify with a list answers each token on its own: an identity, or the reason it is refused."""
+    c = shared_stack.client
+    good = await c.token("batch-user")
+    async with c.session.post(f"{shared_stack.stack.auth_url}/v1/verify", json={"tokens": [good, "garbage"]}) as r:
+        assert r.status == 200
+        first, second = (await r.json())["results"]
+    assert first["user_id"] == "batch-user" and first["expires_at"] > 0
+    assert second["error"]["code"] == "unauthorized"
+    async with c.session.post(f"{shared_stack.stack.auth_url}/v1/verify", json={"tokens": [1, 2]}) as r:
+        assert r.status == 422 and (await r.json())["error"]["code"] == "invalid"
