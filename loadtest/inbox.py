@@ -136,9 +136,11 @@ class Users:
         return ws
 
     async def _listen(self, user_id: str, ws: ClientConnection) -> None:
-        """Record each message as it arrives; ack the ids every 100 ms, as a browser client would."""
+        """Record each message as it arrives; ack what arrived within 100 ms of the first unacked one,
+        as a browser client would (an idle user costs no timer)."""
         unacked: list[str] = []
-        acker = asyncio.create_task(self._ack_loop(ws, unacked))
+        waiting = asyncio.Event()
+        acker = asyncio.create_task(self._ack_loop(ws, unacked, waiting))
         try:
             async for data in ws:
                 received_ms = time.time() * 1000
@@ -146,15 +148,18 @@ class Users:
                 if frame.get("type") == "message":
                     self.inbox.record(user_id, frame["id"], received_ms - frame["ts"])
                     unacked.append(frame["id"])
+                    waiting.set()
         except ConnectionClosed:
             pass
         finally:
             acker.cancel()
 
     @staticmethod
-    async def _ack_loop(ws: ClientConnection, unacked: list[str]) -> None:
+    async def _ack_loop(ws: ClientConnection, unacked: list[str], waiting: asyncio.Event) -> None:
         while True:
+            await waiting.wait()
             await asyncio.sleep(ACK_EVERY_SECONDS)
+            waiting.clear()
             while unacked:
                 ids, unacked[:] = unacked[:1000], unacked[1000:]
                 await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
