@@ -13,9 +13,9 @@ Keys (a post is one POST's messages, see ``shared.message``):
   rebuilds the state from MongoDB (``services/dispatch/rebuild.py``) and sets a new epoch; replays
   wait for it, and push nodes that see the epoch change send their open sessions what came back.
 
-Every write is a pipeline of single-key commands (no Lua, no multi-key command): per post one
-HSET and one ZADD, per recipient one ZADD and one trim; each method takes a whole batch, so its
-cost is a few round trips whatever the batch size.
+Each method takes a whole batch and costs a few round trips whatever its size: per post one HSET
+and one ZADD; the per-recipient inbox commands run inside Redis by one script call
+(``shared.scripts``), since redis-py's cost per pipelined command is what would dominate.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 
 from shared.errors import Unavailable
 from shared.message import Message, Pair, by_post, index_of, message_id, post_fields, post_of, split_users
+from shared.scripts import Scripts
 
 EXPIRY_KEY = "expiry"
 EPOCH_KEY = "state:epoch"
@@ -46,8 +47,9 @@ class Inbox:
     def __init__(self, redis: Redis, limit: int = 10_000) -> None:
         self.redis = redis
         self.limit = limit
+        self.scripts = Scripts(redis)
 
-    def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
+    async def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
         """Queue the commands that open ``messages`` for their recipients (idempotent: ids are keys)."""
         inboxes: defaultdict[str, dict[str, int]] = defaultdict(dict)
         expiry: dict[str, int] = {}
@@ -59,13 +61,17 @@ class Inbox:
                     inboxes[user][m.id] = m.ts
         if expiry:
             pipe.zadd(EXPIRY_KEY, expiry)
-        for user, entries in inboxes.items():
-            pipe.zadd(inbox_key(user), entries)
-            pipe.zremrangebyrank(inbox_key(user), 0, -self.limit - 1)
+        if inboxes:
+            args: list[str | int] = [self.limit]
+            for entries in inboxes.values():
+                args.append(len(entries))
+                for m, ts in entries.items():
+                    args += [ts, m]
+            await self.scripts.open_inboxes(keys=[inbox_key(u) for u in inboxes], args=args, client=pipe)
 
     async def open(self, messages: list[Message]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            self.stage(pipe, messages)
+            await self.stage(pipe, messages)
             await pipe.execute()
 
     async def pending(self, users: list[str], limit: int) -> list[list[str]]:
@@ -112,14 +118,16 @@ class Inbox:
 
         Only an entry in the user's own inbox closes: an id the user was never sent changes nothing.
         """
-        if not pairs:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for m, u in pairs:
-                pipe.zrem(inbox_key(u), m)
-            removed = [p for p, n in zip(pairs, await pipe.execute()) if n]
+        removed = await self._remove(pairs)
         await self._settle(Counter(post_of(m) for m, _ in removed))
         return removed
+
+    async def _remove(self, pairs: list[Pair]) -> list[Pair]:
+        """Remove each (message, user) from the user's inbox; return those that were there."""
+        if not pairs:
+            return []
+        flags = await self.scripts.zrem_each(keys=[inbox_key(u) for _, u in pairs], args=[m for m, _ in pairs])
+        return [p for p, there in zip(pairs, flags) if there]
 
     async def _settle(self, closed: Counter[str]) -> None:
         """Count closed deliveries against their posts; forget the posts nobody waits for any more."""
@@ -153,10 +161,7 @@ class Inbox:
             maps = await pipe.execute()
         pairs = [(message_id(post, int(k[1:])), u) for post, fields in zip(posts, maps)
                  for k, v in fields.items() if k.startswith(b"u") for u in split_users(v)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for m, u in pairs:
-                pipe.zrem(inbox_key(u), m)
-            open_ = [p for p, n in zip(pairs, await pipe.execute()) if n]
+        open_ = await self._remove(pairs)
         await self.forget(posts)
         return open_
 

@@ -21,6 +21,8 @@ from typing import Iterable
 import orjson
 from redis.asyncio import Redis
 
+from shared.scripts import Scripts
+
 NODES_KEY = "nodes"
 
 
@@ -100,6 +102,7 @@ class RouteReader:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self.scripts = Scripts(redis)
 
     async def live_nodes(self) -> dict[str, NodeCard]:
         ids = sorted(m.decode() for m in await self.redis.smembers(NODES_KEY))
@@ -109,12 +112,11 @@ class RouteReader:
         return {i: NodeCard.decode(c) for i, c in zip(ids, cards) if c is not None}
 
     async def lookup(self, users: list[str], live: Iterable[str]) -> dict[str, list[str]]:
-        """Each user's live node ids, read in one pipeline; users with none are left out."""
+        """Each user's live node ids, read in one script call; users with none are left out."""
+        if not users:
+            return {}
         alive = set(live)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.smembers(route_key(user))
-            replies = await pipe.execute()
+        replies = await self.scripts.smembers_each(keys=[route_key(u) for u in users])
         routes = {}
         for user, members in zip(users, replies):
             nodes = [n for n in (m.decode() for m in members) if n in alive]

@@ -53,7 +53,7 @@ def create_app(config: CollectConfig) -> Starlette:
 
         async def write() -> None:
             async with redis.pipeline(transaction=False) as pipe:
-                inbox.stage(pipe, messages)
+                await inbox.stage(pipe, messages)
                 stream.stage(pipe, messages)
                 await pipe.execute()
 
