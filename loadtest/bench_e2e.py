@@ -10,6 +10,9 @@ Scenarios (``--scenarios storm,steady,latency,connections``, all by default):
   collect's acceptance (the frame's ``ts``) to the socket, the tally.
 * latency: the same users; one message per POST at a paced ``--rate`` for ``--seconds``: latency
   percentiles from acceptance to socket, POST round trips, the achieved rate.
+* expiry: ``--expiry-deliveries`` open deliveries already past their expiry in a scratch Redis
+  database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire`` pages dispatch's
+  reconciler runs: deliveries expired per second.
 * connections: ``--connections`` idle sockets to one push node from several client processes
   (``--per-process`` each, each bound to its own 127.x source address): connect rate, the node's
   RSS and memory per connection, and the Redis commands the node issues over ``--idle-seconds``.
@@ -37,6 +40,7 @@ from typing import Iterator
 import aiohttp
 import psutil
 import uvloop
+from redis.asyncio import Redis
 
 from loadtest.api import Api, Rejected
 from loadtest.cpu import CpuMeter, cpu_seconds
@@ -45,10 +49,14 @@ from loadtest.inbox import Inbox, Users
 from loadtest.redis_watch import watch
 from loadtest.report import Table, latency_summary, percentile
 from loadtest.target import Target, own_cluster, running_target
+from shared import inbox as delivery_state
+from shared.message import Message, message_id
 
 MAX_BATCH = 1000
 MB = 1024 * 1024
-SCENARIO_NAMES = ("storm", "steady", "latency", "connections")
+SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
+EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
+SCENARIO_NAMES = ("storm", "steady", "latency", "expiry", "connections")
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,6 +71,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--posters", type=int, default=4, help="storm and steady: posts in flight")
     p.add_argument("--rate", type=float, default=1000.0, help="latency: single-message posts per second")
     p.add_argument("--seconds", type=float, default=10.0, help="latency: how long to post at --rate")
+    p.add_argument("--expiry-deliveries", type=int, default=100_000, help="expiry: deliveries past expiry (posts of 100)")
     p.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in flight (per client process in connections)")
     p.add_argument("--connections", type=int, default=10_000, help="connections: idle sockets opened to one push node")
     p.add_argument("--per-process", type=int, default=5_000, help="connections: sockets per client process (one 127.x source each)")
@@ -133,8 +142,8 @@ async def post_batches(api: Api, inbox: Inbox, user_ids: list[str], total: int, 
             except Rejected as exc:
                 rejected[exc.reason] += len(ks)
                 continue
-            for k, message_id in zip(ks, ids):
-                inbox.expect(user_ids[k % len(user_ids)], message_id)
+            for k, mid in zip(ks, ids):
+                inbox.expect(user_ids[k % len(user_ids)], mid)
 
     await asyncio.gather(*(poster() for _ in range(posters)))
     return time.time()
@@ -153,12 +162,12 @@ async def post_paced(api: Api, inbox: Inbox, user_ids: list[str], rate: float, s
         user = user_ids[k % len(user_ids)]
         sent = time.perf_counter()
         try:
-            (message_id,) = await api.post({"user_id": user, "payload": {"n": k}})
+            (mid,) = await api.post({"user_id": user, "payload": {"n": k}})
         except Rejected as exc:
             rejected[exc.reason] += 1
             return
         round_trips.append((time.perf_counter() - sent) * 1000)
-        inbox.expect(user, message_id)
+        inbox.expect(user, mid)
 
     await asyncio.gather(*(post(k) for k in range(int(rate * seconds))))
     return round_trips
@@ -233,6 +242,26 @@ async def scenario_latency(target: Target, api: Api, table: Table, args: argpars
         await users.close()
 
 
+async def scenario_expiry(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    scratch = Redis.from_url(target.redis_url.rsplit("/", 1)[0] + f"/{SCRATCH_DB}")
+    inbox, now = delivery_state.Inbox(scratch), int(time.time() * 1000)
+    try:
+        await scratch.flushdb()
+        for p in range(args.expiry_deliveries // 100):
+            post = f"{run}x{p:06d}"
+            await inbox.open([Message(message_id(post, i), (f"{run}-x{i}",), '{"type":"message"}', now - 2000, now - 1000)
+                              for i in range(100)])
+        started, expired = time.perf_counter(), 0
+        while due := await inbox.due(now, EXPIRE_PAGE):
+            expired += len(await inbox.expire(due))
+        elapsed = time.perf_counter() - started
+        table.add("expiry", "deliveries expired / seconds", f"{expired:,} / {elapsed:.2f}")
+        table.add("expiry", "deliveries expired per second", expired / elapsed)
+    finally:
+        await scratch.flushdb()
+        await scratch.aclose()
+
+
 def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / MB
 
@@ -277,7 +306,8 @@ async def scenario_connections(target: Target, api: Api, table: Table, args: arg
         await asyncio.to_thread(fleet.close)
 
 
-SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency, "connections": scenario_connections}
+SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency, "expiry": scenario_expiry,
+             "connections": scenario_connections}
 
 
 async def run(target: Target, args: argparse.Namespace, table: Table) -> None:
