@@ -17,10 +17,10 @@ Scenarios (``--scenarios storm,steady,latency,connections``, all by default):
   (``--per-process`` each, each bound to its own 127.x source address): connect rate, the node's
   RSS and memory per connection, and the Redis commands the node issues over ``--idle-seconds``.
 
-Every scenario but connections prints the servers' CPU split (each server process and its
-children: Redis, PostgreSQL, FerretDB, auth, collect, dispatch, push nodes) and CPU-seconds per
-1,000 messages. Without ``--collect-url`` it starts its own cluster on free ports
-(``tools.cluster``) and stops it at the end; with ``--collect-url/--auth-url/--push-urls`` (and
+Storm, steady and latency print the servers' CPU split (each server process and its children:
+Redis, PostgreSQL, FerretDB, auth, collect, dispatch, push nodes) and CPU-seconds per 1,000
+messages. Without ``--collect-url`` it starts a fresh cluster on free ports for each scenario
+(``tools.cluster``) and stops it after; with ``--collect-url/--auth-url/--push-urls`` (and
 ``--redis-url``, ``--dispatch-url``) it targets a running ``make run``. Run it as
 ``make bench BENCH_ARGS='--scenarios steady'`` or ``.venv/bin/python -m loadtest.bench_e2e --help``.
 """
@@ -310,25 +310,24 @@ SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scen
              "connections": scenario_connections}
 
 
-async def run(target: Target, args: argparse.Namespace, table: Table) -> None:
-    run_id = f"bench{secrets.token_hex(3)}"
+async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=64)) as session:
         api = Api(target.auth_url, target.collect_url, session)
-        for name in args.scenarios:
-            print(f"scenario {name}...", flush=True)
-            await SCENARIOS[name](target, api, table, args, run_id)
+        await SCENARIOS[name](target, api, table, args, f"bench{secrets.token_hex(3)}")
 
 
 def main() -> None:
     args = parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # storm sockets all live in this process
     table = Table()
     try:
-        with target_of(args) as target:
-            print(f"target: collect {target.collect_url}, auth {target.auth_url}, push {', '.join(target.push_urls)}", flush=True)
-            uvloop.run(run(target, args, table))
+        for name in args.scenarios:  # each on a fresh cluster of its own, so none inherits another's state
+            print(f"scenario {name}...", flush=True)
+            with target_of(args) as target:
+                print(f"target: collect {target.collect_url}, auth {target.auth_url}, push {', '.join(target.push_urls)}", flush=True)
+                uvloop.run(run(name, target, args, table))
     finally:
         print(table.render())
 
