@@ -205,7 +205,7 @@ async def test_consuming_loops_survive_a_redis_outage_and_health_reports_it(star
     cluster.start_redis(redis_port)
     ws = await stack.client.connect("vera")
     posted = await stack.client.post_until_accepted({"user_id": "vera", "payload": "back"})
-    # Attempts refused with 503 after their MongoDB write may arrive too (re-queued): at least once.
+    # Attempts refused with 503 after their MongoDB write may arrive too (after a rebuild): at least once.
     async with asyncio.timeout(20):
         while (await next_frame(ws))["id"] != posted["id"]:
             pass
