@@ -35,7 +35,7 @@ import secrets
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import psutil
@@ -110,13 +110,12 @@ def batches(total: int, size: int) -> list[range]:
 
 def report_delivery(table: Table, name: str, inbox: Inbox, started: float, rejected: Counter[str]) -> None:
     """Rejected posts, latency percentiles, delivered msgs/s (first post to last receive), exactly-once tally."""
-    tally = inbox.tally()
+    delivered = inbox.tally().delivered
     table.add(name, "messages rejected by collect", f"{sum(rejected.values()):,} {dict(rejected) or ''}".strip())
     elapsed = max(inbox.last_receive - started, 1e-9)
     table.add(name, "latency p50/p90/p99/max", latency_summary(inbox.latencies_ms))
-    table.add(name, "delivered msgs/s", tally.delivered / elapsed if tally.delivered else 0.0)
-    table.add(name, "expected / delivered / lost / duplicates / unexpected",
-              f"{tally.expected:,} / {tally.delivered:,} / {tally.lost:,} / {tally.duplicates:,} / {tally.unexpected:,}")
+    table.add(name, "delivered msgs/s", delivered / elapsed if delivered else 0.0)
+    report_tally(table, name, inbox)
 
 
 def report_cpu(table: Table, name: str, meter: CpuMeter, messages: int) -> None:
@@ -173,15 +172,25 @@ async def post_paced(api: Api, inbox: Inbox, user_ids: list[str], rate: float, s
     return round_trips
 
 
-async def connected_users(target: Target, table: Table, name: str, tokens: dict[str, str], inbox: Inbox,
-                          concurrency: int) -> Users:
-    """``Users`` for ``tokens`` (user -> token), reporting how many connected and how fast."""
+@contextlib.asynccontextmanager
+async def connected(target: Target, table: Table, name: str, tokens: dict[str, str], inbox: Inbox,
+                    concurrency: int) -> AsyncIterator[Users]:
+    """Users for ``tokens`` (user -> token), all welcomed, reporting how many connected and how fast."""
     users = Users(target, tokens, inbox, concurrency)
     await users.open()
     window = max(users.all_welcomed - users.started, 1e-9)
     table.add(name, "sockets welcomed / failed; connect rate", f"{users.connected:,} / {sum(users.failures.values()):,} "
               f"{dict(users.failures) or ''}; {users.connected / window:,.0f} sockets/s")
-    return users
+    try:
+        yield users
+    finally:
+        await users.close()
+
+
+def report_tally(table: Table, name: str, inbox: Inbox) -> None:
+    tally = inbox.tally()
+    table.add(name, "expected / delivered / lost / duplicates / unexpected",
+              f"{tally.expected:,} / {tally.delivered:,} / {tally.lost:,} / {tally.duplicates:,} / {tally.unexpected:,}")
 
 
 async def scenario_storm(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
@@ -194,52 +203,51 @@ async def scenario_storm(target: Target, api: Api, table: Table, args: argparse.
     table.add("storm", "accepted msgs/s while offline", len(inbox.expected) / (answered - started))
     tokens = dict(zip(user_ids, await api.tokens(user_ids)))
     meter = CpuMeter(target.processes)
-    users = await connected_users(target, table, "storm", tokens, inbox, args.connect_concurrency)
-    try:
+    async with connected(target, table, "storm", tokens, inbox, args.connect_concurrency) as users:
         await inbox.settle(args.timeout)
-        tally = inbox.tally()
         table.add("storm", "first connect to last stored message (s)", inbox.last_receive - users.started)
-        table.add("storm", "expected / delivered / lost / duplicates / unexpected",
-                  f"{tally.expected:,} / {tally.delivered:,} / {tally.lost:,} / {tally.duplicates:,} / {tally.unexpected:,}")
-        report_cpu(table, "storm", meter, tally.delivered)
-    finally:
-        await users.close()
+        report_tally(table, "storm", inbox)
+        report_cpu(table, "storm", meter, inbox.tally().delivered)
+
+
+Drive = Callable[[Inbox, Counter[str], float], Awaitable[None]]
+
+
+async def with_connected_users(name: str, target: Target, api: Api, table: Table, args: argparse.Namespace,
+                               user_ids: list[str], drive: Drive) -> None:
+    """Connect the users, run ``drive`` (which posts), wait for every message, then report delivery and CPU."""
+    inbox, rejected = Inbox(), Counter[str]()
+    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
+    async with connected(target, table, name, tokens, inbox, args.connect_concurrency):
+        meter, started = CpuMeter(target.processes), time.time()
+        await drive(inbox, rejected, started)
+        await inbox.settle(args.timeout)
+        report_delivery(table, name, inbox, started, rejected)
+        report_cpu(table, name, meter, inbox.tally().delivered)
 
 
 async def scenario_steady(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
     user_ids = [f"{run}-b{i}" for i in range(args.users)]
-    inbox, rejected = Inbox(), Counter[str]()
-    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
-    users = await connected_users(target, table, "steady", tokens, inbox, args.connect_concurrency)
-    try:
+
+    async def drive(inbox: Inbox, rejected: Counter[str], started: float) -> None:
         total = args.steady_messages
         table.add("steady", "users / messages / per post / posters", f"{len(user_ids):,} / {total:,} / {args.batch} / {args.posters}")
-        meter, started = CpuMeter(target.processes), time.time()
         answered = await post_batches(api, inbox, user_ids, total, args.batch, args.posters, rejected)
         table.add("steady", "accepted msgs/s at collect", len(inbox.expected) / (answered - started))
-        await inbox.settle(args.timeout)
-        report_delivery(table, "steady", inbox, started, rejected)
-        report_cpu(table, "steady", meter, inbox.tally().delivered)
-    finally:
-        await users.close()
+
+    await with_connected_users("steady", target, api, table, args, user_ids, drive)
 
 
 async def scenario_latency(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
     user_ids = [f"{run}-a{i}" for i in range(args.users)]
-    inbox, rejected = Inbox(), Counter[str]()
-    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
-    users = await connected_users(target, table, "latency", tokens, inbox, args.connect_concurrency)
-    try:
+
+    async def drive(inbox: Inbox, rejected: Counter[str], started: float) -> None:
         table.add("latency", "users / target rate / seconds", f"{len(user_ids):,} / {args.rate:,.0f} msgs/s / {args.seconds:g}")
-        meter, started = CpuMeter(target.processes), time.time()
         round_trips = sorted(await post_paced(api, inbox, user_ids, args.rate, args.seconds, rejected))
         table.add("latency", "achieved posts/s", len(round_trips) / (time.time() - started))
         table.add("latency", "POST round trip p50/p99", f"{percentile(round_trips, .5):.1f} / {percentile(round_trips, .99):.1f} ms")
-        await inbox.settle(args.timeout)
-        report_delivery(table, "latency", inbox, started, rejected)
-        report_cpu(table, "latency", meter, inbox.tally().delivered)
-    finally:
-        await users.close()
+
+    await with_connected_users("latency", target, api, table, args, user_ids, drive)
 
 
 async def scenario_expiry(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
