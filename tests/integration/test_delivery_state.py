@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections import Counter
 
 import orjson
@@ -204,3 +205,28 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     await store.client.drop_database(mongo_db)
     await store.close()
     await redis.aclose()
+
+
+async def test_an_inbox_keeps_only_the_newest_messages_up_to_its_limit(servers: Servers) -> None:
+    """Past INBOX_LIMIT a user's inbox drops its oldest entries, so one flooded user cannot grow Redis without end."""
+    redis_url, _ = servers.fresh_database()
+    redis = Redis.from_url(redis_url)
+    inbox = Inbox(redis, limit=3)
+    messages = [Message(message_id("flood", i), ("victim",), "F", 1000 + i, now_ms() + 60_000) for i in range(5)]
+    await inbox.open(messages)
+    assert [m.decode() for m in await redis.zrange("inbox:victim", 0, -1)] == [m.id for m in messages[2:]]
+    await redis.aclose()
+
+
+async def test_history_past_its_purge_time_is_deleted_and_newer_history_kept(servers: Servers) -> None:
+    """The purge deletes posts and lifecycle documents whose purge_at has passed, and nothing else."""
+    _, mongo_db = servers.fresh_database()
+    store = MessageStore(servers.mongo_url, mongo_db)
+    old, new = (Message(message_id(p, 0), ("u",), "F", 1, expires, "shop") for p, expires in (("old", 1000), ("new", now_ms() + 10 * 86_400_000)))
+    await store.accept([old, new])
+    await store.record({(old.id, "u"): {"acked": 5}})
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=31)
+    assert await store.purge(later) == 2, "the old post (expired 1970) and the event written now, 31 days on"
+    assert [d["_id"] async for d in store.posts.find({}, {"_id": 1})] == ["new"]
+    await store.client.drop_database(mongo_db)
+    await store.close()
