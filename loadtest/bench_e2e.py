@@ -120,7 +120,8 @@ def report_delivery(table: Table, name: str, inbox: Inbox, started: float, rejec
 
 def report_cpu(table: Table, name: str, meter: CpuMeter, messages: int) -> None:
     split = meter.stop()
-    table.add(name, "server CPU-s per 1,000 messages", f"{split.per_thousand(messages):.3f} ({split.total:.1f} CPU-s in all)")
+    per_thousand = f"{split.per_thousand(messages):.3f}" if messages else "n/a (none delivered)"
+    table.add(name, "server CPU-s per 1,000 messages", f"{per_thousand} ({split.total:.1f} CPU-s in all)")
     table.add(name, "server CPU-s by process", split.describe())
 
 
@@ -205,7 +206,8 @@ async def scenario_storm(target: Target, api: Api, table: Table, args: argparse.
     meter = CpuMeter(target.processes)
     async with connected(target, table, "storm", tokens, inbox, args.connect_concurrency) as users:
         await inbox.settle(args.timeout)
-        table.add("storm", "first connect to last stored message (s)", inbox.last_receive - users.started)
+        table.add("storm", "first connect to last stored message (s)",
+                  inbox.last_receive - users.started if inbox.last_receive else "none arrived")
         report_tally(table, "storm", inbox)
         report_cpu(table, "storm", meter, inbox.tally().delivered)
 
