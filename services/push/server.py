@@ -127,6 +127,7 @@ class PushNode:
                             self.acks.add(user, frame.ids)
                 finally:
                     replay.cancel()
+                    await asyncio.wait([replay])  # a bug in it still surfaces: asyncio logs an unretrieved error
         except TimeoutError:
             await self.refuse(ws, Unauthorized("token expired"), user)
         except ServiceError as exc:
