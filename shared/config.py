@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import sys
 from typing import Callable, TypeVar
@@ -25,6 +26,12 @@ def env(name: str, default: T, cast: Callable[[str], T] | None = None) -> T:
         return convert(raw)  # type: ignore[call-arg]
     except ValueError:
         raise SystemExit(f"{name}={raw!r} is not a valid {convert.__name__}") from None
+
+
+def same_secret(presented: str, expected: str) -> bool:
+    """Constant-time comparison of a presented key with the configured one, whatever characters it holds
+    (``hmac.compare_digest`` raises on non-ASCII text, which would turn a bad key into a 500)."""
+    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
 def is_production() -> bool:

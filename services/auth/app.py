@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 from starlette.applications import Starlette
@@ -12,6 +11,7 @@ from starlette.routing import Route
 
 from services.auth.config import AuthConfig
 from services.auth.tokens import TokenService
+from shared.config import same_secret
 from shared.errors import InvalidFields, Unauthorized
 from shared.metrics import MESSAGES_IN
 from shared.protocol import valid_user_id
@@ -29,7 +29,7 @@ def create_app(config: AuthConfig) -> Starlette:
     )
 
     async def issue(request: Request) -> Response:
-        if not hmac.compare_digest(bearer(request), config.admin_key):
+        if not same_secret(bearer(request), config.admin_key):
             raise Unauthorized("wrong admin key")
         body = await read_json(request, MAX_BODY)
         user_id, ttl = body.get("user_id"), body.get("ttl_seconds", 3600)

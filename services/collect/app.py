@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from typing import AsyncIterator
 
@@ -19,6 +18,7 @@ from services.collect.intake import Limits, parse_body
 from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
 from shared.coalesce import Coalescer
+from shared.config import same_secret
 from shared.errors import NotFound, Unauthorized, Unavailable
 from shared.inbox import Inbox
 from shared.message import Message
@@ -35,7 +35,7 @@ def sender_of(request: Request, api_keys: dict[str, str]) -> str:
     """The business system's name for a valid API key, or 401."""
     presented = bearer(request)
     for key, name in api_keys.items():
-        if hmac.compare_digest(presented, key):
+        if same_secret(presented, key):
             return name
     raise Unauthorized("unknown API key")
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import signal
 import time
@@ -28,6 +27,7 @@ from services.push.metrics import CONNECTS, REFUSED
 from services.push.presence import Presence
 from services.push.replay import Replayer
 from shared.clients import redis_client
+from shared.config import same_secret
 from shared.errors import ServiceError, Unauthorized, Unavailable
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, exposition
@@ -86,7 +86,7 @@ class PushNode:
             return http_response(200, body, content_type)
         if path == "/internal":
             presented = token_of(request) or ""
-            if not hmac.compare_digest(presented, self.config.internal_key):
+            if not same_secret(presented, self.config.internal_key):
                 ERRORS.labels(Unauthorized.code).inc()
                 log.warning("dispatch link refused: wrong internal key", extra={"peer": str(connection.remote_address)})
                 return http_response(401, b'{"error":{"code":"unauthorized","message":"wrong internal key"}}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import jwt
@@ -112,3 +113,29 @@ async def test_auth_verifies_a_batch_of_tokens_one_result_each(shared_stack: Run
     assert second["error"]["code"] == "unauthorized"
     async with c.session.post(f"{shared_stack.stack.auth_url}/v1/verify", json={"tokens": [1, 2]}) as r:
         assert r.status == 422 and (await r.json())["error"]["code"] == "invalid"
+
+
+async def raw_status(port: int, request: bytes) -> int:
+    """The status code a server answers to raw request bytes (headers with any bytes at all)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    return int(status_line.split()[1])
+
+
+@pytest.mark.parametrize("service", ["auth", "collect", "push"])
+async def test_a_non_ascii_bearer_key_is_refused_with_401_not_a_500(shared_stack: RunningStack, service: str) -> None:
+    """A key of non-ASCII bytes is just a wrong key: 401 from auth, collect and a push node's dispatch link."""
+    stack = shared_stack.stack
+    key = "Bearer ключ".encode()
+    requests = {
+        "auth": (stack.auth_port, b"POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nAuthorization: " + key + b"\r\n\r\n{}"),
+        "collect": (stack.collect_port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nAuthorization: " + key + b"\r\n\r\n{}"),
+        "push": (stack.push_ports[0], b"GET /internal HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: " + key + b"\r\n\r\n"),
+    }
+    port, request = requests[service]
+    assert await raw_status(port, request) == 401
+    await assert_all_healthy(shared_stack)
