@@ -46,7 +46,8 @@ def create_app(config: CollectConfig) -> Starlette:
     stream = DeliveryStream(redis)
     inbox = Inbox(redis, config.inbox_limit)
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
-    limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds)
+    limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
+                    config.max_deliveries)
 
     async def hand_over(messages: list[Message]) -> None:
         """One pipeline: open each delivery in its user's inbox, then append the messages to the stream."""

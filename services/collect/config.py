@@ -11,6 +11,7 @@ MAX_BODY_BYTES            1048576                     largest request body (413 
 MAX_PAYLOAD_BYTES         65536                       largest single payload, JSON-encoded (413 above)
 MAX_BATCH                 1000                        most messages in one ``{"messages": [...]}`` post
 MAX_RECIPIENTS            1000                        most ``user_ids`` in one message
+MAX_DELIVERIES            100000                      most deliveries (messages x recipients) in one post (413 above)
 MESSAGE_TTL_SECONDS       604800                      default lifetime of an undelivered message (7 days; 30 at most)
 INBOX_LIMIT               10000                       most open messages kept per user in Redis (the oldest go first)
 DISPATCH_URL              http://127.0.0.1:8003       dispatch's HTTP base, scraped by ``GET /v1/stats``
@@ -49,6 +50,7 @@ class CollectConfig:
     max_payload_bytes: int
     max_batch: int
     max_recipients: int
+    max_deliveries: int
     message_ttl_seconds: int
     inbox_limit: int
     dispatch_url: str
@@ -70,6 +72,7 @@ class CollectConfig:
             max_payload_bytes=env("MAX_PAYLOAD_BYTES", 64 * 1024),
             max_batch=env("MAX_BATCH", 1000),
             max_recipients=env("MAX_RECIPIENTS", 1000),
+            max_deliveries=env("MAX_DELIVERIES", 100_000),
             message_ttl_seconds=env("MESSAGE_TTL_SECONDS", 7 * 24 * 3600),
             inbox_limit=env("INBOX_LIMIT", 10_000),
             dispatch_url=env("DISPATCH_URL", "http://127.0.0.1:8003"),

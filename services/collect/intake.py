@@ -20,6 +20,7 @@ class Limits:
     max_batch: int
     max_recipients: int
     default_ttl_seconds: int
+    max_deliveries: int = 100_000
 
 
 def post_ids(count: int, now_ms: int, sender: str, idempotency_key: str | None) -> list[str]:
@@ -50,7 +51,11 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
     else:
         items, where = [body], [""]
     ids = post_ids(len(items), now_ms, sender, idempotency_key)
-    return [_message(item, limits, now_ms, prefix, mid, sender) for item, prefix, mid in zip(items, where, ids)]
+    messages = [_message(item, limits, now_ms, prefix, mid, sender) for item, prefix, mid in zip(items, where, ids)]
+    deliveries = sum(len(m.users) for m in messages)
+    if deliveries > limits.max_deliveries:
+        raise PayloadTooLarge(f"{deliveries} deliveries (messages x recipients) in one post; the limit is {limits.max_deliveries}")
+    return messages
 
 
 def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sender: str) -> Message:

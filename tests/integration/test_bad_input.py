@@ -7,6 +7,7 @@ import time
 
 import jwt
 import pytest
+from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
 from shared.config import DEV_JWT_KEY
@@ -139,3 +140,16 @@ async def test_a_non_ascii_bearer_key_is_refused_with_401_not_a_500(shared_stack
     port, request = requests[service]
     assert await raw_status(port, request) == 401
     await assert_all_healthy(shared_stack)
+
+
+async def test_a_post_over_the_delivery_cap_is_refused_whole_and_stores_nothing(start_stack) -> None:
+    """Messages x recipients past MAX_DELIVERIES is a 413 naming the count, and not one delivery is opened."""
+    stack: RunningStack = start_stack(MAX_DELIVERIES="10")
+    body = {"messages": [{"user_ids": [f"fan{i}" for i in range(4)], "payload": n} for n in range(3)]}
+    status, answer = await stack.client.post(body)
+    assert status == 413 and answer["error"]["code"] == "too_large" and "12 deliveries" in answer["error"]["message"]
+    redis = Redis.from_url(stack.stack.redis_url)
+    assert await redis.exists(*(f"inbox:fan{i}" for i in range(4))) == 0
+    await redis.aclose()
+    status, _ = await stack.client.post({"messages": body["messages"][:2]})
+    assert status == 202

@@ -8,7 +8,7 @@ import pytest
 from services.collect.intake import Limits, parse_body
 from shared.errors import InvalidFields, PayloadTooLarge
 
-LIMITS = Limits(max_payload_bytes=100, max_batch=3, max_recipients=2, default_ttl_seconds=60)
+LIMITS = Limits(max_payload_bytes=100, max_batch=3, max_recipients=2, default_ttl_seconds=60, max_deliveries=5)
 
 
 def test_single_multi_and_batch_bodies_become_messages() -> None:
@@ -42,6 +42,7 @@ def test_payload_limit_counts_utf8_bytes_not_characters() -> None:
     ({"user_id": "a", "payload": 1, "ttl_seconds": True}, InvalidFields),
     ({"user_id": "a", "payload": 1, "ttl_seconds": 31 * 24 * 3600}, InvalidFields),
     ({"messages": []}, InvalidFields),
+    ({"messages": [{"user_ids": ["a", "b"], "payload": 1}] * 3}, PayloadTooLarge),
 ])
 def test_bodies_breaking_limits_or_fields_are_refused(body: dict, error: type) -> None:
     """Over-limit posts are 413s and bad fields 422s, for the whole post."""
