@@ -210,3 +210,22 @@ async def test_consuming_loops_survive_a_redis_outage_and_health_reports_it(star
         while (await next_frame(ws))["id"] != posted["id"]:
             pass
     await ws.close()
+
+
+async def test_an_ack_for_someone_elses_message_changes_nothing(start_stack) -> None:
+    """mallory acks the id of a message for victim: victim still gets it on connect, and the status never lists mallory."""
+    stack: RunningStack = start_stack()
+    c = stack.client
+    _, posted = await c.post({"user_id": "victim", "payload": "private"})
+    mallory = await c.connect("mallory")
+    await mallory.send(orjson.dumps({"type": "ack", "ids": [posted["id"]]}).decode())
+    await mallory.send(orjson.dumps({"type": "ping"}).decode())
+    assert (await next_frame(mallory))["type"] == "pong"  # the ack was read and flushed meanwhile
+    await asyncio.sleep(1.5)  # a lifecycle flush window: a phantom row would be written by now
+    code, body = await status(stack, posted["id"])
+    assert code == 200 and [r["user_id"] for r in body["recipients"]] == ["victim"]
+    assert body["recipients"][0]["state"] == "accepted"
+    victim = await c.connect("victim")
+    assert await receive_ids(victim, 1) == [posted["id"]]
+    await mallory.close()
+    await victim.close()
