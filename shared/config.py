@@ -5,13 +5,15 @@ from __future__ import annotations
 import hmac
 import os
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, Collection, TypeVar
 
 T = TypeVar("T")
 
-# Development defaults: `make run` works out of the box; production refuses to start with them.
+# Development defaults: `make run` and the tests (APP_ENV=development) work out of the box;
+# production, the default APP_ENV, refuses to start with any of them.
 DEV_ADMIN_KEY = "dev-admin-key"
 DEV_API_KEYS = "demo:dev-api-key"
+DEV_API_KEY = DEV_API_KEYS.partition(":")[2]
 DEV_JWT_KEY = "dev-jwt-key-change-me-in-production-0123456789"
 DEV_INTERNAL_KEY = "dev-internal-key"
 
@@ -34,16 +36,24 @@ def same_secret(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
+APP_ENVS = ("production", "development")
+
+
 def is_production() -> bool:
-    return env("APP_ENV", "development") == "production"
+    """``APP_ENV``: production unless it says exactly ``development``; any other value stops the service."""
+    value = os.environ.get("APP_ENV") or "production"
+    if value not in APP_ENVS:
+        raise SystemExit(f"APP_ENV={value!r} is neither 'production' (the default) nor 'development'")
+    return value == "production"
 
 
-def check_secrets(service: str, **secrets: tuple[str, str]) -> None:
+def check_secrets(service: str, **secrets: tuple[str | Collection[str], str]) -> None:
     """Refuse production with a development secret; in development, print the defaults in use.
 
-    ``secrets`` maps an environment variable name to (value in use, development default).
+    ``secrets`` maps an environment variable name to (value in use, development default); a variable
+    holding several secrets (API keys) gives them as a collection, each checked on its own.
     """
-    defaults = [name for name, (value, dev) in secrets.items() if value == dev]
+    defaults = [name for name, (value, dev) in secrets.items() if (value == dev if isinstance(value, str) else dev in value)]
     if not defaults:
         return
     if is_production():

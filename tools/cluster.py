@@ -109,6 +109,8 @@ class Stack:
 
     def service_env(self) -> dict[str, str]:
         return {
+            # make run and the tests use the development keys, which production (the default APP_ENV) refuses.
+            "APP_ENV": os.environ.get("APP_ENV", "development"),
             "REDIS_URL": self.redis_url, "MONGO_URL": self.mongo_url, "MONGO_DB": self.mongo_db,
             "AUTH_PORT": str(self.auth_port), "COLLECT_PORT": str(self.collect_port),
             "DISPATCH_PORT": str(self.dispatch_port), "AUTH_URL": self.auth_url, "DISPATCH_URL": self.dispatch_url,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_ADMIN_KEY, DEV_API_KEYS, check_secrets, env
+from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_ADMIN_KEY, DEV_API_KEY, DEV_API_KEYS, check_secrets, env
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -59,12 +59,12 @@ class CollectConfig:
 
     @classmethod
     def from_env(cls) -> CollectConfig:
-        raw_keys = env("COLLECT_API_KEYS", DEV_API_KEYS)
-        check_secrets("collect", COLLECT_API_KEYS=(raw_keys, DEV_API_KEYS))
+        api_keys = parse_api_keys(env("COLLECT_API_KEYS", DEV_API_KEYS))
+        check_secrets("collect", COLLECT_API_KEYS=(api_keys.keys(), DEV_API_KEY))
         return cls(
             host=env("COLLECT_HOST", "127.0.0.1"),
             port=env("COLLECT_PORT", 8002),
-            api_keys=parse_api_keys(raw_keys),
+            api_keys=api_keys,
             redis_url=env("REDIS_URL", DEFAULT_REDIS_URL),
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),

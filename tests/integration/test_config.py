@@ -11,14 +11,36 @@ import pytest
 from tools.cluster import ROOT
 
 
+SECRETS = ("JWT_KEY", "AUTH_ADMIN_KEY", "COLLECT_API_KEYS", "INTERNAL_KEY")
+
+
+def start(service: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a service with no secrets and no APP_ENV from this environment, plus ``env``; it is expected to exit."""
+    base = {k: v for k, v in os.environ.items() if k not in (*SECRETS, "APP_ENV")}
+    return subprocess.run([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env={**base, **env},
+                          capture_output=True, text=True, timeout=30)
+
+
 @pytest.mark.parametrize("service", ["auth", "collect", "dispatch", "push"])
-def test_service_refuses_development_secrets_in_production(service: str) -> None:
-    """With APP_ENV=production and no secrets set, the process exits at once and names the variable."""
-    env = {k: v for k, v in os.environ.items() if k not in ("JWT_KEY", "AUTH_ADMIN_KEY", "COLLECT_API_KEYS", "INTERNAL_KEY")}
-    result = subprocess.run([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env={**env, "APP_ENV": "production"},
-                            capture_output=True, text=True, timeout=30)
+@pytest.mark.parametrize("app_env", [{"APP_ENV": "production"}, {}], ids=["production", "unset"])
+def test_service_refuses_development_secrets_in_production(service: str, app_env: dict[str, str]) -> None:
+    """With APP_ENV=production, or no APP_ENV at all, and no secrets set, the process exits at once and names the variable."""
+    result = start(service, **app_env)
     assert result.returncode != 0
     assert "refusing to start in production with development defaults" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["Production", "prod", "dev"])
+def test_an_unknown_app_env_stops_the_service_with_a_clear_error(value: str) -> None:
+    """APP_ENV is compared exactly: anything but production or development is a start-up error naming it."""
+    result = start("auth", APP_ENV=value)
+    assert result.returncode != 0 and f"APP_ENV={value!r} is neither" in result.stderr
+
+
+def test_one_development_api_key_among_real_ones_is_refused_in_production() -> None:
+    """Each API key is checked on its own: the development key next to a real one still stops collect."""
+    result = start("collect", APP_ENV="production", COLLECT_API_KEYS="demo:dev-api-key,shop:a-real-key")
+    assert result.returncode != 0 and "development defaults for COLLECT_API_KEYS" in result.stderr
 
 
 def test_service_prints_development_defaults_it_uses() -> None:

@@ -67,6 +67,7 @@ def test_as_sender_replaces_only_the_authorization_header() -> None:
 
 
 def paths(production: bool, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    monkeypatch.setenv("APP_ENV", "development")  # the config's development keys would stop a production start
     config = CollectConfig.from_env()
     monkeypatch.setenv("APP_ENV", "production" if production else "development")
 
