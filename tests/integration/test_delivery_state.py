@@ -7,6 +7,7 @@ import datetime as dt
 from collections import Counter
 
 import orjson
+import pytest
 from pymongo import monitoring
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
@@ -164,7 +165,8 @@ class CommandCounter(monitoring.CommandListener):
         pass
 
 
-async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires_in_pages(servers: Servers) -> None:
+async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires_in_pages(
+        servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
     """With 20,000 open deliveries (half past expiry), a reconciler pass reads no MongoDB document and expires the
     10,000 due; after Redis is emptied, the rebuild reads each open post and each closing record once."""
     redis_url, mongo_db = servers.fresh_database()
@@ -180,6 +182,7 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     await store.accept(messages)
     await inbox.open(messages)
     await inbox.complete()
+    monkeypatch.setenv("APP_ENV", "development")  # its defaults include the development internal key
     config = DispatchConfig.from_env()
     lifecycle = LifecycleWriter(store)
     reconciler = Reconciler(config, store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000))
