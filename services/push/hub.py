@@ -5,11 +5,14 @@ oldest first (``replay.py``). Live frames arriving meanwhile are held and writte
 so a user's messages arrive in order across it. Every frame written is remembered in ``sent`` until
 the client acknowledges it, so neither a replay nor a retried batch writes the same message twice
 to one socket. Held frames are bounded: past ``HELD_LIMIT`` they are dropped and the replay runs
-once more (every live message is in the inbox too).
+once more (every live message is in the inbox too). A socket whose client stops reading is closed
+with 1013 once ``max_buffered`` bytes wait in its buffer: what it was not sent waits in its inbox.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -17,7 +20,9 @@ from typing import Iterable, Iterator
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
-from services.push.metrics import CONNECTIONS, USERS
+from services.push.metrics import CONNECTIONS, SLOW_CLOSED, USERS
+
+log = logging.getLogger(__name__)
 
 HELD_LIMIT = 1000
 
@@ -30,10 +35,11 @@ class Session:
     held: list[tuple[str, str]] = field(default_factory=list)
     sent: set[str] = field(default_factory=set)
     overflowed: bool = False
+    closing: bool = False
 
     @property
     def open(self) -> bool:
-        return self.ws.protocol.state is State.OPEN
+        return self.ws.protocol.state is State.OPEN and not self.closing
 
     def hold(self, message_id: str, frame: str) -> None:
         if len(self.held) < HELD_LIMIT:
@@ -61,9 +67,11 @@ class Session:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, max_buffered: int = 1024 * 1024) -> None:
         self._by_user: defaultdict[str, set[Session]] = defaultdict(set)
         self.connections = 0
+        self.max_buffered = max_buffered
+        self._closing: set[asyncio.Task[None]] = set()
 
     def add(self, session: Session) -> None:
         self._by_user[session.user_id].add(session)
@@ -79,6 +87,19 @@ class Hub:
             del self._by_user[session.user_id]
         self.connections -= 1
         self._gauge()
+
+    def close_slow(self, session: Session) -> None:
+        """Close a socket whose client does not read: its unsent messages stay in the inbox for the next
+        connect, and the node's memory stays bounded (the socket stops being written once closing)."""
+        if session.closing:
+            return
+        session.closing = True
+        SLOW_CLOSED.inc()
+        log.warning("closing a connection that does not read", extra={"user_id": session.user_id,
+                                                                       "bytes": session.ws.transport.get_write_buffer_size()})
+        task = asyncio.get_running_loop().create_task(session.ws.close(1013, "too slow: reconnect to get the rest"))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _gauge(self) -> None:
         CONNECTIONS.set(self.connections)
@@ -105,6 +126,9 @@ class Hub:
                 continue
             taken = True
             if message_id in session.sent:
+                continue
+            if session.ws.transport.get_write_buffer_size() > self.max_buffered:
+                self.close_slow(session)
                 continue
             if session.replaying:
                 session.hold(message_id, frame)

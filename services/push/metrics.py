@@ -14,3 +14,4 @@ DELIVERY_LATENCY = Histogram(
     "push_delivery_latency_seconds", "From acceptance by collect to the write on a socket", buckets=LATENCY_BUCKETS
 )
 REPLAYED = Counter("push_replayed_total", "Stored messages sent to a user on connect (offline inbox and unacked)")
+SLOW_CLOSED = Counter("push_slow_closed_total", "Connections closed because their client did not read (1013)")

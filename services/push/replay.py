@@ -26,10 +26,12 @@ from shared.retry import Backoff
 from shared.routing import now_ms
 
 log = logging.getLogger(__name__)
+PAGE_SEND_SECONDS = 30.0  # a page not taken by the client in this time: it is not reading
 
 
 class Replayer:
-    def __init__(self, inbox: Inbox, lifecycle: LifecycleWriter, limit: int, page: int, concurrency: int) -> None:
+    def __init__(self, hub: Hub, inbox: Inbox, lifecycle: LifecycleWriter, limit: int, page: int, concurrency: int) -> None:
+        self.hub = hub
         self.inbox = inbox
         self.lifecycle = lifecycle
         self.limit = limit
@@ -61,19 +63,25 @@ class Replayer:
             written, gone = [], []
             for start in range(0, len(ids), self.page):
                 page = ids[start:start + self.page]
-                for message_id, frame in zip(page, await self._frames.submit(page)):
-                    if frame is None:
-                        gone.append(message_id)
-                    elif message_id not in session.sent:
-                        session.sent.add(message_id)
-                        written.append((message_id, session.user_id))
-                        await session.ws.send(frame)
+                frames = await self._frames.submit(page)
+                try:
+                    async with asyncio.timeout(PAGE_SEND_SECONDS):  # a client that stops reading blocks send()
+                        for message_id, frame in zip(page, frames):
+                            if frame is None:
+                                gone.append(message_id)
+                            elif message_id not in session.sent:
+                                session.sent.add(message_id)
+                                written.append((message_id, session.user_id))
+                                await session.ws.send(frame)
+                except TimeoutError:
+                    self.hub.close_slow(session)
+                    break
             await self.inbox.drop(session.user_id, gone)
         REPLAYED.inc(len(written))
         self.lifecycle.mark("delivered", written)
         return len(written)
 
-    async def watch_epoch(self, hub: Hub, interval: float) -> None:
+    async def watch_epoch(self, interval: float) -> None:
         """When the state's epoch changes (dispatch rebuilt it), send every open session what came back."""
         last: str | None = None
         while True:
@@ -82,7 +90,7 @@ class Replayer:
             except RedisError:
                 epoch = last
             if epoch is not None and last is not None and epoch != last:
-                sessions = [s for s in hub.sessions() if s.open and not s.replaying]
+                sessions = [s for s in self.hub.sessions() if s.open and not s.replaying]
                 log.warning("delivery state was rebuilt; replaying to open sessions", extra={"count": len(sessions)})
                 await asyncio.gather(*(self.send_pending(s) for s in sessions), return_exceptions=True)
             last = epoch if epoch is not None else last

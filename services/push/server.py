@@ -56,14 +56,14 @@ def token_of(request: Request) -> str | None:
 class PushNode:
     def __init__(self, config: PushConfig) -> None:
         self.config = config
-        self.hub = Hub()
+        self.hub = Hub(config.max_buffered_bytes)
         self.redis = redis_client(config.redis_url)
         self.writer = RouteWriter(self.redis, config.node_id, config.route_ttl, config.node_ttl)
         self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)
         self.store = MessageStore(config.mongo_url, config.mongo_db)
         self.lifecycle = LifecycleWriter(self.store)
         inbox = Inbox(self.redis)
-        self.replayer = Replayer(inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
+        self.replayer = Replayer(self.hub, inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
         self.acks = Acks(inbox, self.lifecycle)
         self.verifier: TokenVerifier | None = None
 
@@ -160,7 +160,7 @@ class PushNode:
             )
             loops = [asyncio.create_task(loop) for loop in (
                 self.presence.run_flusher(), self.presence.run_heartbeat(), self.lifecycle.run(), self.acks.run(),
-                self.replayer.watch_epoch(self.hub, c.heartbeat_interval))]
+                self.replayer.watch_epoch(c.heartbeat_interval))]
             log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
             await stop
             log.info("shutting down", extra={"node": c.node_id, "count": self.hub.connections})

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 from collections import Counter
 
 import orjson
 import pytest
 from pymongo import monitoring
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from services.dispatch.config import DispatchConfig
@@ -28,12 +29,13 @@ from tests.integration.test_delivery_guarantees import FAST, wait_for_state
 from tools.cluster import Cluster, free_port
 
 
-async def post_to_each(stack: RunningStack, users: list[str], per_user: int) -> dict[str, list[str]]:
-    """Post ``per_user`` messages to every user (500 per post); return each user's ids in posting order."""
-    bodies = [{"user_id": u, "payload": n} for n in range(per_user) for u in users]
+async def post_to_each(stack: RunningStack, users: list[str], per_user: int, payload: object = None,
+                       per_post: int = 500) -> dict[str, list[str]]:
+    """Post ``per_user`` messages to every user (their number, or ``payload``); return each user's ids in posting order."""
+    bodies = [{"user_id": u, "payload": n if payload is None else payload} for n in range(per_user) for u in users]
     ids: dict[str, list[str]] = {u: [] for u in users}
-    for start in range(0, len(bodies), 500):
-        chunk = bodies[start:start + 500]
+    for start in range(0, len(bodies), per_post):
+        chunk = bodies[start:start + per_post]
         status, answer = await stack.client.post({"messages": chunk})
         assert status == 202, answer
         for body, mid in zip(chunk, answer["ids"]):
@@ -233,3 +235,29 @@ async def test_history_past_its_purge_time_is_deleted_and_newer_history_kept(ser
     assert [d["_id"] async for d in store.posts.find({}, {"_id": 1})] == ["new"]
     await store.client.drop_database(mongo_db)
     await store.close()
+
+
+async def test_a_client_that_stops_reading_is_closed_and_gets_everything_on_reconnect(start_stack) -> None:
+    """A socket that stops reading while 12 MB are posted to it is closed once MAX_BUFFERED_BYTES wait in its buffer,
+    another user on the node is served at once meanwhile, and a reconnect replays every message, none lost."""
+    stack: RunningStack = start_stack(nodes=1, MAX_BUFFERED_BYTES="65536")
+    c, port = stack.client, stack.stack.push_ports[0]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little on the client's side
+    sock.connect(("127.0.0.1", port))
+    sloth = await connect(f"ws://127.0.0.1:{port}/ws?token={await c.token('sloth')}", sock=sock, max_queue=1)
+    assert (await next_frame(sloth))["type"] == "welcome"  # and never read again
+    brisk = await c.connect("brisk")
+    ids = (await post_to_each(stack, ["sloth"], 3000, payload="x" * 4000, per_post=200))["sloth"]
+    async with asyncio.timeout(30):
+        while "push_slow_closed_total 1.0" not in await (await c.session.get(f"{stack.stack.push_url(port)}/metrics")).text():
+            await asyncio.sleep(0.2)  # closed once, not once per message
+    _, quick = await c.post({"user_id": "brisk", "payload": "still served"})
+    assert (await next_frame(brisk, 5))["id"] == quick["id"]
+    sloth.transport.abort()
+    again = await c.connect("sloth")
+    received = await receive_ids(again, 3000, timeout=60)
+    lost, twice = report_scenario("client stopped reading: 3,000 x 4 KB, closed at 64 KB buffered", ids, received)
+    assert lost == twice == 0
+    await again.close()
+    await brisk.close()
