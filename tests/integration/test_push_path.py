@@ -145,3 +145,15 @@ async def test_messages_posted_while_dispatch_is_down_arrive_when_it_returns(sta
 async def metrics(stack: RunningStack, url: str) -> str:
     async with stack.client.session.get(f"{url}/metrics") as r:
         return await r.text()
+
+
+async def test_non_ascii_messages_past_the_link_limit_in_bytes_all_arrive(start_stack) -> None:
+    """30 messages of 60 KB of emoji (1.8 MB in UTF-8, 0.45 M characters) to one user: dispatch splits the node's
+    batch by bytes under the 1 MiB link limit, so the link is never closed with 1009 and every message arrives."""
+    stack: RunningStack = start_stack(nodes=1, MAX_BODY_BYTES=str(4 * 1024 * 1024))
+    ws = await stack.client.connect("emoji")
+    status, posted = await stack.client.post({"messages": [{"user_id": "emoji", "payload": "\U0001F600" * 15_000}] * 30})
+    assert status == 202
+    received = [(await next_frame(ws, 20))["id"] for _ in range(30)]
+    assert received == posted["ids"]
+    await ws.close()
