@@ -111,6 +111,17 @@ class RouteReader:
         cards = await self.redis.mget([node_key(i) for i in ids])
         return {i: NodeCard.decode(c) for i, c in zip(ids, cards) if c is not None}
 
+    async def forget_dead_nodes(self) -> list[str]:
+        """Drop from ``nodes`` the ids whose card is gone (a live node adds itself back on its next beat)."""
+        ids = [m.decode() for m in await self.redis.smembers(NODES_KEY)]
+        if not ids:
+            return []
+        cards = await self.redis.mget([node_key(i) for i in ids])
+        dead = [i for i, card in zip(ids, cards) if card is None]
+        if dead:
+            await self.redis.srem(NODES_KEY, *dead)
+        return dead
+
     async def lookup(self, users: list[str], live: Iterable[str]) -> dict[str, list[str]]:
         """Each user's live node ids, read in one script call; users with none are left out."""
         if not users:

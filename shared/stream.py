@@ -32,14 +32,15 @@ def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEntry:
 
 
 class DeliveryStream:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, maxlen: int = 1_000_000) -> None:
         self.redis = redis
+        self.maxlen = maxlen
 
-    @staticmethod
-    def stage(pipe: Pipeline, messages: Iterable[Message]) -> None:
-        """Queue one XADD per post on ``pipe``."""
+    def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
+        """Queue one XADD per post on ``pipe``, trimming the stream to about ``maxlen`` entries: a backlog past
+        that (dispatch down for long) loses only the live push, since every delivery waits in its inbox too."""
         for post, batch in by_post(messages).items():
-            pipe.xadd(STREAM_KEY, {"p": post, "t": batch[0].ts, **post_fields(batch)})
+            pipe.xadd(STREAM_KEY, {"p": post, "t": batch[0].ts, **post_fields(batch)}, maxlen=self.maxlen, approximate=True)
 
     async def ensure_group(self) -> None:
         try:
@@ -57,6 +58,17 @@ class DeliveryStream:
         """Entries another (or this) consumer read but did not acknowledge in time: retry them."""
         reply = await self.redis.xautoclaim(STREAM_KEY, GROUP, consumer, min_idle_ms, "0-0", count=count)
         return [_entry(i, f) for i, f in reply[1] if f]
+
+    async def forget_idle_consumers(self, idle_ms: int, keep: str) -> list[str]:
+        """Delete consumers of the group (dispatch instances gone) idle for ``idle_ms`` with nothing pending."""
+        try:
+            consumers = await self.redis.xinfo_consumers(STREAM_KEY, GROUP)
+        except ResponseError:  # no stream or group yet: nobody to forget
+            return []
+        idle = [c["name"] for c in consumers if c["pending"] == 0 and c["idle"] >= idle_ms and c["name"] != keep.encode()]
+        for name in idle:
+            await self.redis.xgroup_delconsumer(STREAM_KEY, GROUP, name)
+        return [n.decode() for n in idle]
 
     async def ack(self, entry_ids: list[str]) -> None:
         """Acknowledge and delete, so the stream holds only work not yet done."""

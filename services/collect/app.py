@@ -43,7 +43,7 @@ def sender_of(request: Request, api_keys: dict[str, str]) -> str:
 def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
-    stream = DeliveryStream(redis)
+    stream = DeliveryStream(redis, config.stream_maxlen)
     inbox = Inbox(redis, config.inbox_limit)
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,

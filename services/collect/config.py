@@ -14,6 +14,7 @@ MAX_RECIPIENTS            1000                        most ``user_ids`` in one m
 MAX_DELIVERIES            100000                      most deliveries (messages x recipients) in one post (413 above)
 MESSAGE_TTL_SECONDS       604800                      default lifetime of an undelivered message (7 days; 30 at most)
 INBOX_LIMIT               10000                       most open messages kept per user in Redis (the oldest go first)
+STREAM_MAXLEN             1000000                     about this many posts may wait for dispatch; past it the oldest lose only their live push
 DISPATCH_URL              http://127.0.0.1:8003       dispatch's HTTP base, scraped by ``GET /v1/stats``
 AUTH_URL                  http://127.0.0.1:8001       auth, asked for tokens by the development route ``POST /dev/tokens``
 AUTH_ADMIN_KEY            dev-admin-key               auth's admin key, used only by ``POST /dev/tokens`` (absent in production)
@@ -53,6 +54,7 @@ class CollectConfig:
     max_deliveries: int
     message_ttl_seconds: int
     inbox_limit: int
+    stream_maxlen: int
     dispatch_url: str
     auth_url: str
     auth_admin_key: str
@@ -75,6 +77,7 @@ class CollectConfig:
             max_deliveries=env("MAX_DELIVERIES", 100_000),
             message_ttl_seconds=env("MESSAGE_TTL_SECONDS", 7 * 24 * 3600),
             inbox_limit=env("INBOX_LIMIT", 10_000),
+            stream_maxlen=env("STREAM_MAXLEN", 1_000_000),
             dispatch_url=env("DISPATCH_URL", "http://127.0.0.1:8003"),
             auth_url=env("AUTH_URL", "http://127.0.0.1:8001"),
             auth_admin_key=env("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),

@@ -34,9 +34,10 @@ def create_app(config: DispatchConfig) -> Starlette:
     lifecycle = LifecycleWriter(store)
     stream = DeliveryStream(redis)
     links = LinkPool(config.internal_key, config.link_timeout)
-    router = Router(config, stream, RouteReader(redis), links)
+    routes = RouteReader(redis)
+    router = Router(config, stream, routes, links)
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
-    reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease)
+    reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)
 
     async def health() -> dict[str, object]:
         try:

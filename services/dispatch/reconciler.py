@@ -5,7 +5,8 @@ Each pass, in this order:
 * if Redis lost the delivery state (no epoch), rebuild it from MongoDB (``rebuild.py``);
 * expire: close every inbox entry of messages past their expiry, a page at a time, from Redis's
   ``expiry`` index (no MongoDB read), and mark them ``expired`` in the lifecycle;
-* every ``purge_interval``, delete history past its ``purge_at`` (a TTL index does it on MongoDB).
+* every ``purge_interval``, delete history past its ``purge_at`` (a TTL index does it on MongoDB),
+  node ids whose card is gone, and consumers of dispatch instances gone for an hour.
 
 Nothing here re-queues to the stream: an entry a node did not take stays pending in the consumer
 group and is claimed again; a delivery that reached no socket waits in its user's inbox.
@@ -26,22 +27,26 @@ from services.dispatch.rebuild import LeaseLost, rebuild
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.retry import Backoff
-from shared.routing import now_ms
+from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
+from shared.stream import DeliveryStream
 
 log = logging.getLogger(__name__)
 EXPIRED = Counter("dispatch_expired_total", "Deliveries closed because their message expired")
 REBUILDS = Counter("dispatch_rebuilds_total", "Rebuilds of the delivery state after Redis lost it")
 
 LEASE_KEY = "lease:reconciler"
+IDLE_CONSUMER_MS = 3_600_000  # a dispatch instance silent for an hour with nothing pending is gone
 
 
 class Reconciler:
     def __init__(self, config: DispatchConfig, store: MessageStore, inbox: Inbox, lifecycle: LifecycleWriter,
-                 lease: Lease) -> None:
+                 lease: Lease, routes: RouteReader, stream: DeliveryStream) -> None:
         self.config = config
         self.store = store
         self.inbox = inbox
+        self.routes = routes
+        self.stream = stream
         self.lifecycle = lifecycle
         self.lease = lease
         self._next_purge = 0.0
@@ -66,10 +71,16 @@ class Reconciler:
             REBUILDS.inc()
         await self.expire()
         if time.monotonic() >= self._next_purge:
-            deleted = await self.store.purge(dt.datetime.now(dt.timezone.utc))
+            await self.tidy()
             self._next_purge = time.monotonic() + self.config.purge_interval
-            if deleted:
-                log.info("purged old history", extra={"count": deleted})
+
+    async def tidy(self, idle_consumer_ms: int = IDLE_CONSUMER_MS) -> None:
+        """Bound what would otherwise only grow: old history, dead node ids, consumers of gone instances."""
+        deleted = await self.store.purge(dt.datetime.now(dt.timezone.utc))
+        nodes = await self.routes.forget_dead_nodes()
+        consumers = await self.stream.forget_idle_consumers(idle_consumer_ms, self.config.consumer)
+        if deleted or nodes or consumers:
+            log.info("tidied", extra={"history": deleted, "nodes": nodes, "consumers": consumers})
 
     async def expire(self) -> int:
         """Close every delivery of every message due by now, a page at a time; return how many."""

@@ -22,7 +22,9 @@ from shared.lifecycle import LifecycleWriter
 from shared.message import Message, message_id, post_of
 from shared.protocol import MessageFrame
 from shared.routing import now_ms
+from shared.routing import NodeCard, RouteReader, RouteWriter
 from shared.store import MessageStore
+from shared.stream import DeliveryStream
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
 from tests.integration.test_delivery_guarantees import FAST, wait_for_state
@@ -187,7 +189,8 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     monkeypatch.setenv("APP_ENV", "development")  # its defaults include the development internal key
     config = DispatchConfig.from_env()
     lifecycle = LifecycleWriter(store)
-    reconciler = Reconciler(config, store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000))
+    reconciler = Reconciler(config, store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000), RouteReader(redis),
+                            DeliveryStream(redis))
     counter.commands.clear()
     await redis.config_resetstat()
     await reconciler.reconcile()
@@ -261,3 +264,27 @@ async def test_a_client_that_stops_reading_is_closed_and_gets_everything_on_reco
     assert lost == twice == 0
     await again.close()
     await brisk.close()
+
+
+async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_instances(servers: Servers,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node ids without a card and idle consumers with nothing pending are removed; a live node and this instance stay."""
+    redis_url, mongo_db = servers.fresh_database()
+    redis = Redis.from_url(redis_url)
+    await RouteWriter(redis, "alive", 3600, 30).heartbeat(NodeCard("alive", "ws://x", "ws://y"), [])
+    await redis.sadd("nodes", "ghost")
+    stream = DeliveryStream(redis)
+    await stream.ensure_group()
+    for consumer in ("gone-1", "me"):  # each takes one entry and acknowledges it: nothing left pending
+        await redis.xadd("push:deliveries", {"p": "x", "t": 0})
+        await stream.ack([e.entry_id for e in await stream.read(consumer, 1, 1)])
+    monkeypatch.setenv("APP_ENV", "development")
+    monkeypatch.setenv("DISPATCH_CONSUMER", "me")
+    store = MessageStore(servers.mongo_url, mongo_db)
+    reconciler = Reconciler(DispatchConfig.from_env(), store, Inbox(redis), LifecycleWriter(store),
+                            Lease(redis, "lease:test", "me", 10_000), RouteReader(redis), stream)
+    await reconciler.tidy(idle_consumer_ms=0)
+    assert await redis.smembers("nodes") == {b"alive"}
+    assert [c["name"] for c in await redis.xinfo_consumers("push:deliveries", "dispatch")] == [b"me"]
+    await store.close()
+    await redis.aclose()

@@ -157,3 +157,22 @@ async def test_non_ascii_messages_past_the_link_limit_in_bytes_all_arrive(start_
     received = [(await next_frame(ws, 20))["id"] for _ in range(30)]
     assert received == posted["ids"]
     await ws.close()
+
+
+async def test_a_stream_backlog_past_its_bound_is_trimmed_and_its_messages_still_arrive_on_connect(start_stack) -> None:
+    """With dispatch stopped, 600 posts against STREAM_MAXLEN=100 leave the stream trimmed to about 100 entries;
+    the trimmed posts lose only their live push: the user gets all 600 from the inbox on connect."""
+    stack: RunningStack = start_stack(STREAM_MAXLEN="100")
+    stack.procs["dispatch"].stop()
+    ids = []
+    for n in range(600):  # one stream entry per post
+        status, body = await stack.client.post({"user_id": "backlog", "payload": n})
+        assert status == 202
+        ids.append(body["id"])
+    r = Redis.from_url(stack.stack.redis_url)
+    assert await r.xlen("push:deliveries") <= 300, "approximate trimming keeps about MAXLEN, never all 600"
+    await r.aclose()
+    ws = await stack.client.connect("backlog")
+    got = [(await next_frame(ws))["id"] for _ in ids]
+    assert got == ids
+    await ws.close()
