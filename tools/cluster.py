@@ -6,7 +6,9 @@ start the cluster exactly the way a newcomer does.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -34,6 +36,13 @@ def free_port() -> int:
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def primary_group(user: str | None) -> str | None:
+    """``user``'s own group: Popen gets it with ``group=`` and ``extra_groups=[]``, since ``user=`` alone
+    would keep root's gid and groups. Popen sets the ids itself, so its pid is the program's own, which a
+    ``runuser`` wrapper's would not be."""
+    return None if user is None else grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
 
 
 def redis_binary() -> str:
@@ -139,7 +148,8 @@ class Cluster:
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 argv, cwd=ROOT if user is None else "/", env={**os.environ, **(env or {})}, stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, user=user,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                user=user, group=primary_group(user), extra_groups=None if user is None else [],
             )
         proc = Proc(name, popen, log_path, stop_signal)
         self.procs.append(proc)
@@ -156,8 +166,14 @@ class Cluster:
         return proc
 
     def _postgres_data(self) -> Path:
-        """A data directory the ``postgres`` user owns: under the workdir if that user can reach it, else
-        a fresh one in the system temp dir (pytest's temp dirs are private to root), removed on stop."""
+        """A data directory the ``postgres`` user owns (initdb and the server refuse to run as root).
+
+        Under the workdir (``.run/postgres`` for ``make run``, kept between runs) if ``postgres`` can
+        traverse every directory down to it; otherwise (pytest's ``/tmp/pytest-of-root`` is mode 700, and
+        pytest resets it to 700 on each session, so loosening it would not last) a fresh directory from
+        ``mkdtemp`` in the system temp dir, which any user can traverse, removed by ``stop_all``. A run
+        killed before ``stop_all`` leaves that ``/tmp/pushcluster-pg-*`` behind.
+        """
         reachable = subprocess.run(["runuser", "-u", PG_USER, "--", "test", "-x", str(self.workdir)]).returncode == 0
         if reachable:
             data = self.workdir / "postgres"
@@ -176,13 +192,15 @@ class Cluster:
         data = self._postgres_data()
         if not (data / "PG_VERSION").exists():
             init = subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
-                                   "--locale=C"], user=PG_USER, cwd="/", capture_output=True, text=True)
+                                   "--locale=C"], cwd="/", capture_output=True, text=True,
+                                  user=PG_USER, group=primary_group(PG_USER), extra_groups=[])
             if init.returncode != 0:
                 raise RuntimeError(f"initdb failed:\n{init.stdout}{init.stderr}")
         argv = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),
                 "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"]
         proc = self.spawn(f"postgres-{port}", argv, user=PG_USER, stop_signal=signal.SIGINT)  # SIGINT: fast shutdown
         self.wait_tcp(proc, port)
+        self.wait_postgres(proc, port)
         self.postgresql_url = f"postgres://{PG_USER}@127.0.0.1:{port}/postgres"
         return proc
 
@@ -223,6 +241,19 @@ class Cluster:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"{proc.name} did not listen on {port} within {timeout}s:\n{proc.log_tail()}")
+
+    def wait_postgres(self, proc: Proc, port: int, timeout: float = 60) -> None:
+        """Wait until PostgreSQL accepts connections: it listens while still starting up (e.g. replaying WAL
+        after an unclean stop of ``.run/postgres``) and refuses connections until then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive(proc)
+            ready = subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER,
+                                    "-d", "postgres", "-t", "1"], stdin=subprocess.DEVNULL)
+            if ready.returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{proc.name} did not accept connections on {port} within {timeout}s:\n{proc.log_tail()}")
 
     def wait_http(self, proc: Proc, url: str, timeout: float = 30) -> None:
         """Wait until ``url`` answers at all (even 503: a dependency may be down on purpose)."""
