@@ -1,9 +1,8 @@
 // Command ferretdb runs FerretDB v1.24 with its PostgreSQL handler: the project's local stand-in
 // for MongoDB in `make run` and the tests (tools/cluster.py starts PostgreSQL 15 first).
 //
-// It wraps the embeddable package because `go install .../cmd/ferretdb@v1.24.2` needs the module
-// proxy's version list (refused here) and a cmd build outside FerretDB's own tree lacks its
-// generated version file.
+// It wraps the embeddable package because FerretDB's own cmd/ferretdb, built outside FerretDB's
+// tree (`go install .../cmd/ferretdb@v1.24.2`), panics at start: its generated version file is missing.
 package main
 
 import (
@@ -20,7 +19,7 @@ import (
 
 func main() {
 	listen := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on")
-	postgresURL := flag.String("postgresql-url", "postgres://postgres@127.0.0.1:5432/ferretdb", "PostgreSQL database URL")
+	postgresURL := flag.String("postgresql-url", "postgres://postgres@127.0.0.1:5432/postgres", "PostgreSQL database URL (tools/cluster.py passes its own)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
