@@ -1,28 +1,35 @@
 """End-to-end benchmark of the push cluster: prints figures, asserts nothing.
 
-Scenarios (``--scenarios storm,steady,latency,connections``, all by default):
+Scenarios (``--scenarios storm,steady,latency,connections``, these four by default; ``expiry`` on request):
 
-* storm: ``--storm-users`` offline users get ``--storm-messages`` each (posts of 1,000), then all
-  connect at once (``--connect-concurrency`` handshakes in flight): time until every stored message
-  arrived, connect rate, and the exactly-once tally (lost, duplicates).
+* storm: ``--storm-users`` offline users get ``--storm-messages`` each (posts of 1,000, ``--posters``
+  in flight), then all connect at once from client processes of ``--storm-per-process`` users
+  (``--connect-concurrency`` handshakes in flight each): accepted msgs/s, connect rate, time from the
+  first connect to the last stored message, each user's replay (its welcome to its last message),
+  and the exactly-once tally (lost, duplicates) of what arrived within ``--timeout``.
 * steady: ``--users`` connected users acking every 100 ms; ``--steady-messages`` posted in posts of
   ``--batch`` by ``--posters`` concurrent posters: accepted and delivered msgs/s, latency from
   collect's acceptance (the frame's ``ts``) to the socket, the tally.
-* latency: the same users; one message per POST at a paced ``--rate`` for ``--seconds``: latency
-  percentiles from acceptance to socket, POST round trips, the achieved rate.
-* expiry: ``--expiry-deliveries`` open deliveries already past their expiry in a scratch Redis
-  database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire`` pages dispatch's
-  reconciler runs: deliveries expired per second.
+* latency: the same users; one message per POST at a paced ``--rate`` for ``--seconds`` (up to
+  ``--in-flight`` requests in flight): latency percentiles from acceptance to socket, POST round
+  trips, the achieved rate and the most posts awaiting an answer.
 * connections: ``--connections`` idle sockets to one push node from several client processes
   (``--per-process`` each, each bound to its own 127.x source address): connect rate, the node's
   RSS and memory per connection, and the Redis commands the node issues over ``--idle-seconds``.
+* expiry (only when named): ``--expiry-deliveries`` open deliveries already past their expiry in a
+  scratch Redis database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire``
+  pages dispatch's reconciler runs: deliveries expired per second. Unlike the others it calls the
+  cluster's internals (``shared.inbox``), not its external API.
 
-Storm, steady and latency print the servers' CPU split (each server process and its children:
-Redis, PostgreSQL, FerretDB, auth, collect, dispatch, push nodes) and CPU-seconds per 1,000
-messages. Without ``--collect-url`` it starts a fresh cluster on free ports for each scenario
+Storm, steady and latency print the servers' CPU split (each server process and its descendants:
+Redis, PostgreSQL, FerretDB, auth, collect, dispatch, push nodes) with CPU-seconds per 1,000
+messages, and the load generator's own CPU (near a full core, it may be what limits the figures).
+
+Without ``--collect-url`` it starts a fresh cluster on free ports for each scenario
 (``tools.cluster``) and stops it after; with ``--collect-url/--auth-url/--push-urls`` (and
-``--redis-url``, ``--dispatch-url``) it targets a running ``make run``. Run it as
-``make bench BENCH_ARGS='--scenarios steady'`` or ``.venv/bin/python -m loadtest.bench_e2e --help``.
+``--redis-url``, ``--dispatch-url``, ``--mongo-url``) it targets a running ``make run``, whose
+servers' pids it finds by their listening ports (a server it cannot find is left out of the split).
+Run it as ``make bench BENCH_ARGS='--scenarios steady'`` or ``.venv/bin/python -m loadtest.bench_e2e --help``.
 """
 
 from __future__ import annotations
@@ -34,56 +41,64 @@ import resource
 import secrets
 import time
 from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import psutil
 import uvloop
-from redis.asyncio import Redis
 
 from loadtest.api import Api, Rejected
 from loadtest.cpu import CpuMeter, cpu_seconds
-from loadtest.idle import IdleFleet
-from loadtest.inbox import Inbox, Users
+from loadtest.fleet import Fleet
+from loadtest.idle import hold
+from loadtest.inbox import NO_TALLY, Inbox, Tally, Users
 from loadtest.redis_watch import watch
 from loadtest.report import Table, latency_summary, percentile
+from loadtest.storm import StormShare, replay
 from loadtest.target import Target, own_cluster, running_target
-from shared import inbox as delivery_state
-from shared.message import Message, message_id
 
 MAX_BATCH = 1000
 MB = 1024 * 1024
 SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
 EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
-SCENARIO_NAMES = ("storm", "steady", "latency", "expiry", "connections")
+DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "expiry")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_e2e", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--scenarios", default=",".join(SCENARIO_NAMES), help="comma-separated subset of " + ", ".join(SCENARIO_NAMES))
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS), help="comma-separated subset of " + ", ".join(SCENARIO_NAMES))
     p.add_argument("--storm-users", type=int, default=10_000, help="storm: offline users who then all connect")
     p.add_argument("--storm-messages", type=int, default=10, help="storm: messages stored per user before they connect")
+    p.add_argument("--storm-per-process", type=int, default=10_000, help="storm: users per client process (one 127.x source each)")
     p.add_argument("--users", type=int, default=2000, help="steady and latency: connected users")
     p.add_argument("--steady-messages", type=int, default=40_000, help="steady: messages posted")
     p.add_argument("--batch", type=int, default=200, help="steady: messages per post")
     p.add_argument("--posters", type=int, default=4, help="storm and steady: posts in flight")
     p.add_argument("--rate", type=float, default=1000.0, help="latency: single-message posts per second")
     p.add_argument("--seconds", type=float, default=10.0, help="latency: how long to post at --rate")
+    p.add_argument("--in-flight", type=int, default=1000, help="most HTTP requests in flight (connections to collect "
+                   "and auth): enough for latency to keep its pace; the other scenarios bound theirs lower")
     p.add_argument("--expiry-deliveries", type=int, default=100_000, help="expiry: deliveries past expiry (posts of 100)")
-    p.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in flight (per client process in connections)")
+    p.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in flight (per client process in storm and connections)")
     p.add_argument("--connections", type=int, default=10_000, help="connections: idle sockets opened to one push node")
     p.add_argument("--per-process", type=int, default=5_000, help="connections: sockets per client process (one 127.x source each)")
     p.add_argument("--idle-seconds", type=float, default=30.0, help="connections: window over which the node's Redis commands are counted")
     p.add_argument("--node", type=int, default=0, help="connections: index of the push node to load")
-    p.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last message of a scenario")
+    p.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last message of a scenario "
+                   "(storm: after the last welcome); what arrived by then is reported")
     p.add_argument("--workdir", type=Path, help="own cluster: keep its data and logs here (default: a temp dir, removed)")
     p.add_argument("--collect-url", help="target a running cluster's collect (e.g. http://127.0.0.1:8002)")
     p.add_argument("--auth-url", default="http://127.0.0.1:8001", help="with --collect-url")
     p.add_argument("--dispatch-url", default="http://127.0.0.1:8003", help="with --collect-url (for its CPU)")
     p.add_argument("--push-urls", default="http://127.0.0.1:8101,http://127.0.0.1:8102", help="with --collect-url, comma-separated")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --collect-url, for connections")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --collect-url, for connections and its CPU")
+    p.add_argument("--mongo-url", default="mongodb://127.0.0.1:27017/", help="with --collect-url, FerretDB (for its and its "
+                   "PostgreSQL's CPU)")
     args = p.parse_args()
     args.scenarios = [s.strip().lower() for s in args.scenarios.split(",") if s.strip()]
     if not set(args.scenarios) <= set(SCENARIO_NAMES):
@@ -96,7 +111,8 @@ def parse_args() -> argparse.Namespace:
 @contextlib.contextmanager
 def target_of(args: argparse.Namespace) -> Iterator[Target]:
     if args.collect_url:
-        yield running_target(args.auth_url, args.collect_url, args.push_urls.split(","), args.redis_url, args.dispatch_url)
+        yield running_target(args.auth_url, args.collect_url, args.push_urls.split(","), args.redis_url, args.dispatch_url,
+                             args.mongo_url)
     else:
         print("starting a cluster on free ports (Redis, PostgreSQL, FerretDB, auth, collect, dispatch, 2 push nodes)...",
               flush=True)
@@ -108,21 +124,43 @@ def batches(total: int, size: int) -> list[range]:
     return [range(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def counted(counts: Counter[str]) -> str:
+    """A total, and its breakdown by kind when there is any: "0", "12 {'HTTP 503': 12}"."""
+    return f"{sum(counts.values()):,} {dict(counts)}" if counts else "0"
+
+
+def report_rejected(table: Table, name: str, rejected: Counter[str]) -> None:
+    table.add(name, "messages rejected by collect", counted(rejected))
+
+
+def report_connects(table: Table, name: str, connected: int, failures: Counter[str], window: float) -> None:
+    table.add(name, "sockets welcomed / failed; connect rate",
+              f"{connected:,} / {counted(failures)}; {connected / max(window, 1e-9):,.0f} sockets/s")
+
+
+def report_tally(table: Table, name: str, tally: Tally) -> None:
+    table.add(name, "expected / delivered / lost / duplicates / unexpected",
+              f"{tally.expected:,} / {tally.delivered:,} / {tally.lost:,} / {tally.duplicates:,} / {tally.unexpected:,}")
+
+
 def report_delivery(table: Table, name: str, inbox: Inbox, started: float, rejected: Counter[str]) -> None:
     """Rejected posts, latency percentiles, delivered msgs/s (first post to last receive), exactly-once tally."""
-    delivered = inbox.tally().delivered
-    table.add(name, "messages rejected by collect", f"{sum(rejected.values()):,} {dict(rejected) or ''}".strip())
+    tally = inbox.tally()
+    report_rejected(table, name, rejected)
     elapsed = max(inbox.last_receive - started, 1e-9)
     table.add(name, "latency p50/p90/p99/max", latency_summary(inbox.latencies_ms))
-    table.add(name, "delivered msgs/s", delivered / elapsed if delivered else 0.0)
-    report_tally(table, name, inbox)
+    table.add(name, "delivered msgs/s", tally.delivered / elapsed if tally.delivered else 0.0)
+    report_tally(table, name, tally)
 
 
 def report_cpu(table: Table, name: str, meter: CpuMeter, messages: int) -> None:
-    split = meter.stop()
-    per_thousand = f"{split.per_thousand(messages):.3f}" if messages else "n/a (none delivered)"
-    table.add(name, "server CPU-s per 1,000 messages", f"{per_thousand} ({split.total:.1f} CPU-s in all)")
-    table.add(name, "server CPU-s by process", split.describe())
+    table.add(name, "server CPU-s by process", meter.stop().describe(messages))
+
+
+def report_busy(table: Table, name: str, busy: list[float]) -> None:
+    """The load generator's CPU over the scenario, per client process: near 100% means it may be what limits
+    the figures."""
+    table.add(name, "load generator CPU busy (% of one core, per process)", " / ".join(f"{100 * b:.0f}" for b in busy))
 
 
 async def post_batches(api: Api, inbox: Inbox, user_ids: list[str], total: int, size: int, posters: int,
@@ -149,28 +187,45 @@ async def post_batches(api: Api, inbox: Inbox, user_ids: list[str], total: int, 
     return time.time()
 
 
+@dataclass
+class Paced:
+    """How paced posting went: each accepted post's round trip, when the last post left (seconds after the
+    first), and the most posts awaiting an answer at once (past ``--in-flight`` they wait for a connection,
+    and that wait is in their round trip)."""
+
+    round_trips_ms: list[float] = field(default_factory=list)
+    last_sent: float = 0.0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+
 async def post_paced(api: Api, inbox: Inbox, user_ids: list[str], rate: float, seconds: float,
-                     rejected: Counter[str]) -> list[float]:
+                     rejected: Counter[str]) -> Paced:
     """One message per POST, post k sent at ``k / rate`` seconds from the start (a schedule, not a drifting
-    sleep); return each accepted post's round trip (ms)."""
+    sleep), whatever the answers to the earlier ones."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    round_trips: list[float] = []
+    paced = Paced()
 
     async def post(k: int) -> None:
         await asyncio.sleep(max(0.0, start + k / rate - loop.time()))
         user = user_ids[k % len(user_ids)]
         sent = time.perf_counter()
+        paced.last_sent = max(paced.last_sent, loop.time() - start)
+        paced.in_flight += 1
+        paced.peak_in_flight = max(paced.peak_in_flight, paced.in_flight)
         try:
             (mid,) = await api.post({"user_id": user, "payload": {"n": k}})
         except Rejected as exc:
             rejected[exc.reason] += 1
             return
-        round_trips.append((time.perf_counter() - sent) * 1000)
+        finally:
+            paced.in_flight -= 1
+        paced.round_trips_ms.append((time.perf_counter() - sent) * 1000)
         inbox.expect(user, mid)
 
     await asyncio.gather(*(post(k) for k in range(int(rate * seconds))))
-    return round_trips
+    return paced
 
 
 @contextlib.asynccontextmanager
@@ -179,19 +234,21 @@ async def connected(target: Target, table: Table, name: str, tokens: dict[str, s
     """Users for ``tokens`` (user -> token), all welcomed, reporting how many connected and how fast."""
     users = Users(target, tokens, inbox, concurrency)
     await users.open()
-    window = max(users.all_welcomed - users.started, 1e-9)
-    table.add(name, "sockets welcomed / failed; connect rate", f"{users.connected:,} / {sum(users.failures.values()):,} "
-              f"{dict(users.failures) or ''}; {users.connected / window:,.0f} sockets/s")
+    report_connects(table, name, users.connected, users.failures, users.all_welcomed - users.started)
     try:
         yield users
     finally:
         await users.close()
 
 
-def report_tally(table: Table, name: str, inbox: Inbox) -> None:
-    tally = inbox.tally()
-    table.add(name, "expected / delivered / lost / duplicates / unexpected",
-              f"{tally.expected:,} / {tally.delivered:,} / {tally.lost:,} / {tally.duplicates:,} / {tally.unexpected:,}")
+def storm_shares(tokens: dict[str, str], expected: set[tuple[str, str]], per_process: int) -> list[StormShare]:
+    """The users (in order) in shares of ``per_process``, each with its users' expected messages."""
+    users = list(tokens)
+    shares = [StormShare({u: tokens[u] for u in users[i:i + per_process]}) for i in range(0, len(users), per_process)]
+    share_of = {user: share for share in shares for user in share.tokens}
+    for user, message in expected:
+        share_of[user].expected.append((user, message))
+    return shares
 
 
 async def scenario_storm(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
@@ -201,15 +258,29 @@ async def scenario_storm(target: Target, api: Api, table: Table, args: argparse.
     table.add("storm", "offline users x messages each", f"{n:,} x {m}")
     started = time.time()
     answered = await post_batches(api, inbox, user_ids, n * m, MAX_BATCH, args.posters, rejected)
+    report_rejected(table, "storm", rejected)
     table.add("storm", "accepted msgs/s while offline", len(inbox.expected) / (answered - started))
     tokens = dict(zip(user_ids, await api.tokens(user_ids)))
-    meter = CpuMeter(target.processes)
-    async with connected(target, table, "storm", tokens, inbox, args.connect_concurrency) as users:
-        await inbox.settle(args.timeout)
-        table.add("storm", "first connect to last stored message (s)",
-                  inbox.last_receive - users.started if inbox.last_receive else "none arrived")
-        report_tally(table, "storm", inbox)
-        report_cpu(table, "storm", meter, inbox.tally().delivered)
+    shares = storm_shares(tokens, inbox.expected, args.storm_per_process)
+    fleet = Fleet(partial(replay, target, args.connect_concurrency, args.timeout), shares,
+                  max_hold_seconds=args.timeout + 600)
+    try:
+        await asyncio.to_thread(fleet.start)
+        meter = CpuMeter(target.processes)
+        reports = await asyncio.to_thread(fleet.go)
+        first_connect = min(r.started for r in reports)
+        table.add("storm", "client processes", f"{len(reports)} ({fleet.sources})")
+        report_connects(table, "storm", sum(r.connected for r in reports), sum((r.failures for r in reports), Counter[str]()),
+                        max(r.all_welcomed for r in reports) - first_connect)
+        tally, last = sum((r.tally for r in reports), NO_TALLY), max(r.last_receive for r in reports)
+        table.add("storm", "first connect to last stored message (s)", last - first_connect if last else "none arrived")
+        table.add("storm", "replayed msgs/s (first connect to last message)", tally.delivered / (last - first_connect) if last else 0.0)
+        table.add("storm", "per-user replay (welcome to its last message)", latency_summary([ms for r in reports for ms in r.replay_ms]))
+        report_tally(table, "storm", tally)
+        report_cpu(table, "storm", meter, tally.delivered)
+        report_busy(table, "storm", [r.busy for r in reports])
+    finally:
+        await asyncio.to_thread(fleet.close)
 
 
 Drive = Callable[[Inbox, Counter[str], float], Awaitable[None]]
@@ -221,11 +292,12 @@ async def with_connected_users(name: str, target: Target, api: Api, table: Table
     inbox, rejected = Inbox(), Counter[str]()
     tokens = dict(zip(user_ids, await api.tokens(user_ids)))
     async with connected(target, table, name, tokens, inbox, args.connect_concurrency):
-        meter, started = CpuMeter(target.processes), time.time()
+        meter, started, cpu = CpuMeter(target.processes), time.time(), time.process_time()
         await drive(inbox, rejected, started)
         await inbox.settle(args.timeout)
         report_delivery(table, name, inbox, started, rejected)
         report_cpu(table, name, meter, inbox.tally().delivered)
+        report_busy(table, name, [(time.process_time() - cpu) / (time.time() - started)])
 
 
 async def scenario_steady(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
@@ -245,14 +317,24 @@ async def scenario_latency(target: Target, api: Api, table: Table, args: argpars
 
     async def drive(inbox: Inbox, rejected: Counter[str], started: float) -> None:
         table.add("latency", "users / target rate / seconds", f"{len(user_ids):,} / {args.rate:,.0f} msgs/s / {args.seconds:g}")
-        round_trips = sorted(await post_paced(api, inbox, user_ids, args.rate, args.seconds, rejected))
-        table.add("latency", "achieved posts/s", len(round_trips) / (time.time() - started))
+        paced = await post_paced(api, inbox, user_ids, args.rate, args.seconds, rejected)
+        sent = int(args.rate * args.seconds)
+        table.add("latency", "achieved rate (posts sent / seconds, first to last)",
+                  f"{sent:,} / {paced.last_sent:.2f} s = {sent / max(paced.last_sent, 1e-9):,.0f} posts/s")
+        table.add("latency", "posts awaiting an answer, peak / connection limit", f"{paced.peak_in_flight:,} / {args.in_flight:,}")
+        round_trips = sorted(paced.round_trips_ms)
         table.add("latency", "POST round trip p50/p99", f"{percentile(round_trips, .5):.1f} / {percentile(round_trips, .99):.1f} ms")
 
     await with_connected_users("latency", target, api, table, args, user_ids, drive)
 
 
 async def scenario_expiry(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    # Imported here: the only scenario on the cluster's internals, so the others run whatever shared/ looks like.
+    from redis.asyncio import Redis
+
+    from shared import inbox as delivery_state
+    from shared.message import Message, message_id
+
     scratch = Redis.from_url(target.redis_url.rsplit("/", 1)[0] + f"/{SCRATCH_DB}")
     inbox, now = delivery_state.Inbox(scratch), int(time.time() * 1000)
     try:
@@ -287,17 +369,16 @@ async def scenario_connections(target: Target, api: Api, table: Table, args: arg
     tokens = await api.tokens([f"{run}-c{i}" for i in range(n)])
     table.add("connections", "tokens issued by auth /s", n / (time.time() - started))
     pid = target.push_pid(node)
-    before, cpu_before = rss_mb(pid), cpu_seconds(pid)
-    fleet = IdleFleet(target.ws_url(node), tokens, args.per_process, args.connect_concurrency,
-                      max_hold_seconds=args.idle_seconds + 300)
+    fleet = Fleet(partial(hold, target.ws_url(node), args.connect_concurrency),
+                  [tokens[i:i + args.per_process] for i in range(0, n, args.per_process)], max_hold_seconds=args.idle_seconds + 300)
     try:
-        reports = await asyncio.to_thread(fleet.open)
+        await asyncio.to_thread(fleet.start)
+        before, cpu_before = rss_mb(pid), cpu_seconds(pid)
+        reports = await asyncio.to_thread(fleet.go)
         opened = sum(r.opened for r in reports)
-        failures = sum((r.failures for r in reports), start=Counter[str]())
         window = max(r.finished for r in reports) - min(r.started for r in reports)
-        table.add("connections", "node / client processes", f"{target.ws_url(node)} / {len(reports)} (127.0.0.2..{1 + len(reports)})")
-        table.add("connections", "sockets routed (welcome) / failed", f"{opened:,} / {sum(failures.values()):,} {dict(failures) or ''}")
-        table.add("connections", "connect rate (sockets/s)", opened / window)
+        table.add("connections", "node / client processes", f"{target.ws_url(node)} / {len(reports)} ({fleet.sources})")
+        report_connects(table, "connections", opened, sum((r.failures for r in reports), Counter[str]()), window)
         table.add("connections", "node CPU busy while connecting (% of one core)", 100 * (cpu_seconds(pid) - cpu_before) / window)
         await asyncio.sleep(2)  # let the route flusher and the allocator settle
         after = rss_mb(pid)
@@ -316,13 +397,13 @@ async def scenario_connections(target: Target, api: Api, table: Table, args: arg
         await asyncio.to_thread(fleet.close)
 
 
-SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency, "expiry": scenario_expiry,
-             "connections": scenario_connections}
+SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,
+             "connections": scenario_connections, "expiry": scenario_expiry}
 
 
 async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=64)) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=args.in_flight)) as session:
         api = Api(target.auth_url, target.collect_url, session)
         await SCENARIOS[name](target, api, table, args, f"bench{secrets.token_hex(3)}")
 

@@ -1,6 +1,6 @@
 """Per-process CPU of the cluster's servers over a scenario: what each one spent, and per 1,000 messages.
 
-Each server is a named process; its CPU includes its children's (PostgreSQL forks a backend per
+Each server is a named process; its CPU includes its descendants' (PostgreSQL forks a backend per
 connection), read with psutil before and after, so the split says where the work went.
 """
 
@@ -12,14 +12,16 @@ import psutil
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live children."""
+    """User + system CPU of a process and its descendants: the live ones, and those that ended and were
+    reaped (counted in their parent's children times), so a PostgreSQL backend that exits mid-scenario
+    still counts."""
     total = 0.0
     try:
         process = psutil.Process(pid)
         for p in (process, *process.children(recursive=True)):
             try:
                 times = p.cpu_times()
-                total += times.user + times.system
+                total += times.user + times.system + times.children_user + times.children_system
             except psutil.NoSuchProcess:
                 pass
     except psutil.NoSuchProcess:
@@ -35,15 +37,16 @@ class CpuSplit:
     def total(self) -> float:
         return sum(self.seconds.values())
 
-    def per_thousand(self, messages: int) -> float:
-        return 1000 * self.total / max(messages, 1)
-
-    def describe(self) -> str:
+    def describe(self, messages: int) -> str:
+        """One row: each kind of server, most first ("push-8101" and "push-8102" add up as "push"), the total,
+        and the total per 1,000 ``messages``."""
         kinds: dict[str, float] = {}
         for name, value in self.seconds.items():
-            kind = name.partition("-")[0]  # "push-8101" and "push-8102" add up as "push"
+            kind = name.partition("-")[0]
             kinds[kind] = kinds.get(kind, 0.0) + value
-        return " / ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        split = " / ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        per_thousand = f"{1000 * self.total / messages:.3f}" if messages else "n/a (none delivered)"
+        return f"{split} / total {self.total:.2f} = {per_thousand} CPU-s per 1,000 msgs"
 
 
 class CpuMeter:

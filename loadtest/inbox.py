@@ -8,9 +8,11 @@ say, per (user, message), whether it arrived exactly once, never, or more than o
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -29,6 +31,46 @@ class Tally:
     duplicates: int
     unexpected: int
 
+    def __add__(self, other: Tally) -> Tally:
+        """The tally of two disjoint sets of users (e.g. two client processes' shares)."""
+        return Tally(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+
+NO_TALLY = Tally(0, 0, 0, 0, 0)
+
+
+async def tcp_from(source: str, url: str) -> socket.socket:
+    """A TCP connection to ``url``'s host and port from the local address ``source``.
+
+    The local port is chosen when connecting (IP_BIND_ADDRESS_NO_PORT): a plain bind to port 0 searches
+    the address's every bound port, which with thousands of sockets cost this client more system CPU
+    than the handshakes cost the node, halving the connect rate measured.
+    """
+    parts = urlsplit(url)
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.setblocking(False)
+        sock.bind((source, 0))
+        await asyncio.get_running_loop().sock_connect(sock, (parts.hostname, parts.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_socket(url: str, token: str, source: str | None = None) -> ClientConnection:
+    """A socket that the node has routed (its welcome frame arrived), so posts can reach it; from the
+    local address ``source`` if given."""
+    async with asyncio.timeout(30):  # the TCP and websocket handshakes, then as long again for the welcome
+        sock = None if source is None else await tcp_from(source, url)
+        ws = await connect(f"{url}?token={token}", sock=sock, open_timeout=None, compression=None, ping_interval=None,
+                           max_size=None)
+    welcome = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+    if welcome.get("type") != "welcome":
+        raise RuntimeError(f"expected a welcome frame, got {welcome}")
+    return ws
+
 
 class Inbox:
     def __init__(self) -> None:
@@ -36,6 +78,7 @@ class Inbox:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.latencies_ms: list[float] = []
         self.last_receive = 0.0
+        self.last_by_user: dict[str, float] = {}
         self._changed = asyncio.Event()
 
     def expect(self, user_id: str, message_id: str) -> None:
@@ -44,7 +87,7 @@ class Inbox:
     def record(self, user_id: str, message_id: str, latency_ms: float) -> None:
         self.counts[(user_id, message_id)] += 1
         self.latencies_ms.append(latency_ms)
-        self.last_receive = time.time()
+        self.last_receive = self.last_by_user[user_id] = time.time()
         self._changed.set()
 
     def missing(self) -> int:
@@ -74,14 +117,18 @@ class Inbox:
 
 class Users:
     """Users connected round-robin over the push nodes, at most ``concurrency`` handshakes in flight, each
-    receiving into ``inbox`` from the moment its node welcomed it, and acking."""
+    receiving into ``inbox`` from the moment its node welcomed it (``welcomed``: user -> when), and acking.
+    Sockets come from the local address ``source`` if given."""
 
-    def __init__(self, target: Target, tokens: dict[str, str], inbox: Inbox, concurrency: int = 200) -> None:
+    def __init__(self, target: Target, tokens: dict[str, str], inbox: Inbox, concurrency: int = 200,
+                 source: str | None = None) -> None:
         self.target = target
         self.tokens = tokens
         self.inbox = inbox
         self.concurrency = concurrency
+        self.source = source
         self.failures: Counter[str] = Counter()
+        self.welcomed: dict[str, float] = {}
         self.started = self.all_welcomed = 0.0
         self._sockets: list[ClientConnection] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -117,23 +164,15 @@ class Users:
     async def _session(self, user_id: str, token: str, url: str, gate: asyncio.Semaphore) -> None:
         try:
             async with gate:
-                ws = await self._open(token, url)
+                ws = await open_socket(url, token, self.source)
         except (OSError, TimeoutError, RuntimeError, WebSocketException) as exc:
             self.failures[type(exc).__name__] += 1
             self._opened()
             return
+        self.welcomed[user_id] = time.time()
         self._sockets.append(ws)
         self._opened()
         await self._listen(user_id, ws)
-
-    @staticmethod
-    async def _open(token: str, url: str) -> ClientConnection:
-        """A socket that the node has routed (its welcome frame arrived), so posts can reach it."""
-        ws = await connect(f"{url}?token={token}", open_timeout=30, compression=None, ping_interval=None, max_size=None)
-        welcome = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-        if welcome.get("type") != "welcome":
-            raise RuntimeError(f"expected a welcome frame, got {welcome}")
-        return ws
 
     async def _listen(self, user_id: str, ws: ClientConnection) -> None:
         """Record each message as it arrives; ack what arrived within 100 ms of the first unacked one,

@@ -18,12 +18,21 @@ import psutil
 from tools.cluster import Cluster, Stack, free_port
 
 
-def listening_pid(url: str) -> int | None:
-    """The pid of the process listening on ``url``'s port, if this machine has one."""
-    port = urlsplit(url).port
+def listening_pid(port: int | None) -> int | None:
+    """The pid of the process listening on ``port``, if this machine has one."""
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
             return conn.pid
+    return None
+
+
+def upstream_pid(pid: int) -> int | None:
+    """The pid of the local server that process ``pid`` connected to (FerretDB's PostgreSQL), if any."""
+    for conn in psutil.Process(pid).net_connections(kind="tcp"):
+        if conn.raddr and conn.status == psutil.CONN_ESTABLISHED:
+            server = listening_pid(conn.raddr.port)
+            if server not in (None, pid):
+                return server
     return None
 
 
@@ -42,17 +51,21 @@ class Target:
 
     def push_pid(self, node: int) -> int:
         """The pid of push node ``node`` (for its RSS and Redis sockets)."""
-        pid = listening_pid(self.push_urls[node])
+        pid = listening_pid(urlsplit(self.push_urls[node]).port)
         if pid is None:
             raise SystemExit(f"no process listens on {self.push_urls[node]}")
         return pid
 
 
-def running_target(auth_url: str, collect_url: str, push_urls: list[str], redis_url: str, dispatch_url: str) -> Target:
-    """A cluster someone else started: its services' pids found by their ports (Redis and the store too, if local)."""
-    named = {"auth": auth_url, "collect": collect_url, "dispatch": dispatch_url, "redis": redis_url,
+def running_target(auth_url: str, collect_url: str, push_urls: list[str], redis_url: str, dispatch_url: str,
+                   mongo_url: str) -> Target:
+    """A cluster someone else started: the pids of its servers that listen on this machine, found by their
+    ports, and the PostgreSQL that FerretDB connects to; a server not found is left out of the CPU split."""
+    named = {"auth": auth_url, "collect": collect_url, "dispatch": dispatch_url, "redis": redis_url, "ferretdb": mongo_url,
              **{f"push-{urlsplit(u).port}": u for u in push_urls}}
-    pids = {name: pid for name, url in named.items() if (pid := listening_pid(url)) is not None}
+    pids = {name: pid for name, url in named.items() if (pid := listening_pid(urlsplit(url).port)) is not None}
+    if "ferretdb" in pids and (postgres := upstream_pid(pids["ferretdb"])) is not None:
+        pids["postgres"] = postgres
     return Target(auth_url, collect_url, push_urls, redis_url, pids)
 
 
