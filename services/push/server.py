@@ -37,6 +37,7 @@ from shared.routing import NodeCard, RouteWriter, now_ms
 from shared.store import MessageStore
 
 log = logging.getLogger(__name__)
+LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands of SYN retries of 1 s and more)
 
 
 def http_response(status: int, body: bytes, content_type: str = "application/json") -> Response:
@@ -156,7 +157,7 @@ class PushNode:
             server = await serve(
                 self.handle, c.host, c.port, process_request=self.process_request, compression=None,
                 ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
-                server_header=None,
+                server_header=None, backlog=LISTEN_BACKLOG,
             )
             loops = [asyncio.create_task(loop) for loop in (
                 self.presence.run_flusher(), self.presence.run_heartbeat(), self.lifecycle.run(), self.acks.run(),
