@@ -85,7 +85,9 @@ def own_cluster(workdir: Path | None = None, nodes: int = 2) -> Iterator[Target]
             cluster.start_redis(redis_port)
             cluster.start_ferretdb(mongo_port)
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
-            stack = Stack.on_free_ports(redis_url, f"mongodb://127.0.0.1:{mongo_port}/", "push_bench", nodes)
+            # One load-generator process holds up to 10,000 sockets from its 127.x address: no per-address cap.
+            stack = Stack.on_free_ports(redis_url, f"mongodb://127.0.0.1:{mongo_port}/", "push_bench", nodes,
+                                        MAX_ADDRESS_CONNECTIONS="0")
             cluster.start_stack(stack)
             processes = {proc.name: proc.popen.pid for proc in cluster.procs}
             yield Target(stack.auth_url, stack.collect_url, [stack.push_url(p) for p in stack.push_ports], redis_url, processes)

@@ -46,6 +46,12 @@ class InvalidFields(ServiceError):
     status, close_code, code = 422, 4002, "invalid"
 
 
+class RateLimited(ServiceError):
+    """A client past one of its limits (connections per user or address, frames per second)."""
+
+    status, close_code, code = 429, 1008, "rate_limited"
+
+
 class Unavailable(ServiceError):
     """A dependency (MongoDB, Redis, auth) cannot answer; the caller should retry later."""
 

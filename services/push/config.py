@@ -20,6 +20,10 @@ MONGO_URL / MONGO_DB     mongodb://127.0.0.1:27017/      where the lifecycle is 
 REPLAY_LIMIT             10000                           most open messages replayed on one connect
 REPLAY_PAGE              200                             frames read from Redis per round trip while replaying
 REPLAY_CONCURRENCY       256                             replays running at once, sharing their Redis reads (reconnect storms)
+MAX_USER_CONNECTIONS     32                              sockets one user may hold on this node (close 1008 past it; 0: no cap)
+MAX_ADDRESS_CONNECTIONS  1000                            sockets from one source address (HTTP 429 past it; 0: no cap)
+CLIENT_RATE              1000                            ack ids (and pings) one socket may send per second ...
+CLIENT_BURST             20000                           ... and save up (a replay's worth); past it: close 1008
 =======================  ==============================  ===========================================
 """
 
@@ -51,6 +55,10 @@ class PushConfig:
     replay_limit: int
     replay_page: int
     replay_concurrency: int
+    max_connections_per_user: int
+    max_connections_per_address: int
+    client_rate: float
+    client_burst: int
 
     @property
     def link_url(self) -> str:
@@ -85,4 +93,8 @@ class PushConfig:
             replay_limit=max(1, env("REPLAY_LIMIT", 10_000)),
             replay_page=max(1, env("REPLAY_PAGE", 200)),
             replay_concurrency=max(1, env("REPLAY_CONCURRENCY", 256)),
+            max_connections_per_user=env("MAX_USER_CONNECTIONS", 32),
+            max_connections_per_address=env("MAX_ADDRESS_CONNECTIONS", 1000),
+            client_rate=env("CLIENT_RATE", 1000.0),
+            client_burst=env("CLIENT_BURST", 20_000),
         )

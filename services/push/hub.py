@@ -105,6 +105,10 @@ class Hub:
         CONNECTIONS.set(self.connections)
         USERS.set(len(self._by_user))
 
+    def count(self, user_id: str) -> int:
+        """The user's open sessions on this node."""
+        return len(self._by_user.get(user_id, ()))
+
     def holds(self, user_id: str) -> bool:
         return user_id in self._by_user
 

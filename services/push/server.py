@@ -21,6 +21,7 @@ from websockets.http11 import Request, Response
 from services.push.config import PushConfig
 from services.push.hub import Hub, Session
 from services.push.identity import TokenVerifier
+from services.push.limits import AddressCount, TokenBucket
 from services.push.link import serve_link
 from services.push.acks import Acks
 from services.push.metrics import CONNECTS, REFUSED
@@ -28,7 +29,7 @@ from services.push.presence import Presence
 from services.push.replay import Replayer
 from shared.clients import redis_client
 from shared.config import same_secret
-from shared.errors import ServiceError, Unauthorized, Unavailable
+from shared.errors import RateLimited, ServiceError, Unauthorized, Unavailable
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, exposition
 from shared.inbox import Inbox
@@ -54,6 +55,11 @@ def token_of(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def source_of(connection: ServerConnection) -> str:
+    """The peer's IP address (without the port)."""
+    return str(connection.remote_address[0])
+
+
 class PushNode:
     def __init__(self, config: PushConfig) -> None:
         self.config = config
@@ -67,6 +73,7 @@ class PushNode:
         self.replayer = Replayer(self.hub, inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
         self.acks = Acks(inbox, self.lifecycle)
         self.verifier: TokenVerifier | None = None
+        self.addresses = AddressCount(config.max_connections_per_address)
 
     def card(self) -> NodeCard:
         c = self.config
@@ -93,14 +100,25 @@ class PushNode:
                 return http_response(401, b'{"error":{"code":"unauthorized","message":"wrong internal key"}}')
             return None
         if path == "/ws":
+            try:
+                self.addresses.check(source_of(connection))
+            except RateLimited as exc:
+                ERRORS.labels(exc.code).inc()
+                log.warning("connection refused", extra={"peer": source_of(connection), "error": exc.message})
+                return http_response(exc.status, orjson.dumps(exc.body()))
             return None
         return http_response(404, b'{"error":{"code":"not_found","message":"no such path"}}')
 
     async def handle(self, ws: ServerConnection) -> None:
         if urlsplit(ws.request.path).path == "/internal":
             await serve_link(ws, self.hub, self.lifecycle)
-        else:
+            return
+        source = source_of(ws)
+        self.addresses.opened(source)
+        try:
             await self.client_session(ws)
+        finally:
+            self.addresses.closed(source)
 
     async def client_session(self, ws: ServerConnection) -> None:
         assert self.verifier is not None
@@ -110,7 +128,12 @@ class PushNode:
             await self.refuse(ws, exc, None)
             return
         user = identity.user_id
+        cap = self.config.max_connections_per_user
+        if cap and self.hub.count(user) >= cap:
+            await self.refuse(ws, RateLimited(f"{cap} connections for this user already"), user)
+            return
         session = Session(ws, user)
+        budget = TokenBucket.full(self.config.client_rate, self.config.client_burst, time.monotonic())
         self.hub.add(session)
         try:
             await self.presence.arrived(user)
@@ -121,6 +144,8 @@ class PushNode:
                 try:
                     async for data in ws:
                         frame = parse_client_frame(data)
+                        if not budget.take(len(frame.ids) if isinstance(frame, AckFrame) else 1, time.monotonic()):
+                            raise RateLimited(f"more than {self.config.client_rate:g} acks a second")
                         if isinstance(frame, PingFrame):
                             await ws.send(PongFrame().encode())
                         elif isinstance(frame, AckFrame):
