@@ -60,6 +60,9 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    argv: list[str]
+    env: dict[str, str] | None = None
+    user: str | None = None
     stop_signal: int = signal.SIGTERM
 
     @property
@@ -151,9 +154,16 @@ class Cluster:
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 user=user, group=primary_group(user), extra_groups=None if user is None else [],
             )
-        proc = Proc(name, popen, log_path, stop_signal)
+        proc = Proc(name, popen, log_path, argv, env, user, stop_signal)
         self.procs.append(proc)
         return proc
+
+    def respawn(self, proc: Proc) -> Proc:
+        """Start an exited process again, the same way, in its place in the stop order."""
+        fresh = self.spawn(proc.name, proc.argv, proc.env, proc.user, proc.stop_signal)
+        self.procs.pop()
+        self.procs[self.procs.index(proc)] = fresh
+        return fresh
 
     def start_redis(self, port: int) -> Proc:
         data = self.workdir / f"redis-{port}"

@@ -1,19 +1,21 @@
 """``make run``: Redis, PostgreSQL + FerretDB, auth, collect, dispatch and two push nodes on this machine.
 
-Set ``REDIS_URL`` or ``MONGO_URL`` to use servers you already run instead of starting them. Ctrl-C
-stops every process this started, push nodes first (they withdraw their routes), servers last.
+Set ``REDIS_URL`` or ``MONGO_URL`` to use servers you already run instead of starting them, and
+``RUN_DIR`` to keep logs and data elsewhere than ``.run``. A process that crashes is restarted with
+backoff (``tools/supervisor.py``). Ctrl-C stops every process this started, push nodes first (they
+withdraw their routes), servers last.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
 from tools.cluster import ROOT, Cluster, Stack, free_port, port_is_free
+from tools.supervisor import Supervisor
 
 BANNER = """
 The push cluster is up.
@@ -36,7 +38,7 @@ and in a third:
   curl -s -X POST {collect}/v1/messages -H 'Authorization: Bearer {api_key}' \\
       -d '{{"user_id": "alice", "payload": {{"text": "hello"}}}}'
 
-Press Ctrl-C to stop everything.
+A process that crashes is restarted (with backoff if it keeps crashing). Press Ctrl-C to stop everything.
 """
 
 
@@ -45,7 +47,7 @@ def pick(port: int) -> int:
 
 
 def main() -> None:
-    workdir = ROOT / ".run"
+    workdir = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
     cluster = Cluster(workdir)
     stopping = False
 
@@ -77,12 +79,10 @@ def main() -> None:
             admin=os.environ.get("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),
             api_key=os.environ.get("COLLECT_API_KEYS", DEV_API_KEYS).split(",")[0].partition(":")[2],
         ), flush=True)
+        supervisor = Supervisor(cluster)
         while not stopping:
-            dead = [p for p in cluster.procs if not p.alive]
-            if dead:
-                print(f"{dead[0].name} exited unexpectedly:\n{dead[0].log_tail()}", file=sys.stderr)
-                break
-            time.sleep(0.5)
+            supervisor.tick(time.monotonic())
+            time.sleep(0.2)
     finally:
         print("stopping...", flush=True)
         cluster.stop_all()
