@@ -22,6 +22,7 @@ breaker: nobody is told a message is stored when the write was not acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from typing import Any, AsyncIterator
@@ -152,6 +153,16 @@ class MessageStore:
         cursor = self.posts.find({"expires_at": {"$gt": now}}, {"purge_at": 0}, batch_size=page).sort("ts", 1)
         while batch := await self.breaker.call(lambda: cursor.to_list(page)):
             yield [m for doc in batch for m in messages_of_document(doc)]
+
+    async def stored_posts(self, posts: list[str]) -> list[Message]:
+        """The messages of those of ``posts`` MongoDB has, read by id one at a time (an equality filter, which
+        FerretDB pushes down; ``$in`` it does not)."""
+
+        async def read() -> list[dict[str, Any]]:
+            docs = await asyncio.gather(*(self.posts.find_one({"_id": p}, {"purge_at": 0}) for p in posts))
+            return [d for d in docs if d is not None]
+
+        return [m for doc in await self.breaker.call(read) for m in messages_of_document(doc)]
 
     async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[list[Pair]]:
         """Deliveries recorded as acknowledged or expired since ``since`` (no earlier record can close a

@@ -20,6 +20,7 @@ from shared.breaker import OPEN, CircuitBreaker
 from shared.coalesce import Coalescer
 from shared.config import same_secret
 from shared.errors import NotFound, Unauthorized, Unavailable
+from shared.handover import Handover
 from shared.inbox import Inbox
 from shared.message import Message
 from shared.metrics import MESSAGES_IN
@@ -43,28 +44,24 @@ def sender_of(request: Request, api_keys: dict[str, str]) -> str:
 def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
-    stream = DeliveryStream(redis, config.stream_maxlen)
     inbox = Inbox(redis, config.inbox_limit)
+    handover = Handover(redis, inbox, DeliveryStream(redis, config.stream_maxlen))
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
 
-    async def hand_over(messages: list[Message]) -> None:
-        """One pipeline: open each delivery in its user's inbox, then append the messages to the stream."""
-
-        async def write() -> None:
-            async with redis.pipeline(transaction=False) as pipe:
-                await inbox.stage(pipe, messages)
-                stream.stage(pipe, messages)
-                await pipe.execute()
-
-        if messages:
-            await redis_breaker.call(write)
-
     async def store_and_hand_over(messages: list[Message]) -> list[None]:
-        """Stored first, then handed over: a 503 from MongoDB means nothing reached anyone, and a retry
-        with the same Idempotency-Key hands over only what MongoDB did not have yet."""
-        await hand_over(await store.accept(messages))
+        """An intent in Redis, the insert in MongoDB, then the hand-over (which drops the intent): a 503 from
+        MongoDB means nothing reached anyone, and whatever dies after the insert, the reconciler finishes the
+        hand-over from the intent (``shared/handover.py``). A retried Idempotency-Key's post is not stored twice."""
+        now = now_ms()
+        await redis_breaker.call(lambda: handover.intend(messages, now))
+        fresh = await store.accept(messages)
+        stored = {m.post for m in fresh}
+        await redis_breaker.call(lambda: handover.complete(fresh))
+        retried = [m for m in messages if m.post not in stored]
+        if retried:
+            await redis_breaker.call(lambda: handover.settle_retried(retried, now))
         return [None] * len(messages)
 
     # Posts arriving while a write runs share the next one: one insert and one pipeline for all.
@@ -75,8 +72,9 @@ def create_app(config: CollectConfig) -> Starlette:
         body = await read_json(request, config.max_body_bytes)
         idempotency_key = request.headers.get("idempotency-key")
         messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
-        if redis_breaker.state == OPEN:
-            raise Unavailable("Redis is unavailable (circuit open); nothing was stored")
+        for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
+            if breaker.state == OPEN:
+                raise Unavailable(f"{name} is unavailable (circuit open); nothing was stored")
         await writes.submit(messages)
         MESSAGES_IN.inc(len(messages))
         ids = [m.id for m in messages]

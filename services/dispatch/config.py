@@ -18,6 +18,8 @@ RECONCILE_INTERVAL_SECONDS 5                           how often the reconciler 
 EXPIRE_BATCH               500                         posts expired per Redis round trip
 REBUILD_PAGE               1000                        documents per page when rebuilding Redis from MongoDB
 PURGE_INTERVAL_SECONDS     3600                        how often history past its ``purge_at`` is deleted
+HANDOVER_GRACE_SECONDS     10                          a post stored this long ago and still not handed over was left by collect
+HANDOVER_ABANDON_SECONDS   120                         an intent this old whose post MongoDB never got is dropped
 =========================  ==========================  ============================================
 """
 
@@ -46,6 +48,8 @@ class DispatchConfig:
     mongo_url: str
     mongo_db: str
     reconcile_interval: float
+    handover_grace: float
+    handover_abandon: float
     expire_batch: int
     rebuild_page: int
     purge_interval: float
@@ -69,6 +73,8 @@ class DispatchConfig:
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),
             reconcile_interval=env("RECONCILE_INTERVAL_SECONDS", 5.0),
+            handover_grace=env("HANDOVER_GRACE_SECONDS", 10.0),
+            handover_abandon=env("HANDOVER_ABANDON_SECONDS", 120.0),
             expire_batch=env("EXPIRE_BATCH", 500),
             rebuild_page=env("REBUILD_PAGE", 1000),
             purge_interval=env("PURGE_INTERVAL_SECONDS", 3600.0),

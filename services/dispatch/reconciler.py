@@ -3,12 +3,14 @@
 Each pass, in this order:
 
 * if Redis lost the delivery state (no epoch), rebuild it from MongoDB (``rebuild.py``);
+* finish the hand-overs collect left undone (it died, or Redis failed, between its MongoDB insert
+  and its Redis pipeline): their posts are read back from MongoDB by id (``shared/handover.py``);
 * expire: close every inbox entry of messages past their expiry, a page at a time, from Redis's
   ``expiry`` index (no MongoDB read), and mark them ``expired`` in the lifecycle;
 * every ``purge_interval``, delete history past its ``purge_at`` (a TTL index does it on MongoDB),
   node ids whose card is gone, and consumers of dispatch instances gone for an hour.
 
-Nothing here re-queues to the stream: an entry a node did not take stays pending in the consumer
+Apart from those hand-overs, nothing here appends to the stream: an entry a node did not take stays pending in the consumer
 group and is claimed again; a delivery that reached no socket waits in its user's inbox.
 """
 
@@ -24,6 +26,7 @@ from prometheus_client import Counter
 from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.rebuild import LeaseLost, rebuild
+from shared.handover import Handover
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.retry import Backoff
@@ -34,6 +37,7 @@ from shared.stream import DeliveryStream
 log = logging.getLogger(__name__)
 EXPIRED = Counter("dispatch_expired_total", "Deliveries closed because their message expired")
 REBUILDS = Counter("dispatch_rebuilds_total", "Rebuilds of the delivery state after Redis lost it")
+HANDED_OVER = Counter("dispatch_handovers_finished_total", "Posts collect stored but did not hand over, handed over here")
 
 LEASE_KEY = "lease:reconciler"
 IDLE_CONSUMER_MS = 3_600_000  # a dispatch instance silent for an hour with nothing pending is gone
@@ -47,6 +51,7 @@ class Reconciler:
         self.inbox = inbox
         self.routes = routes
         self.stream = stream
+        self.handover = Handover(inbox.redis, inbox, stream)
         self.lifecycle = lifecycle
         self.lease = lease
         self._next_purge = 0.0
@@ -69,6 +74,7 @@ class Reconciler:
         if await self.inbox.epoch() is None:
             await rebuild(self.store, self.inbox, self.config.rebuild_page, self.lease.hold)
             REBUILDS.inc()
+        await self.finish_handovers()
         await self.expire()
         if time.monotonic() >= self._next_purge:
             await self.tidy()
@@ -81,6 +87,23 @@ class Reconciler:
         consumers = await self.stream.forget_idle_consumers(idle_consumer_ms, self.config.consumer)
         if deleted or nodes or consumers:
             log.info("tidied", extra={"history": deleted, "nodes": nodes, "consumers": consumers})
+
+    async def finish_handovers(self) -> int:
+        """Hand over the posts MongoDB has whose intent outlived the grace period; drop intents of posts it never
+        got once no insert can still be running; return how many posts were handed over."""
+        now = now_ms()
+        intents = await self.handover.unfinished(now - int(self.config.handover_grace * 1000), self.config.expire_batch)
+        if not intents:
+            return 0
+        messages = await self.store.stored_posts([post for post, _ in intents])
+        await self.handover.complete(messages)
+        found = {m.post for m in messages}
+        abandoned = [post for post, at in intents if post not in found and at < now - self.config.handover_abandon * 1000]
+        await self.handover.drop(abandoned)
+        HANDED_OVER.inc(len(found))
+        log.warning("finished hand-overs collect left undone", extra={"posts": len(found), "count": len(messages),
+                                                                      "dropped": len(abandoned)})
+        return len(found)
 
     async def expire(self) -> int:
         """Close every delivery of every message due by now, a page at a time; return how many."""

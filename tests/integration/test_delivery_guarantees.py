@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
+import aiohttp
 import orjson
+import pytest
+from redis.asyncio import Redis
 
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, report_scenario
@@ -229,3 +233,40 @@ async def test_an_ack_for_someone_elses_message_changes_nothing(start_stack) -> 
     assert await receive_ids(victim, 1) == [posted["id"]]
     await mallory.close()
     await victim.close()
+
+
+async def test_a_post_collect_died_before_handing_over_still_arrives_once(start_stack, cluster: Cluster) -> None:
+    """collect SIGKILLed while its insert waits on a paused FerretDB: the stored post arrives through the reconciler, and
+    the business system's retry with the same Idempotency-Key is answered 202 and stores or delivers nothing twice."""
+    mongo_port = free_port()
+    mongo = cluster.start_ferretdb(mongo_port)
+    stack: RunningStack = start_stack(mongo_url=f"mongodb://127.0.0.1:{mongo_port}/", HANDOVER_GRACE_SECONDS="1", **FAST)
+    c = stack.client
+    ws = await c.connect("quinn")
+    redis = Redis.from_url(stack.stack.redis_url)
+    body, key = {"user_id": "quinn", "payload": "across a crash"}, {"Idempotency-Key": "order-7"}
+    mongo.popen.send_signal(signal.SIGSTOP)
+    try:
+        first_try = asyncio.create_task(c.post(body, headers=key))
+        async with asyncio.timeout(10):  # collect recorded its intent and is inside the insert
+            while not await redis.zcard("handover"):
+                await asyncio.sleep(0.05)
+        stack.procs["collect"].kill()
+        with pytest.raises(aiohttp.ClientError):
+            await first_try
+    finally:
+        mongo.popen.send_signal(signal.SIGCONT)
+    [(post, _)] = await redis.zrange("handover", 0, -1, withscores=True)
+    received = await receive_ids(ws, 1, timeout=30)
+    assert received[0].startswith(post.decode())
+    assert await redis.zcard("handover") == 0
+
+    cluster.procs.remove(stack.procs["collect"])
+    stack.procs["collect"] = cluster.start_service("collect", stack.stack)
+    code, answer = await c.post(body, headers=key)
+    assert (code, answer["id"]) == (202, received[0])
+    received += [f["id"] for f in await frames_within(ws, 3.0) if f["type"] == "message"]
+    lost, twice = report_scenario("collect SIGKILLed between its insert and its hand-over, then retried", [answer["id"]], received)
+    assert (lost, twice) == (0, 0)
+    await redis.aclose()
+    await ws.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import time
 from collections import Counter
 
 import orjson
+import psutil
 import pytest
 from pymongo import monitoring
 from redis.asyncio import Redis
@@ -120,6 +122,8 @@ async def test_pending_messages_reach_users_who_connect_while_the_store_is_down(
     mongo.stop()
     sockets = await connect_all(stack, users)
     received = await asyncio.gather(*(receive_ids(sockets[u], 3, timeout=5) for u in users))
+    report_scenario("FerretDB stopped during 20 users' replays on connect", [m for u in users for m in posted[u]],
+                    [m for ids in received for m in ids])
     assert list(received) == [posted[u] for u in users]
     await asyncio.sleep(5)
     cluster.start_ferretdb(mongo_port)
@@ -241,26 +245,40 @@ async def test_history_past_its_purge_time_is_deleted_and_newer_history_kept(ser
 
 
 async def test_a_client_that_stops_reading_is_closed_and_gets_everything_on_reconnect(start_stack) -> None:
-    """A socket that stops reading while 12 MB are posted to it is closed once MAX_BUFFERED_BYTES wait in its buffer,
-    another user on the node is served at once meanwhile, and a reconnect replays every message, none lost."""
-    stack: RunningStack = start_stack(nodes=1, MAX_BUFFERED_BYTES="65536")
+    """A socket that stops reading while 10,000 messages (40 MB) are posted to it is closed once MAX_BUFFERED_BYTES
+    wait in its buffer: the node's memory stays bounded, another user's messages keep arriving fast, and a reconnect
+    replays every message, none lost."""
+    stack: RunningStack = start_stack(nodes=1)
     c, port = stack.client, stack.stack.push_ports[0]
+    node = psutil.Process(stack.push(0).popen.pid)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little on the client's side
     sock.connect(("127.0.0.1", port))
     sloth = await connect(f"ws://127.0.0.1:{port}/ws?token={await c.token('sloth')}", sock=sock, max_queue=1)
     assert (await next_frame(sloth))["type"] == "welcome"  # and never read again
     brisk = await c.connect("brisk")
-    ids = (await post_to_each(stack, ["sloth"], 3000, payload="x" * 4000, per_post=200))["sloth"]
+    rss_before = node.memory_info().rss
+    flood = asyncio.create_task(post_to_each(stack, ["sloth"], 10_000, payload="x" * 4000, per_post=200))
+    latencies = []
+    while not flood.done():
+        sent = time.perf_counter()
+        _, probe = await c.post({"user_id": "brisk", "payload": "still served"})
+        assert (await next_frame(brisk, 5))["id"] == probe["id"]
+        latencies.append(time.perf_counter() - sent)
+        await asyncio.sleep(0.05)
+    ids = (await flood)["sloth"]
     async with asyncio.timeout(30):
         while "push_slow_closed_total 1.0" not in await (await c.session.get(f"{stack.stack.push_url(port)}/metrics")).text():
             await asyncio.sleep(0.2)  # closed once, not once per message
-    _, quick = await c.post({"user_id": "brisk", "payload": "still served"})
-    assert (await next_frame(brisk, 5))["id"] == quick["id"]
+    growth = (node.memory_info().rss - rss_before) / 2**20
+    print(f"non-reading client: node RSS grew {growth:.1f} MiB for 40 MB posted; {len(latencies)} probes to another "
+          f"user, max {max(latencies) * 1000:.0f} ms")
+    assert growth < 24, f"the node kept what the client did not read: {growth:.1f} MiB more"
+    assert len(latencies) >= 5 and max(latencies) < 1.0
     sloth.transport.abort()
     again = await c.connect("sloth")
-    received = await receive_ids(again, 3000, timeout=60)
-    lost, twice = report_scenario("client stopped reading: 3,000 x 4 KB, closed at 64 KB buffered", ids, received)
+    received = await receive_ids(again, 10_000, timeout=90)
+    lost, twice = report_scenario("client never reads: 10,000 x 4 KB posted to it, closed at 1 MiB buffered", ids, received)
     assert lost == twice == 0
     await again.close()
     await brisk.close()

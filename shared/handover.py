@@ -1,0 +1,65 @@
+"""Handing stored posts over to dispatch, and finishing a hand-over whose collect did not live to.
+
+collect writes a post to MongoDB, then opens its inboxes and appends it to the stream in one Redis
+pipeline. Between the two it can die (or Redis can fail). So before the insert it records an
+*intent*: the post id in the ZSET ``handover``, scored by the time; the hand-over pipeline removes
+it. An intent older than a grace period is a hand-over nobody finished: dispatch's reconciler reads
+that post back from MongoDB by id and hands it over itself. An intent whose post MongoDB never got
+(the insert failed) is dropped once it is old enough that no insert can still be running.
+
+Costs one ZADD per group commit, and nothing per recipient.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from redis.asyncio import Redis
+
+from shared.inbox import Inbox
+from shared.message import Message, by_post
+from shared.stream import DeliveryStream
+
+HANDOVER_KEY = "handover"
+
+
+class Handover:
+    def __init__(self, redis: Redis, inbox: Inbox, stream: DeliveryStream) -> None:
+        self.redis = redis
+        self.inbox = inbox
+        self.stream = stream
+
+    async def intend(self, messages: Iterable[Message], now_ms: int) -> None:
+        """Record that these posts are about to be stored; an intent already there (an earlier attempt) keeps its time."""
+        posts = by_post(messages)
+        if posts:
+            await self.redis.zadd(HANDOVER_KEY, dict.fromkeys(posts, now_ms), nx=True)
+
+    async def complete(self, messages: list[Message]) -> None:
+        """One pipeline: open each delivery in its user's inbox, append the posts to the stream, drop their intents."""
+        if not messages:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self.inbox.stage(pipe, messages)
+            self.stream.stage(pipe, messages)
+            pipe.zrem(HANDOVER_KEY, *by_post(messages))
+            await pipe.execute()
+
+    async def settle_retried(self, messages: Iterable[Message], now_ms: int) -> None:
+        """For posts MongoDB already had (a retried Idempotency-Key): drop the intent this attempt wrote. An older
+        intent stays: the first attempt died before its hand-over, which the reconciler finishes from MongoDB."""
+        posts = list(by_post(messages))
+        if posts:
+            scores = await self.redis.zmscore(HANDOVER_KEY, posts)
+            ours = [p for p, score in zip(posts, scores) if score == now_ms]
+            if ours:
+                await self.redis.zrem(HANDOVER_KEY, *ours)
+
+    async def unfinished(self, older_than_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Intents older than ``older_than_ms``, oldest first, with their times."""
+        reply = await self.redis.zrangebyscore(HANDOVER_KEY, "-inf", older_than_ms, start=0, num=limit, withscores=True)
+        return [(post.decode(), int(score)) for post, score in reply]
+
+    async def drop(self, posts: list[str]) -> None:
+        if posts:
+            await self.redis.zrem(HANDOVER_KEY, *posts)
