@@ -1,0 +1,1 @@
+"""The pushcluster client for business systems: ``from pushcluster.client import PushClient``."""

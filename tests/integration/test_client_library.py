@@ -1,0 +1,66 @@
+"""pushcluster.client against the real cluster: send, send_many, status, errors, and a retried 503."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pushcluster.client import AsyncPushClient, PushClient, PushError, RetryPolicy
+from tests.client import API_KEY, frames_within, receive_ids
+from tests.conftest import RunningStack, report_scenario
+from tools.cluster import Cluster, free_port
+
+
+async def test_blocking_client_sends_and_reads_the_status(shared_stack: RunningStack) -> None:
+    """PushClient.send and send_many return ids that arrive at the user's socket, and status lists the recipient."""
+    ws = await shared_stack.client.connect("lib-user")
+    client = PushClient(shared_stack.stack.collect_url, API_KEY)
+    one = await asyncio.to_thread(client.send, "lib-user", {"n": 1}, 60)
+    many = await asyncio.to_thread(client.send_many, [{"user_id": "lib-user", "payload": n} for n in (2, 3)])
+    assert await receive_ids(ws, 3) == [one, *many]
+    status = await asyncio.to_thread(client.status, one)
+    assert status["id"] == one and status["recipients"][0]["user_id"] == "lib-user"
+    await ws.close()
+
+
+async def test_async_client_sends_and_refuses_bad_input_at_once(shared_stack: RunningStack) -> None:
+    """AsyncPushClient delivers; a 422 and a wrong key raise PushError with collect's code, without retrying."""
+    ws = await shared_stack.client.connect("lib-async")
+    client = AsyncPushClient(shared_stack.stack.collect_url, API_KEY, retry=RetryPolicy(attempts=3, base=10))
+    try:
+        sent = await client.send("lib-async", "hello")
+        assert await receive_ids(ws, 1) == [sent]
+        with pytest.raises(PushError) as bad:
+            await asyncio.wait_for(client.send("has space", 1), 5)  # a retry would wait ~10 s
+        assert (bad.value.status, bad.value.code) == (422, "invalid")
+        with pytest.raises(PushError) as denied:
+            await AsyncPushClient(shared_stack.stack.collect_url, "wrong", client.session).status(sent)
+        assert (denied.value.status, denied.value.code) == (401, "unauthorized")
+    finally:
+        await client.close()
+    await ws.close()
+
+
+async def test_a_send_during_a_store_outage_is_retried_until_stored_and_arrives_once(start_stack, cluster: Cluster) -> None:
+    """With FerretDB stopped collect answers 503; the client retries with one Idempotency-Key until FerretDB is back,
+    and the message arrives exactly once."""
+    mongo_port = free_port()
+    mongo = cluster.start_ferretdb(mongo_port)
+    stack: RunningStack = start_stack(mongo_url=f"mongodb://127.0.0.1:{mongo_port}/")
+    ws = await stack.client.connect("lib-retry")
+    mongo.stop()
+    assert (await stack.client.post({"user_id": "lib-retry", "payload": "probe"}))[0] == 503
+    client = AsyncPushClient(stack.stack.collect_url, API_KEY, retry=RetryPolicy(attempts=40, base=0.2, cap=1.0))
+    try:
+        sending = asyncio.create_task(client.send("lib-retry", "through the outage"))
+        await asyncio.sleep(2)
+        assert not sending.done()
+        cluster.start_ferretdb(mongo_port)
+        sent = await asyncio.wait_for(sending, 60)
+    finally:
+        await client.close()
+    received = await receive_ids(ws, 1) + [f["id"] for f in await frames_within(ws, 2.0) if f["type"] == "message"]
+    lost, twice = report_scenario("client library: send retried through a FerretDB outage", [sent], received)
+    assert (lost, twice) == (0, 0)
+    await ws.close()
