@@ -4,8 +4,9 @@ Keys:
 
 * ``route:{user}`` -- a SET of node ids holding the user, with a long TTL (``route_ttl``) that only
   collects garbage left by dead nodes;
-* ``node:{id}`` -- the node's JSON card (link URL, public URL, load), with a short TTL (``node_ttl``)
-  renewed by the node's heartbeat: this key *is* the node's liveness;
+* ``node:{id}`` -- the node's JSON card (link URL, public URL, load), signed with the internal key
+  (``shared.signing``), with a short TTL (``node_ttl``) renewed by the node's heartbeat: this key
+  *is* the node's liveness, and a card that does not verify is no node at all;
 * ``nodes`` -- a SET of every node id seen, for enumeration without KEYS/SCAN.
 
 A route counts only while its node's card exists, so a killed node stops being routed to when its
@@ -14,15 +15,19 @@ card expires, while a heartbeat costs one SET per node, not one write per user.
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, replace
 from typing import Iterable
 
 import orjson
 from redis.asyncio import Redis
 
+from shared.metrics import NODE_CARDS_REFUSED
 from shared.scripts import Scripts
+from shared.signing import CARD, proof, proven
 
+log = logging.getLogger(__name__)
 NODES_KEY = "nodes"
 
 
@@ -44,6 +49,7 @@ class NodeCard:
     connections: int = 0
     users: int = 0
     updated_ms: int = 0
+    sig: str = ""  # proof(internal key, "card", every field above)
 
     def encode(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -51,6 +57,12 @@ class NodeCard:
     @classmethod
     def decode(cls, data: bytes | str) -> NodeCard:
         return cls(**orjson.loads(data))
+
+    def sealed(self, key: str) -> NodeCard:
+        return replace(self, sig=proof(key, CARD, *astuple(self)[:-1]))
+
+    def genuine(self, key: str) -> bool:
+        return isinstance(self.sig, str) and proven(key, self.sig, CARD, *astuple(self)[:-1])
 
 
 class RouteWriter:
@@ -100,16 +112,41 @@ class RouteWriter:
 class RouteReader:
     """Dispatch's side: live nodes and, for a batch of users, the live nodes holding each."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, key: str) -> None:
         self.redis = redis
+        self.key = key
         self.scripts = Scripts(redis)
+        self._refused: set[bytes] = set()  # cards already reported, so one is logged and counted once
 
     async def live_nodes(self) -> dict[str, NodeCard]:
+        """The cards of live nodes that verify under the internal key (and name the id they are stored under)."""
         ids = sorted(m.decode() for m in await self.redis.smembers(NODES_KEY))
         if not ids:
             return {}
         cards = await self.redis.mget([node_key(i) for i in ids])
-        return {i: NodeCard.decode(c) for i, c in zip(ids, cards) if c is not None}
+        live = {}
+        for node_id, data in zip(ids, cards):
+            if data is not None:
+                card = self._verified(node_id, data)
+                if card is not None:
+                    live[node_id] = card
+        return live
+
+    def _verified(self, node_id: str, data: bytes) -> NodeCard | None:
+        try:
+            card = NodeCard.decode(data)
+            if card.id == node_id and card.genuine(self.key):
+                return card
+            reason = "signature does not verify" if card.id == node_id else f"card names {card.id!r}"
+        except (ValueError, TypeError) as exc:  # not JSON, not an object, unknown or missing fields
+            reason = f"unreadable: {exc}"
+        if data not in self._refused:
+            if len(self._refused) >= 1024:
+                self._refused.clear()
+            self._refused.add(data)
+            NODE_CARDS_REFUSED.inc()
+            log.warning("node card refused", extra={"node": node_id, "error": reason})
+        return None
 
     async def forget_dead_nodes(self) -> list[str]:
         """Drop from ``nodes`` the ids whose card is gone (a live node adds itself back on its next beat)."""
@@ -136,9 +173,9 @@ class RouteReader:
         return routes
 
 
-async def directory(redis: Redis) -> list[NodeCard]:
+async def directory(reader: RouteReader) -> list[NodeCard]:
     """Live push nodes, least loaded first: what a browser picks from."""
-    cards = await RouteReader(redis).live_nodes()
+    cards = await reader.live_nodes()
     return sorted(cards.values(), key=lambda c: (c.connections, c.id))
 
 

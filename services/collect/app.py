@@ -24,7 +24,7 @@ from shared.handover import Handover
 from shared.inbox import Inbox
 from shared.message import Message
 from shared.metrics import MESSAGES_IN
-from shared.routing import now_ms
+from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
 from shared.stream import DeliveryStream
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
@@ -112,6 +112,6 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         *ops_routes(health),
-        *console_routes(config, redis, inbox, post_messages),
+        *console_routes(config, RouteReader(redis, config.internal_key), inbox, post_messages),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -5,7 +5,8 @@ variable                  default                     meaning
 ========================  ==========================  ==============================================
 COLLECT_HOST / _PORT      127.0.0.1 / 8002            where collect listens
 COLLECT_API_KEYS          demo:dev-api-key            ``name:key`` pairs, comma-separated, one per business system
-REDIS_URL                 redis://127.0.0.1:6379/0    Redis holding the delivery stream
+REDIS_URL                 redis://127.0.0.1:6379/0    Redis holding the delivery stream (``redis://:PASSWORD@host:port/db`` for AUTH)
+INTERNAL_KEY              dev-internal-key            the key push nodes sign their cards with: ``/v1/nodes`` lists only cards that verify
 MONGO_URL / MONGO_DB      mongodb://127.0.0.1:27017/  MongoDB (or FerretDB) storing messages / database ``push``
 MAX_BODY_BYTES            1048576                     largest request body (413 above)
 MAX_PAYLOAD_BYTES         65536                       largest single payload, JSON-encoded (413 above)
@@ -25,7 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_ADMIN_KEY, DEV_API_KEY, DEV_API_KEYS, check_secrets, env
+from shared.config import (DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_ADMIN_KEY, DEV_API_KEY, DEV_API_KEYS, DEV_INTERNAL_KEY,
+                           check_secrets, env)
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -45,6 +47,7 @@ class CollectConfig:
     port: int
     api_keys: dict[str, str]
     redis_url: str
+    internal_key: str
     mongo_url: str
     mongo_db: str
     max_body_bytes: int
@@ -62,12 +65,14 @@ class CollectConfig:
     @classmethod
     def from_env(cls) -> CollectConfig:
         api_keys = parse_api_keys(env("COLLECT_API_KEYS", DEV_API_KEYS))
-        check_secrets("collect", COLLECT_API_KEYS=(api_keys.keys(), DEV_API_KEY))
+        internal_key = env("INTERNAL_KEY", DEV_INTERNAL_KEY)
+        check_secrets("collect", COLLECT_API_KEYS=(api_keys.keys(), DEV_API_KEY), INTERNAL_KEY=(internal_key, DEV_INTERNAL_KEY))
         return cls(
             host=env("COLLECT_HOST", "127.0.0.1"),
             port=env("COLLECT_PORT", 8002),
             api_keys=api_keys,
             redis_url=env("REDIS_URL", DEFAULT_REDIS_URL),
+            internal_key=internal_key,
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),
             max_body_bytes=env("MAX_BODY_BYTES", 1024 * 1024),

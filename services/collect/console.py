@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import aiohttp
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -32,7 +31,7 @@ from services.collect.stats import gather_stats
 from shared.config import is_production
 from shared.errors import Unavailable
 from shared.inbox import Inbox
-from shared.routing import directory
+from shared.routing import RouteReader, directory
 from shared.web import json_response, read_json, timed
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -58,19 +57,19 @@ def as_sender(request: Request, api_key: str) -> Request:
     return Request(scope, request.receive)
 
 
-def console_routes(config: CollectConfig, redis: Redis, inbox: Inbox, post_messages: Handler) -> list[BaseRoute]:
+def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, post_messages: Handler) -> list[BaseRoute]:
     """The routes above; ``post_messages`` is collect's own ``POST /v1/messages`` handler, reused as is."""
 
     async def nodes(_: Request) -> Response:
         try:
-            cards = await directory(redis)
+            cards = await directory(reader)
         except RedisError as exc:
             raise Unavailable(f"Redis: {exc}") from None
         body = [{"id": c.id, "url": c.public_url, "connections": c.connections, "users": c.users} for c in cards]
         return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})
 
     async def stats(_: Request) -> Response:
-        return json_response(await gather_stats(redis, inbox, config.dispatch_url), headers={"Cache-Control": "no-store"})
+        return json_response(await gather_stats(reader, inbox, config.dispatch_url), headers={"Cache-Control": "no-store"})
 
     async def dev_token(request: Request) -> Response:
         body = await read_json(request, MAX_TOKEN_BODY)

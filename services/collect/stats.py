@@ -23,13 +23,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.metrics import exposition
-from shared.routing import NodeCard, directory, now_ms
+from shared.routing import NodeCard, RouteReader, directory, now_ms
 
 LATENCY = "push_delivery_latency_seconds"
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
@@ -97,10 +96,10 @@ def node_entry(card: NodeCard, page: Samples | None) -> dict[str, Any]:
     }
 
 
-async def gather_stats(redis: Redis, inbox: Inbox, dispatch_url: str) -> dict[str, Any]:
+async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str) -> dict[str, Any]:
     """One snapshot of the cluster (503 only when Redis, the source of truth on live nodes, is down)."""
     try:
-        cards = await directory(redis)
+        cards = await directory(reader)
         pending = await inbox.open_count()
     except RedisError as exc:
         raise Unavailable(f"Redis: {exc}") from None

@@ -34,7 +34,7 @@ def create_app(config: DispatchConfig) -> Starlette:
     lifecycle = LifecycleWriter(store)
     stream = DeliveryStream(redis)
     links = LinkPool(config.internal_key, config.link_timeout)
-    routes = RouteReader(redis)
+    routes = RouteReader(redis, config.internal_key)
     router = Router(config, stream, routes, links)
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)

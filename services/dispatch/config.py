@@ -5,8 +5,8 @@ variable                   default                     meaning
 =========================  ==========================  ============================================
 DISPATCH_HOST / _PORT      127.0.0.1 / 8003            where ``/healthz`` and ``/metrics`` listen
 DISPATCH_CONSUMER          ``{hostname}-{pid}``        this instance's name in the consumer group
-REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes
-INTERNAL_KEY               dev-internal-key            Bearer key presented to push nodes
+REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes (``redis://:PASSWORD@host:port/db`` for AUTH)
+INTERNAL_KEY               dev-internal-key            shared with push nodes: verifies their cards and proves the link both ways (never sent)
 BATCH_SIZE                 200                         most stream entries (posts) read at once
 BATCH_BYTES                900000                      most frame bytes sent to a node in one batch
 BLOCK_MS                   1000                        how long one stream read waits for entries

@@ -1,4 +1,7 @@
-"""Persistent, authenticated websocket links from dispatch to push nodes: one per node, many batches in flight."""
+"""Persistent, authenticated websocket links from dispatch to push nodes: one per node, many batches in flight.
+
+Each side proves it holds the internal key without sending it (``shared.signing``): dispatch signs
+the handshake for the node id it means to reach, and sends nothing until the node's answer verifies."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from shared.protocol import BatchResult, DeliverBatch, Delivery
-from shared.routing import NodeCard
+from shared.routing import NodeCard, now_ms
+from shared.signing import PROOF_HEADER, LinkRequest
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +37,19 @@ class NodeLink:
     async def _connection(self) -> ClientConnection:
         async with self._connecting:
             if self._ws is None:
+                request = LinkRequest.make(self.key, self.card.id, now_ms())
                 try:
-                    self._ws = await connect(
-                        self.card.link_url, additional_headers={"Authorization": f"Bearer {self.key}"},
-                        compression=None, open_timeout=self.timeout, max_size=None,
-                    )
+                    ws = await connect(self.card.link_url, additional_headers=request.headers(), compression=None,
+                                       open_timeout=self.timeout, close_timeout=self.timeout, max_size=None)
                 except (OSError, WebSocketException, TimeoutError) as exc:
                     raise LinkDown(f"cannot reach {self.card.id}: {exc!r}") from None
+                assert ws.response is not None
+                if not request.answered(self.key, ws.response.headers.get(PROOF_HEADER, "")):
+                    await ws.close()
+                    log.warning("link refused: the node did not prove it holds the internal key",
+                                extra={"node": self.card.id, "url": self.card.link_url})
+                    raise LinkDown(f"{self.card.id} at {self.card.link_url} did not prove it holds the internal key")
+                self._ws = ws
                 self._reader = asyncio.create_task(self._read(self._ws))
                 log.info("link open", extra={"node": self.card.id})
             return self._ws

@@ -4,8 +4,11 @@ import uvloop
 
 from services.push.config import PushConfig
 from services.push.server import PushNode
+from shared.clients import require_redis_credentials
 from shared.logs import configure
 
 if __name__ == "__main__":
     configure("push")
-    uvloop.run(PushNode(PushConfig.from_env()).run())
+    config = PushConfig.from_env()
+    require_redis_credentials("push", config.redis_url)
+    uvloop.run(PushNode(config).run())

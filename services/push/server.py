@@ -28,13 +28,13 @@ from services.push.metrics import CONNECTS, REFUSED
 from services.push.presence import Presence
 from services.push.replay import Replayer
 from shared.clients import redis_client
-from shared.config import same_secret
 from shared.errors import RateLimited, ServiceError, Unauthorized, Unavailable
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, exposition
 from shared.inbox import Inbox
 from shared.protocol import AckFrame, PingFrame, PongFrame, WelcomeFrame, parse_client_frame
 from shared.routing import NodeCard, RouteWriter, now_ms
+from shared.signing import PROOF_HEADER, LinkGuard, LinkRequest
 from shared.store import MessageStore
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,11 @@ class PushNode:
         self.acks = Acks(inbox, self.lifecycle)
         self.verifier: TokenVerifier | None = None
         self.addresses = AddressCount(config.max_connections_per_address)
+        self.link_guard = LinkGuard(config.internal_key, config.node_id)
 
     def card(self) -> NodeCard:
         c = self.config
-        return NodeCard(c.node_id, c.link_url, c.public_url, self.hub.connections, len(self.hub), now_ms())
+        return NodeCard(c.node_id, c.link_url, c.public_url, self.hub.connections, len(self.hub), now_ms()).sealed(c.internal_key)
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -93,11 +94,12 @@ class PushNode:
             body, content_type = exposition()
             return http_response(200, body, content_type)
         if path == "/internal":
-            presented = token_of(request) or ""
-            if not same_secret(presented, self.config.internal_key):
-                ERRORS.labels(Unauthorized.code).inc()
-                log.warning("dispatch link refused: wrong internal key", extra={"peer": str(connection.remote_address)})
-                return http_response(401, b'{"error":{"code":"unauthorized","message":"wrong internal key"}}')
+            try:
+                self.link_guard.admit(request.headers, now_ms())
+            except Unauthorized as exc:
+                ERRORS.labels(exc.code).inc()
+                log.warning("dispatch link refused", extra={"peer": str(connection.remote_address), "error": exc.message})
+                return http_response(401, orjson.dumps(exc.body()))
             return None
         if path == "/ws":
             try:
@@ -108,6 +110,11 @@ class PushNode:
                 return http_response(exc.status, orjson.dumps(exc.body()))
             return None
         return http_response(404, b'{"error":{"code":"not_found","message":"no such path"}}')
+
+    def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """On an admitted dispatch link, prove this node holds the internal key too (bound to dispatch's nonce)."""
+        if response.status_code == 101 and urlsplit(request.path).path == "/internal":
+            response.headers[PROOF_HEADER] = LinkRequest.from_headers(request.headers).answer(self.config.internal_key)
 
     async def handle(self, ws: ServerConnection) -> None:
         if urlsplit(ws.request.path).path == "/internal":
@@ -180,7 +187,8 @@ class PushNode:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             self.verifier = TokenVerifier(c.auth_url, session, c.token_cache_size)
             server = await serve(
-                self.handle, c.host, c.port, process_request=self.process_request, compression=None,
+                self.handle, c.host, c.port, process_request=self.process_request, process_response=self.process_response,
+                compression=None,
                 ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
                 server_header=None, backlog=LISTEN_BACKLOG,
             )

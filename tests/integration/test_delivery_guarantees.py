@@ -85,7 +85,7 @@ async def test_messages_posted_across_a_redis_restart_are_all_delivered(start_st
     """Redis restarted without persistence while messages are posted: every 202 message is delivered once it is back."""
     redis_port = free_port()
     redis = cluster.start_redis(redis_port)
-    stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0", **FAST)
+    stack: RunningStack = start_stack(redis_url=cluster.redis_url(redis_port), **FAST)
     c = stack.client
     ws = await c.connect("oscar", node=0)
     accepted, refused = [], 0
@@ -196,7 +196,7 @@ async def test_consuming_loops_survive_a_redis_outage_and_health_reports_it(star
     """While Redis is down dispatch's /healthz says so (breaker open); once Redis returns it delivers again."""
     redis_port = free_port()
     redis = cluster.start_redis(redis_port)
-    stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0", **FAST)
+    stack: RunningStack = start_stack(redis_url=cluster.redis_url(redis_port), **FAST)
     redis.stop()
     async with asyncio.timeout(30):
         while True:

@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.reconciler import Reconciler
+from shared.config import DEV_INTERNAL_KEY
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.message import Message, message_id, post_of
@@ -75,7 +76,7 @@ async def test_pending_messages_survive_redis_restarted_empty_and_acked_ones_sta
     reconnect, and messages acknowledged before the restart are not sent again."""
     redis_port = free_port()
     redis = cluster.start_redis(redis_port)
-    stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0", **FAST)
+    stack: RunningStack = start_stack(redis_url=cluster.redis_url(redis_port), **FAST)
     users = [f"lost{i}" for i in range(200)]
     acked_first = await post_to_each(stack, users[:20], 1)
     early = await connect_all(stack, users[:20])
@@ -137,11 +138,11 @@ async def test_an_ack_batch_of_500_ids_costs_a_bounded_number_of_redis_commands(
     no read, and records them acked."""
     redis_port = free_port()
     cluster.start_redis(redis_port)
-    stack: RunningStack = start_stack(redis_url=f"redis://127.0.0.1:{redis_port}/0")
+    stack: RunningStack = start_stack(redis_url=cluster.redis_url(redis_port))
     ws = await stack.client.connect("acker")
     ids = (await post_to_each(stack, ["acker"], 500))["acker"]
     assert await receive_ids(ws, 500) == ids
-    redis = Redis.from_url(f"redis://127.0.0.1:{redis_port}/0")
+    redis = Redis.from_url(cluster.redis_url(redis_port))
     await redis.config_resetstat()
     await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
     async with asyncio.timeout(10):  # the flush ends by deleting the fully acked messages
@@ -193,8 +194,8 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     monkeypatch.setenv("APP_ENV", "development")  # its defaults include the development internal key
     config = DispatchConfig.from_env()
     lifecycle = LifecycleWriter(store)
-    reconciler = Reconciler(config, store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000), RouteReader(redis),
-                            DeliveryStream(redis))
+    reconciler = Reconciler(config, store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000),
+                            RouteReader(redis, DEV_INTERNAL_KEY), DeliveryStream(redis))
     counter.commands.clear()
     await redis.config_resetstat()
     await reconciler.reconcile()
@@ -300,7 +301,7 @@ async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_inst
     monkeypatch.setenv("DISPATCH_CONSUMER", "me")
     store = MessageStore(servers.mongo_url, mongo_db)
     reconciler = Reconciler(DispatchConfig.from_env(), store, Inbox(redis), LifecycleWriter(store),
-                            Lease(redis, "lease:test", "me", 10_000), RouteReader(redis), stream)
+                            Lease(redis, "lease:test", "me", 10_000), RouteReader(redis, DEV_INTERNAL_KEY), stream)
     await reconciler.tidy(idle_consumer_ms=0)
     assert await redis.smembers("nodes") == {b"alive"}
     assert [c["name"] for c in await redis.xinfo_consumers("push:deliveries", "dispatch")] == [b"me"]
