@@ -5,10 +5,10 @@ one of its recipients accepted it. Recipients with no live route are left to the
 which their node replays when they connect; an expired message is not forwarded (the expiry loop
 closes its inboxes). The push node records the lifecycle stages.
 
-Each node's batch is sent as its own task. A cycle waits for them at most ``send_wait_ms`` and
-acknowledges what every node took by then; later answers are acknowledged in the background, so a
-hung node (alive in Redis, not reading) delays nobody else. A node with ``link_window`` batches
-unanswered is skipped. A node that fails or is skipped leaves the entry pending in the consumer
+Each node's batch is sent as its own task. A cycle waits for them at most ``send_wait_ms`` (and not
+at all for a node still owing answers from earlier cycles) and acknowledges what every node took by
+then; later answers are acknowledged in the background, so a hung node (alive in Redis, not reading)
+delays nobody else. A node with ``link_window`` batches unanswered is skipped. A node that fails or is skipped leaves the entry pending in the consumer
 group: it is claimed again after ``claim_idle_ms``, by this or another instance, and this instance
 sends it only to the nodes that did not take it yet (``ledger.py``). Once the hung node answers it
 gets its part; once its card expires its users are no longer routed there and wait in their inboxes.
@@ -157,7 +157,7 @@ class Router:
         routes = await self.routes.lookup(list({u for e in entries for m in e.messages for u in m.users}), nodes)
         ids = [e.entry_id for e in entries]
         late = asyncio.Event()  # set once this cycle stops waiting: sends ending after it acknowledge for themselves
-        sends, stalled, waiting = [], [], set()
+        sends, awaited, stalled, waiting = [], [], [], set()
         for node, by_entry in self.ledger.plan(ids, per_node(entries, routes, now)).items():
             link = self.links.get(nodes[node])
             if link.in_flight >= self.config.link_window:
@@ -166,14 +166,16 @@ class Router:
                 continue
             self.ledger.sending(node, by_entry)
             sends.append(asyncio.create_task(self.send(link, by_entry, now, late)))
+            if not link.in_flight:  # a node still owing answers from earlier cycles is not waited for again
+                awaited.append(sends[-1])
         self._sends.update(sends)
         for task in sends:
             task.add_done_callback(self._sends.discard)
         if stalled:
             RETRIED.inc(len(waiting))
             log.warning("nodes not answering: their part waits for a retry", extra={"nodes": stalled, "count": len(waiting)})
-        if sends:
-            await asyncio.wait(sends, timeout=self.config.send_wait_ms / 1000)
+        if awaited:
+            await asyncio.wait(awaited, timeout=self.config.send_wait_ms / 1000)
         late.set()
         done = self.ledger.settled(ids)
         await self.stream.ack(done)
