@@ -8,7 +8,7 @@ DISPATCH_CONSUMER          ``{hostname}-{pid}``        this instance's name in t
 REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes
 INTERNAL_KEY               dev-internal-key            Bearer key presented to push nodes
 BATCH_SIZE                 200                         most stream entries (posts) read at once
-BATCH_BYTES                900000                      most frame bytes sent to a node in one batch
+BATCH_BYTES                900000                      most frame bytes sent to a node in one batch (under its MAX_FRAME_BYTES)
 BLOCK_MS                   1000                        how long one stream read waits for entries
 CLAIM_IDLE_MS              10000                       unacknowledged entries older than this are retried
 LINK_TIMEOUT_SECONDS       30                          how long a batch may wait for its node's answer before it is retried
