@@ -25,10 +25,11 @@ GROUP = "dispatch"
 class StreamEntry:
     entry_id: str
     messages: list[Message]
+    attempts: int = 1  # times the group handed it to a consumer, this one included
 
 
-def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEntry:
-    return StreamEntry(entry_id.decode(), messages_of(fields[b"p"].decode(), int(fields[b"t"]), fields))
+def _entry(entry_id: bytes, fields: dict[bytes, bytes], attempts: int = 1) -> StreamEntry:
+    return StreamEntry(entry_id.decode(), messages_of(fields[b"p"].decode(), int(fields[b"t"]), fields), attempts)
 
 
 class DeliveryStream:
@@ -55,9 +56,16 @@ class DeliveryStream:
         return [_entry(i, f) for _, entries in reply for i, f in entries if f]
 
     async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[StreamEntry]:
-        """Entries another (or this) consumer read but did not acknowledge in time: retry them."""
+        """Entries another (or this) consumer read but did not acknowledge in time, with how often each was tried."""
         reply = await self.redis.xautoclaim(STREAM_KEY, GROUP, consumer, min_idle_ms, "0-0", count=count)
-        return [_entry(i, f) for i, f in reply[1] if f]
+        claimed = [(i, f) for i, f in reply[1] if f]
+        if not claimed:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in claimed:
+                pipe.xpending_range(STREAM_KEY, GROUP, entry_id, entry_id, 1)
+            pending = await pipe.execute()
+        return [_entry(i, f, p[0]["times_delivered"] if p else 1) for (i, f), p in zip(claimed, pending)]
 
     async def forget_idle_consumers(self, idle_ms: int, keep: str) -> list[str]:
         """Delete consumers of the group (dispatch instances gone) idle for ``idle_ms`` with nothing pending."""

@@ -8,10 +8,17 @@ DISPATCH_CONSUMER          ``{hostname}-{pid}``        this instance's name in t
 REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes (``redis://:PASSWORD@host:port/db`` for AUTH)
 INTERNAL_KEY               dev-internal-key            shared with push nodes: verifies their cards and proves the link both ways (never sent)
 BATCH_SIZE                 200                         most stream entries (posts) read at once
-BATCH_BYTES                900000                      most frame bytes sent to a node in one batch
+BATCH_BYTES                900000                      most frame bytes sent to a node in one batch (under its MAX_FRAME_BYTES)
 BLOCK_MS                   1000                        how long one stream read waits for entries
 CLAIM_IDLE_MS              10000                       unacknowledged entries older than this are retried
-LINK_TIMEOUT_SECONDS       5                           how long a node may take to accept a batch
+LINK_TIMEOUT_SECONDS       30                          how long a batch may wait for its node's answer before it is retried
+                                                       (a hung node's card expires within NODE_TTL_SECONDS, 30 s)
+SEND_WAIT_MS               100                         how long a cycle waits for the nodes' answers; later ones are
+                                                       acknowledged in the background, holding up no other node
+LINK_WINDOW                16                          batches awaiting one node's answer at most; past it the node is
+                                                       skipped and its part of the entries waits for a retry
+MAX_ATTEMPTS               10                          tries of one entry; then it is acknowledged and left to its users'
+                                                       inboxes (a node that keeps refusing it must not retry it forever)
 NODES_REFRESH_SECONDS      1                           how stale the cached list of live nodes may be
 MONGO_URL / MONGO_DB       mongodb://127.0.0.1:27017/  MongoDB: the durable record, read to rebuild Redis / ``push``
 RECONCILE_INTERVAL_SECONDS 5                           how often the reconciler (one instance) expires and checks Redis
@@ -44,6 +51,9 @@ class DispatchConfig:
     block_ms: int
     claim_idle_ms: int
     link_timeout: float
+    send_wait_ms: int
+    link_window: int
+    max_attempts: int
     nodes_refresh: float
     mongo_url: str
     mongo_db: str
@@ -68,7 +78,10 @@ class DispatchConfig:
             batch_bytes=env("BATCH_BYTES", 900_000),
             block_ms=env("BLOCK_MS", 1000),
             claim_idle_ms=env("CLAIM_IDLE_MS", 10_000),
-            link_timeout=env("LINK_TIMEOUT_SECONDS", 5.0),
+            link_timeout=env("LINK_TIMEOUT_SECONDS", 30.0),
+            send_wait_ms=env("SEND_WAIT_MS", 100),
+            link_window=env("LINK_WINDOW", 16),
+            max_attempts=env("MAX_ATTEMPTS", 10),
             nodes_refresh=env("NODES_REFRESH_SECONDS", 1.0),
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),

@@ -33,6 +33,7 @@ class NodeLink:
         self._pending: dict[int, asyncio.Future[BatchResult]] = {}
         self._ids = itertools.count(1)
         self._connecting = asyncio.Lock()
+        self.in_flight = 0  # batches sent (or being sent) and not yet answered
 
     async def _connection(self) -> ClientConnection:
         async with self._connecting:
@@ -72,17 +73,24 @@ class NodeLink:
             self._pending.clear()
 
     async def send(self, items: list[Delivery], at: int) -> BatchResult:
-        ws = await self._connection()
-        batch = DeliverBatch(next(self._ids), at, tuple(items))
-        waiter = asyncio.get_running_loop().create_future()
-        self._pending[batch.batch] = waiter
+        """Send one batch and wait for the node's answer, all of it (connecting, writing, answer) within ``timeout``:
+        a node that is hung (alive in Redis, not reading) fails its batch here and holds up no other node."""
+        self.in_flight += 1
         try:
-            await ws.send(batch.encode())
-            return await asyncio.wait_for(waiter, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                ws = await self._connection()
+                batch = DeliverBatch(next(self._ids), at, tuple(items))
+                waiter = asyncio.get_running_loop().create_future()
+                self._pending[batch.batch] = waiter
+                try:
+                    await ws.send(batch.encode())
+                    return await waiter
+                finally:
+                    self._pending.pop(batch.batch, None)
         except (ConnectionClosed, TimeoutError) as exc:
             raise LinkDown(f"{self.card.id}: {exc!r}") from None
         finally:
-            self._pending.pop(batch.batch, None)
+            self.in_flight -= 1
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -98,6 +106,7 @@ class LinkPool:
         self.key = key
         self.timeout = timeout
         self.links: dict[str, NodeLink] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, card: NodeCard) -> NodeLink:
         link = self.links.get(card.id)
@@ -105,10 +114,14 @@ class LinkPool:
             link = self.links[card.id] = NodeLink(card, self.key, self.timeout)
         return link
 
-    async def retain(self, live: dict[str, NodeCard]) -> None:
-        """Close links to nodes that are gone, or that came back at another link URL."""
+    def retain(self, live: dict[str, NodeCard]) -> None:
+        """Close links to nodes that are gone, or that came back at another link URL. The closing handshake runs in
+        the background: a hung node's card expires while it does not answer, and nobody may wait for it."""
         for node_id in [n for n, link in self.links.items() if n not in live or live[n].link_url != link.card.link_url]:
-            await self.links.pop(node_id).close()
+            task = asyncio.create_task(self.links.pop(node_id).close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        await self.retain({})
+        self.retain({})
+        await asyncio.gather(*self._closing, return_exceptions=True)

@@ -6,6 +6,7 @@ from shared.metrics import LATENCY_BUCKETS
 
 FORWARDED = Counter("dispatch_forwarded_total", "Deliveries accepted by a push node")
 UNROUTED = Counter("dispatch_unrouted_total", "Deliveries for users with no live route (left stored)")
-RETRIED = Counter("dispatch_retried_total", "Deliveries left pending for a retry because a node failed")
+RETRIED = Counter("dispatch_retried_total", "Entries left pending for a retry because a node failed or was stalled")
+GIVEN_UP = Counter("dispatch_given_up_total", "Entries tried MAX_ATTEMPTS times, then acknowledged and left to the inboxes")
 LIVE_NODES = Gauge("dispatch_live_nodes", "Push nodes with a live card")
 BATCH_SECONDS = Histogram("dispatch_batch_seconds", "Time to route and forward one stream batch", buckets=LATENCY_BUCKETS)

@@ -3,8 +3,17 @@
 An entry (one post: its messages and their recipients) is acknowledged once every node holding
 one of its recipients accepted it. Recipients with no live route are left to their inbox in Redis,
 which their node replays when they connect; an expired message is not forwarded (the expiry loop
-closes its inboxes). If a node fails, the entry stays pending in the consumer group and is claimed again after
-``claim_idle_ms``, by this or another instance. The push node records the lifecycle stages.
+closes its inboxes). The push node records the lifecycle stages.
+
+Each node's batch is sent as its own task. A cycle waits for them at most ``send_wait_ms`` (and not
+at all for a node still owing answers from earlier cycles) and acknowledges what every node took by
+then; later answers are acknowledged in the background, so a hung node (alive in Redis, not reading)
+delays nobody else. A node with ``link_window`` batches unanswered is skipped. A node that fails or is skipped leaves the entry pending in the consumer
+group: it is claimed again after ``claim_idle_ms``, by this or another instance, and this instance
+sends it only to the nodes that did not take it yet (``ledger.py``). Once the hung node answers it
+gets its part; once its card expires its users are no longer routed there and wait in their inboxes.
+An entry tried ``max_attempts`` times (a node that keeps closing the link on it) is acknowledged and
+left to its users' inboxes.
 """
 
 from __future__ import annotations
@@ -17,8 +26,9 @@ from collections import defaultdict
 from redis.exceptions import RedisError
 
 from services.dispatch.config import DispatchConfig
-from services.dispatch.links import LinkDown, LinkPool
-from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, LIVE_NODES, RETRIED, UNROUTED
+from services.dispatch.ledger import Ledger
+from services.dispatch.links import LinkDown, LinkPool, NodeLink
+from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
 from shared import routing
 from shared.breaker import CircuitBreaker
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
@@ -32,9 +42,11 @@ ITEM_OVERHEAD = 48  # brackets, quotes, the id and the ts around each frame in a
 
 
 def encoded_size(item: Delivery) -> int:
-    """Bytes the item takes in a deliver batch: frames are text, counted as UTF-8, not as characters."""
+    """Bytes the item takes in a deliver batch: frames are text, counted as UTF-8, not as characters, plus the
+    backslash JSON puts before each quote and backslash of the frame (a JSON frame is full of quotes)."""
     frame = item.frame if item.frame.isascii() else item.frame.encode()
-    return len(frame) + sum(len(u) + 3 for u in item.users) + len(item.message_id) + ITEM_OVERHEAD
+    escapes = item.frame.count('"') + item.frame.count("\\")
+    return len(frame) + escapes + sum(len(u) + 3 for u in item.users) + len(item.message_id) + ITEM_OVERHEAD
 
 
 def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]]:
@@ -74,29 +86,36 @@ class Router:
         self.routes = routes
         self.links = links
         self.breaker = CircuitBreaker("redis", failures=(RedisError,))
+        self.ledger = Ledger()
         self._nodes: dict[str, NodeCard] = {}
         self._nodes_at = 0.0
         self.last_cycle = time.time()
         self._group_ready = False
         self._next_claim = 0.0
+        self._sends: set[asyncio.Task[None]] = set()
 
     async def live_nodes(self) -> dict[str, NodeCard]:
         if time.monotonic() - self._nodes_at >= self.config.nodes_refresh:
             self._nodes = await self.routes.live_nodes()
             self._nodes_at = time.monotonic()
             LIVE_NODES.set(len(self._nodes))
-            await self.links.retain(self._nodes)
+            self.links.retain(self._nodes)
         return self._nodes
 
     async def run(self) -> None:
         backoff = Backoff()
-        while True:
-            try:
-                await self.breaker.call(self.cycle)
-                backoff.succeeded()
-                self.last_cycle = time.time()
-            except Exception as exc:  # never die silently: log, back off, go on
-                await backoff.failed(log, "dispatch cycle", exc)
+        try:
+            while True:
+                try:
+                    await self.breaker.call(self.cycle)
+                    backoff.succeeded()
+                    self.last_cycle = time.time()
+                except Exception as exc:  # never die silently: log, back off, go on
+                    await backoff.failed(log, "dispatch cycle", exc)
+        finally:
+            for task in self._sends:
+                task.cancel()
+            await asyncio.gather(*self._sends, return_exceptions=True)
 
     async def cycle(self) -> None:
         """One step: make sure the group exists, take stale or new entries, forward them."""
@@ -107,7 +126,10 @@ class Router:
             entries: list[StreamEntry] = []
             if time.monotonic() >= self._next_claim:
                 entries = await self.stream.claim_stale(self.config.consumer, self.config.claim_idle_ms, self.config.batch_size)
-                self._next_claim = time.monotonic() + self.config.claim_idle_ms / 2000
+                # A full page means more are waiting (a node came back): claim again next cycle.
+                full = len(entries) == self.config.batch_size
+                self._next_claim = time.monotonic() + (0 if full else self.config.claim_idle_ms / 2000)
+                entries = await self.give_up(entries)
             if not entries:
                 entries = await self.stream.read(self.config.consumer, self.config.batch_size, self.config.block_ms)
         except RedisError as exc:
@@ -116,6 +138,16 @@ class Router:
         if entries:
             await self.forward(entries)
 
+    async def give_up(self, entries: list[StreamEntry]) -> list[StreamEntry]:
+        """Acknowledge the entries tried ``max_attempts`` times (their deliveries wait in the inboxes); return the rest."""
+        spent = [e.entry_id for e in entries if e.attempts > self.config.max_attempts]
+        if spent:
+            await self.stream.ack(spent)
+            GIVEN_UP.inc(len(spent))
+            log.error("entries tried too often: left to the users' inboxes", extra={
+                "count": len(spent), "attempts": self.config.max_attempts, "entries": spent[:10]})
+        return [e for e in entries if e.attempts <= self.config.max_attempts]
+
     async def forward(self, entries: list[StreamEntry]) -> None:
         start = time.perf_counter()
         messages = sum(len(e.messages) for e in entries)
@@ -123,23 +155,50 @@ class Router:
         now = routing.now_ms()
         nodes = await self.live_nodes()
         routes = await self.routes.lookup(list({u for e in entries for m in e.messages for u in m.users}), nodes)
-        work = per_node(entries, routes, now)
-        results = await asyncio.gather(*(self.send(nodes[n], [d for ds in by_entry.values() for d in ds], now)
-                                         for n, by_entry in work.items()))
-        failed = {entry_id for ok, by_entry in zip(results, work.values()) if not ok for entry_id in by_entry}
-        await self.stream.ack([e.entry_id for e in entries if e.entry_id not in failed])
+        ids = [e.entry_id for e in entries]
+        late = asyncio.Event()  # set once this cycle stops waiting: sends ending after it acknowledge for themselves
+        sends, awaited, stalled, waiting = [], [], [], set()
+        for node, by_entry in self.ledger.plan(ids, per_node(entries, routes, now)).items():
+            link = self.links.get(nodes[node])
+            if link.in_flight >= self.config.link_window:
+                stalled.append(node)
+                waiting.update(by_entry)
+                continue
+            self.ledger.sending(node, by_entry)
+            sends.append(asyncio.create_task(self.send(link, by_entry, now, late)))
+            if not link.in_flight:  # a node still owing answers from earlier cycles is not waited for again
+                awaited.append(sends[-1])
+        self._sends.update(sends)
+        for task in sends:
+            task.add_done_callback(self._sends.discard)
+        if stalled:
+            RETRIED.inc(len(waiting))
+            log.warning("nodes not answering: their part waits for a retry", extra={"nodes": stalled, "count": len(waiting)})
+        if awaited:
+            await asyncio.wait(awaited, timeout=self.config.send_wait_ms / 1000)
+        late.set()
+        done = self.ledger.settled(ids)
+        await self.stream.ack(done)
         UNROUTED.inc(sum(1 for e in entries for m in e.messages for u in m.users if u not in routes))
-        RETRIED.inc(len(failed))
         MESSAGES_OUT.inc(messages)
         BATCH_SECONDS.observe(time.perf_counter() - start)
 
-    async def send(self, card: NodeCard, items: list[Delivery], at: int) -> bool:
-        link = self.links.get(card)
+    async def send(self, link: NodeLink, by_entry: dict[str, list[Delivery]], at: int, late: asyncio.Event) -> None:
+        """Send a node its part of the entries; record whether it took it; acknowledge what that settles if late."""
+        ok = False
+        items = [d for ds in by_entry.values() for d in ds]
         try:
             for chunk in chunk_by_bytes(items, self.config.batch_bytes):
                 result = await link.send(chunk, at)
                 FORWARDED.inc(result.delivered)
+            ok = True
         except LinkDown as exc:
-            log.warning("node did not take the batch; will retry", extra={"node": card.id, "error": str(exc), "count": len(items)})
-            return False
-        return True
+            RETRIED.inc(len(by_entry))
+            log.warning("node did not take the batch; will retry", extra={"node": link.card.id, "error": str(exc), "count": len(items)})
+        finally:
+            self.ledger.finished(link.card.id, by_entry, ok)
+        if late.is_set():
+            try:
+                await self.stream.ack(self.ledger.settled(by_entry))
+            except RedisError as exc:  # still pending: claimed and sent again later (at least once)
+                log.warning("late acknowledgement failed", extra={"node": link.card.id, "error": repr(exc)})

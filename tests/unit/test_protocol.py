@@ -84,3 +84,25 @@ def test_dispatch_groups_each_message_per_node_with_only_that_nodes_recipients()
         "n1": {"1-0": [Delivery("m1", "F1", 5, ("a", "b"))], "2-0": [Delivery("m2", "F2", 6, ("b",))]},
         "n2": {"1-0": [Delivery("m1", "F1", 5, ("b",))], "2-0": [Delivery("m2", "F2", 6, ("b",))]},
     }
+
+
+def test_the_largest_accepted_message_fits_one_batch_and_the_nodes_link_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message at collect's default payload and recipient limits, all quotes (each escaped twice on the link),
+    is sized at least as large as it encodes, and alone fits dispatch's batch budget and a node's frame limit."""
+    from services.collect.config import CollectConfig
+    from services.collect.intake import Limits, parse_body
+    from services.dispatch.config import DispatchConfig
+    from services.dispatch.router import encoded_size
+    from services.push.config import PushConfig
+
+    monkeypatch.setenv("APP_ENV", "development")
+    collect, dispatch, push = CollectConfig.from_env(), DispatchConfig.from_env(), PushConfig.from_env()
+    limits = Limits(collect.max_payload_bytes, collect.max_batch, collect.max_recipients, collect.message_ttl_seconds)
+    users = [f"{n:04d}".ljust(128, "u") for n in range(collect.max_recipients)]
+    [m] = parse_body({"user_ids": users, "payload": '"' * (collect.max_payload_bytes // 2 - 60)}, limits, 1)
+    item = Delivery(m.id, m.frame, m.ts, m.users)
+    encoded = len(DeliverBatch(2**40, 2**45, (item,)).encode())
+    assert len(m.frame.encode()) > collect.max_payload_bytes - 200, "the payload is at its limit"
+    assert encoded > 2 * collect.max_payload_bytes, "the frame's quotes are escaped again inside the batch"
+    assert encoded <= encoded_size(item) + 80  # the batch's envelope around its one item
+    assert encoded_size(item) <= dispatch.batch_bytes < push.max_frame_bytes - 1000

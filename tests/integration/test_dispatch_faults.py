@@ -1,0 +1,186 @@
+"""dispatch under faults: a hung push node, dispatch killed in the middle of a batch (alone or beside another
+instance), and a node that keeps refusing a batch. Counted per delivery (message, user)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+
+import orjson
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.client import receive_ids
+from tests.conftest import RunningStack, report_scenario
+from tools.cluster import Cluster, Proc, free_port
+
+FAST = {"CLAIM_IDLE_MS": "2000"}
+
+
+class Receiver:
+    """A user's websocket that acks every message at once and records each delivery and its latency as it arrives."""
+
+    def __init__(self, user: str, ws: ClientConnection) -> None:
+        self.user = user
+        self.ws = ws
+        self.got: list[str] = []
+        self.latencies: list[tuple[float, float]] = []  # (arrival, seconds since collect accepted it)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for data in self.ws:
+                frame = orjson.loads(data)
+                if frame["type"] == "message":
+                    now = time.time()
+                    self.got.append(f"{frame['id']}:{self.user}")
+                    self.latencies.append((now, now - frame["ts"] / 1000))
+                    await self.ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
+        except ConnectionClosed:
+            pass
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._task
+
+
+class Load:
+    """Posts, one after another, each message to one user on each node; remembers every delivery it asked for."""
+
+    def __init__(self, stack: RunningStack, pairs: list[tuple[str, str]]) -> None:
+        self.stack = stack
+        self.pairs = pairs
+        self.posted: list[str] = []
+
+    async def run(self, seconds: float, pause: float = 0.02) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            users = self.pairs[len(self.posted) // 2 % len(self.pairs)]
+            status, body = await self.stack.client.post({"user_ids": list(users), "payload": len(self.posted)})
+            assert status == 202, body
+            self.posted += [f"{body['id']}:{u}" for u in users]
+            await asyncio.sleep(pause)
+
+
+async def everything_arrived(load: Load, receivers: list[Receiver], timeout: float) -> list[str]:
+    """Wait until every posted delivery arrived, then a second more for late duplicates; return all arrivals."""
+    async with asyncio.timeout(timeout):
+        while not set(load.posted) <= {d for r in receivers for d in r.got}:
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)
+    return [d for r in receivers for d in r.got]
+
+
+async def receivers(stack: RunningStack, prefix: str, node: int, count: int) -> list[Receiver]:
+    return [Receiver(f"{prefix}{n}", await stack.client.connect(f"{prefix}{n}", node=node)) for n in range(count)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def test_a_hung_node_delays_no_other_node_and_gets_everything_once_it_resumes(start_stack) -> None:
+    """A node SIGSTOPped for 10 s under load: users on the healthy node keep receiving within a fraction of a second,
+    and after SIGCONT the hung node's users get every message too."""
+    stack: RunningStack = start_stack()
+    healthy, hung = await receivers(stack, "well", 0, 4), await receivers(stack, "hung", 1, 4)
+    load = Load(stack, [(h.user, s.user) for h, s in zip(healthy, hung)])
+    await load.run(2)
+    stack.push(1).popen.send_signal(signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        await load.run(10)
+        resumed = time.time()
+    finally:
+        stack.push(1).popen.send_signal(signal.SIGCONT)
+    await load.run(2)
+    received = await everything_arrived(load, healthy + hung, timeout=45)
+    during = [latency for r in healthy for at, latency in r.latencies if stopped + 0.5 <= at <= resumed]
+    p50, p99, worst = percentile(during, 0.5), percentile(during, 0.99), max(during)
+    lost, twice = report_scenario(
+        f"push node SIGSTOPped 10 s: healthy p50/p99/max {p50 * 1000:.0f}/{p99 * 1000:.0f}/{worst * 1000:.0f} ms",
+        load.posted, received)
+    assert len(during) > 100, "the healthy node's users kept receiving while the other node was stopped"
+    assert p99 < 0.5 and worst < 1.5, (p50, p99, worst)
+    assert lost == 0
+    for r in healthy + hung:
+        await r.close()
+
+
+def consumer_of(proc: Proc) -> bytes:
+    return f"{socket.gethostname()}-{proc.popen.pid}".encode()
+
+
+async def kill_mid_batch(redis: Redis, proc: Proc) -> int:
+    """Freeze dispatch until it is caught holding entries it read but did not acknowledge, then SIGKILL it; return how many."""
+    async with asyncio.timeout(30):
+        while True:
+            proc.popen.send_signal(signal.SIGSTOP)
+            consumers = (await redis.xpending("push:deliveries", "dispatch"))["consumers"]
+            held = next((int(c["pending"]) for c in consumers if c["name"] == consumer_of(proc)), 0)
+            if held:
+                proc.kill()
+                return held
+            proc.popen.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.03)
+
+
+async def dispatch_killed_under_load(stack: RunningStack, restart: bool, cluster: Cluster) -> tuple[Load, list[str], int]:
+    users = await receivers(stack, "left", 0, 3) + await receivers(stack, "right", 1, 3)
+    load = Load(stack, [(users[n].user, users[n + 3].user) for n in range(3)])
+    redis = Redis.from_url(stack.stack.redis_url)
+    posting = asyncio.create_task(load.run(6, pause=0.005))
+    await asyncio.sleep(2)
+    held = await kill_mid_batch(redis, stack.procs["dispatch"])
+    if restart:
+        stack.procs["dispatch"] = cluster.start_service("dispatch", stack.stack)
+    await posting
+    received = await everything_arrived(load, users, timeout=30)
+    await redis.aclose()
+    for r in users:
+        await r.close()
+    return load, received, held
+
+
+async def test_dispatch_killed_in_the_middle_of_a_batch_and_restarted_loses_nothing(start_stack, cluster: Cluster) -> None:
+    """dispatch SIGKILLed while holding entries it read but did not acknowledge: its restart claims and delivers them."""
+    stack: RunningStack = start_stack(**FAST)
+    load, received, held = await dispatch_killed_under_load(stack, True, cluster)
+    lost, twice = report_scenario(f"dispatch SIGKILLed mid-batch (entries held: {held}), restarted", load.posted, received)
+    assert lost == 0
+
+
+async def test_one_of_two_dispatch_instances_killed_mid_batch_loses_nothing(start_stack, cluster: Cluster) -> None:
+    """Two dispatch instances share the stream; one is SIGKILLed holding unacknowledged entries and the other takes them over."""
+    stack: RunningStack = start_stack(**FAST)
+    port = free_port()
+    stack.procs["dispatch-2"] = cluster.start_service("dispatch", stack.stack, port, DISPATCH_PORT=str(port))
+    load, received, held = await dispatch_killed_under_load(stack, False, cluster)
+    lost, twice = report_scenario(f"one of 2 dispatch instances SIGKILLed (entries held: {held})", load.posted, received)
+    assert lost == 0
+
+
+async def test_a_batch_the_node_keeps_refusing_is_left_to_the_inbox_after_max_attempts(start_stack) -> None:
+    """A message larger than the node's link frame limit closes the link (1009) at each try: after MAX_ATTEMPTS it is
+    acknowledged, not retried forever; the link carries later messages, and a reconnect replays the big one."""
+    stack: RunningStack = start_stack(nodes=1, MAX_FRAME_BYTES="8192", CLAIM_IDLE_MS="300", MAX_ATTEMPTS="3")
+    c = stack.client
+    ws = await c.connect("big")
+    _, big = await c.post({"user_id": "big", "payload": "x" * 20_000})
+    redis = Redis.from_url(stack.stack.redis_url)
+    async with asyncio.timeout(20):
+        while await redis.xlen("push:deliveries"):
+            await asyncio.sleep(0.1)
+    await redis.aclose()
+    async with c.session.get(f"{stack.stack.dispatch_url}/metrics") as r:
+        assert "dispatch_given_up_total 1.0" in await r.text()
+    _, small = await c.post({"user_id": "big", "payload": "small"})
+    assert await receive_ids(ws, 1) == [small["id"]]
+    await ws.close()
+    again = await c.connect("big")
+    assert sorted(await receive_ids(again, 2)) == sorted([big["id"], small["id"]])
+    await again.close()
