@@ -263,3 +263,75 @@ describe("PushClient", () => {
     assert.equal(client.state, "stopped");
   });
 });
+
+describe("PushClient topics", () => {
+  let client, events;
+
+  beforeEach(() => {
+    FakeSocket.all = [];
+    mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+    events = [];
+    client = new PushClient({
+      getToken: async () => "token",
+      fetch: async () => ({ ok: true, json: async () => ({ nodes: [{ url: "ws://a/ws" }] }) }),
+      WebSocket: FakeSocket,
+      window: null,
+      random: () => 0,
+      now: () => 1_000_000,
+    });
+    for (const type of ["message", "subscribed", "forbidden"]) client.addEventListener(type, (e) => events.push([type, e.detail]));
+  });
+
+  afterEach(() => {
+    client.stop();
+    mock.timers.reset();
+  });
+
+  const connect = async () => {
+    client.start();
+    await settle();
+    const ws = FakeSocket.all.at(-1);
+    ws.accept("a");
+    return ws;
+  };
+
+  it("subscribes once connected, and again with every topic after a reconnect", async () => {
+    client.subscribe(["news"]);
+    const first = await connect();
+    client.subscribe(["news", "room:1"]);
+    assert.deepEqual(first.sent, [{ type: "subscribe", topics: ["news"] }, { type: "subscribe", topics: ["room:1"] }]);
+    first.drop(1006);
+    mock.timers.tick(60_000);
+    await settle();
+    const second = FakeSocket.all.at(-1);
+    second.accept("a");
+    assert.deepEqual(second.sent, [{ type: "subscribe", topics: ["news", "room:1"] }]);
+  });
+
+  it("unsubscribes on the open link and forgets the topic for later connections", async () => {
+    client.subscribe(["news", "sports"]);
+    const ws = await connect();
+    client.unsubscribe(["sports", "never-subscribed"]);
+    assert.deepEqual(ws.sent.at(-1), { type: "unsubscribe", topics: ["sports"] });
+    assert.deepEqual(client.topics, ["news"]);
+  });
+
+  it("reports refused topics and stops asking for them", async () => {
+    client.subscribe(["news", "vip:1"]);
+    const ws = await connect();
+    ws.frame({ type: "subscribed", topics: ["news"] });
+    ws.frame({ type: "error", code: "forbidden", topics: ["vip:1"] });
+    assert.deepEqual(events, [["subscribed", { topics: ["news"] }], ["forbidden", { topics: ["vip:1"] }]]);
+    assert.deepEqual(client.topics, ["news"]);
+  });
+
+  it("emits topic and broadcast messages with their kind and does not ack them", async () => {
+    const ws = await connect();
+    ws.frame({ type: "message", id: "t1", topic: "news", payload: 1, ts: 1_000_000 });
+    ws.frame({ type: "message", id: "b1", broadcast: true, payload: 2, ts: 1_000_000 });
+    ws.frame({ type: "message", id: "u1", payload: 3, ts: 1_000_000 });
+    await settle();
+    assert.deepEqual(events.map(([, d]) => [d.id, d.topic, d.broadcast]), [["t1", "news", false], ["b1", null, true], ["u1", null, false]]);
+    assert.deepEqual(ws.sent, [{ type: "ack", ids: ["u1"] }]);
+  });
+});

@@ -13,7 +13,9 @@
  *   browser is offline or the page is hidden in the back/forward cache;
  * - sends application-level pings and treats a link that stays silent as dead;
  * - acknowledges every message and drops redelivered duplicates by id, in bounded memory;
- * - asks getToken() again when the node closes with 4001 (token missing, bad or expired).
+ * - asks getToken() again when the node closes with 4001 (token missing, bad or expired);
+ * - keeps the page's topic subscriptions (subscribe / unsubscribe) and makes them again on every
+ *   new connection; topic and broadcast messages are at most once, so they are not acked.
  *
  * The pure pieces (backoffDelay, chooseNode, RecentIds) are exported for unit tests; the module
  * touches no browser global at import time, so node --test can load it.
@@ -74,7 +76,10 @@ export class RecentIds {
 /**
  * A connection to the cluster that stays up. Events (all CustomEvent, details below):
  * - "open"    {node, userId, url}            the node has routed us: messages can arrive;
- * - "message" {id, payload, ts, latencyMs}   a new message (duplicates are not re-emitted);
+ * - "message" {id, payload, ts, latencyMs, topic, broadcast}   a new message (duplicates are not
+ *                                            re-emitted); topic / broadcast are set on topic and broadcast messages;
+ * - "subscribed" {topics}                    the node granted these topics;
+ * - "forbidden"  {topics}                    the node refused these topics (the token does not grant them);
  * - "close"   {code, reason, retryInMs}      the link closed; retryInMs is null when not retrying;
  * - "error"   {error}                        getting a token or the directory failed, or a socket error.
  */
@@ -94,6 +99,7 @@ export class PushClient extends EventTarget {
   #recent;
   #listening = false;
   #resumeOnShow = false;
+  #topics = new Set();
 
   /**
    * @param {object} options
@@ -146,6 +152,28 @@ export class PushClient extends EventTarget {
     this.#listen(false);
     this.#halt(CLOSE.NORMAL, "client stopped");
     this.state = "stopped";
+  }
+
+  /** Receive messages of these topics, now if connected and again after every reconnect. */
+  subscribe(topics) {
+    const fresh = topics.filter((t) => !this.#topics.has(t));
+    for (const t of fresh) this.#topics.add(t);
+    if (fresh.length && this.state === "open") this.#send({ type: "subscribe", topics: fresh });
+  }
+
+  /** Stop receiving messages of these topics. */
+  unsubscribe(topics) {
+    const gone = topics.filter((t) => this.#topics.delete(t));
+    if (gone.length && this.state === "open") this.#send({ type: "unsubscribe", topics: gone });
+  }
+
+  /** The topics this client asks for on every connection. */
+  get topics() {
+    return [...this.#topics];
+  }
+
+  #send(frame) {
+    if (this.#ws?.readyState === 1) this.#ws.send(JSON.stringify(frame));
   }
 
   #emit(type, detail) {
@@ -204,11 +232,19 @@ export class PushClient extends EventTarget {
       this.#welcomedAt = this.#o.now();
       this.node = frame.node;
       this.state = "open";
+      if (this.#topics.size) this.#send({ type: "subscribe", topics: [...this.#topics] });
       this.#emit("open", { node: frame.node, userId: frame.user_id, url: this.#url });
     } else if (frame.type === "message") {
+      const fanout = frame.topic !== undefined || frame.broadcast === true;
       if (this.#recent.seen(frame.id)) this.duplicates += 1;
-      else this.#emit("message", { id: frame.id, payload: frame.payload, ts: frame.ts, latencyMs: this.#o.now() - frame.ts });
-      this.#ack(frame.id); // duplicates too: the node redelivered because it has not seen our ack
+      else this.#emit("message", { id: frame.id, payload: frame.payload, ts: frame.ts, latencyMs: this.#o.now() - frame.ts,
+                                   topic: frame.topic ?? null, broadcast: frame.broadcast === true });
+      if (!fanout) this.#ack(frame.id); // duplicates too: the node redelivered because it has not seen our ack
+    } else if (frame.type === "subscribed") {
+      this.#emit("subscribed", { topics: frame.topics });
+    } else if (frame.type === "error" && frame.code === "forbidden") {
+      for (const t of frame.topics ?? []) this.#topics.delete(t); // asking again on reconnect would be refused again
+      this.#emit("forbidden", { topics: frame.topics });
     }
   }
 
