@@ -19,7 +19,7 @@ from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
 from shared.coalesce import Coalescer
 from shared.config import same_secret
-from shared.errors import NotFound, Unauthorized, Unavailable
+from shared.errors import NotFound, ServiceError, Unauthorized, Unavailable
 from shared.inbox import Inbox
 from shared.message import Message
 from shared.metrics import MESSAGES_IN
@@ -61,14 +61,16 @@ def create_app(config: CollectConfig) -> Starlette:
         if messages:
             await redis_breaker.call(write)
 
-    async def store_and_hand_over(messages: list[Message]) -> list[None]:
+    async def store_and_hand_over(messages: list[Message]) -> list[ServiceError | None]:
         """Stored first, then handed over: a 503 from MongoDB means nothing reached anyone, and a retry
-        with the same Idempotency-Key hands over only what MongoDB did not have yet."""
-        await hand_over(await store.accept(messages))
-        return [None] * len(messages)
+        with the same Idempotency-Key hands over only what MongoDB did not have yet. Per message, the
+        error refusing its post: a post the store refuses fails alone, the others are handed over."""
+        fresh, refusals = await store.accept(messages)
+        await hand_over(fresh)
+        return refusals
 
     # Posts arriving while a write runs share the next one: one insert and one pipeline for all.
-    writes: Coalescer[Message, None] = Coalescer(store_and_hand_over)
+    writes: Coalescer[Message, ServiceError | None] = Coalescer(store_and_hand_over)
 
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
@@ -77,7 +79,9 @@ def create_app(config: CollectConfig) -> Starlette:
         messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
         if redis_breaker.state == OPEN:
             raise Unavailable("Redis is unavailable (circuit open); nothing was stored")
-        await writes.submit(messages)
+        refusal = next(filter(None, await writes.submit(messages)), None)
+        if refusal is not None:
+            raise refusal
         MESSAGES_IN.inc(len(messages))
         ids = [m.id for m in messages]
         return json_response({"id": ids[0], "ids": ids} if len(ids) == 1 else {"ids": ids}, 202)
