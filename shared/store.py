@@ -24,7 +24,7 @@ posts of the same insert are stored whole) and never counts against the breaker.
 A post's document holds the payloads as frame text, so a payload's keys, arrays and numbers never
 reach MongoDB; what a post can break is the size of one document (``MAX_DOCUMENT_BYTES``), which
 collect checks with ``post_bytes`` before storing anything. FerretDB 1.24 stores a larger document,
-but a find whose batch then passes 48 MB fails, so the rebuild from MongoDB could never finish.
+but a find whose reply batch then passes 48 MB fails, so a few such posts would stop the rebuild.
 """
 
 from __future__ import annotations
@@ -166,10 +166,15 @@ class MessageStore:
             return outcomes(posts, exc.details["writeErrors"])
 
     async def record(self, stages: dict[Pair, dict[str, int]]) -> None:
-        """One insert: one event document per post."""
+        """One insert: one event document per post; documents the server refuses are dropped (a retry
+        would be refused again), the others are stored."""
         if stages:
             docs = event_documents(stages, dt.datetime.now(dt.timezone.utc))
-            await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
+            try:
+                await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
+            except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
+                log.warning("lifecycle documents refused; dropped", extra={"count": len(exc.details["writeErrors"]),
+                                                                            "error": exc.details["writeErrors"][0].get("errmsg")})
 
     async def lifecycle(self, message_id: str, sender: str) -> list[dict[str, Any]]:
         """Per recipient state and stage times, or [] unless ``sender`` posted the message."""

@@ -180,3 +180,20 @@ async def test_posts_too_big_for_one_stored_document_are_413s_that_never_open_th
     async with c.session.get(f"{stack.stack.collect_url}/healthz") as r:
         assert r.status == 200 and (await r.json())["breakers"]["mongodb"] == "closed"
     await ws.close()
+
+
+async def test_payloads_mongodb_could_not_hold_as_fields_are_accepted_and_delivered_unchanged(shared_stack: RunningStack) -> None:
+    """Keys with '.', '$' or NUL, nested arrays and a 64-bit unsigned integer, posted six times (past the breaker's
+    five), are each stored as frame text (202) and delivered as posted, and collect stays healthy."""
+    c = shared_stack.client
+    ws = await c.connect("odd-keys")
+    payload = {"a.b": 1, "$set": {"k\u0000": [[1, [2]], []]}, "max": 2**64 - 1}
+    ids = []
+    for _ in range(6):
+        status, answer = await c.post({"user_id": "odd-keys", "payload": payload})
+        assert status == 202
+        ids.append(answer["id"])
+    frames = [await next_frame(ws) for _ in ids]
+    assert [f["id"] for f in frames] == ids and all(f["payload"] == payload for f in frames)
+    await assert_all_healthy(shared_stack)
+    await ws.close()
