@@ -2,6 +2,10 @@
 
 closed -> (``threshold`` failures in a row) -> open: calls fail at once with ``Unavailable``
 open -> (``cooldown`` seconds later) -> half-open: one trial call; success closes, failure reopens.
+
+Only the dependency's own failures count: an error that ``blameless`` says the request caused (a
+document the database refused) shows the dependency answered, so it counts as a success and reaches
+the caller unchanged.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class CircuitBreaker:
-    def __init__(self, name: str, threshold: int = 5, cooldown: float = 2.0, failures: tuple[type[BaseException], ...] = ()) -> None:
+    def __init__(self, name: str, threshold: int = 5, cooldown: float = 2.0, failures: tuple[type[BaseException], ...] = (),
+                 blameless: Callable[[BaseException], bool] = lambda exc: False) -> None:
         self.name = name
         self.threshold = threshold
         self.cooldown = cooldown
         self.failures = failures
+        self.blameless = blameless
         self.consecutive = 0
         self.opened_at = 0.0
         self._trial_running = False
@@ -35,7 +41,8 @@ class CircuitBreaker:
         return HALF_OPEN if time.monotonic() - self.opened_at >= self.cooldown else OPEN
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation`` unless the breaker is open; a ``failures`` exception counts and becomes ``Unavailable``."""
+        """Run ``operation`` unless the breaker is open; a ``failures`` exception counts and becomes ``Unavailable``
+        unless ``blameless``, which is raised as it is."""
         state = self.state
         if state == OPEN or (state == HALF_OPEN and self._trial_running):
             raise Unavailable(f"{self.name} is unavailable (circuit open)")
@@ -43,14 +50,20 @@ class CircuitBreaker:
         try:
             result = await operation()
         except self.failures as exc:
+            if self.blameless(exc):
+                self._record_success()
+                raise
             self._record_failure()
             raise Unavailable(f"{self.name}: {type(exc).__name__}: {str(exc)[:200]}") from exc
         finally:
             self._trial_running = False
+        self._record_success()
+        return result
+
+    def _record_success(self) -> None:
         if self.consecutive:
             log.info("circuit closed", extra={"error": self.name})
         self.consecutive = 0
-        return result
 
     def _record_failure(self) -> None:
         self.consecutive += 1

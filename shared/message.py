@@ -59,6 +59,17 @@ def by_post(messages: Iterable[Message]) -> dict[str, list[Message]]:
     return posts
 
 
+def submitted_posts(messages: Iterable[Message]) -> list[list[Message]]:
+    """A batch's posts as submitted, each a run of messages from position 0. Unlike ``by_post``, two
+    submissions of one post (an Idempotency-Key retry sharing a group commit) stay two posts."""
+    posts: list[list[Message]] = []
+    for m in messages:
+        if m.index == 0 or not posts:
+            posts.append([])
+        posts[-1].append(m)
+    return posts
+
+
 def join_users(users: Iterable[str]) -> str:
     return ",".join(users)
 

@@ -17,7 +17,14 @@ the purge of old history.
 
 Both carry ``purge_at``; a TTL index drops them where the server has TTL indexes, and dispatch
 deletes them otherwise. Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit
-breaker: nobody is told a message is stored when the write was not acknowledged.
+breaker: nobody is told a message is stored when the write was not acknowledged. A document the
+server refuses is the request's fault, not the database's: it fails its own post only (the other
+posts of the same insert are stored whole) and never counts against the breaker.
+
+A post's document holds the payloads as frame text, so a payload's keys, arrays and numbers never
+reach MongoDB; what a post can break is the size of one document (``MAX_DOCUMENT_BYTES``), which
+collect checks with ``post_bytes`` before storing anything. FerretDB 1.24 stores a larger document,
+but a find whose reply batch then passes 48 MB fails, so a few such posts would stop the rebuild.
 """
 
 from __future__ import annotations
@@ -28,11 +35,11 @@ import logging
 from typing import Any, AsyncIterator
 
 from pymongo import AsyncMongoClient
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
 
 from shared.breaker import CircuitBreaker
-from shared.errors import Unavailable
-from shared.message import Message, Pair, by_post, index_of, join_users, message_id, post_of, split_users
+from shared.errors import InvalidFields, ServiceError, Unavailable
+from shared.message import Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,12 @@ STAGES = tuple(s for s in PRECEDENCE if s != "accepted")  # accepted is the mess
 CLOSING = ("acked", "expired")
 PURGE_AFTER = dt.timedelta(days=30)
 DUPLICATE_KEY = 11000
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's limit on one document (FerretDB reports it as maxBsonObjectSize)
+# Write error codes that report the server's state rather than the document (MongoDB's retryable write errors).
+SERVER_WRITE_ERRORS = frozenset({6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+# BSON bytes besides the frame and recipients: per message its three array entries (type, key up to 5
+# digits, length, terminator; its expiry), per post the field names, ids, times and array headers.
+MESSAGE_BSON_BYTES, POST_BSON_BYTES = 39, 256
 
 
 def utc(ms: int) -> dt.datetime:
@@ -54,6 +67,32 @@ def post_document(messages: list[Message]) -> dict[str, Any]:
     return {"_id": first.post, "sender": first.sender, "ts": first.ts, "frames": [m.frame for m in messages],
             "users": [join_users(m.users) for m in messages], "expires": [m.expires_ms for m in messages],
             "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
+
+
+def post_bytes(messages: list[Message]) -> int:
+    """An upper bound of the BSON size of ``post_document(messages)``, without encoding it."""
+    return POST_BSON_BYTES + len(messages[0].sender.encode()) + sum(
+        len(m.frame.encode()) + len(join_users(m.users)) + MESSAGE_BSON_BYTES for m in messages)
+
+
+def refused_by_document(exc: BaseException) -> bool:
+    """Whether the server answered ``exc`` by refusing the documents written, rather than failing to
+    write (network, timeout, no primary, write concern): then the database is up and the request is at fault."""
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeErrors", [])
+        return bool(errors) and not exc.details.get("writeConcernErrors") and all(
+            e.get("code") not in SERVER_WRITE_ERRORS for e in errors)
+    return isinstance(exc, WriteError) and exc.code not in SERVER_WRITE_ERRORS
+
+
+def outcomes(posts: list[list[Message]], write_errors: list[dict[str, Any]]) -> tuple[list[Message], list[ServiceError | None]]:
+    """Given an unordered insert's write errors (each naming its post's index): the messages of the
+    posts it stored, and per message the error refusing its post, or None (stored now or before)."""
+    errors = {e["index"]: e for e in write_errors}
+    refusals: dict[int, ServiceError] = {i: InvalidFields(f"the store refused this post: {e.get('errmsg', '')[:200]}")
+                                         for i, e in errors.items() if e.get("code") != DUPLICATE_KEY}
+    fresh = [m for i, p in enumerate(posts) if i not in errors for m in p]
+    return fresh, [refusals.get(i) for i, p in enumerate(posts) for _ in p]
 
 
 def messages_of_document(doc: dict[str, Any]) -> list[Message]:
@@ -93,7 +132,7 @@ class MessageStore:
         )
         self.posts = self.client[database]["posts"]
         self.events = self.client[database]["events"]
-        self.breaker = CircuitBreaker("mongodb", failures=(PyMongoError,))
+        self.breaker = CircuitBreaker("mongodb", failures=(PyMongoError,), blameless=refused_by_document)
 
     async def prepare(self) -> None:
         """Create the indexes the off-path queries use on a real MongoDB (idempotent), TTL where supported."""
@@ -110,31 +149,33 @@ class MessageStore:
 
         await self.breaker.call(create)
 
-    async def accept(self, messages: list[Message]) -> list[Message]:
-        """Insert one document per post once MongoDB acknowledges; return the messages not stored before
-        (a retried post's are)."""
-        posts = list(by_post(messages).values())
+    async def accept(self, messages: list[Message]) -> tuple[list[Message], list[ServiceError | None]]:
+        """Insert one document per submitted post in one unordered insert, once MongoDB acknowledges.
+
+        Returns the messages not stored before (a retried post's are, even by an earlier submission in
+        this same insert), and per message the error refusing its post, or None: a post the server
+        refuses is not stored and fails alone, the others are stored whole.
+        """
+        posts = submitted_posts(messages)
         if not posts:
-            return []
-
-        async def insert() -> set[int]:
-            try:
-                await self.posts.insert_many([post_document(p) for p in posts], ordered=False)
-                return set()
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    raise
-                return {e["index"] for e in errors}
-
-        seen = await self.breaker.call(insert)
-        return [m for i, p in enumerate(posts) if i not in seen for m in p]
+            return [], []
+        docs = [post_document(p) for p in posts]
+        try:
+            await self.breaker.call(lambda: self.posts.insert_many(docs, ordered=False))
+            return outcomes(posts, [])
+        except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
+            return outcomes(posts, exc.details["writeErrors"])
 
     async def record(self, stages: dict[Pair, dict[str, int]]) -> None:
-        """One insert: one event document per post."""
+        """One insert: one event document per post; documents the server refuses are dropped (a retry
+        would be refused again), the others are stored."""
         if stages:
             docs = event_documents(stages, dt.datetime.now(dt.timezone.utc))
-            await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
+            try:
+                await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
+            except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
+                log.warning("lifecycle documents refused; dropped", extra={"count": len(exc.details["writeErrors"]),
+                                                                            "error": exc.details["writeErrors"][0].get("errmsg")})
 
     async def lifecycle(self, message_id: str, sender: str) -> list[dict[str, Any]]:
         """Per recipient state and stage times, or [] unless ``sender`` posted the message."""

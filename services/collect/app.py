@@ -19,7 +19,7 @@ from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
 from shared.coalesce import Coalescer
 from shared.config import same_secret
-from shared.errors import NotFound, Unauthorized, Unavailable
+from shared.errors import NotFound, ServiceError, Unauthorized, Unavailable
 from shared.handover import Handover
 from shared.inbox import Inbox
 from shared.message import Message
@@ -50,22 +50,26 @@ def create_app(config: CollectConfig) -> Starlette:
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
 
-    async def store_and_hand_over(messages: list[Message]) -> list[None]:
+    async def store_and_hand_over(messages: list[Message]) -> list[ServiceError | None]:
         """An intent in Redis, the insert in MongoDB, then the hand-over (which drops the intent): a 503 from
         MongoDB means nothing reached anyone, and whatever dies after the insert, the reconciler finishes the
-        hand-over from the intent (``shared/handover.py``). A retried Idempotency-Key's post is not stored twice."""
+        hand-over from the intent (``shared/handover.py``). A retried Idempotency-Key's post is not stored twice.
+        Per message, the error refusing its post: a post the store refuses fails alone, the others are handed over."""
         now = now_ms()
         await redis_breaker.call(lambda: handover.intend(messages, now))
-        fresh = await store.accept(messages)
-        stored = {m.post for m in fresh}
+        fresh, refusals = await store.accept(messages)
         await redis_breaker.call(lambda: handover.complete(fresh))
-        retried = [m for m in messages if m.post not in stored]
+        stored = {m.post for m in fresh}
+        refused = {m.post for m, refusal in zip(messages, refusals) if refusal is not None}
+        retried = [m for m in messages if m.post not in stored and m.post not in refused]
         if retried:
             await redis_breaker.call(lambda: handover.settle_retried(retried, now))
-        return [None] * len(messages)
+        if refused:
+            await redis_breaker.call(lambda: handover.drop(sorted(refused)))
+        return refusals
 
     # Posts arriving while a write runs share the next one: one insert and one pipeline for all.
-    writes: Coalescer[Message, None] = Coalescer(store_and_hand_over)
+    writes: Coalescer[Message, ServiceError | None] = Coalescer(store_and_hand_over)
 
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
@@ -75,7 +79,9 @@ def create_app(config: CollectConfig) -> Starlette:
         for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
             if breaker.state == OPEN:
                 raise Unavailable(f"{name} is unavailable (circuit open); nothing was stored")
-        await writes.submit(messages)
+        refusal = next(filter(None, await writes.submit(messages)), None)
+        if refusal is not None:
+            raise refusal
         MESSAGES_IN.inc(len(messages))
         ids = [m.id for m in messages]
         return json_response({"id": ids[0], "ids": ids} if len(ids) == 1 else {"ids": ids}, 202)

@@ -9,6 +9,7 @@ from typing import Any
 from shared.errors import InvalidFields, PayloadTooLarge
 from shared.message import Message, message_id
 from shared.protocol import MessageFrame, new_post_id, valid_user_id
+from shared.store import MAX_DOCUMENT_BYTES, post_bytes
 
 MAX_IDEMPOTENCY_KEY = 200
 MAX_TTL_SECONDS = 30 * 24 * 3600  # history is purged 30 days on: nothing may wait longer
@@ -55,6 +56,10 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
     deliveries = sum(len(m.users) for m in messages)
     if deliveries > limits.max_deliveries:
         raise PayloadTooLarge(f"{deliveries} deliveries (messages x recipients) in one post; the limit is {limits.max_deliveries}")
+    stored = post_bytes(messages)
+    if stored > MAX_DOCUMENT_BYTES:
+        raise PayloadTooLarge(f"the post would be a {stored}-byte document; the store's limit is {MAX_DOCUMENT_BYTES} "
+                              "(send its messages in several posts)")
     return messages
 
 

@@ -7,11 +7,12 @@ import time
 
 import jwt
 import pytest
+from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
 from shared.config import DEV_JWT_KEY
-from tests.client import next_frame
+from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack
 
 
@@ -153,3 +154,46 @@ async def test_a_post_over_the_delivery_cap_is_refused_whole_and_stores_nothing(
     await redis.aclose()
     status, _ = await stack.client.post({"messages": body["messages"][:2]})
     assert status == 202
+
+
+async def test_posts_too_big_for_one_stored_document_are_413s_that_never_open_the_store_breaker(start_stack) -> None:
+    """With body and payload limits raised to 24 MB, six 17 MB posts (past the breaker's five) sent together with valid
+    posts each get a 413 naming the store's limit and store nothing; the valid posts, and one sent after, are stored
+    whole and delivered, and MongoDB's breaker stays closed (FerretDB stored such posts, but could not read them back)."""
+    stack: RunningStack = start_stack(MAX_BODY_BYTES=str(24 * 2**20), MAX_PAYLOAD_BYTES=str(24 * 2**20))
+    c = stack.client
+    ws = await c.connect("bystander")
+    big = {"user_id": "bystander", "payload": "x" * (17 * 2**20)}
+    good = [{"messages": [{"user_id": "bystander", "payload": f"{n}.{i}"} for i in range(2)]} for n in range(6)]
+    answers = await asyncio.gather(*(c.post(body) for pair in zip([big] * 6, good) for body in pair))
+    for status, answer in answers[0::2]:
+        assert status == 413 and "the store's limit is 16777216" in answer["error"]["message"]
+    assert {status for status, _ in answers[1::2]} == {202}
+    status, last = await c.post({"user_id": "bystander", "payload": "after"})
+    assert status == 202
+    ids = [i for _, answer in answers[1::2] for i in answer["ids"]] + last["ids"]
+    assert sorted(await receive_ids(ws, 13)) == sorted(ids) and await frames_within(ws, 1.0) == []
+    mongo = AsyncMongoClient(stack.stack.mongo_url)
+    docs = await mongo[stack.stack.mongo_db].posts.find({}, {"frames": 1}).to_list(None)
+    assert sorted(len(d["frames"]) for d in docs) == [1] + [2] * 6, "the valid posts whole, nothing of the big ones"
+    await mongo.close()
+    async with c.session.get(f"{stack.stack.collect_url}/healthz") as r:
+        assert r.status == 200 and (await r.json())["breakers"]["mongodb"] == "closed"
+    await ws.close()
+
+
+async def test_payloads_mongodb_could_not_hold_as_fields_are_accepted_and_delivered_unchanged(shared_stack: RunningStack) -> None:
+    """Keys with '.', '$' or NUL, nested arrays and a 64-bit unsigned integer, posted six times (past the breaker's
+    five), are each stored as frame text (202) and delivered as posted, and collect stays healthy."""
+    c = shared_stack.client
+    ws = await c.connect("odd-keys")
+    payload = {"a.b": 1, "$set": {"k\u0000": [[1, [2]], []]}, "max": 2**64 - 1}
+    ids = []
+    for _ in range(6):
+        status, answer = await c.post({"user_id": "odd-keys", "payload": payload})
+        assert status == 202
+        ids.append(answer["id"])
+    frames = [await next_frame(ws) for _ in ids]
+    assert [f["id"] for f in frames] == ids and all(f["payload"] == payload for f in frames)
+    await assert_all_healthy(shared_stack)
+    await ws.close()

@@ -8,8 +8,10 @@ import signal
 import aiohttp
 import orjson
 import pytest
+from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from shared.message import post_of
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, report_scenario
 from tools.cluster import Cluster, free_port
@@ -179,6 +181,32 @@ async def test_same_idempotency_key_twice_stores_one_message(start_stack) -> Non
     assert [f["id"] for f in await frames_within(ws, 1.5)] == first[1]["ids"]
     _, other = await c.post({"user_id": "sam", "payload": "shipped"}, headers={"Idempotency-Key": "order-43"})
     assert other["id"] != first[1]["id"]
+    await ws.close()
+
+
+async def test_copies_of_a_post_sent_at_once_with_one_idempotency_key_are_one_whole_post(start_stack) -> None:
+    """Three copies of a two-message post sent at once with one key, sharing group commits with other posts, are one
+    post: stored with its two messages (not the copies merged), two deliveries open, each message delivered once."""
+    stack: RunningStack = start_stack()
+    c = stack.client
+    body = {"messages": [{"user_id": "rita", "payload": n} for n in range(2)]}
+    ids: list[str] = []
+    for order in range(5):
+        answers = await asyncio.gather(*(c.post({"user_id": "filler", "payload": n}) for n in range(5)),
+                                       *(c.post(body, headers={"Idempotency-Key": f"order-{order}"}) for _ in range(3)))
+        assert {status for status, _ in answers} == {202}
+        (copy,) = {tuple(answer["ids"]) for _, answer in answers[5:]}
+        ids += copy
+    posts = sorted({post_of(i) for i in ids})
+    mongo = AsyncMongoClient(stack.stack.mongo_url)
+    docs = await mongo[stack.stack.mongo_db].posts.find({"_id": {"$in": posts}}, {"frames": 1}).to_list(None)
+    assert sorted(len(d["frames"]) for d in docs) == [2] * 5
+    await mongo.close()
+    redis = Redis.from_url(stack.stack.redis_url)
+    assert [await redis.hget(f"post:{p}", "n") for p in posts] == [b"2"] * 5, "open deliveries per post"
+    await redis.aclose()
+    ws = await c.connect("rita")
+    assert sorted(await receive_ids(ws, 10)) == sorted(ids) and await frames_within(ws, 1.0) == []
     await ws.close()
 
 

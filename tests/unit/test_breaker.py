@@ -44,3 +44,23 @@ async def test_failed_trial_reopens_the_breaker() -> None:
     with pytest.raises(Unavailable):
         await breaker.call(fail)
     assert breaker.state == OPEN
+
+
+async def test_a_blameless_error_passes_through_unchanged_and_does_not_count() -> None:
+    """Errors the request caused never open the breaker; they show the dependency answered, as a success does."""
+    breaker = CircuitBreaker("dep", threshold=2, failures=(ConnectionError,), blameless=lambda exc: "refused" in str(exc))
+
+    async def refused() -> None:
+        raise ConnectionError("document refused")
+
+    for _ in range(5):
+        with pytest.raises(ConnectionError, match="refused"):
+            await breaker.call(refused)
+    assert breaker.state == CLOSED
+    with pytest.raises(Unavailable):
+        await breaker.call(fail)
+    with pytest.raises(ConnectionError):
+        await breaker.call(refused)
+    with pytest.raises(Unavailable):
+        await breaker.call(fail)
+    assert breaker.state == CLOSED, "the refusal between the two failures reset the count"

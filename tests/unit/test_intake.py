@@ -66,3 +66,12 @@ def test_ids_of_one_post_sort_in_posting_order(key: str | None) -> None:
     body = {"messages": [{"user_id": "a", "payload": n} for n in range(3)]}
     ids = [m.id for m in parse_body(body, LIMITS, 0, "shop", key)]
     assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+def test_a_post_larger_than_one_stored_document_is_refused_before_storing() -> None:
+    """Two 9 MB payloads fit the payload limit but not MongoDB's 16 MB per document: a 413 naming the size."""
+    roomy = Limits(max_payload_bytes=10 * 2**20, max_batch=3, max_recipients=2, default_ttl_seconds=60)
+    body = {"messages": [{"user_id": "a", "payload": "x" * (9 * 2**20)}] * 2}
+    with pytest.raises(PayloadTooLarge, match=r"1887\d+-byte document; the store's limit is 16777216"):
+        parse_body(body, roomy, 0)
+    assert len(parse_body({"messages": body["messages"][:1]}, roomy, 0)) == 1

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from shared.message import Message, message_id, messages_of, post_fields
-from shared.store import derive, event_documents, messages_of_document, post_document
+import bson
+import pytest
+from pymongo.errors import AutoReconnect, BulkWriteError, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError, WriteError
+
+from shared.errors import InvalidFields
+from shared.message import Message, message_id, messages_of, post_fields, submitted_posts
+from shared.store import derive, event_documents, messages_of_document, outcomes, post_bytes, post_document, refused_by_document
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -20,6 +25,52 @@ def test_a_post_round_trips_through_its_document_and_its_field_map() -> None:
     assert messages_of_document(post_document(messages)) == messages
     fields = {k.encode(): str(v).encode() for k, v in post_fields(messages).items()}
     assert messages_of("p1", 1000, fields) == [Message(m.id, m.users, m.frame, m.ts, m.expires_ms) for m in messages]
+
+
+@pytest.mark.parametrize("messages", [
+    [Message(message_id("p1", 0), ("a",), "F", 1, 5, "")],
+    [Message(message_id("p1", i), ("a", "b.c", "d@e"), '{"p":"é😀"}' * i, 1, 5 + i, "shöp") for i in range(1200)],
+    [Message(message_id("01a212271f619d56643f", 0), tuple(f"u{i}" for i in range(1000)), "x" * 70_000, 2**40, 2**41, "s" * 300)],
+], ids=["one", "1200-messages", "1000-recipients"])
+def test_post_bytes_bounds_the_stored_document_closely(messages: list[Message]) -> None:
+    """The size collect checks against the store's limit is never below the BSON document's, and a few bytes a message above."""
+    actual = len(bson.encode(post_document(messages)))
+    assert actual <= post_bytes(messages) <= actual + 300 + 12 * len(messages)
+
+
+def test_two_submissions_of_one_post_in_a_batch_stay_two_posts() -> None:
+    """An Idempotency-Key retry sharing a group commit with its first post is its own post, not merged into one."""
+    a, b = post(2), [Message(message_id("p2", 0), ("c",), "G", 1, 5, "shop")]
+    assert submitted_posts(a + b + a) == [a, b, a]
+
+
+def test_only_refused_posts_fail_and_only_new_posts_are_handed_over() -> None:
+    """Of one insert's posts, a duplicate is not new but not refused, a refused one fails its own messages only."""
+    posts = [post(2), [Message(message_id("p2", 0), ("c",), "G", 1, 5, "shop")], post(1)]
+    fresh, refusals = outcomes(posts, [{"index": 1, "code": 11000, "errmsg": "E11000"},
+                                       {"index": 2, "code": 10334, "errmsg": "object to insert too large"}])
+    assert fresh == posts[0]
+    assert refusals[:3] == [None, None, None] and isinstance(refusals[3], InvalidFields)
+    assert "too large" in refusals[3].message
+
+
+@pytest.mark.parametrize(("error", "refused"), [
+    (BulkWriteError({"writeErrors": [{"index": 0, "code": 2, "errmsg": "invalid key"}], "writeConcernErrors": []}), True),
+    (BulkWriteError({"writeErrors": [{"index": 0, "code": 10334}, {"index": 3, "code": 11000}], "writeConcernErrors": []}), True),
+    (BulkWriteError({"writeErrors": [{"index": 0, "code": 2}], "writeConcernErrors": [{"code": 64}]}), False),
+    (BulkWriteError({"writeErrors": [{"index": 0, "code": 2}, {"index": 1, "code": 91}], "writeConcernErrors": []}), False),
+    (BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]}), False),
+    (WriteError("invalid key", 2), True),
+    (WriteError("not primary", 10107), False),
+    (OperationFailure("internal", 1), False),
+    (AutoReconnect("connection reset"), False),
+    (NetworkTimeout("timed out"), False),
+    (ServerSelectionTimeoutError("no servers"), False),
+], ids=["bad-key", "too-large-and-duplicate", "write-concern", "shutdown-among-them", "only-write-concern",
+        "one-bad-document", "not-primary", "command-failed", "network", "timeout", "no-server"])
+def test_only_documents_the_server_refused_are_the_requests_fault(error: Exception, refused: bool) -> None:
+    """Refused documents do not count against MongoDB's breaker; network, timeout and server-state errors do."""
+    assert refused_by_document(error) is refused
 
 
 def test_a_post_document_stores_each_payload_once_whatever_the_recipients() -> None:
