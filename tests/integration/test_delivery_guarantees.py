@@ -264,27 +264,36 @@ async def test_an_ack_for_someone_elses_message_changes_nothing(start_stack) -> 
 
 
 async def test_a_post_collect_died_before_handing_over_still_arrives_once(start_stack, cluster: Cluster) -> None:
-    """collect SIGKILLed while its insert waits on a paused FerretDB: the stored post arrives through the reconciler, and
-    the business system's retry with the same Idempotency-Key is answered 202 and stores or delivers nothing twice."""
-    mongo_port = free_port()
-    mongo = cluster.start_ferretdb(mongo_port)
-    stack: RunningStack = start_stack(mongo_url=f"mongodb://127.0.0.1:{mongo_port}/", HANDOVER_GRACE_SECONDS="1", **FAST)
+    """collect SIGKILLed after its insert, while its hand-over waits on a paused Redis: the stored post arrives through
+    the reconciler, and the business system's retry with the same Idempotency-Key is answered 202 and stores or
+    delivers nothing twice."""
+    mongo_port, redis_port = free_port(), free_port()
+    mongo, redis_server = cluster.start_ferretdb(mongo_port), cluster.start_redis(redis_port)
+    stack: RunningStack = start_stack(mongo_url=f"mongodb://127.0.0.1:{mongo_port}/", redis_url=cluster.redis_url(redis_port),
+                                      HANDOVER_GRACE_SECONDS="1", **FAST)
     c = stack.client
     ws = await c.connect("quinn")
     redis = Redis.from_url(stack.stack.redis_url)
+    posts = AsyncMongoClient(stack.stack.mongo_url)[stack.stack.mongo_db]["posts"]
     body, key = {"user_id": "quinn", "payload": "across a crash"}, {"Idempotency-Key": "order-7"}
-    mongo.popen.send_signal(signal.SIGSTOP)
+    mongo.popen.send_signal(signal.SIGSTOP)  # hold collect inside its insert...
     try:
         first_try = asyncio.create_task(c.post(body, headers=key))
-        async with asyncio.timeout(10):  # collect recorded its intent and is inside the insert
+        async with asyncio.timeout(10):  # ...once it recorded its intent
             while not await redis.zcard("handover"):
+                await asyncio.sleep(0.05)
+        [(post, _)] = await redis.zrange("handover", 0, -1, withscores=True)
+        redis_server.popen.send_signal(signal.SIGSTOP)  # then hold it before its hand-over
+        mongo.popen.send_signal(signal.SIGCONT)
+        async with asyncio.timeout(10):  # the insert is done
+            while await posts.find_one({"_id": post.decode()}) is None:
                 await asyncio.sleep(0.05)
         stack.procs["collect"].kill()
         with pytest.raises(aiohttp.ClientError):
             await first_try
     finally:
         mongo.popen.send_signal(signal.SIGCONT)
-    [(post, _)] = await redis.zrange("handover", 0, -1, withscores=True)
+        redis_server.popen.send_signal(signal.SIGCONT)
     received = await receive_ids(ws, 1, timeout=30)
     assert received[0].startswith(post.decode())
     assert await redis.zcard("handover") == 0
@@ -297,4 +306,5 @@ async def test_a_post_collect_died_before_handing_over_still_arrives_once(start_
     lost, twice = report_scenario("collect SIGKILLed between its insert and its hand-over, then retried", [answer["id"]], received)
     assert (lost, twice) == (0, 0)
     await redis.aclose()
+    await posts.database.client.close()
     await ws.close()
