@@ -15,14 +15,16 @@ from starlette.routing import Route
 from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
+from services.collect.openapi import spec
 from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
 from shared.coalesce import Coalescer
-from shared.config import same_secret
+from shared.config import is_production, same_secret
 from shared.errors import NotFound, Unauthorized, Unavailable
 from shared.inbox import Inbox
 from shared.message import Message
 from shared.metrics import MESSAGES_IN
+from shared.openapi import openapi_route
 from shared.routing import now_ms
 from shared.store import MessageStore
 from shared.stream import DeliveryStream
@@ -115,5 +117,6 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         *ops_routes(health),
         *console_routes(config, redis, inbox, post_messages),
+        openapi_route(spec(is_production())),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
