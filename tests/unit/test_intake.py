@@ -66,3 +66,10 @@ def test_ids_of_one_post_sort_in_posting_order(key: str | None) -> None:
     body = {"messages": [{"user_id": "a", "payload": n} for n in range(3)]}
     ids = [m.id for m in parse_body(body, LIMITS, 0, "shop", key)]
     assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+@pytest.mark.parametrize("users", [{"user_id": None}, {"user_ids": [None]}, {"user_ids": [None, {}]}, {"user_ids": [{}, []]}])
+def test_null_or_object_user_ids_are_invalid_fields(users: dict) -> None:
+    """A null user id (once taken for 'no bad id', then a 500) or an unhashable one is a 422, found by fuzzing."""
+    with pytest.raises(InvalidFields):
+        parse_body({**users, "payload": 1}, LIMITS, 0)
