@@ -22,7 +22,7 @@ from shared.coalesce import Coalescer
 from shared.config import is_production, same_secret
 from shared.errors import NotFound, Unauthorized, Unavailable
 from shared.inbox import Inbox
-from shared.message import Message
+from shared.message import Message, is_message_id
 from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
 from shared.routing import now_ms
@@ -88,7 +88,7 @@ def create_app(config: CollectConfig) -> Starlette:
         """The lifecycle of one message, per recipient; only the business system that posted it may look."""
         sender = sender_of(request, config.api_keys)
         message_id = request.path_params["message_id"]
-        recipients = await store.lifecycle(message_id, sender)
+        recipients = await store.lifecycle(message_id, sender) if is_message_id(message_id) else []
         if not recipients:
             raise NotFound(f"no message {message_id!r} for this API key")
         return json_response({"id": message_id, "recipients": recipients})
