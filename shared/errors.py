@@ -36,6 +36,12 @@ class NotFound(ServiceError):
     status, close_code, code = 404, 4004, "not_found"
 
 
+class MethodNotAllowed(ServiceError):
+    """The path exists, but not for this HTTP method."""
+
+    status, close_code, code = 405, 4002, "method_not_allowed"
+
+
 class PayloadTooLarge(ServiceError):
     status, close_code, code = 413, 1009, "too_large"
 

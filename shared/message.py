@@ -14,6 +14,7 @@ contain one), ``"x{i}"`` its expiry in ms.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -50,6 +51,14 @@ def post_of(message_id: str) -> str:
 
 def index_of(message_id: str) -> int:
     return int(message_id[-INDEX_DIGITS:], 16)
+
+
+_MESSAGE_ID = re.compile(f"[0-9a-f]{{{INDEX_DIGITS + 1},64}}")
+
+
+def is_message_id(value: str) -> bool:
+    """Whether ``value`` has a message id's form (hex: a post id, then the index), so ``index_of`` cannot fail on it."""
+    return _MESSAGE_ID.fullmatch(value) is not None
 
 
 def by_post(messages: Iterable[Message]) -> dict[str, list[Message]]:

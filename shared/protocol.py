@@ -158,7 +158,8 @@ def new_post_id(ms: int) -> str:
     return f"{ms:012x}{secrets.token_hex(4)}"
 
 
-_USER_ID = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
+USER_ID_PATTERN = r"[A-Za-z0-9_.@-]{1,128}"
+_USER_ID = re.compile(USER_ID_PATTERN)
 
 
 def valid_user_id(value: object) -> bool:

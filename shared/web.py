@@ -7,6 +7,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -44,7 +45,15 @@ async def service_error_handler(request: Request, exc: Exception) -> Response:
     return json_response(exc.body(), exc.status)
 
 
-EXCEPTION_HANDLERS = {ServiceError: service_error_handler}
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route or file, method not allowed) in the same error shape."""
+    assert isinstance(exc, HTTPException)
+    kind = next((k for k in ServiceError.__subclasses__() if k.status == exc.status_code), ServiceError)
+    ERRORS.labels(kind.code).inc()
+    return json_response(kind(exc.detail).body(), exc.status_code, exc.headers)
+
+
+EXCEPTION_HANDLERS = {ServiceError: service_error_handler, HTTPException: http_error_handler}
 
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:

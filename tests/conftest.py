@@ -111,7 +111,22 @@ def report_scenario(name: str, posted: list[str], received: list[str]) -> tuple[
     return lost, twice
 
 
+FUZZ: list[tuple[str, int, dict[str, int], int]] = []
+
+
+def report_fuzz(name: str, outcomes: dict[str, int], server_errors: int) -> None:
+    """Record a fuzz test's number of inputs, by outcome, and how many got a server error, for the run summary."""
+    FUZZ.append((name, sum(outcomes.values()), dict(outcomes), server_errors))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if FUZZ:
+        terminalreporter.section("fuzzing: inputs, server errors (5xx, 1011, crash), outcomes")
+        for name, inputs, outcomes, server_errors in FUZZ:
+            detail = " ".join(f"{k}={v}" for k, v in sorted(outcomes.items(), key=lambda kv: -kv[1]))
+            terminalreporter.write_line(f"{name:<44} inputs={inputs:<6} server_errors={server_errors:<3} {detail}")
+        terminalreporter.write_line(f"{'total':<44} inputs={sum(f[1] for f in FUZZ):<6} "
+                                    f"server_errors={sum(f[3] for f in FUZZ)}")
     if SCENARIOS:
         terminalreporter.section("failure scenarios: messages posted (202), delivered, lost, delivered twice")
         for name, posted, delivered, lost, twice in SCENARIOS:

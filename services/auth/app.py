@@ -10,10 +10,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.auth.config import AuthConfig
+from services.auth.openapi import SPEC
 from services.auth.tokens import TokenService
 from shared.config import same_secret
 from shared.errors import InvalidFields, Unauthorized
 from shared.metrics import MESSAGES_IN
+from shared.openapi import openapi_route
 from shared.protocol import valid_user_id
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
@@ -70,5 +72,6 @@ def create_app(config: AuthConfig) -> Starlette:
         Route("/v1/tokens", timed("tokens", issue), methods=["POST"]),
         Route("/v1/verify", timed("verify", verify), methods=["POST"]),
         *ops_routes(health),
+        openapi_route(SPEC),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)

@@ -15,15 +15,17 @@ from starlette.routing import Route
 from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
+from services.collect.openapi import spec
 from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
 from shared.coalesce import Coalescer
-from shared.config import same_secret
+from shared.config import is_production, same_secret
 from shared.errors import NotFound, ServiceError, Unauthorized, Unavailable
 from shared.handover import Handover
 from shared.inbox import Inbox
-from shared.message import Message
+from shared.message import Message, is_message_id
 from shared.metrics import MESSAGES_IN
+from shared.openapi import openapi_route
 from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
 from shared.stream import DeliveryStream
@@ -90,7 +92,7 @@ def create_app(config: CollectConfig) -> Starlette:
         """The lifecycle of one message, per recipient; only the business system that posted it may look."""
         sender = sender_of(request, config.api_keys)
         message_id = request.path_params["message_id"]
-        recipients = await store.lifecycle(message_id, sender)
+        recipients = await store.lifecycle(message_id, sender) if is_message_id(message_id) else []
         if not recipients:
             raise NotFound(f"no message {message_id!r} for this API key")
         return json_response({"id": message_id, "recipients": recipients})
@@ -119,5 +121,6 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         *ops_routes(health),
         *console_routes(config, RouteReader(redis, config.internal_key), inbox, post_messages),
+        openapi_route(spec(is_production())),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

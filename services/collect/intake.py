@@ -76,9 +76,10 @@ def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sende
         raise InvalidFields(f"{where}user_id or a non-empty user_ids list is required")
     if len(users) > limits.max_recipients:
         raise PayloadTooLarge(f"{where}user_ids has {len(users)} entries; the limit is {limits.max_recipients}")
-    bad = next((u for u in users if not valid_user_id(u)), None)
-    if bad is not None or len(set(users)) != len(users):
-        raise InvalidFields(f"{where}user ids must be unique, 1-128 characters of letters, digits and _ . @ - (got {bad!r})")
+    bad = [u for u in users if not valid_user_id(u)]  # checked before set(): a null or object id is no sentinel or key
+    if bad or len(set(users)) != len(users):
+        got = repr(bad[0]) if bad else "a duplicate"
+        raise InvalidFields(f"{where}user ids must be unique, 1-128 characters of letters, digits and _ . @ - (got {got})")
     ttl = item.get("ttl_seconds", limits.default_ttl_seconds)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
         raise InvalidFields(f"{where}ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} (30 days)")

@@ -75,3 +75,10 @@ def test_a_post_larger_than_one_stored_document_is_refused_before_storing() -> N
     with pytest.raises(PayloadTooLarge, match=r"1887\d+-byte document; the store's limit is 16777216"):
         parse_body(body, roomy, 0)
     assert len(parse_body({"messages": body["messages"][:1]}, roomy, 0)) == 1
+
+
+@pytest.mark.parametrize("users", [{"user_id": None}, {"user_ids": [None]}, {"user_ids": [None, {}]}, {"user_ids": [{}, []]}])
+def test_null_or_object_user_ids_are_invalid_fields(users: dict) -> None:
+    """A null user id (once taken for 'no bad id', then a 500) or an unhashable one is a 422, found by fuzzing."""
+    with pytest.raises(InvalidFields):
+        parse_body({**users, "payload": 1}, LIMITS, 0)

@@ -1,0 +1,118 @@
+"""collect's public HTTP API as an OpenAPI 3.1 document (served at ``GET /openapi.json``).
+
+Limits an operator can change (``MAX_BATCH``, ``MAX_RECIPIENTS``, ``MAX_PAYLOAD_BYTES``, ...) are
+named in descriptions with their defaults, not as schema bounds, so the document stays true.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.collect.intake import MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS
+from shared.errors import InvalidFields, MalformedRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
+from shared.openapi import USER_ID, document, errors, json_body, ok
+
+MESSAGE = {
+    "type": "object", "required": ["payload"],
+    "description": "one message: 'user_id' or 'user_ids' (at most MAX_RECIPIENTS, 1,000 by default); the payload's frame "
+                   "at most MAX_PAYLOAD_BYTES (64 KiB by default)",
+    "properties": {
+        "user_id": USER_ID,
+        "user_ids": {"type": "array", "items": USER_ID, "minItems": 1, "uniqueItems": True},
+        "payload": {"description": "any JSON value, delivered as is"},
+        "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS,
+                        "description": "how long it may wait for an offline user (MESSAGE_TTL_SECONDS, 7 days, by default)"},
+    },
+    "anyOf": [{"required": ["user_id"]}, {"required": ["user_ids"]}],
+}
+POST_BODY = json_body({"anyOf": [
+    MESSAGE,
+    {"type": "object", "required": ["messages"],
+     "properties": {"messages": {"type": "array", "items": MESSAGE, "minItems": 1,
+                                 "description": "at most MAX_BATCH (1,000 by default); all or nothing"}}},
+]})
+ACCEPTED = ok("stored and handed over; one id per message, in order", {
+    "type": "object", "required": ["ids"], "additionalProperties": False,
+    "properties": {"id": {"type": "string", "description": "present when the post holds one message"},
+                   "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+}, 202)
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "description": "the same sender and key always name the same post: a retry stores nothing new",
+                   "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}}
+POST_ERRORS = errors(MalformedRequest, Unauthorized, PayloadTooLarge, InvalidFields, Unavailable)
+HTML = {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+NODE = {"type": "object", "required": ["id", "url", "connections", "users"],
+        "properties": {"id": {"type": "string"}, "url": {"type": "string"}, "connections": {"type": "integer"},
+                       "users": {"type": "integer"}}}
+
+PATHS: dict[str, Any] = {
+    "/v1/messages": {"post": {
+        "summary": "Post a message to one or many users, or a batch of messages; 202 only once stored",
+        "security": [{"apiKey": []}],
+        "parameters": [IDEMPOTENCY_KEY],
+        "requestBody": POST_BODY,
+        "responses": {**ACCEPTED, **POST_ERRORS},
+    }},
+    "/v1/messages/{message_id}": {"get": {
+        "summary": "A message's lifecycle per recipient, for the API key that posted it",
+        "security": [{"apiKey": []}],
+        "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            **ok("state and stage times (ms) per recipient", {
+                "type": "object", "required": ["id", "recipients"],
+                "properties": {"id": {"type": "string"}, "recipients": {"type": "array", "items": {
+                    "type": "object", "required": ["user_id", "state", "accepted_at"],
+                    "properties": {"user_id": {"type": "string"}, "state": {"type": "string"},
+                                   "accepted_at": {"type": "integer"}},
+                    "additionalProperties": {"type": "integer", "description": "'{stage}_at': first time of each stage"},
+                }}},
+            }),
+            **errors(Unauthorized, NotFound, Unavailable),
+        },
+    }},
+    "/v1/nodes": {"get": {
+        "summary": "Live push nodes, least loaded first, with the websocket URL browsers use",
+        "responses": {**ok("the nodes", {"type": "object", "required": ["nodes"],
+                                         "properties": {"nodes": {"type": "array", "items": NODE}}}),
+                      **errors(Unavailable)},
+    }},
+    "/v1/stats": {"get": {
+        "summary": "A cumulative snapshot of the cluster for the dashboard",
+        "responses": {**ok("the snapshot", {"type": "object", "required": ["ts", "nodes", "messages", "latency", "pending"]}),
+                      **errors(Unavailable)},
+    }},
+    "/dashboard": {"get": {"summary": "The live dashboard page", "responses": HTML}},
+    "/static/{path}": {"get": {
+        "summary": "The browser client, the pages' scripts and CSS",
+        "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "the file", "content": {"*/*": {"schema": {}}}}, **errors(NotFound)},
+    }},
+}
+
+DEV_PATHS: dict[str, Any] = {  # APP_ENV=development only
+    "/demo": {"get": {"summary": "The demo page (development only)", "responses": HTML}},
+    "/dev/tokens": {"post": {
+        "summary": "A token from auth for any user (development only); auth's answer is passed on",
+        "requestBody": json_body({"type": "object", "required": ["user_id"],
+                                  "properties": {"user_id": USER_ID, "ttl_seconds": {"type": "integer", "minimum": 1}}}),
+        "responses": {
+            **ok("the token", {"type": "object", "required": ["token", "expires_at"],
+                               "properties": {"token": {"type": "string"}, "expires_at": {"type": "integer"}}}),
+            **errors(MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidFields, Unavailable),
+        },
+    }},
+    "/dev/messages": {"post": {
+        "summary": "Exactly POST /v1/messages, sent as the first configured business system (development only)",
+        "parameters": [IDEMPOTENCY_KEY],
+        "requestBody": POST_BODY,
+        "responses": {**ACCEPTED, **POST_ERRORS},
+    }},
+}
+
+
+def spec(production: bool) -> dict[str, Any]:
+    """The document for the routes this instance serves (the development routes only outside production)."""
+    paths = PATHS if production else {**PATHS, **DEV_PATHS}
+    return document("pushcluster collect", "Accepts business systems' messages and serves the browser pages.", paths,
+                    {"apiKey": {"type": "http", "scheme": "bearer", "description": "one of COLLECT_API_KEYS"}})
+
