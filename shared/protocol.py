@@ -96,10 +96,11 @@ def parse_client_frame(data: str | bytes) -> AckFrame | PingFrame:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a verified token speaks for, and until when (seconds since epoch)."""
+    """Who a verified token speaks for, until when (seconds since epoch), and the topic patterns it may subscribe to."""
 
     user_id: str
     expires_at: int
+    topics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
