@@ -2,8 +2,8 @@
 
 Two links carry frames:
 
-* browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame`` out;
-  ``AckFrame``, ``PingFrame`` in);
+* browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame``,
+  ``TopicsFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
 
 A ``MessageFrame`` is encoded once, when collect accepts the message, and travels as the exact
@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from shared.errors import MalformedRequest
+from shared.topics import valid_topic
 
 
 def _load(data: str | bytes) -> dict[str, Any]:
@@ -73,10 +74,46 @@ class AckFrame:
     ids: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SubscribeFrame:
+    """The client asks for the messages of these topics."""
+
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeFrame:
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicsFrame:
+    """The node's answer to a (un)subscribe: ``subscribed`` / ``unsubscribed`` topics, or an ``error`` with its
+    ``code`` (``forbidden``: not granted; ``limit``: past the node's topics per connection) naming the topics refused."""
+
+    type: str
+    topics: tuple[str, ...]
+    code: str | None = None
+
+    def encode(self) -> str:
+        head = {"type": self.type} if self.code is None else {"type": self.type, "code": self.code}
+        return orjson.dumps({**head, "topics": list(self.topics)}).decode()
+
+
 MAX_ACK_IDS = 1000
+MAX_FRAME_TOPICS = 100
+ClientFrame = AckFrame | PingFrame | SubscribeFrame | UnsubscribeFrame
 
 
-def parse_client_frame(data: str | bytes) -> AckFrame | PingFrame:
+def _topics(obj: dict[str, Any]) -> tuple[str, ...]:
+    topics = obj.get("topics")
+    if not isinstance(topics, list) or not 0 < len(topics) <= MAX_FRAME_TOPICS or not all(map(valid_topic, topics)):
+        raise MalformedRequest(f"{obj['type']} needs 'topics': 1 to {MAX_FRAME_TOPICS} topic names "
+                               "(letters, digits and _ . : @ -)")
+    return tuple(dict.fromkeys(topics))
+
+
+def parse_client_frame(data: str | bytes) -> ClientFrame:
     """Decode a browser frame or raise ``MalformedRequest`` naming what is wrong."""
     if isinstance(data, bytes):
         raise MalformedRequest("binary frames are not accepted")
@@ -91,6 +128,10 @@ def parse_client_frame(data: str | bytes) -> AckFrame | PingFrame:
         if not all(isinstance(i, str) for i in ids):
             raise MalformedRequest("ack ids must be strings")
         return AckFrame(tuple(ids))
+    if kind == "subscribe":
+        return SubscribeFrame(_topics(obj))
+    if kind == "unsubscribe":
+        return UnsubscribeFrame(_topics(obj))
     raise MalformedRequest(f"unknown frame type {kind!r}")
 
 

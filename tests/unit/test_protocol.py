@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from shared.errors import MalformedRequest
-from shared.protocol import (AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, new_post_id,
-                             parse_client_frame, valid_user_id)
+from shared.protocol import (AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, SubscribeFrame,
+                             TopicsFrame, UnsubscribeFrame, new_post_id, parse_client_frame, valid_user_id)
 
 
 def test_message_frame_encodes_the_documented_shape() -> None:
@@ -19,6 +19,8 @@ def test_message_frame_encodes_the_documented_shape() -> None:
     ('{"type": "ack", "id": "m1"}', AckFrame(("m1",))),
     ('{"type": "ack", "ids": ["m1", "m2"]}', AckFrame(("m1", "m2"))),
     ('{"type": "ping"}', PingFrame()),
+    ('{"type": "subscribe", "topics": ["news", "room:42", "news"]}', SubscribeFrame(("news", "room:42"))),
+    ('{"type": "unsubscribe", "topics": ["news"]}', UnsubscribeFrame(("news",))),
 ])
 def test_client_frames_parse(text: str, frame: object) -> None:
     """Ack (single or many ids) and ping frames parse to their dataclasses."""
@@ -26,11 +28,20 @@ def test_client_frames_parse(text: str, frame: object) -> None:
 
 
 @pytest.mark.parametrize("data", ["nope", "[1]", '{"type": "shout"}', '{"type": "ack"}', '{"type": "ack", "ids": [1]}',
-                                  '{"type": "ack", "ids": []}', b"\x00\x01"])
+                                  '{"type": "ack", "ids": []}', b"\x00\x01", '{"type": "subscribe"}',
+                                  '{"type": "subscribe", "topics": []}', '{"type": "subscribe", "topics": "news"}',
+                                  '{"type": "subscribe", "topics": ["room:*"]}', '{"type": "unsubscribe", "topics": [1]}',
+                                  '{"type": "subscribe", "topics": [%s]}' % ",".join(f'"t{i}"' for i in range(101))])
 def test_garbage_client_frames_are_malformed(data: str | bytes) -> None:
     """Anything but a known frame raises MalformedRequest (closed with 4002)."""
     with pytest.raises(MalformedRequest):
         parse_client_frame(data)
+
+
+def test_topics_replies_encode_the_documented_shapes() -> None:
+    """subscribed / unsubscribed list their topics; a refusal is an error frame with its code and topics."""
+    assert orjson.loads(TopicsFrame("subscribed", ("a",)).encode()) == {"type": "subscribed", "topics": ["a"]}
+    assert orjson.loads(TopicsFrame("error", ("b",), "forbidden").encode()) == {"type": "error", "code": "forbidden", "topics": ["b"]}
 
 
 def test_deliver_batch_and_result_round_trip() -> None:
