@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from shared.errors import MalformedRequest
+from shared.message import BROADCAST
 from shared.topics import valid_topic
 
 
@@ -35,14 +36,21 @@ def _load(data: str | bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class MessageFrame:
-    """A message for one user, as the browser receives it; ``id`` lets clients drop duplicates."""
+    """A message as the browser receives it; ``id`` lets clients drop duplicates. A topic message names its
+    ``topic``; a broadcast (topic ``BROADCAST``) says ``"broadcast": true``."""
 
     id: str
     payload: Any
     ts: int
+    topic: str | None = None
 
     def encode(self) -> str:
-        return orjson.dumps({"type": "message", "id": self.id, "payload": self.payload, "ts": self.ts}).decode()
+        head: dict[str, Any] = {"type": "message", "id": self.id}
+        if self.topic == BROADCAST:
+            head["broadcast"] = True
+        elif self.topic is not None:
+            head["topic"] = self.topic
+        return orjson.dumps({**head, "payload": self.payload, "ts": self.ts}).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ the purge of old history.
 * ``posts``: ``_id`` = post id (a message id is its post id plus its position); ``frames`` (each
   payload encoded once, as its recipients receive it, however many recipients), ``users`` (each
   message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
-  (the latest). A duplicate ``_id`` means the post was already accepted (an Idempotency-Key retry).
+  (the latest); ``topics`` (each message's topic, or null for a message to users) only when the post
+  has a topic or broadcast message. A duplicate ``_id`` means the post was already accepted (an
+  Idempotency-Key retry).
 * ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
   at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
   the usual path costs one insert per post, not one per delivery and stage. ``closed`` says a row
@@ -51,14 +53,18 @@ def utc(ms: int) -> dt.datetime:
 def post_document(messages: list[Message]) -> dict[str, Any]:
     """One post's messages, in position order, as one document."""
     first, expires = messages[0], max(m.expires_ms for m in messages)
-    return {"_id": first.post, "sender": first.sender, "ts": first.ts, "frames": [m.frame for m in messages],
-            "users": [join_users(m.users) for m in messages], "expires": [m.expires_ms for m in messages],
-            "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
+    doc = {"_id": first.post, "sender": first.sender, "ts": first.ts, "frames": [m.frame for m in messages],
+           "users": [join_users(m.users) for m in messages], "expires": [m.expires_ms for m in messages],
+           "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
+    if any(m.topic is not None for m in messages):
+        doc["topics"] = [m.topic for m in messages]
+    return doc
 
 
 def messages_of_document(doc: dict[str, Any]) -> list[Message]:
-    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"])
-            for i, (frame, users, expires) in enumerate(zip(doc["frames"], doc["users"], doc["expires"]))]
+    topics = doc.get("topics") or [None] * len(doc["frames"])
+    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic)
+            for i, (frame, users, expires, topic) in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics))]
 
 
 def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime) -> list[dict[str, Any]]:

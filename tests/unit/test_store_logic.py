@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from shared.message import Message, message_id, messages_of, post_fields
+from shared.message import BROADCAST, Message, message_id, messages_of, post_fields
 from shared.store import derive, event_documents, messages_of_document, post_document
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -75,3 +75,14 @@ async def test_lifecycle_marks_coalesce_per_delivery_keeping_the_first_time() ->
     await writer.flush()
     await writer.flush()
     assert store.flushed == [{pair: {"dispatched": 1, "delivered": 2, "acked": 3}}, {}]
+
+
+def test_topic_messages_round_trip_and_only_posts_with_one_store_topics() -> None:
+    """Topic and broadcast messages keep their topic through the document and the field map; a post of user
+    messages only gets no ``topics`` list."""
+    messages = [Message(message_id("p2", 0), (), "T", 1, 5, "shop", "news"), Message(message_id("p2", 1), ("a",), "U", 1, 5, "shop"),
+                Message(message_id("p2", 2), (), "B", 1, 5, "shop", BROADCAST)]
+    assert messages_of_document(post_document(messages)) == messages
+    fields = {k.encode(): str(v).encode() for k, v in post_fields(messages).items()}
+    assert [m.topic for m in messages_of("p2", 1, fields)] == ["news", None, BROADCAST]
+    assert "topics" not in post_document(post(2))
