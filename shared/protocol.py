@@ -154,12 +154,29 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms)."""
+    """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms). A topic
+    message names no users but its ``topic`` (``BROADCAST``: every socket of the node)."""
 
     message_id: str
     frame: str
     ts: int
     users: tuple[str, ...]
+    topic: str | None = None
+
+    def encode(self) -> list[Any]:
+        """``[id, frame, ts, [users]]``, with the topic as a fifth item only when there is one."""
+        item = [self.message_id, self.frame, self.ts, list(self.users)]
+        return item if self.topic is None else [*item, self.topic]
+
+    @classmethod
+    def decode(cls, item: list[Any]) -> Delivery:
+        """The inverse of ``encode``; TypeError or ValueError unless it is one of its two shapes."""
+        if not isinstance(item, list) or len(item) not in (4, 5) or not isinstance(item[3], list):
+            raise TypeError("not a delivery")
+        if len(item) == 5 and not isinstance(item[4], str):
+            raise TypeError("a topic is a string")
+        m, f, t, u = item[:4]
+        return cls(str(m), str(f), int(t), tuple(map(str, u)), item[4] if len(item) == 5 else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,22 +188,23 @@ class DeliverBatch:
     items: tuple[Delivery, ...]
 
     def encode(self) -> bytes:
-        items = [[d.message_id, d.frame, d.ts, list(d.users)] for d in self.items]
+        items = [d.encode() for d in self.items]
         return orjson.dumps({"type": "deliver", "batch": self.batch, "at": self.at, "items": items})
 
     @classmethod
     def decode(cls, data: str | bytes) -> DeliverBatch:
         obj = _load(data)
         try:
-            items = tuple(Delivery(str(m), str(f), int(t), tuple(map(str, u))) for m, f, t, u in obj["items"])
+            items = tuple(map(Delivery.decode, obj["items"]))
             return cls(int(obj["batch"]), int(obj["at"]), items)
         except (KeyError, TypeError, ValueError):
-            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' [[id, frame, ts, [users]], ...]") from None
+            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' [[id, frame, ts, [users](, topic)], ...]") from None
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """node -> dispatch: the batch is accepted; ``delivered`` counts the (message, user) pairs written to a socket."""
+    """node -> dispatch: the batch is accepted; ``delivered`` counts the (message, user) pairs written to a socket,
+    plus the sockets topic messages were written to."""
 
     batch: int
     delivered: int

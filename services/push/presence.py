@@ -119,7 +119,8 @@ class Presence:
         self._renew_cursor, chunk = self._renewal_slice(self._renew_cursor, self.hub.users, len(self.hub))
         return [u for u in chunk if self.hub.holds(u)]
 
-    def _renewal_slice(self, cursor: list[str], everything: Callable[[], Iterable[str]], total: int) -> tuple[list[str], list[str]]:
+    def _renewal_slice(self, cursor: list[str], everything: Callable[[], Iterable[str]],
+                       total: int) -> tuple[list[str], list[str]]:
         """(the rest of the cursor, this beat's slice of it), starting over from ``everything`` once it is used up,
         so each entry is renewed about three times per route TTL."""
         beats_per_cycle = max(1, int(self.writer.route_ttl / 3 / self.heartbeat_interval))

@@ -155,7 +155,7 @@ class PushNode:
                 try:
                     async for data in ws:
                         frame = parse_client_frame(data)
-                        cost = len(frame.ids) if isinstance(frame, AckFrame) else 1 if isinstance(frame, PingFrame) else len(frame.topics)
+                        cost = 1 if isinstance(frame, PingFrame) else len(frame.ids if isinstance(frame, AckFrame) else frame.topics)
                         if not budget.take(cost, time.monotonic()):
                             raise RateLimited(f"more than {self.config.client_rate:g} acks (or topics) a second")
                         if isinstance(frame, PingFrame):

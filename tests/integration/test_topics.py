@@ -11,9 +11,11 @@ from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
 from shared.config import DEV_INTERNAL_KEY
+from shared.inbox import EXPIRY_KEY, inbox_key, post_key
+from shared.message import post_of
 from shared.routing import RouteReader
 from shared.topicmap import TOPICS_KEY, TopicReader, topic_key
-from tests.client import next_frame, subscribe
+from tests.client import frames_within, next_frame, subscribe
 from tests.conftest import RunningStack
 
 STACK_ENV = {"PUBLIC_TOPICS": "lobby, public:*"}
@@ -88,3 +90,109 @@ async def test_registry_counts_each_nodes_subscribed_sockets_and_drops_the_last(
     finally:
         await first.close()
         await redis.aclose()
+
+
+async def subscribed(c: Any, user: str, node: int, topics: list[str]) -> Any:
+    """A socket of ``user`` on ``node``, subscribed to ``topics`` (public ones)."""
+    ws = await c.connect(user, node=node)
+    assert (await subscribe(ws, topics))[0] == {"type": "subscribed", "topics": topics}
+    return ws
+
+
+async def test_topic_message_reaches_each_subscriber_on_both_nodes_exactly_once(shared_stack: RunningStack) -> None:
+    """Every subscribed socket, on either node (two of one user among them), gets a topic message once; an
+    unsubscribed socket and a socket that never subscribed get nothing."""
+    c = shared_stack.client
+    subscribers = [await subscribed(c, user, node, ["public:once"]) for user, node in
+                   [("once-a", 0), ("once-b", 1), ("once-c", 0), ("once-c", 1)]]
+    left = await subscribed(c, "once-left", 1, ["public:once"])
+    await subscribe(left, ["public:once"], "unsubscribe")
+    bystander = await c.connect("once-none", node=0)
+    status, body = await c.post({"topic": "public:once", "payload": {"n": 1}})
+    assert status == 202
+    for ws in subscribers:
+        frames = await frames_within(ws, 1.5)
+        assert [(f["id"], f["topic"], f["payload"]) for f in frames] == [(body["id"], "public:once", {"n": 1})]
+        assert set(frames[0]) == {"type", "id", "topic", "payload", "ts"}
+    assert await frames_within(left, 0.3) == [] and await frames_within(bystander, 0.3) == []
+    for ws in [*subscribers, left, bystander]:
+        await ws.close()
+
+
+async def test_a_batch_mixes_user_and_topic_messages(shared_stack: RunningStack) -> None:
+    """In one post, a user message reaches its user and a topic message its subscribers, each once."""
+    c = shared_stack.client
+    user = await subscribed(c, "mix-user", 0, ["public:mix"])
+    other = await subscribed(c, "mix-other", 1, ["public:mix"])
+    status, body = await c.post({"messages": [{"user_id": "mix-user", "payload": "direct"},
+                                              {"topic": "public:mix", "payload": "all"}]})
+    assert status == 202
+    direct, topic = body["ids"]
+    assert sorted((f["id"], f["payload"]) for f in await frames_within(user, 1.5)) == sorted([(direct, "direct"), (topic, "all")])
+    assert [(f["id"], f["payload"]) for f in await frames_within(other, 0.5)] == [(topic, "all")]
+    await user.close()
+    await other.close()
+
+
+async def test_broadcast_reaches_every_socket_of_both_nodes(shared_stack: RunningStack) -> None:
+    """A broadcast reaches every open socket, subscribed to anything or not, on both nodes, once each."""
+    c = shared_stack.client
+    sockets = [await c.connect(f"all-{i}", node=i % 2) for i in range(4)] + [await subscribed(c, "all-sub", 1, ["lobby"])]
+    status, body = await c.post({"broadcast": True, "payload": "everyone"})
+    assert status == 202
+    for ws in sockets:
+        frames = await frames_within(ws, 1.5)
+        assert frames == [{"type": "message", "id": body["id"], "broadcast": True, "payload": "everyone", "ts": frames[0]["ts"]}]
+        await ws.close()
+
+
+async def test_topic_message_opens_no_inbox_and_is_not_replayed(shared_stack: RunningStack) -> None:
+    """A topic message leaves no post hash, expiry entry or inbox entry in Redis, so a reconnecting subscriber
+    is not sent it again."""
+    c = shared_stack.client
+    redis = Redis.from_url(shared_stack.stack.redis_url)
+    ws = await subscribed(c, "replay-sub", 0, ["public:replay"])
+    status, body = await c.post({"topic": "public:replay", "payload": "once"})
+    assert status == 202 and (await next_frame(ws))["id"] == body["id"]
+    await ws.close()
+    try:
+        post = post_of(body["id"])
+        assert not await redis.exists(post_key(post), inbox_key("replay-sub"))
+        assert await redis.zscore(EXPIRY_KEY, post) is None
+    finally:
+        await redis.aclose()
+    again = await c.connect("replay-sub", node=0)
+    assert await frames_within(again, 1.0) == []
+    await again.close()
+
+
+async def test_a_killed_nodes_subscribers_stop_counting_within_the_node_ttl(start_stack: Callable[..., RunningStack]) -> None:
+    """After a node is SIGKILLed, readers stop counting its subscribers once its card expires (NODE_TTL_SECONDS=3),
+    and topic messages still reach the live node's subscribers."""
+    stack = start_stack(NODE_TTL_SECONDS="3", **STACK_ENV)
+    c = stack.client
+    redis = Redis.from_url(stack.stack.redis_url)
+    reader, routes = TopicReader(redis), RouteReader(redis, DEV_INTERNAL_KEY)
+    alive, doomed = await subscribed(c, "ttl-a", 0, ["public:ttl"]), await subscribed(c, "ttl-b", 1, ["public:ttl"])
+    a, b = node_id(stack, 0), node_id(stack, 1)
+
+    async def counted() -> dict[str, dict[str, int]]:
+        return await reader.counts(["public:ttl"], await routes.live_nodes())
+
+    try:
+        assert await counted() == {"public:ttl": {a: 1, b: 1}}
+        stack.push(1).kill()
+        killed = asyncio.get_running_loop().time()
+        await until(lambda: counted_is(counted, {"public:ttl": {a: 1}}), timeout=10)
+        assert asyncio.get_running_loop().time() - killed <= 3 + 1.5
+        assert await redis.hget(topic_key("public:ttl"), b) == b"1"  # the dead node's field stays; it just does not count
+        status, body = await c.post({"topic": "public:ttl", "payload": "still"})
+        assert status == 202 and (await next_frame(alive))["id"] == body["id"]
+    finally:
+        await alive.close()
+        await doomed.close()
+        await redis.aclose()
+
+
+async def counted_is(counted: Callable[[], Awaitable[dict[str, dict[str, int]]]], expected: dict[str, dict[str, int]]) -> bool:
+    return await counted() == expected

@@ -51,6 +51,21 @@ def test_deliver_batch_and_result_round_trip() -> None:
     assert BatchResult.decode(BatchResult(7, 2).encode()) == BatchResult(7, 2)
 
 
+def test_deliver_batch_carries_a_topic_as_a_fifth_item_only() -> None:
+    """A topic delivery round-trips with its topic; a user delivery keeps the four-item shape."""
+    batch = DeliverBatch(1, 2, (Delivery("m", "F", 3, ("u",)), Delivery("t", "T", 3, (), "news")))
+    assert orjson.loads(batch.encode())["items"] == [["m", "F", 3, ["u"]], ["t", "T", 3, [], "news"]]
+    assert DeliverBatch.decode(batch.encode()) == batch
+
+
+@pytest.mark.parametrize("items", [[["m", "F", 3]], [["m", "F", 3, ["u"], "news", "x"]], [["m", "F", 3, [], 5]],
+                                   [["m", "F", 3, "u"]], [{"m": 1, "F": 2, "t": 3, "u": 4}], "mFtu"])
+def test_deliver_batch_decode_refuses_other_shapes(items: object) -> None:
+    """Items of another length, a non-list of users, a non-string topic or a non-list item are malformed."""
+    with pytest.raises(MalformedRequest):
+        DeliverBatch.decode(orjson.dumps({"type": "deliver", "batch": 1, "at": 2, "items": items}))
+
+
 def test_message_ids_sort_by_time_and_are_unique() -> None:
     """Ids made later sort later; ids made in the same millisecond differ."""
     assert new_post_id(1000) < new_post_id(1001)
