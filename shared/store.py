@@ -15,7 +15,8 @@ the purge of old history.
 * ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
   at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
   the usual path costs one insert per post, not one per delivery and stage. ``closed`` says a row
-  was acked or expired.
+  was acked or expired. A topic or broadcast message has a row per node instead, ``{i, node, k, s}``:
+  how many of the node's sockets it was written to (``k``), and when.
 
 Both carry ``purge_at``; a TTL index drops them where the server has TTL indexes, and dispatch
 deletes them otherwise. Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from pymongo import AsyncMongoClient
@@ -34,7 +36,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from shared.breaker import CircuitBreaker
 from shared.errors import Unavailable
-from shared.message import Message, Pair, by_post, index_of, join_users, message_id, post_of, split_users
+from shared.message import BROADCAST, Message, Pair, by_post, index_of, join_users, message_id, post_of, split_users
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,22 @@ def messages_of_document(doc: dict[str, Any]) -> list[Message]:
             for i, (frame, users, expires, topic) in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics))]
 
 
-def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime) -> list[dict[str, Any]]:
-    """One document per post with a row per delivery."""
+@dataclass(slots=True)
+class NodeCount:
+    """What one node recorded of a topic message: the sockets it was written to, and each stage's time."""
+
+    sockets: int = 0
+    stages: dict[str, int] = field(default_factory=dict)
+
+
+def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime,
+                    counts: dict[tuple[str, str], NodeCount] = {}) -> list[dict[str, Any]]:
+    """One document per post with a row per delivery, and per node for topic messages."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for (m, u), s in stages.items():
         rows.setdefault(post_of(m), []).append({"i": index_of(m), "u": u, "s": s})
+    for (m, node), count in counts.items():
+        rows.setdefault(post_of(m), []).append({"i": index_of(m), "node": node, "k": count.sockets, "s": count.stages})
     return [{"p": post, "rows": r, "closed": any(c in row["s"] for row in r for c in CLOSING), "at": now,
              "purge_at": now + PURGE_AFTER} for post, r in rows.items()]
 
@@ -81,7 +94,7 @@ def derive(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> li
     rows = {u: {"user_id": u, "state": "accepted", "accepted_at": post["ts"]} for u in split_users(post["users"][index])}
     for e in events:
         for r in e["rows"]:
-            row = rows.get(r["u"]) if r["i"] == index else None
+            row = rows.get(r.get("u")) if r["i"] == index else None
             if row is None:
                 continue
             for stage, at in r["s"].items():
@@ -89,6 +102,20 @@ def derive(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> li
                 if PRECEDENCE[stage] > PRECEDENCE[row["state"]]:
                     row["state"] = stage
     return [rows[u] for u in sorted(rows)]
+
+
+def derive_counts(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The status of topic message ``index`` of ``post``: its topic (or broadcast), each stage's first time in ms,
+    the nodes that took it and the sockets they wrote it to."""
+    topic = post["topics"][index]
+    stages, nodes, sockets = {"accepted": post["ts"]}, set(), 0
+    for r in (r for e in events for r in e["rows"] if r["i"] == index and "node" in r):
+        nodes.add(r["node"])
+        sockets += r["k"]
+        for stage, at in r["s"].items():
+            stages[stage] = min(at, stages.get(stage, at))
+    head = {"broadcast": True} if topic == BROADCAST else {"topic": topic}
+    return {**head, "stages": stages, "nodes": len(nodes), "sockets": sockets}
 
 
 class MessageStore:
@@ -136,21 +163,25 @@ class MessageStore:
         seen = await self.breaker.call(insert)
         return [m for i, p in enumerate(posts) if i not in seen for m in p]
 
-    async def record(self, stages: dict[Pair, dict[str, int]]) -> None:
+    async def record(self, stages: dict[Pair, dict[str, int]], counts: dict[tuple[str, str], NodeCount] = {}) -> None:
         """One insert: one event document per post."""
-        if stages:
-            docs = event_documents(stages, dt.datetime.now(dt.timezone.utc))
+        if stages or counts:
+            docs = event_documents(stages, dt.datetime.now(dt.timezone.utc), counts)
             await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
 
-    async def lifecycle(self, message_id: str, sender: str) -> list[dict[str, Any]]:
-        """Per recipient state and stage times, or [] unless ``sender`` posted the message."""
+    async def lifecycle(self, message_id: str, sender: str) -> dict[str, Any] | None:
+        """The message's status (per recipient state and stage times; for a topic message, per stage times and
+        counts), or None unless ``sender`` posted the message."""
         post, index = post_of(message_id), index_of(message_id)
 
-        async def read() -> list[dict[str, Any]]:
-            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1})
+        async def read() -> dict[str, Any] | None:
+            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1, "topics": 1})
             if doc is None or doc["sender"] != sender or index >= len(doc["users"]):
-                return []
-            return derive(doc, index, await self.events.find({"p": post}, {"rows": 1}).to_list(None))
+                return None
+            events = await self.events.find({"p": post}, {"rows": 1}).to_list(None)
+            if (doc.get("topics") or [None] * (index + 1))[index] is not None:
+                return {"id": message_id, **derive_counts(doc, index, events)}
+            return {"id": message_id, "recipients": derive(doc, index, events)}
 
         return await self.breaker.call(read)
 

@@ -46,6 +46,12 @@ class ClusterClient:
         async with self.session.post(f"{self.stack.collect_url}/v1/messages", data=data, headers=hdrs) as r:
             return r.status, await r.json(content_type=None)
 
+    async def status(self, message_id: str) -> tuple[int, Any]:
+        """``GET /v1/messages/{id}``: its HTTP status and body."""
+        async with self.session.get(f"{self.stack.collect_url}/v1/messages/{message_id}",
+                                    headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            return r.status, await r.json(content_type=None)
+
     async def post_until_accepted(self, body: Any, timeout: float = 30) -> dict[str, Any]:
         """Post until collect answers 202 (after an outage), accepting only 503 meanwhile."""
         async with asyncio.timeout(timeout):

@@ -18,15 +18,17 @@ from shared.protocol import BatchResult, DeliverBatch
 log = logging.getLogger(__name__)
 
 
-async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter) -> BatchResult:
+async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter, node: str) -> BatchResult:
     """Write each message to its users' sockets, or a topic message to its subscribers' sockets; mark the pairs
-    written as dispatched and delivered."""
+    written as dispatched and delivered, and count a topic message's sockets for this node."""
     now = time.time()
     delivered, absent, published = [], 0, 0
     for item in batch.items:
         if item.topic is not None:
             sockets = await hub.publish(item.message_id, item.frame, item.topic)
             published += sockets
+            reached = {"dispatched": batch.at, **({"delivered": int(now * 1000)} if sockets else {})}
+            lifecycle.count(item.message_id, node, sockets, reached)
             if sockets:
                 DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
             continue
@@ -46,7 +48,7 @@ async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWrite
     return BatchResult(batch.batch, len(delivered) + published)
 
 
-async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter) -> None:
+async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter, node: str) -> None:
     peer = str(ws.remote_address)
     log.info("dispatch link open", extra={"peer": peer})
     try:
@@ -58,7 +60,7 @@ async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter)
                 log.warning("bad frame on dispatch link", extra={"peer": peer, "error": exc.message})
                 await ws.close(exc.close_code, exc.message[:120])
                 return
-            await ws.send((await deliver_batch(hub, batch, lifecycle)).encode())
+            await ws.send((await deliver_batch(hub, batch, lifecycle, node)).encode())
     except ConnectionClosed:
         pass
     log.info("dispatch link closed", extra={"peer": peer})

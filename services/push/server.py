@@ -121,7 +121,7 @@ class PushNode:
 
     async def handle(self, ws: ServerConnection) -> None:
         if urlsplit(ws.request.path).path == "/internal":
-            await serve_link(ws, self.hub, self.lifecycle)
+            await serve_link(ws, self.hub, self.lifecycle, self.config.node_id)
             return
         source = source_of(ws)
         self.addresses.opened(source)

@@ -15,7 +15,7 @@ from shared.inbox import EXPIRY_KEY, inbox_key, post_key
 from shared.message import post_of
 from shared.routing import RouteReader
 from shared.topicmap import TOPICS_KEY, TopicReader, topic_key
-from tests.client import frames_within, next_frame, subscribe
+from tests.client import frames_within, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack
 
 STACK_ENV = {"PUBLIC_TOPICS": "lobby, public:*"}
@@ -143,6 +143,30 @@ async def test_broadcast_reaches_every_socket_of_both_nodes(shared_stack: Runnin
     for ws in sockets:
         frames = await frames_within(ws, 1.5)
         assert frames == [{"type": "message", "id": body["id"], "broadcast": True, "payload": "everyone", "ts": frames[0]["ts"]}]
+        await ws.close()
+
+
+async def test_status_of_topic_and_broadcast_messages_counts_nodes_and_sockets(shared_stack: RunningStack) -> None:
+    """GET /v1/messages/{id} of a topic message answers its stage times, the nodes that took it and the sockets
+    written (two on one node, one on the other), and says broadcast for a broadcast."""
+    c = shared_stack.client
+    sockets = [await subscribed(c, f"count-{i}", i // 2, ["public:count"]) for i in range(3)]
+    _, topic = await c.post({"topic": "public:count", "payload": 1})
+    _, everyone = await c.post({"broadcast": True, "payload": 2})
+    for ws in sockets:
+        assert len(await receive_ids(ws, 2)) == 2
+
+    async def counted(message_id: str, at_least: bool = False) -> Any:
+        """The status once both nodes counted the three sockets (at least, for a broadcast: others may be open)."""
+        code, body = await c.status(message_id)
+        assert code == 200, body
+        return body if body["nodes"] == 2 and (body["sockets"] >= 3 if at_least else body["sockets"] == 3) else None
+
+    body = await until(lambda: counted(topic["id"]))
+    assert body["id"] == topic["id"] and body["topic"] == "public:count" and "recipients" not in body
+    assert body["stages"]["accepted"] <= body["stages"]["dispatched"] <= body["stages"]["delivered"]
+    assert (await until(lambda: counted(everyone["id"], at_least=True)))["broadcast"] is True
+    for ws in sockets:
         await ws.close()
 
 
