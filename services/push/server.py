@@ -157,7 +157,7 @@ class PushNode:
                         frame = parse_client_frame(data)
                         cost = 1 if isinstance(frame, PingFrame) else len(frame.ids if isinstance(frame, AckFrame) else frame.topics)
                         if not budget.take(cost, time.monotonic()):
-                            raise RateLimited(f"more than {self.config.client_rate:g} acks (or topics) a second")
+                            raise RateLimited(f"more than {self.config.client_rate:g} acks a second (ack ids, topics and pings count)")
                         if isinstance(frame, PingFrame):
                             await ws.send(PongFrame().encode())
                         elif isinstance(frame, AckFrame):

@@ -112,6 +112,20 @@ def test_dispatch_groups_each_message_per_node_with_only_that_nodes_recipients()
     }
 
 
+def test_dispatch_sends_a_topic_message_once_to_each_holding_node_and_a_broadcast_to_every_live_node() -> None:
+    """A topic message goes to the nodes holding its subscribers (none: nowhere), a broadcast to every live node,
+    each once and naming no users; an expired one goes nowhere."""
+    from services.dispatch.router import per_node
+    from shared.message import BROADCAST, Message
+    from shared.stream import StreamEntry
+
+    entries = [StreamEntry("1-0", [Message("t1", (), "T", 5, 99, topic="news"), Message("t2", (), "Q", 5, 99, topic="quiet"),
+                                   Message("b1", (), "B", 5, 99, topic=BROADCAST), Message("b0", (), "O", 5, 10, topic=BROADCAST)])]
+    work = per_node(entries, {}, 50, {"news": {"n2": 3}}, ["n1", "n2"])
+    assert work == {"n1": {"1-0": [Delivery("b1", "B", 5, (), BROADCAST)]},
+                    "n2": {"1-0": [Delivery("t1", "T", 5, (), "news"), Delivery("b1", "B", 5, (), BROADCAST)]}}
+
+
 def test_the_largest_accepted_message_fits_one_batch_and_the_nodes_link_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """A message at collect's default payload and recipient limits, all quotes (each escaped twice on the link),
     is sized at least as large as it encodes, and alone fits dispatch's batch budget and a node's frame limit."""
