@@ -25,6 +25,7 @@ from services.push.hub import Hub
 from shared.errors import Unavailable
 from shared.retry import Backoff
 from shared.routing import NodeCard, RouteWriter
+from shared.topicmap import TopicReader
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Presence:
 
     async def run_flusher(self) -> None:
         backoff = Backoff()
+        await self._forget_earlier_life(backoff)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -94,6 +96,17 @@ class Presence:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    async def _forget_earlier_life(self, backoff: Backoff) -> None:
+        """Have the first flush write every known topic's local count (0 but for the first subscribers): a node
+        restarted under the same id before its card expired drops the counts its earlier process left there."""
+        while True:
+            try:
+                self._dirty_topics.update(await TopicReader(self.writer.redis).names())
+                self._wake.set()
+                return
+            except Exception as exc:  # never die silently: log, back off, go on
+                await backoff.failed(log, "reading topic names", exc)
 
     async def run_heartbeat(self) -> None:
         backoff = Backoff()

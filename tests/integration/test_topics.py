@@ -17,6 +17,7 @@ from shared.routing import RouteReader
 from shared.topicmap import TOPICS_KEY, TopicReader, topic_key
 from tests.client import frames_within, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack
+from tools.cluster import Cluster
 
 STACK_ENV = {"PUBLIC_TOPICS": "lobby, public:*"}
 
@@ -220,3 +221,23 @@ async def test_a_killed_nodes_subscribers_stop_counting_within_the_node_ttl(star
 
 async def counted_is(counted: Callable[[], Awaitable[dict[str, dict[str, int]]]], expected: dict[str, dict[str, int]]) -> bool:
     return await counted() == expected
+
+
+async def test_a_node_restarted_under_its_id_drops_the_counts_of_its_earlier_life(
+        start_stack: Callable[..., RunningStack], cluster: Cluster) -> None:
+    """A node SIGKILLed and restarted before its card expired no longer counts the subscribers of its earlier process."""
+    stack = start_stack(**STACK_ENV)
+    redis = Redis.from_url(stack.stack.redis_url)
+    ws = await subscribed(stack.client, "life", 1, ["public:life"])
+    b = node_id(stack, 1)
+    try:
+        assert await redis.hget(topic_key("public:life"), b) == b"1"
+        old = stack.push(1)
+        old.kill()
+        stack.procs[old.name] = fresh = cluster.respawn(old)
+        cluster.wait_http(fresh, f"{stack.stack.push_url(stack.stack.push_ports[1])}/healthz")
+        await until(lambda: field_is(redis, "public:life", b, None))
+        assert not await redis.sismember(TOPICS_KEY, "public:life")
+    finally:
+        await ws.close()
+        await redis.aclose()
