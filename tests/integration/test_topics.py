@@ -19,7 +19,7 @@ from tests.client import frames_within, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack
 from tools.cluster import Cluster
 
-STACK_ENV = {"PUBLIC_TOPICS": "lobby, public:*"}
+STACK_ENV = {"PUBLIC_TOPICS": "lobby, public:*", "MAX_CONNECTION_TOPICS": "5"}
 
 
 def node_id(stack: RunningStack, index: int) -> str:
@@ -53,6 +53,19 @@ async def test_subscribe_grants_claim_names_patterns_and_public_topics_and_refus
                                                          {"type": "error", "code": "forbidden", "topics": ["news"]}]
     await ws.close()
     await plain.close()
+
+
+async def test_topics_past_the_per_connection_cap_are_refused_as_limit(shared_stack: RunningStack) -> None:
+    """With MAX_CONNECTION_TOPICS=5, a socket holding 4 topics is granted one more (and those it holds again),
+    the rest come back in an error with code limit, and the connection stays open."""
+    ws = await shared_stack.client.connect("cap")
+    await subscribe(ws, [f"public:c{i}" for i in range(4)])
+    assert await subscribe(ws, ["public:c0", "public:c4", "public:c5", "public:c6"]) == [
+        {"type": "subscribed", "topics": ["public:c0", "public:c4"]},
+        {"type": "error", "code": "limit", "topics": ["public:c5", "public:c6"]}]
+    await ws.send('{"type": "ping"}')
+    assert await next_frame(ws) == {"type": "pong"}
+    await ws.close()
 
 
 async def test_malformed_subscribe_closes_with_4002(shared_stack: RunningStack) -> None:
@@ -225,7 +238,8 @@ async def counted_is(counted: Callable[[], Awaitable[dict[str, dict[str, int]]]]
 
 async def test_a_node_restarted_under_its_id_drops_the_counts_of_its_earlier_life(
         start_stack: Callable[..., RunningStack], cluster: Cluster) -> None:
-    """A node SIGKILLed and restarted before its card expired no longer counts the subscribers of its earlier process."""
+    """A node SIGKILLed and restarted before its card expired no longer counts the subscribers of its earlier process;
+    a clean shutdown (SIGTERM) removes its counts at once."""
     stack = start_stack(**STACK_ENV)
     redis = Redis.from_url(stack.stack.redis_url)
     ws = await subscribed(stack.client, "life", 1, ["public:life"])
@@ -238,6 +252,11 @@ async def test_a_node_restarted_under_its_id_drops_the_counts_of_its_earlier_lif
         cluster.wait_http(fresh, f"{stack.stack.push_url(stack.stack.push_ports[1])}/healthz")
         await until(lambda: field_is(redis, "public:life", b, None))
         assert not await redis.sismember(TOPICS_KEY, "public:life")
+        again = await subscribed(stack.client, "life", 1, ["public:life"])
+        assert await redis.hget(topic_key("public:life"), b) == b"1"
+        assert fresh.stop() == 0
+        assert not await redis.exists(topic_key("public:life")), "a clean shutdown withdraws the node's counts"
+        await again.close()
     finally:
         await ws.close()
         await redis.aclose()
