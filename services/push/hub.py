@@ -45,6 +45,7 @@ class Session:
     overflowed: bool = False
     closing: bool = False
     topics: set[str] = field(default_factory=set)
+    welcomed: bool = False  # sent its welcome frame: broadcasts reach it from then on, never before the welcome
 
     @property
     def open(self) -> bool:
@@ -203,7 +204,8 @@ class Hub:
         for start in range(0, len(sessions), PUBLISH_SLICE):
             if start:
                 await asyncio.sleep(0)  # let the loop serve others between slices of a big topic
-            live = [s.ws for s in sessions[start:start + PUBLISH_SLICE] if s.open and not self._too_slow(s)]
+            chunk = sessions[start:start + PUBLISH_SLICE]
+            live = [s.ws for s in chunk if s.welcomed and s.open and not self._too_slow(s)]
             broadcast(live, frame)
             written += len(live)
         return written

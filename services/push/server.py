@@ -149,6 +149,7 @@ class PushNode:
         try:
             await self.presence.arrived(user)
             await ws.send(WelcomeFrame(user, self.config.node_id).encode())
+            session.welcomed = True
             CONNECTS.inc()
             async with asyncio.timeout(identity.expires_at - time.time()):
                 replay = asyncio.create_task(self.replayer.replay(session))

@@ -260,3 +260,25 @@ async def test_a_node_restarted_under_its_id_drops_the_counts_of_its_earlier_lif
     finally:
         await ws.close()
         await redis.aclose()
+
+
+async def test_a_broadcast_never_reaches_a_socket_before_its_welcome(shared_stack: RunningStack) -> None:
+    """Sockets connecting while broadcasts flow get their welcome frame first, whatever arrives after it."""
+    c = shared_stack.client
+    tokens = [await c.token(f"storm-{i}") for i in range(60)]
+    stop = asyncio.Event()
+
+    async def broadcasting() -> None:
+        while not stop.is_set():
+            await c.post({"broadcast": True, "payload": "storm"})
+
+    sender = asyncio.create_task(broadcasting())
+    try:
+        sockets = await asyncio.gather(*(c.open(t, node=i % 2) for i, t in enumerate(tokens)))
+        firsts = [await next_frame(ws) for ws in sockets]
+    finally:
+        stop.set()
+        await sender
+    assert [f["type"] for f in firsts] == ["welcome"] * len(tokens)
+    for ws in sockets:
+        await ws.close()
