@@ -4,7 +4,8 @@ Keys (a post is one POST's messages, see ``shared.message``):
 
 * ``post:{id}`` -- a HASH with the post's field map (each message's frame, stored once however
   many recipients, its recipients and its expiry) and ``n``, how many of its deliveries are still
-  open; deleted when ``n`` reaches 0 or the post expires;
+  open; deleted when ``n`` reaches 0 or the post expires. Topic and broadcast messages open no
+  inbox and are left out (a post of only those has no hash and no expiry entry);
 * ``inbox:{user}`` -- a ZSET of the user's open message ids scored by acceptance time, trimmed to
   the newest ``limit``; Redis drops it when the last entry goes;
 * ``expiry`` -- a ZSET of open post ids scored by their latest expiry (ms), read by dispatch's
@@ -50,10 +51,11 @@ class Inbox:
         self.scripts = Scripts(redis)
 
     async def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
-        """Queue the commands that open ``messages`` for their recipients (idempotent: ids are keys)."""
+        """Queue the commands that open ``messages`` for their recipients (idempotent: ids are keys); topic
+        messages are skipped (they are never replayed)."""
         inboxes: defaultdict[str, dict[str, int]] = defaultdict(dict)
         expiry: dict[str, int] = {}
-        for post, batch in by_post(messages).items():
+        for post, batch in by_post(m for m in messages if m.topic is None).items():
             pipe.hset(post_key(post), mapping={**post_fields(batch), "n": sum(len(m.users) for m in batch)})
             expiry[post] = max(m.expires_ms for m in batch)
             for m in batch:

@@ -2,7 +2,8 @@
 
 Marks are kept per delivery until the next flush, so a delivery that is dispatched, delivered and
 acknowledged within one window costs one document. Marking never waits on MongoDB, so a slow
-database cannot slow delivery. A failed flush is kept and retried with backoff; past
+database cannot slow delivery. A topic or broadcast message has no recipients to mark: each node
+records how many of its sockets it was written to (``count``), merged the same way. A failed flush is kept and retried with backoff; past
 ``max_pending`` deliveries the oldest marks are dropped with a warning (they only refine the status
 view: the delivery state itself lives in Redis).
 """
@@ -13,6 +14,8 @@ import asyncio
 import logging
 import time
 from typing import Iterable
+
+from shared.store import NodeCount
 
 from shared.errors import Unavailable
 from shared.message import Pair
@@ -28,6 +31,7 @@ class LifecycleWriter:
         self.interval = interval
         self.max_pending = max_pending
         self._pending: dict[Pair, dict[str, int]] = {}
+        self._counts: dict[tuple[str, str], NodeCount] = {}
 
     def mark(self, stage: str, pairs: Iterable[Pair], at_ms: int | None = None) -> None:
         """Record that these deliveries reached ``stage`` at ``at_ms`` (now by default); the first time wins."""
@@ -46,15 +50,26 @@ class LifecycleWriter:
                 del pending[pair]
             log.warning("lifecycle backlog full; dropping oldest marks", extra={"count": dropped})
 
+    def count(self, message_id: str, node: str, sockets: int, stages: dict[str, int]) -> None:
+        """Record that a topic message reached ``stages`` on ``node`` and was written to ``sockets`` of its sockets."""
+        row = self._counts.setdefault((message_id, node), NodeCount())
+        row.sockets += sockets
+        for stage, at in stages.items():
+            row.stages.setdefault(stage, at)
+
     async def flush(self) -> None:
         marks, self._pending = self._pending, {}
+        counts, self._counts = self._counts, {}
         try:
-            await self.store.record(marks)
+            await self.store.record(marks, counts)
         except Unavailable:
             for pair, stages in self._pending.items():  # marked meanwhile: merge into the kept ones
                 for stage, at in stages.items():
                     marks.setdefault(pair, {}).setdefault(stage, at)
             self._pending = marks
+            counts, self._counts = self._counts, counts
+            for (message_id, node), row in counts.items():
+                self.count(message_id, node, row.sockets, row.stages)
             raise
 
     async def run(self) -> None:

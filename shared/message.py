@@ -7,9 +7,13 @@ costs a handful of writes, not thousands; a message's id is its post's id plus i
 (the exact text a browser receives, encoded once by collect) and its recipients. A *delivery* is
 one message for one recipient, named by the pair ``(message_id, user_id)``.
 
+A *topic message* has no recipients but a ``topic``: it goes to the sockets subscribed to that
+topic when it is dispatched (``BROADCAST``, which no topic name can be, means every socket). It
+opens no inbox, so it is never replayed.
+
 The same flat field map describes a post's messages in its Redis hash and its stream entry:
 ``"{i}"`` the frame of message ``i``, ``"u{i}"`` its recipients joined by ``,`` (user ids cannot
-contain one), ``"x{i}"`` its expiry in ms.
+contain one), ``"x{i}"`` its expiry in ms, and for a topic message ``"t{i}"`` its topic.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Iterable, Mapping
 
 Pair = tuple[str, str]  # (message_id, user_id): one delivery
 INDEX_DIGITS = 4
+BROADCAST = "*"  # the topic of a message for every socket (not a valid topic name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,7 @@ class Message:
     ts: int  # ms since epoch, when collect accepted it
     expires_ms: int
     sender: str = ""
+    topic: str | None = None  # a topic message (``BROADCAST``: every socket); ``users`` is then empty
 
     @property
     def post(self) -> str:
@@ -96,6 +102,8 @@ def post_fields(messages: list[Message]) -> dict[str, str | int]:
         fields[str(i)] = m.frame
         fields[f"u{i}"] = join_users(m.users)
         fields[f"x{i}"] = m.expires_ms
+        if m.topic is not None:
+            fields[f"t{i}"] = m.topic
     return fields
 
 
@@ -103,4 +111,5 @@ def messages_of(post: str, ts: int, fields: Mapping[bytes, bytes]) -> list[Messa
     """The messages a field map describes, in position order (the inverse of ``post_fields``)."""
     indexes = sorted(int(k) for k in fields if k.isdigit())
     return [Message(message_id(post, i), split_users(fields[b"u%d" % i]), fields[b"%d" % i].decode(), ts,
-                    int(fields[b"x%d" % i])) for i in indexes]
+                    int(fields[b"x%d" % i]), topic=topic.decode() if (topic := fields.get(b"t%d" % i)) else None)
+            for i in indexes]

@@ -2,8 +2,8 @@
 
 Two links carry frames:
 
-* browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame`` out;
-  ``AckFrame``, ``PingFrame`` in);
+* browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame``,
+  ``TopicsFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
 
 A ``MessageFrame`` is encoded once, when collect accepts the message, and travels as the exact
@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 
 from shared.errors import MalformedRequest
+from shared.message import BROADCAST
+from shared.topics import valid_topic
 
 
 def _load(data: str | bytes) -> dict[str, Any]:
@@ -34,14 +36,21 @@ def _load(data: str | bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class MessageFrame:
-    """A message for one user, as the browser receives it; ``id`` lets clients drop duplicates."""
+    """A message as the browser receives it; ``id`` lets clients drop duplicates. A topic message names its
+    ``topic``; a broadcast (topic ``BROADCAST``) says ``"broadcast": true``."""
 
     id: str
     payload: Any
     ts: int
+    topic: str | None = None
 
     def encode(self) -> str:
-        return orjson.dumps({"type": "message", "id": self.id, "payload": self.payload, "ts": self.ts}).decode()
+        head: dict[str, Any] = {"type": "message", "id": self.id}
+        if self.topic == BROADCAST:
+            head["broadcast"] = True
+        elif self.topic is not None:
+            head["topic"] = self.topic
+        return orjson.dumps({**head, "payload": self.payload, "ts": self.ts}).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +82,46 @@ class AckFrame:
     ids: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SubscribeFrame:
+    """The client asks for the messages of these topics."""
+
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeFrame:
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicsFrame:
+    """The node's answer to a (un)subscribe: ``subscribed`` / ``unsubscribed`` topics, or an ``error`` with its
+    ``code`` (``forbidden``: not granted; ``limit``: past the node's topics per connection) naming the topics refused."""
+
+    type: str
+    topics: tuple[str, ...]
+    code: str | None = None
+
+    def encode(self) -> str:
+        head = {"type": self.type} if self.code is None else {"type": self.type, "code": self.code}
+        return orjson.dumps({**head, "topics": list(self.topics)}).decode()
+
+
 MAX_ACK_IDS = 1000
+MAX_FRAME_TOPICS = 100
+ClientFrame = AckFrame | PingFrame | SubscribeFrame | UnsubscribeFrame
 
 
-def parse_client_frame(data: str | bytes) -> AckFrame | PingFrame:
+def _topics(obj: dict[str, Any]) -> tuple[str, ...]:
+    topics = obj.get("topics")
+    if not isinstance(topics, list) or not 0 < len(topics) <= MAX_FRAME_TOPICS or not all(map(valid_topic, topics)):
+        raise MalformedRequest(f"{obj['type']} needs 'topics': 1 to {MAX_FRAME_TOPICS} topic names "
+                               "(letters, digits and _ . : @ -)")
+    return tuple(dict.fromkeys(topics))
+
+
+def parse_client_frame(data: str | bytes) -> ClientFrame:
     """Decode a browser frame or raise ``MalformedRequest`` naming what is wrong."""
     if isinstance(data, bytes):
         raise MalformedRequest("binary frames are not accepted")
@@ -91,25 +136,47 @@ def parse_client_frame(data: str | bytes) -> AckFrame | PingFrame:
         if not all(isinstance(i, str) for i in ids):
             raise MalformedRequest("ack ids must be strings")
         return AckFrame(tuple(ids))
+    if kind == "subscribe":
+        return SubscribeFrame(_topics(obj))
+    if kind == "unsubscribe":
+        return UnsubscribeFrame(_topics(obj))
     raise MalformedRequest(f"unknown frame type {kind!r}")
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a verified token speaks for, and until when (seconds since epoch)."""
+    """Who a verified token speaks for, until when (seconds since epoch), and the topic patterns it may subscribe to."""
 
     user_id: str
     expires_at: int
+    topics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms)."""
+    """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms). A topic
+    message names no users but its ``topic`` (``BROADCAST``: every socket of the node)."""
 
     message_id: str
     frame: str
     ts: int
     users: tuple[str, ...]
+    topic: str | None = None
+
+    def encode(self) -> list[Any]:
+        """``[id, frame, ts, [users]]``, with the topic as a fifth item only when there is one."""
+        item = [self.message_id, self.frame, self.ts, list(self.users)]
+        return item if self.topic is None else [*item, self.topic]
+
+    @classmethod
+    def decode(cls, item: list[Any]) -> Delivery:
+        """The inverse of ``encode``; TypeError or ValueError unless it is one of its two shapes."""
+        if not isinstance(item, list) or len(item) not in (4, 5) or not isinstance(item[3], list):
+            raise TypeError("not a delivery")
+        if len(item) == 5 and not isinstance(item[4], str):
+            raise TypeError("a topic is a string")
+        m, f, t, u = item[:4]
+        return cls(str(m), str(f), int(t), tuple(map(str, u)), item[4] if len(item) == 5 else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,22 +188,23 @@ class DeliverBatch:
     items: tuple[Delivery, ...]
 
     def encode(self) -> bytes:
-        items = [[d.message_id, d.frame, d.ts, list(d.users)] for d in self.items]
+        items = [d.encode() for d in self.items]
         return orjson.dumps({"type": "deliver", "batch": self.batch, "at": self.at, "items": items})
 
     @classmethod
     def decode(cls, data: str | bytes) -> DeliverBatch:
         obj = _load(data)
         try:
-            items = tuple(Delivery(str(m), str(f), int(t), tuple(map(str, u))) for m, f, t, u in obj["items"])
+            items = tuple(map(Delivery.decode, obj["items"]))
             return cls(int(obj["batch"]), int(obj["at"]), items)
         except (KeyError, TypeError, ValueError):
-            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' [[id, frame, ts, [users]], ...]") from None
+            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' [[id, frame, ts, [users](, topic)], ...]") from None
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """node -> dispatch: the batch is accepted; ``delivered`` counts the (message, user) pairs written to a socket."""
+    """node -> dispatch: the batch is accepted; ``delivered`` counts the (message, user) pairs written to a socket,
+    plus the sockets topic messages were written to."""
 
     batch: int
     delivered: int

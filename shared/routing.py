@@ -7,7 +7,9 @@ Keys:
 * ``node:{id}`` -- the node's JSON card (link URL, public URL, load), signed with the internal key
   (``shared.signing``), with a short TTL (``node_ttl``) renewed by the node's heartbeat: this key
   *is* the node's liveness, and a card that does not verify is no node at all;
-* ``nodes`` -- a SET of every node id seen, for enumeration without KEYS/SCAN.
+* ``nodes`` -- a SET of every node id seen, for enumeration without KEYS/SCAN;
+* ``topic:{name}`` and ``topics`` -- which nodes hold a topic's subscribers (``shared.topicmap``),
+  written on the same pipelines as the routes.
 
 A route counts only while its node's card exists, so a killed node stops being routed to when its
 card expires, while a heartbeat costs one SET per node, not one write per user.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, astuple, dataclass, replace
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import orjson
 from redis.asyncio import Redis
@@ -26,6 +28,7 @@ from redis.asyncio import Redis
 from shared.metrics import NODE_CARDS_REFUSED
 from shared.scripts import Scripts
 from shared.signing import CARD, proof, proven
+from shared.topicmap import TopicWriter
 
 log = logging.getLogger(__name__)
 NODES_KEY = "nodes"
@@ -66,22 +69,25 @@ class NodeCard:
 
 
 class RouteWriter:
-    """A push node's side: add and drop its routes, renew its card, withdraw on shutdown."""
+    """A push node's side: add and drop its routes and topic counts, renew its card, withdraw on shutdown."""
 
     def __init__(self, redis: Redis, node_id: str, route_ttl: int, node_ttl: int) -> None:
         self.redis = redis
         self.node_id = node_id
         self.route_ttl = route_ttl
         self.node_ttl = node_ttl
+        self.topics = TopicWriter(redis, node_id, route_ttl)
 
-    async def apply(self, present: Iterable[str], gone: Iterable[str]) -> None:
-        """Add this node to the routes of ``present`` users and remove it from ``gone`` ones, in one pipeline."""
+    async def apply(self, present: Iterable[str], gone: Iterable[str], topics: Mapping[str, int] = {}) -> None:
+        """Add this node to the routes of ``present`` users, remove it from ``gone`` ones and write its ``topics``
+        counts (0: none left here), in one pipeline."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for user in present:
                 pipe.sadd(route_key(user), self.node_id)
                 pipe.expire(route_key(user), self.route_ttl)
             for user in gone:
                 pipe.srem(route_key(user), self.node_id)
+            await self.topics.stage(pipe, topics)
             await pipe.execute()
 
     async def heartbeat(self, card: NodeCard, renew: Iterable[str]) -> bool:
@@ -99,11 +105,12 @@ class RouteWriter:
             replies = await pipe.execute()
         return replies[0] is not None
 
-    async def withdraw(self, users: Iterable[str]) -> None:
-        """Clean shutdown: drop every route and the card at once, so nothing is routed here."""
+    async def withdraw(self, users: Iterable[str], topics: Iterable[str] = ()) -> None:
+        """Clean shutdown: drop every route, topic count and the card at once, so nothing is routed here."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for user in users:
                 pipe.srem(route_key(user), self.node_id)
+            await self.topics.stage(pipe, dict.fromkeys(topics, 0))
             pipe.delete(node_key(self.node_id))
             pipe.srem(NODES_KEY, self.node_id)
             await pipe.execute()

@@ -9,11 +9,14 @@ the purge of old history.
 * ``posts``: ``_id`` = post id (a message id is its post id plus its position); ``frames`` (each
   payload encoded once, as its recipients receive it, however many recipients), ``users`` (each
   message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
-  (the latest). A duplicate ``_id`` means the post was already accepted (an Idempotency-Key retry).
+  (the latest); ``topics`` (each message's topic, or null for a message to users) only when the post
+  has a topic or broadcast message. A duplicate ``_id`` means the post was already accepted (an
+  Idempotency-Key retry).
 * ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
   at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
   the usual path costs one insert per post, not one per delivery and stage. ``closed`` says a row
-  was acked or expired.
+  was acked or expired. A topic or broadcast message has a row per node instead, ``{i, node, k, s}``:
+  how many of the node's sockets it was written to (``k``), and when.
 
 Both carry ``purge_at``; a TTL index drops them where the server has TTL indexes, and dispatch
 deletes them otherwise. Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from pymongo import AsyncMongoClient
@@ -39,7 +43,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, Write
 
 from shared.breaker import CircuitBreaker
 from shared.errors import InvalidFields, ServiceError, Unavailable
-from shared.message import Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
+from shared.message import BROADCAST, Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +68,18 @@ def utc(ms: int) -> dt.datetime:
 def post_document(messages: list[Message]) -> dict[str, Any]:
     """One post's messages, in position order, as one document."""
     first, expires = messages[0], max(m.expires_ms for m in messages)
-    return {"_id": first.post, "sender": first.sender, "ts": first.ts, "frames": [m.frame for m in messages],
-            "users": [join_users(m.users) for m in messages], "expires": [m.expires_ms for m in messages],
-            "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
+    doc = {"_id": first.post, "sender": first.sender, "ts": first.ts, "frames": [m.frame for m in messages],
+           "users": [join_users(m.users) for m in messages], "expires": [m.expires_ms for m in messages],
+           "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
+    if any(m.topic is not None for m in messages):
+        doc["topics"] = [m.topic for m in messages]
+    return doc
 
 
 def post_bytes(messages: list[Message]) -> int:
     """An upper bound of the BSON size of ``post_document(messages)``, without encoding it."""
     return POST_BSON_BYTES + len(messages[0].sender.encode()) + sum(
-        len(m.frame.encode()) + len(join_users(m.users)) + MESSAGE_BSON_BYTES for m in messages)
+        len(m.frame.encode()) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages)
 
 
 def refused_by_document(exc: BaseException) -> bool:
@@ -96,15 +103,27 @@ def outcomes(posts: list[list[Message]], write_errors: list[dict[str, Any]]) -> 
 
 
 def messages_of_document(doc: dict[str, Any]) -> list[Message]:
-    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"])
-            for i, (frame, users, expires) in enumerate(zip(doc["frames"], doc["users"], doc["expires"]))]
+    topics = doc.get("topics") or [None] * len(doc["frames"])
+    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic)
+            for i, (frame, users, expires, topic) in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics))]
 
 
-def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime) -> list[dict[str, Any]]:
-    """One document per post with a row per delivery."""
+@dataclass(slots=True)
+class NodeCount:
+    """What one node recorded of a topic message: the sockets it was written to, and each stage's time."""
+
+    sockets: int = 0
+    stages: dict[str, int] = field(default_factory=dict)
+
+
+def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime,
+                    counts: dict[tuple[str, str], NodeCount] = {}) -> list[dict[str, Any]]:
+    """One document per post with a row per delivery, and per node for topic messages."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for (m, u), s in stages.items():
         rows.setdefault(post_of(m), []).append({"i": index_of(m), "u": u, "s": s})
+    for (m, node), count in counts.items():
+        rows.setdefault(post_of(m), []).append({"i": index_of(m), "node": node, "k": count.sockets, "s": count.stages})
     return [{"p": post, "rows": r, "closed": any(c in row["s"] for row in r for c in CLOSING), "at": now,
              "purge_at": now + PURGE_AFTER} for post, r in rows.items()]
 
@@ -114,7 +133,7 @@ def derive(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> li
     rows = {u: {"user_id": u, "state": "accepted", "accepted_at": post["ts"]} for u in split_users(post["users"][index])}
     for e in events:
         for r in e["rows"]:
-            row = rows.get(r["u"]) if r["i"] == index else None
+            row = rows.get(r.get("u")) if r["i"] == index else None
             if row is None:
                 continue
             for stage, at in r["s"].items():
@@ -122,6 +141,20 @@ def derive(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> li
                 if PRECEDENCE[stage] > PRECEDENCE[row["state"]]:
                     row["state"] = stage
     return [rows[u] for u in sorted(rows)]
+
+
+def derive_counts(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The status of topic message ``index`` of ``post``: its topic (or broadcast), each stage's first time in ms,
+    the nodes that took it and the sockets they wrote it to."""
+    topic = post["topics"][index]
+    stages, nodes, sockets = {"accepted": post["ts"]}, set(), 0
+    for r in (r for e in events for r in e["rows"] if r["i"] == index and "node" in r):
+        nodes.add(r["node"])
+        sockets += r["k"]
+        for stage, at in r["s"].items():
+            stages[stage] = min(at, stages.get(stage, at))
+    head = {"broadcast": True} if topic == BROADCAST else {"topic": topic}
+    return {**head, "stages": stages, "nodes": len(nodes), "sockets": sockets}
 
 
 class MessageStore:
@@ -166,26 +199,30 @@ class MessageStore:
         except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
             return outcomes(posts, exc.details["writeErrors"])
 
-    async def record(self, stages: dict[Pair, dict[str, int]]) -> None:
+    async def record(self, stages: dict[Pair, dict[str, int]], counts: dict[tuple[str, str], NodeCount] = {}) -> None:
         """One insert: one event document per post; documents the server refuses are dropped (a retry
         would be refused again), the others are stored."""
-        if stages:
-            docs = event_documents(stages, dt.datetime.now(dt.timezone.utc))
+        if stages or counts:
+            docs = event_documents(stages, dt.datetime.now(dt.timezone.utc), counts)
             try:
                 await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
             except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
                 log.warning("lifecycle documents refused; dropped", extra={"count": len(exc.details["writeErrors"]),
                                                                             "error": exc.details["writeErrors"][0].get("errmsg")})
 
-    async def lifecycle(self, message_id: str, sender: str) -> list[dict[str, Any]]:
-        """Per recipient state and stage times, or [] unless ``sender`` posted the message."""
+    async def lifecycle(self, message_id: str, sender: str) -> dict[str, Any] | None:
+        """The message's status (per recipient state and stage times; for a topic message, per stage times and
+        counts), or None unless ``sender`` posted the message."""
         post, index = post_of(message_id), index_of(message_id)
 
-        async def read() -> list[dict[str, Any]]:
-            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1})
+        async def read() -> dict[str, Any] | None:
+            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1, "topics": 1})
             if doc is None or doc["sender"] != sender or index >= len(doc["users"]):
-                return []
-            return derive(doc, index, await self.events.find({"p": post}, {"rows": 1}).to_list(None))
+                return None
+            events = await self.events.find({"p": post}, {"rows": 1}).to_list(None)
+            if (doc.get("topics") or [None] * (index + 1))[index] is not None:
+                return {"id": message_id, **derive_counts(doc, index, events)}
+            return {"id": message_id, "recipients": derive(doc, index, events)}
 
         return await self.breaker.call(read)
 

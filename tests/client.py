@@ -20,8 +20,9 @@ class ClusterClient:
         self.stack = stack
         self.session = session
 
-    async def token(self, user_id: str, ttl_seconds: int = 3600) -> str:
-        async with self.session.post(f"{self.stack.auth_url}/v1/tokens", json={"user_id": user_id, "ttl_seconds": ttl_seconds},
+    async def token(self, user_id: str, ttl_seconds: int = 3600, topics: list[str] | None = None) -> str:
+        body = {"user_id": user_id, "ttl_seconds": ttl_seconds, **({"topics": topics} if topics is not None else {})}
+        async with self.session.post(f"{self.stack.auth_url}/v1/tokens", json=body,
                                      headers={"Authorization": f"Bearer {DEV_ADMIN_KEY}"}) as r:
             assert r.status == 200, await r.text()
             return (await r.json())["token"]
@@ -30,9 +31,10 @@ class ClusterClient:
         """A websocket to push node ``node`` (no welcome awaited: the node may refuse it)."""
         return await connect(f"ws://127.0.0.1:{self.stack.push_ports[node]}/ws?token={token}", open_timeout=5)
 
-    async def connect(self, user_id: str, node: int = 0) -> ClientConnection:
-        """A websocket for ``user_id`` on push node ``node``, returned once the node says it is routed."""
-        ws = await self.open(await self.token(user_id), node)
+    async def connect(self, user_id: str, node: int = 0, topics: list[str] | None = None) -> ClientConnection:
+        """A websocket for ``user_id`` (whose token grants ``topics``) on push node ``node``, returned once the node
+        says it is routed."""
+        ws = await self.open(await self.token(user_id, topics=topics), node)
         welcome = await next_frame(ws)
         assert welcome == {"type": "welcome", "user_id": user_id, "node": f"127.0.0.1:{self.stack.push_ports[node]}"}
         return ws
@@ -42,6 +44,12 @@ class ClusterClient:
         data = raw if raw is not None else orjson.dumps(body)
         hdrs = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json", **(headers or {})}
         async with self.session.post(f"{self.stack.collect_url}/v1/messages", data=data, headers=hdrs) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def status(self, message_id: str) -> tuple[int, Any]:
+        """``GET /v1/messages/{id}``: its HTTP status and body."""
+        async with self.session.get(f"{self.stack.collect_url}/v1/messages/{message_id}",
+                                    headers={"Authorization": f"Bearer {API_KEY}"}) as r:
             return r.status, await r.json(content_type=None)
 
     async def post_until_accepted(self, body: Any, timeout: float = 30) -> dict[str, Any]:
@@ -92,3 +100,14 @@ async def receive_ids(ws: ClientConnection, count: int, timeout: float = 30) -> 
             if frame["type"] == "message":
                 ids.append(frame["id"])
     return ids
+
+
+async def subscribe(ws: ClientConnection, topics: list[str], kind: str = "subscribe") -> list[dict[str, Any]]:
+    """Send a (un)subscribe frame and return the node's replies: the granted list first, then any refusals."""
+    await ws.send(orjson.dumps({"type": kind, "topics": topics}).decode())
+    replies = [await next_frame(ws)]
+    answered = set(replies[0]["topics"])
+    while answered != set(topics):
+        replies.append(await next_frame(ws))
+        answered |= set(replies[-1]["topics"])
+    return replies

@@ -89,9 +89,9 @@ async def start_stack(servers: Servers, cluster: Cluster) -> AsyncIterator[Calla
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def shared_stack(servers: Servers, cluster: Cluster) -> AsyncIterator[RunningStack]:
-    """One stack shared by a module's tests that do not stop or kill anything."""
-    stack = servers.new_stack(2)
+async def shared_stack(request: pytest.FixtureRequest, servers: Servers, cluster: Cluster) -> AsyncIterator[RunningStack]:
+    """One stack shared by a module's tests that do not stop or kill anything (with the module's ``STACK_ENV``, if any)."""
+    stack = servers.new_stack(2, **getattr(request.module, "STACK_ENV", {}))
     procs = cluster.start_stack(stack)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         yield RunningStack(stack, procs, ClusterClient(stack, session))

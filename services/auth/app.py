@@ -16,13 +16,17 @@ from shared.config import same_secret
 from shared.errors import InvalidFields, Unauthorized
 from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
-from shared.protocol import valid_user_id
+from shared.protocol import Identity, valid_user_id
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 MAX_VERIFY_BATCH = 1000
 MAX_VERIFY_BODY = 1024 * 1024
+
+
+def identity_body(identity: Identity) -> dict[str, object]:
+    return {"user_id": identity.user_id, "expires_at": identity.expires_at, "topics": list(identity.topics)}
 
 
 def create_app(config: AuthConfig) -> Starlette:
@@ -39,7 +43,7 @@ def create_app(config: AuthConfig) -> Starlette:
             raise InvalidFields("user_id must be 1-128 characters of letters, digits and _ . @ -")
         if not isinstance(ttl, int) or isinstance(ttl, bool):
             raise InvalidFields("ttl_seconds must be an integer")
-        token, expires_at = tokens.issue(user_id, ttl)
+        token, expires_at = tokens.issue(user_id, ttl, body.get("topics", []))
         log.info("token issued", extra={"user_id": user_id})
         return json_response({"token": token, "expires_at": expires_at})
 
@@ -48,7 +52,7 @@ def create_app(config: AuthConfig) -> Starlette:
             identity = tokens.verify(token)
         except Unauthorized as exc:
             return exc.body()
-        return {"user_id": identity.user_id, "expires_at": identity.expires_at}
+        return identity_body(identity)
 
     async def verify(request: Request) -> Response:
         """``{"token"}`` -> the identity or 401; ``{"tokens": [...]}`` -> one result (identity or error) per token,
@@ -63,7 +67,7 @@ def create_app(config: AuthConfig) -> Starlette:
             raise InvalidFields(f'body must be {{"token": "..."}} or {{"tokens": [1 to {MAX_VERIFY_BATCH} strings]}}')
         MESSAGES_IN.inc()
         identity = tokens.verify(token)
-        return json_response({"user_id": identity.user_id, "expires_at": identity.expires_at})
+        return json_response(identity_body(identity))
 
     async def health() -> dict[str, object]:
         return {"ok": True, "service": "auth"}

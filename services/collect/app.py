@@ -89,13 +89,14 @@ def create_app(config: CollectConfig) -> Starlette:
         return json_response({"id": ids[0], "ids": ids} if len(ids) == 1 else {"ids": ids}, 202)
 
     async def message_status(request: Request) -> Response:
-        """The lifecycle of one message, per recipient; only the business system that posted it may look."""
+        """The lifecycle of one message, per recipient (per node counts for a topic or broadcast message); only the
+        business system that posted it may look."""
         sender = sender_of(request, config.api_keys)
         message_id = request.path_params["message_id"]
-        recipients = await store.lifecycle(message_id, sender) if is_message_id(message_id) else []
-        if not recipients:
+        status = await store.lifecycle(message_id, sender) if is_message_id(message_id) else None
+        if status is None:
             raise NotFound(f"no message {message_id!r} for this API key")
-        return json_response({"id": message_id, "recipients": recipients})
+        return json_response(status)
 
     async def health() -> dict[str, object]:
         mongo_ok = await store.ping()

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import InvalidFields, PayloadTooLarge
-from shared.message import Message, message_id
+from shared.message import BROADCAST, Message, message_id
 from shared.protocol import MessageFrame, new_post_id, valid_user_id
 from shared.store import MAX_DOCUMENT_BYTES, post_bytes
+from shared.topics import valid_topic
 
 MAX_IDEMPOTENCY_KEY = 200
 MAX_TTL_SECONDS = 30 * 24 * 3600  # history is purged 30 days on: nothing may wait longer
@@ -36,7 +37,8 @@ def post_ids(count: int, now_ms: int, sender: str, idempotency_key: str | None) 
 
 
 def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = "", idempotency_key: str | None = None) -> list[Message]:
-    """Validate a whole post (single, multi-recipient or ``{"messages": [...]}``): all or nothing.
+    """Validate a whole post (single, multi-recipient, topic, broadcast or ``{"messages": [...]}`` of any of
+    them): all or nothing.
 
     Each message's frame is encoded here, once, and travels unchanged to every recipient's socket.
     """
@@ -68,7 +70,10 @@ def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sende
         raise InvalidFields(f"{where or 'body'} must be an object")
     if "payload" not in item:
         raise InvalidFields(f"{where}payload is required")
-    if "user_id" in item:
+    topic = _topic(item, where)
+    if topic is not None:
+        users = []
+    elif "user_id" in item:
         users = [item["user_id"]]
     elif isinstance(item.get("user_ids"), list) and item["user_ids"]:
         users = item["user_ids"]
@@ -83,8 +88,23 @@ def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sende
     ttl = item.get("ttl_seconds", limits.default_ttl_seconds)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
         raise InvalidFields(f"{where}ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} (30 days)")
-    frame = MessageFrame(mid, item["payload"], now_ms).encode()
+    frame = MessageFrame(mid, item["payload"], now_ms, topic).encode()
     size = len(frame.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(f"{where}payload is {size} bytes in its frame; the limit is {limits.max_payload_bytes}")
-    return Message(mid, tuple(users), frame, now_ms, now_ms + ttl * 1000, sender)
+    return Message(mid, tuple(users), frame, now_ms, now_ms + ttl * 1000, sender, topic)
+
+
+def _topic(item: dict[str, Any], where: str) -> str | None:
+    """The topic of a topic or broadcast message (``BROADCAST``), or None for a message to users."""
+    if "topic" not in item and "broadcast" not in item:
+        return None
+    if sum(k in item for k in ("user_id", "user_ids", "topic", "broadcast")) != 1:
+        raise InvalidFields(f"{where}a message has exactly one of user_id, user_ids, topic or broadcast")
+    if "broadcast" in item:
+        if item["broadcast"] is not True:
+            raise InvalidFields(f"{where}broadcast must be true")
+        return BROADCAST
+    if not valid_topic(item["topic"]):
+        raise InvalidFields(f"{where}topic must be 1-128 characters of letters, digits and _ . : @ -")
+    return item["topic"]

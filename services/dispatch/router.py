@@ -3,7 +3,9 @@
 An entry (one post: its messages and their recipients) is acknowledged once every node holding
 one of its recipients accepted it. Recipients with no live route are left to their inbox in Redis,
 which their node replays when they connect; an expired message is not forwarded (the expiry loop
-closes its inboxes). The push node records the lifecycle stages.
+closes its inboxes). A topic message goes once to each live node holding subscribers of its topic
+(``topic:{name}``), a broadcast once to every live node; the node writes it to its sockets. The
+push node records the lifecycle stages.
 
 Each node's batch is sent as its own task. A cycle waits for them at most ``send_wait_ms`` (and not
 at all for a node still owing answers from earlier cycles) and acknowledges what every node took by
@@ -22,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from typing import Iterable, Mapping
 
 from redis.exceptions import RedisError
 
@@ -31,11 +34,13 @@ from services.dispatch.links import LinkDown, LinkPool, NodeLink
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
 from shared import routing
 from shared.breaker import CircuitBreaker
+from shared.message import BROADCAST
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.protocol import Delivery
 from shared.retry import Backoff
 from shared.routing import NodeCard, RouteReader
 from shared.stream import DeliveryStream, StreamEntry
+from shared.topicmap import TopicReader
 
 log = logging.getLogger(__name__)
 ITEM_OVERHEAD = 48  # brackets, quotes, the id and the ts around each frame in a deliver batch
@@ -46,7 +51,8 @@ def encoded_size(item: Delivery) -> int:
     backslash JSON puts before each quote and backslash of the frame (a JSON frame is full of quotes)."""
     frame = item.frame if item.frame.isascii() else item.frame.encode()
     escapes = item.frame.count('"') + item.frame.count("\\")
-    return len(frame) + escapes + sum(len(u) + 3 for u in item.users) + len(item.message_id) + ITEM_OVERHEAD
+    return (len(frame) + escapes + sum(len(u) + 3 for u in item.users) + len(item.message_id) + len(item.topic or "")
+            + ITEM_OVERHEAD)
 
 
 def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]]:
@@ -63,12 +69,19 @@ def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]
     return [c for c in chunks if c]
 
 
-def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: int) -> dict[str, dict[str, list[Delivery]]]:
-    """For each node, the unexpired messages it must take, by stream entry, each naming only that node's recipients."""
+def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: int,
+             topics: Mapping[str, Iterable[str]] = {}, live: Iterable[str] = ()) -> dict[str, dict[str, list[Delivery]]]:
+    """For each node, the unexpired messages it must take, by stream entry, each naming only that node's recipients;
+    a topic message goes to the nodes ``topics`` names for it, a broadcast to every ``live`` node."""
     work: defaultdict[str, defaultdict[str, list[Delivery]]] = defaultdict(lambda: defaultdict(list))
+    everyone = list(live)
     for entry in entries:
         for m in entry.messages:
             if m.expires_ms <= now_ms:
+                continue
+            if m.topic is not None:
+                for node in everyone if m.topic == BROADCAST else topics.get(m.topic, ()):
+                    work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, (), m.topic))
                 continue
             users_on: defaultdict[str, list[str]] = defaultdict(list)
             for user in m.users:
@@ -84,6 +97,7 @@ class Router:
         self.config = config
         self.stream = stream
         self.routes = routes
+        self.topics = TopicReader(routes.redis)
         self.links = links
         self.breaker = CircuitBreaker("redis", failures=(RedisError,))
         self.ledger = Ledger()
@@ -155,10 +169,12 @@ class Router:
         now = routing.now_ms()
         nodes = await self.live_nodes()
         routes = await self.routes.lookup(list({u for e in entries for m in e.messages for u in m.users}), nodes)
+        topics = {m.topic for e in entries for m in e.messages if m.topic not in (None, BROADCAST)}
+        holders = await self.topics.counts(list(topics), nodes)
         ids = [e.entry_id for e in entries]
         late = asyncio.Event()  # set once this cycle stops waiting: sends ending after it acknowledge for themselves
         sends, awaited, stalled, waiting = [], [], [], set()
-        for node, by_entry in self.ledger.plan(ids, per_node(entries, routes, now)).items():
+        for node, by_entry in self.ledger.plan(ids, per_node(entries, routes, now, holders, nodes)).items():
             link = self.links.get(nodes[node])
             if link.in_flight >= self.config.link_window:
                 stalled.append(node)

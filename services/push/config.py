@@ -24,6 +24,8 @@ MAX_USER_CONNECTIONS     32                              sockets one user may ho
 MAX_ADDRESS_CONNECTIONS  1000                            sockets from one source address (HTTP 429 past it; 0: no cap)
 CLIENT_RATE              1000                            ack ids (and pings) one socket may send per second ...
 CLIENT_BURST             20000                           ... and save up (a replay's worth); past it: close 1008
+PUBLIC_TOPICS            (none)                          comma-separated topics or ``prefix:*`` patterns any authenticated user may subscribe to
+MAX_CONNECTION_TOPICS    1000                            topics one socket may be subscribed to (past it: refused with code ``limit``)
 =======================  ==============================  ===========================================
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.config import DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_INTERNAL_KEY, check_secrets, env
+from shared.topics import valid_pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class PushConfig:
     max_connections_per_address: int
     client_rate: float
     client_burst: int
+    public_topics: tuple[str, ...]
+    max_connection_topics: int
 
     @property
     def link_url(self) -> str:
@@ -73,6 +78,10 @@ class PushConfig:
         host, port = env("PUSH_HOST", "127.0.0.1"), env("PUSH_PORT", 8101)
         internal_key = env("INTERNAL_KEY", DEV_INTERNAL_KEY)
         check_secrets("push", INTERNAL_KEY=(internal_key, DEV_INTERNAL_KEY))
+        public_topics = tuple(p.strip() for p in env("PUBLIC_TOPICS", "").split(",") if p.strip())
+        bad = [p for p in public_topics if not valid_pattern(p)]
+        if bad:
+            raise SystemExit(f"push: PUBLIC_TOPICS has invalid topics or patterns: {', '.join(bad)}")
         return cls(
             host=host,
             port=port,
@@ -97,4 +106,6 @@ class PushConfig:
             max_connections_per_address=env("MAX_ADDRESS_CONNECTIONS", 1000),
             client_rate=env("CLIENT_RATE", 1000.0),
             client_burst=env("CLIENT_BURST", 20_000),
+            public_topics=public_topics,
+            max_connection_topics=max(1, env("MAX_CONNECTION_TOPICS", 1000)),
         )

@@ -7,13 +7,18 @@ the client acknowledges it, so neither a replay nor a retried batch writes the s
 to one socket. Held frames are bounded: past ``HELD_LIMIT`` they are dropped and the replay runs
 once more (every live message is in the inbox too). A socket whose client stops reading is closed
 with 1013 once ``max_buffered`` bytes wait in its buffer: what it was not sent waits in its inbox.
+
+The hub also keeps topic -> subscribed sessions. A topic (or broadcast) message is written once to
+each open session subscribed at that moment, whatever its replay state (it is in no inbox, so it has
+no order to keep with the user's messages), in slices of ``PUBLISH_SLICE`` sockets with a yield to
+the loop in between, and at most once per message id on this node (a retried batch writes nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -21,10 +26,13 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
 from services.push.metrics import CONNECTIONS, SLOW_CLOSED, USERS
+from shared.message import BROADCAST
 
 log = logging.getLogger(__name__)
 
 HELD_LIMIT = 1000
+PUBLISH_SLICE = 1000  # sockets written between two yields to the loop
+PUBLISHED_MEMORY = 100_000  # topic message ids remembered, so a retried batch is not written twice
 
 
 @dataclass(eq=False, slots=True)
@@ -36,6 +44,8 @@ class Session:
     sent: set[str] = field(default_factory=set)
     overflowed: bool = False
     closing: bool = False
+    topics: set[str] = field(default_factory=set)
+    welcomed: bool = False  # sent its welcome frame: broadcasts reach it from then on, never before the welcome
 
     @property
     def open(self) -> bool:
@@ -72,21 +82,55 @@ class Hub:
         self.connections = 0
         self.max_buffered = max_buffered
         self._closing: set[asyncio.Task[None]] = set()
+        self._by_topic: defaultdict[str, set[Session]] = defaultdict(set)
+        self._published: OrderedDict[str, None] = OrderedDict()
 
     def add(self, session: Session) -> None:
         self._by_user[session.user_id].add(session)
         self.connections += 1
         self._gauge()
 
-    def remove(self, session: Session) -> None:
+    def remove(self, session: Session) -> list[str]:
+        """Forget a closed session; return the topics it was subscribed to (their local counts changed)."""
         sessions = self._by_user.get(session.user_id)
         if sessions is None or session not in sessions:
-            return
+            return []
+        topics = self.unsubscribe(session, list(session.topics))
         sessions.discard(session)
         if not sessions:
             del self._by_user[session.user_id]
         self.connections -= 1
         self._gauge()
+        return topics
+
+    def subscribe(self, session: Session, topics: Iterable[str]) -> list[str]:
+        """Add the session to these topics; return those it was not in yet."""
+        added = [t for t in topics if t not in session.topics]
+        for topic in added:
+            session.topics.add(topic)
+            self._by_topic[topic].add(session)
+        return added
+
+    def unsubscribe(self, session: Session, topics: Iterable[str]) -> list[str]:
+        """Remove the session from these topics; return those it was in."""
+        removed = [t for t in topics if t in session.topics]
+        for topic in removed:
+            session.topics.discard(topic)
+            subscribers = self._by_topic[topic]
+            subscribers.discard(session)
+            if not subscribers:
+                del self._by_topic[topic]
+        return removed
+
+    def subscribers(self, topic: str) -> int:
+        """The sessions subscribed to ``topic`` on this node."""
+        return len(self._by_topic.get(topic, ()))
+
+    def topics(self) -> list[str]:
+        return list(self._by_topic)
+
+    def topic_count(self) -> int:
+        return len(self._by_topic)
 
     def close_slow(self, session: Session) -> None:
         """Close a socket whose client does not read: its unsent messages stay in the inbox for the next
@@ -129,10 +173,7 @@ class Hub:
             if not session.open:
                 continue
             taken = True
-            if message_id in session.sent:
-                continue
-            if session.ws.transport.get_write_buffer_size() > self.max_buffered:
-                self.close_slow(session)
+            if message_id in session.sent or self._too_slow(session):
                 continue
             if session.replaying:
                 session.hold(message_id, frame)
@@ -142,3 +183,29 @@ class Hub:
         if live:
             broadcast(live, frame)
         return taken
+
+    def _too_slow(self, session: Session) -> bool:
+        """Whether the session's buffer is past ``max_buffered`` (it is then closed and written no more)."""
+        if session.ws.transport.get_write_buffer_size() > self.max_buffered:
+            self.close_slow(session)
+            return True
+        return False
+
+    async def publish(self, message_id: str, frame: str, topic: str) -> int:
+        """Write a topic message to the open sessions subscribed to ``topic`` (every open session for
+        ``BROADCAST``), without awaiting any socket; return how many were written."""
+        if message_id in self._published:
+            return 0
+        self._published[message_id] = None
+        if len(self._published) > PUBLISHED_MEMORY:
+            self._published.popitem(last=False)
+        sessions = self.sessions() if topic == BROADCAST else list(self._by_topic.get(topic, ()))
+        written = 0
+        for start in range(0, len(sessions), PUBLISH_SLICE):
+            if start:
+                await asyncio.sleep(0)  # let the loop serve others between slices of a big topic
+            chunk = sessions[start:start + PUBLISH_SLICE]
+            live = [s.ws for s in chunk if s.welcomed and s.open and not self._too_slow(s)]
+            broadcast(live, frame)
+            written += len(live)
+        return written

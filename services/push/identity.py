@@ -52,6 +52,6 @@ class TokenVerifier:
                 raise Unavailable(f"auth unreachable: {exc!r}") from None
             if response.status != 200:
                 raise Unavailable(f"auth answered {response.status}")
-            answers += [Identity(r["user_id"], int(r["expires_at"])) if "user_id" in r
+            answers += [Identity(r["user_id"], int(r["expires_at"]), tuple(r.get("topics", ()))) if "user_id" in r
                         else Unauthorized(r.get("error", {}).get("message", "invalid token")) for r in body["results"]]
         return answers

@@ -9,7 +9,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from services.push.hub import Hub
-from services.push.metrics import ABSENT, DELIVERED, DELIVERY_LATENCY
+from services.push.metrics import ABSENT, DELIVERED, DELIVERY_LATENCY, PUBLISHED
 from shared.errors import MalformedRequest
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, MESSAGES_IN, MESSAGES_OUT
@@ -18,11 +18,20 @@ from shared.protocol import BatchResult, DeliverBatch
 log = logging.getLogger(__name__)
 
 
-def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter) -> BatchResult:
-    """Write each message to its users' sockets; mark the pairs written as dispatched and delivered."""
+async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter, node: str) -> BatchResult:
+    """Write each message to its users' sockets, or a topic message to its subscribers' sockets; mark the pairs
+    written as dispatched and delivered, and count a topic message's sockets for this node."""
     now = time.time()
-    delivered, absent = [], 0
+    delivered, absent, published = [], 0, 0
     for item in batch.items:
+        if item.topic is not None:
+            sockets = await hub.publish(item.message_id, item.frame, item.topic)
+            published += sockets
+            reached = {"dispatched": batch.at, **({"delivered": int(now * 1000)} if sockets else {})}
+            lifecycle.count(item.message_id, node, sockets, reached)
+            if sockets:
+                DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
+            continue
         for user in item.users:
             if hub.deliver(user, item.message_id, item.frame):
                 delivered.append((item.message_id, user))
@@ -32,13 +41,14 @@ def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter) -> 
     lifecycle.mark("dispatched", delivered, batch.at)
     lifecycle.mark("delivered", delivered, int(now * 1000))
     MESSAGES_IN.inc(len(delivered) + absent)
-    MESSAGES_OUT.inc(len(delivered))
+    MESSAGES_OUT.inc(len(delivered) + published)
     DELIVERED.inc(len(delivered))
+    PUBLISHED.inc(published)
     ABSENT.inc(absent)
-    return BatchResult(batch.batch, len(delivered))
+    return BatchResult(batch.batch, len(delivered) + published)
 
 
-async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter) -> None:
+async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter, node: str) -> None:
     peer = str(ws.remote_address)
     log.info("dispatch link open", extra={"peer": peer})
     try:
@@ -50,7 +60,7 @@ async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter)
                 log.warning("bad frame on dispatch link", extra={"peer": peer, "error": exc.message})
                 await ws.close(exc.close_code, exc.message[:120])
                 return
-            await ws.send(deliver_batch(hub, batch, lifecycle).encode())
+            await ws.send((await deliver_batch(hub, batch, lifecycle, node)).encode())
     except ConnectionClosed:
         pass
     log.info("dispatch link closed", extra={"peer": peer})

@@ -9,6 +9,7 @@ USERS = Gauge("push_users", "Distinct users connected to this node")
 CONNECTS = Counter("push_connects_total", "Browser connections accepted")
 REFUSED = Counter("push_refused_total", "Browser connections closed before use, by close code", ["code"])
 DELIVERED = Counter("push_delivered_total", "Messages written to at least one socket of their user")
+PUBLISHED = Counter("push_published_total", "Sockets written a topic or broadcast message")
 ABSENT = Counter("push_absent_total", "Messages for users not connected here")
 DELIVERY_LATENCY = Histogram(
     "push_delivery_latency_seconds", "From acceptance by collect to the write on a socket", buckets=LATENCY_BUCKETS

@@ -3,11 +3,13 @@
 Route changes are not written per connection. ``arrived``/``left`` mark a user dirty; one flusher
 writes every dirty user in a single pipeline, deciding from the hub *at flush time* whether the
 user is present (SADD) or gone (SREM). A connect storm becomes a few pipelines, and a quick
-close-then-reopen can never leave the writes in the wrong order.
+close-then-reopen can never leave the writes in the wrong order. Topics go the same way: a
+(un)subscribe marks the topic dirty and the flush writes this node's count of its subscribers
+(``shared.topicmap``), so a topic costs Redis a write only when its local count changes.
 
 The heartbeat renews the node card (liveness) every ``node_ttl / 3`` seconds, plus a slice of user
-routes so that each route's TTL is renewed about three times per ``route_ttl``: at 15k users, a
-30 s node TTL and a 1 h route TTL that is one pipeline of ~40 commands every 10 s.
+routes and topics so that each one's TTL is renewed about three times per ``route_ttl``: at 15k
+users, a 30 s node TTL and a 1 h route TTL that is one pipeline of ~40 commands every 10 s.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import asyncio
 import itertools
 import logging
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 
 from services.push.hub import Hub
 from shared.errors import Unavailable
 from shared.retry import Backoff
 from shared.routing import NodeCard, RouteWriter
+from shared.topicmap import TopicReader
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +37,36 @@ class Presence:
         self.card = card
         self.heartbeat_interval = heartbeat_interval
         self._dirty: set[str] = set()
+        self._dirty_topics: set[str] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._renew_cursor: list[str] = []
+        self._renew_topics: list[str] = []
 
     async def arrived(self, user_id: str, timeout: float = 5.0) -> None:
         """Return once this node is in the user's route, or raise ``Unavailable`` if Redis is not answering."""
         self._dirty.add(user_id)
+        await self._flushed(timeout, "could not register the route in Redis")
+
+    async def subscribed(self, topics: list[str], timeout: float = 5.0) -> None:
+        """Return once Redis counts this node's new subscribers of ``topics`` (so dispatch sends them here)."""
+        self._dirty_topics.update(topics)
+        await self._flushed(timeout, "could not register the subscription in Redis")
+
+    def unsubscribed(self, topics: list[str]) -> None:
+        """Have the flusher write these topics' local counts (an unsubscribe, a close, or a TTL renewal)."""
+        if topics:
+            self._dirty_topics.update(topics)
+            self._wake.set()
+
+    async def _flushed(self, timeout: float, failure: str) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._wake.set()
         try:
             await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
-            raise Unavailable("could not register the route in Redis") from None
+            raise Unavailable(failure) from None
 
     def left(self, user_id: str) -> None:
         self._dirty.add(user_id)
@@ -55,17 +74,20 @@ class Presence:
 
     async def run_flusher(self) -> None:
         backoff = Backoff()
+        await self._forget_earlier_life(backoff)
         while True:
             await self._wake.wait()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
+            topics, self._dirty_topics = self._dirty_topics, set()
             waiters, self._waiters = self._waiters, []
             present = [u for u in dirty if self.hub.holds(u)]
             gone = [u for u in dirty if not self.hub.holds(u)]
             try:
-                await self.writer.apply(present, gone)
+                await self.writer.apply(present, gone, {t: self.hub.subscribers(t) for t in topics})
             except Exception as exc:  # never die silently: log, back off, go on
                 self._dirty |= dirty
+                self._dirty_topics |= topics
                 self._waiters[:0] = waiters
                 self._wake.set()
                 await backoff.failed(log, "route write", exc)
@@ -75,14 +97,29 @@ class Presence:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    async def _forget_earlier_life(self, backoff: Backoff) -> None:
+        """Have the first flush write every known topic's local count (0 but for the first subscribers): a node
+        restarted under the same id before its card expired drops the counts its earlier process left there."""
+        while True:
+            try:
+                self._dirty_topics.update(await TopicReader(self.writer.redis).names())
+                self._wake.set()
+                return
+            except Exception as exc:  # never die silently: log, back off, go on
+                await backoff.failed(log, "reading topic names", exc)
+
     async def run_heartbeat(self) -> None:
         backoff = Backoff()
         while True:
             renew = self._next_renewal_slice()
+            # Topic TTLs are renewed by the flusher, which reads each count when it writes it (no stale count can land).
+            self._renew_topics, topics = self._renewal_slice(self._renew_topics, self.hub.topics, self.hub.topic_count())
+            self.unsubscribed(topics)
             try:
                 if not await self.writer.heartbeat(self.card(), renew) and len(self.hub):
                     log.warning("node card was missing; writing every route again", extra={"count": len(self.hub)})
                     self._dirty.update(self.hub.users())
+                    self._dirty_topics.update(self.hub.topics())
                     self._wake.set()
                 backoff.succeeded()
             except Exception as exc:  # never die silently: log, back off, go on
@@ -92,15 +129,20 @@ class Presence:
 
     def _next_renewal_slice(self) -> list[str]:
         """The users whose route TTL this beat renews: every user about three times per route TTL."""
-        beats_per_cycle = max(1, int(self.writer.route_ttl / 3 / self.heartbeat_interval))
-        if not self._renew_cursor:
-            self._renew_cursor = list(self.hub.users())
-        size = math.ceil(len(self.hub) / beats_per_cycle)
-        chunk, self._renew_cursor = self._renew_cursor[:size], self._renew_cursor[size:]
+        self._renew_cursor, chunk = self._renewal_slice(self._renew_cursor, self.hub.users, len(self.hub))
         return [u for u in chunk if self.hub.holds(u)]
 
+    def _renewal_slice(self, cursor: list[str], everything: Callable[[], Iterable[str]],
+                       total: int) -> tuple[list[str], list[str]]:
+        """(the rest of the cursor, this beat's slice of it), starting over from ``everything`` once it is used up,
+        so each entry is renewed about three times per route TTL."""
+        beats_per_cycle = max(1, int(self.writer.route_ttl / 3 / self.heartbeat_interval))
+        cursor = cursor or list(everything())
+        size = math.ceil(total / beats_per_cycle)
+        return cursor[size:], cursor[:size]
+
     async def withdraw(self) -> None:
-        """Drop every route and the node card, so dispatch stops routing here at once."""
+        """Drop every route, topic count and the node card, so dispatch stops routing here at once."""
         users = list(self.hub.users())
         for start in range(0, max(len(users), 1), 5000):
-            await self.writer.withdraw(itertools.islice(users, start, start + 5000))
+            await self.writer.withdraw(itertools.islice(users, start, start + 5000), self.hub.topics() if not start else ())

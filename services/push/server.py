@@ -32,10 +32,12 @@ from shared.errors import RateLimited, ServiceError, Unauthorized, Unavailable
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, exposition
 from shared.inbox import Inbox
-from shared.protocol import AckFrame, PingFrame, PongFrame, WelcomeFrame, parse_client_frame
+from shared.protocol import (AckFrame, PingFrame, PongFrame, SubscribeFrame, TopicsFrame, UnsubscribeFrame, WelcomeFrame,
+                             parse_client_frame)
 from shared.routing import NodeCard, RouteWriter, now_ms
 from shared.signing import PROOF_HEADER, LinkGuard, LinkRequest
 from shared.store import MessageStore
+from shared.topics import Grants
 
 log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands of SYN retries of 1 s and more)
@@ -75,6 +77,7 @@ class PushNode:
         self.verifier: TokenVerifier | None = None
         self.addresses = AddressCount(config.max_connections_per_address)
         self.link_guard = LinkGuard(config.internal_key, config.node_id)
+        self.public_topics = Grants.of(config.public_topics)
 
     def card(self) -> NodeCard:
         c = self.config
@@ -118,7 +121,7 @@ class PushNode:
 
     async def handle(self, ws: ServerConnection) -> None:
         if urlsplit(ws.request.path).path == "/internal":
-            await serve_link(ws, self.hub, self.lifecycle)
+            await serve_link(ws, self.hub, self.lifecycle, self.config.node_id)
             return
         source = source_of(ws)
         self.addresses.opened(source)
@@ -140,24 +143,32 @@ class PushNode:
             await self.refuse(ws, RateLimited(f"{cap} connections for this user already"), user)
             return
         session = Session(ws, user)
+        grants = Grants.of(identity.topics) | self.public_topics
         budget = TokenBucket.full(self.config.client_rate, self.config.client_burst, time.monotonic())
         self.hub.add(session)
         try:
             await self.presence.arrived(user)
             await ws.send(WelcomeFrame(user, self.config.node_id).encode())
+            session.welcomed = True
             CONNECTS.inc()
             async with asyncio.timeout(identity.expires_at - time.time()):
                 replay = asyncio.create_task(self.replayer.replay(session))
                 try:
                     async for data in ws:
                         frame = parse_client_frame(data)
-                        if not budget.take(len(frame.ids) if isinstance(frame, AckFrame) else 1, time.monotonic()):
-                            raise RateLimited(f"more than {self.config.client_rate:g} acks a second")
+                        cost = 1 if isinstance(frame, PingFrame) else len(frame.ids if isinstance(frame, AckFrame) else frame.topics)
+                        if not budget.take(cost, time.monotonic()):
+                            raise RateLimited(f"more than {self.config.client_rate:g} acks a second (ack ids, topics and pings count)")
                         if isinstance(frame, PingFrame):
                             await ws.send(PongFrame().encode())
                         elif isinstance(frame, AckFrame):
                             session.acknowledged(frame.ids)
                             self.acks.add(user, frame.ids)
+                        elif isinstance(frame, SubscribeFrame):
+                            await self.subscribe(session, grants, frame.topics)
+                        elif isinstance(frame, UnsubscribeFrame):
+                            self.presence.unsubscribed(self.hub.unsubscribe(session, frame.topics))
+                            await ws.send(TopicsFrame("unsubscribed", frame.topics).encode())
                 finally:
                     replay.cancel()
                     await asyncio.wait([replay])  # a bug in it still surfaces: asyncio logs an unretrieved error
@@ -168,8 +179,24 @@ class PushNode:
         except ConnectionClosed:
             pass
         finally:
-            self.hub.remove(session)
+            self.presence.unsubscribed(self.hub.remove(session))
             self.presence.left(user)
+
+    async def subscribe(self, session: Session, grants: Grants, topics: tuple[str, ...]) -> None:
+        """Subscribe to the granted topics (up to the per-connection cap) once Redis counts them, then say which
+        were granted and which refused; a refusal leaves the connection open."""
+        forbidden = [t for t in topics if not grants.allows(t)]
+        fresh = [t for t in topics if grants.allows(t) and t not in session.topics]
+        over = fresh[max(0, self.config.max_connection_topics - len(session.topics)):]
+        granted = [t for t in topics if grants.allows(t) and t not in over]
+        added = self.hub.subscribe(session, granted)
+        if added:
+            await self.presence.subscribed(added)
+        replies = [TopicsFrame("subscribed", tuple(granted)) if granted else None,
+                   TopicsFrame("error", tuple(forbidden), "forbidden") if forbidden else None,
+                   TopicsFrame("error", tuple(over), "limit") if over else None]
+        for reply in filter(None, replies):
+            await session.ws.send(reply.encode())
 
     async def refuse(self, ws: ServerConnection, exc: ServiceError, user: str | None) -> None:
         ERRORS.labels(exc.code).inc()

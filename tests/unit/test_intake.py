@@ -7,6 +7,7 @@ import pytest
 
 from services.collect.intake import Limits, parse_body
 from shared.errors import InvalidFields, PayloadTooLarge
+from shared.message import BROADCAST
 
 LIMITS = Limits(max_payload_bytes=100, max_batch=3, max_recipients=2, default_ttl_seconds=60, max_deliveries=5)
 
@@ -43,6 +44,12 @@ def test_payload_limit_counts_utf8_bytes_not_characters() -> None:
     ({"user_id": "a", "payload": 1, "ttl_seconds": 31 * 24 * 3600}, InvalidFields),
     ({"messages": []}, InvalidFields),
     ({"messages": [{"user_ids": ["a", "b"], "payload": 1}] * 3}, PayloadTooLarge),
+    ({"topic": "news", "user_id": "a", "payload": 1}, InvalidFields),
+    ({"topic": "news", "broadcast": True, "payload": 1}, InvalidFields),
+    ({"topic": "room:*", "payload": 1}, InvalidFields),
+    ({"topic": "", "payload": 1}, InvalidFields),
+    ({"broadcast": 1, "payload": 1}, InvalidFields),
+    ({"topic": "news"}, InvalidFields),
 ])
 def test_bodies_breaking_limits_or_fields_are_refused(body: dict, error: type) -> None:
     """Over-limit posts are 413s and bad fields 422s, for the whole post."""
@@ -82,3 +89,13 @@ def test_null_or_object_user_ids_are_invalid_fields(users: dict) -> None:
     """A null user id (once taken for 'no bad id', then a 500) or an unhashable one is a 422, found by fuzzing."""
     with pytest.raises(InvalidFields):
         parse_body({**users, "payload": 1}, LIMITS, 0)
+
+
+def test_topic_and_broadcast_messages_carry_their_topic_in_the_frame() -> None:
+    """A topic message names its topic and a broadcast says so, in frame and message, with no recipients, next to user messages."""
+    body = {"messages": [{"topic": "room:42", "payload": 1}, {"broadcast": True, "payload": 2}, {"user_id": "a", "payload": 3}]}
+    topic, everyone, user = parse_body(body, LIMITS, 7)
+    assert (topic.topic, topic.users, everyone.topic, everyone.users, user.topic) == ("room:42", (), BROADCAST, (), None)
+    assert orjson.loads(topic.frame) == {"type": "message", "id": topic.id, "topic": "room:42", "payload": 1, "ts": 7}
+    assert orjson.loads(everyone.frame) == {"type": "message", "id": everyone.id, "broadcast": True, "payload": 2, "ts": 7}
+    assert "topic" not in orjson.loads(user.frame) and "broadcast" not in orjson.loads(user.frame)

@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from shared.errors import MalformedRequest
-from shared.protocol import (AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, new_post_id,
-                             parse_client_frame, valid_user_id)
+from shared.protocol import (AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, SubscribeFrame,
+                             TopicsFrame, UnsubscribeFrame, new_post_id, parse_client_frame, valid_user_id)
 
 
 def test_message_frame_encodes_the_documented_shape() -> None:
@@ -19,6 +19,8 @@ def test_message_frame_encodes_the_documented_shape() -> None:
     ('{"type": "ack", "id": "m1"}', AckFrame(("m1",))),
     ('{"type": "ack", "ids": ["m1", "m2"]}', AckFrame(("m1", "m2"))),
     ('{"type": "ping"}', PingFrame()),
+    ('{"type": "subscribe", "topics": ["news", "room:42", "news"]}', SubscribeFrame(("news", "room:42"))),
+    ('{"type": "unsubscribe", "topics": ["news"]}', UnsubscribeFrame(("news",))),
 ])
 def test_client_frames_parse(text: str, frame: object) -> None:
     """Ack (single or many ids) and ping frames parse to their dataclasses."""
@@ -26,11 +28,20 @@ def test_client_frames_parse(text: str, frame: object) -> None:
 
 
 @pytest.mark.parametrize("data", ["nope", "[1]", '{"type": "shout"}', '{"type": "ack"}', '{"type": "ack", "ids": [1]}',
-                                  '{"type": "ack", "ids": []}', b"\x00\x01"])
+                                  '{"type": "ack", "ids": []}', b"\x00\x01", '{"type": "subscribe"}',
+                                  '{"type": "subscribe", "topics": []}', '{"type": "subscribe", "topics": "news"}',
+                                  '{"type": "subscribe", "topics": ["room:*"]}', '{"type": "unsubscribe", "topics": [1]}',
+                                  '{"type": "subscribe", "topics": [%s]}' % ",".join(f'"t{i}"' for i in range(101))])
 def test_garbage_client_frames_are_malformed(data: str | bytes) -> None:
     """Anything but a known frame raises MalformedRequest (closed with 4002)."""
     with pytest.raises(MalformedRequest):
         parse_client_frame(data)
+
+
+def test_topics_replies_encode_the_documented_shapes() -> None:
+    """subscribed / unsubscribed list their topics; a refusal is an error frame with its code and topics."""
+    assert orjson.loads(TopicsFrame("subscribed", ("a",)).encode()) == {"type": "subscribed", "topics": ["a"]}
+    assert orjson.loads(TopicsFrame("error", ("b",), "forbidden").encode()) == {"type": "error", "code": "forbidden", "topics": ["b"]}
 
 
 def test_deliver_batch_and_result_round_trip() -> None:
@@ -38,6 +49,21 @@ def test_deliver_batch_and_result_round_trip() -> None:
     batch = DeliverBatch(7, 1234, (Delivery("m", '{"x":1}', 3, ("u", "v")),))
     assert DeliverBatch.decode(batch.encode()) == batch
     assert BatchResult.decode(BatchResult(7, 2).encode()) == BatchResult(7, 2)
+
+
+def test_deliver_batch_carries_a_topic_as_a_fifth_item_only() -> None:
+    """A topic delivery round-trips with its topic; a user delivery keeps the four-item shape."""
+    batch = DeliverBatch(1, 2, (Delivery("m", "F", 3, ("u",)), Delivery("t", "T", 3, (), "news")))
+    assert orjson.loads(batch.encode())["items"] == [["m", "F", 3, ["u"]], ["t", "T", 3, [], "news"]]
+    assert DeliverBatch.decode(batch.encode()) == batch
+
+
+@pytest.mark.parametrize("items", [[["m", "F", 3]], [["m", "F", 3, ["u"], "news", "x"]], [["m", "F", 3, [], 5]],
+                                   [["m", "F", 3, "u"]], [{"m": 1, "F": 2, "t": 3, "u": 4}], "mFtu"])
+def test_deliver_batch_decode_refuses_other_shapes(items: object) -> None:
+    """Items of another length, a non-list of users, a non-string topic or a non-list item are malformed."""
+    with pytest.raises(MalformedRequest):
+        DeliverBatch.decode(orjson.dumps({"type": "deliver", "batch": 1, "at": 2, "items": items}))
 
 
 def test_message_ids_sort_by_time_and_are_unique() -> None:
@@ -84,6 +110,20 @@ def test_dispatch_groups_each_message_per_node_with_only_that_nodes_recipients()
         "n1": {"1-0": [Delivery("m1", "F1", 5, ("a", "b"))], "2-0": [Delivery("m2", "F2", 6, ("b",))]},
         "n2": {"1-0": [Delivery("m1", "F1", 5, ("b",))], "2-0": [Delivery("m2", "F2", 6, ("b",))]},
     }
+
+
+def test_dispatch_sends_a_topic_message_once_to_each_holding_node_and_a_broadcast_to_every_live_node() -> None:
+    """A topic message goes to the nodes holding its subscribers (none: nowhere), a broadcast to every live node,
+    each once and naming no users; an expired one goes nowhere."""
+    from services.dispatch.router import per_node
+    from shared.message import BROADCAST, Message
+    from shared.stream import StreamEntry
+
+    entries = [StreamEntry("1-0", [Message("t1", (), "T", 5, 99, topic="news"), Message("t2", (), "Q", 5, 99, topic="quiet"),
+                                   Message("b1", (), "B", 5, 99, topic=BROADCAST), Message("b0", (), "O", 5, 10, topic=BROADCAST)])]
+    work = per_node(entries, {}, 50, {"news": {"n2": 3}}, ["n1", "n2"])
+    assert work == {"n1": {"1-0": [Delivery("b1", "B", 5, (), BROADCAST)]},
+                    "n2": {"1-0": [Delivery("t1", "T", 5, (), "news"), Delivery("b1", "B", 5, (), BROADCAST)]}}
 
 
 def test_the_largest_accepted_message_fits_one_batch_and_the_nodes_link_limit(monkeypatch: pytest.MonkeyPatch) -> None:

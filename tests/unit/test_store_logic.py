@@ -9,8 +9,9 @@ import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError, WriteError
 
 from shared.errors import InvalidFields
-from shared.message import Message, message_id, messages_of, post_fields, submitted_posts
-from shared.store import derive, event_documents, messages_of_document, outcomes, post_bytes, post_document, refused_by_document
+from shared.message import BROADCAST, Message, message_id, messages_of, post_fields, submitted_posts
+from shared.store import (NodeCount, derive, derive_counts, event_documents, messages_of_document, outcomes, post_bytes,
+                          post_document, refused_by_document)
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -107,9 +108,11 @@ class RecordingStore:
 
     def __init__(self) -> None:
         self.flushed: list[dict] = []
+        self.counted: list[dict] = []
 
-    async def record(self, stages: dict) -> None:
+    async def record(self, stages: dict, counts: dict) -> None:
         self.flushed.append(stages)
+        self.counted.append(counts)
 
 
 async def test_lifecycle_marks_coalesce_per_delivery_keeping_the_first_time() -> None:
@@ -126,3 +129,36 @@ async def test_lifecycle_marks_coalesce_per_delivery_keeping_the_first_time() ->
     await writer.flush()
     await writer.flush()
     assert store.flushed == [{pair: {"dispatched": 1, "delivered": 2, "acked": 3}}, {}]
+
+
+def test_topic_messages_round_trip_and_only_posts_with_one_store_topics() -> None:
+    """Topic and broadcast messages keep their topic through the document and the field map; a post of user
+    messages only gets no ``topics`` list."""
+    messages = [Message(message_id("p2", 0), (), "T", 1, 5, "shop", "news"), Message(message_id("p2", 1), ("a",), "U", 1, 5, "shop"),
+                Message(message_id("p2", 2), (), "B", 1, 5, "shop", BROADCAST)]
+    assert messages_of_document(post_document(messages)) == messages
+    fields = {k.encode(): str(v).encode() for k, v in post_fields(messages).items()}
+    assert [m.topic for m in messages_of("p2", 1, fields)] == ["news", None, BROADCAST]
+    assert "topics" not in post_document(post(2))
+
+
+async def test_topic_counts_add_up_per_node_and_derive_a_status_of_counts() -> None:
+    """A node's counts of one topic message merge within a window; the status sums sockets over windows, counts
+    distinct nodes and keeps each stage's first time, ignoring user rows and other messages."""
+    from shared.lifecycle import LifecycleWriter
+
+    store = RecordingStore()
+    writer = LifecycleWriter(store)  # type: ignore[arg-type]
+    topic = message_id("p3", 1)
+    writer.count(topic, "n1", 2, {"dispatched": 10, "delivered": 12})
+    writer.count(topic, "n1", 0, {"dispatched": 11})
+    writer.count(topic, "n2", 3, {"dispatched": 10, "delivered": 14})
+    await writer.flush()
+    assert store.counted == [{(topic, "n1"): NodeCount(2, {"dispatched": 10, "delivered": 12}),
+                              (topic, "n2"): NodeCount(3, {"dispatched": 10, "delivered": 14})}]
+    doc = post_document([Message(message_id("p3", 0), ("a",), "U", 5, 9, "shop"), Message(topic, (), "T", 5, 9, "shop", "news")])
+    events = event_documents({(message_id("p3", 0), "a"): {"delivered": 7}}, NOW, store.counted[0])
+    events += event_documents({}, NOW, {(topic, "n2"): NodeCount(1, {"dispatched": 9})})
+    assert derive_counts(doc, 1, events) == {"topic": "news", "stages": {"accepted": 5, "dispatched": 9, "delivered": 12},
+                                             "nodes": 2, "sockets": 6}
+    assert [r["user_id"] for r in derive(doc, 0, events)] == ["a"]

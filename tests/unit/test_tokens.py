@@ -79,3 +79,23 @@ def test_ttl_outside_bounds_is_invalid() -> None:
     for ttl in (0, 101):
         with pytest.raises(InvalidFields):
             tokens.issue("dave", ttl)
+
+
+def test_topics_claim_round_trips_to_the_identity() -> None:
+    """Topic names and prefix patterns given at issue come back in the verified identity; none gives an empty tuple."""
+    tokens = TokenService("HS256", KEY, KEY)
+    token, _ = tokens.issue("erin", 60, ["news", "room:*"])
+    assert tokens.verify(token).topics == ("news", "room:*")
+    plain, _ = tokens.issue("erin", 60)
+    assert tokens.verify(plain).topics == () and "topics" not in jwt.decode(plain, KEY, ["HS256"])
+
+
+def test_bad_topics_are_invalid_at_issue_and_unauthorized_in_a_token() -> None:
+    """Issuing refuses a non-list, a bad pattern or too many patterns; a token carrying a bad claim is refused."""
+    tokens = TokenService("HS256", KEY, KEY)
+    for topics in ("news", ["bad topic"], ["*"], ["room*"], [f"t{i}" for i in range(101)]):
+        with pytest.raises(InvalidFields):
+            tokens.issue("frank", 60, topics)
+    forged = jwt.encode({"sub": "a", "exp": int(time.time()) + 60, "topics": ["ok", 3]}, KEY, "HS256")
+    with pytest.raises(Unauthorized):
+        tokens.verify(forged)
