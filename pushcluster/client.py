@@ -13,6 +13,8 @@ Any other error is raised at once as ``PushError`` with collect's ``code`` and `
     client = PushClient("http://127.0.0.1:8002", api_key="...")
     message_id = client.send("alice", {"text": "hello"}, ttl=3600)
     client.status(message_id)["recipients"]
+    client.publish("news", {"headline": "..."}); client.broadcast({"maintenance": "in 5 minutes"})
+    client.presence(["alice", "bob"])  # {"alice": 1, "bob": 0}
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,8 +107,24 @@ class _Api:
         return post({"messages": messages}, idempotency_key)
 
     @staticmethod
+    def _publish(topic: str, payload: Any, ttl: int | None, idempotency_key: str | None) -> Call:
+        return post(message({"topic": topic}, payload, ttl), idempotency_key)
+
+    @staticmethod
+    def _broadcast(payload: Any, ttl: int | None, idempotency_key: str | None) -> Call:
+        return post(message({"broadcast": True}, payload, ttl), idempotency_key)
+
+    @staticmethod
     def _status(message_id: str) -> Call:
-        return Call("GET", f"/v1/messages/{message_id}")
+        return Call("GET", f"/v1/messages/{quote(message_id, safe='')}")
+
+    @staticmethod
+    def _presence(user_ids: list[str]) -> Call:
+        return Call("POST", "/v1/presence", {"user_ids": user_ids})
+
+    @staticmethod
+    def _topic(topic: str, users: bool) -> Call:
+        return Call("GET", f"/v1/topics/{quote(topic, safe='')}" + ("?users=1" if users else ""))
 
 
 class PushClient(_Api):
@@ -121,8 +140,24 @@ class PushClient(_Api):
     def send_many(self, messages: list[dict[str, Any]], idempotency_key: str | None = None) -> list[str]:
         return self._call(self._send_many(messages, idempotency_key))["ids"]
 
+    def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
+        """To every socket subscribed to ``topic`` now (at most once each, not replayed)."""
+        return self._call(self._publish(topic, payload, ttl, idempotency_key))["id"]
+
+    def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
+        """To every socket connected now (at most once each, not replayed)."""
+        return self._call(self._broadcast(payload, ttl, idempotency_key))["id"]
+
     def status(self, message_id: str) -> dict[str, Any]:
         return self._call(self._status(message_id))
+
+    def presence(self, user_ids: list[str]) -> dict[str, int]:
+        """Each user's open sockets (0: offline), up to 1,000 users."""
+        return self._call(self._presence(user_ids))["online"]
+
+    def topic(self, topic: str, users: bool = False) -> dict[str, Any]:
+        """The topic's subscribed sockets and nodes (and with ``users``, up to 1,000 user ids)."""
+        return self._call(self._topic(topic, users))
 
     def _call(self, call: Call) -> Any:
         for attempt in itertools.count():
@@ -158,8 +193,20 @@ class AsyncPushClient(_Api):
     async def send_many(self, messages: list[dict[str, Any]], idempotency_key: str | None = None) -> list[str]:
         return (await self._call(self._send_many(messages, idempotency_key)))["ids"]
 
+    async def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
+        return (await self._call(self._publish(topic, payload, ttl, idempotency_key)))["id"]
+
+    async def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
+        return (await self._call(self._broadcast(payload, ttl, idempotency_key)))["id"]
+
     async def status(self, message_id: str) -> dict[str, Any]:
         return await self._call(self._status(message_id))
+
+    async def presence(self, user_ids: list[str]) -> dict[str, int]:
+        return (await self._call(self._presence(user_ids)))["online"]
+
+    async def topic(self, topic: str, users: bool = False) -> dict[str, Any]:
+        return await self._call(self._topic(topic, users))
 
     async def _call(self, call: Call) -> Any:
         for attempt in itertools.count():

@@ -2,7 +2,8 @@
 
 Keys:
 
-* ``route:{user}`` -- a SET of node ids holding the user, with a long TTL (``route_ttl``) that only
+* ``route:{user}`` -- a HASH node id -> how many of the user's sockets that node holds (presence reads
+  the counts, dispatch the node ids), with a long TTL (``route_ttl``) that only
   collects garbage left by dead nodes;
 * ``node:{id}`` -- the node's JSON card (link URL, public URL, load), signed with the internal key
   (``shared.signing``), with a short TTL (``node_ttl``) renewed by the node's heartbeat: this key
@@ -78,20 +79,20 @@ class RouteWriter:
         self.node_ttl = node_ttl
         self.topics = TopicWriter(redis, node_id, route_ttl)
 
-    async def apply(self, present: Iterable[str], gone: Iterable[str], topics: Mapping[str, int] = {}) -> None:
-        """Add this node to the routes of ``present`` users, remove it from ``gone`` ones and write its ``topics``
-        counts (0: none left here), in one pipeline."""
+    async def apply(self, present: Mapping[str, int], gone: Iterable[str], topics: Mapping[str, int] = {}) -> None:
+        """Write this node's socket count into the routes of ``present`` users (renewing their TTL), remove it from
+        ``gone`` ones and write its ``topics`` counts (0: none left here), in one pipeline."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for user in present:
-                pipe.sadd(route_key(user), self.node_id)
+            for user, sockets in present.items():
+                pipe.hset(route_key(user), self.node_id, sockets)
                 pipe.expire(route_key(user), self.route_ttl)
             for user in gone:
-                pipe.srem(route_key(user), self.node_id)
+                pipe.hdel(route_key(user), self.node_id)
             await self.topics.stage(pipe, topics)
             await pipe.execute()
 
-    async def heartbeat(self, card: NodeCard, renew: Iterable[str]) -> bool:
-        """Renew the card (liveness) and the TTL of a slice of this node's user routes.
+    async def heartbeat(self, card: NodeCard) -> bool:
+        """Renew the card (liveness); route TTLs are renewed by the flusher, which writes each count as it reads it.
 
         Returns False when the card was gone (Redis lost its data, or this node was unreachable past
         its TTL): the node must then write all its routes again.
@@ -99,9 +100,6 @@ class RouteWriter:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(node_key(self.node_id), card.encode(), ex=self.node_ttl, get=True)
             pipe.sadd(NODES_KEY, self.node_id)
-            for user in renew:
-                pipe.sadd(route_key(user), self.node_id)
-                pipe.expire(route_key(user), self.route_ttl)
             replies = await pipe.execute()
         return replies[0] is not None
 
@@ -109,7 +107,7 @@ class RouteWriter:
         """Clean shutdown: drop every route, topic count and the card at once, so nothing is routed here."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for user in users:
-                pipe.srem(route_key(user), self.node_id)
+                pipe.hdel(route_key(user), self.node_id)
             await self.topics.stage(pipe, dict.fromkeys(topics, 0))
             pipe.delete(node_key(self.node_id))
             pipe.srem(NODES_KEY, self.node_id)
@@ -168,16 +166,21 @@ class RouteReader:
 
     async def lookup(self, users: list[str], live: Iterable[str]) -> dict[str, list[str]]:
         """Each user's live node ids, read in one script call; users with none are left out."""
+        return {user: list(nodes) for user, nodes in (await self.sockets(users, live)).items()}
+
+    async def sockets(self, users: list[str], live: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Each user's live nodes and the user's sockets on each, read in one script call; users with none are
+        left out."""
         if not users:
             return {}
         alive = set(live)
-        replies = await self.scripts.smembers_each(keys=[route_key(u) for u in users])
-        routes = {}
-        for user, members in zip(users, replies):
-            nodes = [n for n in (m.decode() for m in members) if n in alive]
+        replies = await self.scripts.hgetall_each(keys=[route_key(u) for u in users])
+        found = {}
+        for user, flat in zip(users, replies):
+            nodes = {n.decode(): int(c) for n, c in zip(flat[::2], flat[1::2]) if n.decode() in alive and int(c) > 0}
             if nodes:
-                routes[user] = nodes
-        return routes
+                found[user] = nodes
+        return found
 
 
 async def directory(reader: RouteReader) -> list[NodeCard]:

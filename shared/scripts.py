@@ -36,13 +36,13 @@ end
 return removed
 """
 
-# Each key's set members.
-SMEMBERS_EACH = """
-local members = {}
+# Each key's hash, as a flat [field, value, ...] list.
+HGETALL_EACH = """
+local hashes = {}
 for i, key in ipairs(KEYS) do
-  members[i] = redis.call('SMEMBERS', key)
+  hashes[i] = redis.call('HGETALL', key)
 end
-return members
+return hashes
 """
 
 
@@ -50,4 +50,4 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.open_inboxes = redis.register_script(OPEN_INBOXES)
         self.zrem_each = redis.register_script(ZREM_EACH)
-        self.smembers_each = redis.register_script(SMEMBERS_EACH)
+        self.hgetall_each = redis.register_script(HGETALL_EACH)

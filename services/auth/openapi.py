@@ -6,9 +6,14 @@ from typing import Any
 
 from shared.errors import InvalidFields, MalformedRequest, NotFound, PayloadTooLarge, Unauthorized
 from shared.openapi import USER_ID, document, errors, json_body, ok
+from shared.topics import MAX_PATTERNS
 
+TOPIC_PATTERNS = {"type": "array", "maxItems": MAX_PATTERNS,
+                  "items": {"type": "string", "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$|^[A-Za-z0-9_.:@-]{0,126}:\*$"},
+                  "description": "topics the token may subscribe to: names, or 'prefix:*' for every topic under 'prefix:'"}
 IDENTITY = {"type": "object", "required": ["user_id", "expires_at"], "additionalProperties": False,
-            "properties": {"user_id": {"type": "string"}, "expires_at": {"type": "integer", "description": "seconds since epoch"}}}
+            "properties": {"user_id": {"type": "string"}, "expires_at": {"type": "integer", "description": "seconds since epoch"},
+                           "topics": {"type": "array", "items": {"type": "string"}, "description": "the token's topics claim"}}}
 TOKEN_ERROR = {"$ref": "#/components/schemas/Error"}
 
 PATHS: dict[str, Any] = {
@@ -19,7 +24,8 @@ PATHS: dict[str, Any] = {
             "type": "object", "required": ["user_id"],
             "properties": {"user_id": USER_ID,
                            "ttl_seconds": {"type": "integer", "minimum": 1, "default": 3600,
-                                           "description": "at most TOKEN_MAX_TTL_SECONDS (7 days by default)"}},
+                                           "description": "at most TOKEN_MAX_TTL_SECONDS (7 days by default)"},
+                           "topics": TOPIC_PATTERNS},
         }),
         "responses": {
             **ok("the token", {"type": "object", "required": ["token", "expires_at"], "additionalProperties": False,

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
+from services.collect.presence import presence_routes
 from services.collect.openapi import spec
 from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
@@ -28,6 +29,7 @@ from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
 from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
+from shared.topicmap import TopicReader
 from shared.stream import DeliveryStream
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
@@ -117,11 +119,13 @@ def create_app(config: CollectConfig) -> Starlette:
         await redis.aclose()
         await store.close()
 
+    reader = RouteReader(redis, config.internal_key)
     routes = [
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         *ops_routes(health),
-        *console_routes(config, RouteReader(redis, config.internal_key), inbox, post_messages),
+        *console_routes(config, reader, inbox, post_messages),
+        *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(is_production())),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -12,18 +12,22 @@ from services.collect.intake import MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS
 from shared.errors import InvalidFields, MalformedRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from shared.openapi import USER_ID, document, errors, json_body, ok
 
+TOPIC = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$"}
 MESSAGE = {
     "type": "object", "required": ["payload"],
-    "description": "one message: 'user_id' or 'user_ids' (at most MAX_RECIPIENTS, 1,000 by default); the payload's frame "
-                   "at most MAX_PAYLOAD_BYTES (64 KiB by default)",
+    "description": "one message: for 'user_id' or 'user_ids' (at most MAX_RECIPIENTS, 1,000 by default), for every "
+                   "socket subscribed to 'topic', or for every socket ('broadcast': true); the payload's frame at most "
+                   "MAX_PAYLOAD_BYTES (64 KiB by default)",
     "properties": {
         "user_id": USER_ID,
         "user_ids": {"type": "array", "items": USER_ID, "minItems": 1, "uniqueItems": True},
+        "topic": TOPIC,
+        "broadcast": {"const": True},
         "payload": {"description": "any JSON value, delivered as is"},
         "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS,
                         "description": "how long it may wait for an offline user (MESSAGE_TTL_SECONDS, 7 days, by default)"},
     },
-    "anyOf": [{"required": ["user_id"]}, {"required": ["user_ids"]}],
+    "anyOf": [{"required": ["user_id"]}, {"required": ["user_ids"]}, {"required": ["topic"]}, {"required": ["broadcast"]}],
 }
 POST_BODY = json_body({"anyOf": [
     MESSAGE,
@@ -58,16 +62,62 @@ PATHS: dict[str, Any] = {
         "security": [{"apiKey": []}],
         "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {
-            **ok("state and stage times (ms) per recipient", {
-                "type": "object", "required": ["id", "recipients"],
-                "properties": {"id": {"type": "string"}, "recipients": {"type": "array", "items": {
-                    "type": "object", "required": ["user_id", "state", "accepted_at"],
-                    "properties": {"user_id": {"type": "string"}, "state": {"type": "string"},
-                                   "accepted_at": {"type": "integer"}},
-                    "additionalProperties": {"type": "integer", "description": "'{stage}_at': first time of each stage"},
-                }}},
+            **ok("state and stage times (ms) per recipient; for a topic or broadcast message, stage times and counts", {
+                "oneOf": [{
+                    "type": "object", "required": ["id", "recipients"],
+                    "properties": {"id": {"type": "string"}, "recipients": {"type": "array", "items": {
+                        "type": "object", "required": ["user_id", "state", "accepted_at"],
+                        "properties": {"user_id": {"type": "string"}, "state": {"type": "string"},
+                                       "accepted_at": {"type": "integer"}},
+                        "additionalProperties": {"type": "integer", "description": "'{stage}_at': first time of each stage"},
+                    }}},
+                }, {
+                    "type": "object", "required": ["id", "stages", "nodes", "sockets"],
+                    "properties": {"id": {"type": "string"}, "topic": {"type": "string"}, "broadcast": {"const": True},
+                                   "stages": {"type": "object", "additionalProperties": {"type": "integer"}},
+                                   "nodes": {"type": "integer", "description": "push nodes that wrote it"},
+                                   "sockets": {"type": "integer", "description": "sockets it was written to"}},
+                }],
             }),
             **errors(Unauthorized, NotFound, Unavailable),
+        },
+    }},
+    "/v1/presence/{user_id}": {"get": {
+        "summary": "Whether a user is online: sockets and push nodes (live nodes only)",
+        "security": [{"apiKey": []}],
+        "parameters": [{"name": "user_id", "in": "path", "required": True, "schema": USER_ID}],
+        "responses": {
+            **ok("the user's presence", {"type": "object", "required": ["user_id", "online", "connections", "nodes"],
+                                         "additionalProperties": False,
+                                         "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
+                                                        "connections": {"type": "integer"},
+                                                        "nodes": {"type": "array", "items": {"type": "string"}}}}),
+            **errors(Unauthorized, InvalidFields, Unavailable),
+        },
+    }},
+    "/v1/presence": {"post": {
+        "summary": "The open sockets of up to 1,000 users (0 when offline)",
+        "security": [{"apiKey": []}],
+        "requestBody": json_body({"type": "object", "required": ["user_ids"],
+                                  "properties": {"user_ids": {"type": "array", "items": USER_ID, "minItems": 1, "maxItems": 1000}}}),
+        "responses": {
+            **ok("sockets per user", {"type": "object", "required": ["online"], "additionalProperties": False,
+                                      "properties": {"online": {"type": "object", "additionalProperties": {"type": "integer"}}}}),
+            **errors(MalformedRequest, Unauthorized, PayloadTooLarge, InvalidFields, Unavailable),
+        },
+    }},
+    "/v1/topics/{topic}": {"get": {
+        "summary": "A topic's subscribed sockets and the nodes holding them; with users=1 its user ids (at most 1,000)",
+        "security": [{"apiKey": []}],
+        "parameters": [{"name": "topic", "in": "path", "required": True, "schema": TOPIC},
+                       {"name": "users", "in": "query", "required": False, "schema": {"enum": ["1", "true"]}}],
+        "responses": {
+            **ok("the topic", {"type": "object", "required": ["topic", "subscribers", "nodes"], "additionalProperties": False,
+                               "properties": {"topic": {"type": "string"}, "subscribers": {"type": "integer"},
+                                              "nodes": {"type": "integer"},
+                                              "users": {"type": "array", "items": {"type": "string"}},
+                                              "truncated": {"type": "boolean"}}}),
+            **errors(Unauthorized, InvalidFields, Unavailable),
         },
     }},
     "/v1/nodes": {"get": {

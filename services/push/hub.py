@@ -126,6 +126,11 @@ class Hub:
         """The sessions subscribed to ``topic`` on this node."""
         return len(self._by_topic.get(topic, ()))
 
+    def topic_users(self, topic: str, limit: int) -> tuple[list[str], bool]:
+        """Up to ``limit`` user ids subscribed to ``topic`` here, sorted, and whether there were more."""
+        users = sorted({s.user_id for s in self._by_topic.get(topic, ())})
+        return users[:limit], len(users) > limit
+
     def topics(self) -> list[str]:
         return list(self._by_topic)
 

@@ -2,14 +2,16 @@
 
 Route changes are not written per connection. ``arrived``/``left`` mark a user dirty; one flusher
 writes every dirty user in a single pipeline, deciding from the hub *at flush time* whether the
-user is present (SADD) or gone (SREM). A connect storm becomes a few pipelines, and a quick
+user is present (HSET of its socket count here, which presence reads) or gone (HDEL). A connect storm becomes a few pipelines, and a quick
 close-then-reopen can never leave the writes in the wrong order. Topics go the same way: a
 (un)subscribe marks the topic dirty and the flush writes this node's count of its subscribers
 (``shared.topicmap``), so a topic costs Redis a write only when its local count changes.
 
-The heartbeat renews the node card (liveness) every ``node_ttl / 3`` seconds, plus a slice of user
-routes and topics so that each one's TTL is renewed about three times per ``route_ttl``: at 15k
-users, a 30 s node TTL and a 1 h route TTL that is one pipeline of ~40 commands every 10 s.
+The heartbeat renews the node card (liveness) every ``node_ttl / 3`` seconds, and hands the flusher
+a slice of user routes and topics to write again (renewing their TTL), so that each is renewed
+about three times per ``route_ttl``: at 15k users, a 30 s node TTL and a 1 h route TTL that is
+~40 more commands every 10 s. A connection or disconnection writes its user's count; a message
+writes nothing.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class Presence:
             dirty, self._dirty = self._dirty, set()
             topics, self._dirty_topics = self._dirty_topics, set()
             waiters, self._waiters = self._waiters, []
-            present = [u for u in dirty if self.hub.holds(u)]
+            present = {u: self.hub.count(u) for u in dirty if self.hub.holds(u)}
             gone = [u for u in dirty if not self.hub.holds(u)]
             try:
                 await self.writer.apply(present, gone, {t: self.hub.subscribers(t) for t in topics})
@@ -111,12 +113,16 @@ class Presence:
     async def run_heartbeat(self) -> None:
         backoff = Backoff()
         while True:
-            renew = self._next_renewal_slice()
-            # Topic TTLs are renewed by the flusher, which reads each count when it writes it (no stale count can land).
+            # Route and topic TTLs are renewed by the flusher, which reads each count when it writes it (no stale
+            # count can land after a newer one).
+            self._renew_cursor, users = self._renewal_slice(self._renew_cursor, self.hub.users, len(self.hub))
             self._renew_topics, topics = self._renewal_slice(self._renew_topics, self.hub.topics, self.hub.topic_count())
+            self._dirty.update(users)
+            if users:
+                self._wake.set()
             self.unsubscribed(topics)
             try:
-                if not await self.writer.heartbeat(self.card(), renew) and len(self.hub):
+                if not await self.writer.heartbeat(self.card()) and len(self.hub):
                     log.warning("node card was missing; writing every route again", extra={"count": len(self.hub)})
                     self._dirty.update(self.hub.users())
                     self._dirty_topics.update(self.hub.topics())
@@ -126,11 +132,6 @@ class Presence:
                 await backoff.failed(log, "heartbeat", exc)
                 continue
             await asyncio.sleep(self.heartbeat_interval)
-
-    def _next_renewal_slice(self) -> list[str]:
-        """The users whose route TTL this beat renews: every user about three times per route TTL."""
-        self._renew_cursor, chunk = self._renewal_slice(self._renew_cursor, self.hub.users, len(self.hub))
-        return [u for u in chunk if self.hub.holds(u)]
 
     def _renewal_slice(self, cursor: list[str], everything: Callable[[], Iterable[str]],
                        total: int) -> tuple[list[str], list[str]]:

@@ -8,7 +8,7 @@ import logging
 import signal
 import time
 from http import HTTPStatus
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
 import orjson
@@ -57,6 +57,10 @@ def token_of(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+TOPIC_USERS_PATH = "/internal/topics/"  # + a topic: its subscribers' user ids here (collect's GET /v1/topics/{t}?users=1)
+TOPIC_USERS_LIMIT = 1000
+
+
 def source_of(connection: ServerConnection) -> str:
     """The peer's IP address (without the port)."""
     return str(connection.remote_address[0])
@@ -96,14 +100,18 @@ class PushNode:
         if path == "/metrics":
             body, content_type = exposition()
             return http_response(200, body, content_type)
-        if path == "/internal":
+        if path == "/internal" or path.startswith(TOPIC_USERS_PATH):
             try:
                 self.link_guard.admit(request.headers, now_ms())
             except Unauthorized as exc:
                 ERRORS.labels(exc.code).inc()
-                log.warning("dispatch link refused", extra={"peer": str(connection.remote_address), "error": exc.message})
+                log.warning("internal request refused", extra={"peer": str(connection.remote_address), "path": path,
+                                                               "error": exc.message})
                 return http_response(401, orjson.dumps(exc.body()))
-            return None
+            if path == "/internal":
+                return None
+            users, truncated = self.hub.topic_users(unquote(path.removeprefix(TOPIC_USERS_PATH)), TOPIC_USERS_LIMIT)
+            return http_response(200, orjson.dumps({"users": users, "truncated": truncated}))
         if path == "/ws":
             try:
                 self.addresses.check(source_of(connection))

@@ -1,4 +1,4 @@
-"""pushcluster.client against the real cluster: send, send_many, status, errors, and a retried 503."""
+"""pushcluster.client against the real cluster: send, send_many, publish, broadcast, status, presence, errors, a retried 503."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from pushcluster.client import AsyncPushClient, PushClient, PushError, RetryPolicy
-from tests.client import API_KEY, frames_within, receive_ids
+from tests.client import API_KEY, frames_within, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack, report_scenario
 from tools.cluster import Cluster, free_port
 
@@ -64,3 +64,25 @@ async def test_a_send_during_a_store_outage_is_retried_until_stored_and_arrives_
     lost, twice = report_scenario("client library: send retried through a FerretDB outage", [sent], received)
     assert (lost, twice) == (0, 0)
     await ws.close()
+
+
+async def test_client_publishes_broadcasts_and_reads_presence(shared_stack: RunningStack) -> None:
+    """publish reaches a topic's subscriber, broadcast every socket, and presence and topic() count them."""
+    c = shared_stack.client
+    listener = await c.connect("lib-listener", node=0, topics=["lib:news"])
+    bystander = await c.connect("lib-bystander", node=1)
+    await subscribe(listener, ["lib:news"])
+    client = AsyncPushClient(shared_stack.stack.collect_url, API_KEY)
+    try:
+        assert await client.presence(["lib-listener", "lib-bystander", "lib-away"]) == {
+            "lib-listener": 1, "lib-bystander": 1, "lib-away": 0}
+        assert await client.topic("lib:news", users=True) == {
+            "topic": "lib:news", "subscribers": 1, "nodes": 1, "users": ["lib-listener"], "truncated": False}
+        published = await client.publish("lib:news", "headline")
+        assert (await next_frame(listener))["id"] == published
+        everyone = await client.broadcast("to all")
+        assert [(await next_frame(ws))["id"] for ws in (listener, bystander)] == [everyone, everyone]
+        assert (await client.status(published))["topic"] == "lib:news"
+    finally:
+        await client.close()
+    await asyncio.gather(listener.close(), bystander.close())

@@ -78,7 +78,7 @@ async def plant(redis: Redis, card: NodeCard, *users: str) -> None:
     await redis.set(node_key(card.id), card.encode(), ex=300)
     await redis.sadd(NODES_KEY, card.id)
     for user in users:
-        await redis.sadd(route_key(user), card.id)
+        await redis.hset(route_key(user), card.id, 1)
 
 
 async def post_until(stack: RunningStack, victim: str, seen: Callable[[], Awaitable[bool]], timeout: float = 20) -> list[str]:

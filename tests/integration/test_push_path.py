@@ -113,9 +113,9 @@ async def test_clean_shutdown_removes_routes_at_once(start_stack) -> None:
     ws = await c.connect("ivan", node=0)
     r = Redis.from_url(stack.stack.redis_url)
     node_id = f"127.0.0.1:{stack.stack.push_ports[0]}"
-    assert await r.smembers("route:ivan") == {node_id.encode()}
+    assert await r.hgetall("route:ivan") == {node_id.encode(): b"1"}
     assert stack.push(0).stop() == 0
-    assert await r.smembers("route:ivan") == set()
+    assert await r.hgetall("route:ivan") == {}
     assert await r.exists(f"node:{node_id}") == 0
     await ws.wait_closed()
     assert ws.close_code == 1001

@@ -1,0 +1,122 @@
+"""Who is online and who listens to a topic, for business systems (with their API key). Reads only.
+
+* ``GET /v1/presence/{user_id}`` -> ``{"user_id", "online", "connections", "nodes"}``;
+* ``POST /v1/presence`` ``{"user_ids": [1 to 1000 ids]}`` -> ``{"online": {user_id: sockets, ...}}``;
+* ``GET /v1/topics/{topic}`` -> ``{"topic", "subscribers", "nodes"}``; with ``?users=1`` also ``"users"``
+  (at most 1,000, then ``"truncated": true``), asked of each node holding the topic on its internal
+  path, signed with the internal key like the dispatch link (``shared.signing``).
+
+The counts are what push nodes write when a socket opens, closes, subscribes or unsubscribes
+(``route:{user}`` and ``topic:{name}``, see ``shared.routing`` and ``shared.topicmap``), never per
+message; only nodes whose card is live count, so a node that dies stops counting within its
+``NODE_TTL_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from shared.errors import InvalidFields, PayloadTooLarge, Unavailable
+from shared.protocol import valid_user_id
+from shared.routing import NodeCard, RouteReader, now_ms
+from shared.signing import LinkRequest
+from shared.topicmap import TopicReader
+from shared.topics import valid_topic
+from shared.web import json_response, read_json, timed
+
+MAX_USERS = 1000
+NODE_TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+def users_url(card: NodeCard, topic: str) -> str:
+    """The node's internal HTTP path listing a topic's subscribers (its link URL, over HTTP)."""
+    link = urlsplit(card.link_url)
+    return f"{'https' if link.scheme == 'wss' else 'http'}://{link.netloc}/internal/topics/{quote(topic, safe='')}"
+
+
+def merged(answers: list[dict[str, Any]], limit: int) -> tuple[list[str], bool]:
+    """The nodes' lists of a topic's users as one sorted list of at most ``limit``, and whether any was cut."""
+    users = sorted({u for a in answers for u in a["users"]})
+    return users[:limit], len(users) > limit or any(a["truncated"] for a in answers)
+
+
+def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
+                    authenticate: Callable[[Request], str]) -> list[BaseRoute]:
+    async def live() -> dict[str, NodeCard]:
+        try:
+            return await reader.live_nodes()
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from None
+
+    async def sockets(user_ids: list[str]) -> dict[str, dict[str, int]]:
+        nodes = await live()
+        try:
+            return await reader.sockets(user_ids, nodes)
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from None
+
+    async def one_user(request: Request) -> Response:
+        authenticate(request)
+        user_id = request.path_params["user_id"]
+        if not valid_user_id(user_id):
+            raise InvalidFields("user ids are 1-128 characters of letters, digits and _ . @ -")
+        nodes = (await sockets([user_id])).get(user_id, {})
+        return json_response({"user_id": user_id, "online": bool(nodes), "connections": sum(nodes.values()),
+                              "nodes": sorted(nodes)})
+
+    async def many_users(request: Request) -> Response:
+        authenticate(request)
+        user_ids = (await read_json(request, 256 * 1024)).get("user_ids")
+        if not isinstance(user_ids, list) or not user_ids or not all(valid_user_id(u) for u in user_ids):
+            raise InvalidFields(f"body must be {{\"user_ids\": [1 to {MAX_USERS} user ids]}}")
+        if len(user_ids) > MAX_USERS:
+            raise PayloadTooLarge(f"{len(user_ids)} user ids; the limit is {MAX_USERS}")
+        found = await sockets(list(dict.fromkeys(user_ids)))
+        return json_response({"online": {u: sum(found.get(u, {}).values()) for u in user_ids}})
+
+    async def topic(request: Request) -> Response:
+        authenticate(request)
+        name = request.path_params["topic"]
+        if not valid_topic(name):
+            raise InvalidFields("topics are 1-128 characters of letters, digits and _ . : @ -")
+        nodes = await live()
+        try:
+            holding = (await topics.counts([name], nodes)).get(name, {})
+        except RedisError as exc:
+            raise Unavailable(f"Redis: {exc}") from None
+        body: dict[str, object] = {"topic": name, "subscribers": sum(holding.values()), "nodes": len(holding)}
+        if request.query_params.get("users") in ("1", "true"):
+            users, truncated = await subscribers([nodes[n] for n in sorted(holding)], name)
+            body |= {"users": users, "truncated": truncated}
+        return json_response(body)
+
+    async def subscribers(cards: list[NodeCard], name: str) -> tuple[list[str], bool]:
+        """The topic's user ids from each node holding it, merged, at most ``MAX_USERS``."""
+
+        async def ask(session: aiohttp.ClientSession, card: NodeCard) -> dict[str, Any]:
+            headers = LinkRequest.make(internal_key, card.id, now_ms()).headers()
+            async with session.get(users_url(card, name), headers=headers) as answer:
+                if answer.status != 200:
+                    raise Unavailable(f"node {card.id} answered {answer.status}")
+                return await answer.json()
+
+        try:
+            async with aiohttp.ClientSession(timeout=NODE_TIMEOUT) as session:
+                answers = await asyncio.gather(*(ask(session, c) for c in cards))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"a push node did not answer: {exc!r}") from None
+        return merged(answers, MAX_USERS)
+
+    return [
+        Route("/v1/presence/{user_id}", timed("presence", one_user), methods=["GET"]),
+        Route("/v1/presence", timed("presence_many", many_users), methods=["POST"]),
+        Route("/v1/topics/{topic}", timed("topic", topic), methods=["GET"]),
+    ]
