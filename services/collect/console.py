@@ -9,7 +9,8 @@ Always served (public, read-only):
 Development only (absent when ``APP_ENV=production``, because they hand out tokens for any user and
 send as a business system without a key):
 
-* ``POST /dev/tokens`` ``{"user_id", "ttl_seconds"?}`` -- a token from auth, asked with the admin key;
+* ``POST /dev/tokens`` ``{"user_id", "ttl_seconds"?, "topics"?}`` -- a token from auth, asked with the admin key
+  (``topics`` becomes the token's claim: the topics the page may subscribe to);
 * ``POST /dev/messages`` -- exactly ``POST /v1/messages``, as the first configured business system;
 * ``GET /demo`` -- the demo page using both.
 """
@@ -74,6 +75,8 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
     async def dev_token(request: Request) -> Response:
         body = await read_json(request, MAX_TOKEN_BODY)
         ask = {"user_id": body.get("user_id"), "ttl_seconds": body.get("ttl_seconds", 3600)}
+        if "topics" in body:  # auth validates them (names or 'prefix:*' patterns)
+            ask["topics"] = body["topics"]
         try:
             async with aiohttp.ClientSession(timeout=AUTH_TIMEOUT) as session:
                 async with session.post(f"{config.auth_url}/v1/tokens", json=ask,

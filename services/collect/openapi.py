@@ -11,6 +11,7 @@ from typing import Any
 from services.collect.intake import MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS
 from shared.errors import InvalidFields, MalformedRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from shared.openapi import USER_ID, document, errors, json_body, ok
+from shared.topics import MAX_PATTERNS
 
 TOPIC = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$"}
 MESSAGE = {
@@ -48,6 +49,12 @@ HTML = {"200": {"description": "the page", "content": {"text/html": {"schema": {
 NODE = {"type": "object", "required": ["id", "url", "connections", "users"],
         "properties": {"id": {"type": "string"}, "url": {"type": "string"}, "connections": {"type": "integer"},
                        "users": {"type": "integer"}}}
+TOPIC_SIZE = {"type": "object", "required": ["topic", "subscribers", "nodes"],
+              "properties": {"topic": {"type": "string"}, "subscribers": {"type": "integer", "minimum": 1},
+                             "nodes": {"type": "integer", "minimum": 1}}}
+TOKEN_TOPICS = {"type": "array", "maxItems": MAX_PATTERNS, "items": {"type": "string"},
+                "description": "the token's topics claim, what it may subscribe to: topic names (1-128 letters, digits "
+                               "and _ . : @ -) or 'prefix:*' patterns; auth answers 422 to anything else"}
 
 PATHS: dict[str, Any] = {
     "/v1/messages": {"post": {
@@ -128,7 +135,16 @@ PATHS: dict[str, Any] = {
     }},
     "/v1/stats": {"get": {
         "summary": "A cumulative snapshot of the cluster for the dashboard",
-        "responses": {**ok("the snapshot", {"type": "object", "required": ["ts", "nodes", "messages", "latency", "pending"]}),
+        "responses": {**ok("the snapshot", {
+            "type": "object", "required": ["ts", "nodes", "users_online", "topics", "messages", "latency", "pending"],
+            "properties": {
+                "users_online": {"type": "integer", "minimum": 0,
+                                 "description": "the live nodes' users summed: a user on two nodes counts twice"},
+                "topics": {"type": "array", "maxItems": 10, "items": TOPIC_SIZE,
+                           "description": "the ten largest topics by subscribed sockets, ranked among the first "
+                                          "10,000 topic names read"},
+            },
+        }),
                       **errors(Unavailable)},
     }},
     "/dashboard": {"get": {"summary": "The live dashboard page", "responses": HTML}},
@@ -144,7 +160,8 @@ DEV_PATHS: dict[str, Any] = {  # APP_ENV=development only
     "/dev/tokens": {"post": {
         "summary": "A token from auth for any user (development only); auth's answer is passed on",
         "requestBody": json_body({"type": "object", "required": ["user_id"],
-                                  "properties": {"user_id": USER_ID, "ttl_seconds": {"type": "integer", "minimum": 1}}}),
+                                  "properties": {"user_id": USER_ID, "ttl_seconds": {"type": "integer", "minimum": 1},
+                                                 "topics": TOKEN_TOPICS}}),
         "responses": {
             **ok("the token", {"type": "object", "required": ["token", "expires_at"],
                                "properties": {"token": {"type": "string"}, "expires_at": {"type": "integer"}}}),

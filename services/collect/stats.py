@@ -4,7 +4,10 @@
 * connections, users, deliveries and delivery latency: each node's ``/metrics``, scraped live
   (cards are only renewed every few seconds, so their counts lag behind);
 * messages accepted: collect's own counter (this instance); passed on by dispatch: dispatch's ``/metrics``;
-* pending: posts stored with a recipient that has not acknowledged yet (not expired), counted in Redis.
+* pending: posts stored with a recipient that has not acknowledged yet (not expired), counted in Redis;
+* users online: the sum of the nodes' user counts (``users_online``);
+* the ten largest topics: the ``topic:{name}`` hashes of live nodes (``shared.topicmap``), over at most
+  ``TOPIC_NAMES_READ`` names a request.
 
 Everything returned is a cumulative total or a current gauge, never a rate: the page derives rates
 and windowed percentiles from successive snapshots, so this stays stateless and any number of open
@@ -23,15 +26,19 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.metrics import exposition
 from shared.routing import NodeCard, RouteReader, directory, now_ms
+from shared.topicmap import TOPICS_KEY, TopicReader
 
 LATENCY = "push_delivery_latency_seconds"
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+TOPIC_NAMES_READ = 10_000  # topics ranked per snapshot: past this many names, the largest may be among those unread
+LARGEST_TOPICS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +103,29 @@ def node_entry(card: NodeCard, page: Samples | None) -> dict[str, Any]:
     }
 
 
+async def topic_names(redis: Redis, limit: int) -> list[str]:
+    """Up to ``limit`` names from the ``topics`` set, in Redis's scan order, read in pages (never the whole set at once)."""
+    names: dict[str, None] = {}  # a scan may return a name twice
+    async for name in redis.sscan_iter(TOPICS_KEY, count=1000):
+        names[name.decode()] = None
+        if len(names) >= limit:
+            break
+    return list(names)
+
+
+def largest_topics(counts: dict[str, dict[str, int]], limit: int = LARGEST_TOPICS) -> list[dict[str, Any]]:
+    """The ``limit`` topics with the most subscribed sockets (ties by name), with how many nodes hold them."""
+    ranked = sorted(counts.items(), key=lambda item: (-sum(item[1].values()), item[0]))[:limit]
+    return [{"topic": topic, "subscribers": sum(nodes.values()), "nodes": len(nodes)} for topic, nodes in ranked]
+
+
 async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str) -> dict[str, Any]:
     """One snapshot of the cluster (503 only when Redis, the source of truth on live nodes, is down)."""
     try:
         cards = await directory(reader)
         pending = await inbox.open_count()
+        names = await topic_names(reader.redis, TOPIC_NAMES_READ)
+        counts = await TopicReader(reader.redis).counts(names, [c.id for c in cards])
     except RedisError as exc:
         raise Unavailable(f"Redis: {exc}") from None
     async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT) as session:
@@ -109,9 +134,14 @@ async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str) -> 
         )
     own = Samples.parse(exposition()[0].decode())
     answered = [p for p in node_pages if p is not None]
+    nodes = [node_entry(c, p) for c, p in zip(cards, node_pages)]
     return {
         "ts": now_ms(),
-        "nodes": [node_entry(c, p) for c, p in zip(cards, node_pages)],
+        "nodes": nodes,
+        # The live nodes' user counts (live gauges, a card's where its node does not answer, as presence counts a
+        # node until its card expires). Each node counts its own distinct users: a user on two nodes counts twice.
+        "users_online": sum(n["users"] for n in nodes),
+        "topics": largest_topics(counts),
         "messages": {
             "accepted": own.get("push_messages_in_total"),
             "dispatched": dispatch_page.get("push_messages_out_total") if dispatch_page else None,

@@ -1,10 +1,10 @@
-"""The demo page and the dashboard in a real Chromium, against a real stack: connect, receive, fail over."""
+"""The demo page and the dashboard in a real Chromium, against a real stack: connect, receive, topics, fail over."""
 
 from __future__ import annotations
 
 import re
 
-from playwright.async_api import Page, expect
+from playwright.async_api import Locator, Page, expect
 
 from tests.browser.conftest import Pages, screenshot
 from tests.conftest import RunningStack
@@ -26,8 +26,20 @@ class Demo:
         await expect(self.page.locator("#status")).to_have_text("connected")
         return await self.page.locator("#node-id").inner_text()
 
-    async def send(self, to: str, text: str) -> None:
-        await self.page.fill("#to", to)
+    async def subscribe(self, topic: str) -> None:
+        """Subscribe through the topic field (before connecting or while connected); connected, wait until granted."""
+        connected = await self.page.locator("#status").inner_text() == "connected"
+        await self.page.fill("#topic", topic)
+        await self.page.click("#subscribe")
+        await expect(self.chip(topic)).to_have_text("subscribed" if connected else "on connect")
+
+    def chip(self, topic: str) -> Locator:
+        return self.page.locator(f'#topics li[data-topic="{topic}"] .pill')
+
+    async def send(self, to: str, text: str, kind: str = "user") -> None:
+        await self.page.select_option("#kind", kind)
+        if kind != "broadcast":
+            await self.page.fill("#to", to)
         await self.page.fill("#text", text)
         await self.page.click("#send")
         await expect(self.page.locator("#sent")).to_have_text(re.compile("^Accepted as "))
@@ -109,3 +121,55 @@ async def test_dashboard_shows_connections_moving_counts_and_a_dead_node(start_s
     phone = await pages.open(f"{stack.stack.collect_url}/dashboard", width=390, height=844)
     await expect(phone.locator("#nodes-up")).to_have_text("1/2")
     await screenshot(phone, "dashboard-phone.png")
+
+
+async def test_demo_page_subscribes_to_a_topic_and_shows_topic_and_broadcast_messages(start_stack, pages: Pages) -> None:
+    """Subscribed while connected, the page shows topic messages (posted or sent from its form) and a broadcast, each labelled."""
+    stack: RunningStack = start_stack()
+    demo = Demo(await pages.open(f"{stack.stack.collect_url}/demo"))
+    other = Demo(await pages.open(f"{stack.stack.collect_url}/demo"))
+    await demo.connect("tia")
+    await other.connect("uma")
+    await demo.subscribe("news")  # not in the first token: the page gets one granting it and reconnects
+    await expect(demo.page.locator("#status")).to_have_text("connected")
+
+    status, _ = await stack.client.post({"topic": "news", "payload": {"text": "posted to news"}})
+    assert status == 202
+    topic_item = demo.messages.filter(has_text="posted to news")
+    await expect(topic_item).to_have_class("topic")
+    await expect(topic_item.locator(".tag")).to_have_text("topic news")
+    await demo.send("news", "sent to news from the page", kind="topic")
+    await expect(demo.messages.first.locator(".text")).to_have_text("sent to news from the page")
+
+    status, _ = await stack.client.post({"broadcast": True, "payload": {"text": "to everyone"}})
+    assert status == 202
+    for page in (demo, other):
+        await expect(page.messages.first).to_have_class("broadcast")
+        await expect(page.messages.first.locator(".tag")).to_have_text("broadcast")
+    await expect(demo.messages).to_have_count(3)
+    await expect(other.messages).to_have_count(1)  # not subscribed: the broadcast only
+    await screenshot(demo.page, "demo-topics.png")
+
+
+async def test_dashboard_shows_users_online_and_the_largest_topics(start_stack, pages: Pages) -> None:
+    """The dashboard counts users online and lists a topic with its subscribers as pages subscribe to it."""
+    stack: RunningStack = start_stack()
+    dashboard = await pages.open(f"{stack.stack.collect_url}/dashboard")
+    await expect(dashboard.locator("#users-online")).to_have_text("0")
+    await expect(dashboard.locator("#topics")).to_have_text("No topic has a subscriber.")
+
+    first = Demo(await pages.open(f"{stack.stack.collect_url}/demo"))
+    await first.subscribe("room:7")  # before connecting: asked for in the first token
+    await first.connect("vic")
+    await expect(first.chip("room:7")).to_have_text("subscribed")
+    row = dashboard.locator('#topics tr[data-topic="room:7"]')
+    await expect(row.locator(".subscribers")).to_have_text("1")
+    await expect(row.locator(".nodes")).to_have_text("1")
+    await expect(dashboard.locator("#users-online")).to_have_text("1")
+
+    second = Demo(await pages.open(f"{stack.stack.collect_url}/demo"))
+    await second.connect("wes")
+    await second.subscribe("room:7")
+    await expect(row.locator(".subscribers")).to_have_text("2")
+    await expect(dashboard.locator("#users-online")).to_have_text("2")
+    await screenshot(dashboard, "dashboard-topics.png")

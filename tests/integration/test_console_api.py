@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.client import next_frame
+from tests.client import next_frame, subscribe
 from tests.conftest import RunningStack
 
 
@@ -44,6 +44,32 @@ async def test_dev_token_refuses_a_bad_user_id(shared_stack: RunningStack) -> No
     """auth's validation reaches the page: a user id with a colon gets 422 and no token."""
     status, body = await post_json(shared_stack, "/dev/tokens", {"user_id": "no:colons"})
     assert status == 422 and body["error"]["code"] == "invalid"
+
+
+async def test_dev_token_carries_topics_and_stats_then_list_the_topic_and_the_user(shared_stack: RunningStack) -> None:
+    """A /dev/tokens token asked with ``topics`` may subscribe to them only, and GET /v1/stats then ranks the topic
+    with its subscriber and node counts and counts the user online."""
+    status, issued = await post_json(shared_stack, "/dev/tokens", {"user_id": "tomas", "topics": ["dev-news"]})
+    assert status == 200, issued
+    ws = await shared_stack.client.open(issued["token"], node=0)
+    assert (await next_frame(ws))["type"] == "welcome"
+    assert await subscribe(ws, ["dev-news", "dev-other"]) == [
+        {"type": "subscribed", "topics": ["dev-news"]}, {"type": "error", "code": "forbidden", "topics": ["dev-other"]}]
+    for _ in range(100):  # bounded: at most ~10 s (the node writes its topic counts in its next flush)
+        stats = await get_json(shared_stack, "/v1/stats")
+        if any(t["topic"] == "dev-news" for t in stats["topics"]):
+            break
+        await asyncio.sleep(0.1)
+    assert {"topic": "dev-news", "subscribers": 1, "nodes": 1} in stats["topics"]
+    assert stats["users_online"] >= 1
+    await ws.close()
+
+
+async def test_dev_token_refuses_topics_that_are_not_a_list_of_names(shared_stack: RunningStack) -> None:
+    """auth's validation of the topics claim reaches the page: a bare string or a bad name gets 422 and no token."""
+    for topics in ("dev-news", ["no spaces"]):
+        status, body = await post_json(shared_stack, "/dev/tokens", {"user_id": "tomas", "topics": topics})
+        assert status == 422 and body["error"]["code"] == "invalid", (topics, body)
 
 
 async def test_stats_report_nodes_up_and_a_message_for_an_offline_user_as_pending(start_stack) -> None:

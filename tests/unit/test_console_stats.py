@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from services.collect.config import CollectConfig
 from services.collect.console import as_sender, console_routes
-from services.collect.stats import Samples, merge_latency, node_entry, node_http_base
+from services.collect.stats import Samples, largest_topics, merge_latency, node_entry, node_http_base
 from shared.routing import NodeCard
 
 NODE_METRICS = """\
@@ -57,6 +57,17 @@ def test_node_entry_prefers_live_gauges_and_falls_back_to_the_card() -> None:
         "id": "n1", "url": "ws://h:1/ws", "up": True, "connections": 3, "users": 2, "delivered": 7.0}
     assert node_entry(card, None) == {
         "id": "n1", "url": "ws://h:1/ws", "up": False, "connections": 9, "users": 8, "delivered": None}
+
+
+def test_largest_topics_ranks_by_subscribers_across_nodes_and_keeps_ten() -> None:
+    """Topics rank by their sockets summed over nodes (ties by name), each with its node count, ten at most."""
+    counts = {"small": {"n1": 1}, "split": {"n1": 3, "n2": 4}, "big": {"n2": 6}, "tie-b": {"n1": 2}, "tie-a": {"n2": 2}}
+    assert largest_topics(counts, 4) == [
+        {"topic": "split", "subscribers": 7, "nodes": 2}, {"topic": "big", "subscribers": 6, "nodes": 1},
+        {"topic": "tie-a", "subscribers": 2, "nodes": 1}, {"topic": "tie-b", "subscribers": 2, "nodes": 1}]
+    many = {f"t{i:02}": {"n1": i} for i in range(1, 30)}
+    assert [t["topic"] for t in largest_topics(many)] == [f"t{i:02}" for i in range(29, 19, -1)]
+    assert largest_topics({}) == []
 
 
 def test_as_sender_replaces_only_the_authorization_header() -> None:

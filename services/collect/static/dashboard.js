@@ -30,18 +30,29 @@ function nodeRow(node, total) {
     h("td", { class: "num hide-narrow" }, count(node.delivered)));
 }
 
+function topicRow(topic, largest) {
+  return h("tr", { "data-topic": topic.topic },
+    h("td", { class: "topic mono" }, topic.topic),
+    h("td", { class: "num subscribers" }, count(topic.subscribers)),
+    h("td", { class: "bar-cell hide-narrow" }, h("div", { class: "meter" }, h("div", { style: `width: ${((100 * topic.subscribers) / largest).toFixed(1)}%` }))),
+    h("td", { class: "num nodes" }, count(topic.nodes)));
+}
+
 function render(snap) {
   const up = snap.nodes.filter((n) => n.up);
   const connections = up.reduce((sum, n) => sum + n.connections, 0);
   $("nodes-up").textContent = `${up.length}/${snap.nodes.length}`;
   $("connections").textContent = count(connections);
-  $("users").textContent = count(up.reduce((sum, n) => sum + n.users, 0));
+  $("users-online").textContent = count(snap.users_online);
   $("pending").textContent = count(snap.pending);
   $("accepted").textContent = count(snap.messages.accepted);
   $("delivered").textContent = count(snap.messages.delivered);
   $("nodes").replaceChildren(...(snap.nodes.length
     ? snap.nodes.map((n) => nodeRow(n, connections))
     : [h("tr", {}, h("td", { colspan: "5", class: "empty" }, "No push node is alive."))]));
+  $("topics").replaceChildren(...(snap.topics.length
+    ? snap.topics.map((t) => topicRow(t, snap.topics[0].subscribers))
+    : [h("tr", {}, h("td", { colspan: "4", class: "empty" }, "No topic has a subscriber."))]));
 
   const seconds = previous && (snap.ts - previous.ts) / 1000;
   for (const key of ["accepted", "dispatched", "delivered"]) {
