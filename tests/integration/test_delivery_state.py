@@ -291,7 +291,7 @@ async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_inst
     """Node ids without a card and idle consumers with nothing pending are removed; a live node and this instance stay."""
     redis_url, mongo_db = servers.fresh_database()
     redis = Redis.from_url(redis_url)
-    await RouteWriter(redis, "alive", 3600, 30).heartbeat(NodeCard("alive", "ws://x", "ws://y"), [])
+    await RouteWriter(redis, "alive", 3600, 30).heartbeat(NodeCard("alive", "ws://x", "ws://y"))
     await redis.sadd("nodes", "ghost")
     stream = DeliveryStream(redis)
     await stream.ensure_group()
