@@ -29,20 +29,20 @@ class Api:
         self.collect_url = collect_url
         self.session = session
 
-    async def token(self, user_id: str, ttl_seconds: int = 3600) -> str:
-        async with self.session.post(f"{self.auth_url}/v1/tokens", json={"user_id": user_id, "ttl_seconds": ttl_seconds},
-                                     headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
+    async def token(self, user_id: str, ttl_seconds: int = 3600, topics: list[str] | None = None) -> str:
+        ask: dict[str, Any] = {"user_id": user_id, "ttl_seconds": ttl_seconds, **({"topics": topics} if topics else {})}
+        async with self.session.post(f"{self.auth_url}/v1/tokens", json=ask, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
             if r.status != 200:
                 raise RuntimeError(f"auth answered {r.status}: {await r.text()}")
             return (await r.json())["token"]
 
-    async def tokens(self, user_ids: list[str], concurrency: int = 32) -> list[str]:
-        """Tokens for many users, a bounded number of requests in flight."""
+    async def tokens(self, user_ids: list[str], concurrency: int = 32, topics: list[str] | None = None) -> list[str]:
+        """Tokens for many users (granting ``topics``), a bounded number of requests in flight."""
         gate = asyncio.Semaphore(concurrency)
 
         async def one(user_id: str) -> str:
             async with gate:
-                return await self.token(user_id)
+                return await self.token(user_id, topics=topics)
 
         return await asyncio.gather(*(one(u) for u in user_ids))
 

@@ -16,6 +16,12 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
 * connections: ``--connections`` idle sockets to one push node from several client processes
   (``--per-process`` each, each bound to its own 127.x source address): connect rate, the node's
   RSS and memory per connection, and the Redis commands the node issues over ``--idle-seconds``.
+* broadcast (only when named): ``--fanout-sockets`` sockets over both push nodes, from client processes
+  of ``--per-process``; ``--broadcasts`` broadcasts one second apart: for each, the time from its POST
+  to its last socket's receipt, and how many sockets it reached.
+* topic (only when named): ``--topic-subscribers`` sockets over both nodes subscribed to one topic;
+  one topic message per POST at ``--topic-rate`` for ``--topic-seconds``: deliveries, lost,
+  duplicates, latency percentiles from acceptance to socket, the CPU split.
 * expiry (only when named): ``--expiry-deliveries`` open deliveries already past their expiry in a
   scratch Redis database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire``
   pages dispatch's reconciler runs: deliveries expired per second. Unlike the others it calls the
@@ -52,6 +58,7 @@ import uvloop
 
 from loadtest.api import Api, Rejected
 from loadtest.cpu import CpuMeter, cpu_seconds
+from loadtest.fanout import FanoutReport, FanoutShare, listen
 from loadtest.fleet import Fleet
 from loadtest.idle import hold
 from loadtest.inbox import NO_TALLY, Inbox, Tally, Users
@@ -65,7 +72,7 @@ MB = 1024 * 1024
 SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
 EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
 DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
-SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "expiry")
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "expiry")
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,6 +95,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=10_000, help="connections: idle sockets opened to one push node")
     p.add_argument("--per-process", type=int, default=5_000, help="connections: sockets per client process (one 127.x source each)")
     p.add_argument("--idle-seconds", type=float, default=30.0, help="connections: window over which the node's Redis commands are counted")
+    p.add_argument("--fanout-sockets", type=int, default=10_000, help="broadcast: sockets over both push nodes")
+    p.add_argument("--broadcasts", type=int, default=5, help="broadcast: broadcasts posted, one second apart")
+    p.add_argument("--topic-subscribers", type=int, default=5_000, help="topic: sockets subscribed to the topic")
+    p.add_argument("--topic-rate", type=float, default=100.0, help="topic: topic messages per second")
+    p.add_argument("--topic-seconds", type=float, default=20.0, help="topic: how long to post at --topic-rate")
     p.add_argument("--node", type=int, default=0, help="connections: index of the push node to load")
     p.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last message of a scenario "
                    "(storm: after the last welcome); what arrived by then is reported")
@@ -397,8 +409,101 @@ async def scenario_connections(target: Target, api: Api, table: Table, args: arg
         await asyncio.to_thread(fleet.close)
 
 
+async def all_connected(api: Api, target: Target, count: int, timeout: float = 120) -> None:
+    """Wait until the push nodes report ``count`` open sockets between them (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        healths = await asyncio.gather(*(node_health(api.session, url) for url in target.push_urls))
+        if sum(int(h["connections"]) for h in healths) >= count:
+            return
+        await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def fanout_fleet(target: Target, api: Api, args: argparse.Namespace, run: str, sockets: int, topic: str | None,
+                       expect: int) -> AsyncIterator[Callable[[], Awaitable[list[FanoutReport]]]]:
+    """Client processes holding ``sockets`` sockets over every node (subscribed to ``topic``), all up on entry; gives
+    a function that waits for their reports."""
+    tokens = await api.tokens([f"{run}-f{i}" for i in range(sockets)], topics=[topic] if topic else None)
+    urls = [target.ws_url(i) for i in range(len(target.push_urls))]
+    shares = [FanoutShare(tokens[i:i + args.per_process], urls, topic, expect, args.timeout)
+              for i in range(0, sockets, args.per_process)]
+    fleet = Fleet(partial(listen, args.connect_concurrency), shares, max_hold_seconds=args.timeout + 600)
+    try:
+        await asyncio.to_thread(fleet.start)
+        reports = asyncio.ensure_future(asyncio.to_thread(fleet.go))
+        await all_connected(api, target, sockets)
+        await asyncio.sleep(1)  # the nodes write new topic subscriptions to Redis in coalesced batches
+
+        async def results() -> list[FanoutReport]:
+            return await reports
+
+        yield results
+    finally:
+        await asyncio.to_thread(fleet.close)
+
+
+def report_fanout(table: Table, name: str, reports: list[FanoutReport], messages: int) -> None:
+    """Sockets, the delivery tally (each socket up should get each of ``messages``), latency, client CPU."""
+    connected = sum(r.connected for r in reports)
+    expected = connected * messages
+    failures = sum((r.failures for r in reports), Counter[str]())
+    table.add(name, "sockets up / failed / subscription refused",
+              f"{connected:,} / {counted(failures)} / {sum(r.refused for r in reports):,}")
+    delivered = sum(r.deliveries for r in reports)
+    table.add(name, "deliveries expected / arrived / missing by --timeout / duplicates",
+              f"{expected:,} / {delivered:,} / {expected - delivered:,} / {sum(r.duplicates for r in reports):,}")
+    table.add(name, "latency p50/p90/p99/max (acceptance to socket)", latency_summary([ms for r in reports for ms in r.latencies_ms]))
+    report_busy(table, name, [r.busy for r in reports])
+
+
+async def scenario_broadcast(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    n = args.fanout_sockets
+    table.add("broadcast", "sockets / broadcasts", f"{n:,} over {len(target.push_urls)} nodes / {args.broadcasts}")
+    async with fanout_fleet(target, api, args, run, n, None, args.broadcasts) as results:
+        meter, posted = CpuMeter(target.processes), {}
+        for _ in range(args.broadcasts):
+            started = time.time()
+            (mid,) = await api.post({"broadcast": True, "payload": {"n": len(posted)}})
+            posted[mid] = started
+            await asyncio.sleep(1)
+        reports = await results()
+        report_cpu(table, "broadcast", meter, sum(r.deliveries for r in reports))
+    for k, (mid, started) in enumerate(posted.items(), 1):
+        reached = sum(r.per_message[mid] for r in reports)
+        last = max((r.last_arrival[mid] for r in reports if mid in r.last_arrival), default=None)
+        table.add("broadcast", f"broadcast {k}: sockets reached / POST to last socket",
+                  f"{reached:,} / {(last - started) * 1000:.0f} ms" if last else f"{reached:,} / none arrived")
+    report_fanout(table, "broadcast", reports, len(posted))
+
+
+async def scenario_topic(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    n, topic = args.topic_subscribers, f"{run}:bench"
+    total = int(args.topic_rate * args.topic_seconds)
+    table.add("topic", "subscribers / rate / seconds", f"{n:,} / {args.topic_rate:g} msgs/s / {args.topic_seconds:g}")
+    async with fanout_fleet(target, api, args, run, n, topic, total) as results:
+        meter, rejected, loop = CpuMeter(target.processes), Counter[str](), asyncio.get_running_loop()
+        start, accepted = loop.time(), 0
+
+        async def post(k: int) -> None:
+            nonlocal accepted
+            await asyncio.sleep(max(0.0, start + k / args.topic_rate - loop.time()))
+            try:
+                await api.post({"topic": topic, "payload": {"n": k}})
+                accepted += 1
+            except Rejected as exc:
+                rejected[exc.reason] += 1
+
+        await asyncio.gather(*(post(k) for k in range(total)))
+        report_rejected(table, "topic", rejected)
+        reports = await results()
+        report_cpu(table, "topic", meter, sum(r.deliveries for r in reports))
+    report_fanout(table, "topic", reports, accepted)
+
+
 SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,
-             "connections": scenario_connections, "expiry": scenario_expiry}
+             "connections": scenario_connections, "broadcast": scenario_broadcast, "topic": scenario_topic,
+             "expiry": scenario_expiry}
 
 
 async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from services.push.metrics import CONNECTIONS, SLOW_CLOSED, USERS
@@ -205,12 +206,18 @@ class Hub:
         if len(self._published) > PUBLISHED_MEMORY:
             self._published.popitem(last=False)
         sessions = self.sessions() if topic == BROADCAST else list(self._by_topic.get(topic, ()))
+        # One frame for every socket, serialised once: a server's frames are unmasked and compression is off on
+        # this server, so the bytes are the same for all, and each socket's transport just appends them. This
+        # skips what websockets' broadcast() redoes per socket (encoding and framing), about half the node's CPU
+        # per socket. Nothing else writes partial frames (the node never fragments), so frames cannot interleave.
+        wire = Frame(Opcode.TEXT, frame.encode()).serialize(mask=False)
         written = 0
         for start in range(0, len(sessions), PUBLISH_SLICE):
             if start:
                 await asyncio.sleep(0)  # let the loop serve others between slices of a big topic
             chunk = sessions[start:start + PUBLISH_SLICE]
             live = [s.ws for s in chunk if s.welcomed and s.open and not self._too_slow(s)]
-            broadcast(live, frame)
+            for ws in live:
+                ws.transport.write(wire)
             written += len(live)
         return written

@@ -1,0 +1,112 @@
+"""The broadcast and topic scenarios' client side: a worker (see ``loadtest.fleet``) that holds many
+sockets, subscribed to a topic or not, and records when each message reaches each of them.
+
+Each socket counts the messages it receives by id; a message reaching the same socket twice is a
+duplicate. The latency of a delivery is its arrival minus the frame's ``ts`` (when collect accepted
+it), recorded on every tenth socket to keep the report small; the parent also gets each message's
+last arrival, to time a broadcast to its last socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import orjson
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from loadtest.inbox import open_socket
+
+
+@dataclass
+class FanoutShare:
+    tokens: list[str]
+    urls: list[str]  # socket i goes to urls[i % len(urls)]
+    topic: str | None  # subscribe every socket to it (None: broadcast only)
+    expect: int  # messages the parent will post: each socket should get each once
+    timeout: float  # the longest this worker waits for them after its sockets are up
+
+
+@dataclass
+class FanoutReport:
+    connected: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    refused: int = 0  # sockets whose subscription the node refused
+    deliveries: int = 0
+    duplicates: int = 0
+    last_arrival: dict[str, float] = field(default_factory=dict)  # message id -> its last arrival here
+    per_message: Counter[str] = field(default_factory=Counter)  # message id -> sockets it reached here
+    latencies_ms: list[float] = field(default_factory=list)  # a sample: every tenth socket's deliveries
+    busy: float = 0.0  # this process's CPU over its work, as a fraction of one core
+
+
+async def subscribed(ws: ClientConnection, topic: str) -> bool:
+    await ws.send(orjson.dumps({"type": "subscribe", "topics": [topic]}).decode())
+    answer = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+    return answer.get("type") == "subscribed" and topic in answer.get("topics", [])
+
+
+@contextlib.asynccontextmanager
+async def listen(concurrency: int, source: str, share: FanoutShare) -> AsyncIterator[FanoutReport]:
+    """Open (and subscribe) every socket of ``share``, receive until each has ``expect`` messages or nothing new
+    arrived for 10 s (at most ``timeout``), report; the sockets close when left."""
+    report, gate, sockets = FanoutReport(), asyncio.Semaphore(concurrency), []
+    cpu, wall = time.process_time(), time.monotonic()
+
+    async def one(i: int, token: str) -> None:
+        async with gate:
+            try:
+                ws = await open_socket(share.urls[i % len(share.urls)], token, source)
+            except Exception as exc:  # counted and reported: the parent prints failures by kind
+                report.failures[type(exc).__name__] += 1
+                return
+            if share.topic is not None and not await subscribed(ws, share.topic):
+                report.refused += 1
+            sockets.append(ws)
+            report.connected += 1
+
+    await asyncio.gather(*(one(i, t) for i, t in enumerate(share.tokens)))
+    changed = asyncio.Event()
+
+    async def receive(ws: ClientConnection, sampled: bool) -> None:
+        seen: set[str] = set()
+        with contextlib.suppress(ConnectionClosed):
+            async for data in ws:
+                frame = orjson.loads(data)
+                if frame.get("type") != "message":
+                    continue
+                now, mid = time.time(), frame["id"]
+                if mid in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(mid)
+                report.deliveries += 1
+                report.per_message[mid] += 1
+                report.last_arrival[mid] = now
+                if sampled:
+                    report.latencies_ms.append(now * 1000 - frame["ts"])
+                changed.set()
+                if len(seen) == share.expect:
+                    return
+
+    readers = [asyncio.create_task(receive(ws, i % 10 == 0)) for i, ws in enumerate(sockets)]
+    deadline = time.monotonic() + share.timeout
+    while report.deliveries < share.expect * len(sockets) and time.monotonic() < deadline:
+        changed.clear()
+        try:
+            await asyncio.wait_for(changed.wait(), 10 if report.deliveries else share.timeout)
+        except TimeoutError:
+            break
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    report.busy = (time.process_time() - cpu) / (time.monotonic() - wall)
+    try:
+        yield report
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
