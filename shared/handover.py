@@ -18,13 +18,13 @@ from redis.asyncio import Redis
 
 from shared.inbox import Inbox
 from shared.message import Message, by_post
-from shared.stream import DeliveryStream
+from shared.stream import ShardedStream
 
 HANDOVER_KEY = "handover"
 
 
 class Handover:
-    def __init__(self, redis: Redis, inbox: Inbox, stream: DeliveryStream) -> None:
+    def __init__(self, redis: Redis, inbox: Inbox, stream: ShardedStream) -> None:
         self.redis = redis
         self.inbox = inbox
         self.stream = stream

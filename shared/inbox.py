@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter, defaultdict
+from itertools import chain
 from typing import Iterable
 
 from redis.asyncio import Redis
@@ -64,12 +65,8 @@ class Inbox:
         if expiry:
             pipe.zadd(EXPIRY_KEY, expiry)
         if inboxes:
-            args: list[str | int] = [self.limit]
-            for entries in inboxes.values():
-                args.append(len(entries))
-                for m, ts in entries.items():
-                    args += [ts, m]
-            await self.scripts.open_inboxes(keys=[inbox_key(u) for u in inboxes], args=args, client=pipe)
+            per_key = [[len(entries), *chain.from_iterable((ts, m) for m, ts in entries.items())] for entries in inboxes.values()]
+            await self.scripts.open_inboxes.stage(pipe, [inbox_key(u) for u in inboxes], per_key, head=[self.limit])
 
     async def open(self, messages: list[Message]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -128,7 +125,7 @@ class Inbox:
         """Remove each (message, user) from the user's inbox; return those that were there."""
         if not pairs:
             return []
-        flags = await self.scripts.zrem_each(keys=[inbox_key(u) for _, u in pairs], args=[m for m, _ in pairs])
+        flags = await self.scripts.zrem_each.each([inbox_key(u) for _, u in pairs], [[m] for m, _ in pairs])
         return [p for p, there in zip(pairs, flags) if there]
 
     async def _settle(self, closed: Counter[str]) -> None:

@@ -5,11 +5,12 @@ Keys:
 * ``route:{user}`` -- a HASH node id -> how many of the user's sockets that node holds (presence reads
   the counts, dispatch the node ids), with a long TTL (``route_ttl``) that only
   collects garbage left by dead nodes;
-* ``node:{id}`` -- the node's JSON card (link URL, public URL, load), signed with the internal key
+* ``node:{nodes}:<id>`` -- the node's JSON card (link URL, public URL, load), signed with the internal key
   (``shared.signing``), with a short TTL (``node_ttl``) renewed by the node's heartbeat: this key
   *is* the node's liveness, and a card that does not verify is no node at all;
-* ``nodes`` -- a SET of every node id seen, for enumeration without KEYS/SCAN;
-* ``topic:{name}`` and ``topics`` -- which nodes hold a topic's subscribers (``shared.topicmap``),
+* ``{nodes}`` -- a SET of every node id seen, for enumeration without KEYS/SCAN; the cards share its
+  hash tag, so one MGET reads them all on a Redis Cluster too (``shared.slots``);
+* ``topic:{topics}:<name>`` and ``{topics}`` -- which nodes hold a topic's subscribers (``shared.topicmap``),
   written on the same pipelines as the routes.
 
 A route counts only while its node's card exists, so a killed node stops being routed to when its
@@ -32,7 +33,7 @@ from shared.signing import CARD, proof, proven
 from shared.topicmap import TopicWriter
 
 log = logging.getLogger(__name__)
-NODES_KEY = "nodes"
+NODES_KEY = "{nodes}"  # the hash tag puts the cards and their index on one slot (``shared.slots``, rule 3)
 
 
 def route_key(user_id: str) -> str:
@@ -40,7 +41,7 @@ def route_key(user_id: str) -> str:
 
 
 def node_key(node_id: str) -> str:
-    return f"node:{node_id}"
+    return f"node:{NODES_KEY}:{node_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,7 @@ class RouteReader:
         if not users:
             return {}
         alive = set(live)
-        replies = await self.scripts.hgetall_each(keys=[route_key(u) for u in users])
+        replies = await self.scripts.hgetall_each.each([route_key(u) for u in users])
         found = {}
         for user, flat in zip(users, replies):
             nodes = {n.decode(): int(c) for n, c in zip(flat[::2], flat[1::2]) if n.decode() in alive and int(c) > 0}

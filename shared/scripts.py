@@ -3,13 +3,20 @@
 redis-py spends ~15 µs of Python on each pipelined command, far more than Redis spends running it,
 and the hot paths issue one per recipient. These scripts take a batch of keys and run the same
 commands inside Redis: one command to pack and one reply to parse (in C, by hiredis). Every key is
-declared in KEYS; on a Redis Cluster a call may only hold keys of one slot, so a caller there
-would split its batch by slot.
+declared in KEYS; on a Redis Cluster a call may only hold keys of one slot, so ``SlotScript`` splits
+the batch by slot (``shared.slots``, rule 2) and reassembles the replies in key order.
 """
 
 from __future__ import annotations
 
+from itertools import chain
+from typing import Any, Sequence
+
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared.clients import is_cluster
+from shared.slots import slot_groups
 
 # KEYS: inboxes; ARGV[1]: the limit, then for each key: a count n and n (score, member) pairs.
 OPEN_INBOXES = """
@@ -46,8 +53,49 @@ return hashes
 """
 
 
+class SlotScript:
+    """A script over a batch of keys, each key with its own arguments after common ones (``head``): one call on a
+    single Redis, one per hash slot on a cluster."""
+
+    def __init__(self, redis: Redis, body: str) -> None:
+        self.redis = redis
+        self.body = body
+        self.cluster = is_cluster(redis)
+        self.script = redis.register_script(body)
+
+    async def stage(self, pipe: Pipeline, keys: Sequence[str], per_key: Sequence[Sequence[Any]] | None = None,
+                    head: Sequence[Any] = ()) -> list[list[int]]:
+        """Queue the calls on ``pipe``, one per group of key positions; return the groups (their replies come in order)."""
+        groups = slot_groups(self.redis, keys)
+        for group in groups:
+            group_keys = [keys[i] for i in group]
+            args = [*head, *chain.from_iterable(per_key[i] for i in group)] if per_key is not None else list(head)
+            if self.cluster:
+                pipe.eval(self.body, len(group_keys), *group_keys, *args)
+            else:
+                await self.script(keys=group_keys, args=args, client=pipe)
+        return groups
+
+    async def each(self, keys: Sequence[str], per_key: Sequence[Sequence[Any]] | None = None,
+                   head: Sequence[Any] = ()) -> list[Any]:
+        """Run a script that answers a list with one reply per key; return the replies in ``keys`` order."""
+        if not keys:
+            return []
+        if not self.cluster:
+            args = [*head, *chain.from_iterable(per_key)] if per_key is not None else list(head)
+            return list(await self.script(keys=list(keys), args=args))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            groups = await self.stage(pipe, keys, per_key, head)
+            replies = await pipe.execute()
+        out: list[Any] = [None] * len(keys)
+        for group, reply in zip(groups, replies):
+            for i, value in zip(group, reply):
+                out[i] = value
+        return out
+
+
 class Scripts:
     def __init__(self, redis: Redis) -> None:
-        self.open_inboxes = redis.register_script(OPEN_INBOXES)
-        self.zrem_each = redis.register_script(ZREM_EACH)
-        self.hgetall_each = redis.register_script(HGETALL_EACH)
+        self.open_inboxes = SlotScript(redis, OPEN_INBOXES)
+        self.zrem_each = SlotScript(redis, ZREM_EACH)
+        self.hgetall_each = SlotScript(redis, HGETALL_EACH)

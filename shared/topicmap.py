@@ -2,12 +2,13 @@
 
 Keys:
 
-* ``topic:{name}`` -- a HASH node id -> how many of that node's sockets are subscribed, with the same
+* ``topic:{topics}:<name>`` -- a HASH node id -> how many of that node's sockets are subscribed, with the same
   long garbage-collection TTL as user routes (renewed by the node's heartbeat). A node writes its field
   only when its local count changes (coalesced with its route writes, one script call per flush) and
   deletes it with its last local subscriber and when it withdraws at shutdown;
-* ``topics`` -- a SET of topic names that had a subscriber, for enumeration; a name leaves it when its
-  hash empties, so an entry can only be briefly stale, and readers skip empty ones.
+* ``{topics}`` -- a SET of topic names that had a subscriber, for enumeration; a name leaves it when its
+  hash empties, so an entry can only be briefly stale, and readers skip empty ones. Both share the
+  ``{topics}`` hash tag, so the script below writes them together on a Redis Cluster too (``shared.slots``).
 
 Like a route, a field counts only while its node's card is live: a killed node stops counting (and
 being sent topic messages) when its card expires, without anyone deleting its fields.
@@ -20,7 +21,9 @@ from typing import Iterable, Mapping
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-TOPICS_KEY = "topics"
+from shared.scripts import SlotScript
+
+TOPICS_KEY = "{topics}"  # the hash tag keeps the counts and their index on one slot: one script writes both
 
 # KEYS: topic hashes, then the ``topics`` set; ARGV: node id, ttl, then per hash its name and this node's count.
 # A count > 0 sets the node's field (and renews the TTL); 0 drops it, and the name once the hash is empty.
@@ -42,7 +45,7 @@ return #KEYS - 1
 
 
 def topic_key(topic: str) -> str:
-    return f"topic:{topic}"
+    return f"topic:{TOPICS_KEY}:{topic}"
 
 
 class TopicWriter:
@@ -51,16 +54,14 @@ class TopicWriter:
     def __init__(self, redis: Redis, node_id: str, ttl: int) -> None:
         self.node_id = node_id
         self.ttl = ttl
-        self.script = redis.register_script(WRITE_COUNTS)
+        self.script = SlotScript(redis, WRITE_COUNTS)
 
     async def stage(self, pipe: Pipeline, counts: Mapping[str, int]) -> None:
         """Queue one script call writing these topics' local counts (0 removes this node from the topic)."""
         if not counts:
             return
-        args: list[str | int] = [self.node_id, self.ttl]
-        for topic, count in counts.items():
-            args += [topic, count]
-        await self.script(keys=[*map(topic_key, counts), TOPICS_KEY], args=args, client=pipe)
+        per_key = [*([topic, count] for topic, count in counts.items()), []]  # the index key last, with no arguments
+        await self.script.stage(pipe, [*map(topic_key, counts), TOPICS_KEY], per_key, head=[self.node_id, self.ttl])
 
 
 class TopicReader:

@@ -30,7 +30,7 @@ from shared.openapi import openapi_route
 from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
 from shared.topicmap import TopicReader
-from shared.stream import DeliveryStream
+from shared.stream import ShardedStream
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     inbox = Inbox(redis, config.inbox_limit)
-    handover = Handover(redis, inbox, DeliveryStream(redis, config.stream_maxlen))
+    handover = Handover(redis, inbox, ShardedStream(redis, config.stream_maxlen, config.stream_shards))
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)

@@ -16,6 +16,7 @@ MAX_DELIVERIES            100000                      most deliveries (messages 
 MESSAGE_TTL_SECONDS       604800                      default lifetime of an undelivered message (7 days; 30 at most)
 INBOX_LIMIT               10000                       most open messages kept per user in Redis (the oldest go first)
 STREAM_MAXLEN             1000000                     about this many posts may wait for dispatch; past it the oldest lose only their live push
+STREAM_SHARDS             1                           streams the posts are spread over (``shared/slots.py``); the same in dispatch
 DISPATCH_URL              http://127.0.0.1:8003       dispatch's HTTP base, scraped by ``GET /v1/stats``
 AUTH_URL                  http://127.0.0.1:8001       auth, asked for tokens by the development route ``POST /dev/tokens``
 AUTH_ADMIN_KEY            dev-admin-key               auth's admin key, used only by ``POST /dev/tokens`` (absent in production)
@@ -58,6 +59,7 @@ class CollectConfig:
     message_ttl_seconds: int
     inbox_limit: int
     stream_maxlen: int
+    stream_shards: int
     dispatch_url: str
     auth_url: str
     auth_admin_key: str
@@ -83,6 +85,7 @@ class CollectConfig:
             message_ttl_seconds=env("MESSAGE_TTL_SECONDS", 7 * 24 * 3600),
             inbox_limit=env("INBOX_LIMIT", 10_000),
             stream_maxlen=env("STREAM_MAXLEN", 1_000_000),
+            stream_shards=env("STREAM_SHARDS", 1),
             dispatch_url=env("DISPATCH_URL", "http://127.0.0.1:8003"),
             auth_url=env("AUTH_URL", "http://127.0.0.1:8001"),
             auth_admin_key=env("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),

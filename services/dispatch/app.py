@@ -17,12 +17,13 @@ from services.dispatch.lease import Lease
 from services.dispatch.links import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
 from services.dispatch.router import Router
+from shared.breaker import CLOSED
 from shared.clients import redis_client
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.routing import RouteReader
 from shared.store import MessageStore
-from shared.stream import DeliveryStream
+from shared.stream import ShardedStream
 from shared.web import EXCEPTION_HANDLERS, ops_routes
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,10 @@ def create_app(config: DispatchConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     lifecycle = LifecycleWriter(store)
-    stream = DeliveryStream(redis)
+    stream = ShardedStream(redis, shards=config.stream_shards)
     links = LinkPool(config.internal_key, config.link_timeout)
     routes = RouteReader(redis, config.internal_key)
-    router = Router(config, stream, routes, links)
+    routers = [Router(config, shard, routes, links) for shard in stream.shards]  # one read loop per stream shard
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)
 
@@ -45,14 +46,16 @@ def create_app(config: DispatchConfig) -> Starlette:
         except RedisError:
             redis_ok = False
         mongo_ok = await store.ping()
-        loop_ok = time.time() - router.last_cycle < config.block_ms / 1000 + 10
+        loop_ok = all(time.time() - r.last_cycle < config.block_ms / 1000 + 10 for r in routers)
+        redis_breaker = next((r.breaker.state for r in routers if r.breaker.state != CLOSED), CLOSED)
         return {"ok": redis_ok and mongo_ok and loop_ok, "service": "dispatch", "redis": redis_ok, "mongo": mongo_ok,
-                "router": loop_ok, "breakers": {"redis": router.breaker.state, "mongodb": store.breaker.state},
+                "router": loop_ok, "breakers": {"redis": redis_breaker, "mongodb": store.breaker.state},
                 "links": sorted(links.links)}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(loop()) for loop in (router.run, lifecycle.run, reconciler.run)]
+        loops = [*(r.run for r in routers), lifecycle.run, reconciler.run]
+        tasks = [asyncio.create_task(loop()) for loop in loops]
         yield
         for task in tasks:
             task.cancel()

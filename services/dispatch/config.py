@@ -7,6 +7,7 @@ DISPATCH_HOST / _PORT      127.0.0.1 / 8003            where ``/healthz`` and ``
 DISPATCH_CONSUMER          ``{hostname}-{pid}``        this instance's name in the consumer group
 REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes (``redis://:PASSWORD@host:port/db`` for AUTH)
 INTERNAL_KEY               dev-internal-key            shared with push nodes: verifies their cards and proves the link both ways (never sent)
+STREAM_SHARDS              1                           streams collect spreads posts over (``shared/slots.py``): one read loop each
 BATCH_SIZE                 200                         most stream entries (posts) read at once
 BATCH_BYTES                900000                      most frame bytes sent to a node in one batch (under its MAX_FRAME_BYTES)
 BLOCK_MS                   1000                        how long one stream read waits for entries
@@ -46,6 +47,7 @@ class DispatchConfig:
     consumer: str
     redis_url: str
     internal_key: str
+    stream_shards: int
     batch_size: int
     batch_bytes: int
     block_ms: int
@@ -74,6 +76,7 @@ class DispatchConfig:
             consumer=env("DISPATCH_CONSUMER", f"{socket.gethostname()}-{os.getpid()}"),
             redis_url=env("REDIS_URL", DEFAULT_REDIS_URL),
             internal_key=internal_key,
+            stream_shards=env("STREAM_SHARDS", 1),
             batch_size=env("BATCH_SIZE", 200),
             batch_bytes=env("BATCH_BYTES", 900_000),
             block_ms=env("BLOCK_MS", 1000),

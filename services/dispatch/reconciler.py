@@ -32,7 +32,7 @@ from shared.lifecycle import LifecycleWriter
 from shared.retry import Backoff
 from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
-from shared.stream import DeliveryStream
+from shared.stream import ShardedStream
 
 log = logging.getLogger(__name__)
 EXPIRED = Counter("dispatch_expired_total", "Deliveries closed because their message expired")
@@ -45,7 +45,7 @@ IDLE_CONSUMER_MS = 3_600_000  # a dispatch instance silent for an hour with noth
 
 class Reconciler:
     def __init__(self, config: DispatchConfig, store: MessageStore, inbox: Inbox, lifecycle: LifecycleWriter,
-                 lease: Lease, routes: RouteReader, stream: DeliveryStream) -> None:
+                 lease: Lease, routes: RouteReader, stream: ShardedStream) -> None:
         self.config = config
         self.store = store
         self.inbox = inbox

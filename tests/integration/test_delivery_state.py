@@ -25,9 +25,9 @@ from shared.lifecycle import LifecycleWriter
 from shared.message import Message, message_id, post_of
 from shared.protocol import MessageFrame
 from shared.routing import now_ms
-from shared.routing import NodeCard, RouteReader, RouteWriter
+from shared.routing import NODES_KEY, NodeCard, RouteReader, RouteWriter
 from shared.store import MessageStore
-from shared.stream import DeliveryStream
+from shared.stream import ShardedStream
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
 from tests.integration.test_delivery_guarantees import FAST, wait_for_state
@@ -195,7 +195,7 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     config = DispatchConfig.from_env()
     lifecycle = LifecycleWriter(store)
     reconciler = Reconciler(config, store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000),
-                            RouteReader(redis, DEV_INTERNAL_KEY), DeliveryStream(redis))
+                            RouteReader(redis, DEV_INTERNAL_KEY), ShardedStream(redis))
     counter.commands.clear()
     await redis.config_resetstat()
     await reconciler.reconcile()
@@ -292,8 +292,9 @@ async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_inst
     redis_url, mongo_db = servers.fresh_database()
     redis = Redis.from_url(redis_url)
     await RouteWriter(redis, "alive", 3600, 30).heartbeat(NodeCard("alive", "ws://x", "ws://y"))
-    await redis.sadd("nodes", "ghost")
-    stream = DeliveryStream(redis)
+    await redis.sadd(NODES_KEY, "ghost")
+    streams = ShardedStream(redis)
+    (stream,) = streams.shards
     await stream.ensure_group()
     for consumer in ("gone-1", "me"):  # each takes one entry and acknowledges it: nothing left pending
         await redis.xadd("push:deliveries", {"p": "x", "t": 0})
@@ -302,9 +303,9 @@ async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_inst
     monkeypatch.setenv("DISPATCH_CONSUMER", "me")
     store = MessageStore(servers.mongo_url, mongo_db)
     reconciler = Reconciler(DispatchConfig.from_env(), store, Inbox(redis), LifecycleWriter(store),
-                            Lease(redis, "lease:test", "me", 10_000), RouteReader(redis, DEV_INTERNAL_KEY), stream)
+                            Lease(redis, "lease:test", "me", 10_000), RouteReader(redis, DEV_INTERNAL_KEY), streams)
     await reconciler.tidy(idle_consumer_ms=0)
-    assert await redis.smembers("nodes") == {b"alive"}
+    assert await redis.smembers(NODES_KEY) == {b"alive"}
     assert [c["name"] for c in await redis.xinfo_consumers("push:deliveries", "dispatch")] == [b"me"]
     await store.close()
     await redis.aclose()

@@ -1,0 +1,52 @@
+"""The rules every Redis key follows so the same code runs on one Redis and on a Redis Cluster.
+
+A Redis Cluster splits the keyspace into 16384 hash slots spread over its masters; a key's slot is
+CRC16 of the key, or of the part between its first ``{`` and the next ``}`` (its *hash tag*) when
+there is one. One command, ``MULTI`` or Lua script may only touch keys of a single slot. So:
+
+1. **One key per command wherever possible.** Pipelines of single-key commands are fine anywhere:
+   redis-py's ``RedisCluster`` splits a pipeline by node and sends each part at once. Pipelines are
+   never transactions (``transaction=False``); nothing uses ``MULTI``/``WATCH``.
+2. **A batch script runs once per slot** (``shared.scripts.SlotScript``): its keys are grouped by
+   ``key_slot`` and each group is one call, queued on one pipeline. On a single Redis there is one
+   group, one call, as before (no cost there); on a cluster the body is sent with each call
+   (``EVAL``, not ``EVALSHA``: a node's script cache is lost by a failover or a restart, and redis-py
+   refuses ``EVALSHA`` in a cluster pipeline).
+3. **Keys used together in one command or script share a hash tag**, chosen for small, rarely
+   written sets: node cards and their index (``node:{nodes}:<id>``, ``{nodes}``: one ``MGET`` reads
+   every card) and topic counts and their index (``topic:{topics}:<name>``, ``{topics}``: one script
+   writes a count and keeps the index true). Each tag is one slot, hence one master: fine for a few
+   hundred nodes and topics, written only when a count changes.
+4. **Per-user and per-post keys have no tag** (``inbox:<user>``, ``route:<user>``, ``post:<id>``), so
+   they spread over every master; they are only ever batched through rule 2 or pipelines (rule 1).
+5. **Singletons** (``expiry``, ``handover``, ``state:epoch``, ``lease:reconciler``) take single-key
+   commands only; each lives on one master.
+6. **A stream that would be a hot spot is sharded**: ``STREAM_SHARDS`` streams
+   (``push:deliveries:<i>``; ``push:deliveries`` when 1, the default), a post going to one by the
+   CRC32 of its id, each with its own consumer group; every dispatch instance reads every shard, one
+   loop per shard (``shared.stream``).
+7. **Nothing enumerates the keyspace** (no ``KEYS``, no ``SCAN``): sets (``{nodes}``, ``{topics}``)
+   list what must be listed. A cluster has no database numbers: one cluster holds one deployment.
+
+A new key follows the same rules: give it a tag only if a script or multi-key command must see it
+with another key, and batch per-entity keys through ``SlotScript`` or a pipeline.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+from redis.crc import key_slot
+
+from shared.clients import is_cluster
+
+
+def slot_groups(redis: object, keys: Sequence[str]) -> list[list[int]]:
+    """The positions of ``keys`` grouped by hash slot on a cluster (in first-seen order); one group on a single Redis."""
+    if not is_cluster(redis):
+        return [list(range(len(keys)))] if keys else []
+    groups: defaultdict[int, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key_slot(key.encode())].append(i)
+    return list(groups.values())
