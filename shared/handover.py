@@ -7,7 +7,10 @@ it. An intent older than a grace period is a hand-over nobody finished: dispatch
 that post back from MongoDB by id and hands it over itself. An intent whose post MongoDB never got
 (the insert failed) is dropped once it is old enough that no insert can still be running.
 
-Costs one ZADD per group commit, and nothing per recipient.
+Costs one ZADD per group commit, and nothing per recipient. With Redis replicas (a Redis Cluster
+with a replica per master), ``REPLICA_ACKS`` makes the hand-over wait for them before the 202
+(``complete``): a failover then loses nothing collect accepted. While a master has no live replica
+(one died, or a failover just promoted it), collect answers 503 until a replica is back.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from __future__ import annotations
 from typing import Iterable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared.clients import is_cluster
+from shared.errors import Unavailable
 
 from shared.inbox import Inbox
 from shared.message import Message, by_post
@@ -24,10 +31,12 @@ HANDOVER_KEY = "handover"
 
 
 class Handover:
-    def __init__(self, redis: Redis, inbox: Inbox, stream: ShardedStream) -> None:
+    def __init__(self, redis: Redis, inbox: Inbox, stream: ShardedStream, replica_acks: int = 0, ack_ms: int = 500) -> None:
         self.redis = redis
         self.inbox = inbox
         self.stream = stream
+        self.replica_acks = replica_acks
+        self.ack_ms = ack_ms
 
     async def intend(self, messages: Iterable[Message], now_ms: int) -> None:
         """Record that these posts are about to be stored; an intent already there (an earlier attempt) keeps its time."""
@@ -36,14 +45,32 @@ class Handover:
             await self.redis.zadd(HANDOVER_KEY, dict.fromkeys(posts, now_ms), nx=True)
 
     async def complete(self, messages: list[Message]) -> None:
-        """One pipeline: open each delivery in its user's inbox, append the posts to the stream, drop their intents."""
+        """One pipeline: open each delivery in its user's inbox, append the posts to the stream, drop their intents;
+        with ``replica_acks``, then wait until that many replicas of each master have it all (``WAIT``).
+
+        Raises ``Unavailable`` if they do not within ``ack_ms``: Redis replicates asynchronously, so a master
+        killed right after answering can take the last writes with it, and a failover would then lose a post
+        already answered 202 (its intent is gone too, so the reconciler would not finish it).
+        """
         if not messages:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             await self.inbox.stage(pipe, messages)
             self.stream.stage(pipe, messages)
             pipe.zrem(HANDOVER_KEY, *by_post(messages))
-            await pipe.execute()
+            waits = self._stage_waits(pipe)
+            replies = await pipe.execute()
+        if waits and min(replies[-waits:]) < self.replica_acks:
+            raise Unavailable(f"Redis replicas did not confirm the hand-over within {self.ack_ms} ms")
+
+    def _stage_waits(self, pipe: Pipeline) -> int:
+        """Queue a WAIT after the writes on each master's connection (every master: a post touches most); return how many."""
+        if not self.replica_acks:
+            return 0
+        masters = self.redis.get_primaries() if is_cluster(self.redis) else [None]
+        for node in masters:
+            pipe.execute_command("WAIT", self.replica_acks, self.ack_ms, **({"target_nodes": node} if node else {}))
+        return len(masters)
 
     async def settle_retried(self, messages: Iterable[Message], now_ms: int) -> None:
         """For posts MongoDB already had (a retried Idempotency-Key): drop the intent this attempt wrote. An older

@@ -1,4 +1,10 @@
-"""Fixtures that start real servers on free loopback ports: Redis (with a password), FerretDB and the services."""
+"""Fixtures that start real servers on free loopback ports: Redis (with a password), FerretDB and the services.
+
+A test that asks for the ``topology`` fixture runs twice: on the session's single Redis (its own
+database) and on a Redis Cluster of 3 masters started for its stack alone (a cluster has no
+database numbers, so a fresh cluster is the isolation), with ``STREAM_SHARDS=3``. ``start_stack``
+and ``any_shared_stack`` follow it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from tests.client import ClusterClient
-from tools.cluster import Cluster, Proc, Stack, free_port
+from tools.cluster import Cluster, Proc, Stack, free_cluster_port, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = Path(os.environ.get("TEST_OUTPUT", ROOT / "test-output"))
@@ -43,6 +49,26 @@ class Servers:
         own_redis, mongo_db = self.fresh_database()
         return Stack.on_free_ports(redis_url or own_redis, self.mongo_url, mongo_db, nodes, **env)
 
+    def redis_cluster(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> tuple[str, list[Proc]]:
+        """A new Redis Cluster (``replicas`` is 0 or one per master): its URL and processes, masters first."""
+        ports: list[int] = []
+        while len(ports) < masters * (1 + replicas):
+            port = free_cluster_port()
+            if port not in ports:
+                ports.append(port)
+        procs = self.cluster.start_redis_cluster(ports[:masters], ports[masters:], node_timeout_ms)
+        return self.cluster.redis_cluster_url(ports[:masters]), procs
+
+    def stack_on(self, topology: str, nodes: int = 2, **env: str) -> tuple[Stack, list[Proc]]:
+        """A new stack's addresses on ``topology`` ("single", "cluster", or "replicated": a cluster with a replica per
+        master, whose hand-overs wait for it), and the Redis processes started for it."""
+        if topology == "single":
+            return self.new_stack(nodes, **env), []
+        replicated = topology == "replicated"
+        url, procs = self.redis_cluster(replicas=int(replicated))
+        defaults = {"STREAM_SHARDS": "3", **({"REPLICA_ACKS": "1"} if replicated else {})}
+        return self.new_stack(nodes, url, **{**defaults, **env}), procs
+
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -56,48 +82,88 @@ def servers(cluster: Cluster) -> Servers:
     return Servers(cluster)
 
 
-class RunningStack:
-    """A started stack: its addresses, its processes (to stop or kill), and a client for it."""
+TOPOLOGIES = ["single", "cluster"]
 
-    def __init__(self, stack: Stack, procs: dict[str, Proc], client: ClusterClient) -> None:
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest) -> str:
+    """The Redis a test's stacks run on: one Redis, or a Redis Cluster of 3 masters."""
+    return request.param
+
+
+class RunningStack:
+    """A started stack: its addresses, its processes (to stop or kill), a client for it, and the Redis Cluster
+    processes started for it alone (none on the shared single Redis)."""
+
+    def __init__(self, stack: Stack, procs: dict[str, Proc], client: ClusterClient, redis: list[Proc] | None = None) -> None:
         self.stack = stack
         self.procs = procs
         self.client = client
+        self.redis = redis or []
+
+    def stop(self, cluster: Cluster) -> None:
+        """Stop the services, then the Redis Cluster started for them."""
+        for proc in [*reversed(list(self.procs.values())), *self.redis]:
+            proc.stop()
+            cluster.procs.remove(proc)
 
     def push(self, index: int) -> Proc:
         return self.procs[f"push-{self.stack.push_ports[index]}"]
 
 
 @pytest_asyncio.fixture
-async def start_stack(servers: Servers, cluster: Cluster) -> AsyncIterator[Callable[..., RunningStack]]:
-    """Start a fresh, isolated stack of the four services (stopped after the test)."""
+async def start_stack(request: pytest.FixtureRequest, servers: Servers,
+                      cluster: Cluster) -> AsyncIterator[Callable[..., RunningStack]]:
+    """Start a fresh, isolated stack of the four services (stopped after the test), on the test's ``topology`` if it
+    asks for one (else the single Redis), unless ``redis_url`` names another."""
+    topology = request.getfixturevalue("topology") if "topology" in request.fixturenames else "single"
     started: list[RunningStack] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
 
         def start(nodes: int = 2, redis_url: str | None = None, mongo_url: str | None = None, **env: str) -> RunningStack:
-            stack = servers.new_stack(nodes, redis_url, **env)
+            if redis_url is None:
+                stack, redis = servers.stack_on(topology, nodes, **env)
+            else:
+                stack, redis = servers.new_stack(nodes, redis_url, **env), []
             stack.mongo_url = mongo_url or stack.mongo_url
-            running = RunningStack(stack, cluster.start_stack(stack), ClusterClient(stack, session))
+            running = RunningStack(stack, cluster.start_stack(stack), ClusterClient(stack, session), redis)
             started.append(running)
             return running
 
         yield start
         for running in started:
-            for proc in reversed(list(running.procs.values())):
-                proc.stop()
-                cluster.procs.remove(proc)
+            running.stop(cluster)
+
+
+async def _shared(request: pytest.FixtureRequest, servers: Servers, cluster: Cluster,
+                  topology: str) -> AsyncIterator[RunningStack]:
+    stack, redis = servers.stack_on(topology, 2, **getattr(request.module, "STACK_ENV", {}))
+    procs = cluster.start_stack(stack)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        running = RunningStack(stack, procs, ClusterClient(stack, session), redis)
+        yield running
+    running.stop(cluster)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def shared_stack(request: pytest.FixtureRequest, servers: Servers, cluster: Cluster) -> AsyncIterator[RunningStack]:
     """One stack shared by a module's tests that do not stop or kill anything (with the module's ``STACK_ENV``, if any)."""
-    stack = servers.new_stack(2, **getattr(request.module, "STACK_ENV", {}))
-    procs = cluster.start_stack(stack)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-        yield RunningStack(stack, procs, ClusterClient(stack, session))
-    for proc in reversed(list(procs.values())):
-        proc.stop()
-        cluster.procs.remove(proc)
+    async for running in _shared(request, servers, cluster, "single"):
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def shared_cluster_stack(request: pytest.FixtureRequest, servers: Servers,
+                               cluster: Cluster) -> AsyncIterator[RunningStack]:
+    """``shared_stack``'s twin on a Redis Cluster of its own."""
+    async for running in _shared(request, servers, cluster, "cluster"):
+        yield running
+
+
+@pytest.fixture
+def any_shared_stack(request: pytest.FixtureRequest, topology: str) -> RunningStack:
+    """The module's shared stack on the test's ``topology``."""
+    return request.getfixturevalue("shared_stack" if topology == "single" else "shared_cluster_stack")
 
 
 SCENARIOS: list[tuple[str, int, int, int, int]] = []

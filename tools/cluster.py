@@ -42,9 +42,11 @@ def free_port() -> int:
 
 
 def free_cluster_port() -> int:
-    """A free port whose Redis Cluster bus port (10,000 above: Redis 6.2 has no setting for it) is free too."""
+    """A free port whose Redis Cluster bus port (10,000 above: Redis 6.2 has no setting for it) is free too: both
+    below the kernel's ephemeral range (32768 up), where ``free_port`` and outgoing connections take theirs, and
+    never one node's port another's bus port."""
     while True:
-        port = random.randrange(20_000, 45_000)
+        port = random.randrange(12_000, 22_000)
         if port_is_free(port) and port_is_free(port + 10_000):
             return port
 
@@ -257,6 +259,26 @@ class Cluster:
             for c in clients.values():
                 c.close()
         return procs
+
+    def add_cluster_replica(self, master_port: int, port: int, node_timeout_ms: int = 2000, timeout: float = 60) -> Proc:
+        """A new, empty node joined to the cluster as the replica of the master on ``master_port``: how a node lost
+        without persistence is replaced (restarted with its old ``nodes.conf`` it would serve its slots empty until
+        the cluster told it otherwise)."""
+        proc = self.start_redis(port, node_timeout_ms)
+        client = redis.Redis("127.0.0.1", port, password=self.redis_password, socket_timeout=5)
+        master = redis.Redis("127.0.0.1", master_port, password=self.redis_password, socket_timeout=5)
+        try:
+            master_id = master.execute_command("CLUSTER MYID").decode()
+            client.execute_command("CLUSTER MEET", "127.0.0.1", master_port)
+            self._wait_cluster({port: client}, lambda c: master_id in {n["node_id"] for n in c.execute_command("CLUSTER NODES").values()},
+                               timeout, [proc], "sight of the master")
+            client.execute_command("CLUSTER REPLICATE", master_id)
+            self._wait_cluster({port: client}, lambda c: c.info("replication").get("master_link_status") == "up", timeout,
+                               [proc], "replication link")
+        finally:
+            client.close()
+            master.close()
+        return proc
 
     def _wait_cluster(self, clients: dict[int, redis.Redis], ready: Callable[[redis.Redis], bool], timeout: float,
                       procs: list[Proc], what: str) -> None:

@@ -1,7 +1,10 @@
 """``make run``: Redis, PostgreSQL + FerretDB, auth, collect, dispatch and two push nodes on this machine.
 
 Set ``REDIS_URL`` or ``MONGO_URL`` to use servers you already run instead of starting them, and
-``RUN_DIR`` to keep logs and data elsewhere than ``.run``. The Redis it starts requires a password
+``RUN_DIR`` to keep logs and data elsewhere than ``.run``. With ``REDIS_CLUSTER=1`` (``make run
+REDIS_CLUSTER=1``) it starts a Redis Cluster of three masters (ports 7000-7002, from the same
+redis-server binary) instead of one Redis, and the services on it with ``STREAM_SHARDS=3``
+(``shared/slots.py``). The Redis it starts requires a password
 (AUTH): ``REDIS_PASSWORD``, or a random one written to ``{RUN_DIR}/redis-password``. A process that
 crashes is restarted with backoff (``tools/supervisor.py``). Ctrl-C stops every process this
 started, push nodes first (they withdraw their routes), servers last.
@@ -17,8 +20,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
-from tools.cluster import ROOT, Cluster, Stack, free_port, port_is_free
+from tools.cluster import ROOT, Cluster, Stack, free_cluster_port, free_port, port_is_free
 from tools.supervisor import Supervisor
+
+CLUSTER_PORTS = (7000, 7001, 7002)  # REDIS_CLUSTER=1: three masters sharing the 16384 slots, no replicas
 
 BANNER = """
 The push cluster is up.
@@ -47,6 +52,11 @@ A process that crashes is restarted (with backoff if it keeps crashing). Press C
 
 def pick(port: int) -> int:
     return port if port_is_free(port) else free_port()
+
+
+def pick_cluster(port: int) -> int:
+    """``port`` for a Redis Cluster node if it and its bus port (10,000 above) are free, else another such pair."""
+    return port if port_is_free(port) and port_is_free(port + 10_000) else free_cluster_port()
 
 
 def masked(url: str) -> str:
@@ -82,11 +92,18 @@ def main() -> None:
     try:
         redis_url = os.environ.get("REDIS_URL")
         redis_shown = masked(redis_url or "")
+        env = {}
         if not redis_url:
             cluster.redis_password, password_at = redis_password(workdir)
-            port = pick(6379)
-            cluster.start_redis(port)
-            redis_url = cluster.redis_url(port)
+            if os.environ.get("REDIS_CLUSTER") == "1":
+                ports = [pick_cluster(port) for port in CLUSTER_PORTS]
+                cluster.start_redis_cluster(ports)
+                redis_url = cluster.redis_cluster_url(ports)
+                env["STREAM_SHARDS"] = os.environ.get("STREAM_SHARDS", str(len(ports)))
+            else:
+                port = pick(6379)
+                cluster.start_redis(port)
+                redis_url = cluster.redis_url(port)
             redis_shown = f"{masked(redis_url)}  (password: {password_at})"
         mongo_url = os.environ.get("MONGO_URL")
         if not mongo_url:
@@ -94,7 +111,7 @@ def main() -> None:
             cluster.start_ferretdb(port)
             mongo_url = f"mongodb://127.0.0.1:{port}/"
         stack = Stack(redis_url, mongo_url, os.environ.get("MONGO_DB", "push"),
-                      pick(8001), pick(8002), pick(8003), [pick(8101), pick(8102)])
+                      pick(8001), pick(8002), pick(8003), [pick(8101), pick(8102)], env)
         cluster.start_stack(stack)
         print(BANNER.format(
             auth=stack.auth_url, collect=stack.collect_url, dispatch=stack.dispatch_url,

@@ -49,7 +49,8 @@ def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     inbox = Inbox(redis, config.inbox_limit)
-    handover = Handover(redis, inbox, ShardedStream(redis, config.stream_maxlen, config.stream_shards))
+    handover = Handover(redis, inbox, ShardedStream(redis, config.stream_maxlen, config.stream_shards),
+                        config.replica_acks, config.replica_ack_ms)
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)

@@ -5,7 +5,11 @@ variable                  default                     meaning
 ========================  ==========================  ==============================================
 COLLECT_HOST / _PORT      127.0.0.1 / 8002            where collect listens
 COLLECT_API_KEYS          demo:dev-api-key            ``name:key`` pairs, comma-separated, one per business system
-REDIS_URL                 redis://127.0.0.1:6379/0    Redis holding the delivery stream (``redis://:PASSWORD@host:port/db`` for AUTH)
+REDIS_URL                 redis://127.0.0.1:6379/0    Redis holding the delivery stream (``redis://:PASSWORD@host:port/db`` for AUTH;
+                                                      ``redis+cluster://:PASSWORD@host:port,host:port/`` for a Redis Cluster)
+REPLICA_ACKS              0                           Redis replicas (of each master) that must have a hand-over before 202 (WAIT):
+                                                      1 with replicas, else a failover may lose the last posts accepted
+REPLICA_ACK_MS            500                         how long to wait for them; past it, 503
 INTERNAL_KEY              dev-internal-key            the key push nodes sign their cards with: ``/v1/nodes`` lists only cards that verify
 MONGO_URL / MONGO_DB      mongodb://127.0.0.1:27017/  MongoDB (or FerretDB) storing messages / database ``push``
 MAX_BODY_BYTES            1048576                     largest request body (413 above)
@@ -60,6 +64,8 @@ class CollectConfig:
     inbox_limit: int
     stream_maxlen: int
     stream_shards: int
+    replica_acks: int
+    replica_ack_ms: int
     dispatch_url: str
     auth_url: str
     auth_admin_key: str
@@ -86,6 +92,8 @@ class CollectConfig:
             inbox_limit=env("INBOX_LIMIT", 10_000),
             stream_maxlen=env("STREAM_MAXLEN", 1_000_000),
             stream_shards=env("STREAM_SHARDS", 1),
+            replica_acks=env("REPLICA_ACKS", 0),
+            replica_ack_ms=env("REPLICA_ACK_MS", 500),
             dispatch_url=env("DISPATCH_URL", "http://127.0.0.1:8003"),
             auth_url=env("AUTH_URL", "http://127.0.0.1:8001"),
             auth_admin_key=env("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),

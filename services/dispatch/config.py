@@ -5,7 +5,9 @@ variable                   default                     meaning
 =========================  ==========================  ============================================
 DISPATCH_HOST / _PORT      127.0.0.1 / 8003            where ``/healthz`` and ``/metrics`` listen
 DISPATCH_CONSUMER          ``{hostname}-{pid}``        this instance's name in the consumer group
-REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes (``redis://:PASSWORD@host:port/db`` for AUTH)
+REDIS_URL                  redis://127.0.0.1:6379/0    Redis holding the stream and the routes (``redis://:PASSWORD@host:port/db`` for AUTH;
+                                                       ``redis+cluster://:PASSWORD@host:port,host:port/`` for a Redis Cluster)
+REPLICA_ACKS / _ACK_MS     0 / 500                     as collect's: replicas that must have a hand-over the reconciler finishes
 INTERNAL_KEY               dev-internal-key            shared with push nodes: verifies their cards and proves the link both ways (never sent)
 STREAM_SHARDS              1                           streams collect spreads posts over (``shared/slots.py``): one read loop each
 BATCH_SIZE                 200                         most stream entries (posts) read at once
@@ -48,6 +50,8 @@ class DispatchConfig:
     redis_url: str
     internal_key: str
     stream_shards: int
+    replica_acks: int
+    replica_ack_ms: int
     batch_size: int
     batch_bytes: int
     block_ms: int
@@ -77,6 +81,8 @@ class DispatchConfig:
             redis_url=env("REDIS_URL", DEFAULT_REDIS_URL),
             internal_key=internal_key,
             stream_shards=env("STREAM_SHARDS", 1),
+            replica_acks=env("REPLICA_ACKS", 0),
+            replica_ack_ms=env("REPLICA_ACK_MS", 500),
             batch_size=env("BATCH_SIZE", 200),
             batch_bytes=env("BATCH_BYTES", 900_000),
             block_ms=env("BLOCK_MS", 1000),

@@ -51,7 +51,7 @@ class Reconciler:
         self.inbox = inbox
         self.routes = routes
         self.stream = stream
-        self.handover = Handover(inbox.redis, inbox, stream)
+        self.handover = Handover(inbox.redis, inbox, stream, config.replica_acks, config.replica_ack_ms)
         self.lifecycle = lifecycle
         self.lease = lease
         self._next_purge = 0.0

@@ -7,7 +7,8 @@ PUSH_HOST / PUSH_PORT    127.0.0.1 / 8101                where the node listens 
 PUSH_NODE_ID             ``{host}:{port}``               the node's name in Redis routes
 PUSH_PUBLIC_URL          ``ws://{host}:{port}/ws``       the URL browsers are given for this node
 AUTH_URL                 http://127.0.0.1:8001           auth, asked to verify tokens
-REDIS_URL                redis://127.0.0.1:6379/0        Redis holding routes and node cards (``redis://:PASSWORD@host:port/db`` for AUTH)
+REDIS_URL                redis://127.0.0.1:6379/0        Redis holding routes and node cards (``redis://:PASSWORD@host:port/db`` for AUTH,
+                                                         ``redis+cluster://:PASSWORD@host:port,host:port/`` for a Redis Cluster)
 INTERNAL_KEY             dev-internal-key                shared with dispatch: signs the node card and proves the link both ways (never sent)
 NODE_TTL_SECONDS         30                              a killed node stops being routed to within this
 ROUTE_TTL_SECONDS        3600                            garbage-collection TTL of user routes

@@ -49,7 +49,7 @@ async def test_lifecycle_records_each_stage_with_its_time(start_stack) -> None:
     await ws.close()
 
 
-async def test_unacked_messages_are_redelivered_on_reconnect_but_acked_ones_are_not(start_stack) -> None:
+async def test_unacked_messages_are_redelivered_on_reconnect_but_acked_ones_are_not(start_stack, topology: str) -> None:
     """After a reconnect, only the messages the client did not ack come again."""
     stack: RunningStack = start_stack()
     c = stack.client
@@ -65,7 +65,7 @@ async def test_unacked_messages_are_redelivered_on_reconnect_but_acked_ones_are_
     await again.close()
 
 
-async def test_killed_node_with_unacked_messages_loses_none(start_stack) -> None:
+async def test_killed_node_with_unacked_messages_loses_none(start_stack, topology: str) -> None:
     """A node SIGKILLed while holding delivered-but-unacked messages: the user reconnects to the other node and gets each."""
     stack: RunningStack = start_stack(**FAST)
     c = stack.client
@@ -139,7 +139,7 @@ async def test_collect_answers_503_while_mongodb_is_down_and_recovers(start_stac
     await ws.close()
 
 
-async def test_offline_user_gets_pending_messages_oldest_first_then_live_ones(start_stack) -> None:
+async def test_offline_user_gets_pending_messages_oldest_first_then_live_ones(start_stack, topology: str) -> None:
     """A user connecting receives the stored messages in order, then live ones, with per-user order kept."""
     stack: RunningStack = start_stack()
     c = stack.client
@@ -157,7 +157,7 @@ async def test_offline_user_gets_pending_messages_oldest_first_then_live_ones(st
     await ws.close()
 
 
-async def test_expired_message_is_not_delivered_and_shows_expired(start_stack) -> None:
+async def test_expired_message_is_not_delivered_and_shows_expired(start_stack, topology: str) -> None:
     """A message whose TTL passes while its user is offline is never delivered and its status says expired."""
     stack: RunningStack = start_stack(RECONCILE_INTERVAL_SECONDS="0.5")
     c = stack.client

@@ -37,7 +37,7 @@ def node_id(stack: RunningStack, index: int) -> str:
     return f"127.0.0.1:{stack.stack.push_ports[index]}"
 
 
-async def test_presence_counts_each_users_sockets_right_after_connect_and_disconnect(start_stack) -> None:
+async def test_presence_counts_each_users_sockets_right_after_connect_and_disconnect(start_stack, topology: str) -> None:
     """Two sockets of one user on two nodes count 2 on both nodes at once; after one closes 1, after both 0."""
     stack: RunningStack = start_stack(**FAST)
     c = stack.client
@@ -53,7 +53,7 @@ async def test_presence_counts_each_users_sockets_right_after_connect_and_discon
     await until(stack, "/v1/presence/pia", {"online": False, "connections": 0, "nodes": []})
 
 
-async def test_a_topic_counts_its_subscribers_and_lists_their_users(start_stack) -> None:
+async def test_a_topic_counts_its_subscribers_and_lists_their_users(start_stack, topology: str) -> None:
     """Subscribers on both nodes count once each; ?users=1 lists their user ids; an unsubscribe counts at once."""
     stack: RunningStack = start_stack(**FAST)
     c = stack.client

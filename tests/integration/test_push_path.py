@@ -8,6 +8,7 @@ import orjson
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from shared.clients import redis_client
 from shared.message import post_of
 from tests.client import frames_within, next_frame
 from tests.conftest import RunningStack, report_scenario
@@ -21,9 +22,9 @@ async def stored(stack: RunningStack, message_id: str) -> list[dict]:
         await client.close()
 
 
-async def test_user_on_node_receives_posted_message(shared_stack: RunningStack) -> None:
+async def test_user_on_node_receives_posted_message(any_shared_stack: RunningStack) -> None:
     """A user connected to a push node receives a message posted to collect, with its id, payload and time."""
-    c = shared_stack.client
+    c = any_shared_stack.client
     ws = await c.connect("alice", node=0)
     status, body = await c.post({"user_id": "alice", "payload": {"text": "hi", "n": 1}})
     assert status == 202
@@ -33,9 +34,9 @@ async def test_user_on_node_receives_posted_message(shared_stack: RunningStack) 
     await ws.close()
 
 
-async def test_user_on_two_nodes_receives_on_both(shared_stack: RunningStack) -> None:
+async def test_user_on_two_nodes_receives_on_both(any_shared_stack: RunningStack) -> None:
     """A user with one connection on each node receives the message on both."""
-    c = shared_stack.client
+    c = any_shared_stack.client
     on_a, on_b = await c.connect("bob", node=0), await c.connect("bob", node=1)
     status, body = await c.post({"user_id": "bob", "payload": "both"})
     assert status == 202
@@ -45,9 +46,9 @@ async def test_user_on_two_nodes_receives_on_both(shared_stack: RunningStack) ->
     await on_b.close()
 
 
-async def test_users_never_see_each_others_messages(shared_stack: RunningStack) -> None:
+async def test_users_never_see_each_others_messages(any_shared_stack: RunningStack) -> None:
     """Messages for carol and dave, on the same node, reach only their own recipient."""
-    c = shared_stack.client
+    c = any_shared_stack.client
     carol, dave = await c.connect("carol", node=1), await c.connect("dave", node=1)
     _, to_carol = await c.post({"user_id": "carol", "payload": "for carol"})
     _, to_dave = await c.post({"user_id": "dave", "payload": "for dave"})
@@ -59,9 +60,9 @@ async def test_users_never_see_each_others_messages(shared_stack: RunningStack) 
     await dave.close()
 
 
-async def test_batch_and_multi_recipient_posts_reach_every_recipient(shared_stack: RunningStack) -> None:
+async def test_batch_and_multi_recipient_posts_reach_every_recipient(any_shared_stack: RunningStack) -> None:
     """``user_ids`` fans one message out, and ``messages`` posts several at once, each to its user."""
-    c = shared_stack.client
+    c = any_shared_stack.client
     erin, frank = await c.connect("erin"), await c.connect("frank", node=1)
     status, multi = await c.post({"user_ids": ["erin", "frank"], "payload": "to both"})
     assert status == 202
@@ -74,15 +75,15 @@ async def test_batch_and_multi_recipient_posts_reach_every_recipient(shared_stac
     await frank.close()
 
 
-async def test_message_for_offline_user_is_stored_not_delivered(shared_stack: RunningStack) -> None:
+async def test_message_for_offline_user_is_stored_not_delivered(any_shared_stack: RunningStack) -> None:
     """A message for a user with no connection is stored in MongoDB, waits in their Redis inbox, and nobody receives it."""
-    c = shared_stack.client
+    c = any_shared_stack.client
     bystander = await c.connect("grace")
     status, body = await c.post({"user_id": "nobody-online", "payload": "later"})
     assert status == 202
-    docs = await stored(shared_stack, body["id"])
+    docs = await stored(any_shared_stack, body["id"])
     assert [(d["users"], [orjson.loads(f)["payload"] for f in d["frames"]]) for d in docs] == [(["nobody-online"], ["later"])]
-    r = Redis.from_url(shared_stack.stack.redis_url)
+    r = redis_client(any_shared_stack.stack.redis_url)
     assert await r.zrange("inbox:nobody-online", 0, -1) == [body["id"].encode()]
     await r.aclose()
     assert await frames_within(bystander, 1.0) == []

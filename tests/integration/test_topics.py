@@ -10,6 +10,7 @@ import orjson
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
+from shared.clients import redis_client
 from shared.config import DEV_INTERNAL_KEY
 from shared.inbox import EXPIRY_KEY, inbox_key, post_key
 from shared.message import post_of
@@ -79,16 +80,16 @@ async def test_malformed_subscribe_closes_with_4002(shared_stack: RunningStack) 
         assert ws.close_code == 4002
 
 
-async def test_registry_counts_each_nodes_subscribed_sockets_and_drops_the_last(shared_stack: RunningStack) -> None:
+async def test_registry_counts_each_nodes_subscribed_sockets_and_drops_the_last(any_shared_stack: RunningStack) -> None:
     """``topic:{name}`` holds each node's number of subscribed sockets, follows unsubscribes and closes, and loses
     a node's field (and the name its ``topics`` entry) with the last subscriber."""
-    c = shared_stack.client
-    redis = Redis.from_url(shared_stack.stack.redis_url)
+    c = any_shared_stack.client
+    redis = redis_client(any_shared_stack.stack.redis_url)
     reader, routes = TopicReader(redis), RouteReader(redis, DEV_INTERNAL_KEY)
     first, second, third = [await c.connect(f"reg-{i}", node=i // 2, topics=["public:reg"]) for i in range(3)]
     for ws in (first, second, third):
         await subscribe(ws, ["public:reg"])
-    a, b = node_id(shared_stack, 0), node_id(shared_stack, 1)
+    a, b = node_id(any_shared_stack, 0), node_id(any_shared_stack, 1)
     try:
         assert await redis.hgetall(topic_key("public:reg")) == {a.encode(): b"2", b.encode(): b"1"}
         assert await reader.counts(["public:reg", "public:none"], await routes.live_nodes()) == {"public:reg": {a: 2, b: 1}}
@@ -113,10 +114,10 @@ async def subscribed(c: Any, user: str, node: int, topics: list[str]) -> Any:
     return ws
 
 
-async def test_topic_message_reaches_each_subscriber_on_both_nodes_exactly_once(shared_stack: RunningStack) -> None:
+async def test_topic_message_reaches_each_subscriber_on_both_nodes_exactly_once(any_shared_stack: RunningStack) -> None:
     """Every subscribed socket, on either node (two of one user among them), gets a topic message once; an
     unsubscribed socket and a socket that never subscribed get nothing."""
-    c = shared_stack.client
+    c = any_shared_stack.client
     subscribers = [await subscribed(c, user, node, ["public:once"]) for user, node in
                    [("once-a", 0), ("once-b", 1), ("once-c", 0), ("once-c", 1)]]
     left = await subscribed(c, "once-left", 1, ["public:once"])
@@ -148,9 +149,9 @@ async def test_a_batch_mixes_user_and_topic_messages(shared_stack: RunningStack)
     await other.close()
 
 
-async def test_broadcast_reaches_every_socket_of_both_nodes(shared_stack: RunningStack) -> None:
+async def test_broadcast_reaches_every_socket_of_both_nodes(any_shared_stack: RunningStack) -> None:
     """A broadcast reaches every open socket, subscribed to anything or not, on both nodes, once each."""
-    c = shared_stack.client
+    c = any_shared_stack.client
     sockets = [await c.connect(f"all-{i}", node=i % 2) for i in range(4)] + [await subscribed(c, "all-sub", 1, ["lobby"])]
     status, body = await c.post({"broadcast": True, "payload": "everyone"})
     assert status == 202
