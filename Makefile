@@ -6,6 +6,7 @@
 # without downloading any browser, and runs the JavaScript unit tests with node.
 
 PYTHON ?= python3
+, := ,
 VENV := .venv
 PY := $(VENV)/bin/python
 FERRETDB := bin/ferretdb
@@ -15,6 +16,7 @@ POSTGRES := /usr/lib/postgresql/15/bin/postgres
 
 .PHONY: run test unit jstest bench loadtest clean
 
+# `make run REDIS_CLUSTER=1`: on a 3-master Redis Cluster (ports 7000-7002) instead of one Redis (tools/run.py).
 run: $(INSTALLED) $(FERRETDB) $(POSTGRES)
 	$(PY) -m tools.run
 
@@ -27,8 +29,9 @@ jstest:
 unit: $(INSTALLED)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# `make bench REDIS_CLUSTER=1`: the benchmark's own cluster on a 3-master Redis Cluster (storm, steady, latency by default).
 bench: $(INSTALLED) $(FERRETDB) $(POSTGRES)
-	$(PY) -m loadtest.bench_e2e $(BENCH_ARGS)
+	$(PY) -m loadtest.bench_e2e $(if $(REDIS_CLUSTER),--redis-cluster 3 --scenarios storm$(,)steady$(,)latency) $(BENCH_ARGS)
 
 # Against a running `make run` (another terminal); see loadtest/README.md.
 LOCUST_ARGS ?= -u 200 -r 50 -t 30s

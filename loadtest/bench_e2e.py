@@ -35,6 +35,8 @@ Without ``--collect-url`` it starts a fresh cluster on free ports for each scena
 (``tools.cluster``) and stops it after; with ``--collect-url/--auth-url/--push-urls`` (and
 ``--redis-url``, ``--dispatch-url``, ``--mongo-url``) it targets a running ``make run``, whose
 servers' pids it finds by their listening ports (a server it cannot find is left out of the split).
+With ``--redis-cluster 3`` (``make bench REDIS_CLUSTER=1``) its own cluster runs on a 3-master Redis
+Cluster with ``STREAM_SHARDS=3`` instead of one Redis.
 Run it as ``make bench BENCH_ARGS='--scenarios steady'`` or ``.venv/bin/python -m loadtest.bench_e2e --help``.
 """
 
@@ -103,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--node", type=int, default=0, help="connections: index of the push node to load")
     p.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last message of a scenario "
                    "(storm: after the last welcome); what arrived by then is reported")
+    p.add_argument("--redis-cluster", type=int, default=0, metavar="MASTERS", help="own cluster: a Redis Cluster of this "
+                   "many masters (and as many stream shards) instead of one Redis; storm, steady, latency, broadcast, topic")
     p.add_argument("--workdir", type=Path, help="own cluster: keep its data and logs here (default: a temp dir, removed)")
     p.add_argument("--collect-url", help="target a running cluster's collect (e.g. http://127.0.0.1:8002)")
     p.add_argument("--auth-url", default="http://127.0.0.1:8001", help="with --collect-url")
@@ -115,6 +119,8 @@ def parse_args() -> argparse.Namespace:
     args.scenarios = [s.strip().lower() for s in args.scenarios.split(",") if s.strip()]
     if not set(args.scenarios) <= set(SCENARIO_NAMES):
         p.error(f"--scenarios takes {', '.join(SCENARIO_NAMES)}")
+    if args.redis_cluster and {"expiry", "connections"} & set(args.scenarios):
+        p.error("expiry and connections read a single Redis: leave them out with --redis-cluster")
     if not 1 <= args.batch <= MAX_BATCH:
         p.error(f"--batch must be 1..{MAX_BATCH}")
     return args
@@ -126,9 +132,10 @@ def target_of(args: argparse.Namespace) -> Iterator[Target]:
         yield running_target(args.auth_url, args.collect_url, args.push_urls.split(","), args.redis_url, args.dispatch_url,
                              args.mongo_url)
     else:
-        print("starting a cluster on free ports (Redis, PostgreSQL, FerretDB, auth, collect, dispatch, 2 push nodes)...",
+        redis = f"a {args.redis_cluster}-master Redis Cluster" if args.redis_cluster else "Redis"
+        print(f"starting a cluster on free ports ({redis}, PostgreSQL, FerretDB, auth, collect, dispatch, 2 push nodes)...",
               flush=True)
-        with own_cluster(args.workdir) as target:
+        with own_cluster(args.workdir, redis_masters=args.redis_cluster) as target:
             yield target
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from tools.cluster import Cluster, Stack, free_port
+from tools.cluster import Cluster, Stack, free_cluster_port, free_port
 
 
 def listening_pid(port: int | None) -> int | None:
@@ -70,8 +70,9 @@ def running_target(auth_url: str, collect_url: str, push_urls: list[str], redis_
 
 
 @contextlib.contextmanager
-def own_cluster(workdir: Path | None = None, nodes: int = 2) -> Iterator[Target]:
-    """Redis, PostgreSQL, FerretDB, auth, collect, dispatch and ``nodes`` push nodes on free ports.
+def own_cluster(workdir: Path | None = None, nodes: int = 2, redis_masters: int = 0) -> Iterator[Target]:
+    """Redis, PostgreSQL, FerretDB, auth, collect, dispatch and ``nodes`` push nodes on free ports; with
+    ``redis_masters``, a Redis Cluster of that many masters instead of one Redis (and as many stream shards).
 
     Data and logs go under ``workdir`` (kept, to read the services' logs afterwards) or a temp dir
     (removed). Every process is stopped on the way out, also on Ctrl-C or an exception.
@@ -81,13 +82,23 @@ def own_cluster(workdir: Path | None = None, nodes: int = 2) -> Iterator[Target]
             workdir = Path(scope.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         cluster = Cluster(workdir)
         try:
-            redis_port, mongo_port = free_port(), free_port()
-            cluster.start_redis(redis_port)
+            mongo_port = free_port()
+            env = {}
+            if redis_masters:
+                ports: list[int] = []
+                while len(ports) < redis_masters:
+                    ports += [port] if (port := free_cluster_port()) not in ports else []
+                cluster.start_redis_cluster(ports)
+                redis_url = cluster.redis_cluster_url(ports)
+                env["STREAM_SHARDS"] = str(redis_masters)
+            else:
+                redis_port = free_port()
+                cluster.start_redis(redis_port)
+                redis_url = f"redis://127.0.0.1:{redis_port}/0"
             cluster.start_ferretdb(mongo_port)
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
             # One load-generator process holds up to 10,000 sockets from its 127.x address: no per-address cap.
             stack = Stack.on_free_ports(redis_url, f"mongodb://127.0.0.1:{mongo_port}/", "push_bench", nodes,
-                                        MAX_ADDRESS_CONNECTIONS="0")
+                                        MAX_ADDRESS_CONNECTIONS="0", **env)
             cluster.start_stack(stack)
             processes = {proc.name: proc.popen.pid for proc in cluster.procs}
             yield Target(stack.auth_url, stack.collect_url, [stack.push_url(p) for p in stack.push_ports], redis_url, processes)

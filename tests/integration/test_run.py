@@ -65,3 +65,37 @@ async def test_make_run_restarts_a_killed_service_and_the_cluster_still_delivers
         code = await asyncio.wait_for(run.wait(), 60)
     assert code == 0
     assert not any(psutil.pid_exists(pid) for pid in before.values() if pid)
+
+
+async def test_make_run_with_redis_cluster_runs_the_stack_on_three_masters(servers: Servers, tmp_path: Path) -> None:
+    """`REDIS_CLUSTER=1 python -m tools.run` starts a 3-master Redis Cluster, names it in the banner, delivers a post
+    over it, and stops its Redis processes on SIGINT."""
+    mongo_db = servers.fresh_database()[1]
+    env = {**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "REDIS_CLUSTER": "1", "MONGO_URL": servers.mongo_url,
+           "MONGO_DB": mongo_db, "RUN_DIR": str(tmp_path), "APP_ENV": "development"}
+    run = await asyncio.create_subprocess_exec(sys.executable, "-u", "-m", "tools.run", cwd=ROOT, env=env,
+                                               stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    seen: list[str] = []
+    redis_pids: list[int] = []
+    try:
+        assert run.stdout is not None
+        await read_until(run.stdout, "Press Ctrl-C", seen, timeout=120)
+        banner = "".join(seen)
+        redis_ports = [int(p) for p in re.findall(r"redis\+cluster://:\*\*\*@([\d.:,]+)/", banner)[0].replace("127.0.0.1:", "").split(",")]
+        assert len(redis_ports) == 3
+        redis_pids = [listening_pid(p) for p in redis_ports]
+        ports = {name: int(re.findall(rf"\b{name}\s+http://127\.0\.0\.1:(\d+)", banner)[0]) for name in ("auth", "collect", "dispatch")}
+        push_ports = [int(p) for p in re.findall(r"ws://127\.0\.0\.1:(\d+)/ws\b", banner.partition("redis")[0])]
+        stack = Stack("", servers.mongo_url, mongo_db, ports["auth"], ports["collect"], ports["dispatch"], push_ports)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+            client = ClusterClient(stack, session)
+            ws = await client.connect("on-the-cluster")
+            accepted = await client.post_until_accepted({"user_id": "on-the-cluster", "payload": "sharded"})
+            assert await receive_ids(ws, 1) == [accepted["ids"][0]]
+            await ws.close()
+    finally:
+        if run.returncode is None:
+            run.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(run.wait(), 60)
+    assert code == 0
+    assert redis_pids and not any(psutil.pid_exists(pid) for pid in redis_pids if pid)
