@@ -6,7 +6,7 @@ Keys (a post is one POST's messages, see ``shared.message``):
   many recipients, its recipients and its expiry) and ``n``, how many of its deliveries are still
   open; deleted when ``n`` reaches 0 or the post expires. Topic and broadcast messages open no
   inbox and are left out (a post of only those has no hash and no expiry entry);
-* ``inbox:{user}`` -- a ZSET of the user's open message ids scored by acceptance time, trimmed to
+* ``inbox:{u<bucket>}:<user>`` -- a ZSET of the user's open message ids scored by acceptance time, trimmed to
   the newest ``limit``; Redis drops it when the last entry goes;
 * ``expiry`` -- a ZSET of open post ids scored by their latest expiry (ms), read by dispatch's
   expiry loop (a replay skips a message whose own expiry has passed);
@@ -32,6 +32,7 @@ from redis.asyncio.client import Pipeline
 from shared.errors import Unavailable
 from shared.message import Message, Pair, by_post, index_of, message_id, post_fields, post_of, split_users
 from shared.scripts import Scripts
+from shared.slots import user_tag
 
 EXPIRY_KEY = "expiry"
 EPOCH_KEY = "state:epoch"
@@ -42,7 +43,7 @@ def post_key(post: str) -> str:
 
 
 def inbox_key(user_id: str) -> str:
-    return f"inbox:{user_id}"
+    return f"inbox:{user_tag(user_id)}:{user_id}"
 
 
 class Inbox:

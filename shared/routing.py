@@ -2,7 +2,7 @@
 
 Keys:
 
-* ``route:{user}`` -- a HASH node id -> how many of the user's sockets that node holds (presence reads
+* ``route:{u<bucket>}:<user>`` -- a HASH node id -> how many of the user's sockets that node holds (presence reads
   the counts, dispatch the node ids), with a long TTL (``route_ttl``) that only
   collects garbage left by dead nodes;
 * ``node:{nodes}:<id>`` -- the node's JSON card (link URL, public URL, load), signed with the internal key
@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from shared.metrics import NODE_CARDS_REFUSED
 from shared.scripts import Scripts
 from shared.signing import CARD, proof, proven
+from shared.slots import user_tag
 from shared.topicmap import TopicWriter
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ NODES_KEY = "{nodes}"  # the hash tag puts the cards and their index on one slot
 
 
 def route_key(user_id: str) -> str:
-    return f"route:{user_id}"
+    return f"route:{user_tag(user_id)}:{user_id}"
 
 
 def node_key(node_id: str) -> str:

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
 from shared.config import DEV_JWT_KEY
+from shared.inbox import inbox_key
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack
 
@@ -150,7 +151,7 @@ async def test_a_post_over_the_delivery_cap_is_refused_whole_and_stores_nothing(
     status, answer = await stack.client.post(body)
     assert status == 413 and answer["error"]["code"] == "too_large" and "12 deliveries" in answer["error"]["message"]
     redis = Redis.from_url(stack.stack.redis_url)
-    assert await redis.exists(*(f"inbox:fan{i}" for i in range(4))) == 0
+    assert await redis.exists(*(inbox_key(f"fan{i}") for i in range(4))) == 0
     await redis.aclose()
     status, _ = await stack.client.post({"messages": body["messages"][:2]})
     assert status == 202

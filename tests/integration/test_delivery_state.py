@@ -20,7 +20,7 @@ from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.reconciler import Reconciler
 from shared.config import DEV_INTERNAL_KEY
-from shared.inbox import Inbox
+from shared.inbox import Inbox, inbox_key
 from shared.lifecycle import LifecycleWriter
 from shared.message import Message, message_id, post_of
 from shared.protocol import MessageFrame
@@ -146,7 +146,7 @@ async def test_an_ack_batch_of_500_ids_costs_a_bounded_number_of_redis_commands(
     await redis.config_resetstat()
     await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
     async with asyncio.timeout(10):  # the flush ends by deleting the fully acked messages
-        while await redis.zcard("inbox:acker") or await redis.exists(f"post:{post_of(ids[0])}"):
+        while await redis.zcard(inbox_key("acker")) or await redis.exists(f"post:{post_of(ids[0])}"):
             await asyncio.sleep(0.05)
     calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
     assert (calls["zrem"], calls["hincrby"], calls["del"]) == (500 + 1, 1, 1)
@@ -215,7 +215,7 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     assert counter.documents == 50 + 50, "each open post and each closing record is read once"
     assert counter.commands["find"] == 2 and counter.commands["getMore"] <= 2
     assert await inbox.open_count() == 50 and await inbox.epoch() is not None
-    assert await redis.zcard("inbox:u1-a") == 50, "message 1 of each odd post"
+    assert await redis.zcard(inbox_key("u1-a")) == 50, "message 1 of each odd post"
     await store.client.drop_database(mongo_db)
     await store.close()
     await redis.aclose()
@@ -228,7 +228,7 @@ async def test_an_inbox_keeps_only_the_newest_messages_up_to_its_limit(servers: 
     inbox = Inbox(redis, limit=3)
     messages = [Message(message_id("flood", i), ("victim",), "F", 1000 + i, now_ms() + 60_000) for i in range(5)]
     await inbox.open(messages)
-    assert [m.decode() for m in await redis.zrange("inbox:victim", 0, -1)] == [m.id for m in messages[2:]]
+    assert [m.decode() for m in await redis.zrange(inbox_key("victim"), 0, -1)] == [m.id for m in messages[2:]]
     await redis.aclose()
 
 

@@ -9,7 +9,9 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from shared.clients import redis_client
+from shared.inbox import inbox_key
 from shared.message import post_of
+from shared.routing import node_key, route_key
 from tests.client import frames_within, next_frame
 from tests.conftest import RunningStack, report_scenario
 
@@ -84,7 +86,7 @@ async def test_message_for_offline_user_is_stored_not_delivered(any_shared_stack
     docs = await stored(any_shared_stack, body["id"])
     assert [(d["users"], [orjson.loads(f)["payload"] for f in d["frames"]]) for d in docs] == [(["nobody-online"], ["later"])]
     r = redis_client(any_shared_stack.stack.redis_url)
-    assert await r.zrange("inbox:nobody-online", 0, -1) == [body["id"].encode()]
+    assert await r.zrange(inbox_key("nobody-online"), 0, -1) == [body["id"].encode()]
     await r.aclose()
     assert await frames_within(bystander, 1.0) == []
     await bystander.close()
@@ -114,10 +116,11 @@ async def test_clean_shutdown_removes_routes_at_once(start_stack) -> None:
     ws = await c.connect("ivan", node=0)
     r = Redis.from_url(stack.stack.redis_url)
     node_id = f"127.0.0.1:{stack.stack.push_ports[0]}"
-    assert await r.hgetall("route:ivan") == {node_id.encode(): b"1"}
+    assert await r.hgetall(route_key("ivan")) == {node_id.encode(): b"1"}
+    assert await r.exists(node_key(node_id)) == 1
     assert stack.push(0).stop() == 0
-    assert await r.hgetall("route:ivan") == {}
-    assert await r.exists(f"node:{node_id}") == 0
+    assert await r.hgetall(route_key("ivan")) == {}
+    assert await r.exists(node_key(node_id)) == 0
     await ws.wait_closed()
     assert ws.close_code == 1001
     await r.aclose()

@@ -30,7 +30,7 @@ async def test_a_batch_script_over_keys_of_every_master_answers_in_key_order(ser
     url, procs = servers.redis_cluster()
     client = redis_client(url)
     try:
-        keys = [f"inbox:user-{i}" for i in range(300)]
+        keys = [f"inbox:user-{i}" for i in range(300)]  # untagged: one slot each, almost
         async with client.pipeline(transaction=False) as pipe:
             for key in keys[::2]:
                 pipe.zadd(key, {"m": 1})
