@@ -21,7 +21,7 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
    is the CRC32 of the user id modulo ``USER_BUCKETS`` (64). The buckets spread the users evenly over
    up to 64 masters, yet a batch of any number of users is at most 64 script calls (rule 2) instead of
    one per user, which is what a cluster costs per recipient in Python (``user_tag``; measured: steady
-   0.41 CPU-s per 1,000 messages with 256 buckets, 0.33 with 64, 0.27 on one Redis). More masters than
+   0.41 CPU-s per 1,000 messages with 256 buckets, 0.30-0.33 with 64, 0.24-0.28 on one Redis). More masters than
    that need more buckets: a new constant renames the keys, so it is chosen once per deployment.
    Per-post keys (``post:<id>``) have no tag: only pipelines of single-key commands touch them (rule 1).
 5. **Singletons** (``expiry``, ``handover``, ``state:epoch``, ``lease:reconciler``) take single-key
