@@ -10,9 +10,12 @@ Keys (a post is one POST's messages, see ``shared.message``):
   the newest ``limit``; Redis drops it when the last entry goes;
 * ``expiry`` -- a ZSET of open post ids scored by their latest expiry (ms), read by dispatch's
   expiry loop (a replay skips a message whose own expiry has passed);
-* ``state:epoch`` -- present once this state is complete. Redis restarted empty has none: dispatch
-  rebuilds the state from MongoDB (``services/dispatch/rebuild.py``) and sets a new epoch; replays
-  wait for it, and push nodes that see the epoch change send their open sessions what came back.
+* ``state:epoch:{u<bucket>}`` -- one marker per user bucket (``shared.slots``, rule 4), present once
+  this state is complete, each beside the inboxes of its bucket: a Redis restarted empty, or one
+  master of a Redis Cluster restarted empty, loses the markers of exactly the buckets it lost. With
+  any missing, dispatch rebuilds the state from MongoDB (``services/dispatch/rebuild.py``) and sets
+  them all to a new epoch; replays of a user wait for their bucket's marker, and push nodes that see
+  the epoch change send their open sessions what came back.
 
 Each method takes a whole batch and costs a few round trips whatever its size: per post one HSET
 and one ZADD; the per-recipient inbox commands run inside Redis by one script call
@@ -32,10 +35,13 @@ from redis.asyncio.client import Pipeline
 from shared.errors import Unavailable
 from shared.message import Message, Pair, by_post, index_of, message_id, post_fields, post_of, split_users
 from shared.scripts import Scripts
-from shared.slots import user_tag
+from shared.slots import all_user_tags, user_tag
 
 EXPIRY_KEY = "expiry"
-EPOCH_KEY = "state:epoch"
+
+
+def epoch_key(tag: str) -> str:
+    return f"state:epoch:{tag}"
 
 
 def post_key(post: str) -> str:
@@ -80,14 +86,16 @@ class Inbox:
         Raises ``Unavailable`` while the state is incomplete (being rebuilt): an inbox read then could
         miss messages, or return some the user has already acknowledged.
         """
+        tags = {user_tag(u) for u in users}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(EPOCH_KEY)
+            for tag in tags:
+                pipe.exists(epoch_key(tag))
             for user in users:
                 pipe.zrange(inbox_key(user), 0, limit - 1)
-            complete, *replies = await pipe.execute()
-        if not complete:
+            replies = await pipe.execute()
+        if not all(replies[:len(tags)]):
             raise Unavailable("the delivery state is being rebuilt from MongoDB")
-        return [[m.decode() for m in ids] for ids in replies]
+        return [[m.decode() for m in ids] for ids in replies[len(tags):]]
 
     async def frames(self, message_ids: list[str], now_ms: int) -> list[str | None]:
         """Each message's frame, or None where it is gone (expired, or trimmed away): one HMGET per post."""
@@ -170,11 +178,20 @@ class Inbox:
         return int(await self.redis.zcard(EXPIRY_KEY))
 
     async def epoch(self) -> str | None:
-        value = await self.redis.get(EPOCH_KEY)
-        return value.decode() if value is not None else None
+        """The state's epoch, or None while any bucket's marker is missing (the state is incomplete)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag in all_user_tags():
+                pipe.get(epoch_key(tag))
+            values = await pipe.execute()
+        if any(v is None for v in values):
+            return None
+        return ",".join(sorted({v.decode() for v in values}))
 
     async def complete(self) -> str:
-        """Mark the state complete under a new epoch, and return it."""
+        """Mark the state complete under a new epoch, in every bucket, and return it."""
         epoch = secrets.token_hex(6)
-        await self.redis.set(EPOCH_KEY, epoch)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag in all_user_tags():
+                pipe.set(epoch_key(tag), epoch)
+            await pipe.execute()
         return epoch

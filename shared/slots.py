@@ -24,8 +24,10 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
    0.41 CPU-s per 1,000 messages with 256 buckets, 0.30-0.33 with 64, 0.24-0.28 on one Redis). More masters than
    that need more buckets: a new constant renames the keys, so it is chosen once per deployment.
    Per-post keys (``post:<id>``) have no tag: only pipelines of single-key commands touch them (rule 1).
-5. **Singletons** (``expiry``, ``handover``, ``state:epoch``, ``lease:reconciler``) take single-key
-   commands only; each lives on one master.
+5. **Singletons** (``expiry``, ``handover``, ``lease:reconciler``) take single-key commands only; each
+   lives on one master. The state's completeness marker is not one: ``state:epoch:{u<b>}``, one per
+   user bucket, beside the inboxes it vouches for, so a master restarted empty is noticed by the
+   markers it lost (``shared.inbox``), whichever master it is.
 6. **A stream that would be a hot spot is sharded**: ``STREAM_SHARDS`` streams
    (``push:deliveries:<i>``; ``push:deliveries`` when 1, the default), a post going to one by the
    CRC32 of its id, each with its own consumer group; every dispatch instance reads every shard, one
@@ -54,6 +56,10 @@ USER_BUCKETS = 64
 def user_tag(user_id: str) -> str:
     """The hash tag of a user's keys: one of ``USER_BUCKETS`` (rule 4)."""
     return f"{{u{zlib.crc32(user_id.encode()) % USER_BUCKETS}}}"
+
+
+def all_user_tags() -> list[str]:
+    return [f"{{u{b}}}" for b in range(USER_BUCKETS)]
 
 
 def slot_groups(redis: object, keys: Sequence[str]) -> list[list[int]]:

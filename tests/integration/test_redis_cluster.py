@@ -10,15 +10,17 @@ import time
 import orjson
 import pytest
 import redis
+from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection
 
 from shared.clients import ClusterAddress, redis_client
+from shared.inbox import inbox_key
 from shared.scripts import Scripts
 from shared.slots import slot_groups
 from shared.stream import stream_keys
 from tests.client import next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
-from tools.cluster import Cluster, Proc, free_cluster_port
+from tools.cluster import CLUSTER_SLOTS, Cluster, Proc, free_cluster_port
 
 # Fast failure detection: a dead node's card, a batch left pending, a hand-over left undone.
 FAST = {"NODE_TTL_SECONDS": "3", "CLAIM_IDLE_MS": "2000", "RECONCILE_INTERVAL_SECONDS": "0.5", "HANDOVER_GRACE_SECONDS": "2"}
@@ -190,3 +192,32 @@ async def test_a_post_no_replica_confirms_is_answered_503_not_202(start_stack, t
         while (await next_frame(ws)).get("id") != posted["id"]:
             pass
     await ws.close()
+
+
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)
+async def test_a_master_restarted_empty_loses_no_pending_message(start_stack, cluster: Cluster, topology: str) -> None:
+    """A master without replica SIGKILLed and restarted empty (as make run's supervisor restarts it), one not holding
+    the slot a single ``state:epoch`` key would have: its buckets' markers are gone, the state is rebuilt from
+    MongoDB, and each of 40 offline users gets their pending message on connect."""
+    stack: RunningStack = start_stack(RECONCILE_INTERVAL_SECONDS="0.5")
+    c = stack.client
+    users = [f"emptied-{i}" for i in range(40)]
+    posted = {u: (await c.post({"user_id": u, "payload": u}))[1]["id"] for u in users}
+    share = CLUSTER_SLOTS // 3
+    victim = (min(key_slot(b"state:epoch") // share, 2) + 1) % 3  # slots [victim * share, ...) per start_redis_cluster
+    lost = [u for u in users if min(key_slot(inbox_key(u).encode()) // share, 2) == victim]
+    assert lost, "some inboxes live on the master killed"
+    master = stack.redis[victim]
+    port = int(master.argv[master.argv.index("--port") + 1])
+    master.popen.send_signal(signal.SIGKILL)
+    master.popen.wait()
+    stack.redis[victim] = cluster.respawn(master)
+    await until_role(stack.stack.redis_url, port, "master")
+    received = []
+    for i, user in enumerate(users):
+        ws = await c.connect(user, node=i % 2)
+        received += await receive_ids(ws, 1, timeout=30)
+        await ws.close()
+    lost_count, _ = report_scenario(f"Redis Cluster master restarted empty: {len(lost)} of 40 inboxes on it",
+                                    list(posted.values()), received)
+    assert lost_count == 0
