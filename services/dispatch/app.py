@@ -16,7 +16,7 @@ from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.links import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
-from services.dispatch.router import Router
+from services.dispatch.router import LiveNodes, Router
 from shared.breaker import CLOSED
 from shared.clients import redis_client
 from shared.inbox import Inbox
@@ -36,7 +36,8 @@ def create_app(config: DispatchConfig) -> Starlette:
     stream = ShardedStream(redis, shards=config.stream_shards)
     links = LinkPool(config.internal_key, config.link_timeout)
     routes = RouteReader(redis, config.internal_key)
-    routers = [Router(config, shard, routes, links) for shard in stream.shards]  # one read loop per stream shard
+    live = LiveNodes(routes, links, config.nodes_refresh)
+    routers = [Router(config, shard, routes, links, live) for shard in stream.shards]  # one read loop per stream shard
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)
 

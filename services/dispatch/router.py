@@ -92,29 +92,42 @@ def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: i
     return work
 
 
+class LiveNodes:
+    """The live push nodes, read at most every ``refresh`` seconds and shared by this instance's read loops (one per
+    stream shard), with the links kept to exactly those. Shared, so that once a link to a node opens (which has the
+    node replay its open sessions' inboxes) no loop still takes that node for dead and leaves messages in inboxes."""
+
+    def __init__(self, routes: RouteReader, links: LinkPool, refresh: float) -> None:
+        self.routes = routes
+        self.links = links
+        self.refresh = refresh
+        self._nodes: dict[str, NodeCard] = {}
+        self._at = 0.0
+
+    async def get(self) -> dict[str, NodeCard]:
+        if time.monotonic() - self._at >= self.refresh:
+            self._nodes = await self.routes.live_nodes()
+            self._at = time.monotonic()
+            LIVE_NODES.set(len(self._nodes))
+            self.links.retain(self._nodes)
+        return self._nodes
+
+
 class Router:
-    def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool) -> None:
+    def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool,
+                 live: LiveNodes) -> None:
         self.config = config
         self.stream = stream
         self.routes = routes
         self.topics = TopicReader(routes.redis)
         self.links = links
+        self.live = live
         self.breaker = CircuitBreaker("redis", failures=(RedisError,))
         self.ledger = Ledger()
-        self._nodes: dict[str, NodeCard] = {}
-        self._nodes_at = 0.0
         self.last_cycle = time.time()
         self._group_ready = False
         self._next_claim = 0.0
         self._sends: set[asyncio.Task[None]] = set()
-
-    async def live_nodes(self) -> dict[str, NodeCard]:
-        if time.monotonic() - self._nodes_at >= self.config.nodes_refresh:
-            self._nodes = await self.routes.live_nodes()
-            self._nodes_at = time.monotonic()
-            LIVE_NODES.set(len(self._nodes))
-            self.links.retain(self._nodes)
-        return self._nodes
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -167,7 +180,7 @@ class Router:
         messages = sum(len(e.messages) for e in entries)
         MESSAGES_IN.inc(messages)
         now = routing.now_ms()
-        nodes = await self.live_nodes()
+        nodes = await self.live.get()
         routes = await self.routes.lookup(list({u for e in entries for m in e.messages for u in m.users}), nodes)
         topics = {m.topic for e in entries for m in e.messages if m.topic not in (None, BROADCAST)}
         holders = await self.topics.counts(list(topics), nodes)

@@ -1,4 +1,5 @@
-"""Sending users what waits in their inbox: on connect, and again after Redis's state was rebuilt.
+"""Sending users what waits in their inbox: on connect, again after Redis's state was rebuilt, and when a dispatch
+instance (re)opens its link (it may have taken this node for dead and left messages in the inboxes).
 
 A replay reads the user's open ids from Redis (no MongoDB), then their frames a page at a time,
 and writes those this socket has not been sent yet, oldest first. At most ``concurrency`` replays
@@ -37,6 +38,7 @@ class Replayer:
         self.limit = limit
         self.page = page
         self.gate = asyncio.Semaphore(concurrency)
+        self._catch_ups: set[asyncio.Task[None]] = set()
         # Replays running at once share their Redis reads: one pipeline for all their inboxes, one for frames.
         self._inboxes: Coalescer[str, list[str]] = Coalescer(lambda users: inbox.pending(users, limit))
         self._frames: Coalescer[str, str | None] = Coalescer(lambda ids: inbox.frames(ids, now_ms()))
@@ -90,8 +92,18 @@ class Replayer:
             except RedisError:
                 epoch = last
             if epoch is not None and last is not None and epoch != last:
-                sessions = [s for s in self.hub.sessions() if s.open and not s.replaying]
-                log.warning("delivery state was rebuilt; replaying to open sessions", extra={"count": len(sessions)})
-                await asyncio.gather(*(self.send_pending(s) for s in sessions), return_exceptions=True)
+                await self.replay_open_sessions("delivery state was rebuilt")
             last = epoch if epoch is not None else last
             await asyncio.sleep(interval)
+
+    def catch_up(self, why: str) -> None:
+        """Replay every open session in the background."""
+        task = asyncio.create_task(self.replay_open_sessions(why))
+        self._catch_ups.add(task)
+        task.add_done_callback(self._catch_ups.discard)
+
+    async def replay_open_sessions(self, why: str) -> None:
+        """Send every open session what waits in its inbox (sockets skip what they were already sent)."""
+        sessions = [s for s in self.hub.sessions() if s.open and not s.replaying]
+        log.warning(f"{why}; replaying to open sessions", extra={"count": len(sessions)})
+        await asyncio.gather(*(self.send_pending(s) for s in sessions), return_exceptions=True)

@@ -72,11 +72,11 @@ class PushNode:
         self.hub = Hub(config.max_buffered_bytes)
         self.redis = redis_client(config.redis_url)
         self.writer = RouteWriter(self.redis, config.node_id, config.route_ttl, config.node_ttl)
-        self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)
         self.store = MessageStore(config.mongo_url, config.mongo_db)
         self.lifecycle = LifecycleWriter(self.store)
         inbox = Inbox(self.redis)
         self.replayer = Replayer(self.hub, inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
+        self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)
         self.acks = Acks(inbox, self.lifecycle)
         self.verifier: TokenVerifier | None = None
         self.addresses = AddressCount(config.max_connections_per_address)
@@ -129,6 +129,11 @@ class PushNode:
 
     async def handle(self, ws: ServerConnection) -> None:
         if urlsplit(ws.request.path).path == "/internal":
+            # A dispatch instance opens a link when it finds this node live. If it had taken the node for dead (its
+            # card expired: Redis unreachable past NODE_TTL_SECONDS, say during a Redis failover), it left this
+            # node's users' messages in their inboxes meanwhile: send the open sessions what waits there.
+            if len(self.hub):
+                self.replayer.catch_up("a dispatch link opened")
             await serve_link(ws, self.hub, self.lifecycle, self.config.node_id)
             return
         source = source_of(ws)
