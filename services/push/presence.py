@@ -11,7 +11,10 @@ The heartbeat renews the node card (liveness) every ``node_ttl / 3`` seconds, an
 a slice of user routes and topics to write again (renewing their TTL), so that each is renewed
 about three times per ``route_ttl``: at 15k users, a 30 s node TTL and a 1 h route TTL that is
 ~40 more commands every 10 s. A connection or disconnection writes its user's count; a message
-writes nothing.
+writes nothing. If the card was gone (Redis unreachable past ``node_ttl``, say in a Redis Cluster
+failover), dispatch took the node for dead and left its users' messages in their inboxes: the
+heartbeat writes every route again and, a beat later (once every dispatch instance has seen the
+card), has the open sessions replayed; a dispatch link opening does the same (``server.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import itertools
 import logging
 import math
+import time
 from typing import Callable, Iterable
 
 
@@ -33,11 +37,15 @@ log = logging.getLogger(__name__)
 
 
 class Presence:
-    def __init__(self, writer: RouteWriter, hub: Hub, card: Callable[[], NodeCard], heartbeat_interval: float) -> None:
+    def __init__(self, writer: RouteWriter, hub: Hub, card: Callable[[], NodeCard], heartbeat_interval: float,
+                 catch_up: Callable[[str], None]) -> None:
         self.writer = writer
         self.hub = hub
         self.card = card
         self.heartbeat_interval = heartbeat_interval
+        self.catch_up = catch_up  # has the open sessions replayed
+        self._catch_up_due = False
+        self.card_lost_at = -math.inf  # when a heartbeat last found the card gone (monotonic)
         self._dirty: set[str] = set()
         self._dirty_topics: set[str] = set()
         self._waiters: list[asyncio.Future[None]] = []
@@ -122,11 +130,16 @@ class Presence:
                 self._wake.set()
             self.unsubscribed(topics)
             try:
+                if self._catch_up_due:  # a beat after the card came back, every dispatch instance has seen it
+                    self._catch_up_due = False
+                    self.catch_up("node card was missing a beat ago")
                 if not await self.writer.heartbeat(self.card()) and len(self.hub):
                     log.warning("node card was missing; writing every route again", extra={"count": len(self.hub)})
                     self._dirty.update(self.hub.users())
                     self._dirty_topics.update(self.hub.topics())
                     self._wake.set()
+                    self._catch_up_due = True
+                    self.card_lost_at = time.monotonic()
                 backoff.succeeded()
             except Exception as exc:  # never die silently: log, back off, go on
                 await backoff.failed(log, "heartbeat", exc)

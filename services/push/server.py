@@ -76,7 +76,7 @@ class PushNode:
         self.lifecycle = LifecycleWriter(self.store)
         inbox = Inbox(self.redis)
         self.replayer = Replayer(self.hub, inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
-        self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)
+        self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval, self.replayer.catch_up)
         self.acks = Acks(inbox, self.lifecycle)
         self.verifier: TokenVerifier | None = None
         self.addresses = AddressCount(config.max_connections_per_address)
@@ -129,11 +129,11 @@ class PushNode:
 
     async def handle(self, ws: ServerConnection) -> None:
         if urlsplit(ws.request.path).path == "/internal":
-            # A dispatch instance opens a link when it finds this node live. If it had taken the node for dead (its
-            # card expired: Redis unreachable past NODE_TTL_SECONDS, say during a Redis failover), it left this
-            # node's users' messages in their inboxes meanwhile: send the open sessions what waits there.
-            if len(self.hub):
-                self.replayer.catch_up("a dispatch link opened")
+            # A dispatch instance opens a link when it finds this node live. Just after the card was gone (Redis
+            # unreachable past NODE_TTL_SECONDS, say during a Redis failover) it had taken the node for dead and
+            # left its users' messages in their inboxes: send the open sessions what waits there.
+            if len(self.hub) and time.monotonic() - self.presence.card_lost_at < 2 * self.config.node_ttl:
+                self.replayer.catch_up("a dispatch link opened after the node card was gone")
             await serve_link(ws, self.hub, self.lifecycle, self.config.node_id)
             return
         source = source_of(ws)

@@ -20,6 +20,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request
 
 from shared.config import DEV_INTERNAL_KEY
+from shared.inbox import inbox_key
 from shared.routing import NODES_KEY, NodeCard, node_key, now_ms, route_key
 from shared.signing import PROOF_HEADER, LinkRequest
 from tests.client import next_frame
@@ -115,7 +116,7 @@ async def test_unsigned_and_badly_signed_cards_are_ignored_and_their_users_messa
 
         ids = await post_until(shared_stack, "victim", both_refused)
         assert impostor.handshakes == [] and impostor.frames == []
-    assert [await redis.zscore("inbox:victim", i) is not None for i in ids] == [True] * len(ids)
+    assert [await redis.zscore(inbox_key("victim"), i) is not None for i in ids] == [True] * len(ids)
     async with shared_stack.client.session.get(f"{shared_stack.stack.collect_url}/v1/nodes") as r:
         listed = {n["id"] for n in (await r.json())["nodes"]}
     assert listed == {f"127.0.0.1:{p}" for p in shared_stack.stack.push_ports}
@@ -142,7 +143,7 @@ async def test_a_listener_without_the_key_gets_no_batch_and_never_sees_the_key(s
         assert "Authorization" not in headers
         assert not [v for _, v in headers.raw_items() if DEV_INTERNAL_KEY in v]
     await redis.delete(node_key("impostor"), route_key("victim-2"))
-    assert [await redis.zscore("inbox:victim-2", i) is not None for i in ids] == [True] * len(ids)
+    assert [await redis.zscore(inbox_key("victim-2"), i) is not None for i in ids] == [True] * len(ids)
     await redis.aclose()
 
 

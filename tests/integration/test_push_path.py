@@ -12,7 +12,7 @@ from shared.clients import redis_client
 from shared.inbox import inbox_key
 from shared.message import post_of
 from shared.routing import node_key, route_key
-from tests.client import frames_within, next_frame
+from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, report_scenario
 
 
@@ -179,4 +179,30 @@ async def test_a_stream_backlog_past_its_bound_is_trimmed_and_its_messages_still
     ws = await stack.client.connect("backlog")
     got = [(await next_frame(ws))["id"] for _ in ids]
     assert got == ids
+    await ws.close()
+
+
+async def test_a_connected_user_gets_what_waited_in_the_inbox_while_the_node_card_was_gone(start_stack) -> None:
+    """A node whose card vanished (Redis unreachable past its TTL, say in a failover) is taken for dead and its
+    connected user's messages wait in the inbox; once the card is back and dispatch links to the node again, the
+    node replays them to the open socket."""
+    stack: RunningStack = start_stack(nodes=1)
+    c = stack.client
+    ws = await c.connect("card-gone")
+    r = Redis.from_url(stack.stack.redis_url)
+    node_id = f"127.0.0.1:{stack.stack.push_ports[0]}"
+    posted: list[str] = []
+    async with asyncio.timeout(60):
+        while True:  # until a post went while dispatch had the node for dead (the heartbeat may restore the card first)
+            await r.delete(node_key(node_id))
+            await asyncio.sleep(1.2)  # dispatch's cached list of live nodes (1 s) is read again on the next post
+            status, body = await c.post({"user_id": "card-gone", "payload": len(posted)})
+            assert status == 202
+            posted.append(body["id"])
+            await asyncio.sleep(0.3)
+            async with c.session.get(f"{stack.stack.dispatch_url}/healthz") as health:
+                if node_id not in (await health.json())["links"]:
+                    break
+    await r.aclose()
+    assert sorted(await receive_ids(ws, len(posted), timeout=30)) == sorted(posted)
     await ws.close()
