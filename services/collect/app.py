@@ -20,7 +20,7 @@ from services.collect.openapi import spec
 from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
 from shared.coalesce import Coalescer
-from shared.config import is_production, same_secret
+from shared.config import same_secret
 from shared.errors import NotFound, ServiceError, Unauthorized, Unavailable
 from shared.handover import Handover
 from shared.inbox import Inbox
@@ -126,6 +126,6 @@ def create_app(config: CollectConfig) -> Starlette:
         *ops_routes(health),
         *console_routes(config, reader, inbox, post_messages),
         *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),
-        openapi_route(spec(is_production())),
+        openapi_route(spec(config.production)),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -29,7 +29,6 @@ from starlette.staticfiles import StaticFiles
 
 from services.collect.config import CollectConfig
 from services.collect.stats import gather_stats
-from shared.config import is_production
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.routing import RouteReader, directory
@@ -96,7 +95,7 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         Route("/dashboard", page("dashboard.html")),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    if not is_production():
+    if not config.production:
         routes += [
             Route("/demo", page("demo.html")),
             Route("/dev/tokens", dev_token, methods=["POST"]),
