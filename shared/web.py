@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.errors import InvalidFields, MalformedRequest, PayloadTooLarge, ServiceError, Unauthorized
+from shared.errors import PayloadTooLarge, ServiceError, Unauthorized
 from shared.metrics import ERRORS, REQUEST_SECONDS, exposition
+from shared.protocol import load_object
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,7 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         if size > max_bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    try:
-        body = orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidFields("body must be a JSON object")
-    return body
+    return load_object(b"".join(chunks), "body")
 
 
 def bearer(request: Request) -> str:

@@ -12,15 +12,12 @@ import logging
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from shared.errors import LinkDown
 from shared.protocol import BatchResult, DeliverBatch, Delivery
 from shared.routing import NodeCard, now_ms
 from shared.signing import PROOF_HEADER, LinkRequest
 
 log = logging.getLogger(__name__)
-
-
-class LinkDown(Exception):
-    """The node could not take the batch (unreachable, closed, or too slow): leave it for a retry."""
 
 
 class NodeLink:

@@ -30,10 +30,11 @@ from redis.exceptions import RedisError
 
 from services.dispatch.config import DispatchConfig
 from services.dispatch.ledger import Ledger
-from services.dispatch.links import LinkDown, LinkPool, NodeLink
+from services.dispatch.links import LinkPool, NodeLink
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
 from shared import routing
 from shared.breaker import CircuitBreaker
+from shared.errors import LinkDown
 from shared.message import BROADCAST
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.protocol import Delivery

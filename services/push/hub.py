@@ -27,6 +27,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from services.push.metrics import CONNECTIONS, SLOW_CLOSED, USERS
+from shared.errors import CloseCode
 from shared.message import BROADCAST
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class Hub:
         SLOW_CLOSED.inc()
         log.warning("closing a connection that does not read", extra={"user_id": session.user_id,
                                                                        "bytes": session.ws.transport.get_write_buffer_size()})
-        task = asyncio.get_running_loop().create_task(session.ws.close(1013, "too slow: reconnect to get the rest"))
+        task = asyncio.get_running_loop().create_task(session.ws.close(CloseCode.TRY_AGAIN, "too slow: reconnect to get the rest"))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

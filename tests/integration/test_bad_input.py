@@ -79,7 +79,7 @@ async def test_app_ping_gets_pong(shared_stack: RunningStack) -> None:
         ({"raw": b"[" + b"1," * 600_000 + b"1]"}, 413, "too_large"),
         ({"body": {"user_id": "has space", "payload": 1}}, 422, "invalid"),
         ({"body": {"payload": 1}}, 422, "invalid"),
-        ({"body": [1, 2]}, 422, "invalid"),
+        ({"body": [1, 2]}, 400, "malformed"),
         ({"body": {"messages": [{"user_id": "u", "payload": 1}] * 1001}}, 413, "too_large"),
     ],
     ids=["wrong-api-key", "malformed-json", "payload-over-limit", "body-over-limit", "bad-user-id", "no-user",
