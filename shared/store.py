@@ -178,7 +178,7 @@ class MessageStore:
                 try:
                     await collection.create_index([("purge_at", 1)], expireAfterSeconds=0)
                 except OperationFailure as exc:
-                    log.info("no TTL index on this server; dispatch purges old history", extra={"error": exc.code})
+                    log.info("no TTL index on this server; dispatch purges old history", extra={"mongo_code": exc.code})
 
         await self.breaker.call(create)
 
