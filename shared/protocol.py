@@ -3,7 +3,7 @@
 Two links carry frames:
 
 * browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame``,
-  ``TopicsFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
+  ``TopicsFrame``, ``ReconnectFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
 
 A ``MessageFrame`` is encoded once, when collect accepts the message, and travels as the exact
@@ -106,6 +106,19 @@ class TopicsFrame:
     def encode(self) -> str:
         head = {"type": self.type} if self.code is None else {"type": self.type, "code": self.code}
         return orjson.dumps({**head, "topics": list(self.topics)}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectFrame:
+    """A draining node's advice: close this socket in ``after_ms`` and connect to ``url`` (another live node's
+    public URL), or to any node from the directory when there is no ``url``."""
+
+    after_ms: int
+    url: str | None = None
+
+    def encode(self) -> str:
+        head: dict[str, Any] = {"type": "reconnect", "after_ms": self.after_ms}
+        return orjson.dumps(head if self.url is None else {**head, "url": self.url}).decode()
 
 
 MAX_ACK_IDS = 1000

@@ -15,6 +15,7 @@ TOKEN_CACHE_SIZE         100000                          verified tokens kept un
 PING_INTERVAL_SECONDS    20                              websocket ping/pong keepalive
 MAX_FRAME_BYTES          1048576                         largest frame accepted (client or dispatch)
 SHUTDOWN_GRACE_SECONDS   5                               wait for closing handshakes before cancelling
+DRAIN_SECONDS            10                              a drain (``POST /v1/drain`` or SIGTERM) spreads its clients' reconnects over this, then closes the rest (1001)
 MAX_BUFFERED_BYTES       1048576                         bytes waiting in one socket's buffer before it is closed (1013)
 MONGO_URL / MONGO_DB     mongodb://127.0.0.1:27017/      where the lifecycle is recorded / ``push``
 REPLAY_LIMIT             10000                           most open messages replayed on one connect
@@ -52,6 +53,7 @@ class PushConfig:
     ping_interval: float
     max_frame_bytes: int
     shutdown_grace: float
+    drain_seconds: float
     max_buffered_bytes: int
     mongo_url: str
     mongo_db: str
@@ -96,6 +98,7 @@ class PushConfig:
             ping_interval=env("PING_INTERVAL_SECONDS", 20.0),
             max_frame_bytes=env("MAX_FRAME_BYTES", 1024 * 1024),
             shutdown_grace=env("SHUTDOWN_GRACE_SECONDS", 5.0),
+            drain_seconds=max(0.0, env("DRAIN_SECONDS", 10.0)),
             max_buffered_bytes=env("MAX_BUFFERED_BYTES", 1024 * 1024),
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),
