@@ -33,21 +33,21 @@ def advice(count: int, window_ms: int, urls: Sequence[str]) -> list[ReconnectFra
 class Drain:
     """Runs once, however many times it is asked for (``POST /v1/drain`` and then SIGTERM, say)."""
 
-    def __init__(self, hub: Hub, presence: Presence, others: Callable[[], Awaitable[list[str]]], seconds: float,
-                 grace: float) -> None:
+    def __init__(self, hub: Hub, presence: Presence, others: Callable[[], Awaitable[list[str]]], seconds: float) -> None:
         self.hub = hub
         self.presence = presence
         self.others = others
         self.seconds = seconds
-        self.grace = grace
         self.task: asyncio.Task[None] | None = None
+        self._closing: list[asyncio.Task[None]] = []
 
     @property
     def started(self) -> bool:
         return self.task is not None
 
     def start(self) -> asyncio.Task[None]:
-        """Start the drain unless it already is; the task ends once no socket is left."""
+        """Start the drain unless it already is; the task ends once no socket is left or the last were told to close
+        (a shutdown then waits for their closing handshakes)."""
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
         return self.task
@@ -77,6 +77,5 @@ class Drain:
         except TimeoutError:
             pass
         left = self.hub.sessions()
-        if left:
-            await asyncio.wait([asyncio.create_task(s.ws.close(1001, "node drained")) for s in left], timeout=self.grace)
+        self._closing = [asyncio.create_task(s.ws.close(1001, "node drained")) for s in left]
         log.info("drained", extra={"node_closed": len(left)})

@@ -85,7 +85,7 @@ class PushNode:
         self.addresses = AddressCount(config.max_connections_per_address)
         self.link_guard = LinkGuard(config.internal_key, config.node_id)
         self.public_topics = Grants.of(config.public_topics)
-        self.drain = Drain(self.hub, self.presence, self.other_nodes, config.drain_seconds, config.shutdown_grace)
+        self.drain = Drain(self.hub, self.presence, self.other_nodes, config.drain_seconds)
 
     def card(self) -> NodeCard:
         c = self.config
