@@ -140,8 +140,6 @@ class PushNode:
         """``POST /v1/drain``: start draining (again: no-op) and say how many sockets it moves over how long."""
         if request.method != "POST":
             return http_response(405, orjson.dumps(MethodNotAllowed("POST starts a drain").body()))
-        if not self.drain.started:
-            log.info("drain requested", extra={"node": self.config.node_id, "count": self.hub.connections})
         self.drain.start()
         return http_response(202, orjson.dumps({"draining": True, "connections": self.hub.connections,
                                                 "drain_seconds": self.config.drain_seconds}))
