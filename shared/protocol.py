@@ -3,7 +3,7 @@
 Two links carry frames:
 
 * browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame``,
-  ``TopicsFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
+  ``TopicsFrame``, ``ReconnectFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
 
 Every frame is a JSON object whose ``type`` is an ``Op``; a connection closes with a ``CloseCode``
@@ -40,6 +40,7 @@ class Op(StrEnum):
     SUBSCRIBED = "subscribed"
     UNSUBSCRIBED = "unsubscribed"
     ERROR = "error"
+    RECONNECT = "reconnect"
     PING = "ping"  # browser -> node
     ACK = "ack"
     SUBSCRIBE = "subscribe"
@@ -131,6 +132,19 @@ class TopicsFrame:
     def encode(self) -> str:
         head = {"type": self.type} if self.code is None else {"type": self.type, "code": self.code}
         return orjson.dumps({**head, "topics": list(self.topics)}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectFrame:
+    """A draining node's advice: close this socket in ``after_ms`` and connect to ``url`` (another live node's
+    public URL), or to any node from the directory when there is no ``url``."""
+
+    after_ms: int
+    url: str | None = None
+
+    def encode(self) -> str:
+        head: dict[str, Any] = {"type": Op.RECONNECT, "after_ms": self.after_ms}
+        return orjson.dumps(head if self.url is None else {**head, "url": self.url}).decode()
 
 
 MAX_ACK_IDS = 1000

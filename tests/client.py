@@ -8,8 +8,11 @@ from typing import Any
 import aiohttp
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
-from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
+from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS, DEV_INTERNAL_KEY
+from shared.routing import now_ms
+from shared.signing import LinkRequest
 from tools.cluster import Stack
 
 API_KEY = DEV_API_KEYS.partition(":")[2]
@@ -62,6 +65,13 @@ class ClusterClient:
                 assert status == 503, answer
                 await asyncio.sleep(0.3)
 
+    async def drain(self, node: int = 0, key: str | None = DEV_INTERNAL_KEY) -> tuple[int, Any]:
+        """``POST /v1/drain`` on push node ``node``, signed with ``key`` (None: unsigned): its status and body."""
+        port = self.stack.push_ports[node]
+        headers = LinkRequest.make(key, f"127.0.0.1:{port}", now_ms()).headers() if key is not None else {}
+        async with self.session.post(f"{self.stack.push_url(port)}/v1/drain", headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
     async def health(self) -> dict[str, int]:
         """Every service's ``/healthz`` status code (0 when it does not answer at all)."""
         urls = {"auth": self.stack.auth_url, "collect": self.stack.collect_url, "dispatch": self.stack.dispatch_url}
@@ -111,3 +121,47 @@ async def subscribe(ws: ClientConnection, topics: list[str], kind: str = "subscr
         replies.append(await next_frame(ws))
         answered |= set(replies[-1]["topics"])
     return replies
+
+
+class Roamer:
+    """A user's socket as a well-behaved client keeps it: acks every message and honours a draining node's
+    ``reconnect`` advice (waits ``after_ms``, closes, connects to the advised URL; also when the node closes it
+    with 1001 before then)."""
+
+    def __init__(self, client: ClusterClient, user_id: str) -> None:
+        self.client = client
+        self.user_id = user_id
+        self.received: list[str] = []
+        self.welcomes: list[tuple[float, str]] = []  # (loop time, node) of each welcome
+        self.node_closed = 0  # times the node closed the socket before the advised time
+        self.welcomed = asyncio.Event()
+
+    async def run(self, url: str) -> None:
+        """Stay connected (first to ``url``) until cancelled."""
+        token = await self.client.token(self.user_id)
+        loop = asyncio.get_running_loop()
+        while True:
+            leave = asyncio.timeout(None)
+            async with connect(f"{url}?token={token}", open_timeout=10) as ws:  # closed on the way out, cancelled too
+                try:
+                    async with leave:
+                        async for data in ws:
+                            frame = orjson.loads(data)
+                            if frame["type"] == "welcome":
+                                self.welcomes.append((loop.time(), frame["node"]))
+                                self.welcomed.set()
+                            elif frame["type"] == "message":
+                                self.received.append(frame["id"])
+                                await ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
+                            elif frame["type"] == "reconnect":
+                                url = frame.get("url", url)
+                                leave.reschedule(loop.time() + frame["after_ms"] / 1000)
+                except TimeoutError:  # the advised time came
+                    continue
+                except ConnectionClosed:
+                    pass
+            moment = leave.when()
+            if moment is None:
+                raise AssertionError(f"{self.user_id}: the node closed the socket ({ws.close_code}) without advice")
+            self.node_closed += 1
+            await asyncio.sleep(max(0.0, moment - loop.time()))

@@ -41,6 +41,7 @@ class Servers:
 
     def new_stack(self, nodes: int = 2, redis_url: str | None = None, **env: str) -> Stack:
         own_redis, mongo_db = self.fresh_database()
+        env = {"DRAIN_SECONDS": "1", **env}  # a node stopped with sockets still open drains them 1 s, not 10
         return Stack.on_free_ports(redis_url or own_redis, self.mongo_url, mongo_db, nodes, **env)
 
 

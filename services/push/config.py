@@ -50,6 +50,8 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings):
                                              "authenticated user may subscribe to", cast=parse_topics)
     max_connection_topics: int = setting("MAX_CONNECTION_TOPICS", 1000,
                                          "topics one socket may be subscribed to (past it: refused with code `limit`)", low=1)
+    drain_seconds: float = setting("DRAIN_SECONDS", 10.0, "a drain (`POST /v1/drain` or SIGTERM) spreads its clients' "
+                                   "reconnects over this, then closes the rest (1001)", low=0)
 
     @property
     def link_url(self) -> str:

@@ -86,10 +86,13 @@ class Hub:
         self._closing: set[asyncio.Task[None]] = set()
         self._by_topic: defaultdict[str, set[Session]] = defaultdict(set)
         self._published: OrderedDict[str, None] = OrderedDict()
+        self.empty = asyncio.Event()  # set while no session is open (a drain waits for it)
+        self.empty.set()
 
     def add(self, session: Session) -> None:
         self._by_user[session.user_id].add(session)
         self.connections += 1
+        self.empty.clear()
         self._gauge()
 
     def remove(self, session: Session) -> list[str]:
@@ -102,6 +105,8 @@ class Hub:
         if not sessions:
             del self._by_user[session.user_id]
         self.connections -= 1
+        if not self.connections:
+            self.empty.set()
         self._gauge()
         return topics
 

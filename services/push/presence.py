@@ -12,6 +12,10 @@ a slice of user routes and topics to write again (renewing their TTL), so that e
 about three times per ``route_ttl``: at 15k users, a 30 s node TTL and a 1 h route TTL that is
 ~40 more commands every 10 s. A connection or disconnection writes its user's count; a message
 writes nothing.
+
+``withdraw`` (a drain or a shutdown) drops every route, topic count and the card, and from then on
+the flusher and the heartbeat write nothing more: the node stays withdrawn while its last sockets
+leave. One lock orders these writes, so a flush in flight cannot land a route after the withdrawal.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class Presence:
         self._wake = asyncio.Event()
         self._renew_cursor: list[str] = []
         self._renew_topics: list[str] = []
+        self._writing = asyncio.Lock()
+        self.withdrawn = False
 
     async def arrived(self, user_id: str, timeout: float = 5.0) -> None:
         """Return once this node is in the user's route, or raise ``Unavailable`` if Redis is not answering."""
@@ -86,7 +92,9 @@ class Presence:
             present = {u: self.hub.count(u) for u in dirty if self.hub.holds(u)}
             gone = [u for u in dirty if not self.hub.holds(u)]
             try:
-                await self.writer.apply(present, gone, {t: self.hub.subscribers(t) for t in topics})
+                async with self._writing:
+                    if not self.withdrawn:
+                        await self.writer.apply(present, gone, {t: self.hub.subscribers(t) for t in topics})
             except Exception as exc:  # never die silently: log, back off, go on
                 self._dirty |= dirty
                 self._dirty_topics |= topics
@@ -112,7 +120,7 @@ class Presence:
 
     async def run_heartbeat(self) -> None:
         backoff = Backoff()
-        while True:
+        while not self.withdrawn:
             # Route and topic TTLs are renewed by the flusher, which reads each count when it writes it (no stale
             # count can land after a newer one).
             self._renew_cursor, users = self._renewal_slice(self._renew_cursor, self.hub.users, len(self.hub))
@@ -122,7 +130,9 @@ class Presence:
                 self._wake.set()
             self.unsubscribed(topics)
             try:
-                if not await self.writer.heartbeat(self.card()) and len(self.hub):
+                async with self._writing:
+                    renewed = self.withdrawn or await self.writer.heartbeat(self.card())
+                if not renewed and len(self.hub):
                     log.warning("node card was missing; writing every route again", extra={"count": len(self.hub)})
                     self._dirty.update(self.hub.users())
                     self._dirty_topics.update(self.hub.topics())
@@ -143,7 +153,10 @@ class Presence:
         return cursor[size:], cursor[:size]
 
     async def withdraw(self) -> None:
-        """Drop every route, topic count and the node card, so dispatch stops routing here at once."""
-        users = list(self.hub.users())
-        for start in range(0, max(len(users), 1), 5000):
-            await self.writer.withdraw(itertools.islice(users, start, start + 5000), self.hub.topics() if not start else ())
+        """Drop every route, topic count and the node card, so dispatch stops routing here at once, and write none
+        of them again."""
+        async with self._writing:
+            self.withdrawn = True
+            users = list(self.hub.users())
+            for start in range(0, max(len(users), 1), 5000):
+                await self.writer.withdraw(itertools.islice(users, start, start + 5000), self.hub.topics() if not start else ())

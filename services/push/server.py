@@ -1,5 +1,5 @@
-"""Wiring of a push node: one websockets server for browsers (``/ws``), dispatch (``/internal``),
-``/healthz`` and ``/metrics``, plus the presence loops; and uvicorn-style graceful shutdown."""
+"""Wiring of a push node: one websockets server for browsers (``/ws``), dispatch (``/internal``), the
+drain (``POST /v1/drain``), ``/healthz`` and ``/metrics``, plus the presence loops; SIGTERM drains, then stops."""
 
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ from services.push.identity import TokenVerifier
 from services.push.limits import AddressCount, TokenBucket
 from services.push.link import serve_link
 from services.push.acks import Acks
+from services.push.drain import Drain
 from services.push.metrics import CONNECTS, REFUSED
 from services.push.presence import Presence
 from services.push.replay import Replayer
 from shared.clients import redis_client
-from shared.errors import RateLimited, ServiceError, Unauthorized, Unavailable
+from shared.errors import CloseCode, MethodNotAllowed, RateLimited, ServiceError, Unauthorized, Unavailable
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, exposition
 from shared.inbox import Inbox
 from shared.protocol import (AckFrame, PingFrame, PongFrame, SubscribeFrame, TopicsFrame, UnsubscribeFrame, WelcomeFrame,
                              parse_client_frame)
-from shared.routing import NodeCard, RouteWriter, now_ms
+from shared.routing import NodeCard, RouteReader, RouteWriter, directory, now_ms
 from shared.signing import PROOF_HEADER, LinkGuard, LinkRequest
 from shared.store import MessageStore
 from shared.topics import Grants
@@ -44,7 +45,8 @@ LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands
 
 
 def http_response(status: int, body: bytes, content_type: str = "application/json") -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    """A plain HTTP answer; websockets closes the connection after it, so it says so (a client must not reuse it)."""
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")])
     return Response(status, HTTPStatus(status).phrase, headers, body)
 
 
@@ -59,6 +61,7 @@ def token_of(request: Request) -> str | None:
 
 TOPIC_USERS_PATH = "/internal/topics/"  # + a topic: its subscribers' user ids here (collect's GET /v1/topics/{t}?users=1)
 TOPIC_USERS_LIMIT = 1000
+DRAIN_PATH = "/v1/drain"  # POST, signed like the dispatch link: start draining this node
 
 
 def source_of(connection: ServerConnection) -> str:
@@ -82,10 +85,16 @@ class PushNode:
         self.addresses = AddressCount(config.max_connections_per_address)
         self.link_guard = LinkGuard(config.internal_key, config.node_id)
         self.public_topics = Grants.of(config.public_topics)
+        self.drain = Drain(self.hub, self.presence, self.other_nodes, config.drain_seconds)
 
     def card(self) -> NodeCard:
         c = self.config
         return NodeCard(c.node_id, c.link_url, c.public_url, self.hub.connections, len(self.hub), now_ms()).sealed(c.internal_key)
+
+    async def other_nodes(self) -> list[str]:
+        """The public URLs of the other live nodes, least loaded first: where a drain sends this node's clients."""
+        cards = await directory(RouteReader(self.redis, self.config.internal_key))
+        return [card.public_url for card in cards if card.id != self.config.node_id]
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -94,13 +103,14 @@ class PushNode:
                 redis_ok = bool(await self.redis.ping())
             except RedisError:
                 redis_ok = False
-            report = {"ok": redis_ok, "service": "push", "node": self.config.node_id, "redis": redis_ok,
-                      "connections": self.hub.connections, "users": len(self.hub)}
-            return http_response(200 if redis_ok else 503, orjson.dumps(report))
+            ok = redis_ok and not self.drain.started
+            report = {"ok": ok, "service": "push", "node": self.config.node_id, "redis": redis_ok,
+                      "draining": self.drain.started, "connections": self.hub.connections, "users": len(self.hub)}
+            return http_response(200 if ok else 503, orjson.dumps(report))
         if path == "/metrics":
             body, content_type = exposition()
             return http_response(200, body, content_type)
-        if path == "/internal" or path.startswith(TOPIC_USERS_PATH):
+        if path == "/internal" or path.startswith(TOPIC_USERS_PATH) or path == DRAIN_PATH:
             try:
                 self.link_guard.admit(request.headers, now_ms())
             except Unauthorized as exc:
@@ -110,17 +120,29 @@ class PushNode:
                 return http_response(401, orjson.dumps(exc.body()))
             if path == "/internal":
                 return None
+            if path == DRAIN_PATH:
+                return self.start_drain(request)
             users, truncated = self.hub.topic_users(unquote(path.removeprefix(TOPIC_USERS_PATH)), TOPIC_USERS_LIMIT)
             return http_response(200, orjson.dumps({"users": users, "truncated": truncated}))
         if path == "/ws":
             try:
+                if self.drain.started:
+                    raise Unavailable("this node is draining: connect to another node")
                 self.addresses.check(source_of(connection))
-            except RateLimited as exc:
+            except (RateLimited, Unavailable) as exc:
                 ERRORS.labels(exc.code).inc()
                 log.warning("connection refused", extra={"peer": source_of(connection), "error": exc.message})
                 return http_response(exc.status, orjson.dumps(exc.body()))
             return None
         return http_response(404, b'{"error":{"code":"not_found","message":"no such path"}}')
+
+    def start_drain(self, request: Request) -> Response:
+        """``POST /v1/drain``: start draining (again: no-op) and say how many sockets it moves over how long."""
+        if request.method != "POST":
+            return http_response(405, orjson.dumps(MethodNotAllowed("POST starts a drain").body()))
+        self.drain.start()
+        return http_response(202, orjson.dumps({"draining": True, "connections": self.hub.connections,
+                                                "drain_seconds": self.config.drain_seconds}))
 
     def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         """On an admitted dispatch link, prove this node holds the internal key too (bound to dispatch's nonce)."""
@@ -146,6 +168,9 @@ class PushNode:
             await self.refuse(ws, exc, None)
             return
         user = identity.user_id
+        if self.drain.started:  # upgraded just before the drain began: it would not be told to leave
+            await ws.close(CloseCode.GOING_AWAY, "node draining")
+            return
         cap = self.config.max_connections_per_user
         if cap and self.hub.count(user) >= cap:
             await self.refuse(ws, RateLimited(f"{cap} connections for this user already"), user)
@@ -213,7 +238,7 @@ class PushNode:
         await ws.close(exc.close_code, exc.message[:120])
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT, then: withdraw routes, close sockets with 1001, wait, cancel."""
+        """Serve until SIGTERM/SIGINT, then: drain (withdraw, advise every client, close the rest with 1001), cancel."""
         c = self.config
         stop = asyncio.get_running_loop().create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -233,12 +258,9 @@ class PushNode:
             log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
             await stop
             log.info("shutting down", extra={"node": c.node_id, "count": self.hub.connections})
+            await self.drain.start()
             for task in loops:
                 task.cancel()
-            try:
-                await self.presence.withdraw()
-            except RedisError as exc:
-                log.warning("could not withdraw routes; they expire with the node card", extra={"error": repr(exc)})
             server.close()
             try:
                 await asyncio.wait_for(server.wait_closed(), c.shutdown_grace)

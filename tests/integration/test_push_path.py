@@ -107,7 +107,8 @@ async def test_killed_node_stops_being_routed_within_ttl(start_stack) -> None:
 
 
 async def test_clean_shutdown_removes_routes_at_once(start_stack) -> None:
-    """SIGTERM on a node withdraws its card and routes before it exits: nothing is routed there afterwards."""
+    """SIGTERM on a node drains it: its card and routes are withdrawn before it exits (nothing is routed there
+    afterwards), and its client is told to reconnect to the other node before the close with 1001."""
     stack: RunningStack = start_stack()
     c = stack.client
     ws = await c.connect("ivan", node=0)
@@ -117,6 +118,7 @@ async def test_clean_shutdown_removes_routes_at_once(start_stack) -> None:
     assert stack.push(0).stop() == 0
     assert await r.hgetall("route:ivan") == {}
     assert await r.exists(f"node:{node_id}") == 0
+    assert await next_frame(ws) == {"type": "reconnect", "after_ms": 0, "url": f"ws://127.0.0.1:{stack.stack.push_ports[1]}/ws"}
     await ws.wait_closed()
     assert ws.close_code == 1001
     await r.aclose()
