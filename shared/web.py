@@ -25,12 +25,23 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def health_answer(report: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A health report and its status: 503 while a dependency is down (``ok`` false), so balancers look elsewhere."""
+    return report, 200 if report.get("ok") else 503
+
+
+def refusal(exc: ServiceError, path: str) -> tuple[dict[str, Any], int]:
+    """Count and log a refused request; its body and status, from the one error map."""
+    ERRORS.labels(exc.code).inc()
+    log.warning("request refused", extra={"status": exc.status, "code": exc.code, "error": exc.message, "url": path})
+    return exc.body(), exc.status
+
+
 def ops_routes(health: HealthCheck) -> list[Route]:
     """``GET /healthz`` (503 while a dependency is down) and ``GET /metrics``."""
 
     async def healthz(_: Request) -> Response:
-        report = await health()
-        return json_response(report, 200 if report.get("ok") else 503)
+        return json_response(*health_answer(await health()))
 
     async def metrics(_: Request) -> Response:
         body, content_type = exposition()
@@ -41,9 +52,7 @@ def ops_routes(health: HealthCheck) -> list[Route]:
 
 async def service_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    ERRORS.labels(exc.code).inc()
-    log.warning("request refused", extra={"status": exc.status, "code": exc.code, "error": exc.message, "url": request.url.path})
-    return json_response(exc.body(), exc.status)
+    return json_response(*refusal(exc, request.url.path))
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

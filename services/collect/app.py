@@ -17,7 +17,7 @@ from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
 from services.collect.presence import presence_routes
 from services.collect.openapi import spec
-from shared.clients import redis_client
+from shared.clients import redis_alive, redis_client
 from shared.breaker import OPEN, CircuitBreaker
 from shared.coalesce import Coalescer
 from shared.config import same_secret
@@ -102,10 +102,7 @@ def create_app(config: CollectConfig) -> Starlette:
 
     async def health() -> dict[str, object]:
         mongo_ok = await store.ping()
-        try:
-            redis_ok = bool(await redis.ping())
-        except RedisError:
-            redis_ok = False
+        redis_ok = await redis_alive(redis)
         return {"ok": mongo_ok and redis_ok, "service": "collect", "mongo": mongo_ok, "redis": redis_ok,
                 "breakers": {"mongodb": store.breaker.state, "redis": redis_breaker.state}}
 

@@ -9,7 +9,6 @@ import logging
 import time
 from typing import AsyncIterator
 
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from services.dispatch.config import DispatchConfig
@@ -17,7 +16,7 @@ from services.dispatch.lease import Lease
 from services.dispatch.links import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
 from services.dispatch.router import Router
-from shared.clients import redis_client
+from shared.clients import redis_alive, redis_client
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.routing import RouteReader
@@ -40,10 +39,7 @@ def create_app(config: DispatchConfig) -> Starlette:
     reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)
 
     async def health() -> dict[str, object]:
-        try:
-            redis_ok = bool(await redis.ping())
-        except RedisError:
-            redis_ok = False
+        redis_ok = await redis_alive(redis)
         mongo_ok = await store.ping()
         loop_ok = time.time() - router.last_cycle < config.block_ms / 1000 + 10
         return {"ok": redis_ok and mongo_ok and loop_ok, "service": "dispatch", "redis": redis_ok, "mongo": mongo_ok,
