@@ -35,8 +35,8 @@ class RecordingWriter:
         self.writes.append((present, sorted(gone), topics))
 
 
-def presence(writer: RecordingWriter, hub: Hub) -> Presence:
-    return Presence(writer, hub, lambda: NodeCard("n1", "ws://l", "ws://p"), 10)  # type: ignore[arg-type]
+def presence(writer: RecordingWriter, hub: Hub, heartbeat_interval: float = 10) -> Presence:
+    return Presence(writer, hub, lambda: NodeCard("n1", "ws://l", "ws://p"), heartbeat_interval)  # type: ignore[arg-type]
 
 
 def joined(hub: Hub, user: str, topics: tuple[str, ...] = ()) -> Session:
@@ -116,7 +116,7 @@ def test_each_heartbeat_renews_a_slice_so_every_route_is_renewed_three_times_per
     users = [f"u{n:02d}" for n in range(25)]
     for user in users:
         joined(hub, user)
-    p = Presence(RecordingWriter(route_ttl=30), hub, lambda: NodeCard("n1", "ws://l", "ws://p"), 1)  # type: ignore[arg-type]
+    p = presence(RecordingWriter(route_ttl=30), hub, heartbeat_interval=1)
     cursor: list[str] = []
     beats = []
     for _ in range(10):
