@@ -13,6 +13,8 @@ from websockets.exceptions import ConnectionClosed
 from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS, DEV_INTERNAL_KEY
 from shared.routing import now_ms
 from shared.signing import LinkRequest
+from tests.metrics import sample
+from tests.waits import scaled, until
 from tools.cluster import Stack
 
 API_KEY = DEV_API_KEYS.partition(":")[2]
@@ -32,7 +34,7 @@ class ClusterClient:
 
     async def open(self, token: str, node: int = 0) -> ClientConnection:
         """A websocket to push node ``node`` (no welcome awaited: the node may refuse it)."""
-        return await connect(f"ws://127.0.0.1:{self.stack.push_ports[node]}/ws?token={token}", open_timeout=5)
+        return await connect(f"ws://127.0.0.1:{self.stack.push_ports[node]}/ws?token={token}", open_timeout=scaled(5))
 
     async def connect(self, user_id: str, node: int = 0, topics: list[str] | None = None) -> ClientConnection:
         """A websocket for ``user_id`` (whose token grants ``topics``) on push node ``node``, returned once the node
@@ -57,13 +59,20 @@ class ClusterClient:
 
     async def post_until_accepted(self, body: Any, timeout: float = 30) -> dict[str, Any]:
         """Post until collect answers 202 (after an outage), accepting only 503 meanwhile."""
-        async with asyncio.timeout(timeout):
-            while True:
-                status, answer = await self.post(body)
-                if status == 202:
-                    return answer
-                assert status == 503, answer
-                await asyncio.sleep(0.3)
+
+        async def attempt() -> tuple[int, Any]:
+            status, answer = await self.post(body)
+            assert status in (202, 503), answer
+            return status, answer
+
+        _, answer = await until(attempt, lambda r: r[0] == 202, what="collect to accept a post", timeout=timeout, every=0.3)
+        return answer
+
+    async def metric(self, url: str, name: str, **labels: str) -> float:
+        """The value of sample ``name`` (with exactly ``labels``) on the ``/metrics`` page of the service at ``url``."""
+        async with self.session.get(f"{url}/metrics") as r:
+            assert r.status == 200, await r.text()
+            return sample(await r.text(), name, **labels)
 
     async def drain(self, node: int = 0, key: str | None = DEV_INTERNAL_KEY) -> tuple[int, Any]:
         """``POST /v1/drain`` on push node ``node``, signed with ``key`` (None: unsigned): its status and body."""
@@ -87,14 +96,16 @@ class ClusterClient:
 
 
 async def next_frame(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
-    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+    """The next frame, within ``scaled(timeout)``."""
+    return orjson.loads(await asyncio.wait_for(ws.recv(), scaled(timeout)))
 
 
 async def frames_within(ws: ClientConnection, seconds: float) -> list[dict[str, Any]]:
-    """Every frame that arrives within ``seconds`` (used to prove that nothing, or nothing more, arrives)."""
+    """Every frame that arrives within ``scaled(seconds)`` (used to prove that nothing, or nothing more, arrives: a
+    window, not a wait for an event, so scaled like every timeout to leave a slow machine time to misbehave)."""
     frames = []
     try:
-        async with asyncio.timeout(seconds):
+        async with asyncio.timeout(scaled(seconds)):
             while True:
                 frames.append(orjson.loads(await ws.recv()))
     except TimeoutError:
@@ -104,7 +115,7 @@ async def frames_within(ws: ClientConnection, seconds: float) -> list[dict[str, 
 async def receive_ids(ws: ClientConnection, count: int, timeout: float = 30) -> list[str]:
     """Message ids from the next ``count`` message frames."""
     ids: list[str] = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(scaled(timeout)):
         while len(ids) < count:
             frame = await next_frame(ws, timeout)
             if frame["type"] == "message":

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from tests.client import ClusterClient
+from tests.waits import scaled
 from tools.cluster import Cluster, Proc, Stack, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ class RunningStack:
 async def start_stack(servers: Servers, cluster: Cluster) -> AsyncIterator[Callable[..., RunningStack]]:
     """Start a fresh, isolated stack of the four services (stopped after the test)."""
     started: list[RunningStack] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
 
         def start(nodes: int = 2, redis_url: str | None = None, mongo_url: str | None = None, **env: str) -> RunningStack:
             stack = servers.new_stack(nodes, redis_url, **env)
@@ -94,7 +95,7 @@ async def shared_stack(request: pytest.FixtureRequest, servers: Servers, cluster
     """One stack shared by a module's tests that do not stop or kill anything (with the module's ``STACK_ENV``, if any)."""
     stack = servers.new_stack(2, **getattr(request.module, "STACK_ENV", {}))
     procs = cluster.start_stack(stack)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
         yield RunningStack(stack, procs, ClusterClient(stack, session))
     for proc in reversed(list(procs.values())):
         proc.stop()

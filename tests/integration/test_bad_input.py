@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from shared.config import DEV_JWT_KEY
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack
+from tests.waits import scaled
 
 
 async def assert_all_healthy(stack: RunningStack) -> None:
@@ -122,7 +123,7 @@ async def raw_status(port: int, request: bytes) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
-    status_line = await asyncio.wait_for(reader.readline(), 10)
+    status_line = await asyncio.wait_for(reader.readline(), scaled(10))
     writer.close()
     return int(status_line.split()[1])
 

@@ -13,6 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.client import Roamer, frames_within, next_frame
 from tests.conftest import RunningStack, report_scenario
+from tests.waits import scaled, until
 
 CLIENTS = 1000
 RATE = 200  # messages a second, to the drained node's users, before, during and after the drain
@@ -41,12 +42,12 @@ async def test_a_drained_node_moves_every_client_to_the_other_node_over_the_wind
     roamers = [Roamer(stack.client, f"drain{i}") for i in range(CLIENTS)]
     tasks = [asyncio.create_task(r.run(f"ws://{a}/ws")) for r in roamers]
     try:
-        async with asyncio.timeout(40):
+        async with asyncio.timeout(scaled(40)):
             await asyncio.gather(*(r.welcomed.wait() for r in roamers))
         posted: list[str] = []
         stop = asyncio.Event()
         poster = asyncio.create_task(post_steadily(stack, [r.user_id for r in roamers], posted, stop))
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # the scenario: steady load before the drain, and through its window
         started = asyncio.get_running_loop().time()
         status, body = await stack.client.drain(0)
         assert status == 202 and body["draining"] and body["connections"] == CLIENTS, body
@@ -54,9 +55,8 @@ async def test_a_drained_node_moves_every_client_to_the_other_node_over_the_wind
         stop.set()
         await poster
         expected = Counter(p.partition("/")[0] for p in posted)
-        async with asyncio.timeout(20):
-            while any(len(set(r.received)) < expected[r.user_id] for r in roamers):
-                await asyncio.sleep(0.2)
+        await until(lambda: sum(len(set(r.received)) < expected[r.user_id] for r in roamers), lambda short: short == 0,
+                    what="every client to receive all its messages", timeout=20)
         for task in tasks:
             assert not task.done(), task.exception()
     finally:

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from shared.message import post_of
 from tests.client import frames_within, next_frame
 from tests.conftest import RunningStack, report_scenario
+from tests.waits import scaled, until
 
 
 async def stored(stack: RunningStack, message_id: str) -> list[dict]:
@@ -94,14 +95,23 @@ async def test_killed_node_stops_being_routed_within_ttl(start_stack) -> None:
     stack: RunningStack = start_stack(NODE_TTL_SECONDS="3")
     c = stack.client
     on_a, on_b = await c.connect("heidi", node=0), await c.connect("heidi", node=1)
+    loop = asyncio.get_running_loop()
     stack.push(0).kill()
-    await asyncio.sleep(3.5)
+    killed = loop.time()
+
+    async def live_nodes() -> float:
+        """dispatch's count of live nodes, refreshed by a post to a user with no route (it reads cards as it forwards)."""
+        assert (await c.post({"user_id": "nobody-here", "payload": "tick"}))[0] == 202
+        return await c.metric(stack.stack.dispatch_url, "dispatch_live_nodes")
+
+    await until(live_nodes, lambda n: n == 1, what="dispatch to count one live node", every=0.2)
+    assert loop.time() - killed <= 3 + 1 + scaled(0.5), "within the card's TTL and dispatch's 1 s cache of cards"
     status, body = await c.post({"user_id": "heidi", "payload": "after kill"})
     assert status == 202
     assert (await next_frame(on_b))["id"] == body["id"]
-    await asyncio.sleep(1)
+    await asyncio.sleep(scaled(1))  # proves an absence: a batch sent to the dead node would have failed by now
     # Had dispatch still routed to the dead node, the batch would have failed and been left for a retry.
-    assert "dispatch_retried_total 0.0" in await metrics(stack, stack.stack.dispatch_url)
+    assert await c.metric(stack.stack.dispatch_url, "dispatch_retried_total") == 0
     await on_b.close()
     await on_a.close()
 
@@ -142,11 +152,6 @@ async def test_messages_posted_while_dispatch_is_down_arrive_when_it_returns(sta
     lost, twice = report_scenario("dispatch stopped while 20 messages were posted", ids, got)
     assert got == ids and lost == twice == 0
     await ws.close()
-
-
-async def metrics(stack: RunningStack, url: str) -> str:
-    async with stack.client.session.get(f"{url}/metrics") as r:
-        return await r.text()
 
 
 async def test_non_ascii_messages_past_the_link_limit_in_bytes_all_arrive(start_stack) -> None:
