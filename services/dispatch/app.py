@@ -1,4 +1,4 @@
-"""dispatch's wiring: the router, reconciler and lifecycle loops in the lifespan; ``/healthz`` and
+"""dispatch's wiring: the router, reconciler, firing and lifecycle loops in the lifespan; ``/healthz`` and
 ``/metrics`` beside them."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from services.dispatch.config import DispatchConfig
+from services.dispatch.firing import Firing
 from services.dispatch.lease import Lease
 from services.dispatch.links import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
@@ -38,6 +39,7 @@ def create_app(config: DispatchConfig) -> Starlette:
     router = Router(config, stream, routes, links)
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)
+    firing = Firing(config, reconciler.handover)
 
     async def health() -> dict[str, object]:
         try:
@@ -52,7 +54,7 @@ def create_app(config: DispatchConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(loop()) for loop in (router.run, lifecycle.run, reconciler.run)]
+        tasks = [asyncio.create_task(loop()) for loop in (router.run, lifecycle.run, reconciler.run, firing.run)]
         yield
         for task in tasks:
             task.cancel()

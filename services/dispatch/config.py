@@ -27,6 +27,9 @@ REBUILD_PAGE               1000                        documents per page when r
 PURGE_INTERVAL_SECONDS     3600                        how often history past its ``purge_at`` is deleted
 HANDOVER_GRACE_SECONDS     10                          a post stored this long ago and still not handed over was left by collect
 HANDOVER_ABANDON_SECONDS   120                         an intent this old whose post MongoDB never got is dropped
+FIRE_INTERVAL_MS           50                          how often each instance looks for due scheduled messages
+FIRE_BATCH                 1000                        most scheduled messages one instance claims and fires at once
+FIRE_GRACE_MS              30000                       a claim not fired within this (its instance died) is claimed again
 =========================  ==========================  ============================================
 """
 
@@ -63,6 +66,9 @@ class DispatchConfig:
     expire_batch: int
     rebuild_page: int
     purge_interval: float
+    fire_interval_ms: int
+    fire_batch: int
+    fire_grace_ms: int
 
     @classmethod
     def from_env(cls) -> DispatchConfig:
@@ -91,4 +97,7 @@ class DispatchConfig:
             expire_batch=env("EXPIRE_BATCH", 500),
             rebuild_page=env("REBUILD_PAGE", 1000),
             purge_interval=env("PURGE_INTERVAL_SECONDS", 3600.0),
+            fire_interval_ms=env("FIRE_INTERVAL_MS", 50),
+            fire_batch=env("FIRE_BATCH", 1000),
+            fire_grace_ms=env("FIRE_GRACE_MS", 30_000),
         )

@@ -1,0 +1,185 @@
+"""Scheduled messages in Redis: held back until due, then fired exactly once by whichever dispatch claims them.
+
+Keys:
+
+* ``sched:{post}`` -- a HASH with the field map (``shared.message``) of the post's messages still
+  waiting, plus ``t`` (the post's acceptance time) and ``s`` (its sender, for cancellation). A
+  message's fields go when it fires or is cancelled, the hash with the last of them;
+* ``schedule`` -- a ZSET of waiting message ids scored by due time (ms);
+* ``schedule:firing`` -- a ZSET of ids a dispatch instance claimed, scored by the claim time.
+
+Nothing of a scheduled message is in an inbox or on the stream before it is due, so a user who
+connects early does not get it. Firing: one script call (``claim``) moves up to ``limit`` due ids
+from ``schedule`` to ``schedule:firing`` and returns them, so however many instances call it each
+id goes to one of them; the claimer opens the inboxes, appends to the stream and removes the ids
+from ``schedule:firing`` in one MULTI (``services/dispatch/firing.py``). An id left in
+``schedule:firing`` longer than the grace (its claimer died in between) is claimed again by the same
+script, by any instance: no lease, nothing stalls when an instance dies. A claimer stalled past the
+grace and then going on would fire a message twice (at least once, like every delivery here).
+
+Cancelling is one script too: the id leaves ``schedule`` only if it is still there and the hash's
+sender matches, so a cancel and a claim never both win.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared.message import Message, by_post, index_of, messages_of, post_fields, post_of
+
+SCHEDULE_KEY = "schedule"
+FIRING_KEY = "schedule:firing"
+META_FIELDS = 2  # "t" and "s": a hash with only these holds no message
+
+
+def sched_key(post: str) -> str:
+    return f"sched:{post}"
+
+
+def message_fields(index: int) -> list[str]:
+    i = str(index)
+    return [i, f"u{i}", f"x{i}", f"t{i}", f"d{i}"]
+
+
+# KEYS[1] schedule, KEYS[2] firing; ARGV: now, limit, claims older than this are stale. Stale claims first.
+CLAIM = """
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, limit)
+if #ids < limit then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - #ids)) do
+    redis.call('ZREM', KEYS[1], id)
+    ids[#ids + 1] = id
+  end
+end
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[2], now, id)
+end
+return ids
+"""
+
+# Drop a message's fields from its post's hash, and the hash with its last message.
+_DROP = """
+local function drop(key, i)
+  redis.call('HDEL', key, i, 'u' .. i, 'x' .. i, 't' .. i, 'd' .. i)
+  if redis.call('HLEN', key) <= %d then
+    redis.call('DEL', key)
+  end
+end
+""" % META_FIELDS
+
+# KEYS: post hashes; ARGV: for each key a count n and n message indexes.
+SETTLE = _DROP + """
+local a = 1
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[a])
+  for k = 1, n do
+    drop(key, ARGV[a + k])
+  end
+  a = a + n + 1
+end
+return #KEYS
+"""
+
+# KEYS[1] schedule, KEYS[2] the post's hash; ARGV: message id, its index, the sender. Nil unless it was waiting and
+# the sender's; else the due time and the message's fields (post time, frame, recipients, expiry, topic).
+CANCEL = _DROP + """
+if redis.call('HGET', KEYS[2], 's') ~= ARGV[3] then
+  return false
+end
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due then
+  return false
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local i = ARGV[2]
+local fields = redis.call('HMGET', KEYS[2], 't', i, 'u' .. i, 'x' .. i, 't' .. i)
+drop(KEYS[2], i)
+table.insert(fields, 1, due)
+return fields
+"""
+
+
+class Schedule:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(CLAIM)
+        self._settle = redis.register_script(SETTLE)
+        self._cancel = redis.register_script(CANCEL)
+
+    def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
+        """Queue one HSET per post and one ZADD that hold ``messages`` back until their due times (idempotent)."""
+        due: dict[str, int] = {}
+        for post, batch in by_post(messages).items():
+            pipe.hset(sched_key(post), mapping={"t": batch[0].ts, "s": batch[0].sender, **post_fields(batch)})
+            due.update((m.id, m.due_ms) for m in batch)
+        if due:
+            pipe.zadd(SCHEDULE_KEY, due)
+
+    async def hold(self, messages: list[Message]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.stage(pipe, messages)
+            await pipe.execute()
+
+    async def claim(self, now_ms: int, limit: int, grace_ms: int) -> list[str]:
+        """Up to ``limit`` ids due by ``now_ms`` (and claims older than ``grace_ms``), now this caller's to fire."""
+        return [i.decode() for i in await self._claim(keys=[SCHEDULE_KEY, FIRING_KEY], args=[now_ms, limit, now_ms - grace_ms])]
+
+    async def load(self, ids: list[str]) -> list[Message]:
+        """The claimed messages still held (one HMGET per post); one fired or cancelled meanwhile is left out."""
+        indexes: defaultdict[str, list[int]] = defaultdict(list)
+        for m in ids:
+            indexes[post_of(m)].append(index_of(m))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for post, held in indexes.items():
+                pipe.hmget(sched_key(post), ["t", *(f for i in held for f in message_fields(i))])
+            replies = await pipe.execute()
+        messages: list[Message] = []
+        for (post, held), values in zip(indexes.items(), replies):
+            if values[0] is None:
+                continue
+            names = [f for i in held for f in message_fields(i)]
+            fields = {n.encode(): v for n, v in zip(names, values[1:]) if v is not None}
+            messages += messages_of(post, int(values[0]), fields)
+        return messages
+
+    async def settle(self, pipe: Pipeline, ids: list[str]) -> None:
+        """Queue on ``pipe``: the claimed ``ids`` leave ``schedule:firing`` and their fields their posts' hashes."""
+        if not ids:
+            return
+        indexes: defaultdict[str, list[int]] = defaultdict(list)
+        for m in ids:
+            indexes[post_of(m)].append(index_of(m))
+        args: list[int] = []
+        for held in indexes.values():
+            args += [len(held), *held]
+        pipe.zrem(FIRING_KEY, *ids)
+        await self._settle(keys=[sched_key(p) for p in indexes], args=args, client=pipe)
+
+    async def cancel(self, message_id: str, sender: str) -> Message | None:
+        """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it, or None."""
+        post, index = post_of(message_id), index_of(message_id)
+        reply = await self._cancel(keys=[SCHEDULE_KEY, sched_key(post)], args=[message_id, index, sender])
+        if not reply:
+            return None
+        due, ts, frame, users, expires, topic = reply
+        fields = {b"%d" % index: frame, b"u%d" % index: users, b"x%d" % index: expires, b"d%d" % index: due}
+        if topic is not None:
+            fields[b"t%d" % index] = topic
+        message = messages_of(post, int(ts), fields)[0]
+        return Message(message.id, message.users, message.frame, message.ts, message.expires_ms, sender, message.topic,
+                       message.due_ms)
+
+    async def unschedule(self, message_ids: list[str]) -> None:
+        """Drop these ids from the schedule, if there (the rebuild, for messages recorded as cancelled)."""
+        if message_ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(SCHEDULE_KEY, *message_ids)
+                await self.settle(pipe, message_ids)
+                await pipe.execute()
+
+    async def waiting(self) -> int:
+        return int(await self.redis.zcard(SCHEDULE_KEY))
