@@ -13,8 +13,8 @@ opens no inbox, so it is never replayed.
 
 The same flat field map describes a post's messages in its Redis hash and its stream entry:
 ``"{i}"`` the frame of message ``i``, ``"u{i}"`` its recipients joined by ``,`` (user ids cannot
-contain one), ``"x{i}"`` its expiry in ms, for a topic message ``"t{i}"`` its topic, and for a
-scheduled message ``"d{i}"`` its due time in ms (``shared.schedule``).
+contain one), ``"x{i}"`` its expiry in ms, and for a topic message ``"t{i}"`` its topic. The hash
+holding a scheduled message back (``shared.schedule``) adds ``"d{i}"``, its due time in ms.
 """
 
 from __future__ import annotations
@@ -106,8 +106,6 @@ def post_fields(messages: list[Message]) -> dict[str, str | int]:
         fields[f"x{i}"] = m.expires_ms
         if m.topic is not None:
             fields[f"t{i}"] = m.topic
-        if m.due_ms:
-            fields[f"d{i}"] = m.due_ms
     return fields
 
 

@@ -29,7 +29,8 @@ from typing import Iterable
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.message import Message, by_post, index_of, messages_of, post_fields, post_of
+from shared.message import INDEX_DIGITS, Message, by_post, index_of, messages_of, post_fields, post_of
+from shared.scripts import Scripts
 
 SCHEDULE_KEY = "schedule"
 FIRING_KEY = "schedule:firing"
@@ -40,9 +41,12 @@ def sched_key(post: str) -> str:
     return f"sched:{post}"
 
 
-def message_fields(index: int) -> list[str]:
-    i = str(index)
-    return [i, f"u{i}", f"x{i}", f"t{i}", f"d{i}"]
+def by_ids(ids: list[str]) -> dict[str, set[int]]:
+    """The claimed message indexes of each post."""
+    posts: defaultdict[str, set[int]] = defaultdict(set)
+    for m in ids:
+        posts[post_of(m)].add(index_of(m))
+    return posts
 
 
 # KEYS[1] schedule, KEYS[2] firing; ARGV: now, limit, claims older than this are stale. Stale claims first.
@@ -71,18 +75,20 @@ local function drop(key, i)
 end
 """ % META_FIELDS
 
-# KEYS: post hashes; ARGV: for each key a count n and n message indexes.
+# KEYS[1] firing, then post hashes; ARGV: for each hash a count n and n message ids (``{post}{index:04x}``), which
+# leave firing and their fields the hash.
 SETTLE = _DROP + """
 local a = 1
-for _, key in ipairs(KEYS) do
+for k = 2, #KEYS do
   local n = tonumber(ARGV[a])
-  for k = 1, n do
-    drop(key, ARGV[a + k])
+  for j = a + 1, a + n do
+    redis.call('ZREM', KEYS[1], ARGV[j])
+    drop(KEYS[k], tostring(tonumber(string.sub(ARGV[j], -%d), 16)))
   end
   a = a + n + 1
 end
 return #KEYS
-"""
+""" % INDEX_DIGITS
 
 # KEYS[1] schedule, KEYS[2] the post's hash; ARGV: message id, its index, the sender. Nil unless it was waiting and
 # the sender's; else the due time and the message's fields (post time, frame, recipients, expiry, topic).
@@ -109,12 +115,14 @@ class Schedule:
         self._claim = redis.register_script(CLAIM)
         self._settle = redis.register_script(SETTLE)
         self._cancel = redis.register_script(CANCEL)
+        self._scripts = Scripts(redis)
 
     def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
         """Queue one HSET per post and one ZADD that hold ``messages`` back until their due times (idempotent)."""
         due: dict[str, int] = {}
         for post, batch in by_post(messages).items():
-            pipe.hset(sched_key(post), mapping={"t": batch[0].ts, "s": batch[0].sender, **post_fields(batch)})
+            pipe.hset(sched_key(post), mapping={"t": batch[0].ts, "s": batch[0].sender, **post_fields(batch),
+                                                **{f"d{m.index}": m.due_ms for m in batch}})
             due.update((m.id, m.due_ms) for m in batch)
         if due:
             pipe.zadd(SCHEDULE_KEY, due)
@@ -129,35 +137,27 @@ class Schedule:
         return [i.decode() for i in await self._claim(keys=[SCHEDULE_KEY, FIRING_KEY], args=[now_ms, limit, now_ms - grace_ms])]
 
     async def load(self, ids: list[str]) -> list[Message]:
-        """The claimed messages still held (one HMGET per post); one fired or cancelled meanwhile is left out."""
-        indexes: defaultdict[str, list[int]] = defaultdict(list)
-        for m in ids:
-            indexes[post_of(m)].append(index_of(m))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for post, held in indexes.items():
-                pipe.hmget(sched_key(post), ["t", *(f for i in held for f in message_fields(i))])
-            replies = await pipe.execute()
+        """The claimed messages still held, read with their posts' whole hashes in one script call (a claim takes
+        most of a post's messages: a command per post costs less than a field per message); one fired or cancelled
+        meanwhile is left out."""
+        claimed = by_ids(ids)
+        replies = await self._scripts.hgetall_each(keys=[sched_key(p) for p in claimed])
         messages: list[Message] = []
-        for (post, held), values in zip(indexes.items(), replies):
-            if values[0] is None:
-                continue
-            names = [f for i in held for f in message_fields(i)]
-            fields = {n.encode(): v for n, v in zip(names, values[1:]) if v is not None}
-            messages += messages_of(post, int(values[0]), fields)
+        for (post, wanted), flat in zip(claimed.items(), replies):
+            fields = dict(zip(flat[::2], flat[1::2]))
+            if b"t" in fields:
+                messages += [m for m in messages_of(post, int(fields[b"t"]), fields) if m.index in wanted]
         return messages
 
     async def settle(self, pipe: Pipeline, ids: list[str]) -> None:
         """Queue on ``pipe``: the claimed ``ids`` leave ``schedule:firing`` and their fields their posts' hashes."""
         if not ids:
             return
-        indexes: defaultdict[str, list[int]] = defaultdict(list)
-        for m in ids:
-            indexes[post_of(m)].append(index_of(m))
-        args: list[int] = []
-        for held in indexes.values():
-            args += [len(held), *held]
-        pipe.zrem(FIRING_KEY, *ids)
-        await self._settle(keys=[sched_key(p) for p in indexes], args=args, client=pipe)
+        claimed = by_ids(ids)
+        args: list[int | str] = []
+        for post, wanted in claimed.items():
+            args += [len(wanted), *(m for m in ids if post_of(m) == post)]
+        await self._settle(keys=[FIRING_KEY, *(sched_key(p) for p in claimed)], args=args, client=pipe)
 
     async def cancel(self, message_id: str, sender: str) -> Message | None:
         """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it, or None."""
