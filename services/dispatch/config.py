@@ -30,6 +30,7 @@ HANDOVER_ABANDON_SECONDS   120                         an intent this old whose 
 FIRE_INTERVAL_MS           50                          how often each instance looks for due scheduled messages
 FIRE_BATCH                 1000                        most scheduled messages one instance claims and fires at once
 FIRE_GRACE_MS              30000                       a claim not fired within this (its instance died) is claimed again
+FIRE_CONCURRENCY           2                           firing loops per instance (each claims its own pages)
 =========================  ==========================  ============================================
 """
 
@@ -69,6 +70,7 @@ class DispatchConfig:
     fire_interval_ms: int
     fire_batch: int
     fire_grace_ms: int
+    fire_concurrency: int
 
     @classmethod
     def from_env(cls) -> DispatchConfig:
@@ -100,4 +102,5 @@ class DispatchConfig:
             fire_interval_ms=env("FIRE_INTERVAL_MS", 50),
             fire_batch=env("FIRE_BATCH", 1000),
             fire_grace_ms=env("FIRE_GRACE_MS", 30_000),
+            fire_concurrency=env("FIRE_CONCURRENCY", 2),
         )

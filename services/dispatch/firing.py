@@ -5,7 +5,9 @@ to exactly one claimer, then hands them over like collect does for a message due
 opened and posts appended to the stream, the ids removed from ``schedule:firing`` and their fields
 from their posts' hashes, all in one MULTI, so a claimer that dies leaves either everything or
 nothing done (what it claimed is claimed again after ``FIRE_GRACE_MS``). A full page is followed at
-once by the next; otherwise the loop sleeps ``FIRE_INTERVAL_MS``.
+once by the next; otherwise the loop sleeps ``FIRE_INTERVAL_MS``. ``FIRE_CONCURRENCY`` such loops
+run in each instance, so one packs its next page while Redis runs another's MULTI (a page's wall
+time is about half waiting on Redis).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Firing:
         self.schedule = handover.schedule
 
     async def run(self) -> None:
+        await asyncio.gather(*(self.loop() for _ in range(self.config.fire_concurrency)))
+
+    async def loop(self) -> None:
         backoff = Backoff()
         while True:
             try:
