@@ -156,3 +156,15 @@ async def test_a_scheduled_broadcast_waits_for_its_due_time_and_a_cancelled_one_
     code, after = await status(shared_stack, dropped)
     assert code == 200 and "cancelled" in after["stages"] and after["nodes"] == 0
     await ws.close()
+
+
+async def test_a_user_connecting_before_the_due_time_is_not_replayed_the_message_early(shared_stack: RunningStack) -> None:
+    """A scheduled message is in no inbox before it is due: a user connecting in between gets nothing on connect,
+    then the message live once due."""
+    c = shared_stack.client
+    deliver_at = clock_ms() + 2500
+    _, answer = await c.post({"user_id": "early", "payload": "wait", "deliver_at": deliver_at})
+    ws = await c.connect("early")
+    ((mid, at),) = await receive_timed(ws, 1, timeout=10)
+    assert mid == answer["id"] and at >= deliver_at
+    await ws.close()
