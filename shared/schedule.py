@@ -49,42 +49,67 @@ def by_ids(ids: list[str]) -> dict[str, set[int]]:
     return posts
 
 
-# KEYS[1] schedule, KEYS[2] firing; ARGV: now, limit, claims older than this are stale. Stale claims first.
-CLAIM = """
-local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, limit)
-if #ids < limit then
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - #ids)) do
-    redis.call('ZREM', KEYS[1], id)
-    ids[#ids + 1] = id
+# Commands with many members take them in chunks (Lua's unpack has a limit on the values it returns).
+_CHUNKED = """
+local function chunked(command, key, values)
+  for c = 1, #values, 4000 do
+    redis.call(command, key, unpack(values, c, math.min(c + 3999, #values)))
   end
 end
-for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[2], now, id)
-end
-return ids
-"""
 
-# Drop a message's fields from its post's hash, and the hash with its last message.
-_DROP = """
-local function drop(key, i)
-  redis.call('HDEL', key, i, 'u' .. i, 'x' .. i, 't' .. i, 'd' .. i)
+-- Drop these messages' fields (indexes as strings) from their post's hash, and the hash with its last message.
+local function drop(key, indexes)
+  local fields = {}
+  for _, i in ipairs(indexes) do
+    for _, f in ipairs({i, 'u' .. i, 'x' .. i, 't' .. i, 'd' .. i}) do
+      fields[#fields + 1] = f
+    end
+  end
+  chunked('HDEL', key, fields)
   if redis.call('HLEN', key) <= %d then
     redis.call('DEL', key)
   end
 end
 """ % META_FIELDS
 
+# KEYS[1] schedule, KEYS[2] firing; ARGV: now, limit, claims older than this are stale. Stale claims first; the due
+# ids are the lowest ranks of the schedule, removed by rank in one command.
+CLAIM = _CHUNKED + """
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, limit)
+if #ids < limit then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - #ids)
+  if #due > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #due - 1)
+    for _, id in ipairs(due) do
+      ids[#ids + 1] = id
+    end
+  end
+end
+local scored = {}
+for _, id in ipairs(ids) do
+  scored[#scored + 1] = now
+  scored[#scored + 1] = id
+end
+if #scored > 0 then
+  chunked('ZADD', KEYS[2], scored)
+end
+return ids
+"""
+
 # KEYS[1] firing, then post hashes; ARGV: for each hash a count n and n message ids (``{post}{index:04x}``), which
 # leave firing and their fields the hash.
-SETTLE = _DROP + """
+SETTLE = _CHUNKED + """
 local a = 1
 for k = 2, #KEYS do
   local n = tonumber(ARGV[a])
+  local ids, indexes = {}, {}
   for j = a + 1, a + n do
-    redis.call('ZREM', KEYS[1], ARGV[j])
-    drop(KEYS[k], tostring(tonumber(string.sub(ARGV[j], -%d), 16)))
+    ids[#ids + 1] = ARGV[j]
+    indexes[#indexes + 1] = tostring(tonumber(string.sub(ARGV[j], -%d), 16))
   end
+  chunked('ZREM', KEYS[1], ids)
+  drop(KEYS[k], indexes)
   a = a + n + 1
 end
 return #KEYS
@@ -92,7 +117,7 @@ return #KEYS
 
 # KEYS[1] schedule, KEYS[2] the post's hash; ARGV: message id, its index, the sender. Nil unless it was waiting and
 # the sender's; else the due time and the message's fields (post time, frame, recipients, expiry, topic).
-CANCEL = _DROP + """
+CANCEL = _CHUNKED + """
 if redis.call('HGET', KEYS[2], 's') ~= ARGV[3] then
   return false
 end
@@ -103,7 +128,7 @@ end
 redis.call('ZREM', KEYS[1], ARGV[1])
 local i = ARGV[2]
 local fields = redis.call('HMGET', KEYS[2], 't', i, 'u' .. i, 'x' .. i, 't' .. i)
-drop(KEYS[2], i)
+drop(KEYS[2], {i})
 table.insert(fields, 1, due)
 return fields
 """

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from loadtest.report import percentile
+from shared.message import post_of
 from tests.client import frames_within
 from tests.conftest import RunningStack, report_scenario
 from tests.integration.test_delivery_guarantees import FAST, status
@@ -167,4 +168,24 @@ async def test_a_user_connecting_before_the_due_time_is_not_replayed_the_message
     ws = await c.connect("early")
     ((mid, at),) = await receive_timed(ws, 1, timeout=10)
     assert mid == answer["id"] and at >= deliver_at
+    await ws.close()
+
+
+async def test_a_claim_left_by_a_dead_instance_is_fired_after_the_grace(start_stack) -> None:
+    """A message an instance claimed and never fired (it died between its claim and its MULTI: the id sits in
+    schedule:firing) is claimed again once FIRE_GRACE_MS passed, and arrives once."""
+    stack: RunningStack = start_stack(FIRE_GRACE_MS="1500")
+    ws = await stack.client.connect("orphan")
+    _, answer = await stack.client.post({"user_id": "orphan", "payload": 1, "delay_seconds": 30})
+    redis = Redis.from_url(stack.stack.redis_url)
+    claimed_at = clock_ms()
+    async with redis.pipeline(transaction=True) as pipe:  # what the dead instance's claim script did
+        pipe.zrem("schedule", answer["id"])
+        pipe.zadd("schedule:firing", {answer["id"]: claimed_at})
+        assert await pipe.execute() == [1, 1]
+    ((mid, at),) = await receive_timed(ws, 1, timeout=10)
+    assert mid == answer["id"] and at >= claimed_at + 1500
+    assert [f for f in await frames_within(ws, 1.0) if f["type"] == "message"] == []
+    assert await redis.zcard("schedule:firing") == 0 and not await redis.exists(f"sched:{post_of(mid)}")
+    await redis.aclose()
     await ws.close()
