@@ -24,6 +24,7 @@ sender matches, so a cancel and a claim never both win.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import Iterable
 
 from redis.asyncio import Redis
@@ -41,11 +42,11 @@ def sched_key(post: str) -> str:
     return f"sched:{post}"
 
 
-def by_ids(ids: list[str]) -> dict[str, set[int]]:
-    """The claimed message indexes of each post."""
-    posts: defaultdict[str, set[int]] = defaultdict(set)
-    for m in ids:
-        posts[post_of(m)].add(index_of(m))
+def by_post_id(ids: list[str]) -> dict[str, list[str]]:
+    """The ids of each post, each once."""
+    posts: defaultdict[str, list[str]] = defaultdict(list)
+    for m in dict.fromkeys(ids):
+        posts[post_of(m)].append(m)
     return posts
 
 
@@ -165,23 +166,24 @@ class Schedule:
         """The claimed messages still held, read with their posts' whole hashes in one script call (a claim takes
         most of a post's messages: a command per post costs less than a field per message); one fired or cancelled
         meanwhile is left out."""
-        claimed = by_ids(ids)
+        claimed = by_post_id(ids)
         replies = await self._scripts.hgetall_each(keys=[sched_key(p) for p in claimed])
         messages: list[Message] = []
         for (post, wanted), flat in zip(claimed.items(), replies):
             fields = dict(zip(flat[::2], flat[1::2]))
             if b"t" in fields:
-                messages += [m for m in messages_of(post, int(fields[b"t"]), fields) if m.index in wanted]
+                indexes = {index_of(m) for m in wanted}
+                messages += [m for m in messages_of(post, int(fields[b"t"]), fields) if m.index in indexes]
         return messages
 
     async def settle(self, pipe: Pipeline, ids: list[str]) -> None:
         """Queue on ``pipe``: the claimed ``ids`` leave ``schedule:firing`` and their fields their posts' hashes."""
         if not ids:
             return
-        claimed = by_ids(ids)
+        claimed = by_post_id(ids)
         args: list[int | str] = []
-        for post, wanted in claimed.items():
-            args += [len(wanted), *(m for m in ids if post_of(m) == post)]
+        for wanted in claimed.values():
+            args += [len(wanted), *wanted]
         await self._settle(keys=[FIRING_KEY, *(sched_key(p) for p in claimed)], args=args, client=pipe)
 
     async def cancel(self, message_id: str, sender: str) -> Message | None:
@@ -194,9 +196,7 @@ class Schedule:
         fields = {b"%d" % index: frame, b"u%d" % index: users, b"x%d" % index: expires, b"d%d" % index: due}
         if topic is not None:
             fields[b"t%d" % index] = topic
-        message = messages_of(post, int(ts), fields)[0]
-        return Message(message.id, message.users, message.frame, message.ts, message.expires_ms, sender, message.topic,
-                       message.due_ms)
+        return replace(messages_of(post, int(ts), fields)[0], sender=sender)
 
     async def unschedule(self, message_ids: list[str]) -> None:
         """Drop these ids from the schedule, if there (the rebuild, for messages recorded as cancelled)."""
@@ -205,6 +205,3 @@ class Schedule:
                 pipe.zrem(SCHEDULE_KEY, *message_ids)
                 await self.settle(pipe, message_ids)
                 await pipe.execute()
-
-    async def waiting(self) -> int:
-        return int(await self.redis.zcard(SCHEDULE_KEY))
