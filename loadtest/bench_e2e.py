@@ -22,6 +22,10 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
 * topic (only when named): ``--topic-subscribers`` sockets over both nodes subscribed to one topic;
   one topic message per POST at ``--topic-rate`` for ``--topic-seconds``: deliveries, lost,
   duplicates, latency percentiles from acceptance to socket, the CPU split.
+* schedule (only when named): ``--schedule-rate`` messages due per second for ``--schedule-seconds``,
+  to ``--schedule-users`` offline users, posted (posts of 1,000, ``--posters`` in flight) so the first
+  is due ``--schedule-lead`` s after the start: fire lateness p50/p99 (due time to hand-over, from
+  dispatch's histogram, as the bucket bound), and how long after the last due time the last fired.
 * expiry (only when named): ``--expiry-deliveries`` open deliveries already past their expiry in a
   scratch Redis database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire``
   pages dispatch's reconciler runs: deliveries expired per second. Unlike the others it calls the
@@ -64,6 +68,7 @@ from loadtest.idle import hold
 from loadtest.inbox import NO_TALLY, Inbox, Tally, Users
 from loadtest.redis_watch import watch
 from loadtest.report import Table, latency_summary, percentile
+from loadtest.schedule import scrape
 from loadtest.storm import StormShare, replay
 from loadtest.target import Target, own_cluster, running_target
 
@@ -72,7 +77,7 @@ MB = 1024 * 1024
 SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
 EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
 DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
-SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "expiry")
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "schedule", "expiry")
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,6 +105,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--topic-subscribers", type=int, default=5_000, help="topic: sockets subscribed to the topic")
     p.add_argument("--topic-rate", type=float, default=100.0, help="topic: topic messages per second")
     p.add_argument("--topic-seconds", type=float, default=20.0, help="topic: how long to post at --topic-rate")
+    p.add_argument("--schedule-rate", type=int, default=10_000, help="schedule: messages due per second")
+    p.add_argument("--schedule-seconds", type=float, default=5.0, help="schedule: seconds over which they are due")
+    p.add_argument("--schedule-lead", type=float, default=15.0, help="schedule: seconds from the start to the first due "
+                   "time (posting them all must fit in it)")
+    p.add_argument("--schedule-users", type=int, default=1000, help="schedule: offline recipients")
     p.add_argument("--node", type=int, default=0, help="connections: index of the push node to load")
     p.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last message of a scenario "
                    "(storm: after the last welcome); what arrived by then is reported")
@@ -501,9 +511,52 @@ async def scenario_topic(target: Target, api: Api, table: Table, args: argparse.
     report_fanout(table, "topic", reports, accepted)
 
 
+async def scenario_schedule(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    if not target.dispatch_url:
+        raise SystemExit("schedule needs dispatch's /metrics (--dispatch-url)")
+    rate, users = args.schedule_rate, [f"{run}-s{k}" for k in range(args.schedule_users)]
+    total = int(rate * args.schedule_seconds)
+    table.add("schedule", "messages / due per second / recipients (offline)", f"{total:,} / {rate:,} / {len(users):,}")
+    before, meter = await scrape(api.session, target.dispatch_url), CpuMeter(target.processes)
+    first_due = int((time.time() + args.schedule_lead) * 1000)
+    queue, rejected, accepted, started = batches(total, MAX_BATCH), Counter[str](), 0, time.time()
+
+    async def poster() -> None:
+        nonlocal accepted
+        while queue:
+            ks = queue.pop(0)
+            body = {"messages": [{"user_id": users[k % len(users)], "payload": {"n": k},
+                                  "deliver_at": first_due + k * 1000 // rate} for k in ks]}
+            try:
+                ids = await api.post(body)
+                accepted += len(ids)
+            except Rejected as exc:
+                rejected[exc.reason] += len(ks)
+
+    await asyncio.gather(*(poster() for _ in range(args.posters)))
+    posted = time.time()
+    report_rejected(table, "schedule", rejected)
+    table.add("schedule", "accepted msgs/s; posting ended before the first due time",
+              f"{accepted / (posted - started):,.0f}; {first_due / 1000 - posted:.1f} s")
+    last_due = first_due + (total - 1) * 1000 // rate
+    fired_all_at = None
+    while time.time() < last_due / 1000 + args.timeout:
+        now = await scrape(api.session, target.dispatch_url)
+        if now.fired - before.fired >= accepted:
+            fired_all_at = time.time()
+            break
+        await asyncio.sleep(0.05)
+    report_cpu(table, "schedule", meter, accepted)
+    table.add("schedule", "fired / accepted", f"{now.fired - before.fired:,} / {accepted:,}")
+    table.add("schedule", "fire lateness p50 / p99 (due time to hand-over, histogram bucket bound)",
+              f"<= {now.percentile_ms(before, 0.5):.0f} ms / <= {now.percentile_ms(before, 0.99):.0f} ms")
+    table.add("schedule", "last fired after the last due time",
+              f"{fired_all_at * 1000 - last_due:,.0f} ms" if fired_all_at else f"not all within --timeout {args.timeout:g} s")
+
+
 SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,
              "connections": scenario_connections, "broadcast": scenario_broadcast, "topic": scenario_topic,
-             "expiry": scenario_expiry}
+             "schedule": scenario_schedule, "expiry": scenario_expiry}
 
 
 async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:

@@ -7,6 +7,9 @@ it. An intent older than a grace period is a hand-over nobody finished: dispatch
 that post back from MongoDB by id and hands it over itself. An intent whose post MongoDB never got
 (the insert failed) is dropped once it is old enough that no insert can still be running.
 
+A scheduled message not yet due is held back instead (``shared.schedule``), in the same pipeline:
+it reaches inboxes and the stream when dispatch fires it.
+
 Costs one ZADD per group commit, and nothing per recipient.
 """
 
@@ -15,9 +18,12 @@ from __future__ import annotations
 from typing import Iterable
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared.inbox import Inbox
 from shared.message import Message, by_post
+from shared.routing import now_ms
+from shared.schedule import Schedule
 from shared.stream import DeliveryStream
 
 HANDOVER_KEY = "handover"
@@ -28,6 +34,7 @@ class Handover:
         self.redis = redis
         self.inbox = inbox
         self.stream = stream
+        self.schedule = Schedule(redis)
 
     async def intend(self, messages: Iterable[Message], now_ms: int) -> None:
         """Record that these posts are about to be stored; an intent already there (an earlier attempt) keeps its time."""
@@ -36,14 +43,22 @@ class Handover:
             await self.redis.zadd(HANDOVER_KEY, dict.fromkeys(posts, now_ms), nx=True)
 
     async def complete(self, messages: list[Message]) -> None:
-        """One pipeline: open each delivery in its user's inbox, append the posts to the stream, drop their intents."""
+        """One pipeline: open each delivery in its user's inbox, append the posts to the stream (or hold back the
+        messages not due yet), drop their intents."""
         if not messages:
             return
+        now = now_ms()
+        due = [m for m in messages if m.due_ms <= now]
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.inbox.stage(pipe, messages)
-            self.stream.stage(pipe, messages)
+            await self.stage(pipe, due)
+            self.schedule.stage(pipe, (m for m in messages if m.due_ms > now))
             pipe.zrem(HANDOVER_KEY, *by_post(messages))
             await pipe.execute()
+
+    async def stage(self, pipe: Pipeline, messages: list[Message]) -> None:
+        """Queue on ``pipe`` what hands ``messages`` to dispatch now: their inboxes opened, their posts on the stream."""
+        await self.inbox.stage(pipe, messages)
+        self.stream.stage(pipe, messages)
 
     async def settle_retried(self, messages: Iterable[Message], now_ms: int) -> None:
         """For posts MongoDB already had (a retried Idempotency-Key): drop the intent this attempt wrote. An older

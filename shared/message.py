@@ -13,7 +13,8 @@ opens no inbox, so it is never replayed.
 
 The same flat field map describes a post's messages in its Redis hash and its stream entry:
 ``"{i}"`` the frame of message ``i``, ``"u{i}"`` its recipients joined by ``,`` (user ids cannot
-contain one), ``"x{i}"`` its expiry in ms, and for a topic message ``"t{i}"`` its topic.
+contain one), ``"x{i}"`` its expiry in ms, and for a topic message ``"t{i}"`` its topic. The hash
+holding a scheduled message back (``shared.schedule``) adds ``"d{i}"``, its due time in ms.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Message:
     expires_ms: int
     sender: str = ""
     topic: str | None = None  # a topic message (``BROADCAST``: every socket); ``users`` is then empty
+    due_ms: int = 0  # a scheduled message: when it may reach anyone (ms since epoch); 0: at once
 
     @property
     def post(self) -> str:
@@ -111,5 +113,6 @@ def messages_of(post: str, ts: int, fields: Mapping[bytes, bytes]) -> list[Messa
     """The messages a field map describes, in position order (the inverse of ``post_fields``)."""
     indexes = sorted(int(k) for k in fields if k.isdigit())
     return [Message(message_id(post, i), split_users(fields[b"u%d" % i]), fields[b"%d" % i].decode(), ts,
-                    int(fields[b"x%d" % i]), topic=topic.decode() if (topic := fields.get(b"t%d" % i)) else None)
+                    int(fields[b"x%d" % i]), topic=topic.decode() if (topic := fields.get(b"t%d" % i)) else None,
+                    due_ms=int(fields.get(b"d%d" % i, 0)))
             for i in indexes]

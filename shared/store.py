@@ -10,13 +10,15 @@ the purge of old history.
   payload encoded once, as its recipients receive it, however many recipients), ``users`` (each
   message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
   (the latest); ``topics`` (each message's topic, or null for a message to users) only when the post
-  has a topic or broadcast message. A duplicate ``_id`` means the post was already accepted (an
+  has a topic or broadcast message; ``due`` (each message's due time in ms, or 0 for at once) only
+  when the post has a scheduled message. A duplicate ``_id`` means the post was already accepted (an
   Idempotency-Key retry).
 * ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
   at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
   the usual path costs one insert per post, not one per delivery and stage. ``closed`` says a row
   was acked or expired. A topic or broadcast message has a row per node instead, ``{i, node, k, s}``:
-  how many of the node's sockets it was written to (``k``), and when.
+  how many of the node's sockets it was written to (``k``), and when. A scheduled message cancelled
+  before it fired has a ``cancelled`` row per recipient, or one row ``{i, s}`` for a topic message.
 
 Both carry ``purge_at``; a TTL index drops them where the server has TTL indexes, and dispatch
 deletes them otherwise. Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit
@@ -48,9 +50,10 @@ from shared.message import BROADCAST, Message, Pair, index_of, join_users, messa
 log = logging.getLogger(__name__)
 
 # Which stage names the state when several are recorded: an ack beats a late expiry.
-PRECEDENCE = {"accepted": 0, "dispatched": 1, "delivered": 2, "expired": 3, "acked": 4}
-STAGES = tuple(s for s in PRECEDENCE if s != "accepted")  # accepted is the message document itself
-CLOSING = ("acked", "expired")
+PRECEDENCE = {"accepted": 0, "scheduled": 1, "dispatched": 2, "delivered": 3, "expired": 4, "cancelled": 5, "acked": 6}
+# accepted and scheduled (with the due time) are the message document itself
+STAGES = tuple(s for s in PRECEDENCE if s not in ("accepted", "scheduled"))
+CLOSING = ("acked", "expired", "cancelled")
 PURGE_AFTER = dt.timedelta(days=30)
 DUPLICATE_KEY = 11000
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's limit on one document (FerretDB reports it as maxBsonObjectSize)
@@ -73,6 +76,8 @@ def post_document(messages: list[Message]) -> dict[str, Any]:
            "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
     if any(m.topic is not None for m in messages):
         doc["topics"] = [m.topic for m in messages]
+    if any(m.due_ms for m in messages):
+        doc["due"] = [m.due_ms for m in messages]
     return doc
 
 
@@ -104,8 +109,10 @@ def outcomes(posts: list[list[Message]], write_errors: list[dict[str, Any]]) -> 
 
 def messages_of_document(doc: dict[str, Any]) -> list[Message]:
     topics = doc.get("topics") or [None] * len(doc["frames"])
-    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic)
-            for i, (frame, users, expires, topic) in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics))]
+    due = doc.get("due") or [0] * len(doc["frames"])
+    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic, due_ms)
+            for i, (frame, users, expires, topic, due_ms)
+            in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics, due))]
 
 
 @dataclass(slots=True)
@@ -128,9 +135,27 @@ def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime,
              "purge_at": now + PURGE_AFTER} for post, r in rows.items()]
 
 
+def cancel_document(message: Message, now: dt.datetime) -> dict[str, Any]:
+    """The closing record of a scheduled message cancelled before it fired: a row per recipient (one for a topic
+    message)."""
+    at = int(now.timestamp() * 1000)
+    if message.topic is not None:
+        rows = [{"i": message.index, "s": {"cancelled": at}}]
+        return {"p": message.post, "rows": rows, "closed": True, "at": now, "purge_at": now + PURGE_AFTER}
+    return event_documents({(message.id, u): {"cancelled": at} for u in message.users}, now)[0]
+
+
+def scheduled_stage(post: dict[str, Any], index: int) -> dict[str, int]:
+    """``{"scheduled": due}`` for a scheduled message, else nothing."""
+    due = (post.get("due") or [0] * (index + 1))[index]
+    return {"scheduled": due} if due else {}
+
+
 def derive(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per recipient of message ``index`` of ``post``: the state (by precedence) and each stage's first time in ms."""
-    rows = {u: {"user_id": u, "state": "accepted", "accepted_at": post["ts"]} for u in split_users(post["users"][index])}
+    scheduled = {f"{stage}_at": at for stage, at in scheduled_stage(post, index).items()}
+    rows = {u: {"user_id": u, "state": "scheduled" if scheduled else "accepted", "accepted_at": post["ts"], **scheduled}
+            for u in split_users(post["users"][index])}
     for e in events:
         for r in e["rows"]:
             row = rows.get(r.get("u")) if r["i"] == index else None
@@ -147,10 +172,11 @@ def derive_counts(post: dict[str, Any], index: int, events: list[dict[str, Any]]
     """The status of topic message ``index`` of ``post``: its topic (or broadcast), each stage's first time in ms,
     the nodes that took it and the sockets they wrote it to."""
     topic = post["topics"][index]
-    stages, nodes, sockets = {"accepted": post["ts"]}, set(), 0
-    for r in (r for e in events for r in e["rows"] if r["i"] == index and "node" in r):
-        nodes.add(r["node"])
-        sockets += r["k"]
+    stages, nodes, sockets = {"accepted": post["ts"], **scheduled_stage(post, index)}, set(), 0
+    for r in (r for e in events for r in e["rows"] if r["i"] == index and "u" not in r):
+        if "node" in r:  # else the message's own row: its cancellation
+            nodes.add(r["node"])
+            sockets += r["k"]
         for stage, at in r["s"].items():
             stages[stage] = min(at, stages.get(stage, at))
     head = {"broadcast": True} if topic == BROADCAST else {"topic": topic}
@@ -216,7 +242,7 @@ class MessageStore:
         post, index = post_of(message_id), index_of(message_id)
 
         async def read() -> dict[str, Any] | None:
-            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1, "topics": 1})
+            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1, "topics": 1, "due": 1})
             if doc is None or doc["sender"] != sender or index >= len(doc["users"]):
                 return None
             events = await self.events.find({"p": post}, {"rows": 1}).to_list(None)
@@ -242,13 +268,19 @@ class MessageStore:
 
         return [m for doc in await self.breaker.call(read) for m in messages_of_document(doc)]
 
-    async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[list[Pair]]:
-        """Deliveries recorded as acknowledged or expired since ``since`` (no earlier record can close a
-        message accepted after it), ``page`` documents at a time."""
+    async def record_cancelled(self, message: Message) -> None:
+        """One insert: the closing ``cancelled`` record of a scheduled message taken back before it fired."""
+        doc = cancel_document(message, dt.datetime.now(dt.timezone.utc))
+        await self.breaker.call(lambda: self.events.insert_one(doc))
+
+    async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[tuple[list[Pair], list[str]]]:
+        """Deliveries recorded as acknowledged, expired or cancelled since ``since`` (no earlier record can close a
+        message accepted after it), and the ids of the messages cancelled among them, ``page`` documents at a time."""
         cursor = self.events.find({"closed": True, "at": {"$gte": since}}, {"p": 1, "rows": 1, "_id": 0}, batch_size=page)
         while batch := await self.breaker.call(lambda: cursor.to_list(page)):
-            yield [(message_id(d["p"], r["i"]), r["u"]) for d in batch for r in d["rows"]
-                   if any(c in r["s"] for c in CLOSING)]
+            rows = [(message_id(d["p"], r["i"]), r) for d in batch for r in d["rows"] if any(c in r["s"] for c in CLOSING)]
+            yield ([(m, r["u"]) for m, r in rows if "u" in r],
+                   list(dict.fromkeys(m for m, r in rows if "cancelled" in r["s"])))
 
     async def purge(self, now: dt.datetime) -> int:
         """Delete history past its ``purge_at`` (where no TTL index does it); return how many documents."""

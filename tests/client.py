@@ -57,6 +57,12 @@ class ClusterClient:
                                     headers={"Authorization": f"Bearer {API_KEY}"}) as r:
             return r.status, await r.json(content_type=None)
 
+    async def cancel(self, message_id: str, api_key: str = API_KEY) -> tuple[int, Any]:
+        """``DELETE /v1/messages/{id}``: its HTTP status and body."""
+        async with self.session.delete(f"{self.stack.collect_url}/v1/messages/{message_id}",
+                                       headers={"Authorization": f"Bearer {api_key}"}) as r:
+            return r.status, await r.json(content_type=None)
+
     async def post_until_accepted(self, body: Any, timeout: float = 30) -> dict[str, Any]:
         """Post until collect answers 202 (after an outage), accepting only 503 meanwhile."""
 

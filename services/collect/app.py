@@ -100,6 +100,24 @@ def create_app(config: CollectConfig) -> Starlette:
             raise NotFound(f"no message {message_id!r} for this API key")
         return json_response(status)
 
+    async def cancel_message(request: Request) -> Response:
+        """Cancel a scheduled message that has not fired yet; only the business system that posted it may. The
+        schedule's script decides (it or a firing dispatch wins, never both), then MongoDB records it; if that
+        write fails the message is held back again and the answer is 503."""
+        sender = sender_of(request, config.api_keys)
+        message_id = request.path_params["message_id"]
+        schedule = handover.schedule
+        message = await redis_breaker.call(lambda: schedule.cancel(message_id, sender)) if is_message_id(message_id) else None
+        if message is None:
+            raise NotFound(f"no scheduled message {message_id!r} waiting for this API key (unknown, or already fired)")
+        try:
+            await store.record_cancelled(message)
+        except Unavailable:
+            await redis_breaker.call(lambda: schedule.hold([message]))
+            raise
+        log.info("scheduled message cancelled", extra={"id": message_id, "sender": sender, "due": message.due_ms})
+        return json_response({"id": message_id, "state": "cancelled"})
+
     async def health() -> dict[str, object]:
         mongo_ok = await store.ping()
         redis_ok = await redis_alive(redis)
@@ -120,6 +138,7 @@ def create_app(config: CollectConfig) -> Starlette:
     routes = [
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
+        Route("/v1/messages/{message_id}", timed("cancel_message", cancel_message), methods=["DELETE"]),
         *ops_routes(health),
         *console_routes(config, reader, inbox, post_messages),
         *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),

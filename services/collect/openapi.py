@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.collect.intake import MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS
+from services.collect.intake import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS
 from shared.errors import InvalidFields, MalformedRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from shared.openapi import USER_ID, document, errors, json_body, ok
 from shared.topics import MAX_PATTERNS
@@ -27,6 +27,10 @@ MESSAGE = {
         "payload": {"description": "any JSON value, delivered as is"},
         "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS,
                         "description": "how long it may wait for an offline user (MESSAGE_TTL_SECONDS, 7 days, by default)"},
+        "deliver_at": {"type": "integer", "description": "schedule it: ms since the epoch, before its expiry and at most "
+                                                         "30 days out; up to a minute in the past means at once"},
+        "delay_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_DELAY_SECONDS,
+                          "description": "schedule it this many seconds from now (instead of deliver_at)"},
     },
     "anyOf": [{"required": ["user_id"]}, {"required": ["user_ids"]}, {"required": ["topic"]}, {"required": ["broadcast"]}],
 }
@@ -74,7 +78,9 @@ PATHS: dict[str, Any] = {
                     "type": "object", "required": ["id", "recipients"],
                     "properties": {"id": {"type": "string"}, "recipients": {"type": "array", "items": {
                         "type": "object", "required": ["user_id", "state", "accepted_at"],
-                        "properties": {"user_id": {"type": "string"}, "state": {"type": "string"},
+                        "properties": {"user_id": {"type": "string"}, "state": {"type": "string", "description": (
+                            "accepted, scheduled (scheduled_at: the due time), dispatched, delivered, expired, "
+                            "cancelled or acked")},
                                        "accepted_at": {"type": "integer"}},
                         "additionalProperties": {"type": "integer", "description": "'{stage}_at': first time of each stage"},
                     }}},
@@ -86,6 +92,16 @@ PATHS: dict[str, Any] = {
                                    "sockets": {"type": "integer", "description": "sockets it was written to"}},
                 }],
             }),
+            **errors(Unauthorized, NotFound, Unavailable),
+        },
+    }, "delete": {
+        "summary": "Cancel a scheduled message that has not fired yet, for the API key that posted it",
+        "security": [{"apiKey": []}],
+        "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            **ok("cancelled: it will reach nobody; its status shows the cancelled stage", {
+                "type": "object", "required": ["id", "state"], "additionalProperties": False,
+                "properties": {"id": {"type": "string"}, "state": {"const": "cancelled"}}}),
             **errors(Unauthorized, NotFound, Unavailable),
         },
     }},

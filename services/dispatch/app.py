@@ -1,4 +1,4 @@
-"""dispatch's wiring: the router, reconciler and lifecycle loops in the lifespan; ``/healthz`` and
+"""dispatch's wiring: the router, reconciler, firing and lifecycle loops in the lifespan; ``/healthz`` and
 ``/metrics`` beside them."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import AsyncIterator
 from starlette.applications import Starlette
 
 from services.dispatch.config import DispatchConfig
+from services.dispatch.firing import Firing
 from services.dispatch.lease import Lease
 from services.dispatch.links import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
@@ -37,6 +38,7 @@ def create_app(config: DispatchConfig) -> Starlette:
     router = Router(config, stream, routes, links)
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)
+    firing = Firing(config, reconciler.handover)
 
     async def health() -> dict[str, object]:
         redis_ok = await redis_alive(redis)
@@ -48,7 +50,7 @@ def create_app(config: DispatchConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(loop()) for loop in (router.run, lifecycle.run, reconciler.run)]
+        tasks = [asyncio.create_task(loop()) for loop in (router.run, lifecycle.run, reconciler.run, firing.run)]
         yield
         for task in tasks:
             task.cancel()

@@ -72,7 +72,7 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         if await self.inbox.epoch() is None:
-            await rebuild(self.store, self.inbox, self.config.rebuild_page, self.lease.hold)
+            await rebuild(self.store, self.inbox, self.handover.schedule, self.config.rebuild_page, self.lease.hold)
             REBUILDS.inc()
         await self.finish_handovers()
         await self.expire()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -87,3 +88,24 @@ async def test_client_publishes_broadcasts_and_reads_presence(shared_stack: Runn
     finally:
         await client.close()
     await asyncio.gather(listener.close(), bystander.close())
+
+
+async def test_clients_schedule_and_cancel_messages(shared_stack: RunningStack) -> None:
+    """send with delay_seconds or deliver_at holds a message back until due; cancel takes one back before it fires,
+    and raises not_found once it fired."""
+    ws = await shared_stack.client.connect("lib-later")
+    blocking = PushClient(shared_stack.stack.collect_url, API_KEY)
+    client = AsyncPushClient(shared_stack.stack.collect_url, API_KEY)
+    try:
+        dropped = await asyncio.to_thread(blocking.send, "lib-later", "never", delay_seconds=1)
+        await asyncio.to_thread(blocking.cancel, dropped)
+        kept = await client.send("lib-later", "later", deliver_at=int(time.time() * 1000) + 1000)
+        assert await frames_within(ws, 0.5) == []
+        assert await receive_ids(ws, 1) == [kept]
+        with pytest.raises(PushError) as fired:
+            await client.cancel(kept)
+        assert (fired.value.status, fired.value.code) == (404, "not_found")
+        assert (await client.status(dropped))["recipients"][0]["state"] == "cancelled"
+    finally:
+        await client.close()
+    await ws.close()
