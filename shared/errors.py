@@ -19,6 +19,10 @@ class ServiceError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
 
+    def headers(self) -> dict[str, str] | None:
+        """HTTP headers the answer carries besides the body."""
+        return None
+
 
 class MalformedRequest(ServiceError):
     """The bytes are not what the protocol says (not JSON, not an object, unknown frame)."""
@@ -56,6 +60,19 @@ class RateLimited(ServiceError):
     """A client past one of its limits (connections per user or address, frames per second)."""
 
     status, close_code, code = 429, 1008, "rate_limited"
+
+
+class Overloaded(RateLimited):
+    """The cluster sheds new posts of this priority tier for now (its backlog is past a threshold); nothing was stored."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class Unavailable(ServiceError):

@@ -10,7 +10,8 @@ the purge of old history.
   payload encoded once, as its recipients receive it, however many recipients), ``users`` (each
   message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
   (the latest); ``topics`` (each message's topic, or null for a message to users) only when the post
-  has a topic or broadcast message. A duplicate ``_id`` means the post was already accepted (an
+  has a topic or broadcast message; ``priorities`` (each message's, ``shared.priority``) only when one is
+  not normal. A duplicate ``_id`` means the post was already accepted (an
   Idempotency-Key retry).
 * ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
   at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
@@ -44,6 +45,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, Write
 from shared.breaker import CircuitBreaker
 from shared.errors import InvalidFields, ServiceError, Unavailable
 from shared.message import BROADCAST, Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
+from shared.priority import Priority
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ SERVER_WRITE_ERRORS = frozenset({6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 1
 # BSON bytes besides the frame and recipients: per message its three array entries (type, key up to 5
 # digits, length, terminator; its expiry), per post the field names, ids, times and array headers.
 MESSAGE_BSON_BYTES, POST_BSON_BYTES = 39, 256
+PRIORITY_BSON_BYTES = 17  # a ``priorities`` entry: type, key, length, "normal" and its terminator
 
 
 def utc(ms: int) -> dt.datetime:
@@ -73,13 +76,16 @@ def post_document(messages: list[Message]) -> dict[str, Any]:
            "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
     if any(m.topic is not None for m in messages):
         doc["topics"] = [m.topic for m in messages]
+    if any(m.priority is not Priority.NORMAL for m in messages):
+        doc["priorities"] = [m.priority.value for m in messages]
     return doc
 
 
 def post_bytes(messages: list[Message]) -> int:
     """An upper bound of the BSON size of ``post_document(messages)``, without encoding it."""
     return POST_BSON_BYTES + len(messages[0].sender.encode()) + sum(
-        len(m.frame.encode()) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages)
+        len(m.frame.encode()) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages) + (
+        PRIORITY_BSON_BYTES * len(messages) if any(m.priority is not Priority.NORMAL for m in messages) else 0)
 
 
 def refused_by_document(exc: BaseException) -> bool:
@@ -104,8 +110,10 @@ def outcomes(posts: list[list[Message]], write_errors: list[dict[str, Any]]) -> 
 
 def messages_of_document(doc: dict[str, Any]) -> list[Message]:
     topics = doc.get("topics") or [None] * len(doc["frames"])
-    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic)
-            for i, (frame, users, expires, topic) in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics))]
+    priorities = doc.get("priorities") or [Priority.NORMAL.value] * len(doc["frames"])
+    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic, Priority(priority))
+            for i, (frame, users, expires, topic, priority)
+            in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics, priorities))]
 
 
 @dataclass(slots=True)

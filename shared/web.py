@@ -42,7 +42,7 @@ async def service_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     ERRORS.labels(exc.code).inc()
     log.warning("request refused", extra={"code": exc.status, "error": exc.message, "url": request.url.path})
-    return json_response(exc.body(), exc.status)
+    return json_response(exc.body(), exc.status, exc.headers())
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import AsyncIterator
@@ -16,6 +17,7 @@ from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
 from services.collect.presence import presence_routes
+from services.collect.shedding import Shedder
 from services.collect.openapi import spec
 from shared.clients import redis_client
 from shared.breaker import OPEN, CircuitBreaker
@@ -27,6 +29,7 @@ from shared.inbox import Inbox
 from shared.message import Message, is_message_id
 from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
+from shared.priority import post_tier
 from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
 from shared.topicmap import TopicReader
@@ -49,7 +52,9 @@ def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     inbox = Inbox(redis, config.inbox_limit)
-    handover = Handover(redis, inbox, DeliveryStream(redis, config.stream_maxlen))
+    stream = DeliveryStream(redis, config.stream_maxlen)
+    handover = Handover(redis, inbox, stream)
+    shedder = Shedder(stream, config.shed_thresholds, config.shed_sample_ms)
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
@@ -80,6 +85,7 @@ def create_app(config: CollectConfig) -> Starlette:
         body = await read_json(request, config.max_body_bytes)
         idempotency_key = request.headers.get("idempotency-key")
         messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
+        shedder.admit(post_tier(m.priority for m in messages))
         for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
             if breaker.state == OPEN:
                 raise Unavailable(f"{name} is unavailable (circuit open); nothing was stored")
@@ -107,7 +113,7 @@ def create_app(config: CollectConfig) -> Starlette:
         except RedisError:
             redis_ok = False
         return {"ok": mongo_ok and redis_ok, "service": "collect", "mongo": mongo_ok, "redis": redis_ok,
-                "breakers": {"mongodb": store.breaker.state, "redis": redis_breaker.state}}
+                "breakers": {"mongodb": store.breaker.state, "redis": redis_breaker.state}, "tiers": shedder.report()}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -115,7 +121,10 @@ def create_app(config: CollectConfig) -> Starlette:
             await store.prepare()
         except Unavailable as exc:
             log.warning("indexes not created yet", extra={"error": exc.message})
+        sampler = asyncio.create_task(shedder.run())
         yield
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
         await redis.aclose()
         await store.close()
 
@@ -124,7 +133,7 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         *ops_routes(health),
-        *console_routes(config, reader, inbox, post_messages),
+        *console_routes(config, reader, inbox, post_messages, shedder.report),
         *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(is_production())),
     ]

@@ -16,6 +16,11 @@ MAX_DELIVERIES            100000                      most deliveries (messages 
 MESSAGE_TTL_SECONDS       604800                      default lifetime of an undelivered message (7 days; 30 at most)
 INBOX_LIMIT               10000                       most open messages kept per user in Redis (the oldest go first)
 STREAM_MAXLEN             1000000                     about this many posts may wait for dispatch; past it the oldest lose only their live push
+SHED_LOW_ENTRIES          2000                        new low posts get 429 while more posts than this wait in the streams (any tier)
+SHED_LOW_AGE_MS           2000                        ... or while the oldest of them has waited longer than this
+SHED_NORMAL_ENTRIES       20000                       new normal posts get 429 past this many high and normal posts waiting
+SHED_NORMAL_AGE_MS        10000                       ... or an oldest high or normal post this old (high is never shed)
+SHED_SAMPLE_MS            200                         how often the tiers' backlogs are read (one Redis round trip)
 DISPATCH_URL              http://127.0.0.1:8003       dispatch's HTTP base, scraped by ``GET /v1/stats``
 AUTH_URL                  http://127.0.0.1:8001       auth, asked for tokens by the development route ``POST /dev/tokens``
 AUTH_ADMIN_KEY            dev-admin-key               auth's admin key, used only by ``POST /dev/tokens`` (absent in production)
@@ -26,8 +31,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.collect.shedding import Threshold
+
 from shared.config import (DEFAULT_MONGO_URL, DEFAULT_REDIS_URL, DEV_ADMIN_KEY, DEV_API_KEY, DEV_API_KEYS, DEV_INTERNAL_KEY,
                            check_secrets, env)
+from shared.priority import Priority
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -58,6 +66,8 @@ class CollectConfig:
     message_ttl_seconds: int
     inbox_limit: int
     stream_maxlen: int
+    shed_thresholds: dict[Priority, Threshold]
+    shed_sample_ms: int
     dispatch_url: str
     auth_url: str
     auth_admin_key: str
@@ -83,6 +93,9 @@ class CollectConfig:
             message_ttl_seconds=env("MESSAGE_TTL_SECONDS", 7 * 24 * 3600),
             inbox_limit=env("INBOX_LIMIT", 10_000),
             stream_maxlen=env("STREAM_MAXLEN", 1_000_000),
+            shed_thresholds={Priority.LOW: Threshold(env("SHED_LOW_ENTRIES", 2000), env("SHED_LOW_AGE_MS", 2000)),
+                             Priority.NORMAL: Threshold(env("SHED_NORMAL_ENTRIES", 20_000), env("SHED_NORMAL_AGE_MS", 10_000))},
+            shed_sample_ms=env("SHED_SAMPLE_MS", 200),
             dispatch_url=env("DISPATCH_URL", "http://127.0.0.1:8003"),
             auth_url=env("AUTH_URL", "http://127.0.0.1:8001"),
             auth_admin_key=env("AUTH_ADMIN_KEY", DEV_ADMIN_KEY),

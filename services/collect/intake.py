@@ -8,12 +8,14 @@ from typing import Any
 
 from shared.errors import InvalidFields, PayloadTooLarge
 from shared.message import BROADCAST, Message, message_id
+from shared.priority import TIERS, Priority
 from shared.protocol import MessageFrame, new_post_id, valid_user_id
 from shared.store import MAX_DOCUMENT_BYTES, post_bytes
 from shared.topics import valid_topic
 
 MAX_IDEMPOTENCY_KEY = 200
 MAX_TTL_SECONDS = 30 * 24 * 3600  # history is purged 30 days on: nothing may wait longer
+PRIORITIES = [tier.value for tier in TIERS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +42,8 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
     """Validate a whole post (single, multi-recipient, topic, broadcast or ``{"messages": [...]}`` of any of
     them): all or nothing.
 
-    Each message's frame is encoded here, once, and travels unchanged to every recipient's socket.
+    Each message's frame is encoded here, once, and travels unchanged to every recipient's socket. Each message
+    has a ``priority`` (default normal); a post of mixed priorities travels (and is shed) at its most urgent one.
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidFields(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
@@ -88,11 +91,14 @@ def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sende
     ttl = item.get("ttl_seconds", limits.default_ttl_seconds)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
         raise InvalidFields(f"{where}ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} (30 days)")
+    priority = item.get("priority", Priority.NORMAL.value)
+    if not isinstance(priority, str) or priority not in PRIORITIES:
+        raise InvalidFields(f"{where}priority must be one of {', '.join(PRIORITIES)}")
     frame = MessageFrame(mid, item["payload"], now_ms, topic).encode()
     size = len(frame.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(f"{where}payload is {size} bytes in its frame; the limit is {limits.max_payload_bytes}")
-    return Message(mid, tuple(users), frame, now_ms, now_ms + ttl * 1000, sender, topic)
+    return Message(mid, tuple(users), frame, now_ms, now_ms + ttl * 1000, sender, topic, Priority(priority))
 
 
 def _topic(item: dict[str, Any], where: str) -> str | None:

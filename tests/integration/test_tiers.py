@@ -1,0 +1,159 @@
+"""Priority tiers through the real processes: a backlog of low does not hold up high, and collect sheds new low
+(then normal) posts with 429 under a backlog, never high, while every accepted message is still delivered."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from shared.stream import DeliveryStream
+from tests.client import API_KEY
+from tests.conftest import RunningStack, report_scenario
+from tools.cluster import Cluster
+
+LOW_BACKLOG = 1000
+BATCH_SIZE = 50
+
+
+class Reader:
+    """One socket's message ids in arrival order, each acknowledged at once."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.got: list[str] = []
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for data in self.ws:
+                frame = orjson.loads(data)
+                if frame["type"] == "message":
+                    self.got.append(frame["id"])
+                    await self.ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
+        except ConnectionClosed:
+            pass
+
+    async def until(self, ids: list[str], timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not set(ids) <= set(self.got):
+                await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._task
+
+
+async def post(stack: RunningStack, user: str, priority: str, payload: Any = 0) -> tuple[int, dict[str, Any], str | None]:
+    """One message to ``user`` at ``priority``: the status, the body and the Retry-After header."""
+    async with stack.client.session.post(f"{stack.stack.collect_url}/v1/messages",
+                                         data=orjson.dumps({"user_id": user, "payload": payload, "priority": priority}),
+                                         headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        return r.status, await r.json(content_type=None), r.headers.get("Retry-After")
+
+
+async def post_many(stack: RunningStack, user: str, priority: str, count: int) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, count, 50):
+        answers = await asyncio.gather(*(post(stack, user, priority, n) for n in range(start, min(count, start + 50))))
+        assert all(status == 202 for status, _, _ in answers), answers[0]
+        ids += [body["id"] for _, body, _ in answers]
+    return ids
+
+
+async def tiers(stack: RunningStack) -> dict[str, dict[str, Any]]:
+    async with stack.client.session.get(f"{stack.stack.collect_url}/healthz") as r:
+        return (await r.json())["tiers"]
+
+
+async def until_tiers(stack: RunningStack, check: Any, timeout: float = 10) -> dict[str, dict[str, Any]]:
+    """Wait until collect's ``/healthz`` tiers satisfy ``check``; return them."""
+    async with asyncio.timeout(timeout):
+        while not check(report := await tiers(stack)):
+            await asyncio.sleep(0.05)
+    return report
+
+
+def restart_dispatch(stack: RunningStack, cluster: Cluster) -> None:
+    stack.procs["dispatch"] = cluster.start_service("dispatch", stack.stack)
+
+
+async def test_a_backlog_of_low_does_not_delay_high(start_stack, cluster: Cluster) -> None:
+    """With dispatch stopped, 1,000 low posts then 5 high ones to one socket: once dispatch is back, the high messages
+    arrive in its first batch, ahead of nearly all the low ones, and every low one still arrives."""
+    stack: RunningStack = start_stack(nodes=1, BATCH_SIZE=str(BATCH_SIZE), SHED_LOW_ENTRIES="100000")
+    reader = Reader(await stack.client.connect("mixed"))
+    stack.procs["dispatch"].stop()
+    low = await post_many(stack, "mixed", "low", LOW_BACKLOG)
+    high = await post_many(stack, "mixed", "high", 5)
+    report = await until_tiers(stack, lambda t: t["low"]["backlog"] == LOW_BACKLOG and t["high"]["backlog"] == 5)
+    assert not report["low"]["shedding"]
+    restart_dispatch(stack, cluster)
+    await reader.until(low + high, timeout=60)
+    positions = [reader.got.index(i) for i in high]
+    lost, twice = report_scenario(f"1,000 low queued ahead of 5 high: high arrived at positions {min(positions)}-{max(positions)}",
+                                  low + high, reader.got)
+    assert max(positions) < BATCH_SIZE, positions
+    assert lost == 0
+    await reader.close()
+
+
+async def test_shedding_refuses_low_then_normal_never_high_and_keeps_what_it_accepted(start_stack, cluster: Cluster) -> None:
+    """With dispatch stopped and small thresholds, low posts get 429 + Retry-After first, then normal ones, while high is
+    accepted; /healthz shows the backlog and the shedding; once dispatch is back every accepted message arrives and
+    low is accepted again."""
+    stack: RunningStack = start_stack(nodes=1, SHED_LOW_ENTRIES="20", SHED_NORMAL_ENTRIES="60", SHED_LOW_AGE_MS="600000",
+                                      SHED_NORMAL_AGE_MS="600000", SHED_SAMPLE_MS="50")
+    reader = Reader(await stack.client.connect("busy"))
+    stack.procs["dispatch"].stop()
+    accepted: list[str] = []
+    refused: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for priority in ("low", "normal"):
+        async with asyncio.timeout(20):
+            while priority not in refused:
+                status, body, retry = await post(stack, "busy", priority)
+                if status == 202:
+                    accepted.append(body["id"])
+                else:
+                    assert status == 429, body
+                    refused[priority] = (body, retry)
+        status, body, _ = await post(stack, "busy", "high")
+        assert status == 202, body
+        accepted.append(body["id"])
+    for body, retry in refused.values():
+        assert body["error"]["code"] == "overloaded"
+        assert retry is not None and int(retry) >= 1
+    report = await until_tiers(stack, lambda t: sum(tier["backlog"] for tier in t.values()) == len(accepted))
+    assert report["low"]["shedding"] and report["normal"]["shedding"] and not report["high"]["shedding"], report
+    async with stack.client.session.get(f"{stack.stack.collect_url}/metrics") as r:
+        assert 'collect_shedding{tier="low"} 1.0' in await r.text()
+    restart_dispatch(stack, cluster)
+    await reader.until(accepted, timeout=30)
+    lost, _ = report_scenario(f"shedding with dispatch stopped: {len(accepted)} accepted, low and normal refused (429)",
+                              accepted, reader.got)
+    assert lost == 0
+    await until_tiers(stack, lambda t: not any(tier["shedding"] for tier in t.values()))
+    status, body, _ = await post(stack, "busy", "low")
+    assert status == 202, body
+    await reader.close()
+
+
+async def test_the_streams_serve_high_then_normal_then_low(start_stack) -> None:
+    """A read takes high entries first and fills the batch from normal, then low, only where room is left."""
+    stack: RunningStack = start_stack(nodes=1)
+    stack.procs["dispatch"].stop()
+    for priority in ("low", "normal", "high", "low", "high"):
+        await post(stack, "nobody", priority)
+    redis = Redis.from_url(stack.stack.redis_url)
+    stream = DeliveryStream(redis)
+    first = await stream.read("probe", 3, 100)
+    rest = await stream.read("probe", 10, 100)
+    assert [e.entry_id.partition("/")[0] for e in first] == ["high", "high", "normal"]
+    assert [e.entry_id.partition("/")[0] for e in rest] == ["low", "low"]
+    await stream.ack([e.entry_id for e in first + rest])
+    assert sum(b.entries for b in (await stream.backlog()).values()) == 0
+    await redis.aclose()
