@@ -3,8 +3,10 @@
 An entry carries its post's messages (frames and recipients, ``shared.message``'s field map), so
 dispatch never reads MongoDB. It stays pending in the group until dispatch acknowledges it after
 every node holding a recipient accepted it, so a dispatch restart loses nothing and several
-dispatch instances share the streams. Acknowledged entries are deleted, so a stream's length is
-its backlog (work not done yet) and its first entry's id tells how long the oldest has waited.
+dispatch instances share the streams. Acknowledged entries are deleted, so a stream holds only
+work not done: entries read and waiting for a node (pending in the group), and its *backlog*,
+entries no dispatch instance has read yet, the measure of overload (``backlog``: a hung node's
+pending entries, retried by dispatch, are not load).
 
 There is one stream per priority tier (``STREAM_KEYS``; normal keeps the name ``push:deliveries``).
 A post goes to the stream of its most urgent message. Reads serve the tiers in order: a lower tier
@@ -30,6 +32,21 @@ STREAM_KEYS = {Priority.HIGH: f"{STREAM_KEY}:high", Priority.NORMAL: STREAM_KEY,
 TIER_OF_KEY = {key.encode(): tier for tier, key in STREAM_KEYS.items()}
 GROUP = "dispatch"
 
+# KEYS[1]: a tier's stream; ARGV[1]: the group. Reply: how many entries the group has not read yet (the stream's
+# length less the entries pending in the group), and the id of the first of them (nil if none).
+BACKLOG = """
+local length = redis.call('XLEN', KEYS[1])
+if length == 0 then return {0, false} end
+local pending, last = 0, '0-0'
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+  if info['name'] == ARGV[1] then pending, last = info['pending'], info['last-delivered-id'] end
+end
+local first = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+return {math.max(0, length - pending), first[1] and first[1][1] or false}
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class StreamEntry:
@@ -40,7 +57,7 @@ class StreamEntry:
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """One tier's stream: entries not yet done, and when the oldest was added (ms; None when empty)."""
+    """One tier's backlog: entries no dispatch instance has read yet, and when the oldest was added (ms; None: none)."""
 
     entries: int
     oldest_ms: int | None
@@ -70,6 +87,7 @@ class DeliveryStream:
     def __init__(self, redis: Redis, maxlen: int = 1_000_000) -> None:
         self.redis = redis
         self.maxlen = maxlen
+        self._backlog = redis.register_script(BACKLOG)
 
     def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
         """Queue one XADD per post on its tier's stream, trimming it to about ``maxlen`` entries: a backlog past
@@ -145,11 +163,10 @@ class DeliveryStream:
             await pipe.execute()
 
     async def backlog(self) -> dict[Priority, Backlog]:
-        """Each tier's backlog, in one round trip."""
+        """Each tier's backlog, in one round trip (a script per stream: each touches one key)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for tier in TIERS:
-                pipe.xlen(STREAM_KEYS[tier])
-                pipe.xrange(STREAM_KEYS[tier], count=1)
+                await self._backlog(keys=[STREAM_KEYS[tier]], args=[GROUP], client=pipe)
             replies = await pipe.execute()
-        return {tier: Backlog(length, int(first[0][0].split(b"-")[0]) if first else None)
-                for tier, length, first in zip(TIERS, replies[::2], replies[1::2])}
+        return {tier: Backlog(int(entries), int(first.split(b"-")[0]) if first else None)
+                for tier, (entries, first) in zip(TIERS, replies)}

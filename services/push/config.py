@@ -16,6 +16,7 @@ PING_INTERVAL_SECONDS    20                              websocket ping/pong kee
 MAX_FRAME_BYTES          1048576                         largest frame accepted (client or dispatch)
 SHUTDOWN_GRACE_SECONDS   5                               wait for closing handshakes before cancelling
 MAX_BUFFERED_BYTES       1048576                         bytes waiting in one socket's buffer before it is closed (1013)
+WRITE_BACKLOG_BYTES      65536                           past this many bytes in a socket's buffer, its new frames wait in the node, high priority first
 MONGO_URL / MONGO_DB     mongodb://127.0.0.1:27017/      where the lifecycle is recorded / ``push``
 REPLAY_LIMIT             10000                           most open messages replayed on one connect
 REPLAY_PAGE              200                             frames read from Redis per round trip while replaying
@@ -53,6 +54,7 @@ class PushConfig:
     max_frame_bytes: int
     shutdown_grace: float
     max_buffered_bytes: int
+    write_backlog_bytes: int
     mongo_url: str
     mongo_db: str
     replay_limit: int
@@ -97,6 +99,7 @@ class PushConfig:
             max_frame_bytes=env("MAX_FRAME_BYTES", 1024 * 1024),
             shutdown_grace=env("SHUTDOWN_GRACE_SECONDS", 5.0),
             max_buffered_bytes=env("MAX_BUFFERED_BYTES", 1024 * 1024),
+            write_backlog_bytes=env("WRITE_BACKLOG_BYTES", 64 * 1024),
             mongo_url=env("MONGO_URL", DEFAULT_MONGO_URL),
             mongo_db=env("MONGO_DB", "push"),
             replay_limit=max(1, env("REPLAY_LIMIT", 10_000)),

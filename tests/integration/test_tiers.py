@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from shared.stream import DeliveryStream
-from tests.client import API_KEY
+from tests.client import API_KEY, next_frame
 from tests.conftest import RunningStack, report_scenario
 from tools.cluster import Cluster
 
@@ -56,10 +57,10 @@ async def post(stack: RunningStack, user: str, priority: str, payload: Any = 0) 
         return r.status, await r.json(content_type=None), r.headers.get("Retry-After")
 
 
-async def post_many(stack: RunningStack, user: str, priority: str, count: int) -> list[str]:
+async def post_many(stack: RunningStack, user: str, priority: str, count: int, payload: str = "") -> list[str]:
     ids: list[str] = []
     for start in range(0, count, 50):
-        answers = await asyncio.gather(*(post(stack, user, priority, n) for n in range(start, min(count, start + 50))))
+        answers = await asyncio.gather(*(post(stack, user, priority, [n, payload]) for n in range(start, min(count, start + 50))))
         assert all(status == 202 for status, _, _ in answers), answers[0]
         ids += [body["id"] for _, body, _ in answers]
     return ids
@@ -143,17 +144,60 @@ async def test_shedding_refuses_low_then_normal_never_high_and_keeps_what_it_acc
 
 
 async def test_the_streams_serve_high_then_normal_then_low(start_stack) -> None:
-    """A read takes high entries first and fills the batch from normal, then low, only where room is left."""
+    """A read takes high entries first and fills the batch from normal, then low, only where room is left; the backlog
+    counts per tier the entries no consumer has read yet."""
     stack: RunningStack = start_stack(nodes=1)
     stack.procs["dispatch"].stop()
     for priority in ("low", "normal", "high", "low", "high"):
         await post(stack, "nobody", priority)
     redis = Redis.from_url(stack.stack.redis_url)
     stream = DeliveryStream(redis)
+
+    async def backlog() -> list[int]:
+        return [b.entries for b in (await stream.backlog()).values()]
+
+    assert await backlog() == [2, 1, 2]
     first = await stream.read("probe", 3, 100)
-    rest = await stream.read("probe", 10, 100)
     assert [e.entry_id.partition("/")[0] for e in first] == ["high", "high", "normal"]
+    assert await backlog() == [0, 0, 2], "entries read and not yet acknowledged are no longer backlog"
+    rest = await stream.read("probe", 10, 100)
     assert [e.entry_id.partition("/")[0] for e in rest] == ["low", "low"]
     await stream.ack([e.entry_id for e in first + rest])
-    assert sum(b.entries for b in (await stream.backlog()).values()) == 0
+    assert await backlog() == [0, 0, 0]
     await redis.aclose()
+
+
+async def node_gauge(stack: RunningStack, name: str) -> float:
+    async with stack.client.session.get(f"{stack.stack.push_url(stack.stack.push_ports[0])}/metrics") as r:
+        line = next(line for line in (await r.text()).splitlines() if line.startswith(f"{name} "))
+    return float(line.split()[1])
+
+
+async def test_a_backed_up_socket_gets_high_frames_ahead_of_the_low_ones_waiting_for_it(start_stack) -> None:
+    """A client that stops reading (small receive buffer, no recv): once its buffer at the node is backed up, new frames
+    queue in the node, and high messages posted after the low ones reach it first when it reads again."""
+    stack: RunningStack = start_stack(nodes=1, MAX_BUFFERED_BYTES=str(64 * 2**20), SHED_LOW_ENTRIES="100000")
+    token = await stack.client.token("slow")
+    port = stack.stack.push_ports[0]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token}", sock=sock, max_queue=1)
+    assert (await next_frame(ws))["type"] == "welcome"
+    low: list[str] = []
+    async with asyncio.timeout(60):
+        while await node_gauge(stack, "push_frames_queued") < 20:
+            low += await post_many(stack, "slow", "low", 10, payload="x" * 16_000)
+    queued_low = await node_gauge(stack, "push_frames_queued")
+    high = await post_many(stack, "slow", "high", 3)
+    async with asyncio.timeout(20):
+        while await node_gauge(stack, "push_frames_queued") < queued_low + 3:
+            await asyncio.sleep(0.05)
+    reader = Reader(ws)
+    await reader.until(low + high, timeout=60)
+    positions = [reader.got.index(i) for i in high]
+    lost, _ = report_scenario(f"backed-up socket: 3 high overtook {len(low) - min(positions)} of {len(low)} low queued ahead",
+                              low + high, reader.got)
+    assert max(positions) < len(low) - 15, (positions, len(low), queued_low)
+    assert lost == 0
+    await reader.close()
