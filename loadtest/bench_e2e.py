@@ -22,6 +22,11 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
 * topic (only when named): ``--topic-subscribers`` sockets over both nodes subscribed to one topic;
   one topic message per POST at ``--topic-rate`` for ``--topic-seconds``: deliveries, lost,
   duplicates, latency percentiles from acceptance to socket, the CPU split.
+* priority (only when named): ``--users`` connected users split 10% / 60% / 30% between the tiers high, normal
+  and low; posts of ``--priority-batch`` messages of one tier each, in that mix, paced at ``--priority-rate``
+  messages/s (past the cluster's capacity) for ``--priority-seconds``, without retrying a refusal: per tier the
+  messages accepted, refused (429 while collect sheds the tier) and delivered, and the latency from acceptance to
+  socket. The goal: high's p99 under 50 ms while low absorbs the overload.
 * expiry (only when named): ``--expiry-deliveries`` open deliveries already past their expiry in a
   scratch Redis database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire``
   pages dispatch's reconciler runs: deliveries expired per second. Unlike the others it calls the
@@ -72,7 +77,8 @@ MB = 1024 * 1024
 SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
 EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
 DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
-SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "expiry")
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "priority", "expiry")
+MIX = ("high", *["normal"] * 6, *["low"] * 3)  # the priority scenario's tiers: post k is of MIX[k % 10]
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,6 +106,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--topic-subscribers", type=int, default=5_000, help="topic: sockets subscribed to the topic")
     p.add_argument("--topic-rate", type=float, default=100.0, help="topic: topic messages per second")
     p.add_argument("--topic-seconds", type=float, default=20.0, help="topic: how long to post at --topic-rate")
+    p.add_argument("--priority-rate", type=float, default=8000.0, help="priority: messages per second offered (past capacity)")
+    p.add_argument("--priority-seconds", type=float, default=30.0, help="priority: how long to post at --priority-rate")
+    p.add_argument("--priority-batch", type=int, default=20, help="priority: messages per post (one tier per post)")
     p.add_argument("--node", type=int, default=0, help="connections: index of the push node to load")
     p.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last message of a scenario "
                    "(storm: after the last welcome); what arrived by then is reported")
@@ -501,9 +510,63 @@ async def scenario_topic(target: Target, api: Api, table: Table, args: argparse.
     report_fanout(table, "topic", reports, accepted)
 
 
+class TierInbox(Inbox):
+    """An inbox that also keeps each tier's latencies (a user receives the messages of one tier only)."""
+
+    def __init__(self, tier_of: dict[str, str]) -> None:
+        super().__init__()
+        self.tier_of = tier_of
+        self.by_tier: dict[str, list[float]] = {tier: [] for tier in MIX}
+
+    def record(self, user_id: str, message_id: str, latency_ms: float) -> None:
+        super().record(user_id, message_id, latency_ms)
+        self.by_tier[self.tier_of[user_id]].append(latency_ms)
+
+
+async def scenario_priority(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    user_ids = [f"{run}-p{i}" for i in range(args.users)]
+    tier_of = {user: MIX[i % len(MIX)] for i, user in enumerate(user_ids)}
+    users_of = {tier: [u for u in user_ids if tier_of[u] == tier] for tier in MIX}
+    batch = min(args.priority_batch, *map(len, users_of.values()))
+    inbox, loop = TierInbox(tier_of), asyncio.get_running_loop()
+    accepted, refused = Counter[str](), Counter[tuple[str, str]]()
+    posts = int(args.priority_rate * args.priority_seconds / batch)
+    table.add("priority", "users / offered msgs/s / per post / seconds / mix high:normal:low",
+              f"{len(user_ids):,} / {args.priority_rate:,.0f} / {batch} / {args.priority_seconds:g} / 10:60:30")
+    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
+    async with connected(target, table, "priority", tokens, inbox, args.connect_concurrency):
+        meter, start = CpuMeter(target.processes), loop.time()
+
+        async def post(k: int) -> None:
+            await asyncio.sleep(max(0.0, start + k * batch / args.priority_rate - loop.time()))
+            tier = MIX[k % len(MIX)]
+            users = users_of[tier]
+            chosen = [users[(k * batch + j) % len(users)] for j in range(batch)]
+            try:
+                ids = await api.post({"messages": [{"user_id": u, "payload": {"n": k}, "priority": tier} for u in chosen]})
+            except Rejected as exc:
+                refused[(tier, exc.reason)] += batch
+                return
+            accepted[tier] += batch
+            for user, mid in zip(chosen, ids):
+                inbox.expect(user, mid)
+
+        await asyncio.gather(*(post(k) for k in range(posts)))
+        table.add("priority", "posting took (s)", loop.time() - start)
+        await inbox.settle(args.timeout)
+        delivered = Counter(tier_of[user] for user, mid in inbox.expected if (user, mid) in inbox.counts)
+        for tier in dict.fromkeys(MIX):
+            reasons = Counter({reason: n for (t, reason), n in refused.items() if t == tier})
+            table.add("priority", f"{tier}: accepted / refused / delivered",
+                      f"{accepted[tier]:,} / {counted(reasons)} / {delivered[tier]:,}")
+            table.add("priority", f"{tier}: latency p50/p90/p99/max", latency_summary(inbox.by_tier[tier]))
+        report_tally(table, "priority", inbox.tally())
+        report_cpu(table, "priority", meter, inbox.tally().delivered)
+
+
 SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,
              "connections": scenario_connections, "broadcast": scenario_broadcast, "topic": scenario_topic,
-             "expiry": scenario_expiry}
+             "priority": scenario_priority, "expiry": scenario_expiry}
 
 
 async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:

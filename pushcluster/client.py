@@ -11,7 +11,7 @@ random one made once per call), so a retry of a post that was in fact stored sto
 Any other error is raised at once as ``PushError`` with collect's ``code`` and ``message``.
 
     client = PushClient("http://127.0.0.1:8002", api_key="...")
-    message_id = client.send("alice", {"text": "hello"}, ttl=3600)
+    message_id = client.send("alice", {"text": "hello"}, ttl=3600, priority="high")
     client.status(message_id)["recipients"]
     client.publish("news", {"headline": "..."}); client.broadcast({"maintenance": "in 5 minutes"})
     client.presence(["alice", "bob"])  # {"alice": 1, "bob": 0}
@@ -58,10 +58,12 @@ class Call:
         return None if self.body is None else json.dumps(self.body).encode()
 
 
-def message(target: dict[str, Any], payload: Any, ttl: int | None) -> dict[str, Any]:
+def message(target: dict[str, Any], payload: Any, ttl: int | None, priority: str | None = None) -> dict[str, Any]:
     item = {**target, "payload": payload}
     if ttl is not None:
         item["ttl_seconds"] = ttl
+    if priority is not None:
+        item["priority"] = priority
     return item
 
 
@@ -99,20 +101,20 @@ class _Api:
     """The calls both clients make; each client does the I/O in its ``_call``."""
 
     @staticmethod
-    def _send(user_id: str, payload: Any, ttl: int | None, idempotency_key: str | None) -> Call:
-        return post(message({"user_id": user_id}, payload, ttl), idempotency_key)
+    def _send(user_id: str, payload: Any, ttl: int | None, idempotency_key: str | None, priority: str | None) -> Call:
+        return post(message({"user_id": user_id}, payload, ttl, priority), idempotency_key)
 
     @staticmethod
     def _send_many(messages: list[dict[str, Any]], idempotency_key: str | None) -> Call:
         return post({"messages": messages}, idempotency_key)
 
     @staticmethod
-    def _publish(topic: str, payload: Any, ttl: int | None, idempotency_key: str | None) -> Call:
-        return post(message({"topic": topic}, payload, ttl), idempotency_key)
+    def _publish(topic: str, payload: Any, ttl: int | None, idempotency_key: str | None, priority: str | None) -> Call:
+        return post(message({"topic": topic}, payload, ttl, priority), idempotency_key)
 
     @staticmethod
-    def _broadcast(payload: Any, ttl: int | None, idempotency_key: str | None) -> Call:
-        return post(message({"broadcast": True}, payload, ttl), idempotency_key)
+    def _broadcast(payload: Any, ttl: int | None, idempotency_key: str | None, priority: str | None) -> Call:
+        return post(message({"broadcast": True}, payload, ttl, priority), idempotency_key)
 
     @staticmethod
     def _status(message_id: str) -> Call:
@@ -134,19 +136,24 @@ class PushClient(_Api):
         self.url, self.timeout, self.retry = url.rstrip("/"), timeout, retry
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
 
-    def send(self, user_id: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
-        return self._call(self._send(user_id, payload, ttl, idempotency_key))["id"]
+    def send(self, user_id: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None,
+             priority: str | None = None) -> str:
+        """``priority``: "high", "normal" (collect's default) or "low"; under overload low, then normal, is refused
+        (429, retried here after its Retry-After), high never."""
+        return self._call(self._send(user_id, payload, ttl, idempotency_key, priority))["id"]
 
     def send_many(self, messages: list[dict[str, Any]], idempotency_key: str | None = None) -> list[str]:
         return self._call(self._send_many(messages, idempotency_key))["ids"]
 
-    def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
+    def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None,
+                priority: str | None = None) -> str:
         """To every socket subscribed to ``topic`` now (at most once each, not replayed)."""
-        return self._call(self._publish(topic, payload, ttl, idempotency_key))["id"]
+        return self._call(self._publish(topic, payload, ttl, idempotency_key, priority))["id"]
 
-    def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
+    def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None,
+                  priority: str | None = None) -> str:
         """To every socket connected now (at most once each, not replayed)."""
-        return self._call(self._broadcast(payload, ttl, idempotency_key))["id"]
+        return self._call(self._broadcast(payload, ttl, idempotency_key, priority))["id"]
 
     def status(self, message_id: str) -> dict[str, Any]:
         return self._call(self._status(message_id))
@@ -187,17 +194,20 @@ class AsyncPushClient(_Api):
         if self._own:
             await self.session.close()
 
-    async def send(self, user_id: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
-        return (await self._call(self._send(user_id, payload, ttl, idempotency_key)))["id"]
+    async def send(self, user_id: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None,
+                   priority: str | None = None) -> str:
+        return (await self._call(self._send(user_id, payload, ttl, idempotency_key, priority)))["id"]
 
     async def send_many(self, messages: list[dict[str, Any]], idempotency_key: str | None = None) -> list[str]:
         return (await self._call(self._send_many(messages, idempotency_key)))["ids"]
 
-    async def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
-        return (await self._call(self._publish(topic, payload, ttl, idempotency_key)))["id"]
+    async def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None,
+                      priority: str | None = None) -> str:
+        return (await self._call(self._publish(topic, payload, ttl, idempotency_key, priority)))["id"]
 
-    async def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
-        return (await self._call(self._broadcast(payload, ttl, idempotency_key)))["id"]
+    async def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None,
+                        priority: str | None = None) -> str:
+        return (await self._call(self._broadcast(payload, ttl, idempotency_key, priority)))["id"]
 
     async def status(self, message_id: str) -> dict[str, Any]:
         return await self._call(self._status(message_id))

@@ -62,10 +62,11 @@ class RateLimited(ServiceError):
     status, close_code, code = 429, 1008, "rate_limited"
 
 
-class Overloaded(RateLimited):
-    """The cluster sheds new posts of this priority tier for now (its backlog is past a threshold); nothing was stored."""
+class Overloaded(ServiceError):
+    """The cluster sheds new posts of this priority tier for now (its backlog is past a threshold); nothing was stored.
+    Retry after ``Retry-After`` seconds."""
 
-    code = "overloaded"
+    status, close_code, code = 429, 1013, "overloaded"
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)

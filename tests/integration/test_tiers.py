@@ -8,10 +8,12 @@ import socket
 from typing import Any
 
 import orjson
+import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from pushcluster.client import AsyncPushClient, PushError, RetryPolicy
 from shared.stream import DeliveryStream
 from tests.client import API_KEY, next_frame
 from tests.conftest import RunningStack, report_scenario
@@ -105,8 +107,8 @@ async def test_a_backlog_of_low_does_not_delay_high(start_stack, cluster: Cluste
 
 async def test_shedding_refuses_low_then_normal_never_high_and_keeps_what_it_accepted(start_stack, cluster: Cluster) -> None:
     """With dispatch stopped and small thresholds, low posts get 429 + Retry-After first, then normal ones, while high is
-    accepted; /healthz shows the backlog and the shedding; once dispatch is back every accepted message arrives and
-    low is accepted again."""
+    accepted (also through the client library); /healthz and /metrics show the backlog and the shedding; once dispatch
+    is back every accepted message arrives and low is accepted again."""
     stack: RunningStack = start_stack(nodes=1, SHED_LOW_ENTRIES="20", SHED_NORMAL_ENTRIES="60", SHED_LOW_AGE_MS="600000",
                                       SHED_NORMAL_AGE_MS="600000", SHED_SAMPLE_MS="50")
     reader = Reader(await stack.client.connect("busy"))
@@ -132,6 +134,11 @@ async def test_shedding_refuses_low_then_normal_never_high_and_keeps_what_it_acc
     assert report["low"]["shedding"] and report["normal"]["shedding"] and not report["high"]["shedding"], report
     async with stack.client.session.get(f"{stack.stack.collect_url}/metrics") as r:
         assert 'collect_shedding{tier="low"} 1.0' in await r.text()
+    library = AsyncPushClient(stack.stack.collect_url, API_KEY, stack.client.session, retry=RetryPolicy(attempts=1))
+    with pytest.raises(PushError) as shed:
+        await library.send("busy", "later", priority="low")
+    assert (shed.value.status, shed.value.code) == (429, "overloaded")
+    accepted.append(await library.send("busy", "now", priority="high"))
     restart_dispatch(stack, cluster)
     await reader.until(accepted, timeout=30)
     lost, _ = report_scenario(f"shedding with dispatch stopped: {len(accepted)} accepted, low and normal refused (429)",
