@@ -523,6 +523,20 @@ class TierInbox(Inbox):
         self.by_tier[self.tier_of[user_id]].append(latency_ms)
 
 
+async def watch_tiers(api: Api, peaks: dict[str, dict[str, float]]) -> None:
+    """Poll collect's ``/healthz`` a few times a second (until cancelled): each tier's peak backlog and age, and the
+    seconds it was shed."""
+    while True:
+        async with api.session.get(f"{api.collect_url}/healthz") as r:
+            tiers = (await r.json(content_type=None)).get("tiers", {})
+        for tier, state in tiers.items():
+            peak = peaks.setdefault(tier, {"backlog": 0, "age_ms": 0, "shed_s": 0.0})
+            peak["backlog"] = max(peak["backlog"], state["backlog"])
+            peak["age_ms"] = max(peak["age_ms"], state["age_ms"])
+            peak["shed_s"] += 0.25 if state["shedding"] else 0.0
+        await asyncio.sleep(0.25)
+
+
 async def scenario_priority(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
     user_ids = [f"{run}-p{i}" for i in range(args.users)]
     tier_of = {user: MIX[i % len(MIX)] for i, user in enumerate(user_ids)}
@@ -535,7 +549,9 @@ async def scenario_priority(target: Target, api: Api, table: Table, args: argpar
               f"{len(user_ids):,} / {args.priority_rate:,.0f} / {batch} / {args.priority_seconds:g} / 10:60:30")
     tokens = dict(zip(user_ids, await api.tokens(user_ids)))
     async with connected(target, table, "priority", tokens, inbox, args.connect_concurrency):
-        meter, start = CpuMeter(target.processes), loop.time()
+        meter, start, cpu = CpuMeter(target.processes), loop.time(), time.process_time()
+        peaks: dict[str, dict[str, float]] = {}
+        watcher = asyncio.create_task(watch_tiers(api, peaks))
 
         async def post(k: int) -> None:
             await asyncio.sleep(max(0.0, start + k * batch / args.priority_rate - loop.time()))
@@ -554,14 +570,20 @@ async def scenario_priority(target: Target, api: Api, table: Table, args: argpar
         await asyncio.gather(*(post(k) for k in range(posts)))
         table.add("priority", "posting took (s)", loop.time() - start)
         await inbox.settle(args.timeout)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         delivered = Counter(tier_of[user] for user, mid in inbox.expected if (user, mid) in inbox.counts)
         for tier in dict.fromkeys(MIX):
             reasons = Counter({reason: n for (t, reason), n in refused.items() if t == tier})
             table.add("priority", f"{tier}: accepted / refused / delivered",
                       f"{accepted[tier]:,} / {counted(reasons)} / {delivered[tier]:,}")
             table.add("priority", f"{tier}: latency p50/p90/p99/max", latency_summary(inbox.by_tier[tier]))
+            peak = peaks.get(tier, {"backlog": 0, "age_ms": 0, "shed_s": 0.0})
+            table.add("priority", f"{tier}: stream backlog peak (posts / oldest) / time shed",
+                      f"{peak['backlog']:,.0f} / {peak['age_ms']:,.0f} ms / {peak['shed_s']:.1f} s")
         report_tally(table, "priority", inbox.tally())
         report_cpu(table, "priority", meter, inbox.tally().delivered)
+        report_busy(table, "priority", [(time.process_time() - cpu) / (loop.time() - start)])
 
 
 SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,

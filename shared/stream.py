@@ -65,6 +65,11 @@ class Backlog:
     def age_ms(self, now_ms: int) -> int:
         return 0 if self.oldest_ms is None else max(0, now_ms - self.oldest_ms)
 
+    def __add__(self, other: Backlog) -> Backlog:
+        """Two queues of one tier as one: their entries, and the older of their oldest."""
+        oldest = [ms for ms in (self.oldest_ms, other.oldest_ms) if ms is not None]
+        return Backlog(self.entries + other.entries, min(oldest) if oldest else None)
+
 
 def split_entry_id(entry_id: str) -> tuple[Priority, str]:
     tier, _, stream_id = entry_id.partition("/")

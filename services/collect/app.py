@@ -29,11 +29,11 @@ from shared.inbox import Inbox
 from shared.message import Message, is_message_id
 from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
-from shared.priority import post_tier
+from shared.priority import TIERS, Priority, post_tier
 from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
 from shared.topicmap import TopicReader
-from shared.stream import DeliveryStream
+from shared.stream import Backlog, DeliveryStream
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ def create_app(config: CollectConfig) -> Starlette:
     inbox = Inbox(redis, config.inbox_limit)
     stream = DeliveryStream(redis, config.stream_maxlen)
     handover = Handover(redis, inbox, stream)
-    shedder = Shedder(stream, config.shed_thresholds, config.shed_sample_ms)
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
@@ -77,19 +76,29 @@ def create_app(config: CollectConfig) -> Starlette:
             await redis_breaker.call(lambda: handover.drop(sorted(refused)))
         return refusals
 
-    # Posts arriving while a write runs share the next one: one insert and one pipeline for all.
-    writes: Coalescer[Message, ServiceError | None] = Coalescer(store_and_hand_over)
+    # Posts arriving while a write runs share the next one: one insert and one pipeline for all. Each tier has its
+    # own write lane, so a high post never waits for a large write of low ones.
+    lanes: dict[Priority, Coalescer[Message, ServiceError | None]] = {tier: Coalescer(store_and_hand_over) for tier in TIERS}
+
+    def storing() -> dict[Priority, Backlog]:
+        """Per tier, the posts waiting for their write here, and when the oldest arrived."""
+        now = now_ms()
+        return {tier: Backlog(calls, now - int(waited * 1000) if calls else None)
+                for tier, lane in lanes.items() for calls, waited in [lane.backlog()]}
+
+    shedder = Shedder(stream, config.shed_thresholds, config.shed_sample_ms, storing)
 
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
         body = await read_json(request, config.max_body_bytes)
         idempotency_key = request.headers.get("idempotency-key")
         messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
-        shedder.admit(post_tier(m.priority for m in messages))
+        tier = post_tier(m.priority for m in messages)
+        shedder.admit(tier)
         for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
             if breaker.state == OPEN:
                 raise Unavailable(f"{name} is unavailable (circuit open); nothing was stored")
-        refusal = next(filter(None, await writes.submit(messages)), None)
+        refusal = next(filter(None, await lanes[tier].submit(messages)), None)
         if refusal is not None:
             raise refusal
         MESSAGES_IN.inc(len(messages))

@@ -143,9 +143,9 @@ PATHS: dict[str, Any] = {
         "responses": {**ok("the snapshot", {
             "type": "object", "required": ["ts", "nodes", "users_online", "topics", "messages", "latency", "pending", "tiers"],
             "properties": {
-                "tiers": {"type": "object", "description": "per priority tier (high, normal, low): posts no dispatch "
-                                                           "instance has read yet, the oldest one's age, whether new "
-                                                           "posts of the tier are refused (429)",
+                "tiers": {"type": "object", "description": "per priority tier (high, normal, low): posts this collect "
+                                                           "is storing or no dispatch instance has read yet, the oldest "
+                                                           "one's age, whether new posts of the tier are refused (429)",
                           "additionalProperties": {"type": "object", "required": ["backlog", "age_ms", "shedding"],
                                                    "properties": {"backlog": {"type": "integer", "minimum": 0},
                                                                   "age_ms": {"type": "integer", "minimum": 0},

@@ -1,7 +1,8 @@
 """Load shedding by priority tier: under overload the cluster refuses new low posts first, then normal, never high.
 
-A sampler reads every tier's backlog a few times a second in one Redis round trip
-(``DeliveryStream.backlog``: entries not yet done, and the age of the oldest). A new post of a tier
+A sampler reads every tier's backlog a few times a second: the posts of the tier this collect is still
+storing (its write lane, ``app.py``), and in one Redis round trip the stream entries no dispatch
+instance has read yet (``DeliveryStream.backlog``), with the age of the oldest. A new post of a tier
 waits behind its own tier's backlog and every more urgent tier's, so that is what its thresholds
 measure: the tier is shed when those entries pass ``entries``, or the oldest of them has waited
 past ``age_ms``; a tier is also shed whenever a more urgent one is. A shed post gets 429
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
@@ -62,8 +63,10 @@ def retry_after(backlog: Mapping[Priority, Backlog], tier: Priority, now: int) -
 
 
 class Shedder:
-    def __init__(self, stream: DeliveryStream, thresholds: Mapping[Priority, Threshold], interval_ms: int) -> None:
+    def __init__(self, stream: DeliveryStream, thresholds: Mapping[Priority, Threshold], interval_ms: int,
+                 storing: Callable[[], Mapping[Priority, Backlog]]) -> None:
         self.stream = stream
+        self.storing = storing
         self.thresholds = thresholds
         self.interval = interval_ms / 1000
         self.backlog = {tier: Backlog(0, None) for tier in TIERS}
@@ -81,7 +84,9 @@ class Shedder:
             await asyncio.sleep(self.interval)
 
     async def sample(self) -> None:
-        self.backlog = await self.stream.backlog()
+        streams = await self.stream.backlog()
+        storing = self.storing()
+        self.backlog = {tier: streams[tier] + storing[tier] for tier in TIERS}
         self.sampled_at = now_ms()
         shed = shed_tiers(self.backlog, self.thresholds, self.sampled_at)
         if shed != self.shed:
