@@ -11,6 +11,7 @@
     │   ├── PayloadTooLarge     413 / 1009
     │   ├── InvalidFields       422 / 4002  well-formed, but fields break the contract
     │   ├── RateLimited         429 / 1008  past a limit (connections, frames per second)
+    │   ├── Overloaded          429 / 1013  this priority tier is shed for now: retry after Retry-After
     │   └── Unavailable         503 / 1013  a dependency is down: retry later
     └── LinkDown                dispatch's link to a node failed: that node's part is retried
 
@@ -53,6 +54,10 @@ class ServiceError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
 
+    def headers(self) -> dict[str, str] | None:
+        """HTTP headers the answer carries besides the body."""
+        return None
+
 
 class MalformedRequest(ServiceError):
     """The bytes are not what the protocol says (not JSON, not an object, unknown frame)."""
@@ -90,6 +95,20 @@ class RateLimited(ServiceError):
     """A client past one of its limits (connections per user or address, frames per second)."""
 
     status, close_code, code = 429, CloseCode.POLICY, "rate_limited"
+
+
+class Overloaded(ServiceError):
+    """The cluster sheds new posts of this priority tier for now (its backlog is past a threshold); nothing was stored.
+    Retry after ``Retry-After`` seconds."""
+
+    status, close_code, code = 429, CloseCode.TRY_AGAIN, "overloaded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class Unavailable(ServiceError):

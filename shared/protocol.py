@@ -26,6 +26,7 @@ import orjson
 
 from shared.errors import CloseCode, MalformedRequest
 from shared.message import BROADCAST
+from shared.priority import Priority
 from shared.topics import valid_topic
 
 __all__ = ["CloseCode", "Op"]  # and the frames below
@@ -194,28 +195,34 @@ class Identity:
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms). A topic
-    message names no users but its ``topic`` (``BROADCAST``: every socket of the node)."""
+    message names no users but its ``topic`` (``BROADCAST``: every socket of the node). ``priority`` orders the frames
+    waiting for a backed-up socket."""
 
     message_id: str
     frame: str
     ts: int
     users: tuple[str, ...]
     topic: str | None = None
+    priority: Priority = Priority.NORMAL
 
     def encode(self) -> list[Any]:
-        """``[id, frame, ts, [users]]``, with the topic as a fifth item only when there is one."""
+        """``[id, frame, ts, [users]]``, then the topic (or null) only when there is one or a priority other than
+        normal, then that priority."""
         item = [self.message_id, self.frame, self.ts, list(self.users)]
+        if self.priority is not Priority.NORMAL:
+            return [*item, self.topic, self.priority.value]
         return item if self.topic is None else [*item, self.topic]
 
     @classmethod
     def decode(cls, item: list[Any]) -> Delivery:
-        """The inverse of ``encode``; TypeError or ValueError unless it is one of its two shapes."""
-        if not isinstance(item, list) or len(item) not in (4, 5) or not isinstance(item[3], list):
+        """The inverse of ``encode``; TypeError or ValueError unless it is one of its shapes."""
+        if not isinstance(item, list) or len(item) not in (4, 5, 6) or not isinstance(item[3], list):
             raise TypeError("not a delivery")
-        if len(item) == 5 and not isinstance(item[4], str):
+        topic = item[4] if len(item) >= 5 else None
+        if (topic is not None or len(item) == 5) and not isinstance(topic, str):
             raise TypeError("a topic is a string")
         m, f, t, u = item[:4]
-        return cls(str(m), str(f), int(t), tuple(map(str, u)), item[4] if len(item) == 5 else None)
+        return cls(str(m), str(f), int(t), tuple(map(str, u)), topic, Priority(item[5]) if len(item) == 6 else Priority.NORMAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +244,8 @@ class DeliverBatch:
             items = tuple(map(Delivery.decode, obj["items"]))
             return cls(int(obj["batch"]), int(obj["at"]), items)
         except (KeyError, TypeError, ValueError):
-            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' [[id, frame, ts, [users](, topic)], ...]") from None
+            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' "
+                                   "[[id, frame, ts, [users](, topic(, priority))], ...]") from None
 
 
 @dataclass(frozen=True, slots=True)

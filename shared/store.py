@@ -11,7 +11,8 @@ the purge of old history.
   message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
   (the latest); ``topics`` (each message's topic, or null for a message to users) only when the post
   has a topic or broadcast message; ``due`` (each message's due time in ms, or 0 for at once) only
-  when the post has a scheduled message. A duplicate ``_id`` means the post was already accepted (an
+  when the post has a scheduled message; ``priorities`` (each message's, ``shared.priority``) only
+  when one is not normal. A duplicate ``_id`` means the post was already accepted (an
   Idempotency-Key retry).
 * ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
   at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
@@ -46,6 +47,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, Write
 from shared.breaker import CircuitBreaker
 from shared.errors import InvalidFields, ServiceError, Unavailable
 from shared.message import BROADCAST, Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
+from shared.priority import Priority
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ SERVER_WRITE_ERRORS = frozenset({6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 1
 # BSON bytes besides the frame and recipients: per message its three array entries (type, key up to 5
 # digits, length, terminator; its expiry), per post the field names, ids, times and array headers.
 MESSAGE_BSON_BYTES, POST_BSON_BYTES = 39, 256
+PRIORITY_BSON_BYTES = 17  # a ``priorities`` entry: type, key, length, "normal" and its terminator
 
 
 def utc(ms: int) -> dt.datetime:
@@ -78,13 +81,16 @@ def post_document(messages: list[Message]) -> dict[str, Any]:
         doc["topics"] = [m.topic for m in messages]
     if any(m.due_ms for m in messages):
         doc["due"] = [m.due_ms for m in messages]
+    if any(m.priority is not Priority.NORMAL for m in messages):
+        doc["priorities"] = [m.priority.value for m in messages]
     return doc
 
 
 def post_bytes(messages: list[Message]) -> int:
     """An upper bound of the BSON size of ``post_document(messages)``, without encoding it."""
     return POST_BSON_BYTES + len(messages[0].sender.encode()) + sum(
-        len(m.frame.encode()) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages)
+        len(m.frame.encode()) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages) + (
+        PRIORITY_BSON_BYTES * len(messages) if any(m.priority is not Priority.NORMAL for m in messages) else 0)
 
 
 def refused_by_document(exc: BaseException) -> bool:
@@ -110,9 +116,11 @@ def outcomes(posts: list[list[Message]], write_errors: list[dict[str, Any]]) -> 
 def messages_of_document(doc: dict[str, Any]) -> list[Message]:
     topics = doc.get("topics") or [None] * len(doc["frames"])
     due = doc.get("due") or [0] * len(doc["frames"])
-    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic, due_ms)
-            for i, (frame, users, expires, topic, due_ms)
-            in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics, due))]
+    priorities = doc.get("priorities") or [Priority.NORMAL.value] * len(doc["frames"])
+    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic,
+                    due_ms=due_ms, priority=Priority(priority))
+            for i, (frame, users, expires, topic, due_ms, priority)
+            in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics, due, priorities))]
 
 
 @dataclass(slots=True)

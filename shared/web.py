@@ -30,11 +30,11 @@ def health_answer(report: dict[str, Any]) -> tuple[dict[str, Any], int]:
     return report, 200 if report.get("ok") else 503
 
 
-def refusal(exc: ServiceError, path: str) -> tuple[dict[str, Any], int]:
-    """Count and log a refused request; its body and status, from the one error map."""
+def refusal(exc: ServiceError, path: str) -> tuple[dict[str, Any], int, dict[str, str] | None]:
+    """Count and log a refused request; its body, status and headers, from the one error map."""
     ERRORS.labels(exc.code).inc()
     log.warning("request refused", extra={"status": exc.status, "code": exc.code, "error": exc.message, "url": path})
-    return exc.body(), exc.status
+    return exc.body(), exc.status, exc.headers()
 
 
 def ops_routes(health: HealthCheck) -> list[Route]:

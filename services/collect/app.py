@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import AsyncIterator
@@ -16,6 +17,7 @@ from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
 from services.collect.presence import presence_routes
+from services.collect.shedding import Shedder
 from services.collect.openapi import spec
 from shared.clients import redis_alive, redis_client
 from shared.breaker import OPEN, CircuitBreaker
@@ -27,10 +29,11 @@ from shared.inbox import Inbox
 from shared.message import Message, is_message_id
 from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
+from shared.priority import TIERS, Priority, post_tier
 from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
 from shared.topicmap import TopicReader
-from shared.stream import DeliveryStream
+from shared.stream import Backlog, DeliveryStream
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,8 @@ def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     inbox = Inbox(redis, config.inbox_limit)
-    handover = Handover(redis, inbox, DeliveryStream(redis, config.stream_maxlen))
+    stream = DeliveryStream(redis, config.stream_maxlen)
+    handover = Handover(redis, inbox, stream)
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
@@ -72,18 +76,29 @@ def create_app(config: CollectConfig) -> Starlette:
             await redis_breaker.call(lambda: handover.drop(sorted(refused)))
         return refusals
 
-    # Posts arriving while a write runs share the next one: one insert and one pipeline for all.
-    writes: Coalescer[Message, ServiceError | None] = Coalescer(store_and_hand_over)
+    # Posts arriving while a write runs share the next one: one insert and one pipeline for all. Each tier has its
+    # own write lane, so a high post never waits for a large write of low ones.
+    lanes: dict[Priority, Coalescer[Message, ServiceError | None]] = {tier: Coalescer(store_and_hand_over) for tier in TIERS}
+
+    def storing() -> dict[Priority, Backlog]:
+        """Per tier, the posts waiting for their write here, and when the oldest arrived."""
+        now = now_ms()
+        return {tier: Backlog(calls, now - int(waited * 1000) if calls else None)
+                for tier, lane in lanes.items() for calls, waited in [lane.backlog()]}
+
+    shedder = Shedder(stream, config.shed_thresholds, config.shed_sample_ms, storing)
 
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
         body = await read_json(request, config.max_body_bytes)
         idempotency_key = request.headers.get("idempotency-key")
         messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
+        tier = post_tier(m.priority for m in messages)
+        shedder.admit(tier)
         for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
             if breaker.state == OPEN:
                 raise Unavailable(f"{name} is unavailable (circuit open); nothing was stored")
-        refusal = next(filter(None, await writes.submit(messages)), None)
+        refusal = next(filter(None, await lanes[tier].submit(messages)), None)
         if refusal is not None:
             raise refusal
         MESSAGES_IN.inc(len(messages))
@@ -122,7 +137,7 @@ def create_app(config: CollectConfig) -> Starlette:
         mongo_ok = await store.ping()
         redis_ok = await redis_alive(redis)
         return {"ok": mongo_ok and redis_ok, "service": "collect", "mongo": mongo_ok, "redis": redis_ok,
-                "breakers": {"mongodb": store.breaker.state, "redis": redis_breaker.state}}
+                "breakers": {"mongodb": store.breaker.state, "redis": redis_breaker.state}, "tiers": shedder.report()}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -130,7 +145,10 @@ def create_app(config: CollectConfig) -> Starlette:
             await store.prepare()
         except Unavailable as exc:
             log.warning("indexes not created yet", extra={"error": exc.message})
+        sampler = asyncio.create_task(shedder.run())
         yield
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
         await redis.aclose()
         await store.close()
 
@@ -140,7 +158,7 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         Route("/v1/messages/{message_id}", timed("cancel_message", cancel_message), methods=["DELETE"]),
         *ops_routes(health),
-        *console_routes(config, reader, inbox, post_messages),
+        *console_routes(config, reader, inbox, post_messages, shedder.report),
         *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(config.production)),
     ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from services.collect.shedding import Threshold
 from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS, InternalKeySettings, MongoSettings, RedisSettings, setting
+from shared.priority import Priority
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -44,3 +46,16 @@ class CollectConfig(RedisSettings, MongoSettings, InternalKeySettings):
     dispatch_url: str = setting("DISPATCH_URL", "http://127.0.0.1:8003", "dispatch's HTTP base, scraped by `GET /v1/stats`")
     auth_url: str = setting("AUTH_URL", "http://127.0.0.1:8001", "auth, asked for tokens by the development route `POST /dev/tokens`")
     auth_admin_key: str = setting("AUTH_ADMIN_KEY", DEV_ADMIN_KEY, "auth's admin key, used only by `POST /dev/tokens` (development)")
+    shed_low_entries: int = setting("SHED_LOW_ENTRIES", 2000,
+                                    "new low posts get 429 while more posts than this wait in the streams (any tier)", low=1)
+    shed_low_age_ms: int = setting("SHED_LOW_AGE_MS", 2000, "... or while the oldest of them has waited longer than this", low=1)
+    shed_normal_entries: int = setting("SHED_NORMAL_ENTRIES", 20_000,
+                                       "new normal posts get 429 past this many high and normal posts waiting", low=1)
+    shed_normal_age_ms: int = setting("SHED_NORMAL_AGE_MS", 10_000,
+                                      "... or an oldest high or normal post this old (high is never shed)", low=1)
+    shed_sample_ms: int = setting("SHED_SAMPLE_MS", 200, "how often the tiers' backlogs are read (one Redis round trip)", low=10)
+
+    @property
+    def shed_thresholds(self) -> dict[Priority, Threshold]:
+        return {Priority.LOW: Threshold(self.shed_low_entries, self.shed_low_age_ms),
+                Priority.NORMAL: Threshold(self.shed_normal_entries, self.shed_normal_age_ms)}

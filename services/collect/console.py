@@ -3,7 +3,8 @@
 Always served (public, read-only):
 
 * ``GET /v1/nodes`` -- live push nodes, least loaded first, with the websocket URL browsers use;
-* ``GET /v1/stats`` -- a cumulative snapshot for the dashboard (see ``stats.py``);
+* ``GET /v1/stats`` -- a cumulative snapshot for the dashboard (see ``stats.py``), with each priority tier's
+  backlog and whether it is shed (``shedding.py``);
 * ``GET /dashboard`` and ``GET /static/...`` -- the live dashboard, the JavaScript client, the CSS.
 
 Development only (absent when ``APP_ENV=production``, because they hand out tokens for any user and
@@ -18,7 +19,7 @@ send as a business system without a key):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 from redis.exceptions import RedisError
@@ -57,8 +58,10 @@ def as_sender(request: Request, api_key: str) -> Request:
     return Request(scope, request.receive)
 
 
-def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, post_messages: Handler) -> list[BaseRoute]:
-    """The routes above; ``post_messages`` is collect's own ``POST /v1/messages`` handler, reused as is."""
+def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, post_messages: Handler,
+                   tiers: Callable[[], dict[str, Any]]) -> list[BaseRoute]:
+    """The routes above; ``post_messages`` is collect's own ``POST /v1/messages`` handler, reused as is; ``tiers``
+    reports each priority tier's backlog and shedding (``shedding.py``)."""
 
     async def nodes(_: Request) -> Response:
         try:
@@ -69,7 +72,8 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})
 
     async def stats(_: Request) -> Response:
-        return json_response(await gather_stats(reader, inbox, config.dispatch_url), headers={"Cache-Control": "no-store"})
+        snapshot = await gather_stats(reader, inbox, config.dispatch_url)
+        return json_response({**snapshot, "tiers": tiers()}, headers={"Cache-Control": "no-store"})
 
     async def dev_token(request: Request) -> Response:
         body = await read_json(request, MAX_TOKEN_BODY)

@@ -8,6 +8,7 @@ from typing import Any
 
 from shared.errors import InvalidFields, PayloadTooLarge
 from shared.message import BROADCAST, Message, message_id
+from shared.priority import TIERS, Priority
 from shared.protocol import MessageFrame, new_post_id, valid_user_id
 from shared.store import MAX_DOCUMENT_BYTES, post_bytes
 from shared.topics import valid_topic
@@ -16,6 +17,7 @@ MAX_IDEMPOTENCY_KEY = 200
 MAX_TTL_SECONDS = 30 * 24 * 3600  # history is purged 30 days on: nothing may wait longer
 MAX_DELAY_SECONDS = 30 * 24 * 3600  # nor be scheduled further out
 PAST_TOLERANCE_MS = 60_000  # a deliver_at this far in the past is clock skew (sent at once); further, a mistake
+PRIORITIES = [tier.value for tier in TIERS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,8 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
     """Validate a whole post (single, multi-recipient, topic, broadcast or ``{"messages": [...]}`` of any of
     them): all or nothing.
 
-    Each message's frame is encoded here, once, and travels unchanged to every recipient's socket.
+    Each message's frame is encoded here, once, and travels unchanged to every recipient's socket. Each message
+    has a ``priority`` (default normal); a post of mixed priorities travels (and is shed) at its most urgent one.
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidFields(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
@@ -92,11 +95,14 @@ def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sende
         raise InvalidFields(f"{where}ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} (30 days)")
     expires_ms = now_ms + ttl * 1000
     due_ms = due_time(item, now_ms, expires_ms, where)
+    priority = item.get("priority", Priority.NORMAL.value)
+    if not isinstance(priority, str) or priority not in PRIORITIES:
+        raise InvalidFields(f"{where}priority must be one of {', '.join(PRIORITIES)}")
     frame = MessageFrame(mid, item["payload"], now_ms, topic).encode()
     size = len(frame.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(f"{where}payload is {size} bytes in its frame; the limit is {limits.max_payload_bytes}")
-    return Message(mid, tuple(users), frame, now_ms, expires_ms, sender, topic, due_ms)
+    return Message(mid, tuple(users), frame, now_ms, expires_ms, sender, topic, due_ms=due_ms, priority=Priority(priority))
 
 
 def due_time(item: dict[str, Any], now_ms: int, expires_ms: int, where: str = "") -> int:

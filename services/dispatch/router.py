@@ -1,4 +1,7 @@
-"""The dispatch loop: read the stream, find each recipient's live nodes, forward one frame per node, acknowledge.
+"""The dispatch loop: read the streams, find each recipient's live nodes, forward one frame per node, acknowledge.
+
+The streams are read high tier first (``shared.stream``): a batch takes normal or low entries only
+where high ones leave room, and stale entries are claimed in the same order.
 
 An entry (one post: its messages and their recipients) is acknowledged once every node holding
 one of its recipients accepted it. Recipients with no live route are left to their inbox in Redis,
@@ -82,14 +85,14 @@ def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: i
                 continue
             if m.topic is not None:
                 for node in everyone if m.topic == BROADCAST else topics.get(m.topic, ()):
-                    work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, (), m.topic))
+                    work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, (), m.topic, m.priority))
                 continue
             users_on: defaultdict[str, list[str]] = defaultdict(list)
             for user in m.users:
                 for node in routes.get(user, ()):
                     users_on[node].append(user)
             for node, users in users_on.items():
-                work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, tuple(users)))
+                work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, tuple(users), priority=m.priority))
     return work
 
 

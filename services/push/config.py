@@ -52,6 +52,8 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings):
                                          "topics one socket may be subscribed to (past it: refused with code `limit`)", low=1)
     drain_seconds: float = setting("DRAIN_SECONDS", 10.0, "a drain (`POST /v1/drain` or SIGTERM) spreads its clients' "
                                    "reconnects over this, then closes the rest (1001)", low=0)
+    write_backlog_bytes: int = setting("WRITE_BACKLOG_BYTES", 64 * 1024, "past this many bytes in a socket's buffer, its new "
+                                       "frames wait in the node, high priority first", low=0)
 
     @property
     def link_url(self) -> str:

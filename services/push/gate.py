@@ -35,11 +35,12 @@ TOPIC_USERS_LIMIT = 1000
 DRAIN_PATH = "/v1/drain"  # POST, signed like the dispatch link: start draining this node
 
 
-def http_response(body: bytes | dict[str, Any], status: int, content_type: str = "application/json") -> Response:
+def http_response(body: bytes | dict[str, Any], status: int, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> Response:
     """A plain HTTP answer; websockets closes the connection after it, so it says so (a client must not reuse it)."""
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close")])
-    return Response(status, HTTPStatus(status).phrase, headers, data)
+    fields = [("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close"), *(headers or {}).items()]
+    return Response(status, HTTPStatus(status).phrase, Headers(fields), data)
 
 
 def source_of(connection: ServerConnection) -> str:
@@ -65,7 +66,7 @@ class Gate:
                 return http_response(*health_answer(await self.health()))
             if path == "/metrics":
                 body, content_type = exposition()
-                return http_response(body, 200, content_type)
+                return http_response(body, 200, content_type=content_type)
             if path == LINK_PATH or path.startswith(TOPIC_USERS_PATH) or path == DRAIN_PATH:
                 self.guard.admit(request.headers, now_ms())
                 return self.internal(path, request)

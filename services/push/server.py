@@ -40,7 +40,7 @@ LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands
 class PushNode:
     def __init__(self, config: PushConfig) -> None:
         self.config = config
-        self.hub = Hub(config.max_buffered_bytes)
+        self.hub = Hub(config.max_buffered_bytes, config.write_backlog_bytes)
         self.redis = redis_client(config.redis_url)
         self.writer = RouteWriter(self.redis, config.node_id, config.route_ttl, config.node_ttl)
         self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval)

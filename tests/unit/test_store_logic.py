@@ -167,8 +167,8 @@ async def test_topic_counts_add_up_per_node_and_derive_a_status_of_counts() -> N
 def test_a_scheduled_message_shows_its_due_time_then_its_cancellation() -> None:
     """A scheduled message's document keeps its due time; its status is scheduled until a cancellation row closes it,
     per recipient for a user message and as a stage for a broadcast."""
-    to_users = Message(message_id("p3", 0), ("a", "b"), "F", 1000, 90_000, "shop", None, 5000)
-    broadcast = Message(message_id("p3", 1), (), "G", 1000, 90_000, "shop", BROADCAST, 6000)
+    to_users = Message(message_id("p3", 0), ("a", "b"), "F", 1000, 90_000, "shop", due_ms=5000)
+    broadcast = Message(message_id("p3", 1), (), "G", 1000, 90_000, "shop", BROADCAST, due_ms=6000)
     now = Message(message_id("p3", 2), ("a",), "H", 1000, 90_000, "shop")
     doc = post_document([to_users, broadcast, now])
     assert messages_of_document(doc) == [to_users, broadcast, now]
