@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import AsyncIterator
@@ -34,6 +33,7 @@ from shared.routing import RouteReader, now_ms
 from shared.store import MessageStore
 from shared.topicmap import TopicReader
 from shared.stream import Backlog, DeliveryStream
+from shared.serve import running
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)
@@ -145,10 +145,8 @@ def create_app(config: CollectConfig) -> Starlette:
             await store.prepare()
         except Unavailable as exc:
             log.warning("indexes not created yet", extra={"error": exc.message})
-        sampler = asyncio.create_task(shedder.run())
-        yield
-        sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
+        async with running(shedder.run()):
+            yield
         await redis.aclose()
         await store.close()
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -23,6 +22,7 @@ from shared.lifecycle import LifecycleWriter
 from shared.routing import RouteReader
 from shared.store import MessageStore
 from shared.stream import DeliveryStream
+from shared.serve import running
 from shared.web import EXCEPTION_HANDLERS, ops_routes
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,8 @@ def create_app(config: DispatchConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(loop()) for loop in (router.run, lifecycle.run, reconciler.run, firing.run)]
-        yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        async with running(router.run(), lifecycle.run(), reconciler.run(), firing.run()):
+            yield
         with contextlib.suppress(Exception):
             await lifecycle.flush()
         await links.close()

@@ -31,6 +31,7 @@ from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.routing import NodeCard, RouteReader, RouteWriter, directory, now_ms
+from shared.serve import running
 from shared.store import MessageStore
 
 log = logging.getLogger(__name__)
@@ -96,16 +97,12 @@ class PushNode:
                 ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
                 server_header=None, backlog=LISTEN_BACKLOG,
             )
-            async with asyncio.TaskGroup() as group:  # leaving it awaits the loops cancelled below
-                loops = [group.create_task(loop) for loop in (
-                    self.presence.run_flusher(), self.presence.run_heartbeat(), self.lifecycle.run(), self.acks.run(),
-                    self.replayer.watch_epoch(c.heartbeat_interval))]
+            async with running(self.presence.run_flusher(), self.presence.run_heartbeat(), self.lifecycle.run(),
+                               self.acks.run(), self.replayer.watch_epoch(c.heartbeat_interval)):
                 log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
                 await stop
                 log.info("shutting down", extra={"node": c.node_id, "count": self.hub.connections})
                 await self.drain.start()
-                for task in loops:
-                    task.cancel()
             server.close()
             try:
                 await asyncio.wait_for(server.wait_closed(), c.shutdown_grace)
