@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -138,6 +139,43 @@ async def subscribe(ws: ClientConnection, topics: list[str], kind: str = "subscr
         replies.append(await next_frame(ws))
         answered |= set(replies[-1]["topics"])
     return replies
+
+
+class Receiver:
+    """A user's socket that acks every message at once and records, as each arrives, its id and its latency."""
+
+    def __init__(self, user: str, ws: ClientConnection) -> None:
+        self.user = user
+        self.ws = ws
+        self.ids: list[str] = []  # in arrival order
+        self.latencies: list[tuple[float, float]] = []  # (arrival, seconds since collect accepted it)
+        self._task = asyncio.create_task(self._read())
+
+    @property
+    def deliveries(self) -> list[str]:
+        """``"{message id}:{user}"`` per arrival: comparable across users."""
+        return [f"{i}:{self.user}" for i in self.ids]
+
+    async def _read(self) -> None:
+        try:
+            async for data in self.ws:
+                frame = orjson.loads(data)
+                if frame["type"] == "message":
+                    now = time.time()
+                    self.ids.append(frame["id"])
+                    self.latencies.append((now, now - frame["ts"] / 1000))
+                    await self.ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
+        except ConnectionClosed:
+            pass
+
+    async def received(self, ids: list[str], timeout: float) -> None:
+        """Wait until every one of ``ids`` has arrived."""
+        await until(lambda: set(ids) - set(self.ids), lambda missing: not missing, what=f"{len(ids)} messages for {self.user}",
+                    timeout=timeout)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._task
 
 
 class Roamer:

@@ -1,7 +1,8 @@
-"""Wiring of a push node: one websockets server for browsers (``/ws``) and dispatch (``/internal``), its
-plain HTTP answers (``gate.py``), the sessions (``session.py``) and the background loops; and
-uvicorn-style graceful shutdown: on SIGTERM or SIGINT drain (``drain.py``), stop accepting, wait
-for the closing handshakes, then cancel."""
+"""Wiring of a push node: one websockets server for browsers and dispatch, and the background loops.
+
+The server's plain HTTP answers are ``gate.py``'s, each browser socket is ``session.py``'s, and
+shutdown is uvicorn's: on SIGTERM or SIGINT drain (``drain.py``), stop accepting, wait for the
+closing handshakes, then cancel."""
 
 from __future__ import annotations
 

@@ -8,44 +8,14 @@ import signal
 import socket
 import time
 
-import orjson
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
-from tests.client import receive_ids
+from tests.client import Receiver, receive_ids
 from tests.conftest import RunningStack, report_scenario
 from tests.waits import scaled, until
 from tools.cluster import Cluster, Proc, free_port
 
 FAST = {"CLAIM_IDLE_MS": "2000"}
-
-
-class Receiver:
-    """A user's websocket that acks every message at once and records each delivery and its latency as it arrives."""
-
-    def __init__(self, user: str, ws: ClientConnection) -> None:
-        self.user = user
-        self.ws = ws
-        self.got: list[str] = []
-        self.latencies: list[tuple[float, float]] = []  # (arrival, seconds since collect accepted it)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for data in self.ws:
-                frame = orjson.loads(data)
-                if frame["type"] == "message":
-                    now = time.time()
-                    self.got.append(f"{frame['id']}:{self.user}")
-                    self.latencies.append((now, now - frame["ts"] / 1000))
-                    await self.ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
-        except ConnectionClosed:
-            pass
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._task
 
 
 class Load:
@@ -69,11 +39,11 @@ class Load:
 async def everything_arrived(load: Load, receivers: list[Receiver], timeout: float) -> list[str]:
     """Wait until every posted delivery arrived, then a second more for late duplicates; return all arrivals."""
     def missing() -> set[str]:
-        return set(load.posted) - {d for r in receivers for d in r.got}
+        return set(load.posted) - {d for r in receivers for d in r.deliveries}
 
     await until(missing, lambda left: not left, what="every posted delivery to arrive", timeout=timeout, every=0.2)
     await asyncio.sleep(scaled(1.0))  # proves an absence: a duplicate would arrive within this second
-    return [d for r in receivers for d in r.got]
+    return [d for r in receivers for d in r.deliveries]
 
 
 async def receivers(stack: RunningStack, prefix: str, node: int, count: int) -> list[Receiver]:
@@ -138,7 +108,7 @@ async def dispatch_killed_under_load(stack: RunningStack, restart: bool, cluster
     load = Load(stack, [(users[n].user, users[n + 3].user) for n in range(3)])
     redis = Redis.from_url(stack.stack.redis_url)
     posting = asyncio.create_task(load.run(6, pause=0.005))
-    await until(lambda: sum(len(r.got) for r in users), lambda n: n >= 100, what="100 deliveries under load before the kill")
+    await until(lambda: sum(len(r.ids) for r in users), lambda n: n >= 100, what="100 deliveries under load before the kill")
     held = await kill_mid_batch(redis, stack.procs["dispatch"])
     if restart:
         stack.procs["dispatch"] = cluster.start_service("dispatch", stack.stack)

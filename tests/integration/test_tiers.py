@@ -10,45 +10,16 @@ from typing import Any
 import orjson
 import pytest
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from pushcluster.client import AsyncPushClient, PushError, RetryPolicy
 from shared.stream import DeliveryStream
-from tests.client import API_KEY, next_frame
+from tests.client import API_KEY, Receiver, next_frame
 from tests.conftest import RunningStack, report_scenario
 from tools.cluster import Cluster
 
 LOW_BACKLOG = 1000
 BATCH_SIZE = 50
-
-
-class Reader:
-    """One socket's message ids in arrival order, each acknowledged at once."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.got: list[str] = []
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for data in self.ws:
-                frame = orjson.loads(data)
-                if frame["type"] == "message":
-                    self.got.append(frame["id"])
-                    await self.ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
-        except ConnectionClosed:
-            pass
-
-    async def until(self, ids: list[str], timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while not set(ids) <= set(self.got):
-                await asyncio.sleep(0.05)
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._task
 
 
 async def post(stack: RunningStack, user: str, priority: str, payload: Any = 0) -> tuple[int, dict[str, Any], str | None]:
@@ -89,17 +60,17 @@ async def test_a_backlog_of_low_does_not_delay_high(start_stack, cluster: Cluste
     """With dispatch stopped, 1,000 low posts then 5 high ones to one socket: once dispatch is back, the high messages
     arrive in its first batch, ahead of nearly all the low ones, and every low one still arrives."""
     stack: RunningStack = start_stack(nodes=1, BATCH_SIZE=str(BATCH_SIZE), SHED_LOW_ENTRIES="100000")
-    reader = Reader(await stack.client.connect("mixed"))
+    reader = Receiver("mixed", await stack.client.connect("mixed"))
     stack.procs["dispatch"].stop()
     low = await post_many(stack, "mixed", "low", LOW_BACKLOG)
     high = await post_many(stack, "mixed", "high", 5)
     report = await until_tiers(stack, lambda t: t["low"]["backlog"] == LOW_BACKLOG and t["high"]["backlog"] == 5)
     assert not report["low"]["shedding"]
     restart_dispatch(stack, cluster)
-    await reader.until(low + high, timeout=60)
-    positions = [reader.got.index(i) for i in high]
+    await reader.received(low + high, timeout=60)
+    positions = [reader.ids.index(i) for i in high]
     lost, twice = report_scenario(f"1,000 low queued ahead of 5 high: high arrived at positions {min(positions)}-{max(positions)}",
-                                  low + high, reader.got)
+                                  low + high, reader.ids)
     assert max(positions) < BATCH_SIZE, positions
     assert lost == 0
     await reader.close()
@@ -111,7 +82,7 @@ async def test_shedding_refuses_low_then_normal_never_high_and_keeps_what_it_acc
     is back every accepted message arrives and low is accepted again."""
     stack: RunningStack = start_stack(nodes=1, SHED_LOW_ENTRIES="20", SHED_NORMAL_ENTRIES="60", SHED_LOW_AGE_MS="600000",
                                       SHED_NORMAL_AGE_MS="600000", SHED_SAMPLE_MS="50")
-    reader = Reader(await stack.client.connect("busy"))
+    reader = Receiver("busy", await stack.client.connect("busy"))
     stack.procs["dispatch"].stop()
     accepted: list[str] = []
     refused: dict[str, tuple[dict[str, Any], str | None]] = {}
@@ -140,9 +111,9 @@ async def test_shedding_refuses_low_then_normal_never_high_and_keeps_what_it_acc
     assert (shed.value.status, shed.value.code) == (429, "overloaded")
     accepted.append(await library.send("busy", "now", priority="high"))
     restart_dispatch(stack, cluster)
-    await reader.until(accepted, timeout=30)
+    await reader.received(accepted, timeout=30)
     lost, _ = report_scenario(f"shedding with dispatch stopped: {len(accepted)} accepted, low and normal refused (429)",
-                              accepted, reader.got)
+                              accepted, reader.ids)
     assert lost == 0
     await until_tiers(stack, lambda t: not any(tier["shedding"] for tier in t.values()))
     status, body, _ = await post(stack, "busy", "low")
@@ -200,11 +171,11 @@ async def test_a_backed_up_socket_gets_high_frames_ahead_of_the_low_ones_waiting
     async with asyncio.timeout(20):
         while await node_gauge(stack, "push_frames_queued") < queued_low + 3:
             await asyncio.sleep(0.05)
-    reader = Reader(ws)
-    await reader.until(low + high, timeout=60)
-    positions = [reader.got.index(i) for i in high]
+    reader = Receiver("slow", ws)
+    await reader.received(low + high, timeout=60)
+    positions = [reader.ids.index(i) for i in high]
     lost, _ = report_scenario(f"backed-up socket: 3 high overtook {len(low) - min(positions)} of {len(low)} low queued ahead",
-                              low + high, reader.got)
+                              low + high, reader.ids)
     assert max(positions) < len(low) - 15, (positions, len(low), queued_low)
     assert lost == 0
     await reader.close()

@@ -75,13 +75,6 @@ def test_derived_defaults_follow_the_fields_they_come_from(monkeypatch: pytest.M
     assert PushConfig.from_env().node_id == "edge-1"
 
 
-def test_the_readme_tables_are_the_configs_own() -> None:
-    """The README's configuration section holds each service's generated table, so neither can drift."""
-    readme = (ROOT / "README.md").read_text()
-    for name, config in SERVICES.items():
-        assert f"### {name}\n\n{config.table()}\n" in readme, f"README's {name} table is stale: paste --print-config"
-
-
 @pytest.mark.parametrize("service", SERVICES)
 def test_print_config_lists_every_variable_and_exits(service: str) -> None:
     """``python -m services.X --print-config`` prints every variable of the service, with no secrets needed, and exits 0."""
