@@ -17,7 +17,7 @@ import hmac
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Collection, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Collection, Mapping, Sequence, TypeVar, overload
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Settings")
@@ -44,10 +44,19 @@ class Spec:
     shown: str | None = None  # the default as documented, when it is derived from other fields
 
 
-def setting(name: str, default: T, doc: str, *, cast: Callable[[str], Any] | None = None, low: float | None = None,
-            secret: bool = False, shown: str | None = None) -> T:
-    """Declare a field read from ``$name`` (converted like ``default``, or by ``cast``), at least ``low`` if given."""
-    return field(default=default, metadata={"spec": Spec(name, doc, cast, low, secret, shown)})  # type: ignore[no-any-return]
+@overload
+def setting(name: str, default: str, doc: str, *, cast: Callable[[str], T], secret: bool = False) -> T: ...
+
+
+@overload
+def setting(name: str, default: T, doc: str, *, low: float | None = None, secret: bool = False, shown: str | None = None) -> T: ...
+
+
+def setting(name: str, default: Any, doc: str, *, cast: Callable[[str], Any] | None = None, low: float | None = None,
+            secret: bool = False, shown: str | None = None) -> Any:
+    """Declare a field read from ``$name``, converted like ``default`` (or by ``cast``, which then also reads the
+    default, given as text), at least ``low`` if given."""
+    return field(default=default, metadata={"spec": Spec(name, doc, cast, low, secret, shown)})
 
 
 def same_secret(presented: str, expected: str) -> bool:
@@ -61,9 +70,9 @@ def _read(spec: Spec, default: Any) -> Any:
     raw = os.environ.get(spec.name) or (default if spec.cast and isinstance(default, str) else None)
     if raw is None:
         return default
-    convert = spec.cast or (str if default is None else type(default))
+    convert: Callable[[str], Any] = spec.cast or (str if default is None else type(default))
     try:
-        value = convert(raw)
+        value: Any = convert(raw)
     except ValueError as exc:
         reason = f"is not a valid {convert.__name__}" if spec.cast is None else str(exc)
         raise SystemExit(f"{spec.name}={raw!r} {reason}") from None
@@ -79,7 +88,7 @@ def _development_value(spec: Spec, default: Any) -> Any:
 def _is_default_secret(value: Any, default: Any) -> bool:
     """A secret still at its development value; for a collection of secrets (API keys), any one of them."""
     if isinstance(value, str) or value is None:
-        return value == default
+        return bool(value == default)
     defaults: Collection[Any] = default if not isinstance(default, str) else (default,)
     return any(d in value for d in defaults)
 

@@ -193,7 +193,7 @@ def derive_counts(post: dict[str, Any], index: int, events: list[dict[str, Any]]
 
 class MessageStore:
     def __init__(self, url: str, database: str = "push", timeout_ms: int = 3000, **client_options: Any) -> None:
-        self.client: AsyncMongoClient = AsyncMongoClient(
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 2,
             tz_aware=True, **client_options,
         )

@@ -60,7 +60,7 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = next((k for k in ServiceError.__subclasses__() if k.status == exc.status_code), ServiceError)
     ERRORS.labels(kind.code).inc()
-    return json_response(kind(exc.detail).body(), exc.status_code, exc.headers)
+    return json_response(kind(exc.detail).body(), exc.status_code, dict(exc.headers or {}))
 
 
 EXCEPTION_HANDLERS = {ServiceError: service_error_handler, HTTPException: http_error_handler}

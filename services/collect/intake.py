@@ -144,4 +144,4 @@ def _topic(item: dict[str, Any], where: str) -> str | None:
         return BROADCAST
     if not valid_topic(item["topic"]):
         raise InvalidFields(f"{where}topic must be 1-128 characters of letters, digits and _ . : @ -")
-    return item["topic"]
+    return str(item["topic"])

@@ -106,7 +106,8 @@ def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
             async with session.get(users_url(card, name), headers=headers) as answer:
                 if answer.status != 200:
                     raise Unavailable(f"node {card.id} answered {answer.status}")
-                return await answer.json()
+                body: dict[str, Any] = await answer.json()
+                return body
 
         try:
             async with aiohttp.ClientSession(timeout=NODE_TIMEOUT) as session:

@@ -81,7 +81,8 @@ class NodeLink:
                 self._pending[batch.batch] = waiter
                 try:
                     await ws.send(batch.encode())
-                    return await waiter
+                    result: BatchResult = await waiter
+                    return result
                 finally:
                     self._pending.pop(batch.batch, None)
         except (ConnectionClosed, TimeoutError) as exc:

@@ -56,15 +56,15 @@ class Waiting:
 
     urgent: deque[bytes] = field(default_factory=deque)
     rest: deque[bytes] = field(default_factory=deque)
-    bytes: int = 0
+    size: int = 0  # bytes queued
 
     def add(self, data: bytes, high: bool) -> None:
         (self.urgent if high else self.rest).append(data)
-        self.bytes += len(data)
+        self.size += len(data)
 
     def pop(self) -> bytes:
         data = (self.urgent or self.rest).popleft()
-        self.bytes -= len(data)
+        self.size -= len(data)
         return data
 
     def __len__(self) -> int:
@@ -242,7 +242,7 @@ class Hub:
     def _buffered(self, session: Session) -> int | None:
         """The bytes waiting for the session (its buffer and its queue), or None if past ``max_buffered`` (it is then
         closed and written no more)."""
-        buffered = session.ws.transport.get_write_buffer_size() + (session.waiting.bytes if session.waiting else 0)
+        buffered = session.ws.transport.get_write_buffer_size() + (session.waiting.size if session.waiting else 0)
         if buffered > self.max_buffered:
             self.close_slow(session)
             self._drop_waiting(session)

@@ -89,7 +89,7 @@ class PushNode:
         c = self.config
         stop = asyncio.get_running_loop().create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            asyncio.get_running_loop().add_signal_handler(sig, lambda: None if stop.done() else stop.set_result(None))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             self.sessions.verifier = TokenVerifier(c.auth_url, http, c.token_cache_size)
             server = await serve(

@@ -57,7 +57,7 @@ class Sessions:
         self.verifier: TokenVerifier | None = None
 
     async def serve(self, ws: ServerConnection) -> None:
-        assert self.verifier is not None
+        assert self.verifier is not None and ws.request is not None  # both set before any socket is served
         try:
             identity = await self.verifier.verify(token_of(ws.request))
         except ServiceError as exc:
