@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from shared.errors import Unavailable
 

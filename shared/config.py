@@ -16,8 +16,9 @@ import dataclasses
 import hmac
 import os
 import sys
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Collection, Mapping, Sequence, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Settings")

@@ -15,7 +15,7 @@ Costs one ZADD per group commit, and nothing per recipient.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter, defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline

@@ -8,11 +8,11 @@ entry, so it travels at the tier of its most urgent message.
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Iterable
+from collections.abc import Iterable
+from enum import StrEnum
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     HIGH = "high"
     NORMAL = "normal"
     LOW = "low"

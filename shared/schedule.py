@@ -24,8 +24,8 @@ sender matches, so a cancel and a claim never both win.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline

@@ -38,8 +38,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from types import MappingProxyType
+from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
@@ -68,7 +70,7 @@ PRIORITY_BSON_BYTES = 17  # a ``priorities`` entry: type, key, length, "normal" 
 
 
 def utc(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
 def post_document(messages: list[Message]) -> dict[str, Any]:
@@ -132,7 +134,7 @@ class NodeCount:
 
 
 def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime,
-                    counts: dict[tuple[str, str], NodeCount] = {}) -> list[dict[str, Any]]:
+                    counts: Mapping[tuple[str, str], NodeCount] = MappingProxyType({})) -> list[dict[str, Any]]:
     """One document per post with a row per delivery, and per node for topic messages."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for (m, u), s in stages.items():
@@ -233,11 +235,12 @@ class MessageStore:
         except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
             return outcomes(posts, exc.details["writeErrors"])
 
-    async def record(self, stages: dict[Pair, dict[str, int]], counts: dict[tuple[str, str], NodeCount] = {}) -> None:
+    async def record(self, stages: dict[Pair, dict[str, int]],
+                     counts: Mapping[tuple[str, str], NodeCount] = MappingProxyType({})) -> None:
         """One insert: one event document per post; documents the server refuses are dropped (a retry
         would be refused again), the others are stored."""
         if stages or counts:
-            docs = event_documents(stages, dt.datetime.now(dt.timezone.utc), counts)
+            docs = event_documents(stages, dt.datetime.now(dt.UTC), counts)
             try:
                 await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
             except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
@@ -278,7 +281,7 @@ class MessageStore:
 
     async def record_cancelled(self, message: Message) -> None:
         """One insert: the closing ``cancelled`` record of a scheduled message taken back before it fired."""
-        doc = cancel_document(message, dt.datetime.now(dt.timezone.utc))
+        doc = cancel_document(message, dt.datetime.now(dt.UTC))
         await self.breaker.call(lambda: self.events.insert_one(doc))
 
     async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[tuple[list[Pair], list[str]]]:

@@ -17,8 +17,9 @@ never collide in one batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline

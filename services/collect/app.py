@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -15,11 +15,11 @@ from starlette.routing import Route
 from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
+from services.collect.openapi import spec
 from services.collect.presence import presence_routes
 from services.collect.shedding import Shedder
-from services.collect.openapi import spec
-from shared.clients import redis_alive, redis_client
 from shared.breaker import OPEN, CircuitBreaker
+from shared.clients import redis_alive, redis_client
 from shared.coalesce import Coalescer
 from shared.config import same_secret
 from shared.errors import NotFound, ServiceError, Unauthorized, Unavailable
@@ -30,10 +30,10 @@ from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
 from shared.priority import TIERS, Priority, post_tier
 from shared.routing import RouteReader, now_ms
-from shared.store import MessageStore
-from shared.topicmap import TopicReader
-from shared.stream import Backlog, DeliveryStream
 from shared.serve import running
+from shared.store import MessageStore
+from shared.stream import Backlog, DeliveryStream
+from shared.topicmap import TopicReader
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ send as a business system without a key):
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from redis.exceptions import RedisError
@@ -81,10 +82,10 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         if "topics" in body:  # auth validates them (names or 'prefix:*' patterns)
             ask["topics"] = body["topics"]
         try:
-            async with aiohttp.ClientSession(timeout=AUTH_TIMEOUT) as session:
-                async with session.post(f"{config.auth_url}/v1/tokens", json=ask,
-                                        headers={"Authorization": f"Bearer {config.auth_admin_key}"}) as answer:
-                    return Response(await answer.read(), answer.status, media_type="application/json")
+            async with aiohttp.ClientSession(timeout=AUTH_TIMEOUT) as session, \
+                    session.post(f"{config.auth_url}/v1/tokens", json=ask,
+                                 headers={"Authorization": f"Bearer {config.auth_admin_key}"}) as answer:
+                return Response(await answer.read(), answer.status, media_type="application/json")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable(f"auth: {exc!r}") from None
 

@@ -15,7 +15,8 @@ message; only nodes whose card is live count, so a node that dies stops counting
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp

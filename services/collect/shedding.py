@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 
@@ -20,9 +20,9 @@ from shared.clients import redis_alive, redis_client
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.routing import RouteReader
+from shared.serve import running
 from shared.store import MessageStore
 from shared.stream import DeliveryStream
-from shared.serve import running
 from shared.web import EXCEPTION_HANDLERS, ops_routes
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from shared.inbox import Inbox
 from shared.routing import now_ms
@@ -37,7 +37,7 @@ async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: i
     log.warning("Redis holds no delivery state; rebuilding it from MongoDB")
     opened = closed = scheduled = 0
     oldest: int | None = None
-    async for messages in store.open_messages(dt.datetime.now(dt.timezone.utc), page):
+    async for messages in store.open_messages(dt.datetime.now(dt.UTC), page):
         now = now_ms()
         later = [m for m in messages if m.due_ms > now]
         await inbox.open([m for m in messages if m.due_ms <= now])

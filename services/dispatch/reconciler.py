@@ -82,7 +82,7 @@ class Reconciler:
 
     async def tidy(self, idle_consumer_ms: int = IDLE_CONSUMER_MS) -> None:
         """Bound what would otherwise only grow: old history, dead node ids, consumers of gone instances."""
-        deleted = await self.store.purge(dt.datetime.now(dt.timezone.utc))
+        deleted = await self.store.purge(dt.datetime.now(dt.UTC))
         nodes = await self.routes.forget_dead_nodes()
         consumers = await self.stream.forget_idle_consumers(idle_consumer_ms, self.config.consumer)
         if deleted or nodes or consumers:

@@ -13,9 +13,10 @@ push node records the lifecycle stages.
 Each node's batch is sent as its own task. A cycle waits for them at most ``send_wait_ms`` (and not
 at all for a node still owing answers from earlier cycles) and acknowledges what every node took by
 then; later answers are acknowledged in the background, so a hung node (alive in Redis, not reading)
-delays nobody else. A node with ``link_window`` batches unanswered is skipped. A node that fails or is skipped leaves the entry pending in the consumer
-group: it is claimed again after ``claim_idle_ms``, by this or another instance, and this instance
-sends it only to the nodes that did not take it yet (``ledger.py``). Once the hung node answers it
+delays nobody else. A node with ``link_window`` batches unanswered is skipped. A node that fails or is
+skipped leaves the entry pending in the consumer group: it is claimed again after ``claim_idle_ms``,
+by this or another instance, and this instance sends it only to the nodes that did not take it yet
+(``ledger.py``). Once the hung node answers it
 gets its part; once its card expires its users are no longer routed there and wait in their inboxes.
 An entry tried ``max_attempts`` times (a node that keeps closing the link on it) is acknowledged and
 left to its users' inboxes.
@@ -27,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from redis.exceptions import RedisError
 

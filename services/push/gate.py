@@ -10,8 +10,9 @@ Refusals take their status and body from the one error map (``shared.errors``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -67,7 +68,7 @@ class Gate:
             if path == "/metrics":
                 body, content_type = exposition()
                 return http_response(body, 200, content_type=content_type)
-            if path == LINK_PATH or path.startswith(TOPIC_USERS_PATH) or path == DRAIN_PATH:
+            if path in (LINK_PATH, DRAIN_PATH) or path.startswith(TOPIC_USERS_PATH):
                 self.guard.admit(request.headers, now_ms())
                 return self.internal(path, request)
             if path == "/ws":

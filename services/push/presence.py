@@ -24,8 +24,7 @@ import asyncio
 import itertools
 import logging
 import math
-from typing import Callable, Iterable
-
+from collections.abc import Callable, Iterable
 
 from services.push.hub import Hub
 from shared.errors import Unavailable

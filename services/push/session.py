@@ -27,8 +27,17 @@ from services.push.presence import Presence
 from services.push.replay import Replayer
 from shared.errors import CloseCode, RateLimited, ServiceError, Unauthorized
 from shared.metrics import ERRORS
-from shared.protocol import (AckFrame, Op, PingFrame, PongFrame, SubscribeFrame, TopicsFrame, UnsubscribeFrame, WelcomeFrame,
-                             parse_client_frame)
+from shared.protocol import (
+    AckFrame,
+    Op,
+    PingFrame,
+    PongFrame,
+    SubscribeFrame,
+    TopicsFrame,
+    UnsubscribeFrame,
+    WelcomeFrame,
+    parse_client_frame,
+)
 from shared.topics import Grants
 
 log = logging.getLogger(__name__)
