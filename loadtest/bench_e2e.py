@@ -22,6 +22,15 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
 * topic (only when named): ``--topic-subscribers`` sockets over both nodes subscribed to one topic;
   one topic message per POST at ``--topic-rate`` for ``--topic-seconds``: deliveries, lost,
   duplicates, latency percentiles from acceptance to socket, the CPU split.
+* schedule (only when named): ``--schedule-rate`` messages due per second for ``--schedule-seconds``,
+  to ``--schedule-users`` offline users, posted (posts of 1,000, ``--posters`` in flight) so the first
+  is due ``--schedule-lead`` s after the start: fire lateness p50/p99 (due time to hand-over, from
+  dispatch's histogram, as the bucket bound), and how long after the last due time the last fired.
+* priority (only when named): ``--users`` connected users split 10% / 60% / 30% between the tiers high, normal
+  and low; posts of ``--priority-batch`` messages of one tier each, in that mix, paced at ``--priority-rate``
+  messages/s (past the cluster's capacity) for ``--priority-seconds``, without retrying a refusal: per tier the
+  messages accepted, refused (429 while collect sheds the tier) and delivered, and the latency from acceptance to
+  socket. The goal: high's p99 under 50 ms while low absorbs the overload.
 * expiry (only when named): ``--expiry-deliveries`` open deliveries already past their expiry in a
   scratch Redis database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire``
   pages dispatch's reconciler runs: deliveries expired per second. Unlike the others it calls the
@@ -66,6 +75,7 @@ from loadtest.idle import hold
 from loadtest.inbox import NO_TALLY, Inbox, Tally, Users
 from loadtest.redis_watch import watch
 from loadtest.report import Table, latency_summary, percentile
+from loadtest.schedule import scrape
 from loadtest.storm import StormShare, replay
 from loadtest.target import Target, own_cluster, running_target
 
@@ -74,7 +84,8 @@ MB = 1024 * 1024
 SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
 EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
 DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
-SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "expiry")
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "schedule", "priority", "expiry")
+MIX = ("high", *["normal"] * 6, *["low"] * 3)  # the priority scenario's tiers: post k is of MIX[k % 10]
 
 
 def parse_args() -> argparse.Namespace:
@@ -102,6 +113,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--topic-subscribers", type=int, default=5_000, help="topic: sockets subscribed to the topic")
     p.add_argument("--topic-rate", type=float, default=100.0, help="topic: topic messages per second")
     p.add_argument("--topic-seconds", type=float, default=20.0, help="topic: how long to post at --topic-rate")
+    p.add_argument("--schedule-rate", type=int, default=10_000, help="schedule: messages due per second")
+    p.add_argument("--schedule-seconds", type=float, default=5.0, help="schedule: seconds over which they are due")
+    p.add_argument("--schedule-lead", type=float, default=15.0, help="schedule: seconds from the start to the first due "
+                   "time (posting them all must fit in it)")
+    p.add_argument("--schedule-users", type=int, default=1000, help="schedule: offline recipients")
+    p.add_argument("--priority-rate", type=float, default=8000.0, help="priority: messages per second offered (past capacity)")
+    p.add_argument("--priority-seconds", type=float, default=30.0, help="priority: how long to post at --priority-rate")
+    p.add_argument("--priority-batch", type=int, default=20, help="priority: messages per post (one tier per post)")
     p.add_argument("--node", type=int, default=0, help="connections: index of the push node to load")
     p.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last message of a scenario "
                    "(storm: after the last welcome); what arrived by then is reported")
@@ -508,9 +527,126 @@ async def scenario_topic(target: Target, api: Api, table: Table, args: argparse.
     report_fanout(table, "topic", reports, accepted)
 
 
+async def scenario_schedule(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    if not target.dispatch_url:
+        raise SystemExit("schedule needs dispatch's /metrics (--dispatch-url)")
+    rate, users = args.schedule_rate, [f"{run}-s{k}" for k in range(args.schedule_users)]
+    total = int(rate * args.schedule_seconds)
+    table.add("schedule", "messages / due per second / recipients (offline)", f"{total:,} / {rate:,} / {len(users):,}")
+    before, meter = await scrape(api.session, target.dispatch_url), CpuMeter(target.processes)
+    first_due = int((time.time() + args.schedule_lead) * 1000)
+    queue, rejected, accepted, started = batches(total, MAX_BATCH), Counter[str](), 0, time.time()
+
+    async def poster() -> None:
+        nonlocal accepted
+        while queue:
+            ks = queue.pop(0)
+            body = {"messages": [{"user_id": users[k % len(users)], "payload": {"n": k},
+                                  "deliver_at": first_due + k * 1000 // rate} for k in ks]}
+            try:
+                ids = await api.post(body)
+                accepted += len(ids)
+            except Rejected as exc:
+                rejected[exc.reason] += len(ks)
+
+    await asyncio.gather(*(poster() for _ in range(args.posters)))
+    posted = time.time()
+    report_rejected(table, "schedule", rejected)
+    table.add("schedule", "accepted msgs/s; posting ended before the first due time",
+              f"{accepted / (posted - started):,.0f}; {first_due / 1000 - posted:.1f} s")
+    last_due = first_due + (total - 1) * 1000 // rate
+    fired_all_at = None
+    while time.time() < last_due / 1000 + args.timeout:
+        now = await scrape(api.session, target.dispatch_url)
+        if now.fired - before.fired >= accepted:
+            fired_all_at = time.time()
+            break
+        await asyncio.sleep(0.05)
+    report_cpu(table, "schedule", meter, accepted)
+    table.add("schedule", "fired / accepted", f"{now.fired - before.fired:,} / {accepted:,}")
+    table.add("schedule", "fire lateness p50 / p99 (due time to hand-over, histogram bucket bound)",
+              f"<= {now.percentile_ms(before, 0.5):.0f} ms / <= {now.percentile_ms(before, 0.99):.0f} ms")
+    table.add("schedule", "last fired after the last due time",
+              f"{fired_all_at * 1000 - last_due:,.0f} ms" if fired_all_at else f"not all within --timeout {args.timeout:g} s")
+class TierInbox(Inbox):
+    """An inbox that also keeps each tier's latencies (a user receives the messages of one tier only)."""
+
+    def __init__(self, tier_of: dict[str, str]) -> None:
+        super().__init__()
+        self.tier_of = tier_of
+        self.by_tier: dict[str, list[float]] = {tier: [] for tier in MIX}
+
+    def record(self, user_id: str, message_id: str, latency_ms: float) -> None:
+        super().record(user_id, message_id, latency_ms)
+        self.by_tier[self.tier_of[user_id]].append(latency_ms)
+
+
+async def watch_tiers(api: Api, peaks: dict[str, dict[str, float]]) -> None:
+    """Poll collect's ``/healthz`` a few times a second (until cancelled): each tier's peak backlog and age, and the
+    seconds it was shed."""
+    while True:
+        async with api.session.get(f"{api.collect_url}/healthz") as r:
+            tiers = (await r.json(content_type=None)).get("tiers", {})
+        for tier, state in tiers.items():
+            peak = peaks.setdefault(tier, {"backlog": 0, "age_ms": 0, "shed_s": 0.0})
+            peak["backlog"] = max(peak["backlog"], state["backlog"])
+            peak["age_ms"] = max(peak["age_ms"], state["age_ms"])
+            peak["shed_s"] += 0.25 if state["shedding"] else 0.0
+        await asyncio.sleep(0.25)
+
+
+async def scenario_priority(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    user_ids = [f"{run}-p{i}" for i in range(args.users)]
+    tier_of = {user: MIX[i % len(MIX)] for i, user in enumerate(user_ids)}
+    users_of = {tier: [u for u in user_ids if tier_of[u] == tier] for tier in MIX}
+    batch = min(args.priority_batch, *map(len, users_of.values()))
+    inbox, loop = TierInbox(tier_of), asyncio.get_running_loop()
+    accepted, refused = Counter[str](), Counter[tuple[str, str]]()
+    posts = int(args.priority_rate * args.priority_seconds / batch)
+    table.add("priority", "users / offered msgs/s / per post / seconds / mix high:normal:low",
+              f"{len(user_ids):,} / {args.priority_rate:,.0f} / {batch} / {args.priority_seconds:g} / 10:60:30")
+    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
+    async with connected(target, table, "priority", tokens, inbox, args.connect_concurrency):
+        meter, start, cpu = CpuMeter(target.processes), loop.time(), time.process_time()
+        peaks: dict[str, dict[str, float]] = {}
+        watcher = asyncio.create_task(watch_tiers(api, peaks))
+
+        async def post(k: int) -> None:
+            await asyncio.sleep(max(0.0, start + k * batch / args.priority_rate - loop.time()))
+            tier = MIX[k % len(MIX)]
+            users = users_of[tier]
+            chosen = [users[(k * batch + j) % len(users)] for j in range(batch)]
+            try:
+                ids = await api.post({"messages": [{"user_id": u, "payload": {"n": k}, "priority": tier} for u in chosen]})
+            except Rejected as exc:
+                refused[(tier, exc.reason)] += batch
+                return
+            accepted[tier] += batch
+            for user, mid in zip(chosen, ids):
+                inbox.expect(user, mid)
+
+        await asyncio.gather(*(post(k) for k in range(posts)))
+        table.add("priority", "posting took (s)", loop.time() - start)
+        await inbox.settle(args.timeout)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        delivered = Counter(tier_of[user] for user, mid in inbox.expected if (user, mid) in inbox.counts)
+        for tier in dict.fromkeys(MIX):
+            reasons = Counter({reason: n for (t, reason), n in refused.items() if t == tier})
+            table.add("priority", f"{tier}: accepted / refused / delivered",
+                      f"{accepted[tier]:,} / {counted(reasons)} / {delivered[tier]:,}")
+            table.add("priority", f"{tier}: latency p50/p90/p99/max", latency_summary(inbox.by_tier[tier]))
+            peak = peaks.get(tier, {"backlog": 0, "age_ms": 0, "shed_s": 0.0})
+            table.add("priority", f"{tier}: stream backlog peak (posts / oldest) / time shed",
+                      f"{peak['backlog']:,.0f} / {peak['age_ms']:,.0f} ms / {peak['shed_s']:.1f} s")
+        report_tally(table, "priority", inbox.tally())
+        report_cpu(table, "priority", meter, inbox.tally().delivered)
+        report_busy(table, "priority", [(time.process_time() - cpu) / (loop.time() - start)])
+
+
 SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,
              "connections": scenario_connections, "broadcast": scenario_broadcast, "topic": scenario_topic,
-             "expiry": scenario_expiry}
+             "schedule": scenario_schedule, "priority": scenario_priority, "expiry": scenario_expiry}
 
 
 async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:

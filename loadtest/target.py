@@ -43,6 +43,7 @@ class Target:
     push_urls: list[str]
     redis_url: str
     processes: dict[str, int] = field(default_factory=dict)  # server name -> pid, for the CPU split
+    dispatch_url: str = ""  # its /metrics, for what only dispatch can tell (scheduled messages' fire lateness)
 
     def ws_url(self, node: int) -> str:
         """The browser endpoint of push node ``node`` (``push_urls`` are its http base URLs)."""
@@ -66,7 +67,7 @@ def running_target(auth_url: str, collect_url: str, push_urls: list[str], redis_
     pids = {name: pid for name, url in named.items() if (pid := listening_pid(urlsplit(url).port)) is not None}
     if "ferretdb" in pids and (postgres := upstream_pid(pids["ferretdb"])) is not None:
         pids["postgres"] = postgres
-    return Target(auth_url, collect_url, push_urls, redis_url, pids)
+    return Target(auth_url, collect_url, push_urls, redis_url, pids, dispatch_url)
 
 
 @contextlib.contextmanager
@@ -101,6 +102,7 @@ def own_cluster(workdir: Path | None = None, nodes: int = 2, redis_masters: int 
                                         MAX_ADDRESS_CONNECTIONS="0", **env)
             cluster.start_stack(stack)
             processes = {proc.name: proc.popen.pid for proc in cluster.procs}
-            yield Target(stack.auth_url, stack.collect_url, [stack.push_url(p) for p in stack.push_ports], redis_url, processes)
+            yield Target(stack.auth_url, stack.collect_url, [stack.push_url(p) for p in stack.push_ports], redis_url, processes,
+                         stack.dispatch_url)
         finally:
             cluster.stop_all()

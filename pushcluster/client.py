@@ -11,9 +11,11 @@ random one made once per call), so a retry of a post that was in fact stored sto
 Any other error is raised at once as ``PushError`` with collect's ``code`` and ``message``.
 
     client = PushClient("http://127.0.0.1:8002", api_key="...")
-    message_id = client.send("alice", {"text": "hello"}, ttl=3600)
+    message_id = client.send("alice", {"text": "hello"}, ttl=3600, priority="high")
     client.status(message_id)["recipients"]
     client.publish("news", {"headline": "..."}); client.broadcast({"maintenance": "in 5 minutes"})
+    reminder = client.send("alice", {"text": "meeting"}, delay_seconds=600)  # or deliver_at=<ms since epoch>
+    client.cancel(reminder)  # PushError 404 once it fired
     client.presence(["alice", "bob"])  # {"alice": 1, "bob": 0}
 """
 
@@ -58,11 +60,16 @@ class Call:
         return None if self.body is None else json.dumps(self.body).encode()
 
 
-def message(target: dict[str, Any], payload: Any, ttl: int | None) -> dict[str, Any]:
+def message(target: dict[str, Any], payload: Any, **fields: Any) -> dict[str, Any]:
+    """One message's body: its target, payload and the optional fields given (``ttl_seconds``, ``deliver_at`` in ms
+    since the epoch or ``delay_seconds`` to schedule it, ``priority``); None leaves collect's default."""
     item = {**target, "payload": payload}
-    if ttl is not None:
-        item["ttl_seconds"] = ttl
+    item.update({name: value for name, value in fields.items() if value is not None})
     return item
+
+
+def fields_of(ttl: int | None, deliver_at: int | None, delay_seconds: int | None, priority: str | None) -> dict[str, Any]:
+    return {"ttl_seconds": ttl, "deliver_at": deliver_at, "delay_seconds": delay_seconds, "priority": priority}
 
 
 def post(body: dict[str, Any], idempotency_key: str | None) -> Call:
@@ -99,24 +106,28 @@ class _Api:
     """The calls both clients make; each client does the I/O in its ``_call``."""
 
     @staticmethod
-    def _send(user_id: str, payload: Any, ttl: int | None, idempotency_key: str | None) -> Call:
-        return post(message({"user_id": user_id}, payload, ttl), idempotency_key)
+    def _send(user_id: str, payload: Any, idempotency_key: str | None, fields: dict[str, Any]) -> Call:
+        return post(message({"user_id": user_id}, payload, **fields), idempotency_key)
 
     @staticmethod
     def _send_many(messages: list[dict[str, Any]], idempotency_key: str | None) -> Call:
         return post({"messages": messages}, idempotency_key)
 
     @staticmethod
-    def _publish(topic: str, payload: Any, ttl: int | None, idempotency_key: str | None) -> Call:
-        return post(message({"topic": topic}, payload, ttl), idempotency_key)
+    def _publish(topic: str, payload: Any, idempotency_key: str | None, fields: dict[str, Any]) -> Call:
+        return post(message({"topic": topic}, payload, **fields), idempotency_key)
 
     @staticmethod
-    def _broadcast(payload: Any, ttl: int | None, idempotency_key: str | None) -> Call:
-        return post(message({"broadcast": True}, payload, ttl), idempotency_key)
+    def _broadcast(payload: Any, idempotency_key: str | None, fields: dict[str, Any]) -> Call:
+        return post(message({"broadcast": True}, payload, **fields), idempotency_key)
 
     @staticmethod
     def _status(message_id: str) -> Call:
         return Call("GET", f"/v1/messages/{quote(message_id, safe='')}")
+
+    @staticmethod
+    def _cancel(message_id: str) -> Call:
+        return Call("DELETE", f"/v1/messages/{quote(message_id, safe='')}")
 
     @staticmethod
     def _presence(user_ids: list[str]) -> Call:
@@ -134,22 +145,35 @@ class PushClient(_Api):
         self.url, self.timeout, self.retry = url.rstrip("/"), timeout, retry
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
 
-    def send(self, user_id: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
-        return self._call(self._send(user_id, payload, ttl, idempotency_key))["id"]
+    def send(self, user_id: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None, *,
+             deliver_at: int | None = None, delay_seconds: int | None = None, priority: str | None = None) -> str:
+        """``deliver_at`` (ms since the epoch) or ``delay_seconds`` schedules it; ``priority``: "high", "normal"
+        (collect's default) or "low": under overload low, then normal, is refused (429, retried here after its
+        Retry-After), high never."""
+        fields = fields_of(ttl, deliver_at, delay_seconds, priority)
+        return self._call(self._send(user_id, payload, idempotency_key, fields))["id"]
 
     def send_many(self, messages: list[dict[str, Any]], idempotency_key: str | None = None) -> list[str]:
         return self._call(self._send_many(messages, idempotency_key))["ids"]
 
-    def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
+    def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None, *,
+                deliver_at: int | None = None, delay_seconds: int | None = None, priority: str | None = None) -> str:
         """To every socket subscribed to ``topic`` now (at most once each, not replayed)."""
-        return self._call(self._publish(topic, payload, ttl, idempotency_key))["id"]
+        fields = fields_of(ttl, deliver_at, delay_seconds, priority)
+        return self._call(self._publish(topic, payload, idempotency_key, fields))["id"]
 
-    def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
+    def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None, *,
+                  deliver_at: int | None = None, delay_seconds: int | None = None, priority: str | None = None) -> str:
         """To every socket connected now (at most once each, not replayed)."""
-        return self._call(self._broadcast(payload, ttl, idempotency_key))["id"]
+        fields = fields_of(ttl, deliver_at, delay_seconds, priority)
+        return self._call(self._broadcast(payload, idempotency_key, fields))["id"]
 
     def status(self, message_id: str) -> dict[str, Any]:
         return self._call(self._status(message_id))
+
+    def cancel(self, message_id: str) -> None:
+        """Cancel a scheduled message that has not fired yet (``PushError`` 404 once it fired, or if unknown)."""
+        self._call(self._cancel(message_id))
 
     def presence(self, user_ids: list[str]) -> dict[str, int]:
         """Each user's open sockets (0: offline), up to 1,000 users."""
@@ -187,20 +211,30 @@ class AsyncPushClient(_Api):
         if self._own:
             await self.session.close()
 
-    async def send(self, user_id: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
-        return (await self._call(self._send(user_id, payload, ttl, idempotency_key)))["id"]
+    async def send(self, user_id: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None, *,
+                   deliver_at: int | None = None, delay_seconds: int | None = None, priority: str | None = None) -> str:
+        fields = fields_of(ttl, deliver_at, delay_seconds, priority)
+        return (await self._call(self._send(user_id, payload, idempotency_key, fields)))["id"]
 
     async def send_many(self, messages: list[dict[str, Any]], idempotency_key: str | None = None) -> list[str]:
         return (await self._call(self._send_many(messages, idempotency_key)))["ids"]
 
-    async def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
-        return (await self._call(self._publish(topic, payload, ttl, idempotency_key)))["id"]
+    async def publish(self, topic: str, payload: Any, ttl: int | None = None, idempotency_key: str | None = None, *,
+                      deliver_at: int | None = None, delay_seconds: int | None = None, priority: str | None = None) -> str:
+        fields = fields_of(ttl, deliver_at, delay_seconds, priority)
+        return (await self._call(self._publish(topic, payload, idempotency_key, fields)))["id"]
 
-    async def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None) -> str:
-        return (await self._call(self._broadcast(payload, ttl, idempotency_key)))["id"]
+    async def broadcast(self, payload: Any, ttl: int | None = None, idempotency_key: str | None = None, *,
+                        deliver_at: int | None = None, delay_seconds: int | None = None, priority: str | None = None) -> str:
+        fields = fields_of(ttl, deliver_at, delay_seconds, priority)
+        return (await self._call(self._broadcast(payload, idempotency_key, fields)))["id"]
 
     async def status(self, message_id: str) -> dict[str, Any]:
         return await self._call(self._status(message_id))
+
+    async def cancel(self, message_id: str) -> None:
+        """Cancel a scheduled message that has not fired yet (``PushError`` 404 once it fired, or if unknown)."""
+        await self._call(self._cancel(message_id))
 
     async def presence(self, user_ids: list[str]) -> dict[str, int]:
         return (await self._call(self._presence(user_ids)))["online"]

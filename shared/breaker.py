@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from shared.errors import Unavailable
 
@@ -62,12 +63,12 @@ class CircuitBreaker:
 
     def _record_success(self) -> None:
         if self.consecutive:
-            log.info("circuit closed", extra={"error": self.name})
+            log.info("circuit closed", extra={"breaker": self.name})
         self.consecutive = 0
 
     def _record_failure(self) -> None:
         self.consecutive += 1
         if self.consecutive >= self.threshold:
             if self.consecutive == self.threshold or self.state == HALF_OPEN:
-                log.warning("circuit open", extra={"error": self.name, "count": self.consecutive})
+                log.warning("circuit open", extra={"breaker": self.name, "failures": self.consecutive})
             self.opened_at = time.monotonic()

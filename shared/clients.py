@@ -69,6 +69,14 @@ def redis_client(url: str, timeout: float = 3.0) -> Redis:
     return Redis.from_url(url, health_check_interval=10, **common)
 
 
+async def redis_alive(client: Redis) -> bool:
+    """Whether Redis answers a PING (for health reports)."""
+    try:
+        return bool(await client.ping())
+    except RedisError:
+        return False
+
+
 def require_redis_credentials(service: str, url: str, timeout: float = 3.0) -> None:
     """Stop at start if Redis refuses the credentials in ``url``; a Redis that is down is not fatal (it may come back).
     For a cluster, its first startup node is asked."""

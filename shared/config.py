@@ -1,13 +1,27 @@
-"""Reading service settings from the environment, and refusing development secrets in production."""
+"""Service settings: one frozen dataclass per service, read from the environment.
+
+Each field is declared once with ``setting(ENV_NAME, default, doc)``: its variable, its default and
+its one-line meaning side by side. From that one declaration come the reading (``from_env``, with
+range checks that name the variable), the refusal of development secrets in production, the warning
+for unknown variables with the service's prefix, and the table that ``python -m services.X
+--print-config`` prints and the README's configuration section shows (a test keeps them equal).
+
+Fields every service has live in the small bases below (``Settings`` reads ``APP_ENV``, the one place
+it is read); a service's config inherits the ones it needs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import sys
-from typing import Callable, Collection, TypeVar
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar, overload
 
 T = TypeVar("T")
+S = TypeVar("S", bound="Settings")
 
 # Development defaults: `make run` and the tests (APP_ENV=development) work out of the box;
 # production, the default APP_ENV, refuses to start with any of them.
@@ -16,18 +30,34 @@ DEV_API_KEYS = "demo:dev-api-key"
 DEV_API_KEY = DEV_API_KEYS.partition(":")[2]
 DEV_JWT_KEY = "dev-jwt-key-change-me-in-production-0123456789"
 DEV_INTERNAL_KEY = "dev-internal-key"
+APP_ENVS = ("production", "development")
 
 
-def env(name: str, default: T, cast: Callable[[str], T] | None = None) -> T:
-    """Return ``$name`` converted like ``default`` (or by ``cast``), else ``default``."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    convert = cast or type(default)
-    try:
-        return convert(raw)  # type: ignore[call-arg]
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a valid {convert.__name__}") from None
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """How one field is read: its variable, doc, conversion, bounds, and whether its default is a development secret."""
+
+    name: str
+    doc: str
+    cast: Callable[[str], Any] | None = None
+    low: float | None = None
+    secret: bool = False
+    shown: str | None = None  # the default as documented, when it is derived from other fields
+
+
+@overload
+def setting(name: str, default: str, doc: str, *, cast: Callable[[str], T], secret: bool = False) -> T: ...
+
+
+@overload
+def setting(name: str, default: T, doc: str, *, low: float | None = None, secret: bool = False, shown: str | None = None) -> T: ...
+
+
+def setting(name: str, default: Any, doc: str, *, cast: Callable[[str], Any] | None = None, low: float | None = None,
+            secret: bool = False, shown: str | None = None) -> Any:
+    """Declare a field read from ``$name``, converted like ``default`` (or by ``cast``, which then also reads the
+    default, given as text), at least ``low`` if given."""
+    return field(default=default, metadata={"spec": Spec(name, doc, cast, low, secret, shown)})
 
 
 def same_secret(presented: str, expected: str) -> bool:
@@ -36,30 +66,139 @@ def same_secret(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
-APP_ENVS = ("production", "development")
+def _read(spec: Spec, default: Any) -> Any:
+    """``$name`` converted, else the default; a default written as text for a ``cast`` is converted the same way."""
+    raw = os.environ.get(spec.name) or (default if spec.cast and isinstance(default, str) else None)
+    if raw is None:
+        return default
+    convert: Callable[[str], Any] = spec.cast or (str if default is None else type(default))
+    try:
+        value: Any = convert(raw)
+    except ValueError as exc:
+        reason = f"is not a valid {convert.__name__}" if spec.cast is None else str(exc)
+        raise SystemExit(f"{spec.name}={raw!r} {reason}") from None
+    if spec.low is not None and value < spec.low:
+        raise SystemExit(f"{spec.name}={raw!r} is below its minimum, {spec.low:g}")
+    return value
 
 
-def is_production() -> bool:
-    """``APP_ENV``: production unless it says exactly ``development``; any other value stops the service."""
-    value = os.environ.get("APP_ENV") or "production"
-    if value not in APP_ENVS:
-        raise SystemExit(f"APP_ENV={value!r} is neither 'production' (the default) nor 'development'")
-    return value == "production"
+def _development_value(spec: Spec, default: Any) -> Any:
+    return spec.cast(default) if spec.cast and isinstance(default, str) else default
 
 
-def check_secrets(service: str, **secrets: tuple[str | Collection[str], str]) -> None:
-    """Refuse production with a development secret; in development, print the defaults in use.
+def _is_default_secret(value: Any, default: Any) -> bool:
+    """A secret still at its development value; for a collection of secrets (API keys), any one of them."""
+    if isinstance(value, str) or value is None:
+        return bool(value == default)
+    defaults: Collection[Any] = default if not isinstance(default, str) else (default,)
+    return any(d in value for d in defaults)
 
-    ``secrets`` maps an environment variable name to (value in use, development default); a variable
-    holding several secrets (API keys) gives them as a collection, each checked on its own.
-    """
-    defaults = [name for name, (value, dev) in secrets.items() if (value == dev if isinstance(value, str) else dev in value)]
-    if not defaults:
-        return
-    if is_production():
-        raise SystemExit(f"{service}: refusing to start in production with development defaults for {', '.join(defaults)}")
-    for name in defaults:
-        print(f"{service}: using the development default {name}={secrets[name][1]}", file=sys.stderr)
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_MONGO_URL = "mongodb://127.0.0.1:27017/"
+@dataclass(frozen=True)
+class Settings:
+    """The base of every service's settings: ``APP_ENV``, and the machinery that reads the fields."""
+
+    SERVICE: ClassVar[str] = ""
+    PREFIXES: ClassVar[tuple[str, ...]] = ()  # variables starting so are this service's: unknown ones get a warning
+    ELSEWHERE: ClassVar[tuple[str, ...]] = ()  # variables with such a prefix that other services read
+
+    app_env: str = setting("APP_ENV", "production", "production (refuses development secrets) or development")
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == "production"
+
+    @classmethod
+    def specs(cls) -> list[tuple[dataclasses.Field[Any], Spec]]:
+        """The fields read from the environment: the service's own first, then its bases'."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if "spec" in f.metadata}
+        names = [n for k in cls.__mro__ for n in vars(k).get("__annotations__", {}) if n in fields]
+        return [(fields[n], fields[n].metadata["spec"]) for n in names]
+
+    @classmethod
+    def derive(cls, values: dict[str, Any]) -> None:
+        """Fill defaults that depend on other fields, and check what spans fields (a service overrides it)."""
+
+    @classmethod
+    def from_env(cls: type[S]) -> S:
+        """Read every field; stop with an error naming the variable when one is invalid."""
+        values = {f.name: _read(spec, f.default) for f, spec in cls.specs()}
+        if values["app_env"] not in APP_ENVS:
+            raise SystemExit(f"APP_ENV={values['app_env']!r} is neither 'production' (the default) nor 'development'")
+        cls._warn_unknown(os.environ)
+        cls.derive(values)
+        config = cls(**values)
+        config._check_secrets()
+        return config
+
+    def _check_secrets(self) -> None:
+        """Refuse production with a development secret; in development, say which defaults are in use."""
+        defaults = [(spec.name, f.default) for f, spec in self.specs()
+                    if spec.secret and _is_default_secret(getattr(self, f.name), _development_value(spec, f.default))]
+        if not defaults:
+            return
+        if self.production:
+            names = ", ".join(name for name, _ in defaults)
+            raise SystemExit(f"{self.SERVICE}: refusing to start in production with development defaults for {names}")
+        for name, default in defaults:
+            print(f"{self.SERVICE}: using the development default {name}={self._shown(default)}", file=sys.stderr)
+
+    @classmethod
+    def _warn_unknown(cls, environ: Mapping[str, str]) -> None:
+        known = {spec.name for _, spec in cls.specs()} | set(cls.ELSEWHERE)
+        unknown = sorted(k for k in environ if k.startswith(cls.PREFIXES) and k not in known)
+        if unknown:
+            print(f"{cls.SERVICE}: ignoring unknown variables {', '.join(unknown)} (see --print-config)", file=sys.stderr)
+
+    @staticmethod
+    def _shown(default: Any) -> str:
+        return "(none)" if default in (None, "") else str(default)
+
+    @classmethod
+    def table(cls) -> str:
+        """Every variable with its default and meaning, as a Markdown table (``--print-config``, the README)."""
+        rows = [(f"`{spec.name}`", spec.shown or cls._shown(f.default), spec.doc) for f, spec in cls.specs()]
+        rows = [("variable", "default", "meaning"), ("---", "---", "---"), *rows]
+        return "\n".join(f"| {' | '.join(r)} |" for r in rows)
+
+    @classmethod
+    def load(cls: type[S], argv: Sequence[str]) -> S:
+        """The settings for a service's entry point; ``--print-config`` or ``--help`` prints the table and exits."""
+        if {"--print-config", "--help", "-h"} & set(argv):
+            print(f"{cls.SERVICE}: settings, read from the environment\n\n{cls.table()}")
+            raise SystemExit(0)
+        if argv:
+            raise SystemExit(f"{cls.SERVICE}: unknown arguments {' '.join(argv)} (settings come from the environment; "
+                             "see --print-config)")
+        return cls.from_env()
+
+
+@dataclass(frozen=True)
+class RedisSettings(Settings):
+    redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0",
+                             "Redis with the hot state (`redis://:PASSWORD@host:port/db` for AUTH; "
+                             "`redis+cluster://:PASSWORD@host:port,host:port/` for a Redis Cluster)")
+
+
+@dataclass(frozen=True)
+class HandoverSettings(RedisSettings):
+    """What collect and dispatch must agree on about the hand-over in Redis."""
+
+    stream_shards: int = setting("STREAM_SHARDS", 1, "streams the posts are spread over (`shared/slots.py`); the same in collect "
+                                 "and dispatch, which runs one read loop per shard", low=1)
+    replica_acks: int = setting("REPLICA_ACKS", 0, "Redis replicas (of each master) that must have a hand-over before it counts "
+                                "(WAIT): 1 with replicas, else a failover may lose the last posts accepted", low=0)
+    replica_ack_ms: int = setting("REPLICA_ACK_MS", 500, "how long to wait for them; past it, 503", low=1)
+
+
+@dataclass(frozen=True)
+class MongoSettings(Settings):
+    mongo_url: str = setting("MONGO_URL", "mongodb://127.0.0.1:27017/", "MongoDB (or FerretDB), the durable record")
+    mongo_db: str = setting("MONGO_DB", "push", "its database")
+
+
+@dataclass(frozen=True)
+class InternalKeySettings(Settings):
+    internal_key: str = setting("INTERNAL_KEY", DEV_INTERNAL_KEY,
+                                "shared by collect, dispatch and push: signs node cards and proves the link (never sent)",
+                                secret=True)

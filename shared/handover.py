@@ -7,6 +7,9 @@ it. An intent older than a grace period is a hand-over nobody finished: dispatch
 that post back from MongoDB by id and hands it over itself. An intent whose post MongoDB never got
 (the insert failed) is dropped once it is old enough that no insert can still be running.
 
+A scheduled message not yet due is held back instead (``shared.schedule``), in the same pipeline:
+it reaches inboxes and the stream when dispatch fires it.
+
 Costs one ZADD per group commit, and nothing per recipient. With Redis replicas (a Redis Cluster
 with a replica per master), ``REPLICA_ACKS`` makes the hand-over wait for them before the 202
 (``complete``): a failover then loses nothing collect accepted. While a master has no live replica
@@ -15,16 +18,17 @@ with a replica per master), ``REPLICA_ACKS`` makes the hand-over wait for them b
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared.clients import is_cluster
 from shared.errors import Unavailable
-
 from shared.inbox import Inbox
 from shared.message import Message, by_post
+from shared.routing import now_ms
+from shared.schedule import Schedule
 from shared.stream import ShardedStream
 
 HANDOVER_KEY = "handover"
@@ -37,6 +41,7 @@ class Handover:
         self.stream = stream
         self.replica_acks = replica_acks
         self.ack_ms = ack_ms
+        self.schedule = Schedule(redis)
 
     async def intend(self, messages: Iterable[Message], now_ms: int) -> None:
         """Record that these posts are about to be stored; an intent already there (an earlier attempt) keeps its time."""
@@ -45,8 +50,9 @@ class Handover:
             await self.redis.zadd(HANDOVER_KEY, dict.fromkeys(posts, now_ms), nx=True)
 
     async def complete(self, messages: list[Message]) -> None:
-        """One pipeline: open each delivery in its user's inbox, append the posts to the stream, drop their intents;
-        with ``replica_acks``, then wait until that many replicas of each master have it all (``WAIT``).
+        """One pipeline: open each delivery in its user's inbox, append the posts to the stream (or hold back the
+        messages not due yet), drop their intents; with ``replica_acks``, then wait until that many replicas of
+        each master have it all (``WAIT``).
 
         Raises ``Unavailable`` if they do not within ``ack_ms``: Redis replicates asynchronously, so a master
         killed right after answering can take the last writes with it, and a failover would then lose a post
@@ -54,9 +60,11 @@ class Handover:
         """
         if not messages:
             return
+        now = now_ms()
+        due = [m for m in messages if m.due_ms <= now]
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.inbox.stage(pipe, messages)
-            self.stream.stage(pipe, messages)
+            await self.stage(pipe, due)
+            self.schedule.stage(pipe, (m for m in messages if m.due_ms > now))
             pipe.zrem(HANDOVER_KEY, *by_post(messages))
             waits = self._stage_waits(pipe)
             replies = await pipe.execute()
@@ -71,6 +79,11 @@ class Handover:
         for node in masters:
             pipe.execute_command("WAIT", self.replica_acks, self.ack_ms, **({"target_nodes": node} if node else {}))
         return len(masters)
+
+    async def stage(self, pipe: Pipeline, messages: list[Message]) -> None:
+        """Queue on ``pipe`` what hands ``messages`` to dispatch now: their inboxes opened, their posts on the stream."""
+        await self.inbox.stage(pipe, messages)
+        self.stream.stage(pipe, messages)
 
     async def settle_retried(self, messages: Iterable[Message], now_ms: int) -> None:
         """For posts MongoDB already had (a retried Idempotency-Key): drop the intent this attempt wrote. An older

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from itertools import chain
-from typing import Iterable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline

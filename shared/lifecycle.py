@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Iterable
-
-from shared.store import NodeCount
+from collections.abc import Iterable
 
 from shared.errors import Unavailable
 from shared.message import Pair
 from shared.retry import Backoff
-from shared.store import STAGES, MessageStore
+from shared.store import STAGES, MessageStore, NodeCount
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,19 @@ opens no inbox, so it is never replayed.
 
 The same flat field map describes a post's messages in its Redis hash and its stream entry:
 ``"{i}"`` the frame of message ``i``, ``"u{i}"`` its recipients joined by ``,`` (user ids cannot
-contain one), ``"x{i}"`` its expiry in ms, and for a topic message ``"t{i}"`` its topic.
+contain one), ``"x{i}"`` its expiry in ms, for a topic message ``"t{i}"`` its topic, and for a message
+not of normal priority ``"r{i}"`` its priority (``shared.priority``). The hash holding a scheduled
+message back (``shared.schedule``) adds ``"d{i}"``, its due time in ms.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass
+
+from shared.priority import Priority
 
 Pair = tuple[str, str]  # (message_id, user_id): one delivery
 INDEX_DIGITS = 4
@@ -37,6 +41,9 @@ class Message:
     expires_ms: int
     sender: str = ""
     topic: str | None = None  # a topic message (``BROADCAST``: every socket); ``users`` is then empty
+    _: KW_ONLY
+    due_ms: int = 0  # a scheduled message: when it may reach anyone (ms since epoch); 0: at once
+    priority: Priority = Priority.NORMAL
 
     @property
     def post(self) -> str:
@@ -104,6 +111,8 @@ def post_fields(messages: list[Message]) -> dict[str, str | int]:
         fields[f"x{i}"] = m.expires_ms
         if m.topic is not None:
             fields[f"t{i}"] = m.topic
+        if m.priority is not Priority.NORMAL:
+            fields[f"r{i}"] = m.priority.value
     return fields
 
 
@@ -111,5 +120,6 @@ def messages_of(post: str, ts: int, fields: Mapping[bytes, bytes]) -> list[Messa
     """The messages a field map describes, in position order (the inverse of ``post_fields``)."""
     indexes = sorted(int(k) for k in fields if k.isdigit())
     return [Message(message_id(post, i), split_users(fields[b"u%d" % i]), fields[b"%d" % i].decode(), ts,
-                    int(fields[b"x%d" % i]), topic=topic.decode() if (topic := fields.get(b"t%d" % i)) else None)
+                    int(fields[b"x%d" % i]), topic=topic.decode() if (topic := fields.get(b"t%d" % i)) else None,
+                    due_ms=int(fields.get(b"d%d" % i, 0)), priority=Priority(fields.get(b"r%d" % i, b"normal").decode()))
             for i in indexes]

@@ -3,8 +3,12 @@
 Two links carry frames:
 
 * browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame``,
-  ``TopicsFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
+  ``TopicsFrame``, ``ReconnectFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
+
+Every frame is a JSON object whose ``type`` is an ``Op``; a connection closes with a ``CloseCode``
+(``shared.errors`` maps each named error to its code). Both parsers (``parse_client_frame`` and the
+link frames' ``decode``) read through ``load_object`` and raise ``MalformedRequest`` naming what is wrong.
 
 A ``MessageFrame`` is encoded once, when collect accepts the message, and travels as the exact
 text the browser receives, so no hop re-encodes the payload.
@@ -12,25 +16,48 @@ text the browser receives, so no hop re-encodes the payload.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
 import secrets
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from shared.errors import MalformedRequest
+from shared.errors import CloseCode, MalformedRequest
 from shared.message import BROADCAST
+from shared.priority import Priority
 from shared.topics import valid_topic
 
+__all__ = ["CloseCode", "Op"]  # and the frames below
 
-def _load(data: str | bytes) -> dict[str, Any]:
+
+class Op(StrEnum):
+    """A frame's ``type``."""
+
+    MESSAGE = "message"  # node -> browser
+    WELCOME = "welcome"
+    PONG = "pong"
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+    ERROR = "error"
+    RECONNECT = "reconnect"
+    PING = "ping"  # browser -> node
+    ACK = "ack"
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    DELIVER = "deliver"  # dispatch -> node
+    RESULT = "result"  # node -> dispatch
+
+
+def load_object(data: str | bytes, what: str = "frame") -> dict[str, Any]:
+    """``data`` as a JSON object, or ``MalformedRequest`` saying it is not JSON or not an object."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"frame is not JSON: {exc}") from None
+        raise MalformedRequest(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise MalformedRequest("frame must be a JSON object")
+        raise MalformedRequest(f"{what} must be a JSON object")
     return obj
 
 
@@ -45,7 +72,7 @@ class MessageFrame:
     topic: str | None = None
 
     def encode(self) -> str:
-        head: dict[str, Any] = {"type": "message", "id": self.id}
+        head: dict[str, Any] = {"type": Op.MESSAGE, "id": self.id}
         if self.topic == BROADCAST:
             head["broadcast"] = True
         elif self.topic is not None:
@@ -61,7 +88,7 @@ class WelcomeFrame:
     node: str
 
     def encode(self) -> str:
-        return orjson.dumps({"type": "welcome", "user_id": self.user_id, "node": self.node}).decode()
+        return orjson.dumps({"type": Op.WELCOME, "user_id": self.user_id, "node": self.node}).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +126,26 @@ class TopicsFrame:
     """The node's answer to a (un)subscribe: ``subscribed`` / ``unsubscribed`` topics, or an ``error`` with its
     ``code`` (``forbidden``: not granted; ``limit``: past the node's topics per connection) naming the topics refused."""
 
-    type: str
+    type: Op  # SUBSCRIBED, UNSUBSCRIBED or ERROR
     topics: tuple[str, ...]
     code: str | None = None
 
     def encode(self) -> str:
         head = {"type": self.type} if self.code is None else {"type": self.type, "code": self.code}
         return orjson.dumps({**head, "topics": list(self.topics)}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectFrame:
+    """A draining node's advice: close this socket in ``after_ms`` and connect to ``url`` (another live node's
+    public URL), or to any node from the directory when there is no ``url``."""
+
+    after_ms: int
+    url: str | None = None
+
+    def encode(self) -> str:
+        head: dict[str, Any] = {"type": Op.RECONNECT, "after_ms": self.after_ms}
+        return orjson.dumps(head if self.url is None else {**head, "url": self.url}).decode()
 
 
 MAX_ACK_IDS = 1000
@@ -125,20 +165,20 @@ def parse_client_frame(data: str | bytes) -> ClientFrame:
     """Decode a browser frame or raise ``MalformedRequest`` naming what is wrong."""
     if isinstance(data, bytes):
         raise MalformedRequest("binary frames are not accepted")
-    obj = _load(data)
+    obj = load_object(data)
     kind = obj.get("type")
-    if kind == "ping":
+    if kind == Op.PING:
         return PingFrame()
-    if kind == "ack":
+    if kind == Op.ACK:
         ids = obj.get("ids", [obj["id"]] if "id" in obj else None)
         if not isinstance(ids, list) or not ids or len(ids) > MAX_ACK_IDS:
             raise MalformedRequest(f"ack needs 'id' or 'ids' (1 to {MAX_ACK_IDS} strings)")
         if not all(isinstance(i, str) for i in ids):
             raise MalformedRequest("ack ids must be strings")
         return AckFrame(tuple(ids))
-    if kind == "subscribe":
+    if kind == Op.SUBSCRIBE:
         return SubscribeFrame(_topics(obj))
-    if kind == "unsubscribe":
+    if kind == Op.UNSUBSCRIBE:
         return UnsubscribeFrame(_topics(obj))
     raise MalformedRequest(f"unknown frame type {kind!r}")
 
@@ -155,28 +195,34 @@ class Identity:
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms). A topic
-    message names no users but its ``topic`` (``BROADCAST``: every socket of the node)."""
+    message names no users but its ``topic`` (``BROADCAST``: every socket of the node). ``priority`` orders the frames
+    waiting for a backed-up socket."""
 
     message_id: str
     frame: str
     ts: int
     users: tuple[str, ...]
     topic: str | None = None
+    priority: Priority = Priority.NORMAL
 
     def encode(self) -> list[Any]:
-        """``[id, frame, ts, [users]]``, with the topic as a fifth item only when there is one."""
+        """``[id, frame, ts, [users]]``, then the topic (or null) only when there is one or a priority other than
+        normal, then that priority."""
         item = [self.message_id, self.frame, self.ts, list(self.users)]
+        if self.priority is not Priority.NORMAL:
+            return [*item, self.topic, self.priority.value]
         return item if self.topic is None else [*item, self.topic]
 
     @classmethod
     def decode(cls, item: list[Any]) -> Delivery:
-        """The inverse of ``encode``; TypeError or ValueError unless it is one of its two shapes."""
-        if not isinstance(item, list) or len(item) not in (4, 5) or not isinstance(item[3], list):
+        """The inverse of ``encode``; TypeError or ValueError unless it is one of its shapes."""
+        if not isinstance(item, list) or len(item) not in (4, 5, 6) or not isinstance(item[3], list):
             raise TypeError("not a delivery")
-        if len(item) == 5 and not isinstance(item[4], str):
+        topic = item[4] if len(item) >= 5 else None
+        if (topic is not None or len(item) == 5) and not isinstance(topic, str):
             raise TypeError("a topic is a string")
         m, f, t, u = item[:4]
-        return cls(str(m), str(f), int(t), tuple(map(str, u)), item[4] if len(item) == 5 else None)
+        return cls(str(m), str(f), int(t), tuple(map(str, u)), topic, Priority(item[5]) if len(item) == 6 else Priority.NORMAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,16 +235,17 @@ class DeliverBatch:
 
     def encode(self) -> bytes:
         items = [d.encode() for d in self.items]
-        return orjson.dumps({"type": "deliver", "batch": self.batch, "at": self.at, "items": items})
+        return orjson.dumps({"type": Op.DELIVER, "batch": self.batch, "at": self.at, "items": items})
 
     @classmethod
     def decode(cls, data: str | bytes) -> DeliverBatch:
-        obj = _load(data)
+        obj = load_object(data)
         try:
             items = tuple(map(Delivery.decode, obj["items"]))
             return cls(int(obj["batch"]), int(obj["at"]), items)
         except (KeyError, TypeError, ValueError):
-            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' [[id, frame, ts, [users](, topic)], ...]") from None
+            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' "
+                                   "[[id, frame, ts, [users](, topic(, priority))], ...]") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +257,11 @@ class BatchResult:
     delivered: int
 
     def encode(self) -> bytes:
-        return orjson.dumps({"type": "result", "batch": self.batch, "delivered": self.delivered})
+        return orjson.dumps({"type": Op.RESULT, "batch": self.batch, "delivered": self.delivered})
 
     @classmethod
     def decode(cls, data: str | bytes) -> BatchResult:
-        obj = _load(data)
+        obj = load_object(data)
         try:
             return cls(int(obj["batch"]), int(obj["delivered"]))
         except (KeyError, TypeError, ValueError):

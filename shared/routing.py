@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, astuple, dataclass, replace
-from typing import Iterable, Mapping
 
 import orjson
 from redis.asyncio import Redis

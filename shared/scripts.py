@@ -9,8 +9,9 @@ the batch by slot (``shared.slots``, rule 2) and reassembles the replies in key 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline

@@ -28,12 +28,15 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
    lives on one master. The state's completeness marker is not one: ``state:epoch:{u<b>}``, one per
    user bucket, beside the inboxes it vouches for, so a master restarted empty is noticed by the
    markers it lost (``shared.inbox``), whichever master it is.
-6. **A stream that would be a hot spot is sharded**: ``STREAM_SHARDS`` streams
-   (``push:deliveries:<i>``; ``push:deliveries`` when 1, the default), a post going to one by the
-   CRC32 of its id, each with its own consumer group; every dispatch instance reads every shard, one
-   loop per shard (``shared.stream``).
+6. **A stream that would be a hot spot is sharded**: ``STREAM_SHARDS`` shards, a post going to one
+   by the CRC32 of its id; every dispatch instance reads every shard, one loop per shard
+   (``shared.stream``). A shard is a stream per priority tier under one tag, ``{push:deliveries:<i>}``
+   (``{push:deliveries}`` when 1, the default), with ``:high`` and ``:low`` for those tiers: one
+   blocking read waits on the three.
 7. **Nothing enumerates the keyspace** (no ``KEYS``, no ``SCAN``): sets (``{nodes}``, ``{topics}``)
    list what must be listed. A cluster has no database numbers: one cluster holds one deployment.
+8. **Scheduled messages** share the tag ``{schedule}`` (the schedule, the claims and the held posts'
+   hashes): their claim, settle and cancel scripts touch several at once (``shared.schedule``).
 
 A new key follows the same rules: give it a tag only if a script or multi-key command must see it
 with another key, and batch per-entity keys through ``SlotScript`` or a pipeline.
@@ -43,12 +46,11 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from redis.crc import key_slot
 
 from shared.clients import is_cluster
-
 
 USER_BUCKETS = 64
 

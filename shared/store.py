@@ -10,13 +10,16 @@ the purge of old history.
   payload encoded once, as its recipients receive it, however many recipients), ``users`` (each
   message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
   (the latest); ``topics`` (each message's topic, or null for a message to users) only when the post
-  has a topic or broadcast message. A duplicate ``_id`` means the post was already accepted (an
+  has a topic or broadcast message; ``due`` (each message's due time in ms, or 0 for at once) only
+  when the post has a scheduled message; ``priorities`` (each message's, ``shared.priority``) only
+  when one is not normal. A duplicate ``_id`` means the post was already accepted (an
   Idempotency-Key retry).
 * ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
   at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
   the usual path costs one insert per post, not one per delivery and stage. ``closed`` says a row
   was acked or expired. A topic or broadcast message has a row per node instead, ``{i, node, k, s}``:
-  how many of the node's sockets it was written to (``k``), and when.
+  how many of the node's sockets it was written to (``k``), and when. A scheduled message cancelled
+  before it fired has a ``cancelled`` row per recipient, or one row ``{i, s}`` for a topic message.
 
 Both carry ``purge_at``; a TTL index drops them where the server has TTL indexes, and dispatch
 deletes them otherwise. Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit
@@ -35,8 +38,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from types import MappingProxyType
+from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
@@ -44,13 +49,15 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, Write
 from shared.breaker import CircuitBreaker
 from shared.errors import InvalidFields, ServiceError, Unavailable
 from shared.message import BROADCAST, Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
+from shared.priority import Priority
 
 log = logging.getLogger(__name__)
 
 # Which stage names the state when several are recorded: an ack beats a late expiry.
-PRECEDENCE = {"accepted": 0, "dispatched": 1, "delivered": 2, "expired": 3, "acked": 4}
-STAGES = tuple(s for s in PRECEDENCE if s != "accepted")  # accepted is the message document itself
-CLOSING = ("acked", "expired")
+PRECEDENCE = {"accepted": 0, "scheduled": 1, "dispatched": 2, "delivered": 3, "expired": 4, "cancelled": 5, "acked": 6}
+# accepted and scheduled (with the due time) are the message document itself
+STAGES = tuple(s for s in PRECEDENCE if s not in ("accepted", "scheduled"))
+CLOSING = ("acked", "expired", "cancelled")
 PURGE_AFTER = dt.timedelta(days=30)
 DUPLICATE_KEY = 11000
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's limit on one document (FerretDB reports it as maxBsonObjectSize)
@@ -59,10 +66,11 @@ SERVER_WRITE_ERRORS = frozenset({6, 7, 50, 89, 91, 112, 189, 262, 9001, 10107, 1
 # BSON bytes besides the frame and recipients: per message its three array entries (type, key up to 5
 # digits, length, terminator; its expiry), per post the field names, ids, times and array headers.
 MESSAGE_BSON_BYTES, POST_BSON_BYTES = 39, 256
+PRIORITY_BSON_BYTES = 17  # a ``priorities`` entry: type, key, length, "normal" and its terminator
 
 
 def utc(ms: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 
 def post_document(messages: list[Message]) -> dict[str, Any]:
@@ -73,13 +81,18 @@ def post_document(messages: list[Message]) -> dict[str, Any]:
            "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
     if any(m.topic is not None for m in messages):
         doc["topics"] = [m.topic for m in messages]
+    if any(m.due_ms for m in messages):
+        doc["due"] = [m.due_ms for m in messages]
+    if any(m.priority is not Priority.NORMAL for m in messages):
+        doc["priorities"] = [m.priority.value for m in messages]
     return doc
 
 
 def post_bytes(messages: list[Message]) -> int:
     """An upper bound of the BSON size of ``post_document(messages)``, without encoding it."""
     return POST_BSON_BYTES + len(messages[0].sender.encode()) + sum(
-        len(m.frame.encode()) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages)
+        len(m.frame.encode()) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages) + (
+        PRIORITY_BSON_BYTES * len(messages) if any(m.priority is not Priority.NORMAL for m in messages) else 0)
 
 
 def refused_by_document(exc: BaseException) -> bool:
@@ -104,8 +117,12 @@ def outcomes(posts: list[list[Message]], write_errors: list[dict[str, Any]]) -> 
 
 def messages_of_document(doc: dict[str, Any]) -> list[Message]:
     topics = doc.get("topics") or [None] * len(doc["frames"])
-    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic)
-            for i, (frame, users, expires, topic) in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics))]
+    due = doc.get("due") or [0] * len(doc["frames"])
+    priorities = doc.get("priorities") or [Priority.NORMAL.value] * len(doc["frames"])
+    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic,
+                    due_ms=due_ms, priority=Priority(priority))
+            for i, (frame, users, expires, topic, due_ms, priority)
+            in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics, due, priorities))]
 
 
 @dataclass(slots=True)
@@ -117,7 +134,7 @@ class NodeCount:
 
 
 def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime,
-                    counts: dict[tuple[str, str], NodeCount] = {}) -> list[dict[str, Any]]:
+                    counts: Mapping[tuple[str, str], NodeCount] = MappingProxyType({})) -> list[dict[str, Any]]:
     """One document per post with a row per delivery, and per node for topic messages."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for (m, u), s in stages.items():
@@ -128,9 +145,27 @@ def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime,
              "purge_at": now + PURGE_AFTER} for post, r in rows.items()]
 
 
+def cancel_document(message: Message, now: dt.datetime) -> dict[str, Any]:
+    """The closing record of a scheduled message cancelled before it fired: a row per recipient (one for a topic
+    message)."""
+    at = int(now.timestamp() * 1000)
+    if message.topic is not None:
+        rows = [{"i": message.index, "s": {"cancelled": at}}]
+        return {"p": message.post, "rows": rows, "closed": True, "at": now, "purge_at": now + PURGE_AFTER}
+    return event_documents({(message.id, u): {"cancelled": at} for u in message.users}, now)[0]
+
+
+def scheduled_stage(post: dict[str, Any], index: int) -> dict[str, int]:
+    """``{"scheduled": due}`` for a scheduled message, else nothing."""
+    due = (post.get("due") or [0] * (index + 1))[index]
+    return {"scheduled": due} if due else {}
+
+
 def derive(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per recipient of message ``index`` of ``post``: the state (by precedence) and each stage's first time in ms."""
-    rows = {u: {"user_id": u, "state": "accepted", "accepted_at": post["ts"]} for u in split_users(post["users"][index])}
+    scheduled = {f"{stage}_at": at for stage, at in scheduled_stage(post, index).items()}
+    rows = {u: {"user_id": u, "state": "scheduled" if scheduled else "accepted", "accepted_at": post["ts"], **scheduled}
+            for u in split_users(post["users"][index])}
     for e in events:
         for r in e["rows"]:
             row = rows.get(r.get("u")) if r["i"] == index else None
@@ -147,10 +182,11 @@ def derive_counts(post: dict[str, Any], index: int, events: list[dict[str, Any]]
     """The status of topic message ``index`` of ``post``: its topic (or broadcast), each stage's first time in ms,
     the nodes that took it and the sockets they wrote it to."""
     topic = post["topics"][index]
-    stages, nodes, sockets = {"accepted": post["ts"]}, set(), 0
-    for r in (r for e in events for r in e["rows"] if r["i"] == index and "node" in r):
-        nodes.add(r["node"])
-        sockets += r["k"]
+    stages, nodes, sockets = {"accepted": post["ts"], **scheduled_stage(post, index)}, set(), 0
+    for r in (r for e in events for r in e["rows"] if r["i"] == index and "u" not in r):
+        if "node" in r:  # else the message's own row: its cancellation
+            nodes.add(r["node"])
+            sockets += r["k"]
         for stage, at in r["s"].items():
             stages[stage] = min(at, stages.get(stage, at))
     head = {"broadcast": True} if topic == BROADCAST else {"topic": topic}
@@ -159,7 +195,7 @@ def derive_counts(post: dict[str, Any], index: int, events: list[dict[str, Any]]
 
 class MessageStore:
     def __init__(self, url: str, database: str = "push", timeout_ms: int = 3000, **client_options: Any) -> None:
-        self.client: AsyncMongoClient = AsyncMongoClient(
+        self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 2,
             tz_aware=True, **client_options,
         )
@@ -178,7 +214,7 @@ class MessageStore:
                 try:
                     await collection.create_index([("purge_at", 1)], expireAfterSeconds=0)
                 except OperationFailure as exc:
-                    log.info("no TTL index on this server; dispatch purges old history", extra={"error": exc.code})
+                    log.info("no TTL index on this server; dispatch purges old history", extra={"mongo_code": exc.code})
 
         await self.breaker.call(create)
 
@@ -199,11 +235,12 @@ class MessageStore:
         except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
             return outcomes(posts, exc.details["writeErrors"])
 
-    async def record(self, stages: dict[Pair, dict[str, int]], counts: dict[tuple[str, str], NodeCount] = {}) -> None:
+    async def record(self, stages: dict[Pair, dict[str, int]],
+                     counts: Mapping[tuple[str, str], NodeCount] = MappingProxyType({})) -> None:
         """One insert: one event document per post; documents the server refuses are dropped (a retry
         would be refused again), the others are stored."""
         if stages or counts:
-            docs = event_documents(stages, dt.datetime.now(dt.timezone.utc), counts)
+            docs = event_documents(stages, dt.datetime.now(dt.UTC), counts)
             try:
                 await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
             except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
@@ -216,7 +253,7 @@ class MessageStore:
         post, index = post_of(message_id), index_of(message_id)
 
         async def read() -> dict[str, Any] | None:
-            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1, "topics": 1})
+            doc = await self.posts.find_one({"_id": post}, {"users": 1, "ts": 1, "sender": 1, "topics": 1, "due": 1})
             if doc is None or doc["sender"] != sender or index >= len(doc["users"]):
                 return None
             events = await self.events.find({"p": post}, {"rows": 1}).to_list(None)
@@ -242,13 +279,19 @@ class MessageStore:
 
         return [m for doc in await self.breaker.call(read) for m in messages_of_document(doc)]
 
-    async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[list[Pair]]:
-        """Deliveries recorded as acknowledged or expired since ``since`` (no earlier record can close a
-        message accepted after it), ``page`` documents at a time."""
+    async def record_cancelled(self, message: Message) -> None:
+        """One insert: the closing ``cancelled`` record of a scheduled message taken back before it fired."""
+        doc = cancel_document(message, dt.datetime.now(dt.UTC))
+        await self.breaker.call(lambda: self.events.insert_one(doc))
+
+    async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[tuple[list[Pair], list[str]]]:
+        """Deliveries recorded as acknowledged, expired or cancelled since ``since`` (no earlier record can close a
+        message accepted after it), and the ids of the messages cancelled among them, ``page`` documents at a time."""
         cursor = self.events.find({"closed": True, "at": {"$gte": since}}, {"p": 1, "rows": 1, "_id": 0}, batch_size=page)
         while batch := await self.breaker.call(lambda: cursor.to_list(page)):
-            yield [(message_id(d["p"], r["i"]), r["u"]) for d in batch for r in d["rows"]
-                   if any(c in r["s"] for c in CLOSING)]
+            rows = [(message_id(d["p"], r["i"]), r) for d in batch for r in d["rows"] if any(c in r["s"] for c in CLOSING)]
+            yield ([(m, r["u"]) for m, r in rows if "u" in r],
+                   list(dict.fromkeys(m for m, r in rows if "cancelled" in r["s"])))
 
     async def purge(self, now: dt.datetime) -> int:
         """Delete history past its ``purge_at`` (where no TTL index does it); return how many documents."""

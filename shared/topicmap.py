@@ -16,7 +16,7 @@ being sent topic messages) when its card expires, without anyone deleting its fi
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline

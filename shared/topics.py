@@ -8,8 +8,8 @@ A user may subscribe to a topic its token's ``topics`` claim or the node's ``PUB
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 MAX_PATTERNS = 100

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -12,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.errors import InvalidFields, MalformedRequest, PayloadTooLarge, ServiceError, Unauthorized
+from shared.errors import PayloadTooLarge, ServiceError, Unauthorized
 from shared.metrics import ERRORS, REQUEST_SECONDS, exposition
+from shared.protocol import load_object
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +26,23 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def health_answer(report: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A health report and its status: 503 while a dependency is down (``ok`` false), so balancers look elsewhere."""
+    return report, 200 if report.get("ok") else 503
+
+
+def refusal(exc: ServiceError, path: str) -> tuple[dict[str, Any], int, dict[str, str] | None]:
+    """Count and log a refused request; its body, status and headers, from the one error map."""
+    ERRORS.labels(exc.code).inc()
+    log.warning("request refused", extra={"status": exc.status, "code": exc.code, "error": exc.message, "url": path})
+    return exc.body(), exc.status, exc.headers()
+
+
 def ops_routes(health: HealthCheck) -> list[Route]:
     """``GET /healthz`` (503 while a dependency is down) and ``GET /metrics``."""
 
     async def healthz(_: Request) -> Response:
-        report = await health()
-        return json_response(report, 200 if report.get("ok") else 503)
+        return json_response(*health_answer(await health()))
 
     async def metrics(_: Request) -> Response:
         body, content_type = exposition()
@@ -40,9 +53,7 @@ def ops_routes(health: HealthCheck) -> list[Route]:
 
 async def service_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    ERRORS.labels(exc.code).inc()
-    log.warning("request refused", extra={"code": exc.status, "error": exc.message, "url": request.url.path})
-    return json_response(exc.body(), exc.status)
+    return json_response(*refusal(exc, request.url.path))
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
@@ -50,7 +61,7 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = next((k for k in ServiceError.__subclasses__() if k.status == exc.status_code), ServiceError)
     ERRORS.labels(kind.code).inc()
-    return json_response(kind(exc.detail).body(), exc.status_code, exc.headers)
+    return json_response(kind(exc.detail).body(), exc.status_code, dict(exc.headers or {}))
 
 
 EXCEPTION_HANDLERS = {ServiceError: service_error_handler, HTTPException: http_error_handler}
@@ -67,13 +78,7 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         if size > max_bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    try:
-        body = orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidFields("body must be a JSON object")
-    return body
+    return load_object(b"".join(chunks), "body")
 
 
 def bearer(request: Request) -> str:

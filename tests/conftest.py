@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 
 from tests.client import ClusterClient
+from tests.waits import scaled
 from tools.cluster import Cluster, Proc, Stack, free_cluster_port, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,7 @@ class Servers:
 
     def new_stack(self, nodes: int = 2, redis_url: str | None = None, **env: str) -> Stack:
         own_redis, mongo_db = self.fresh_database()
+        env = {"DRAIN_SECONDS": "1", **env}  # a node stopped with sockets still open drains them 1 s, not 10
         return Stack.on_free_ports(redis_url or own_redis, self.mongo_url, mongo_db, nodes, **env)
 
     def redis_cluster(self, masters: int = 3, replicas: int = 0, node_timeout_ms: int = 2000) -> tuple[str, list[Proc]]:
@@ -118,7 +120,7 @@ async def start_stack(request: pytest.FixtureRequest, servers: Servers,
     asks for one (else the single Redis), unless ``redis_url`` names another."""
     topology = request.getfixturevalue("topology") if "topology" in request.fixturenames else "single"
     started: list[RunningStack] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
 
         def start(nodes: int = 2, redis_url: str | None = None, mongo_url: str | None = None, **env: str) -> RunningStack:
             if redis_url is None:
@@ -139,7 +141,7 @@ async def _shared(request: pytest.FixtureRequest, servers: Servers, cluster: Clu
                   topology: str) -> AsyncIterator[RunningStack]:
     stack, redis = servers.stack_on(topology, 2, **getattr(request.module, "STACK_ENV", {}))
     procs = cluster.start_stack(stack)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
         running = RunningStack(stack, procs, ClusterClient(stack, session), redis)
         yield running
     running.stop(cluster)

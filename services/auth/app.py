@@ -39,7 +39,7 @@ def create_app(config: AuthConfig) -> Starlette:
             raise Unauthorized("wrong admin key")
         body = await read_json(request, MAX_BODY)
         user_id, ttl = body.get("user_id"), body.get("ttl_seconds", 3600)
-        if not valid_user_id(user_id):
+        if not isinstance(user_id, str) or not valid_user_id(user_id):
             raise InvalidFields("user_id must be 1-128 characters of letters, digits and _ . @ -")
         if not isinstance(ttl, int) or isinstance(ttl, bool):
             raise InvalidFields("ttl_seconds must be an integer")

@@ -1,64 +1,44 @@
-"""auth's settings, from the environment.
-
-=====================  ============================  ==============================================
-variable               default                       meaning
-=====================  ============================  ==============================================
-AUTH_HOST / AUTH_PORT  127.0.0.1 / 8001              where auth listens
-AUTH_ADMIN_KEY         dev-admin-key                 Bearer key that may call POST /v1/tokens
-JWT_ALGORITHM          HS256                         HS256 (shared key) or RS256 (key pair)
-JWT_KEY                (development key)             HS256 signing and verifying key
-JWT_PRIVATE_KEY_FILE   (none)                        RS256 PEM private key; without it auth only verifies
-JWT_PUBLIC_KEY_FILE    (none)                        RS256 PEM public key (required for RS256)
-JWT_ISSUER             (none)                        set ``iss`` on tokens and require it when verifying
-JWT_AUDIENCE           (none)                        set ``aud`` on tokens and require it when verifying
-TOKEN_MAX_TTL_SECONDS  604800                        the longest lifetime POST /v1/tokens grants
-=====================  ============================  ==============================================
-"""
+"""auth's settings, from the environment (``python -m services.auth --print-config`` lists them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
-from shared.config import DEV_ADMIN_KEY, DEV_JWT_KEY, check_secrets, env
+from shared.config import DEV_ADMIN_KEY, DEV_JWT_KEY, Settings, setting
 
 
-@dataclass(frozen=True, slots=True)
-class AuthConfig:
-    host: str
-    port: int
-    admin_key: str
-    algorithm: str
-    signing_key: str | None
-    verifying_key: str
-    issuer: str | None
-    audience: str | None
-    max_ttl_seconds: int
+@dataclass(frozen=True)
+class AuthConfig(Settings):
+    SERVICE: ClassVar[str] = "auth"
+    PREFIXES: ClassVar[tuple[str, ...]] = ("AUTH_", "JWT_")
+    ELSEWHERE: ClassVar[tuple[str, ...]] = ("AUTH_URL",)
+
+    host: str = setting("AUTH_HOST", "127.0.0.1", "where auth listens")
+    port: int = setting("AUTH_PORT", 8001, "its port")
+    admin_key: str = setting("AUTH_ADMIN_KEY", DEV_ADMIN_KEY, "Bearer key that may call `POST /v1/tokens`", secret=True)
+    algorithm: str = setting("JWT_ALGORITHM", "HS256", "HS256 (a shared key) or RS256 (a key pair)")
+    jwt_key: str = setting("JWT_KEY", DEV_JWT_KEY, "the HS256 signing and verifying key", secret=True)
+    private_key_file: str = setting("JWT_PRIVATE_KEY_FILE", "", "RS256 PEM private key; without it auth only verifies")
+    public_key_file: str = setting("JWT_PUBLIC_KEY_FILE", "", "RS256 PEM public key (required for RS256)")
+    issuer: str | None = setting("JWT_ISSUER", None, "set `iss` on tokens and require it when verifying")
+    audience: str | None = setting("JWT_AUDIENCE", None, "set `aud` on tokens and require it when verifying")
+    max_ttl_seconds: int = setting("TOKEN_MAX_TTL_SECONDS", 7 * 24 * 3600, "the longest lifetime `POST /v1/tokens` grants",
+                                   low=1)
+    verifying_key: str = field(default="")  # derived: JWT_KEY, or the public key file's text
+    signing_key: str | None = field(default=None)  # derived: JWT_KEY, the private key file's text, or none
 
     @classmethod
-    def from_env(cls) -> AuthConfig:
-        algorithm = env("JWT_ALGORITHM", "HS256")
-        if algorithm == "HS256":
-            signing_key = verifying_key = env("JWT_KEY", DEV_JWT_KEY)
-            check_secrets("auth", JWT_KEY=(signing_key, DEV_JWT_KEY))
-        elif algorithm == "RS256":
-            public_file, private_file = env("JWT_PUBLIC_KEY_FILE", ""), env("JWT_PRIVATE_KEY_FILE", "")
-            if not public_file:
+    def derive(cls, values: dict[str, Any]) -> None:
+        if values["algorithm"] == "HS256":
+            values["signing_key"] = values["verifying_key"] = values["jwt_key"]
+        elif values["algorithm"] == "RS256":
+            if not values["public_key_file"]:
                 raise SystemExit("auth: JWT_ALGORITHM=RS256 needs JWT_PUBLIC_KEY_FILE")
-            verifying_key = Path(public_file).read_text()
-            signing_key = Path(private_file).read_text() if private_file else None
+            values["jwt_key"] = ""  # unused: its development default is no secret here
+            values["verifying_key"] = Path(values["public_key_file"]).read_text()
+            private = values["private_key_file"]
+            values["signing_key"] = Path(private).read_text() if private else None
         else:
-            raise SystemExit(f"auth: JWT_ALGORITHM must be HS256 or RS256, not {algorithm!r}")
-        admin_key = env("AUTH_ADMIN_KEY", DEV_ADMIN_KEY)
-        check_secrets("auth", AUTH_ADMIN_KEY=(admin_key, DEV_ADMIN_KEY))
-        return cls(
-            host=env("AUTH_HOST", "127.0.0.1"),
-            port=env("AUTH_PORT", 8001),
-            admin_key=admin_key,
-            algorithm=algorithm,
-            signing_key=signing_key,
-            verifying_key=verifying_key,
-            issuer=env("JWT_ISSUER", "") or None,
-            audience=env("JWT_AUDIENCE", "") or None,
-            max_ttl_seconds=env("TOKEN_MAX_TTL_SECONDS", 7 * 24 * 3600),
-        )
+            raise SystemExit(f"auth: JWT_ALGORITHM must be HS256 or RS256, not {values['algorithm']!r}")

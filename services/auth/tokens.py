@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 import jwt
 
 from shared.errors import InvalidFields, NotFound, Unauthorized

@@ -1,4 +1,6 @@
-"""Entry point: ``python -m services.collect``."""
+"""Entry point: ``python -m services.collect`` (``--print-config`` lists its settings)."""
+
+import sys
 
 from services.collect.app import create_app
 from services.collect.config import CollectConfig
@@ -8,6 +10,6 @@ from shared.serve import run_http
 
 if __name__ == "__main__":
     configure("collect")
-    config = CollectConfig.from_env()
+    config = CollectConfig.load(sys.argv[1:])
     require_redis_credentials("collect", config.redis_url)
     run_http(create_app(config), config.host, config.port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -15,22 +15,25 @@ from starlette.routing import Route
 from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
-from services.collect.presence import presence_routes
 from services.collect.openapi import spec
-from shared.clients import redis_client
+from services.collect.presence import presence_routes
+from services.collect.shedding import Shedder
 from shared.breaker import OPEN, CircuitBreaker
+from shared.clients import redis_alive, redis_client
 from shared.coalesce import Coalescer
-from shared.config import is_production, same_secret
+from shared.config import same_secret
 from shared.errors import NotFound, ServiceError, Unauthorized, Unavailable
 from shared.handover import Handover
 from shared.inbox import Inbox
 from shared.message import Message, is_message_id
 from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
+from shared.priority import TIERS, Priority, post_tier
 from shared.routing import RouteReader, now_ms
+from shared.serve import running
 from shared.store import MessageStore
+from shared.stream import Backlog, ShardedStream
 from shared.topicmap import TopicReader
-from shared.stream import ShardedStream
 from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,8 @@ def create_app(config: CollectConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
     inbox = Inbox(redis, config.inbox_limit)
-    handover = Handover(redis, inbox, ShardedStream(redis, config.stream_maxlen, config.stream_shards),
-                        config.replica_acks, config.replica_ack_ms)
+    stream = ShardedStream(redis, config.stream_maxlen, config.stream_shards)
+    handover = Handover(redis, inbox, stream, config.replica_acks, config.replica_ack_ms)
     redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
@@ -73,18 +76,29 @@ def create_app(config: CollectConfig) -> Starlette:
             await redis_breaker.call(lambda: handover.drop(sorted(refused)))
         return refusals
 
-    # Posts arriving while a write runs share the next one: one insert and one pipeline for all.
-    writes: Coalescer[Message, ServiceError | None] = Coalescer(store_and_hand_over)
+    # Posts arriving while a write runs share the next one: one insert and one pipeline for all. Each tier has its
+    # own write lane, so a high post never waits for a large write of low ones.
+    lanes: dict[Priority, Coalescer[Message, ServiceError | None]] = {tier: Coalescer(store_and_hand_over) for tier in TIERS}
+
+    def storing() -> dict[Priority, Backlog]:
+        """Per tier, the posts waiting for their write here, and when the oldest arrived."""
+        now = now_ms()
+        return {tier: Backlog(calls, now - int(waited * 1000) if calls else None)
+                for tier, lane in lanes.items() for calls, waited in [lane.backlog()]}
+
+    shedder = Shedder(stream, config.shed_thresholds, config.shed_sample_ms, storing)
 
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
         body = await read_json(request, config.max_body_bytes)
         idempotency_key = request.headers.get("idempotency-key")
         messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
+        tier = post_tier(m.priority for m in messages)
+        shedder.admit(tier)
         for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
             if breaker.state == OPEN:
                 raise Unavailable(f"{name} is unavailable (circuit open); nothing was stored")
-        refusal = next(filter(None, await writes.submit(messages)), None)
+        refusal = next(filter(None, await lanes[tier].submit(messages)), None)
         if refusal is not None:
             raise refusal
         MESSAGES_IN.inc(len(messages))
@@ -101,14 +115,29 @@ def create_app(config: CollectConfig) -> Starlette:
             raise NotFound(f"no message {message_id!r} for this API key")
         return json_response(status)
 
+    async def cancel_message(request: Request) -> Response:
+        """Cancel a scheduled message that has not fired yet; only the business system that posted it may. The
+        schedule's script decides (it or a firing dispatch wins, never both), then MongoDB records it; if that
+        write fails the message is held back again and the answer is 503."""
+        sender = sender_of(request, config.api_keys)
+        message_id = request.path_params["message_id"]
+        schedule = handover.schedule
+        message = await redis_breaker.call(lambda: schedule.cancel(message_id, sender)) if is_message_id(message_id) else None
+        if message is None:
+            raise NotFound(f"no scheduled message {message_id!r} waiting for this API key (unknown, or already fired)")
+        try:
+            await store.record_cancelled(message)
+        except Unavailable:
+            await redis_breaker.call(lambda: schedule.hold([message]))
+            raise
+        log.info("scheduled message cancelled", extra={"id": message_id, "sender": sender, "due": message.due_ms})
+        return json_response({"id": message_id, "state": "cancelled"})
+
     async def health() -> dict[str, object]:
         mongo_ok = await store.ping()
-        try:
-            redis_ok = bool(await redis.ping())
-        except RedisError:
-            redis_ok = False
+        redis_ok = await redis_alive(redis)
         return {"ok": mongo_ok and redis_ok, "service": "collect", "mongo": mongo_ok, "redis": redis_ok,
-                "breakers": {"mongodb": store.breaker.state, "redis": redis_breaker.state}}
+                "breakers": {"mongodb": store.breaker.state, "redis": redis_breaker.state}, "tiers": shedder.report()}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -116,7 +145,8 @@ def create_app(config: CollectConfig) -> Starlette:
             await store.prepare()
         except Unavailable as exc:
             log.warning("indexes not created yet", extra={"error": exc.message})
-        yield
+        async with running(shedder.run()):
+            yield
         await redis.aclose()
         await store.close()
 
@@ -124,9 +154,10 @@ def create_app(config: CollectConfig) -> Starlette:
     routes = [
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
+        Route("/v1/messages/{message_id}", timed("cancel_message", cancel_message), methods=["DELETE"]),
         *ops_routes(health),
-        *console_routes(config, reader, inbox, post_messages),
+        *console_routes(config, reader, inbox, post_messages, shedder.report),
         *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),
-        openapi_route(spec(is_production())),
+        openapi_route(spec(config.production)),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

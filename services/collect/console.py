@@ -3,7 +3,8 @@
 Always served (public, read-only):
 
 * ``GET /v1/nodes`` -- live push nodes, least loaded first, with the websocket URL browsers use;
-* ``GET /v1/stats`` -- a cumulative snapshot for the dashboard (see ``stats.py``);
+* ``GET /v1/stats`` -- a cumulative snapshot for the dashboard (see ``stats.py``), with each priority tier's
+  backlog and whether it is shed (``shedding.py``);
 * ``GET /dashboard`` and ``GET /static/...`` -- the live dashboard, the JavaScript client, the CSS.
 
 Development only (absent when ``APP_ENV=production``, because they hand out tokens for any user and
@@ -17,8 +18,9 @@ send as a business system without a key):
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from redis.exceptions import RedisError
@@ -29,7 +31,6 @@ from starlette.staticfiles import StaticFiles
 
 from services.collect.config import CollectConfig
 from services.collect.stats import gather_stats
-from shared.config import is_production
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.routing import RouteReader, directory
@@ -58,8 +59,10 @@ def as_sender(request: Request, api_key: str) -> Request:
     return Request(scope, request.receive)
 
 
-def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, post_messages: Handler) -> list[BaseRoute]:
-    """The routes above; ``post_messages`` is collect's own ``POST /v1/messages`` handler, reused as is."""
+def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, post_messages: Handler,
+                   tiers: Callable[[], dict[str, Any]]) -> list[BaseRoute]:
+    """The routes above; ``post_messages`` is collect's own ``POST /v1/messages`` handler, reused as is; ``tiers``
+    reports each priority tier's backlog and shedding (``shedding.py``)."""
 
     async def nodes(_: Request) -> Response:
         try:
@@ -70,7 +73,8 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})
 
     async def stats(_: Request) -> Response:
-        return json_response(await gather_stats(reader, inbox, config.dispatch_url), headers={"Cache-Control": "no-store"})
+        snapshot = await gather_stats(reader, inbox, config.dispatch_url)
+        return json_response({**snapshot, "tiers": tiers()}, headers={"Cache-Control": "no-store"})
 
     async def dev_token(request: Request) -> Response:
         body = await read_json(request, MAX_TOKEN_BODY)
@@ -78,10 +82,10 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         if "topics" in body:  # auth validates them (names or 'prefix:*' patterns)
             ask["topics"] = body["topics"]
         try:
-            async with aiohttp.ClientSession(timeout=AUTH_TIMEOUT) as session:
-                async with session.post(f"{config.auth_url}/v1/tokens", json=ask,
-                                        headers={"Authorization": f"Bearer {config.auth_admin_key}"}) as answer:
-                    return Response(await answer.read(), answer.status, media_type="application/json")
+            async with aiohttp.ClientSession(timeout=AUTH_TIMEOUT) as session, \
+                    session.post(f"{config.auth_url}/v1/tokens", json=ask,
+                                 headers={"Authorization": f"Bearer {config.auth_admin_key}"}) as answer:
+                return Response(await answer.read(), answer.status, media_type="application/json")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable(f"auth: {exc!r}") from None
 
@@ -96,7 +100,7 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         Route("/dashboard", page("dashboard.html")),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    if not is_production():
+    if not config.production:
         routes += [
             Route("/demo", page("demo.html")),
             Route("/dev/tokens", dev_token, methods=["POST"]),

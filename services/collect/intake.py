@@ -8,12 +8,16 @@ from typing import Any
 
 from shared.errors import InvalidFields, PayloadTooLarge
 from shared.message import BROADCAST, Message, message_id
+from shared.priority import TIERS, Priority
 from shared.protocol import MessageFrame, new_post_id, valid_user_id
 from shared.store import MAX_DOCUMENT_BYTES, post_bytes
 from shared.topics import valid_topic
 
 MAX_IDEMPOTENCY_KEY = 200
 MAX_TTL_SECONDS = 30 * 24 * 3600  # history is purged 30 days on: nothing may wait longer
+MAX_DELAY_SECONDS = 30 * 24 * 3600  # nor be scheduled further out
+PAST_TOLERANCE_MS = 60_000  # a deliver_at this far in the past is clock skew (sent at once); further, a mistake
+PRIORITIES = [tier.value for tier in TIERS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +44,8 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
     """Validate a whole post (single, multi-recipient, topic, broadcast or ``{"messages": [...]}`` of any of
     them): all or nothing.
 
-    Each message's frame is encoded here, once, and travels unchanged to every recipient's socket.
+    Each message's frame is encoded here, once, and travels unchanged to every recipient's socket. Each message
+    has a ``priority`` (default normal); a post of mixed priorities travels (and is shed) at its most urgent one.
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidFields(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
@@ -88,11 +93,43 @@ def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sende
     ttl = item.get("ttl_seconds", limits.default_ttl_seconds)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
         raise InvalidFields(f"{where}ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS} (30 days)")
+    expires_ms = now_ms + ttl * 1000
+    due_ms = due_time(item, now_ms, expires_ms, where)
+    priority = item.get("priority", Priority.NORMAL.value)
+    if not isinstance(priority, str) or priority not in PRIORITIES:
+        raise InvalidFields(f"{where}priority must be one of {', '.join(PRIORITIES)}")
     frame = MessageFrame(mid, item["payload"], now_ms, topic).encode()
     size = len(frame.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(f"{where}payload is {size} bytes in its frame; the limit is {limits.max_payload_bytes}")
-    return Message(mid, tuple(users), frame, now_ms, now_ms + ttl * 1000, sender, topic)
+    return Message(mid, tuple(users), frame, now_ms, expires_ms, sender, topic, due_ms=due_ms, priority=Priority(priority))
+
+
+def due_time(item: dict[str, Any], now_ms: int, expires_ms: int, where: str = "") -> int:
+    """When a message may be delivered, from ``deliver_at`` (ms since epoch) or ``delay_seconds``: 0 for at once
+    (neither given, a zero delay, or a ``deliver_at`` up to ``PAST_TOLERANCE_MS`` ago)."""
+    if "deliver_at" in item and "delay_seconds" in item:
+        raise InvalidFields(f"{where}give deliver_at or delay_seconds, not both")
+    if "delay_seconds" in item:
+        delay = item["delay_seconds"]
+        if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= MAX_DELAY_SECONDS:
+            raise InvalidFields(f"{where}delay_seconds must be an integer from 0 to {MAX_DELAY_SECONDS} (30 days)")
+        due = now_ms + delay * 1000
+    elif "deliver_at" in item:
+        due = item["deliver_at"]
+        if not isinstance(due, int) or isinstance(due, bool):
+            raise InvalidFields(f"{where}deliver_at must be an integer: ms since the epoch")
+        if due < now_ms - PAST_TOLERANCE_MS:
+            raise InvalidFields(f"{where}deliver_at is in the past (it is ms since the epoch, not seconds)")
+        if due > now_ms + MAX_DELAY_SECONDS * 1000:
+            raise InvalidFields(f"{where}deliver_at is more than 30 days out")
+    else:
+        return 0
+    if due <= now_ms:
+        return 0
+    if due >= expires_ms:
+        raise InvalidFields(f"{where}the due time is past the message's expiry (ttl_seconds from now)")
+    return due
 
 
 def _topic(item: dict[str, Any], where: str) -> str | None:
@@ -107,4 +144,4 @@ def _topic(item: dict[str, Any], where: str) -> str | None:
         return BROADCAST
     if not valid_topic(item["topic"]):
         raise InvalidFields(f"{where}topic must be 1-128 characters of letters, digits and _ . : @ -")
-    return item["topic"]
+    return str(item["topic"])

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.collect.intake import MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS
-from shared.errors import InvalidFields, MalformedRequest, NotFound, PayloadTooLarge, Unauthorized, Unavailable
+from services.collect.intake import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS, PRIORITIES
+from shared.errors import InvalidFields, MalformedRequest, NotFound, Overloaded, PayloadTooLarge, Unauthorized, Unavailable
 from shared.openapi import USER_ID, document, errors, json_body, ok
 from shared.topics import MAX_PATTERNS
 
@@ -27,6 +27,13 @@ MESSAGE = {
         "payload": {"description": "any JSON value, delivered as is"},
         "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS,
                         "description": "how long it may wait for an offline user (MESSAGE_TTL_SECONDS, 7 days, by default)"},
+        "deliver_at": {"type": "integer", "description": "schedule it: ms since the epoch, before its expiry and at most "
+                                                         "30 days out; up to a minute in the past means at once"},
+        "delay_seconds": {"type": "integer", "minimum": 0, "maximum": MAX_DELAY_SECONDS,
+                          "description": "schedule it this many seconds from now (instead of deliver_at)"},
+        "priority": {"enum": PRIORITIES, "default": "normal",
+                     "description": "served high before normal before low; under overload new low, then normal, posts are "
+                                    "refused (429), high never; a post travels at its most urgent message's"},
     },
     "anyOf": [{"required": ["user_id"]}, {"required": ["user_ids"]}, {"required": ["topic"]}, {"required": ["broadcast"]}],
 }
@@ -44,7 +51,9 @@ ACCEPTED = ok("stored and handed over; one id per message, in order", {
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "the same sender and key always name the same post: a retry stores nothing new",
                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}}
-POST_ERRORS = errors(MalformedRequest, Unauthorized, PayloadTooLarge, InvalidFields, Unavailable)
+POST_ERRORS = errors(MalformedRequest, Unauthorized, PayloadTooLarge, InvalidFields, Overloaded, Unavailable)
+POST_ERRORS["429"]["headers"] = {"Retry-After": {"description": "seconds to wait before posting again",
+                                                 "schema": {"type": "integer", "minimum": 1}}}
 HTML = {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}
 NODE = {"type": "object", "required": ["id", "url", "connections", "users"],
         "properties": {"id": {"type": "string"}, "url": {"type": "string"}, "connections": {"type": "integer"},
@@ -74,7 +83,9 @@ PATHS: dict[str, Any] = {
                     "type": "object", "required": ["id", "recipients"],
                     "properties": {"id": {"type": "string"}, "recipients": {"type": "array", "items": {
                         "type": "object", "required": ["user_id", "state", "accepted_at"],
-                        "properties": {"user_id": {"type": "string"}, "state": {"type": "string"},
+                        "properties": {"user_id": {"type": "string"}, "state": {"type": "string", "description": (
+                            "accepted, scheduled (scheduled_at: the due time), dispatched, delivered, expired, "
+                            "cancelled or acked")},
                                        "accepted_at": {"type": "integer"}},
                         "additionalProperties": {"type": "integer", "description": "'{stage}_at': first time of each stage"},
                     }}},
@@ -86,6 +97,16 @@ PATHS: dict[str, Any] = {
                                    "sockets": {"type": "integer", "description": "sockets it was written to"}},
                 }],
             }),
+            **errors(Unauthorized, NotFound, Unavailable),
+        },
+    }, "delete": {
+        "summary": "Cancel a scheduled message that has not fired yet, for the API key that posted it",
+        "security": [{"apiKey": []}],
+        "parameters": [{"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            **ok("cancelled: it will reach nobody; its status shows the cancelled stage", {
+                "type": "object", "required": ["id", "state"], "additionalProperties": False,
+                "properties": {"id": {"type": "string"}, "state": {"const": "cancelled"}}}),
             **errors(Unauthorized, NotFound, Unavailable),
         },
     }},
@@ -136,8 +157,15 @@ PATHS: dict[str, Any] = {
     "/v1/stats": {"get": {
         "summary": "A cumulative snapshot of the cluster for the dashboard",
         "responses": {**ok("the snapshot", {
-            "type": "object", "required": ["ts", "nodes", "users_online", "topics", "messages", "latency", "pending"],
+            "type": "object", "required": ["ts", "nodes", "users_online", "topics", "messages", "latency", "pending", "tiers"],
             "properties": {
+                "tiers": {"type": "object", "description": "per priority tier (high, normal, low): posts this collect "
+                                                           "is storing or no dispatch instance has read yet, the oldest "
+                                                           "one's age, whether new posts of the tier are refused (429)",
+                          "additionalProperties": {"type": "object", "required": ["backlog", "age_ms", "shedding"],
+                                                   "properties": {"backlog": {"type": "integer", "minimum": 0},
+                                                                  "age_ms": {"type": "integer", "minimum": 0},
+                                                                  "shedding": {"type": "boolean"}}}},
                 "users_online": {"type": "integer", "minimum": 0,
                                  "description": "the live nodes' users summed: a user on two nodes counts twice"},
                 "topics": {"type": "array", "maxItems": 10, "items": TOPIC_SIZE,

@@ -15,7 +15,8 @@ message; only nodes whose card is live count, so a node that dies stops counting
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -106,7 +107,8 @@ def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
             async with session.get(users_url(card, name), headers=headers) as answer:
                 if answer.status != 200:
                     raise Unavailable(f"node {card.id} answered {answer.status}")
-                return await answer.json()
+                body: dict[str, Any] = await answer.json()
+                return body
 
         try:
             async with aiohttp.ClientSession(timeout=NODE_TIMEOUT) as session:

@@ -94,13 +94,11 @@ def merge_latency(pages: list[Samples]) -> dict[str, Any]:
 
 def node_entry(card: NodeCard, page: Samples | None) -> dict[str, Any]:
     """What the dashboard shows per node: live gauges when the node answered, its last card otherwise."""
-    up = page is not None
-    return {
-        "id": card.id, "url": card.public_url, "up": up,
-        "connections": int(page.get("push_connections")) if up else card.connections,
-        "users": int(page.get("push_users")) if up else card.users,
-        "delivered": page.get("push_delivered_total") if up else None,
-    }
+    if page is None:
+        return {"id": card.id, "url": card.public_url, "up": False, "connections": card.connections, "users": card.users,
+                "delivered": None}
+    return {"id": card.id, "url": card.public_url, "up": True, "connections": int(page.get("push_connections")),
+            "users": int(page.get("push_users")), "delivered": page.get("push_delivered_total")}
 
 
 async def topic_names(redis: Redis, limit: int) -> list[str]:

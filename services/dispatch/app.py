@@ -1,27 +1,27 @@
-"""dispatch's wiring: the router, reconciler and lifecycle loops in the lifespan; ``/healthz`` and
+"""dispatch's wiring: the router, reconciler, firing and lifecycle loops in the lifespan; ``/healthz`` and
 ``/metrics`` beside them."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 
 from services.dispatch.config import DispatchConfig
+from services.dispatch.firing import Firing
 from services.dispatch.lease import Lease
 from services.dispatch.links import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
 from services.dispatch.router import LiveNodes, Router
 from shared.breaker import CLOSED
-from shared.clients import redis_client
+from shared.clients import redis_alive, redis_client
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.routing import RouteReader
+from shared.serve import running
 from shared.store import MessageStore
 from shared.stream import ShardedStream
 from shared.web import EXCEPTION_HANDLERS, ops_routes
@@ -40,12 +40,10 @@ def create_app(config: DispatchConfig) -> Starlette:
     routers = [Router(config, shard, routes, links, live) for shard in stream.shards]  # one read loop per stream shard
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)
+    firing = Firing(config, reconciler.handover)
 
     async def health() -> dict[str, object]:
-        try:
-            redis_ok = bool(await redis.ping())
-        except RedisError:
-            redis_ok = False
+        redis_ok = await redis_alive(redis)
         mongo_ok = await store.ping()
         loop_ok = all(time.time() - r.last_cycle < config.block_ms / 1000 + 10 for r in routers)
         redis_breaker = next((r.breaker.state for r in routers if r.breaker.state != CLOSED), CLOSED)
@@ -55,12 +53,8 @@ def create_app(config: DispatchConfig) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        loops = [*(r.run for r in routers), lifecycle.run, reconciler.run]
-        tasks = [asyncio.create_task(loop()) for loop in loops]
-        yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        async with running(*(r.run() for r in routers), lifecycle.run(), reconciler.run(), firing.run()):
+            yield
         with contextlib.suppress(Exception):
             await lifecycle.flush()
         await links.close()

@@ -9,7 +9,8 @@ it now, so the users of healthy nodes do not get it twice from this instance.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -12,15 +12,12 @@ import logging
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from shared.errors import LinkDown
 from shared.protocol import BatchResult, DeliverBatch, Delivery
 from shared.routing import NodeCard, now_ms
 from shared.signing import PROOF_HEADER, LinkRequest
 
 log = logging.getLogger(__name__)
-
-
-class LinkDown(Exception):
-    """The node could not take the batch (unreachable, closed, or too slow): leave it for a retry."""
 
 
 class NodeLink:
@@ -84,7 +81,8 @@ class NodeLink:
                 self._pending[batch.batch] = waiter
                 try:
                     await ws.send(batch.encode())
-                    return await waiter
+                    result: BatchResult = await waiter
+                    return result
                 finally:
                     self._pending.pop(batch.batch, None)
         except (ConnectionClosed, TimeoutError) as exc:

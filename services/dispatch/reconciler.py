@@ -72,7 +72,7 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         if await self.inbox.epoch() is None:
-            await rebuild(self.store, self.inbox, self.config.rebuild_page, self.lease.hold)
+            await rebuild(self.store, self.inbox, self.handover.schedule, self.config.rebuild_page, self.lease.hold)
             REBUILDS.inc()
         await self.finish_handovers()
         await self.expire()
@@ -82,7 +82,7 @@ class Reconciler:
 
     async def tidy(self, idle_consumer_ms: int = IDLE_CONSUMER_MS) -> None:
         """Bound what would otherwise only grow: old history, dead node ids, consumers of gone instances."""
-        deleted = await self.store.purge(dt.datetime.now(dt.timezone.utc))
+        deleted = await self.store.purge(dt.datetime.now(dt.UTC))
         nodes = await self.routes.forget_dead_nodes()
         consumers = await self.stream.forget_idle_consumers(idle_consumer_ms, self.config.consumer)
         if deleted or nodes or consumers:

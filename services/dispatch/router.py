@@ -1,4 +1,7 @@
-"""The dispatch loop: read the stream, find each recipient's live nodes, forward one frame per node, acknowledge.
+"""The dispatch loop: read the streams, find each recipient's live nodes, forward one frame per node, acknowledge.
+
+The streams are read high tier first (``shared.stream``): a batch takes normal or low entries only
+where high ones leave room, and stale entries are claimed in the same order.
 
 An entry (one post: its messages and their recipients) is acknowledged once every node holding
 one of its recipients accepted it. Recipients with no live route are left to their inbox in Redis,
@@ -10,9 +13,10 @@ push node records the lifecycle stages.
 Each node's batch is sent as its own task. A cycle waits for them at most ``send_wait_ms`` (and not
 at all for a node still owing answers from earlier cycles) and acknowledges what every node took by
 then; later answers are acknowledged in the background, so a hung node (alive in Redis, not reading)
-delays nobody else. A node with ``link_window`` batches unanswered is skipped. A node that fails or is skipped leaves the entry pending in the consumer
-group: it is claimed again after ``claim_idle_ms``, by this or another instance, and this instance
-sends it only to the nodes that did not take it yet (``ledger.py``). Once the hung node answers it
+delays nobody else. A node with ``link_window`` batches unanswered is skipped. A node that fails or is
+skipped leaves the entry pending in the consumer group: it is claimed again after ``claim_idle_ms``,
+by this or another instance, and this instance sends it only to the nodes that did not take it yet
+(``ledger.py``). Once the hung node answers it
 gets its part; once its card expires its users are no longer routed there and wait in their inboxes.
 An entry tried ``max_attempts`` times (a node that keeps closing the link on it) is acknowledged and
 left to its users' inboxes.
@@ -24,16 +28,17 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from redis.exceptions import RedisError
 
 from services.dispatch.config import DispatchConfig
 from services.dispatch.ledger import Ledger
-from services.dispatch.links import LinkDown, LinkPool, NodeLink
+from services.dispatch.links import LinkPool, NodeLink
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
 from shared import routing
 from shared.breaker import CircuitBreaker
+from shared.errors import LinkDown
 from shared.message import BROADCAST
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.protocol import Delivery
@@ -81,14 +86,14 @@ def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: i
                 continue
             if m.topic is not None:
                 for node in everyone if m.topic == BROADCAST else topics.get(m.topic, ()):
-                    work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, (), m.topic))
+                    work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, (), m.topic, m.priority))
                 continue
             users_on: defaultdict[str, list[str]] = defaultdict(list)
             for user in m.users:
                 for node in routes.get(user, ()):
                     users_on[node].append(user)
             for node, users in users_on.items():
-                work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, tuple(users)))
+                work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, tuple(users), priority=m.priority))
     return work
 
 

@@ -1,4 +1,6 @@
-"""Entry point: ``python -m services.push``."""
+"""Entry point: ``python -m services.push`` (``--print-config`` lists its settings)."""
+
+import sys
 
 import uvloop
 
@@ -9,6 +11,6 @@ from shared.logs import configure
 
 if __name__ == "__main__":
     configure("push")
-    config = PushConfig.from_env()
+    config = PushConfig.load(sys.argv[1:])
     require_redis_credentials("push", config.redis_url)
     uvloop.run(PushNode(config).run())

@@ -8,6 +8,11 @@ to one socket. Held frames are bounded: past ``HELD_LIMIT`` they are dropped and
 once more (every live message is in the inbox too). A socket whose client stops reading is closed
 with 1013 once ``max_buffered`` bytes wait in its buffer: what it was not sent waits in its inbox.
 
+A socket whose buffer is backed up (past ``backlog_bytes``, a client reading slowly) gets its new
+live frames queued in the node instead, high priority ones ahead of the rest (each kind in arrival
+order), and a flusher writes them as its buffer drains. The normal path pays one buffer-size read
+per socket write, as before; queued bytes count towards ``max_buffered``.
+
 The hub also keeps topic -> subscribed sessions. A topic (or broadcast) message is written once to
 each open session subscribed at that moment, whatever its replay state (it is in no inbox, so it has
 no order to keep with the user's messages), in slices of ``PUBLISH_SLICE`` sockets with a yield to
@@ -18,15 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from services.push.metrics import CONNECTIONS, SLOW_CLOSED, USERS
+from services.push.metrics import CONNECTIONS, QUEUED, SLOW_CLOSED, USERS
+from shared.errors import CloseCode
 from shared.message import BROADCAST
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,35 @@ log = logging.getLogger(__name__)
 HELD_LIMIT = 1000
 PUBLISH_SLICE = 1000  # sockets written between two yields to the loop
 PUBLISHED_MEMORY = 100_000  # topic message ids remembered, so a retried batch is not written twice
+FLUSH_INTERVAL = 0.005  # seconds between two passes of the flusher over backed-up sockets
+
+
+def wire(frame: str) -> bytes:
+    """A text frame as a server sends it: unmasked, and compression is off on this server, so the bytes are the same
+    for every socket and can be appended to its transport as they are. Nothing else writes partial frames (the
+    node never fragments), so frames cannot interleave."""
+    return Frame(Opcode.TEXT, frame.encode()).serialize(mask=False)
+
+
+@dataclass(eq=False, slots=True)
+class Waiting:
+    """Frames queued in the node for one backed-up socket: high priority ones first when written."""
+
+    urgent: deque[bytes] = field(default_factory=deque)
+    rest: deque[bytes] = field(default_factory=deque)
+    size: int = 0  # bytes queued
+
+    def add(self, data: bytes, high: bool) -> None:
+        (self.urgent if high else self.rest).append(data)
+        self.size += len(data)
+
+    def pop(self) -> bytes:
+        data = (self.urgent or self.rest).popleft()
+        self.size -= len(data)
+        return data
+
+    def __len__(self) -> int:
+        return len(self.urgent) + len(self.rest)
 
 
 @dataclass(eq=False, slots=True)
@@ -47,6 +82,7 @@ class Session:
     closing: bool = False
     topics: set[str] = field(default_factory=set)
     welcomed: bool = False  # sent its welcome frame: broadcasts reach it from then on, never before the welcome
+    waiting: Waiting | None = None  # live frames queued while its buffer is backed up
 
     @property
     def open(self) -> bool:
@@ -78,17 +114,23 @@ class Session:
 
 
 class Hub:
-    def __init__(self, max_buffered: int = 1024 * 1024) -> None:
+    def __init__(self, max_buffered: int = 1024 * 1024, backlog_bytes: int = 64 * 1024) -> None:
         self._by_user: defaultdict[str, set[Session]] = defaultdict(set)
         self.connections = 0
         self.max_buffered = max_buffered
+        self.backlog_bytes = backlog_bytes
+        self._backed: dict[Session, None] = {}  # sessions with queued frames, in the order they backed up
+        self._flusher: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._by_topic: defaultdict[str, set[Session]] = defaultdict(set)
         self._published: OrderedDict[str, None] = OrderedDict()
+        self.empty = asyncio.Event()  # set while no session is open (a drain waits for it)
+        self.empty.set()
 
     def add(self, session: Session) -> None:
         self._by_user[session.user_id].add(session)
         self.connections += 1
+        self.empty.clear()
         self._gauge()
 
     def remove(self, session: Session) -> list[str]:
@@ -97,10 +139,13 @@ class Hub:
         if sessions is None or session not in sessions:
             return []
         topics = self.unsubscribe(session, list(session.topics))
+        self._drop_waiting(session)
         sessions.discard(session)
         if not sessions:
             del self._by_user[session.user_id]
         self.connections -= 1
+        if not self.connections:
+            self.empty.set()
         self._gauge()
         return topics
 
@@ -147,7 +192,7 @@ class Hub:
         SLOW_CLOSED.inc()
         log.warning("closing a connection that does not read", extra={"user_id": session.user_id,
                                                                        "bytes": session.ws.transport.get_write_buffer_size()})
-        task = asyncio.get_running_loop().create_task(session.ws.close(1013, "too slow: reconnect to get the rest"))
+        task = asyncio.get_running_loop().create_task(session.ws.close(CloseCode.TRY_AGAIN, "too slow: reconnect to get the rest"))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -171,53 +216,98 @@ class Hub:
     def __len__(self) -> int:
         return len(self._by_user)
 
-    def deliver(self, user_id: str, message_id: str, frame: str) -> bool:
-        """Write (or, during replay, hold) ``frame`` for every open session of the user, without awaiting."""
+    def deliver(self, user_id: str, message_id: str, frame: str, high: bool = False) -> bool:
+        """Write (or, during replay, hold; while backed up, queue) ``frame`` for every open session of the user,
+        without awaiting."""
         live = []
         taken = False
         for session in self._by_user.get(user_id, ()):
             if not session.open:
                 continue
             taken = True
-            if message_id in session.sent or self._too_slow(session):
+            if message_id in session.sent or (buffered := self._buffered(session)) is None:
                 continue
             if session.replaying:
                 session.hold(message_id, frame)
+                continue
+            session.sent.add(message_id)
+            if session.waiting is not None or buffered > self.backlog_bytes:
+                self._queue(session, wire(frame), high)
             else:
-                session.sent.add(message_id)
                 live.append(session.ws)
         if live:
             broadcast(live, frame)
         return taken
 
-    def _too_slow(self, session: Session) -> bool:
-        """Whether the session's buffer is past ``max_buffered`` (it is then closed and written no more)."""
-        if session.ws.transport.get_write_buffer_size() > self.max_buffered:
+    def _buffered(self, session: Session) -> int | None:
+        """The bytes waiting for the session (its buffer and its queue), or None if past ``max_buffered`` (it is then
+        closed and written no more)."""
+        buffered = session.ws.transport.get_write_buffer_size() + (session.waiting.size if session.waiting else 0)
+        if buffered > self.max_buffered:
             self.close_slow(session)
-            return True
-        return False
+            self._drop_waiting(session)
+            return None
+        return buffered
 
-    async def publish(self, message_id: str, frame: str, topic: str) -> int:
+    def _queue(self, session: Session, data: bytes, high: bool) -> None:
+        if session.waiting is None:
+            session.waiting = Waiting()
+            self._backed[session] = None
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        session.waiting.add(data, high)
+        QUEUED.inc()
+
+    def _drop_waiting(self, session: Session) -> None:
+        if session.waiting is not None:
+            QUEUED.dec(len(session.waiting))
+            session.waiting = None
+            self._backed.pop(session, None)
+
+    async def _flush(self) -> None:
+        """Write the queued frames of backed-up sockets as their buffers drain, high first; end when none is left."""
+        try:
+            while self._backed:
+                await asyncio.sleep(FLUSH_INTERVAL)
+                for session in list(self._backed):
+                    waiting = session.waiting
+                    if waiting is None:
+                        continue
+                    if not session.open:
+                        self._drop_waiting(session)
+                        continue
+                    transport = session.ws.transport
+                    while waiting and transport.get_write_buffer_size() <= self.backlog_bytes:
+                        transport.write(waiting.pop())
+                        QUEUED.dec()
+                    if not waiting:
+                        self._drop_waiting(session)
+        finally:
+            self._flusher = None
+
+    async def publish(self, message_id: str, frame: str, topic: str, high: bool = False) -> int:
         """Write a topic message to the open sessions subscribed to ``topic`` (every open session for
-        ``BROADCAST``), without awaiting any socket; return how many were written."""
+        ``BROADCAST``), without awaiting any socket (queued for a backed-up one); return how many were written."""
         if message_id in self._published:
             return 0
         self._published[message_id] = None
         if len(self._published) > PUBLISHED_MEMORY:
             self._published.popitem(last=False)
         sessions = self.sessions() if topic == BROADCAST else list(self._by_topic.get(topic, ()))
-        # One frame for every socket, serialised once: a server's frames are unmasked and compression is off on
-        # this server, so the bytes are the same for all, and each socket's transport just appends them. This
+        # One frame for every socket, serialised once (``wire``), each socket's transport just appends it. This
         # skips what websockets' broadcast() redoes per socket (encoding and framing), about half the node's CPU
-        # per socket. Nothing else writes partial frames (the node never fragments), so frames cannot interleave.
-        wire = Frame(Opcode.TEXT, frame.encode()).serialize(mask=False)
+        # per socket.
+        data = wire(frame)
         written = 0
         for start in range(0, len(sessions), PUBLISH_SLICE):
             if start:
                 await asyncio.sleep(0)  # let the loop serve others between slices of a big topic
-            chunk = sessions[start:start + PUBLISH_SLICE]
-            live = [s.ws for s in chunk if s.welcomed and s.open and not self._too_slow(s)]
-            for ws in live:
-                ws.transport.write(wire)
-            written += len(live)
+            for session in sessions[start:start + PUBLISH_SLICE]:
+                if not session.welcomed or not session.open or (buffered := self._buffered(session)) is None:
+                    continue
+                if session.waiting is not None or buffered > self.backlog_bytes:
+                    self._queue(session, data, high)
+                else:
+                    session.ws.transport.write(data)
+                written += 1
         return written

@@ -13,6 +13,7 @@ from services.push.metrics import ABSENT, DELIVERED, DELIVERY_LATENCY, PUBLISHED
 from shared.errors import MalformedRequest
 from shared.lifecycle import LifecycleWriter
 from shared.metrics import ERRORS, MESSAGES_IN, MESSAGES_OUT
+from shared.priority import Priority
 from shared.protocol import BatchResult, DeliverBatch
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWrite
     delivered, absent, published = [], 0, 0
     for item in batch.items:
         if item.topic is not None:
-            sockets = await hub.publish(item.message_id, item.frame, item.topic)
+            sockets = await hub.publish(item.message_id, item.frame, item.topic, item.priority is Priority.HIGH)
             published += sockets
             reached = {"dispatched": batch.at, **({"delivered": int(now * 1000)} if sockets else {})}
             lifecycle.count(item.message_id, node, sockets, reached)
@@ -33,7 +34,7 @@ async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWrite
                 DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
             continue
         for user in item.users:
-            if hub.deliver(user, item.message_id, item.frame):
+            if hub.deliver(user, item.message_id, item.frame, item.priority is Priority.HIGH):
                 delivered.append((item.message_id, user))
                 DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
             else:

@@ -16,3 +16,4 @@ DELIVERY_LATENCY = Histogram(
 )
 REPLAYED = Counter("push_replayed_total", "Stored messages sent to a user on connect (offline inbox and unacked)")
 SLOW_CLOSED = Counter("push_slow_closed_total", "Connections closed because their client did not read (1013)")
+QUEUED = Gauge("push_frames_queued", "Live frames queued in the node for sockets whose buffer is backed up")

@@ -15,6 +15,10 @@ writes nothing. If the card was gone (Redis unreachable past ``node_ttl``, say i
 failover), dispatch took the node for dead and left its users' messages in their inboxes: the
 heartbeat writes every route again and, a beat later (once every dispatch instance has seen the
 card), has the open sessions replayed; a dispatch link opening does the same (``server.py``).
+
+``withdraw`` (a drain or a shutdown) drops every route, topic count and the card, and from then on
+the flusher and the heartbeat write nothing more: the node stays withdrawn while its last sockets
+leave. One lock orders these writes, so a flush in flight cannot land a route after the withdrawal.
 """
 
 from __future__ import annotations
@@ -24,8 +28,7 @@ import itertools
 import logging
 import math
 import time
-from typing import Callable, Iterable
-
+from collections.abc import Callable, Iterable
 
 from services.push.hub import Hub
 from shared.errors import Unavailable
@@ -52,6 +55,8 @@ class Presence:
         self._wake = asyncio.Event()
         self._renew_cursor: list[str] = []
         self._renew_topics: list[str] = []
+        self._writing = asyncio.Lock()
+        self.withdrawn = False
 
     async def arrived(self, user_id: str, timeout: float = 5.0) -> None:
         """Return once this node is in the user's route, or raise ``Unavailable`` if Redis is not answering."""
@@ -94,7 +99,9 @@ class Presence:
             present = {u: self.hub.count(u) for u in dirty if self.hub.holds(u)}
             gone = [u for u in dirty if not self.hub.holds(u)]
             try:
-                await self.writer.apply(present, gone, {t: self.hub.subscribers(t) for t in topics})
+                async with self._writing:
+                    if not self.withdrawn:
+                        await self.writer.apply(present, gone, {t: self.hub.subscribers(t) for t in topics})
             except Exception as exc:  # never die silently: log, back off, go on
                 self._dirty |= dirty
                 self._dirty_topics |= topics
@@ -120,7 +127,7 @@ class Presence:
 
     async def run_heartbeat(self) -> None:
         backoff = Backoff()
-        while True:
+        while not self.withdrawn:
             # Route and topic TTLs are renewed by the flusher, which reads each count when it writes it (no stale
             # count can land after a newer one).
             self._renew_cursor, users = self._renewal_slice(self._renew_cursor, self.hub.users, len(self.hub))
@@ -133,7 +140,9 @@ class Presence:
                 if self._catch_up_due:  # a beat after the card came back, every dispatch instance has seen it
                     self._catch_up_due = False
                     self.catch_up("node card was missing a beat ago")
-                if not await self.writer.heartbeat(self.card()) and len(self.hub):
+                async with self._writing:
+                    renewed = self.withdrawn or await self.writer.heartbeat(self.card())
+                if not renewed and len(self.hub):
                     log.warning("node card was missing; writing every route again", extra={"count": len(self.hub)})
                     self._dirty.update(self.hub.users())
                     self._dirty_topics.update(self.hub.topics())
@@ -156,7 +165,10 @@ class Presence:
         return cursor[size:], cursor[:size]
 
     async def withdraw(self) -> None:
-        """Drop every route, topic count and the node card, so dispatch stops routing here at once."""
-        users = list(self.hub.users())
-        for start in range(0, max(len(users), 1), 5000):
-            await self.writer.withdraw(itertools.islice(users, start, start + 5000), self.hub.topics() if not start else ())
+        """Drop every route, topic count and the node card, so dispatch stops routing here at once, and write none
+        of them again."""
+        async with self._writing:
+            self.withdrawn = True
+            users = list(self.hub.users())
+            for start in range(0, max(len(users), 1), 5000):
+                await self.writer.withdraw(itertools.islice(users, start, start + 5000), self.hub.topics() if not start else ())

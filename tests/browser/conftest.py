@@ -10,11 +10,12 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from tests.conftest import OUTPUT
+from tests.waits import scaled
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-WAIT_MS = 15_000  # the longest any expectation waits for the page to catch up
+WAIT_MS = scaled(15_000)  # the longest any expectation waits for the page to catch up
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -173,3 +173,18 @@ async def test_dashboard_shows_users_online_and_the_largest_topics(start_stack, 
     await expect(row.locator(".subscribers")).to_have_text("2")
     await expect(dashboard.locator("#users-online")).to_have_text("2")
     await screenshot(dashboard, "dashboard-topics.png")
+
+
+async def test_dashboard_shows_each_tiers_backlog_and_which_is_shed(start_stack, pages: Pages) -> None:
+    """With dispatch stopped and low shed past 2 waiting posts, the dashboard shows low's backlog of 3 and low as shed
+    (429), high as accepted."""
+    stack: RunningStack = start_stack(nodes=1, SHED_LOW_ENTRIES="2", SHED_SAMPLE_MS="50")
+    stack.procs["dispatch"].stop()
+    for n in range(3):
+        status, body = await stack.client.post({"user_id": "later", "payload": n, "priority": "low"})
+        assert status == 202, body
+    dashboard = await pages.open(f"{stack.stack.collect_url}/dashboard")
+    await expect(dashboard.locator('tr[data-tier="low"] .backlog')).to_have_text("3")
+    await expect(dashboard.locator('tr[data-tier="low"] .pill')).to_have_text("shed (429)")
+    await expect(dashboard.locator('tr[data-tier="high"] .pill')).to_have_text("accepted")
+    await screenshot(dashboard, "dashboard-tiers.png")

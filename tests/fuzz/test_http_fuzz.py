@@ -18,6 +18,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from shared.config import DEV_ADMIN_KEY, DEV_API_KEY
 from shared.errors import ServiceError
 from tests.conftest import RunningStack, report_fuzz
+from tests.waits import scaled
 
 EXAMPLES = 60  # per operation and generation mode: about 20 s for both services on this 2-core machine
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -58,7 +59,7 @@ def fuzz(base_url: str, authorization: str, statuses: Counter[str]) -> None:
                           suppress_health_check=list(HealthCheck))
                 @given(operation.as_strategy(generation_mode=mode))
                 def call(case: Case) -> None:
-                    response = case.call(base_url=base_url, session=session, headers=headers, timeout=10)
+                    response = case.call(base_url=base_url, session=session, headers=headers, timeout=scaled(10))
                     statuses[str(response.status_code)] += 1
                     case.validate_response(response, checks=CHECKS, headers=headers)
                     assert_error_shape(case, response)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 import pytest
@@ -44,8 +46,7 @@ async def test_collect_document_names_every_route(monkeypatch: pytest.MonkeyPatc
     """collect's document lists exactly its routes, the development-only ones only outside production."""
     monkeypatch.setenv("APP_ENV", "development")
     config = CollectConfig.from_env()  # production refuses the development keys; only the routes differ
-    monkeypatch.setenv("APP_ENV", app_env)
-    app = create_collect(config)
+    app = create_collect(dataclasses.replace(config, app_env=app_env))
     assert documented(collect_spec(app_env == "production")) == served(app)
     assert (("/dev/tokens", "post") in served(app)) == (app_env == "development")
 

@@ -16,12 +16,13 @@ import orjson
 
 from tests.client import next_frame
 from tests.conftest import RunningStack, report_fuzz
+from tests.waits import scaled
 
 SESSIONS = 500  # authenticated connections, each sending a few good frames then one bad one
 HANDSHAKES = 700  # connections whose bytes never make a websocket (or whose token is bad)
 STALLED = 10  # handshakes left unfinished: the node drops them after its open timeout (10 s)
 PARALLEL = 100
-READ_TIMEOUT = 20.0  # longer than the node's open timeout: a connection still open past it is a hang
+READ_TIMEOUT = scaled(20.0)  # longer than the node's open timeout: a connection still open past it is a hang
 MAX_FRAME = 1024 * 1024  # the node's MAX_FRAME_BYTES default
 GOOD_FRAMES = 12  # at most, before the offending one
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from pushcluster.client import AsyncPushClient, PushClient, PushError, RetryPolicy
 from tests.client import API_KEY, frames_within, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack, report_scenario
+from tests.waits import scaled
 from tools.cluster import Cluster, free_port
 
 
@@ -32,7 +34,7 @@ async def test_async_client_sends_and_refuses_bad_input_at_once(shared_stack: Ru
         sent = await client.send("lib-async", "hello")
         assert await receive_ids(ws, 1) == [sent]
         with pytest.raises(PushError) as bad:
-            await asyncio.wait_for(client.send("has space", 1), 5)  # a retry would wait ~10 s
+            await asyncio.wait_for(client.send("has space", 1), 5)  # unscaled: a retry would wait ~10 s
         assert (bad.value.status, bad.value.code) == (422, "invalid")
         with pytest.raises(PushError) as denied:
             await AsyncPushClient(shared_stack.stack.collect_url, "wrong", client.session).status(sent)
@@ -54,10 +56,10 @@ async def test_a_send_during_a_store_outage_is_retried_until_stored_and_arrives_
     client = AsyncPushClient(stack.stack.collect_url, API_KEY, retry=RetryPolicy(attempts=40, base=0.2, cap=1.0))
     try:
         sending = asyncio.create_task(client.send("lib-retry", "through the outage"))
-        await asyncio.sleep(2)
+        await asyncio.sleep(scaled(2))  # proves an absence: the send does not end while the store is down
         assert not sending.done()
         cluster.start_ferretdb(mongo_port)
-        sent = await asyncio.wait_for(sending, 60)
+        sent = await asyncio.wait_for(sending, scaled(60))
     finally:
         await client.close()
     received = await receive_ids(ws, 1) + [f["id"] for f in await frames_within(ws, 2.0) if f["type"] == "message"]
@@ -86,3 +88,24 @@ async def test_client_publishes_broadcasts_and_reads_presence(shared_stack: Runn
     finally:
         await client.close()
     await asyncio.gather(listener.close(), bystander.close())
+
+
+async def test_clients_schedule_and_cancel_messages(shared_stack: RunningStack) -> None:
+    """send with delay_seconds or deliver_at holds a message back until due; cancel takes one back before it fires,
+    and raises not_found once it fired."""
+    ws = await shared_stack.client.connect("lib-later")
+    blocking = PushClient(shared_stack.stack.collect_url, API_KEY)
+    client = AsyncPushClient(shared_stack.stack.collect_url, API_KEY)
+    try:
+        dropped = await asyncio.to_thread(blocking.send, "lib-later", "never", delay_seconds=1)
+        await asyncio.to_thread(blocking.cancel, dropped)
+        kept = await client.send("lib-later", "later", deliver_at=int(time.time() * 1000) + 1000)
+        assert await frames_within(ws, 0.5) == []
+        assert await receive_ids(ws, 1) == [kept]
+        with pytest.raises(PushError) as fired:
+            await client.cancel(kept)
+        assert (fired.value.status, fired.value.code) == (404, "not_found")
+        assert (await client.status(dropped))["recipients"][0]["state"] == "cancelled"
+    finally:
+        await client.close()
+    await ws.close()

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.waits import scaled
 from tools.cluster import ROOT
 
 
@@ -18,7 +19,7 @@ def start(service: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run a service with no secrets and no APP_ENV from this environment, plus ``env``; it is expected to exit."""
     base = {k: v for k, v in os.environ.items() if k not in (*SECRETS, "APP_ENV")}
     return subprocess.run([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env={**base, **env},
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=scaled(30))
 
 
 @pytest.mark.parametrize("service", ["auth", "collect", "dispatch", "push"])
@@ -46,5 +47,5 @@ def test_one_development_api_key_among_real_ones_is_refused_in_production() -> N
 def test_service_prints_development_defaults_it_uses() -> None:
     """In development, auth says which development secrets it is using before it serves."""
     env = {**os.environ, "APP_ENV": "development", "AUTH_HOST": "256.0.0.1"}  # cannot bind: exits after config
-    result = subprocess.run([sys.executable, "-m", "services.auth"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "services.auth"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=scaled(30))
     assert "using the development default AUTH_ADMIN_KEY=dev-admin-key" in result.stderr

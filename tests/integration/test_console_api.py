@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from tests.client import next_frame, subscribe
 from tests.conftest import RunningStack
+from tests.waits import until
 
 
 async def get_json(stack: RunningStack, path: str) -> Any:
@@ -55,11 +55,8 @@ async def test_dev_token_carries_topics_and_stats_then_list_the_topic_and_the_us
     assert (await next_frame(ws))["type"] == "welcome"
     assert await subscribe(ws, ["dev-news", "dev-other"]) == [
         {"type": "subscribed", "topics": ["dev-news"]}, {"type": "error", "code": "forbidden", "topics": ["dev-other"]}]
-    for _ in range(100):  # bounded: at most ~10 s (the node writes its topic counts in its next flush)
-        stats = await get_json(shared_stack, "/v1/stats")
-        if any(t["topic"] == "dev-news" for t in stats["topics"]):
-            break
-        await asyncio.sleep(0.1)
+    stats = await until(lambda: get_json(shared_stack, "/v1/stats"), lambda s: any(t["topic"] == "dev-news" for t in s["topics"]),
+                        what="/v1/stats to list dev-news (the node writes its topic counts in its next flush)", every=0.1)
     assert {"topic": "dev-news", "subscribers": 1, "nodes": 1} in stats["topics"]
     assert stats["users_online"] >= 1
     await ws.close()
@@ -80,9 +77,6 @@ async def test_stats_report_nodes_up_and_a_message_for_an_offline_user_as_pendin
     assert (before["pending"], before["messages"]["accepted"]) == (0, 0)
     status, _ = await stack.client.post({"user_id": "offline-olga", "payload": "later"})
     assert status == 202
-    for _ in range(100):  # bounded: at most ~10 s
-        after = await get_json(stack, "/v1/stats")
-        if after["pending"] and after["messages"]["accepted"]:
-            break
-        await asyncio.sleep(0.1)
+    after = await until(lambda: get_json(stack, "/v1/stats"), lambda s: s["pending"] and s["messages"]["accepted"],
+                        what="/v1/stats to count the message pending and accepted", every=0.1)
     assert (after["pending"], after["messages"]["accepted"]) == (1, 1)

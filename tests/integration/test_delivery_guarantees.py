@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from shared.message import post_of
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, report_scenario
+from tests.waits import scaled, until
 from tools.cluster import Cluster, free_port
 
 FAST = {"NODE_TTL_SECONDS": "3", "RECONCILE_INTERVAL_SECONDS": "0.5", "CLAIM_IDLE_MS": "2000"}
@@ -27,12 +28,13 @@ async def status(stack: RunningStack, message_id: str, api_key: str = "dev-api-k
 
 async def wait_for_state(stack: RunningStack, message_id: str, state: str, *stamps: str, timeout: float = 15) -> dict:
     """The status once the first recipient is in ``state`` and has every stage time in ``stamps``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            code, body = await status(stack, message_id)
-            if code == 200 and body["recipients"][0]["state"] == state and set(stamps) <= set(body["recipients"][0]):
-                return body
-            await asyncio.sleep(0.2)
+    def reached(answer: tuple[int, dict]) -> bool:
+        code, body = answer
+        return code == 200 and body["recipients"][0]["state"] == state and set(stamps) <= set(body["recipients"][0])
+
+    _, body = await until(lambda: status(stack, message_id), reached, what=f"{message_id} to be {state} with {stamps}",
+                          timeout=timeout, every=0.2)
+    return body
 
 
 async def test_lifecycle_records_each_stage_with_its_time(start_stack) -> None:
@@ -101,15 +103,20 @@ async def test_messages_posted_across_a_redis_restart_are_all_delivered(start_st
             else:
                 assert code == 503, body
                 refused += 1
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # paces the load: a post every 20 ms or so, across the outage
 
     await post_batch(20)
     redis.stop()
     await post_batch(20)
     redis = cluster.start_redis(redis_port)
-    async with asyncio.timeout(20):  # collect's breaker half-opens, tries, closes
-        while (await stack.client.health())["collect"] != 200 or len(accepted) < 21:
-            await post_batch(1)
+
+    async def recovered() -> bool:
+        """Post once more; whether collect is healthy again and accepted a post since Redis came back."""
+        await post_batch(1)
+        return (await stack.client.health())["collect"] == 200 and len(accepted) >= 21
+
+    # collect's breaker half-opens, tries, closes
+    await until(recovered, what="collect to accept posts again after Redis restarted", timeout=20, every=0)
     await post_batch(20)
     received = await receive_ids(ws, len(accepted), timeout=45)
     received += [f["id"] for f in await frames_within(ws, 2.0) if f["type"] == "message"]
@@ -144,7 +151,8 @@ async def test_offline_user_gets_pending_messages_oldest_first_then_live_ones(st
     stack: RunningStack = start_stack()
     c = stack.client
     stored = [(await c.post({"user_id": "quinn", "payload": f"stored {n}"}))[1]["id"] for n in range(25)]
-    await asyncio.sleep(0.5)
+    await until(lambda: c.metric(stack.stack.dispatch_url, "push_messages_out_total"), lambda n: n >= 25,
+                what="dispatch to pass on the 25 stored messages (to no node: quinn is offline)")
     token = await c.token("quinn")
     ws = await c.open(token, node=1)
     live_task = asyncio.ensure_future(asyncio.gather(*(c.post({"user_id": "quinn", "payload": f"live {n}"}) for n in range(5))))
@@ -226,19 +234,19 @@ async def test_consuming_loops_survive_a_redis_outage_and_health_reports_it(star
     redis = cluster.start_redis(redis_port)
     stack: RunningStack = start_stack(redis_url=cluster.redis_url(redis_port), **FAST)
     redis.stop()
-    async with asyncio.timeout(30):
-        while True:
-            async with stack.client.session.get(f"{stack.stack.dispatch_url}/healthz") as r:
-                health = await r.json()
-            if health["breakers"]["redis"] != "closed":
-                break
-            await asyncio.sleep(0.3)
-    assert r.status == 503 and health["redis"] is False
+
+    async def health() -> tuple[int, dict]:
+        async with stack.client.session.get(f"{stack.stack.dispatch_url}/healthz") as r:
+            return r.status, await r.json()
+
+    code, body = await until(health, lambda answer: answer[1]["breakers"]["redis"] != "closed",
+                             what="dispatch's Redis breaker to open", timeout=30, every=0.3)
+    assert code == 503 and body["redis"] is False
     cluster.start_redis(redis_port)
     ws = await stack.client.connect("vera")
     posted = await stack.client.post_until_accepted({"user_id": "vera", "payload": "back"})
     # Attempts refused with 503 after their MongoDB write may arrive too (after a rebuild): at least once.
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(scaled(20)):
         while (await next_frame(ws))["id"] != posted["id"]:
             pass
     await ws.close()
@@ -253,7 +261,7 @@ async def test_an_ack_for_someone_elses_message_changes_nothing(start_stack) -> 
     await mallory.send(orjson.dumps({"type": "ack", "ids": [posted["id"]]}).decode())
     await mallory.send(orjson.dumps({"type": "ping"}).decode())
     assert (await next_frame(mallory))["type"] == "pong"  # the ack was read and flushed meanwhile
-    await asyncio.sleep(1.5)  # a lifecycle flush window: a phantom row would be written by now
+    await asyncio.sleep(scaled(1.5))  # proves an absence: a lifecycle flush window, a phantom row would be written by now
     code, body = await status(stack, posted["id"])
     assert code == 200 and [r["user_id"] for r in body["recipients"]] == ["victim"]
     assert body["recipients"][0]["state"] == "accepted"
@@ -279,15 +287,11 @@ async def test_a_post_collect_died_before_handing_over_still_arrives_once(start_
     mongo.popen.send_signal(signal.SIGSTOP)  # hold collect inside its insert...
     try:
         first_try = asyncio.create_task(c.post(body, headers=key))
-        async with asyncio.timeout(10):  # ...once it recorded its intent
-            while not await redis.zcard("handover"):
-                await asyncio.sleep(0.05)
+        await until(lambda: redis.zcard("handover"), what="collect to record its hand-over intent")  # ...once it did
         [(post, _)] = await redis.zrange("handover", 0, -1, withscores=True)
         redis_server.popen.send_signal(signal.SIGSTOP)  # then hold it before its hand-over
         mongo.popen.send_signal(signal.SIGCONT)
-        async with asyncio.timeout(10):  # the insert is done
-            while await posts.find_one({"_id": post.decode()}) is None:
-                await asyncio.sleep(0.05)
+        await until(lambda: posts.find_one({"_id": post.decode()}), lambda doc: doc is not None, what="collect's insert to be done")
         stack.procs["collect"].kill()
         with pytest.raises(aiohttp.ClientError):
             await first_try

@@ -23,14 +23,15 @@ from shared.config import DEV_INTERNAL_KEY
 from shared.inbox import Inbox, inbox_key
 from shared.lifecycle import LifecycleWriter
 from shared.message import Message, message_id, post_of
+from shared.priority import Priority
 from shared.protocol import MessageFrame
-from shared.routing import now_ms
-from shared.routing import NODES_KEY, NodeCard, RouteReader, RouteWriter
+from shared.routing import NODES_KEY, NodeCard, RouteReader, RouteWriter, now_ms
 from shared.store import MessageStore
-from shared.stream import ShardedStream
+from shared.stream import ShardedStream, tier_keys
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
 from tests.integration.test_delivery_guarantees import FAST, wait_for_state
+from tests.waits import until
 from tools.cluster import Cluster, free_port
 
 
@@ -101,15 +102,16 @@ async def test_pending_messages_survive_redis_restarted_empty_and_acked_ones_sta
 
 async def connect_until_welcomed(stack: RunningStack, user: str, node: int, timeout: float = 30) -> ClientConnection:
     """Connect, retrying while the node refuses with 1013 (its Redis is coming back)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            ws = await stack.client.open(await stack.client.token(user), node)
-            try:
-                assert (await next_frame(ws))["type"] == "welcome"
-                return ws
-            except ConnectionClosed:
-                assert ws.close_code == 1013, ws.close_code
-            await asyncio.sleep(0.3)
+    async def welcomed() -> ClientConnection | None:
+        ws = await stack.client.open(await stack.client.token(user), node)
+        try:
+            assert (await next_frame(ws))["type"] == "welcome"
+            return ws
+        except ConnectionClosed:
+            assert ws.close_code == 1013, ws.close_code
+            return None
+
+    return await until(welcomed, lambda ws: ws is not None, what=f"node {node} to welcome {user}", timeout=timeout, every=0.3)
 
 
 async def test_pending_messages_reach_users_who_connect_while_the_store_is_down(start_stack, cluster: Cluster) -> None:
@@ -126,7 +128,7 @@ async def test_pending_messages_reach_users_who_connect_while_the_store_is_down(
     report_scenario("FerretDB stopped during 20 users' replays on connect", [m for u in users for m in posted[u]],
                     [m for ids in received for m in ids])
     assert list(received) == [posted[u] for u in users]
-    await asyncio.sleep(5)
+    await asyncio.sleep(5)  # the outage itself: the store stays down 5 s with the replayed users connected
     cluster.start_ferretdb(mongo_port)
     after = await stack.client.post_until_accepted({"user_id": users[0], "payload": "store is back"})
     assert (await next_frame(sockets[users[0]]))["id"] == after["id"]
@@ -145,9 +147,11 @@ async def test_an_ack_batch_of_500_ids_costs_a_bounded_number_of_redis_commands(
     redis = Redis.from_url(cluster.redis_url(redis_port))
     await redis.config_resetstat()
     await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
-    async with asyncio.timeout(10):  # the flush ends by deleting the fully acked messages
-        while await redis.zcard(inbox_key("acker")) or await redis.exists(f"post:{post_of(ids[0])}"):
-            await asyncio.sleep(0.05)
+    async def flushed() -> tuple[int, int]:
+        return await redis.zcard(inbox_key("acker")), await redis.exists(f"post:{post_of(ids[0])}")
+
+    # the flush ends by deleting the fully acked messages
+    await until(flushed, lambda left: left == (0, 0), what="the ack flush to empty the inbox and delete the post")
     calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
     assert (calls["zrem"], calls["hincrby"], calls["del"]) == (500 + 1, 1, 1)
     assert not {"zrange", "hget", "hgetall", "smembers"} & set(calls)
@@ -267,11 +271,11 @@ async def test_a_client_that_stops_reading_is_closed_and_gets_everything_on_reco
         _, probe = await c.post({"user_id": "brisk", "payload": "still served"})
         assert (await next_frame(brisk, 5))["id"] == probe["id"]
         latencies.append(time.perf_counter() - sent)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # paces the probes: one every ~50 ms while the flood runs
     ids = (await flood)["sloth"]
-    async with asyncio.timeout(30):
-        while "push_slow_closed_total 1.0" not in await (await c.session.get(f"{stack.stack.push_url(port)}/metrics")).text():
-            await asyncio.sleep(0.2)  # closed once, not once per message
+    closed = await until(lambda: c.metric(stack.stack.push_url(port), "push_slow_closed_total"), what="the node to close the sloth",
+                         timeout=30, every=0.2)
+    assert closed == 1, "closed once, not once per message"
     growth = (node.memory_info().rss - rss_before) / 2**20
     print(f"non-reading client: node RSS grew {growth:.1f} MiB for 40 MB posted; {len(latencies)} probes to another "
           f"user, max {max(latencies) * 1000:.0f} ms")
@@ -297,7 +301,7 @@ async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_inst
     (stream,) = streams.shards
     await stream.ensure_group()
     for consumer in ("gone-1", "me"):  # each takes one entry and acknowledges it: nothing left pending
-        await redis.xadd("push:deliveries", {"p": "x", "t": 0})
+        await redis.xadd(tier_keys()[Priority.NORMAL], {"p": "x", "t": 0})
         await stream.ack([e.entry_id for e in await stream.read(consumer, 1, 1)])
     monkeypatch.setenv("APP_ENV", "development")
     monkeypatch.setenv("DISPATCH_CONSUMER", "me")
@@ -306,6 +310,6 @@ async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_inst
                             Lease(redis, "lease:test", "me", 10_000), RouteReader(redis, DEV_INTERNAL_KEY), streams)
     await reconciler.tidy(idle_consumer_ms=0)
     assert await redis.smembers(NODES_KEY) == {b"alive"}
-    assert [c["name"] for c in await redis.xinfo_consumers("push:deliveries", "dispatch")] == [b"me"]
+    assert [c["name"] for c in await redis.xinfo_consumers(tier_keys()[Priority.NORMAL], "dispatch")] == [b"me"]
     await store.close()
     await redis.aclose()

@@ -8,43 +8,16 @@ import signal
 import socket
 import time
 
-import orjson
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
-from tests.client import receive_ids
+from shared.priority import Priority
+from shared.stream import tier_keys
+from tests.client import Receiver, receive_ids
 from tests.conftest import RunningStack, report_scenario
+from tests.waits import scaled, until
 from tools.cluster import Cluster, Proc, free_port
 
 FAST = {"CLAIM_IDLE_MS": "2000"}
-
-
-class Receiver:
-    """A user's websocket that acks every message at once and records each delivery and its latency as it arrives."""
-
-    def __init__(self, user: str, ws: ClientConnection) -> None:
-        self.user = user
-        self.ws = ws
-        self.got: list[str] = []
-        self.latencies: list[tuple[float, float]] = []  # (arrival, seconds since collect accepted it)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for data in self.ws:
-                frame = orjson.loads(data)
-                if frame["type"] == "message":
-                    now = time.time()
-                    self.got.append(f"{frame['id']}:{self.user}")
-                    self.latencies.append((now, now - frame["ts"] / 1000))
-                    await self.ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
-        except ConnectionClosed:
-            pass
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self._task
 
 
 class Load:
@@ -62,16 +35,17 @@ class Load:
             status, body = await self.stack.client.post({"user_ids": list(users), "payload": len(self.posted)})
             assert status == 202, body
             self.posted += [f"{body['id']}:{u}" for u in users]
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # paces the load
 
 
 async def everything_arrived(load: Load, receivers: list[Receiver], timeout: float) -> list[str]:
     """Wait until every posted delivery arrived, then a second more for late duplicates; return all arrivals."""
-    async with asyncio.timeout(timeout):
-        while not set(load.posted) <= {d for r in receivers for d in r.got}:
-            await asyncio.sleep(0.2)
-    await asyncio.sleep(1.0)
-    return [d for r in receivers for d in r.got]
+    def missing() -> set[str]:
+        return set(load.posted) - {d for r in receivers for d in r.deliveries}
+
+    await until(missing, lambda left: not left, what="every posted delivery to arrive", timeout=timeout, every=0.2)
+    await asyncio.sleep(scaled(1.0))  # proves an absence: a duplicate would arrive within this second
+    return [d for r in receivers for d in r.deliveries]
 
 
 async def receivers(stack: RunningStack, prefix: str, node: int, count: int) -> list[Receiver]:
@@ -117,16 +91,18 @@ def consumer_of(proc: Proc) -> bytes:
 
 async def kill_mid_batch(redis: Redis, proc: Proc) -> int:
     """Freeze dispatch until it is caught holding entries it read but did not acknowledge, then SIGKILL it; return how many."""
-    async with asyncio.timeout(30):
-        while True:
-            proc.popen.send_signal(signal.SIGSTOP)
-            consumers = (await redis.xpending("push:deliveries", "dispatch"))["consumers"]
-            held = next((int(c["pending"]) for c in consumers if c["name"] == consumer_of(proc)), 0)
-            if held:
-                proc.kill()
-                return held
+    async def frozen_holding() -> int:
+        """Freeze dispatch and count the entries it holds; let it go on if it holds none."""
+        proc.popen.send_signal(signal.SIGSTOP)
+        consumers = (await redis.xpending(tier_keys()[Priority.NORMAL], "dispatch"))["consumers"]
+        held = next((int(c["pending"]) for c in consumers if c["name"] == consumer_of(proc)), 0)
+        if not held:
             proc.popen.send_signal(signal.SIGCONT)
-            await asyncio.sleep(0.03)
+        return held
+
+    held = await until(frozen_holding, what="dispatch to be caught holding unacknowledged entries", timeout=30, every=0.03)
+    proc.kill()
+    return held
 
 
 async def dispatch_killed_under_load(stack: RunningStack, restart: bool, cluster: Cluster) -> tuple[Load, list[str], int]:
@@ -134,7 +110,7 @@ async def dispatch_killed_under_load(stack: RunningStack, restart: bool, cluster
     load = Load(stack, [(users[n].user, users[n + 3].user) for n in range(3)])
     redis = Redis.from_url(stack.stack.redis_url)
     posting = asyncio.create_task(load.run(6, pause=0.005))
-    await asyncio.sleep(2)
+    await until(lambda: sum(len(r.ids) for r in users), lambda n: n >= 100, what="100 deliveries under load before the kill")
     held = await kill_mid_batch(redis, stack.procs["dispatch"])
     if restart:
         stack.procs["dispatch"] = cluster.start_service("dispatch", stack.stack)
@@ -172,12 +148,10 @@ async def test_a_batch_the_node_keeps_refusing_is_left_to_the_inbox_after_max_at
     ws = await c.connect("big")
     _, big = await c.post({"user_id": "big", "payload": "x" * 20_000})
     redis = Redis.from_url(stack.stack.redis_url)
-    async with asyncio.timeout(20):
-        while await redis.xlen("push:deliveries"):
-            await asyncio.sleep(0.1)
+    await until(lambda: redis.xlen(tier_keys()[Priority.NORMAL]), lambda n: n == 0, what="the big entry to leave the stream", timeout=20,
+                every=0.1)
     await redis.aclose()
-    async with c.session.get(f"{stack.stack.dispatch_url}/metrics") as r:
-        assert "dispatch_given_up_total 1.0" in await r.text()
+    assert await c.metric(stack.stack.dispatch_url, "dispatch_given_up_total") == 1
     _, small = await c.post({"user_id": "big", "payload": "small"})
     assert await receive_ids(ws, 1) == [small["id"]]
     await ws.close()

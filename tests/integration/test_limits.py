@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -11,6 +12,7 @@ from websockets.exceptions import InvalidStatus
 from tests.client import next_frame
 from tests.conftest import RunningStack
 from tests.integration.test_bad_input import assert_all_healthy, closed_with
+from tests.waits import scaled, until
 
 
 @pytest.fixture
@@ -25,12 +27,12 @@ async def test_a_users_connection_past_the_cap_is_closed_with_1008(limited: Runn
     code, reason = await closed_with(await c.open(await c.token("greedy")))
     assert code == 1008 and "2 connections" in reason
     await first.close()
-    async with asyncio.timeout(10):
-        while True:
-            ws = await c.open(await c.token("greedy"))
-            frame = await next_frame(ws)
-            if frame["type"] == "welcome":
-                break
+    async def opened() -> tuple[Any, dict[str, Any]]:
+        ws = await c.open(await c.token("greedy"))
+        return ws, await next_frame(ws)
+
+    ws, _ = await until(opened, lambda answer: answer[1]["type"] == "welcome", what="a new socket of greedy to be welcomed",
+                        every=0)
     await asyncio.gather(ws.close(), second.close())
     await assert_all_healthy(limited)
 
@@ -43,7 +45,7 @@ async def test_an_address_past_the_cap_gets_429_and_other_addresses_still_connec
         await c.open(await c.token("neighbour3"))
     assert info.value.response.status_code == 429
     url = f"ws://127.0.0.1:{limited.stack.push_ports[0]}/ws?token={await c.token('elsewhere')}"
-    other = await connect(url, open_timeout=5, local_addr=("127.0.0.2", 0))
+    other = await connect(url, open_timeout=scaled(5), local_addr=("127.0.0.2", 0))
     assert (await next_frame(other))["type"] == "welcome"
     await asyncio.gather(other.close(), *(ws.close() for ws in held))
 

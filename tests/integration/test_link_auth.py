@@ -25,6 +25,7 @@ from shared.routing import NODES_KEY, NodeCard, node_key, now_ms, route_key
 from shared.signing import PROOF_HEADER, LinkRequest
 from tests.client import next_frame
 from tests.conftest import RunningStack
+from tests.waits import scaled, until
 from tools.cluster import ROOT, free_port
 
 
@@ -60,20 +61,6 @@ class Impostor:
         return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/internal"
 
 
-async def metric(stack: RunningStack, url: str, name: str) -> float:
-    async with stack.client.session.get(f"{url}/metrics") as r:
-        for line in (await r.text()).splitlines():
-            if line.startswith(f"{name} "):
-                return float(line.split()[1])
-    return 0.0
-
-
-async def wait_metric_above(stack: RunningStack, url: str, name: str, value: float, timeout: float = 15) -> None:
-    async with asyncio.timeout(timeout):
-        while await metric(stack, url, name) <= value:
-            await asyncio.sleep(0.1)
-
-
 async def plant(redis: Redis, card: NodeCard, *users: str) -> None:
     """What anyone with write access to Redis can do: a node card, its id in ``nodes``, and routes to it."""
     await redis.set(node_key(card.id), card.encode(), ex=300)
@@ -87,17 +74,23 @@ async def post_until(stack: RunningStack, victim: str, seen: Callable[[], Awaita
     cards when it forwards, from a cache up to 1 s old); return their ids. Each post is waited for until its
     bystander has it and dispatch has finished forwarding it to every node it routed to."""
     ids: list[str] = []
-    async with asyncio.timeout(timeout):
-        while not ids or not await seen():
-            bystander_id = f"bystander-of-{victim}-{len(ids)}"
-            bystander = await stack.client.connect(bystander_id, node=0)
-            out = await metric(stack, stack.stack.dispatch_url, "push_messages_out_total")
-            status, body = await stack.client.post({"user_ids": [victim, bystander_id], "payload": "secret"})
-            assert status == 202
-            assert (await next_frame(bystander))["id"] == body["id"]
-            await wait_metric_above(stack, stack.stack.dispatch_url, "push_messages_out_total", out)
-            await bystander.close()
-            ids.append(body["id"])
+    c, dispatch = stack.client, stack.stack.dispatch_url
+
+    async def post_one() -> bool:
+        """Post once, wait until its bystander has it and dispatch is done with it; whether ``seen()`` then holds."""
+        bystander_id = f"bystander-of-{victim}-{len(ids)}"
+        bystander = await c.connect(bystander_id, node=0)
+        out = await c.metric(dispatch, "push_messages_out_total")
+        status, body = await c.post({"user_ids": [victim, bystander_id], "payload": "secret"})
+        assert status == 202
+        assert (await next_frame(bystander))["id"] == body["id"]
+        await until(lambda: c.metric(dispatch, "push_messages_out_total"), lambda n: n > out,
+                    what="dispatch to finish forwarding the post", timeout=15, every=0.1)
+        await bystander.close()
+        ids.append(body["id"])
+        return await seen()
+
+    await until(post_one, what="dispatch to have read the planted cards", timeout=timeout, every=0)
     return ids
 
 
@@ -107,12 +100,12 @@ async def test_unsigned_and_badly_signed_cards_are_ignored_and_their_users_messa
     redis = Redis.from_url(shared_stack.stack.redis_url)
     async with Impostor() as impostor:
         dispatch = shared_stack.stack.dispatch_url
-        refused = await metric(shared_stack, dispatch, "push_node_cards_refused_total")
+        refused = await shared_stack.client.metric(dispatch, "push_node_cards_refused_total")
         await plant(redis, NodeCard("unsigned", impostor.link_url, "ws://evil/ws", updated_ms=now_ms()), "victim")
         await plant(redis, NodeCard("badly-signed", impostor.link_url, "ws://evil/ws", updated_ms=now_ms()).sealed("guess"), "victim")
 
         async def both_refused() -> bool:
-            return await metric(shared_stack, dispatch, "push_node_cards_refused_total") >= refused + 2
+            return await shared_stack.client.metric(dispatch, "push_node_cards_refused_total") >= refused + 2
 
         ids = await post_until(shared_stack, "victim", both_refused)
         assert impostor.handshakes == [] and impostor.frames == []
@@ -136,7 +129,7 @@ async def test_a_listener_without_the_key_gets_no_batch_and_never_sees_the_key(s
             return bool(impostor.handshakes)
 
         ids = await post_until(shared_stack, "victim-2", contacted)
-        await asyncio.wait_for(impostor.closed.wait(), 10)
+        await asyncio.wait_for(impostor.closed.wait(), scaled(10))
         assert impostor.frames == []
         headers = impostor.handshakes[0]
         assert headers["X-Link-Node"] == "impostor" and headers["X-Link-Signature"]
@@ -181,7 +174,7 @@ async def test_redis_requires_the_password_and_a_wrong_one_stops_each_service_at
     procs = {s: subprocess.Popen([sys.executable, "-m", f"services.{s}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for s in ("collect", "dispatch", "push")}
     for service, proc in procs.items():
-        output, _ = await asyncio.to_thread(proc.communicate, timeout=30)
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=scaled(30))
         assert proc.returncode != 0, service
         assert f"{service}: Redis at 127.0.0.1:" in output and "refused the credentials in REDIS_URL" in output, output
         assert "not-the-password" not in output

@@ -15,12 +15,13 @@ import psutil
 from loadtest.target import listening_pid
 from tests.client import ClusterClient, receive_ids
 from tests.conftest import ROOT, Servers
+from tests.waits import scaled
 from tools.cluster import Stack
 
 
 async def read_until(stdout: asyncio.StreamReader, pattern: str, seen: list[str], timeout: float = 60) -> re.Match[str]:
     """Read lines until one matches ``pattern`` (every line read is kept in ``seen``)."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(scaled(timeout)):
         while True:
             line = (await stdout.readline()).decode()
             assert line, "make run ended:\n" + "".join(seen)
@@ -53,7 +54,7 @@ async def test_make_run_restarts_a_killed_service_and_the_cluster_still_delivers
         assert {p: pid for p, pid in before.items() if p != ports["dispatch"]} == \
                {p: listening_pid(p) for p in before if p != ports["dispatch"]}
 
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
             client = ClusterClient(stack, session)
             ws = await client.connect("after-restart")
             accepted = await client.post_until_accepted({"user_id": "after-restart", "payload": "still here"})
@@ -62,7 +63,7 @@ async def test_make_run_restarts_a_killed_service_and_the_cluster_still_delivers
     finally:
         if run.returncode is None:
             run.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(run.wait(), 60)
+        code = await asyncio.wait_for(run.wait(), scaled(60))
     assert code == 0
     assert not any(psutil.pid_exists(pid) for pid in before.values() if pid)
 

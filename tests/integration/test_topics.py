@@ -4,7 +4,7 @@ and one message reaching every subscribed socket, on every node, once."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import orjson
 from redis.asyncio import Redis
@@ -18,6 +18,7 @@ from shared.routing import RouteReader
 from shared.topicmap import TOPICS_KEY, TopicReader, topic_key
 from tests.client import frames_within, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack
+from tests.waits import scaled, until
 from tools.cluster import Cluster
 
 STACK_ENV = {"PUBLIC_TOPICS": "lobby, public:*", "MAX_CONNECTION_TOPICS": "5"}
@@ -27,16 +28,10 @@ def node_id(stack: RunningStack, index: int) -> str:
     return f"127.0.0.1:{stack.stack.push_ports[index]}"
 
 
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 10) -> Any:
-    """Poll ``check`` until it returns something truthy; return that."""
-    async with asyncio.timeout(timeout):
-        while not (value := await check()):
-            await asyncio.sleep(0.05)
-        return value
-
-
-async def field_is(redis: Redis, topic: str, node: str, value: bytes | None) -> bool:
-    return await redis.hget(topic_key(topic), node) == value
+async def field_becomes(redis: Redis, topic: str, node: str, value: bytes | None) -> None:
+    """Wait until ``node``'s field of ``topic:{topic}`` holds ``value`` (None: gone)."""
+    await until(lambda: redis.hget(topic_key(topic), node), lambda field: field == value,
+                what=f"{node}'s field of {topic_key(topic)} to be {value!r}")
 
 
 async def test_subscribe_grants_claim_names_patterns_and_public_topics_and_refuses_the_rest(shared_stack: RunningStack) -> None:
@@ -95,11 +90,11 @@ async def test_registry_counts_each_nodes_subscribed_sockets_and_drops_the_last(
         assert await reader.counts(["public:reg", "public:none"], await routes.live_nodes()) == {"public:reg": {a: 2, b: 1}}
         assert "public:reg" in await reader.names()
         await subscribe(first, ["public:reg"], "unsubscribe")
-        await until(lambda: field_is(redis, "public:reg", a, b"1"))
+        await field_becomes(redis, "public:reg", a, b"1")
         await second.close()
-        await until(lambda: field_is(redis, "public:reg", a, None))
+        await field_becomes(redis, "public:reg", a, None)
         await third.close()
-        await until(lambda: field_is(redis, "public:reg", b, None))
+        await field_becomes(redis, "public:reg", b, None)
         assert not await redis.exists(topic_key("public:reg"))
         assert not await redis.sismember(TOPICS_KEY, "public:reg")
     finally:
@@ -171,16 +166,19 @@ async def test_status_of_topic_and_broadcast_messages_counts_nodes_and_sockets(s
     for ws in sockets:
         assert len(await receive_ids(ws, 2)) == 2
 
-    async def counted(message_id: str, at_least: bool = False) -> Any:
-        """The status once both nodes counted the three sockets (at least, for a broadcast: others may be open)."""
-        code, body = await c.status(message_id)
-        assert code == 200, body
-        return body if body["nodes"] == 2 and (body["sockets"] >= 3 if at_least else body["sockets"] == 3) else None
+    def counted(at_least: bool = False) -> Callable[[tuple[int, Any]], bool]:
+        """Whether a status says both nodes counted the three sockets (at least, for a broadcast: others may be open)."""
+        def done(answer: tuple[int, Any]) -> bool:
+            code, body = answer
+            assert code == 200, body
+            return body["nodes"] == 2 and (body["sockets"] >= 3 if at_least else body["sockets"] == 3)
+        return done
 
-    body = await until(lambda: counted(topic["id"]))
+    _, body = await until(lambda: c.status(topic["id"]), counted(), what="both nodes to count the topic's 3 sockets")
     assert body["id"] == topic["id"] and body["topic"] == "public:count" and "recipients" not in body
     assert body["stages"]["accepted"] <= body["stages"]["dispatched"] <= body["stages"]["delivered"]
-    assert (await until(lambda: counted(everyone["id"], at_least=True)))["broadcast"] is True
+    _, body = await until(lambda: c.status(everyone["id"]), counted(at_least=True), what="both nodes to count the broadcast")
+    assert body["broadcast"] is True
     for ws in sockets:
         await ws.close()
 
@@ -222,8 +220,8 @@ async def test_a_killed_nodes_subscribers_stop_counting_within_the_node_ttl(star
         assert await counted() == {"public:ttl": {a: 1, b: 1}}
         stack.push(1).kill()
         killed = asyncio.get_running_loop().time()
-        await until(lambda: counted_is(counted, {"public:ttl": {a: 1}}), timeout=10)
-        assert asyncio.get_running_loop().time() - killed <= 3 + 1.5
+        await until(counted, lambda counts: counts == {"public:ttl": {a: 1}}, what="the killed node's subscriber to stop counting")
+        assert asyncio.get_running_loop().time() - killed <= 3 + scaled(1.5), "within the node TTL, and some slack"
         assert await redis.hget(topic_key("public:ttl"), b) == b"1"  # the dead node's field stays; it just does not count
         status, body = await c.post({"topic": "public:ttl", "payload": "still"})
         assert status == 202 and (await next_frame(alive))["id"] == body["id"]
@@ -231,10 +229,6 @@ async def test_a_killed_nodes_subscribers_stop_counting_within_the_node_ttl(star
         await alive.close()
         await doomed.close()
         await redis.aclose()
-
-
-async def counted_is(counted: Callable[[], Awaitable[dict[str, dict[str, int]]]], expected: dict[str, dict[str, int]]) -> bool:
-    return await counted() == expected
 
 
 async def test_a_node_restarted_under_its_id_drops_the_counts_of_its_earlier_life(
@@ -251,7 +245,7 @@ async def test_a_node_restarted_under_its_id_drops_the_counts_of_its_earlier_lif
         old.kill()
         stack.procs[old.name] = fresh = cluster.respawn(old)
         cluster.wait_http(fresh, f"{stack.stack.push_url(stack.stack.push_ports[1])}/healthz")
-        await until(lambda: field_is(redis, "public:life", b, None))
+        await field_becomes(redis, "public:life", b, None)
         assert not await redis.sismember(TOPICS_KEY, "public:life")
         again = await subscribed(stack.client, "life", 1, ["public:life"])
         assert await redis.hget(topic_key("public:life"), b) == b"1"

@@ -122,7 +122,7 @@ describe("PushClient", () => {
       random: () => 0,
       now: () => clock,
     });
-    for (const type of ["open", "message", "close", "error"]) client.addEventListener(type, (e) => events.push([type, e.detail]));
+    for (const type of ["open", "message", "close", "error", "reconnect"]) client.addEventListener(type, (e) => events.push([type, e.detail]));
   });
 
   afterEach(() => {
@@ -250,6 +250,48 @@ describe("PushClient", () => {
     win.dispatchEvent(new Event("pageshow"));
     await advance(30000);
     assert.equal(FakeSocket.all.length, 2);
+  });
+
+  it("follows a draining node's advice: waits after_ms, closes normally, connects to the advised url", async () => {
+    const ws = await connected();
+    ws.frame({ type: "reconnect", after_ms: 3000, url: "ws://c/ws" });
+    assert.deepEqual(events.at(-1), ["reconnect", { afterMs: 3000, url: "ws://c/ws" }]);
+    await advance(2999);
+    assert.equal(ws.closedWith, undefined, "still on the draining node until the advised time");
+    assert.equal(FakeSocket.all.length, 1);
+    await advance(1);
+    assert.equal(ws.closedWith, CLOSE.NORMAL);
+    assert.equal(FakeSocket.all.at(-1).url, "ws://c/ws?token=token-1");
+  });
+
+  it("does not count a move as a failure: the next failure backs off from the start", async () => {
+    const ws = await connected();
+    ws.frame({ type: "reconnect", after_ms: 0, url: "ws://b/ws" });
+    await advance(0);
+    const moved = FakeSocket.all.at(-1);
+    assert.equal(moved.url, "ws://b/ws?token=token-1");
+    moved.drop(1006);
+    assert.equal(events.at(-1)[1].retryInMs, 250, "the first backoff step (random 0), not a grown one");
+  });
+
+  it("still waits for the advised time when the draining node closes with 1001 first", async () => {
+    const ws = await connected();
+    ws.frame({ type: "reconnect", after_ms: 3000, url: "ws://c/ws" });
+    await advance(1000);
+    ws.drop(CLOSE.GOING_AWAY);
+    assert.deepEqual(events.at(-1), ["close", { code: CLOSE.GOING_AWAY, reason: "", retryInMs: 2000 }]);
+    await advance(1999);
+    assert.equal(FakeSocket.all.length, 1);
+    await advance(1);
+    assert.equal(FakeSocket.all.at(-1).url, "ws://c/ws?token=token-1");
+  });
+
+  it("without an advised url, picks another node from the directory than the draining one", async () => {
+    const ws = await connected();
+    assert.ok(ws.url.startsWith("ws://a/ws"));
+    ws.frame({ type: "reconnect", after_ms: 500 });
+    await advance(500);
+    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?token=token-1");
   });
 
   it("stops for good on stop(): no reconnect, no listeners left", async () => {

@@ -46,3 +46,22 @@ async def test_a_failed_flush_fails_every_caller_in_it_and_the_next_flush_still_
     with pytest.raises(RuntimeError, match="store down"):
         await coalescer.submit([1])
     assert await coalescer.submit([2]) == [2]
+
+
+async def test_backlog_counts_the_calls_not_answered_yet_and_the_oldest_ones_wait() -> None:
+    """A call being written and two queued behind it are a backlog of 3 whose age grows; answered, it is empty."""
+    gate = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int]:
+        await gate.wait()
+        return items
+
+    coalescer = Coalescer(flush)
+    assert coalescer.backlog() == (0, 0.0)
+    calls = [asyncio.create_task(coalescer.submit([n])) for n in range(3)]
+    await asyncio.sleep(0.02)
+    waiting, waited = coalescer.backlog()
+    assert waiting == 3 and waited >= 0.02
+    gate.set()
+    await asyncio.gather(*calls)
+    assert coalescer.backlog() == (0, 0.0)

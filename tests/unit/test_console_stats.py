@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -79,13 +81,12 @@ def test_as_sender_replaces_only_the_authorization_header() -> None:
 
 def paths(production: bool, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     monkeypatch.setenv("APP_ENV", "development")  # the config's development keys would stop a production start
-    config = CollectConfig.from_env()
-    monkeypatch.setenv("APP_ENV", "production" if production else "development")
+    config = dataclasses.replace(CollectConfig.from_env(), app_env="production" if production else "development")
 
     async def handler(_: Request) -> Response:
         return Response()
 
-    return {route.path for route in console_routes(config, None, None, handler)}  # type: ignore[arg-type]
+    return {route.path for route in console_routes(config, None, None, handler, dict)}  # type: ignore[arg-type]
 
 
 def test_development_routes_do_not_exist_in_production(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -99,3 +99,35 @@ def test_topic_and_broadcast_messages_carry_their_topic_in_the_frame() -> None:
     assert orjson.loads(topic.frame) == {"type": "message", "id": topic.id, "topic": "room:42", "payload": 1, "ts": 7}
     assert orjson.loads(everyone.frame) == {"type": "message", "id": everyone.id, "broadcast": True, "payload": 2, "ts": 7}
     assert "topic" not in orjson.loads(user.frame) and "broadcast" not in orjson.loads(user.frame)
+
+
+NOW = 1_700_000_000_000
+
+
+@pytest.mark.parametrize("item", [
+    {"deliver_at": NOW + 5000, "delay_seconds": 5},
+    {"deliver_at": "soon"},
+    {"deliver_at": float(NOW + 5000)},
+    {"deliver_at": True},
+    {"delay_seconds": -1},
+    {"delay_seconds": 1.5},
+    {"deliver_at": (NOW + 5000) // 1000},  # seconds, not ms: far in the past
+    {"deliver_at": NOW - 120_000},
+    {"delay_seconds": 60},  # at the message's expiry (ttl 60 s)
+    {"delay_seconds": 31 * 24 * 3600, "ttl_seconds": 30 * 24 * 3600},
+    {"deliver_at": NOW + 31 * 24 * 3600 * 1000, "ttl_seconds": 30 * 24 * 3600},
+])
+def test_bad_due_times_are_refused(item: dict) -> None:
+    """Both fields, a non-integer, a time in the past or beyond the TTL or 30 days out are 422s, for the whole post."""
+    body = {"messages": [{"user_id": "a", "payload": 1}, {"topic": "news", "payload": 2, **item}]}
+    with pytest.raises(InvalidFields):
+        parse_body(body, LIMITS, NOW)
+
+
+def test_due_times_from_deliver_at_or_delay_seconds() -> None:
+    """deliver_at and delay_seconds set the due time; no field, a zero delay or a slightly past deliver_at mean at once."""
+    items = [{"user_id": "a", "payload": 0, "deliver_at": NOW + 1500}, {"broadcast": True, "payload": 1, "delay_seconds": 30},
+             {"user_id": "a", "payload": 2}]
+    assert [m.due_ms for m in parse_body({"messages": items}, LIMITS, NOW)] == [NOW + 1500, NOW + 30_000, 0]
+    items = [{"user_id": "a", "payload": 3, "delay_seconds": 0}, {"user_id": "a", "payload": 4, "deliver_at": NOW - 2000}]
+    assert [m.due_ms for m in parse_body({"messages": items}, LIMITS, NOW)] == [0, 0]

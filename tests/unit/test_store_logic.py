@@ -10,8 +10,8 @@ from pymongo.errors import AutoReconnect, BulkWriteError, NetworkTimeout, Operat
 
 from shared.errors import InvalidFields
 from shared.message import BROADCAST, Message, message_id, messages_of, post_fields, submitted_posts
-from shared.store import (NodeCount, derive, derive_counts, event_documents, messages_of_document, outcomes, post_bytes,
-                          post_document, refused_by_document)
+from shared.store import (NodeCount, cancel_document, derive, derive_counts, event_documents, messages_of_document, outcomes,
+                          post_bytes, post_document, refused_by_document)
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -162,3 +162,21 @@ async def test_topic_counts_add_up_per_node_and_derive_a_status_of_counts() -> N
     assert derive_counts(doc, 1, events) == {"topic": "news", "stages": {"accepted": 5, "dispatched": 9, "delivered": 12},
                                              "nodes": 2, "sockets": 6}
     assert [r["user_id"] for r in derive(doc, 0, events)] == ["a"]
+
+
+def test_a_scheduled_message_shows_its_due_time_then_its_cancellation() -> None:
+    """A scheduled message's document keeps its due time; its status is scheduled until a cancellation row closes it,
+    per recipient for a user message and as a stage for a broadcast."""
+    to_users = Message(message_id("p3", 0), ("a", "b"), "F", 1000, 90_000, "shop", due_ms=5000)
+    broadcast = Message(message_id("p3", 1), (), "G", 1000, 90_000, "shop", BROADCAST, due_ms=6000)
+    now = Message(message_id("p3", 2), ("a",), "H", 1000, 90_000, "shop")
+    doc = post_document([to_users, broadcast, now])
+    assert messages_of_document(doc) == [to_users, broadcast, now]
+    assert [r["state"] for r in derive(doc, 0, [])] == ["scheduled", "scheduled"]
+    assert derive(doc, 0, [])[0]["scheduled_at"] == 5000 and derive(doc, 2, [])[0]["state"] == "accepted"
+    events = [cancel_document(to_users, NOW), cancel_document(broadcast, NOW)]
+    assert all(e["closed"] for e in events)
+    assert [r["state"] for r in derive(doc, 0, events)] == ["cancelled", "cancelled"]
+    counts = derive_counts(doc, 1, events)
+    assert counts["stages"] == {"accepted": 1000, "scheduled": 6000, "cancelled": int(NOW.timestamp() * 1000)}
+    assert counts["nodes"] == counts["sockets"] == 0

@@ -38,6 +38,16 @@ function topicRow(topic, largest) {
     h("td", { class: "num nodes" }, count(topic.nodes)));
 }
 
+function tierRow([tier, t]) {
+  const state = h("span", {}, "");
+  setPill(state, t.shedding ? "shed (429)" : "accepted", t.shedding ? "bad" : "good");
+  return h("tr", { "data-tier": tier },
+    h("td", {}, h("b", {}, tier)),
+    h("td", { class: "num backlog" }, count(t.backlog)),
+    h("td", { class: "num" }, t.backlog ? duration(t.age_ms) : "–"),
+    h("td", { class: "shedding" }, state));
+}
+
 function render(snap) {
   const up = snap.nodes.filter((n) => n.up);
   const connections = up.reduce((sum, n) => sum + n.connections, 0);
@@ -50,6 +60,7 @@ function render(snap) {
   $("nodes").replaceChildren(...(snap.nodes.length
     ? snap.nodes.map((n) => nodeRow(n, connections))
     : [h("tr", {}, h("td", { colspan: "5", class: "empty" }, "No push node is alive."))]));
+  $("tiers").replaceChildren(...Object.entries(snap.tiers).map(tierRow));
   $("topics").replaceChildren(...(snap.topics.length
     ? snap.topics.map((t) => topicRow(t, snap.topics[0].subscribers))
     : [h("tr", {}, h("td", { colspan: "4", class: "empty" }, "No topic has a subscriber."))]));

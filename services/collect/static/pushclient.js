@@ -14,6 +14,8 @@
  * - sends application-level pings and treats a link that stays silent as dead;
  * - acknowledges every message and drops redelivered duplicates by id, in bounded memory;
  * - asks getToken() again when the node closes with 4001 (token missing, bad or expired);
+ * - follows a draining node's advice ({"type": "reconnect", after_ms, url}): waits after_ms, then moves to
+ *   url (or a node from the directory, not the draining one), without counting it as a failure;
  * - keeps the page's topic subscriptions (subscribe / unsubscribe) and makes them again on every
  *   new connection; topic and broadcast messages are at most once, so they are not acked.
  *
@@ -80,6 +82,7 @@ export class RecentIds {
  *                                            re-emitted); topic / broadcast are set on topic and broadcast messages;
  * - "subscribed" {topics}                    the node granted these topics;
  * - "forbidden"  {topics}                    the node refused these topics (the token does not grant them);
+ * - "reconnect" {afterMs, url}               the node is draining: we move to url (null: the directory) in afterMs;
  * - "close"   {code, reason, retryInMs}      the link closed; retryInMs is null when not retrying;
  * - "error"   {error}                        getting a token or the directory failed, or a socket error.
  */
@@ -100,6 +103,8 @@ export class PushClient extends EventTarget {
   #listening = false;
   #resumeOnShow = false;
   #topics = new Set();
+  #advice = null; // {url, at}: where and when a draining node told us to move
+  #moveTimer = null;
 
   /**
    * @param {object} options
@@ -184,7 +189,8 @@ export class PushClient extends EventTarget {
     return this.#o.window?.navigator?.onLine === false;
   }
 
-  async #connect() {
+  /** Connect to `advised` (a draining node's advice) or else to a node picked from the directory. */
+  async #connect(advised = null) {
     this.#retryTimer = null;
     if (!this.#running || this.#ws) return;
     if (this.#offline()) {
@@ -195,17 +201,22 @@ export class PushClient extends EventTarget {
     let url;
     try {
       this.#token ??= await this.#o.getToken();
-      const signal = AbortSignal.timeout(this.#o.pongTimeoutMs);
-      const answer = await this.#o.fetch(this.#o.directoryUrl, { cache: "no-store", signal });
-      if (!answer.ok) throw new Error(`node directory answered ${answer.status}`);
-      url = chooseNode((await answer.json()).nodes, this.#avoid, this.#o.now(), this.#o.random);
-      if (!url) throw new Error("no push node is up");
+      url = advised ?? (await this.#pick());
     } catch (error) {
       this.#emit("error", { error });
       return this.#retry(null, String(error.message ?? error));
     }
     if (!this.#running || this.#ws) return; // stopped, or paused and resumed, while we waited
     this.#open(url);
+  }
+
+  async #pick() {
+    const signal = AbortSignal.timeout(this.#o.pongTimeoutMs);
+    const answer = await this.#o.fetch(this.#o.directoryUrl, { cache: "no-store", signal });
+    if (!answer.ok) throw new Error(`node directory answered ${answer.status}`);
+    const url = chooseNode((await answer.json()).nodes, this.#avoid, this.#o.now(), this.#o.random);
+    if (!url) throw new Error("no push node is up");
+    return url;
   }
 
   #open(url) {
@@ -242,6 +253,12 @@ export class PushClient extends EventTarget {
       if (!fanout) this.#ack(frame.id); // duplicates too: the node redelivered because it has not seen our ack
     } else if (frame.type === "subscribed") {
       this.#emit("subscribed", { topics: frame.topics });
+    } else if (frame.type === "reconnect") {
+      const afterMs = Math.max(0, Number(frame.after_ms) || 0);
+      this.#advice = { url: typeof frame.url === "string" ? frame.url : null, at: this.#o.now() + afterMs };
+      clearTimeout(this.#moveTimer);
+      this.#moveTimer = setTimeout(() => this.#halt(CLOSE.NORMAL, "moving to another node", true), afterMs);
+      this.#emit("reconnect", { afterMs, url: this.#advice.url });
     } else if (frame.type === "error" && frame.code === "forbidden") {
       for (const t of frame.topics ?? []) this.#topics.delete(t); // asking again on reconnect would be refused again
       this.#emit("forbidden", { topics: frame.topics });
@@ -297,17 +314,33 @@ export class PushClient extends EventTarget {
 
   #closed(code, reason, retry = true) {
     clearInterval(this.#pingTimer);
+    clearTimeout(this.#moveTimer);
+    this.#moveTimer = null;
     this.#heard();
     this.#ws = null;
     this.node = null;
     const stable = this.#welcomedAt !== null && this.#o.now() - this.#welcomedAt >= this.#o.stableMs;
     this.#welcomedAt = null;
     if (stable) this.#attempt = 0;
+    const advice = this.#advice;
+    this.#advice = null;
+    if (advice && retry && this.#running) return this.#move(advice, code, reason);
     if (code === CLOSE.TOKEN) this.#token = null;
     else if (code !== CLOSE.NORMAL && code !== CLOSE.GARBAGE) this.#avoid.set(this.#url, this.#o.now() + this.#o.avoidMs);
     if (retry && this.#running) return this.#retry(code, reason);
     this.state = "idle";
     this.#emit("close", { code, reason, retryInMs: null });
+  }
+
+  /** Leave a draining node as it advised: at the time it gave (also if it closed us first), for its url or the
+   * directory (where the node is avoided); not a failure, so the backoff does not grow. */
+  #move({ url, at }, code, reason) {
+    this.#avoid.set(this.#url, this.#o.now() + this.#o.avoidMs);
+    const delay = Math.max(0, at - this.#o.now());
+    this.state = "waiting";
+    this.#emit("close", { code, reason, retryInMs: delay });
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => this.#connect(url), delay);
   }
 
   /** Schedule the next attempt after a backoff delay (never zero), unless offline. */

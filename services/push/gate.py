@@ -1,0 +1,99 @@
+"""What a push node answers over plain HTTP, and which websocket upgrades it lets through.
+
+* ``/ws`` -- a browser's upgrade: refused with 503 while draining, 429 past the per-address cap;
+* ``/internal`` -- dispatch's link, ``/internal/topics/{t}`` (a topic's user ids, for collect) and
+  ``POST /v1/drain``: each signed with the internal key (``shared.signing``), else 401;
+* ``/healthz`` and ``/metrics``, like the HTTP services' (``shared.web``).
+
+Refusals take their status and body from the one error map (``shared.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from services.push.config import PushConfig
+from services.push.drain import Drain
+from services.push.hub import Hub
+from services.push.limits import AddressCount
+from shared.errors import MethodNotAllowed, NotFound, ServiceError, Unavailable
+from shared.metrics import exposition
+from shared.routing import now_ms
+from shared.signing import PROOF_HEADER, LinkGuard, LinkRequest
+from shared.web import health_answer, refusal
+
+LINK_PATH = "/internal"
+TOPIC_USERS_PATH = "/internal/topics/"  # + a topic: its subscribers' user ids here (collect's GET /v1/topics/{t}?users=1)
+TOPIC_USERS_LIMIT = 1000
+DRAIN_PATH = "/v1/drain"  # POST, signed like the dispatch link: start draining this node
+
+
+def http_response(body: bytes | dict[str, Any], status: int, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> Response:
+    """A plain HTTP answer; websockets closes the connection after it, so it says so (a client must not reuse it)."""
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    fields = [("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close"), *(headers or {}).items()]
+    return Response(status, HTTPStatus(status).phrase, Headers(fields), data)
+
+
+def source_of(connection: ServerConnection) -> str:
+    """The peer's IP address (without the port)."""
+    return str(connection.remote_address[0])
+
+
+class Gate:
+    def __init__(self, config: PushConfig, hub: Hub, drain: Drain, addresses: AddressCount,
+                 health: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self.config = config
+        self.hub = hub
+        self.drain = drain
+        self.addresses = addresses
+        self.health = health
+        self.guard = LinkGuard(config.internal_key, config.node_id)
+
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """An answer for a plain HTTP request or a refused upgrade; None lets the upgrade through."""
+        path = urlsplit(request.path).path
+        try:
+            if path == "/healthz":
+                return http_response(*health_answer(await self.health()))
+            if path == "/metrics":
+                body, content_type = exposition()
+                return http_response(body, 200, content_type=content_type)
+            if path in (LINK_PATH, DRAIN_PATH) or path.startswith(TOPIC_USERS_PATH):
+                self.guard.admit(request.headers, now_ms())
+                return self.internal(path, request)
+            if path == "/ws":
+                if self.drain.started:
+                    raise Unavailable("this node is draining: connect to another node")
+                self.addresses.check(source_of(connection))
+                return None
+            raise NotFound("no such path")
+        except ServiceError as exc:
+            return http_response(*refusal(exc, path))
+
+    def internal(self, path: str, request: Request) -> Response | None:
+        """An admitted internal request: the link's upgrade, a drain, or a topic's users."""
+        if path == LINK_PATH:
+            return None
+        if path == DRAIN_PATH:
+            if request.method != "POST":
+                raise MethodNotAllowed("POST starts a drain")
+            self.drain.start()
+            return http_response({"draining": True, "connections": self.hub.connections,
+                                  "drain_seconds": self.config.drain_seconds}, 202)
+        users, truncated = self.hub.topic_users(unquote(path.removeprefix(TOPIC_USERS_PATH)), TOPIC_USERS_LIMIT)
+        return http_response({"users": users, "truncated": truncated}, 200)
+
+    def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """On an admitted dispatch link, prove this node holds the internal key too (bound to dispatch's nonce)."""
+        if response.status_code == 101 and urlsplit(request.path).path == LINK_PATH:
+            response.headers[PROOF_HEADER] = LinkRequest.from_headers(request.headers).answer(self.config.internal_key)

@@ -1,0 +1,211 @@
+"""Scheduled messages in Redis: held back until due, then fired exactly once by whichever dispatch claims them.
+
+Keys:
+
+* ``sched:{schedule}:<post>`` -- a HASH with the field map (``shared.message``) of the post's messages
+  still waiting, plus ``t`` (the post's acceptance time) and ``s`` (its sender, for cancellation). A
+  message's fields go when it fires or is cancelled, the hash with the last of them;
+* ``{schedule}`` -- a ZSET of waiting message ids scored by due time (ms);
+* ``{schedule}:firing`` -- a ZSET of ids a dispatch instance claimed, scored by the claim time.
+
+They share the hash tag ``{schedule}``: the scripts below touch several at once, so on a Redis
+Cluster they live on one master (``shared/slots.py``, rule 3).
+
+Nothing of a scheduled message is in an inbox or on the stream before it is due, so a user who
+connects early does not get it. Firing: one script call (``claim``) moves up to ``limit`` due ids
+from ``schedule`` to ``schedule:firing`` and returns them, so however many instances call it each
+id goes to one of them; the claimer opens the inboxes, appends to the stream and removes the ids
+from ``schedule:firing`` in one MULTI (``services/dispatch/firing.py``). An id left in
+``schedule:firing`` longer than the grace (its claimer died in between) is claimed again by the same
+script, by any instance: no lease, nothing stalls when an instance dies. A claimer stalled past the
+grace and then going on would fire a message twice (at least once, like every delivery here).
+
+Cancelling is one script too: the id leaves ``schedule`` only if it is still there and the hash's
+sender matches, so a cancel and a claim never both win.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared.message import INDEX_DIGITS, Message, by_post, index_of, messages_of, post_fields, post_of
+from shared.scripts import Scripts
+
+TAG = "{schedule}"  # every key here: the claim, settle and cancel scripts touch several (``shared/slots.py``, rule 3)
+SCHEDULE_KEY = TAG
+FIRING_KEY = f"{TAG}:firing"
+META_FIELDS = 2  # "t" and "s": a hash with only these holds no message
+
+
+def sched_key(post: str) -> str:
+    return f"sched:{TAG}:{post}"
+
+
+def by_post_id(ids: list[str]) -> dict[str, list[str]]:
+    """The ids of each post, each once."""
+    posts: defaultdict[str, list[str]] = defaultdict(list)
+    for m in dict.fromkeys(ids):
+        posts[post_of(m)].append(m)
+    return posts
+
+
+# Commands with many members take them in chunks (Lua's unpack has a limit on the values it returns).
+_CHUNKED = """
+local function chunked(command, key, values)
+  for c = 1, #values, 4000 do
+    redis.call(command, key, unpack(values, c, math.min(c + 3999, #values)))
+  end
+end
+
+-- Drop these messages' fields (indexes as strings) from their post's hash, and the hash with its last message.
+local function drop(key, indexes)
+  local fields = {}
+  for _, i in ipairs(indexes) do
+    for _, f in ipairs({i, 'u' .. i, 'x' .. i, 't' .. i, 'r' .. i, 'd' .. i}) do
+      fields[#fields + 1] = f
+    end
+  end
+  chunked('HDEL', key, fields)
+  if redis.call('HLEN', key) <= %d then
+    redis.call('DEL', key)
+  end
+end
+""" % META_FIELDS
+
+# KEYS[1] schedule, KEYS[2] firing; ARGV: now, limit, claims older than this are stale. Stale claims first; the due
+# ids are the lowest ranks of the schedule, removed by rank in one command.
+CLAIM = _CHUNKED + """
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, limit)
+if #ids < limit then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - #ids)
+  if #due > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #due - 1)
+    for _, id in ipairs(due) do
+      ids[#ids + 1] = id
+    end
+  end
+end
+local scored = {}
+for _, id in ipairs(ids) do
+  scored[#scored + 1] = now
+  scored[#scored + 1] = id
+end
+if #scored > 0 then
+  chunked('ZADD', KEYS[2], scored)
+end
+return ids
+"""
+
+# KEYS[1] firing, then post hashes; ARGV: for each hash a count n and n message ids (``{post}{index:04x}``), which
+# leave firing and their fields the hash.
+SETTLE = _CHUNKED + """
+local a = 1
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[a])
+  local ids, indexes = {}, {}
+  for j = a + 1, a + n do
+    ids[#ids + 1] = ARGV[j]
+    indexes[#indexes + 1] = tostring(tonumber(string.sub(ARGV[j], -%d), 16))
+  end
+  chunked('ZREM', KEYS[1], ids)
+  drop(KEYS[k], indexes)
+  a = a + n + 1
+end
+return #KEYS
+""" % INDEX_DIGITS
+
+# KEYS[1] schedule, KEYS[2] the post's hash; ARGV: message id, its index, the sender. Nil unless it was waiting and
+# the sender's; else the due time and the message's fields (post time, frame, recipients, expiry, topic).
+CANCEL = _CHUNKED + """
+if redis.call('HGET', KEYS[2], 's') ~= ARGV[3] then
+  return false
+end
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due then
+  return false
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local i = ARGV[2]
+local fields = redis.call('HMGET', KEYS[2], 't', i, 'u' .. i, 'x' .. i, 't' .. i)
+drop(KEYS[2], {i})
+table.insert(fields, 1, due)
+return fields
+"""
+
+
+class Schedule:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._claim = redis.register_script(CLAIM)
+        self._settle = redis.register_script(SETTLE)
+        self._cancel = redis.register_script(CANCEL)
+        self._scripts = Scripts(redis)
+
+    def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
+        """Queue one HSET per post and one ZADD that hold ``messages`` back until their due times (idempotent)."""
+        due: dict[str, int] = {}
+        for post, batch in by_post(messages).items():
+            pipe.hset(sched_key(post), mapping={"t": batch[0].ts, "s": batch[0].sender, **post_fields(batch),
+                                                **{f"d{m.index}": m.due_ms for m in batch}})
+            due.update((m.id, m.due_ms) for m in batch)
+        if due:
+            pipe.zadd(SCHEDULE_KEY, due)
+
+    async def hold(self, messages: list[Message]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.stage(pipe, messages)
+            await pipe.execute()
+
+    async def claim(self, now_ms: int, limit: int, grace_ms: int) -> list[str]:
+        """Up to ``limit`` ids due by ``now_ms`` (and claims older than ``grace_ms``), now this caller's to fire."""
+        return [i.decode() for i in await self._claim(keys=[SCHEDULE_KEY, FIRING_KEY], args=[now_ms, limit, now_ms - grace_ms])]
+
+    async def load(self, ids: list[str]) -> list[Message]:
+        """The claimed messages still held, read with their posts' whole hashes in one script call (a claim takes
+        most of a post's messages: a command per post costs less than a field per message); one fired or cancelled
+        meanwhile is left out."""
+        claimed = by_post_id(ids)
+        replies = await self._scripts.hgetall_each(keys=[sched_key(p) for p in claimed])
+        messages: list[Message] = []
+        for (post, wanted), flat in zip(claimed.items(), replies):
+            fields = dict(zip(flat[::2], flat[1::2]))
+            if b"t" in fields:
+                indexes = {index_of(m) for m in wanted}
+                messages += [m for m in messages_of(post, int(fields[b"t"]), fields) if m.index in indexes]
+        return messages
+
+    async def settle(self, pipe: Pipeline, ids: list[str]) -> None:
+        """Queue on ``pipe``: the claimed ``ids`` leave ``schedule:firing`` and their fields their posts' hashes."""
+        if not ids:
+            return
+        claimed = by_post_id(ids)
+        args: list[int | str] = []
+        for wanted in claimed.values():
+            args += [len(wanted), *wanted]
+        await self._settle(keys=[FIRING_KEY, *(sched_key(p) for p in claimed)], args=args, client=pipe)
+
+    async def cancel(self, message_id: str, sender: str) -> Message | None:
+        """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it, or None."""
+        post, index = post_of(message_id), index_of(message_id)
+        reply = await self._cancel(keys=[SCHEDULE_KEY, sched_key(post)], args=[message_id, index, sender])
+        if not reply:
+            return None
+        due, ts, frame, users, expires, topic = reply
+        fields = {b"%d" % index: frame, b"u%d" % index: users, b"x%d" % index: expires, b"d%d" % index: due}
+        if topic is not None:
+            fields[b"t%d" % index] = topic
+        return replace(messages_of(post, int(ts), fields)[0], sender=sender)
+
+    async def unschedule(self, message_ids: list[str]) -> None:
+        """Drop these ids from the schedule, if there (the rebuild, for messages recorded as cancelled)."""
+        if message_ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(SCHEDULE_KEY, *message_ids)
+                await self.settle(pipe, message_ids)
+                await pipe.execute()

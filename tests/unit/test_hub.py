@@ -1,0 +1,225 @@
+"""The push node's hub: the local map user -> sessions, topic subscriptions, and writing frames (no network).
+
+A session's socket is a stand-in holding a real sans-I/O websocket protocol, so the bytes the hub writes are
+read back as websocket frames."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side
+
+from services.push import hub as hub_module
+from services.push.hub import Hub, Session
+from shared.errors import CloseCode
+from shared.message import BROADCAST
+
+
+class FakeTransport:
+    """The part of an asyncio transport the hub uses: a write buffer whose backlog the test sets."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.backlog = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return self.backlog
+
+
+class FakeSocket:
+    """Stands in for a server connection: a websocket protocol whose output lands in a ``FakeTransport``."""
+
+    def __init__(self) -> None:
+        self.protocol = Protocol(Side.SERVER)
+        self.transport = FakeTransport()
+        self.send_in_progress = None  # what websockets' broadcast() checks before writing
+        self.closed_with: list[tuple[int, str]] = []
+
+    def send_data(self) -> None:
+        for data in self.protocol.data_to_send():
+            self.transport.write(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with.append((code, reason))
+        self.protocol.send_close(code, reason)
+
+    def texts(self) -> list[str]:
+        """The text frames written to this socket so far, as a client would read them."""
+        client = Protocol(Side.CLIENT)
+        client.receive_data(bytes(self.transport.written))
+        return [e.data.decode() for e in client.events_received() if isinstance(e, Frame) and e.opcode is Opcode.TEXT]
+
+
+def session(user: str, *, replaying: bool = False, welcomed: bool = True) -> Session:
+    return Session(FakeSocket(), user, replaying=replaying, welcomed=welcomed)  # type: ignore[arg-type]
+
+
+def texts(s: Session) -> list[str]:
+    return s.ws.texts()  # type: ignore[attr-defined]
+
+
+def test_sessions_are_counted_per_user_and_a_removed_one_hands_back_its_topics() -> None:
+    """Two sessions of one user count 2 for that user; removing one returns the topics it held and drops those
+    left without subscribers; removing it again changes nothing; the last one gone, the user is gone."""
+    hub = Hub()
+    first, second, other = session("u1"), session("u1"), session("u2")
+    for s in (first, second, other):
+        hub.add(s)
+    hub.subscribe(first, ["a", "b"])
+    hub.subscribe(other, ["b"])
+    assert (hub.count("u1"), hub.count("u2"), len(hub), hub.connections) == (2, 1, 2, 3)
+    assert sorted(hub.remove(first)) == ["a", "b"]
+    assert (hub.subscribers("a"), hub.subscribers("b"), sorted(hub.topics())) == (0, 1, ["b"])
+    assert hub.remove(first) == [] and hub.connections == 2
+    hub.remove(second)
+    assert not hub.holds("u1") and hub.count("u1") == 0 and sorted(hub.users()) == ["u2"]
+
+
+def test_subscribe_and_unsubscribe_report_only_the_topics_that_changed() -> None:
+    """Subscribing again to a held topic, or unsubscribing from one not held, reports nothing for it."""
+    hub = Hub()
+    s = session("u")
+    hub.add(s)
+    assert hub.subscribe(s, ["a", "b"]) == ["a", "b"]
+    assert hub.subscribe(s, ["b", "c"]) == ["c"]
+    assert hub.unsubscribe(s, ["c", "d"]) == ["c"]
+    assert (hub.subscribers("a"), hub.subscribers("c"), hub.topic_count()) == (1, 0, 2)
+
+
+def test_a_topics_users_are_listed_once_sorted_and_cut_at_the_limit() -> None:
+    """Two sessions of one user list it once; past the limit the list is cut and says so."""
+    hub = Hub()
+    for user in ("cy", "ann", "ann", "bob"):
+        s = session(user)
+        hub.add(s)
+        hub.subscribe(s, ["room"])
+    assert hub.topic_users("room", 10) == (["ann", "bob", "cy"], False)
+    assert hub.topic_users("room", 2) == (["ann", "bob"], True)
+    assert hub.topic_users("nobody", 2) == ([], False)
+
+
+def test_a_replaying_session_holds_live_frames_and_writes_after_the_replay_only_those_it_was_not_sent() -> None:
+    """Frames delivered during a replay are held; going live writes them in order, skipping one the replay wrote."""
+    hub = Hub()
+    s = session("u", replaying=True)
+    hub.add(s)
+    assert hub.deliver("u", "m1", "F1") and hub.deliver("u", "m2", "F2")
+    assert texts(s) == []
+    s.sent.add("m1")  # the replay read m1 from the inbox and wrote it itself
+    assert s.go_live() and not s.replaying
+    assert texts(s) == ["F2"]
+
+
+def test_a_frame_is_written_once_per_socket_until_acknowledged() -> None:
+    """A retried batch writes nothing to a socket already sent the message; once acknowledged it is forgotten."""
+    hub = Hub()
+    s = session("u")
+    hub.add(s)
+    hub.deliver("u", "m1", "F1")
+    hub.deliver("u", "m1", "F1")
+    assert texts(s) == ["F1"]
+    s.acknowledged(["m1"])
+    assert s.sent == set()
+
+
+def test_held_frames_past_the_limit_make_the_replay_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past HELD_LIMIT the held frames are dropped and going live fails once (the replay runs again, still
+    holding); the next attempt goes live."""
+    monkeypatch.setattr(hub_module, "HELD_LIMIT", 2)
+    hub = Hub()
+    s = session("u", replaying=True)
+    hub.add(s)
+    for n in range(3):
+        hub.deliver("u", f"m{n}", f"F{n}")
+    assert not s.go_live() and s.replaying and s.held == []
+    assert s.go_live() and texts(s) == []
+
+
+def test_deliver_says_whether_an_open_session_took_the_message() -> None:
+    """A user with no session, or only a closing one, does not take it (it waits in the inbox)."""
+    hub = Hub()
+    assert not hub.deliver("nobody", "m1", "F1")
+    s = session("u")
+    hub.add(s)
+    s.closing = True
+    assert not hub.deliver("u", "m1", "F1") and texts(s) == []
+
+
+async def test_a_socket_past_max_buffered_is_closed_with_1013_once_and_written_no_more() -> None:
+    """A socket whose client does not read is closed 1013 at the first frame past the limit, once, and neither a
+    user frame nor a topic frame is written to it."""
+    hub = Hub(max_buffered=100)
+    s = session("u")
+    hub.add(s)
+    hub.subscribe(s, ["news"])
+    s.ws.transport.backlog = 101  # type: ignore[attr-defined]
+    assert hub.deliver("u", "m1", "F1")  # taken: the node holds the user, the message waits in the inbox
+    assert await hub.publish("t1", "T1", "news") == 0
+    await asyncio.sleep(0)  # the close runs as a task
+    assert [code for code, _ in s.ws.closed_with] == [CloseCode.TRY_AGAIN]  # type: ignore[attr-defined]
+    assert texts(s) == []
+
+
+async def test_a_topic_message_reaches_welcomed_open_subscribers_once_per_message_id() -> None:
+    """Only welcomed, open sessions subscribed to the topic get it; the same id published again writes nothing."""
+    hub = Hub()
+    reader, unwelcomed, closing, elsewhere = session("a"), session("b", welcomed=False), session("c"), session("d")
+    for s in (reader, unwelcomed, closing, elsewhere):
+        hub.add(s)
+    for s in (reader, unwelcomed, closing):
+        hub.subscribe(s, ["news"])
+    hub.subscribe(elsewhere, ["sport"])
+    closing.closing = True
+    assert await hub.publish("t1", "T1", "news") == 1
+    assert await hub.publish("t1", "T1", "news") == 0
+    assert [texts(s) for s in (reader, unwelcomed, closing, elsewhere)] == [["T1"], [], [], []]
+
+
+async def test_a_broadcast_reaches_every_welcomed_session_whatever_it_subscribed_to() -> None:
+    """A broadcast is written to every welcomed open session, subscribed to anything or nothing, during a replay too."""
+    hub = Hub()
+    plain, subscribed, replaying, unwelcomed = session("a"), session("b"), session("c", replaying=True), session("d", welcomed=False)
+    for s in (plain, subscribed, replaying, unwelcomed):
+        hub.add(s)
+    hub.subscribe(subscribed, ["news"])
+    assert await hub.publish("b1", "B1", BROADCAST) == 3
+    assert [texts(s) for s in (plain, subscribed, replaying, unwelcomed)] == [["B1"], ["B1"], ["B1"], []]
+
+
+async def test_a_big_topic_is_written_in_slices_with_the_loop_served_in_between(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With slices of 2, five subscribers are written 2, 4, then 5 at a time, and another task runs between slices."""
+    monkeypatch.setattr(hub_module, "PUBLISH_SLICE", 2)
+    hub = Hub()
+    sessions = [session(f"u{n}") for n in range(5)]
+    for s in sessions:
+        hub.add(s)
+        hub.subscribe(s, ["big"])
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while len(seen) < 3:
+            seen.append(sum(1 for s in sessions if texts(s)))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)  # the watcher looks once before the publish starts
+    assert await hub.publish("t1", "T1", "big") == 5
+    await watcher
+    assert seen == [0, 2, 4]
+
+
+async def test_published_ids_are_forgotten_past_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node remembers only the last PUBLISHED_MEMORY topic message ids: older ones would be written again."""
+    monkeypatch.setattr(hub_module, "PUBLISHED_MEMORY", 2)
+    hub = Hub()
+    s = session("u")
+    hub.add(s)
+    for n in range(3):
+        await hub.publish(f"t{n}", f"T{n}", BROADCAST)
+    assert await hub.publish("t2", "T2", BROADCAST) == 0
+    assert await hub.publish("t0", "T0", BROADCAST) == 1

@@ -1,0 +1,60 @@
+"""The lifecycle writer's coalescing when MongoDB fails, and its bound (no MongoDB: a store stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.errors import Unavailable
+from shared.lifecycle import LifecycleWriter
+from shared.store import NodeCount
+
+
+class GatedStore:
+    """Stands in for MongoDB: each ``record`` waits for ``gate``, and fails while ``down``; keeps what it stored."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.down = False
+        self.stored: list[tuple[dict, dict]] = []
+
+    async def record(self, stages: dict, counts: dict) -> None:
+        await self.gate.wait()
+        if self.down:
+            raise Unavailable("MongoDB is not answering")
+        self.stored.append((stages, counts))
+
+
+async def test_a_failed_flush_keeps_its_marks_and_merges_those_made_meanwhile_keeping_first_times() -> None:
+    """Marks and topic counts of a flush MongoDB refused are written by the next flush, merged with the ones made
+    while it failed: each stage keeps its earliest mark, and socket counts add up."""
+    store = GatedStore()
+    writer = LifecycleWriter(store)  # type: ignore[arg-type]
+    writer.mark("dispatched", [("m1", "a")], 1)
+    writer.count("t1", "n1", 2, {"dispatched": 1})
+    store.down = True
+    failing = asyncio.create_task(writer.flush())
+    await asyncio.sleep(0)  # the flush is in MongoDB's hands
+    writer.mark("dispatched", [("m1", "a")], 5)
+    writer.mark("delivered", [("m1", "a")], 6)
+    writer.mark("acked", [("m2", "b")], 7)
+    writer.count("t1", "n1", 3, {"dispatched": 4, "delivered": 5})
+    store.gate.set()
+    with pytest.raises(Unavailable):
+        await failing
+    store.down = False
+    await writer.flush()
+    assert store.stored == [({("m1", "a"): {"dispatched": 1, "delivered": 6}, ("m2", "b"): {"acked": 7}},
+                             {("t1", "n1"): NodeCount(5, {"dispatched": 1, "delivered": 5})})]
+
+
+async def test_past_max_pending_the_oldest_marks_are_dropped() -> None:
+    """With room for two deliveries, marking a third drops the oldest, so a long outage cannot grow memory."""
+    store = GatedStore()
+    store.gate.set()
+    writer = LifecycleWriter(store, max_pending=2)  # type: ignore[arg-type]
+    for n in range(3):
+        writer.mark("acked", [(f"m{n}", "u")], n + 1)
+    await writer.flush()
+    assert store.stored == [({("m1", "u"): {"acked": 2}, ("m2", "u"): {"acked": 3}}, {})]
