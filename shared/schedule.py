@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared.message import INDEX_DIGITS, Message, by_post, index_of, messages_of, post_fields, post_of
-from shared.scripts import Scripts
+from shared.scripts import Scripts, SlotScript
 
 TAG = "{schedule}"  # every key here: the claim, settle and cancel scripts touch several (``shared/slots.py``, rule 3)
 SCHEDULE_KEY = TAG
@@ -142,9 +142,9 @@ return fields
 class Schedule:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._claim = redis.register_script(CLAIM)
-        self._settle = redis.register_script(SETTLE)
-        self._cancel = redis.register_script(CANCEL)
+        self._claim = SlotScript(redis, CLAIM)
+        self._settle = SlotScript(redis, SETTLE)
+        self._cancel = SlotScript(redis, CANCEL)
         self._scripts = Scripts(redis)
 
     def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
@@ -164,14 +164,14 @@ class Schedule:
 
     async def claim(self, now_ms: int, limit: int, grace_ms: int) -> list[str]:
         """Up to ``limit`` ids due by ``now_ms`` (and claims older than ``grace_ms``), now this caller's to fire."""
-        return [i.decode() for i in await self._claim(keys=[SCHEDULE_KEY, FIRING_KEY], args=[now_ms, limit, now_ms - grace_ms])]
+        return [i.decode() for i in await self._claim.run([SCHEDULE_KEY, FIRING_KEY], [now_ms, limit, now_ms - grace_ms])]
 
     async def load(self, ids: list[str]) -> list[Message]:
         """The claimed messages still held, read with their posts' whole hashes in one script call (a claim takes
         most of a post's messages: a command per post costs less than a field per message); one fired or cancelled
         meanwhile is left out."""
         claimed = by_post_id(ids)
-        replies = await self._scripts.hgetall_each(keys=[sched_key(p) for p in claimed])
+        replies = await self._scripts.hgetall_each.each([sched_key(p) for p in claimed])
         messages: list[Message] = []
         for (post, wanted), flat in zip(claimed.items(), replies):
             fields = dict(zip(flat[::2], flat[1::2]))
@@ -185,15 +185,13 @@ class Schedule:
         if not ids:
             return
         claimed = by_post_id(ids)
-        args: list[int | str] = []
-        for wanted in claimed.values():
-            args += [len(wanted), *wanted]
-        await self._settle(keys=[FIRING_KEY, *(sched_key(p) for p in claimed)], args=args, client=pipe)
+        await self._settle.stage(pipe, [FIRING_KEY, *(sched_key(p) for p in claimed)],
+                                 [[], *([len(wanted), *wanted] for wanted in claimed.values())])
 
     async def cancel(self, message_id: str, sender: str) -> Message | None:
         """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it, or None."""
         post, index = post_of(message_id), index_of(message_id)
-        reply = await self._cancel(keys=[SCHEDULE_KEY, sched_key(post)], args=[message_id, index, sender])
+        reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post)], [message_id, index, sender])
         if not reply:
             return None
         due, ts, frame, users, expires, topic = reply

@@ -77,6 +77,12 @@ class SlotScript:
                 await self.script(keys=group_keys, args=args, client=pipe)
         return groups
 
+    async def run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One call over ``keys``, which must share a hash slot (a hash tag): the script's reply."""
+        if self.cluster:
+            return await self.redis.eval(self.body, len(keys), *keys, *args)
+        return await self.script(keys=list(keys), args=list(args))
+
     async def each(self, keys: Sequence[str], per_key: Sequence[Sequence[Any]] | None = None,
                    head: Sequence[Any] = ()) -> list[Any]:
         """Run a script that answers a list with one reply per key; return the replies in ``keys`` order."""

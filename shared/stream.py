@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from shared.message import Message, by_post, messages_of, post_fields
 from shared.priority import TIERS, Priority, post_tier
+from shared.scripts import SlotScript
 
 STREAM_KEY = "push:deliveries"
 GROUP = "dispatch"
@@ -42,11 +43,6 @@ def tier_keys(shard: int = 0, shards: int = 1) -> dict[Priority, str]:
     """One shard's stream per tier, under one hash tag: ``{push:deliveries}`` (normal), ``...:high``, ``...:low``."""
     tag = "{" + (STREAM_KEY if shards == 1 else f"{STREAM_KEY}:{shard}") + "}"
     return {Priority.HIGH: f"{tag}:high", Priority.NORMAL: tag, Priority.LOW: f"{tag}:low"}
-
-
-def stream_keys(shards: int = 1) -> list[str]:
-    """Every stream key of every shard."""
-    return [key for shard in range(shards) for key in tier_keys(shard, shards).values()]
 
 # KEYS[1]: a tier's stream; ARGV[1]: the group. Reply: how many entries the group has not read yet (the stream's
 # length less the entries pending in the group), and the id of the first of them (nil if none).
@@ -109,7 +105,10 @@ class ShardedStream:
             self.shards[zlib.crc32(post.encode()) % len(self.shards)].stage_post(pipe, post, batch)
 
     async def forget_idle_consumers(self, idle_ms: int, keep: str) -> list[str]:
-        return list(dict.fromkeys(name for shard in self.shards for name in await shard.forget_idle_consumers(idle_ms, keep)))
+        forgotten: dict[str, None] = {}
+        for shard in self.shards:
+            forgotten.update(dict.fromkeys(await shard.forget_idle_consumers(idle_ms, keep)))
+        return list(forgotten)
 
     async def backlog(self) -> dict[Priority, Backlog]:
         """Each tier's backlog over every shard."""
@@ -128,7 +127,7 @@ class DeliveryStream:
         self.maxlen = maxlen
         self.keys = keys or tier_keys()
         self.tier_of_key = {key.encode(): tier for tier, key in self.keys.items()}
-        self._backlog = redis.register_script(BACKLOG)
+        self._backlog = SlotScript(redis, BACKLOG)
 
     def _entries(self, reply: Any) -> list[StreamEntry]:
         """The entries of an XREADGROUP reply (over one or more of the tiers' streams), most urgent tier first."""
@@ -213,7 +212,7 @@ class DeliveryStream:
         """Each tier's backlog, in one round trip (a script per stream: each touches one key)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for tier in TIERS:
-                await self._backlog(keys=[self.keys[tier]], args=[GROUP], client=pipe)
+                await self._backlog.stage(pipe, [self.keys[tier]], head=[GROUP])
             replies = await pipe.execute()
         return {tier: Backlog(int(entries), int(first.split(b"-")[0]) if first else None)
                 for tier, (entries, first) in zip(TIERS, replies)}

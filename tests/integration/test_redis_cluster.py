@@ -15,9 +15,10 @@ from websockets.asyncio.client import ClientConnection
 
 from shared.clients import ClusterAddress, redis_client
 from shared.inbox import inbox_key
+from shared.priority import Priority
 from shared.scripts import Scripts
 from shared.slots import slot_groups
-from shared.stream import stream_keys
+from shared.stream import tier_keys
 from tests.client import next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
 from tools.cluster import CLUSTER_SLOTS, Cluster, Proc, free_cluster_port
@@ -65,7 +66,7 @@ async def test_posts_spread_over_the_stream_shards_and_every_one_arrives(start_s
         await ws.close()
     client = redis_client(stack.stack.redis_url)
     try:
-        for key in stream_keys(3):
+        for key in (tier_keys(shard, 3)[Priority.NORMAL] for shard in range(3)):
             assert (await client.xinfo_stream(key))["last-generated-id"] != b"0-0", f"{key} was never written"
     finally:
         await client.aclose()

@@ -68,7 +68,7 @@ async def fired_per_instance(stack: RunningStack, ports: list[int]) -> list[int]
 
 
 async def test_three_dispatch_instances_fire_2000_messages_due_in_one_second_once_each_and_never_early(
-        start_stack, cluster: Cluster) -> None:
+        start_stack, cluster: Cluster, topology: str) -> None:
     """2,000 messages due within the same second, with 3 dispatch instances claiming: each message is fired by
     exactly one instance and reaches its connected user once, not before its due time."""
     stack: RunningStack = start_stack(FIRE_BATCH="200")
@@ -85,7 +85,7 @@ async def test_three_dispatch_instances_fire_2000_messages_due_in_one_second_onc
     late = lateness_ms(due, got)
     fired = await fired_per_instance(stack, ports)
     lost, twice = report_scenario(
-        f"3 dispatch, 2,000 due in 1 s: lateness p50/p99/max {percentile(late, 0.5)}/{percentile(late, 0.99)}/{late[-1]} ms, "
+        f"3 dispatch on {topology} Redis, 2,000 due in 1 s: lateness p50/p99/max {percentile(late, 0.5)}/{percentile(late, 0.99)}/{late[-1]} ms, "
         f"fired per instance {fired}", list(due), [mid for mid, _ in got])
     assert lost == twice == 0 and not any(extra)
     assert late[0] >= 0, f"a message arrived {-late[0]} ms before its due time"
@@ -118,15 +118,15 @@ async def test_scheduled_messages_survive_redis_restarted_empty_and_still_fire_o
     await asyncio.gather(*(ws.close() for ws in sockets))
 
 
-async def test_a_cancelled_message_never_arrives_and_its_status_says_cancelled(shared_stack: RunningStack) -> None:
+async def test_a_cancelled_message_never_arrives_and_its_status_says_cancelled(any_shared_stack: RunningStack) -> None:
     """Cancelled before its due time, a message reaches nobody and its status shows scheduled then cancelled; the
     message posted beside it arrives, and cancelling it after it fired, twice, or with another key is 404."""
-    c = shared_stack.client
+    c = any_shared_stack.client
     ws = await c.connect("later")
     deliver_at = clock_ms() + 2500
     _, answer = await c.post({"messages": [{"user_id": "later", "payload": n, "deliver_at": deliver_at} for n in range(2)]})
     dropped, kept = answer["ids"]
-    code, before = await status(shared_stack, dropped)
+    code, before = await status(any_shared_stack, dropped)
     assert code == 200 and before["recipients"][0]["state"] == "scheduled"
     assert before["recipients"][0]["scheduled_at"] == deliver_at
     assert (await c.cancel(dropped, api_key="other-api-key"))[0] == 404
@@ -135,7 +135,7 @@ async def test_a_cancelled_message_never_arrives_and_its_status_says_cancelled(s
     ((mid, at),) = await receive_timed(ws, 1, timeout=10)
     assert mid == kept and at >= deliver_at
     assert [f for f in await frames_within(ws, 1.0) if f["type"] == "message"] == []
-    code, after = await status(shared_stack, dropped)
+    code, after = await status(any_shared_stack, dropped)
     assert after["recipients"][0]["state"] == "cancelled" and "dispatched_at" not in after["recipients"][0]
     assert (await c.cancel(kept))[0] == 404, "a message that fired cannot be cancelled"
     assert (await c.cancel("0123456789abcdef0000"))[0] == 404
