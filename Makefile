@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql/15/bin/postgres
 
-.PHONY: run test unit jstest bench loadtest clean
+.PHONY: run test lint unit jstest bench loadtest clean
 
 # `make run REDIS_CLUSTER=1`: on a 3-master Redis Cluster (ports 7000-7002) instead of one Redis (tools/run.py).
 run: $(INSTALLED) $(FERRETDB) $(POSTGRES)
@@ -22,6 +22,11 @@ run: $(INSTALLED) $(FERRETDB) $(POSTGRES)
 
 test: $(INSTALLED) $(FERRETDB) $(POSTGRES) $(CHROMIUM) jstest
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy --strict over the project's library and services (pinned in pyproject's test extra).
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check shared services
+	$(VENV)/bin/mypy
 
 jstest:
 	node --test tests/js/

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -61,12 +62,18 @@ def redis_client(url: str, timeout: float = 3.0) -> Redis:
     seconds = max(1, int(timeout))
     kernel_checks = {socket.TCP_KEEPIDLE: seconds, socket.TCP_KEEPINTVL: 1, socket.TCP_KEEPCNT: 3,
                      socket.TCP_USER_TIMEOUT: int(timeout * 1000)}
-    common = dict(socket_connect_timeout=timeout, socket_keepalive=True, socket_keepalive_options=kernel_checks)
+    common: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_keepalive": True,
+                              "socket_keepalive_options": kernel_checks}
     cluster = ClusterAddress.parse(url)
     if cluster is not None:
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster.nodes], password=cluster.password,
                             username=cluster.username, **common)  # type: ignore[return-value]
     return Redis.from_url(url, health_check_interval=10, **common)
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (the project's clients answer bytes; redis-py's types allow str too)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def redis_alive(client: Redis) -> bool:

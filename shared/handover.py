@@ -19,8 +19,9 @@ with a replica per master), ``REPLICA_ACKS`` makes the hand-over wait for them b
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 
 from shared.clients import is_cluster
@@ -75,7 +76,7 @@ class Handover:
         """Queue a WAIT after the writes on each master's connection (every master: a post touches most); return how many."""
         if not self.replica_acks:
             return 0
-        masters = self.redis.get_primaries() if is_cluster(self.redis) else [None]
+        masters = cast(RedisCluster, self.redis).get_primaries() if is_cluster(self.redis) else [None]
         for node in masters:
             pipe.execute_command("WAIT", self.replica_acks, self.ack_ms, **({"target_nodes": node} if node else {}))
         return len(masters)
@@ -97,7 +98,8 @@ class Handover:
 
     async def unfinished(self, older_than_ms: int, limit: int) -> list[tuple[str, int]]:
         """Intents older than ``older_than_ms``, oldest first, with their times."""
-        reply = await self.redis.zrangebyscore(HANDOVER_KEY, "-inf", older_than_ms, start=0, num=limit, withscores=True)
+        reply = cast(list[tuple[bytes, float]], await self.redis.zrangebyscore(HANDOVER_KEY, "-inf", older_than_ms, start=0,
+                                                                               num=limit, withscores=True))
         return [(post.decode(), int(score)) for post, score in reply]
 
     async def drop(self, posts: list[str]) -> None:

@@ -28,6 +28,7 @@ import secrets
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from itertools import chain
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -157,7 +158,8 @@ class Inbox:
 
     async def due(self, now_ms: int, limit: int) -> list[str]:
         """Open posts whose latest expiry has passed, oldest first."""
-        return [p.decode() for p in await self.redis.zrangebyscore(EXPIRY_KEY, "-inf", now_ms, start=0, num=limit)]
+        posts = cast(list[bytes], await self.redis.zrangebyscore(EXPIRY_KEY, "-inf", now_ms, start=0, num=limit))
+        return [p.decode() for p in posts]
 
     async def expire(self, posts: list[str]) -> list[Pair]:
         """Remove expired posts' messages from every inbox still holding them; return those deliveries."""

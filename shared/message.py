@@ -24,8 +24,12 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
+from typing import TYPE_CHECKING
 
 from shared.priority import Priority
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT
 
 Pair = tuple[str, str]  # (message_id, user_id): one delivery
 INDEX_DIGITS = 4
@@ -101,9 +105,9 @@ def split_users(field: bytes | str) -> tuple[str, ...]:
     return tuple(text.split(",")) if text else ()
 
 
-def post_fields(messages: list[Message]) -> dict[str, str | int]:
+def post_fields(messages: list[Message]) -> dict[EncodableT, EncodableT]:
     """The field map of one post's messages (see the module docstring)."""
-    fields: dict[str, str | int] = {}
+    fields: dict[EncodableT, EncodableT] = {}
     for m in messages:
         i = m.index
         fields[str(i)] = m.frame

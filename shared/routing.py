@@ -23,10 +23,12 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, astuple, dataclass, replace
+from typing import cast
 
 import orjson
 from redis.asyncio import Redis
 
+from shared.clients import text
 from shared.metrics import NODE_CARDS_REFUSED
 from shared.scripts import Scripts
 from shared.signing import CARD, proof, proven
@@ -127,10 +129,10 @@ class RouteReader:
 
     async def live_nodes(self) -> dict[str, NodeCard]:
         """The cards of live nodes that verify under the internal key (and name the id they are stored under)."""
-        ids = sorted(m.decode() for m in await self.redis.smembers(NODES_KEY))
+        ids = sorted(text(m) for m in await self.redis.smembers(NODES_KEY))
         if not ids:
             return {}
-        cards = await self.redis.mget([node_key(i) for i in ids])
+        cards = cast(list[bytes | None], await self.redis.mget([node_key(i) for i in ids]))
         live = {}
         for node_id, data in zip(ids, cards):
             if data is not None:
@@ -157,10 +159,10 @@ class RouteReader:
 
     async def forget_dead_nodes(self) -> list[str]:
         """Drop from ``nodes`` the ids whose card is gone (a live node adds itself back on its next beat)."""
-        ids = [m.decode() for m in await self.redis.smembers(NODES_KEY)]
+        ids = [text(m) for m in await self.redis.smembers(NODES_KEY)]
         if not ids:
             return []
-        cards = await self.redis.mget([node_key(i) for i in ids])
+        cards = cast(list[bytes | None], await self.redis.mget([node_key(i) for i in ids]))
         dead = [i for i, card in zip(ids, cards) if card is None]
         if dead:
             await self.redis.srem(NODES_KEY, *dead)

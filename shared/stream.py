@@ -30,6 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
+from redis.typing import KeyT, StreamIdT
 
 from shared.message import Message, by_post, messages_of, post_fields
 from shared.priority import TIERS, Priority, post_tier
@@ -155,12 +156,13 @@ class DeliveryStream:
         Waits up to ``block_ms`` only when every tier is empty (then the first to get an entry answers)."""
         entries: list[StreamEntry] = []
         for tier in TIERS:
-            entries += self._entries(await self.redis.xreadgroup(GROUP, consumer, {self.keys[tier]: ">"}, count=count - len(entries)))
+            one: dict[KeyT, StreamIdT] = {self.keys[tier]: ">"}
+            entries += self._entries(await self.redis.xreadgroup(GROUP, consumer, one, count=count - len(entries)))
             if len(entries) >= count:
                 break
         if entries:
             return entries
-        streams = {self.keys[tier]: ">" for tier in TIERS}
+        streams: dict[KeyT, StreamIdT] = {self.keys[tier]: ">" for tier in TIERS}
         return self._entries(await self.redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms))
 
     async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[StreamEntry]:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from shared.clients import text
 from shared.scripts import SlotScript
 
 TOPICS_KEY = "{topics}"  # the hash tag keeps the counts and their index on one slot: one script writes both
@@ -88,4 +89,4 @@ class TopicReader:
 
     async def names(self) -> list[str]:
         """Every topic name that may have subscribers (check with ``counts``)."""
-        return sorted(m.decode() for m in await self.redis.smembers(TOPICS_KEY))
+        return sorted(text(m) for m in await self.redis.smembers(TOPICS_KEY))

@@ -94,7 +94,7 @@ def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: i
                     users_on[node].append(user)
             for node, users in users_on.items():
                 work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, tuple(users), priority=m.priority))
-    return work
+    return {node: dict(by_entry) for node, by_entry in work.items()}
 
 
 class LiveNodes:
@@ -191,7 +191,10 @@ class Router:
         holders = await self.topics.counts(list(topics), nodes)
         ids = [e.entry_id for e in entries]
         late = asyncio.Event()  # set once this cycle stops waiting: sends ending after it acknowledge for themselves
-        sends, awaited, stalled, waiting = [], [], [], set()
+        sends: list[asyncio.Task[None]] = []
+        awaited: list[asyncio.Task[None]] = []
+        stalled: list[str] = []
+        waiting: set[str] = set()
         for node, by_entry in self.ledger.plan(ids, per_node(entries, routes, now, holders, nodes)).items():
             link = self.links.get(nodes[node])
             if link.in_flight >= self.config.link_window:
