@@ -7,7 +7,7 @@ from typing import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from tests.conftest import OUTPUT
 from tests.waits import scaled
@@ -16,6 +16,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 WAIT_MS = scaled(15_000)  # the longest any expectation waits for the page to catch up
+expect.set_options(timeout=WAIT_MS)  # expect() keeps its own timeout (5 s), apart from the page's
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

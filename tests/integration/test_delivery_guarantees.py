@@ -146,7 +146,7 @@ async def test_collect_answers_503_while_mongodb_is_down_and_recovers(start_stac
     await ws.close()
 
 
-async def test_offline_user_gets_pending_messages_oldest_first_then_live_ones(start_stack, topology: str) -> None:
+async def test_offline_user_gets_pending_messages_oldest_first_then_live_ones(start_stack) -> None:
     """A user connecting receives the stored messages in order, then live ones, with per-user order kept."""
     stack: RunningStack = start_stack()
     c = stack.client
@@ -165,7 +165,7 @@ async def test_offline_user_gets_pending_messages_oldest_first_then_live_ones(st
     await ws.close()
 
 
-async def test_expired_message_is_not_delivered_and_shows_expired(start_stack, topology: str) -> None:
+async def test_expired_message_is_not_delivered_and_shows_expired(start_stack) -> None:
     """A message whose TTL passes while its user is offline is never delivered and its status says expired."""
     stack: RunningStack = start_stack(RECONCILE_INTERVAL_SECONDS="0.5")
     c = stack.client

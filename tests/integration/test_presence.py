@@ -54,7 +54,7 @@ async def test_presence_counts_each_users_sockets_right_after_connect_and_discon
     await answers(stack, "/v1/presence/pia", {"online": False, "connections": 0, "nodes": []})
 
 
-async def test_a_topic_counts_its_subscribers_and_lists_their_users(start_stack, topology: str) -> None:
+async def test_a_topic_counts_its_subscribers_and_lists_their_users(start_stack) -> None:
     """Subscribers on both nodes count once each; ?users=1 lists their user ids; an unsubscribe counts at once."""
     stack: RunningStack = start_stack(**FAST)
     c = stack.client
