@@ -29,9 +29,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from urllib.parse import quote
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 

@@ -25,10 +25,10 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 
 from shared.clients import is_cluster
+from shared.clock import now_ms
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.message import Message, by_post
-from shared.routing import now_ms
 from shared.schedule import Schedule
 from shared.stream import ShardedStream
 

@@ -20,7 +20,6 @@ card expires, while a heartbeat costs one SET per node, not one write per user.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, astuple, dataclass, replace
 from typing import cast
@@ -191,7 +190,3 @@ async def directory(reader: RouteReader) -> list[NodeCard]:
     """Live push nodes, least loaded first: what a browser picks from."""
     cards = await reader.live_nodes()
     return sorted(cards.values(), key=lambda c: (c.connections, c.id))
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -20,6 +20,7 @@ from services.collect.presence import presence_routes
 from services.collect.shedding import Shedder
 from shared.breaker import OPEN, CircuitBreaker
 from shared.clients import redis_alive, redis_client
+from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.config import same_secret
 from shared.errors import NotFound, ServiceError, Unauthorized, Unavailable
@@ -29,7 +30,7 @@ from shared.message import Message, is_message_id
 from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
 from shared.priority import TIERS, Priority, post_tier
-from shared.routing import RouteReader, now_ms
+from shared.routing import RouteReader
 from shared.serve import running
 from shared.store import MessageStore
 from shared.stream import Backlog, ShardedStream

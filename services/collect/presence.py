@@ -25,9 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from shared.clock import now_ms
 from shared.errors import InvalidFields, PayloadTooLarge, Unavailable
 from shared.protocol import valid_user_id
-from shared.routing import NodeCard, RouteReader, now_ms
+from shared.routing import NodeCard, RouteReader
 from shared.signing import LinkRequest
 from shared.topicmap import TopicReader
 from shared.topics import valid_topic

@@ -24,9 +24,9 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
+from shared.clock import now_ms
 from shared.errors import Overloaded
 from shared.priority import TIERS, Priority
-from shared.routing import now_ms
 from shared.stream import Backlog, ShardedStream
 
 log = logging.getLogger(__name__)

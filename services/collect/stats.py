@@ -29,10 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.clock import now_ms
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.metrics import exposition
-from shared.routing import NodeCard, RouteReader, directory, now_ms
+from shared.routing import NodeCard, RouteReader, directory
 from shared.topicmap import TOPICS_KEY, TopicReader
 
 LATENCY = "push_delivery_latency_seconds"

@@ -22,9 +22,9 @@ from prometheus_client import Counter, Histogram
 
 from services.dispatch.config import DispatchConfig
 from shared.clients import is_cluster
+from shared.clock import now_ms
 from shared.handover import Handover
 from shared.retry import Backoff
-from shared.routing import now_ms
 
 log = logging.getLogger(__name__)
 FIRED = Counter("dispatch_scheduled_fired_total", "Scheduled messages handed over once due")

@@ -12,9 +12,10 @@ import logging
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from shared.clock import now_ms
 from shared.errors import LinkDown
 from shared.protocol import BatchResult, DeliverBatch, Delivery
-from shared.routing import NodeCard, now_ms
+from shared.routing import NodeCard
 from shared.signing import PROOF_HEADER, LinkRequest
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from shared.clock import now_ms
 from shared.inbox import Inbox
-from shared.routing import now_ms
 from shared.schedule import Schedule
 from shared.store import MessageStore, utc
 

@@ -26,11 +26,12 @@ from prometheus_client import Counter
 from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.rebuild import LeaseLost, rebuild
+from shared.clock import now_ms
 from shared.handover import Handover
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.retry import Backoff
-from shared.routing import RouteReader, now_ms
+from shared.routing import RouteReader
 from shared.store import MessageStore
 from shared.stream import ShardedStream
 

@@ -36,8 +36,8 @@ from services.dispatch.config import DispatchConfig
 from services.dispatch.ledger import Ledger
 from services.dispatch.links import LinkPool, NodeLink
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
-from shared import routing
 from shared.breaker import CircuitBreaker
+from shared.clock import now_ms
 from shared.errors import LinkDown
 from shared.message import BROADCAST
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
@@ -184,7 +184,7 @@ class Router:
         start = time.perf_counter()
         messages = sum(len(e.messages) for e in entries)
         MESSAGES_IN.inc(messages)
-        now = routing.now_ms()
+        now = now_ms()
         nodes = await self.live.get()
         routes = await self.routes.lookup(list({u for e in entries for m in e.messages for u in m.users}), nodes)
         topics = {m.topic for e in entries for m in e.messages if m.topic not in (None, BROADCAST)}

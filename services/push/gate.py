@@ -24,9 +24,9 @@ from services.push.config import PushConfig
 from services.push.drain import Drain
 from services.push.hub import Hub
 from services.push.limits import AddressCount
+from shared.clock import now_ms
 from shared.errors import MethodNotAllowed, NotFound, ServiceError, Unavailable
 from shared.metrics import exposition
-from shared.routing import now_ms
 from shared.signing import PROOF_HEADER, LinkGuard, LinkRequest
 from shared.web import health_answer, refusal
 

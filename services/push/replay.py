@@ -19,12 +19,12 @@ from websockets.exceptions import ConnectionClosed
 
 from services.push.hub import Hub, Session
 from services.push.metrics import REPLAYED
+from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
 from shared.retry import Backoff
-from shared.routing import now_ms
 
 log = logging.getLogger(__name__)
 PAGE_SEND_SECONDS = 30.0  # a page not taken by the client in this time: it is not reading

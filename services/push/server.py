@@ -29,10 +29,11 @@ from services.push.presence import Presence
 from services.push.replay import Replayer
 from services.push.session import Sessions
 from shared.clients import redis_alive, redis_client
+from shared.clock import now_ms
 from shared.errors import Unavailable
 from shared.inbox import Inbox
 from shared.lifecycle import LifecycleWriter
-from shared.routing import NodeCard, RouteReader, RouteWriter, directory, now_ms
+from shared.routing import NodeCard, RouteReader, RouteWriter, directory
 from shared.serve import running
 from shared.store import MessageStore
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import orjson
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shared.protocol import (MAX_ACK_IDS, AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame,
-                             parse_client_frame)
+from shared.protocol import MAX_ACK_IDS, AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, parse_client_frame
 from tests.conftest import report_fuzz
 from tests.fuzz.strategies import INT64, JSON_VALUES, Outcomes, mostly, wire_inputs
 

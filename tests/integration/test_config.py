@@ -11,7 +11,6 @@ import pytest
 from tests.waits import scaled
 from tools.cluster import ROOT
 
-
 SECRETS = ("JWT_KEY", "AUTH_ADMIN_KEY", "COLLECT_API_KEYS", "INTERNAL_KEY")
 
 

@@ -19,13 +19,14 @@ from websockets.exceptions import ConnectionClosed
 from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.reconciler import Reconciler
+from shared.clock import now_ms
 from shared.config import DEV_INTERNAL_KEY
 from shared.inbox import Inbox, inbox_key
 from shared.lifecycle import LifecycleWriter
 from shared.message import Message, message_id, post_of
 from shared.priority import Priority
 from shared.protocol import MessageFrame
-from shared.routing import NODES_KEY, NodeCard, RouteReader, RouteWriter, now_ms
+from shared.routing import NODES_KEY, NodeCard, RouteReader, RouteWriter
 from shared.store import MessageStore
 from shared.stream import ShardedStream, tier_keys
 from tests.client import frames_within, next_frame, receive_ids

@@ -7,7 +7,6 @@ import itertools
 from collections import Counter
 
 import pytest
-
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 

@@ -14,9 +14,10 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from services.dispatch.links import LinkPool, NodeLink
+from shared.clock import now_ms
 from shared.errors import LinkDown
 from shared.protocol import BatchResult, DeliverBatch, Delivery
-from shared.routing import NodeCard, now_ms
+from shared.routing import NodeCard
 from shared.signing import PROOF_HEADER, LinkGuard, LinkRequest
 from tests.waits import until
 

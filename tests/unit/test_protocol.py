@@ -6,8 +6,20 @@ import orjson
 import pytest
 
 from shared.errors import MalformedRequest
-from shared.protocol import (AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, SubscribeFrame,
-                             TopicsFrame, UnsubscribeFrame, new_post_id, parse_client_frame, valid_user_id)
+from shared.protocol import (
+    AckFrame,
+    BatchResult,
+    DeliverBatch,
+    Delivery,
+    MessageFrame,
+    PingFrame,
+    SubscribeFrame,
+    TopicsFrame,
+    UnsubscribeFrame,
+    new_post_id,
+    parse_client_frame,
+    valid_user_id,
+)
 
 
 def test_message_frame_encodes_the_documented_shape() -> None:

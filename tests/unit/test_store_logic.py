@@ -10,8 +10,18 @@ from pymongo.errors import AutoReconnect, BulkWriteError, NetworkTimeout, Operat
 
 from shared.errors import InvalidFields
 from shared.message import BROADCAST, Message, message_id, messages_of, post_fields, submitted_posts
-from shared.store import (NodeCount, cancel_document, derive, derive_counts, event_documents, messages_of_document, outcomes,
-                          post_bytes, post_document, refused_by_document)
+from shared.store import (
+    NodeCount,
+    cancel_document,
+    derive,
+    derive_counts,
+    event_documents,
+    messages_of_document,
+    outcomes,
+    post_bytes,
+    post_document,
+    refused_by_document,
+)
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
