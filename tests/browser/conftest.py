@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -30,11 +31,13 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 class Pages:
-    """Opens pages in one fresh browser context and records their script errors, which fail the test."""
+    """Opens pages in one fresh browser context and records their script errors, which fail the test, and their
+    console lines, which a failed test shows."""
 
     def __init__(self, browser: Browser) -> None:
         self.browser = browser
         self.errors: list[str] = []
+        self.console: list[str] = []
         self.contexts: list[BrowserContext] = []
 
     async def open(self, url: str, width: int = 1200, height: int = 900) -> Page:
@@ -43,6 +46,7 @@ class Pages:
         page = await context.new_page()
         page.set_default_timeout(WAIT_MS)
         page.on("pageerror", lambda error: self.errors.append(f"{url}: {error}"))
+        page.on("console", lambda line: self.console.append(f"{time.strftime('%H:%M:%S')} {url} {line.type}: {line.text}"))
         await page.goto(url)
         return page
 
@@ -56,6 +60,7 @@ async def pages(browser: Browser) -> AsyncIterator[Pages]:
     opened = Pages(browser)
     yield opened
     await opened.close()
+    print("\n".join(["browser console:", *opened.console]))  # pytest shows it when the test failed
     assert opened.errors == [], "the pages threw script errors"
 
 

@@ -41,9 +41,14 @@ describe("chooseNode", () => {
     assert.equal(chooseNode(nodes, avoid, 1000, () => 0), "ws://a/ws");
   });
 
-  it("takes the least loaded node when every node failed recently", () => {
+  it("takes the least loaded node when every node failed recently at the same time", () => {
     const avoid = new Map(nodes.map((n) => [n.url, 1000]));
     assert.equal(chooseNode(nodes, avoid, 0, () => 0.99), "ws://a/ws");
+  });
+
+  it("takes the node that failed longest ago when every node failed recently", () => {
+    const avoid = new Map([["ws://a/ws", 3000], ["ws://b/ws", 1500], ["ws://c/ws", 2000]]);
+    assert.equal(chooseNode(nodes, avoid, 0, () => 0), "ws://b/ws");
   });
 
   it("returns null for an empty directory", () => {

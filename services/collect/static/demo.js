@@ -14,6 +14,7 @@ let granted = new Set(); // the topics the current token's claim grants
 
 function log(text) {
   $("log").prepend(h("li", {}, h("time", {}, clock(Date.now())), text));
+  console.info(text); // the same line in the browser's console, where a test or a developer's tools can read it
 }
 
 /** A topic or broadcast message's label in the feed (null for a message to the user). */

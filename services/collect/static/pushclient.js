@@ -50,12 +50,14 @@ export function backoffDelay(attempt, { baseMs = 500, maxMs = 30000, random = Ma
  * URL to the time (ms) until which it should not be tried because a connection to it just failed.
  * Picks at random between the two least loaded usable nodes, because every client reading the same
  * directory at once would otherwise pile onto one node; if every node failed recently, takes the
- * least loaded anyway (it may be back). Null when the directory is empty.
+ * one that failed longest ago (the least loaded of those), so that a node which failed once is tried
+ * again rather than the same dead one over and over. Null when the directory is empty.
  */
 export function chooseNode(nodes, avoidUntil, now, random = Math.random) {
   if (!nodes.length) return null;
-  const usable = nodes.filter((n) => !((avoidUntil.get(n.url) ?? 0) > now));
-  if (!usable.length) return nodes[0].url;
+  const until = (n) => avoidUntil.get(n.url) ?? 0;
+  const usable = nodes.filter((n) => !(until(n) > now));
+  if (!usable.length) return nodes.reduce((best, n) => (until(n) < until(best) ? n : best)).url;
   return usable[Math.floor(random() * Math.min(2, usable.length))].url;
 }
 
