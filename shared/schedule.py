@@ -78,7 +78,8 @@ end
 """ % META_FIELDS
 
 # KEYS[1] schedule, KEYS[2] firing; ARGV: now, limit, claims older than this are stale. Stale claims first; the due
-# ids are the lowest ranks of the schedule, removed by rank in one command.
+# ids are the lowest ranks of the schedule, removed by rank in one command. Returns the claimed ids and when the
+# next one falls due (the schedule's first score, or a claim's going stale), nil if nothing waits.
 CLAIM = _CHUNKED + """
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, limit)
@@ -99,7 +100,19 @@ end
 if #scored > 0 then
   chunked('ZADD', KEYS[2], scored)
 end
-return ids
+local wake = false
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first > 0 then
+  wake = tonumber(first[2])
+end
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #oldest > 0 then
+  local stale = tonumber(oldest[2]) + now - tonumber(ARGV[3])
+  if not wake or stale < wake then
+    wake = stale
+  end
+end
+return {ids, wake}
 """
 
 # KEYS[1] firing, then post hashes; ARGV: for each hash a count n and n message ids (``{post}{index:04x}``), which
@@ -162,9 +175,11 @@ class Schedule:
             self.stage(pipe, messages)
             await pipe.execute()
 
-    async def claim(self, now_ms: int, limit: int, grace_ms: int) -> list[str]:
-        """Up to ``limit`` ids due by ``now_ms`` (and claims older than ``grace_ms``), now this caller's to fire."""
-        return [i.decode() for i in await self._claim.run([SCHEDULE_KEY, FIRING_KEY], [now_ms, limit, now_ms - grace_ms])]
+    async def claim(self, now_ms: int, limit: int, grace_ms: int) -> tuple[list[str], int | None]:
+        """Up to ``limit`` ids due by ``now_ms`` (and claims older than ``grace_ms``), now this caller's to fire, and
+        the time (ms) the next one falls due, None if none waits."""
+        ids, wake = await self._claim.run([SCHEDULE_KEY, FIRING_KEY], [now_ms, limit, now_ms - grace_ms])
+        return [i.decode() for i in ids], wake
 
     async def load(self, ids: list[str]) -> list[Message]:
         """The claimed messages still held, read with their posts' whole hashes in one script call (a claim takes

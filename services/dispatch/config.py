@@ -41,7 +41,9 @@ class DispatchConfig(HandoverSettings, MongoSettings, InternalKeySettings):
     expire_batch: int = setting("EXPIRE_BATCH", 500, "posts expired per Redis round trip", low=1)
     rebuild_page: int = setting("REBUILD_PAGE", 1000, "documents per page when rebuilding Redis from MongoDB", low=1)
     purge_interval: float = setting("PURGE_INTERVAL_SECONDS", 3600.0, "how often history past its `purge_at` is deleted", low=1)
-    fire_interval_ms: int = setting("FIRE_INTERVAL_MS", 50, "how often each instance looks for due scheduled messages", low=1)
+    fire_interval_ms: int = setting("FIRE_INTERVAL_MS", 50, "shortest pause between looks for due scheduled messages", low=1)
+    fire_idle_ms: int = setting("FIRE_IDLE_MS", 500, "longest pause between looks (how late a message scheduled for sooner "
+                                "than the next known due time may fire)", low=1)
     fire_batch: int = setting("FIRE_BATCH", 1000, "most scheduled messages one instance claims and fires at once", low=1)
     fire_grace_ms: int = setting("FIRE_GRACE_MS", 30_000, "a claim not fired within this (its instance died) is claimed again",
                                  low=1000)

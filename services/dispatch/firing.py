@@ -7,7 +7,9 @@ from their posts' hashes, all in one MULTI, so a claimer that dies leaves either
 nothing done (what it claimed is claimed again after ``FIRE_GRACE_MS``). A Redis Cluster has no
 MULTI across slots: there the same commands go in one plain pipeline, hand-over first, so a claimer
 dying in between leaves its claim to be fired again (at least once, never lost). A full page is followed at
-once by the next; otherwise the loop sleeps ``FIRE_INTERVAL_MS``. ``FIRE_CONCURRENCY`` such loops
+once by the next; otherwise the loop sleeps until the next message falls due, at least ``FIRE_INTERVAL_MS``
+and at most ``FIRE_IDLE_MS`` (a message scheduled meanwhile for sooner waits that long at worst), so an idle
+schedule costs Redis a few calls a second, not one per interval. ``FIRE_CONCURRENCY`` such loops
 run in each instance, so one packs its next page while Redis runs another's MULTI (a page's wall
 time is about half waiting on Redis).
 """
@@ -45,20 +47,26 @@ class Firing:
         backoff = Backoff()
         while True:
             try:
-                fired = await self.fire()
+                fired, wake_ms = await self.fire()
                 backoff.succeeded()
             except Exception as exc:  # never die silently: log, back off, go on
                 await backoff.failed(log, "firing scheduled messages", exc)
                 continue
             if fired < self.config.fire_batch:
-                await asyncio.sleep(self.config.fire_interval_ms / 1000)
+                await asyncio.sleep(self.pause_ms(wake_ms, now_ms()) / 1000)
 
-    async def fire(self) -> int:
-        """Claim and hand over one page of due messages; return how many ids were claimed."""
+    def pause_ms(self, wake_ms: int | None, now: int) -> int:
+        """How long to sleep after a short page: until ``wake_ms`` (the next due time, None if nothing waits), within
+        ``FIRE_INTERVAL_MS`` and ``FIRE_IDLE_MS``."""
+        idle = self.config.fire_idle_ms
+        return idle if wake_ms is None else min(idle, max(self.config.fire_interval_ms, wake_ms - now))
+
+    async def fire(self) -> tuple[int, int | None]:
+        """Claim and hand over one page of due messages; return how many ids were claimed and when the next falls due."""
         started = time.perf_counter()
-        ids = await self.schedule.claim(now_ms(), self.config.fire_batch, self.config.fire_grace_ms)
+        ids, wake_ms = await self.schedule.claim(now_ms(), self.config.fire_batch, self.config.fire_grace_ms)
         if not ids:
-            return 0
+            return 0, wake_ms
         messages = await self.schedule.load(ids)
         async with self.handover.redis.pipeline(transaction=not is_cluster(self.handover.redis)) as pipe:
             await self.handover.stage(pipe, messages)
@@ -70,4 +78,4 @@ class Firing:
         FIRED.inc(len(messages))
         log.info("fired scheduled messages", extra={"count": len(messages), "claimed": len(ids),
                                                     "seconds": round(time.perf_counter() - started, 4)})
-        return len(ids)
+        return len(ids), wake_ms
