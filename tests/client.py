@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from typing import Any
 
@@ -49,7 +50,8 @@ class ClusterClient:
                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else orjson.dumps(body)
         hdrs = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json", **(headers or {})}
-        async with self.session.post(f"{self.stack.collect_url}/v1/messages", data=data, headers=hdrs) as r:
+        # a stream, not bytes: aiohttp warns that a large bytes body could hold up the event loop
+        async with self.session.post(f"{self.stack.collect_url}/v1/messages", data=io.BytesIO(data), headers=hdrs) as r:
             return r.status, await r.json(content_type=None)
 
     async def status(self, message_id: str) -> tuple[int, Any]:
