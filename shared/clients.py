@@ -25,6 +25,8 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
 CLUSTER_SCHEME = "redis+cluster"
@@ -68,7 +70,9 @@ def redis_client(url: str, timeout: float = 3.0) -> Redis:
     if cluster is not None:
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster.nodes], password=cluster.password,
                             username=cluster.username, **common)  # type: ignore[return-value]
-    return Redis.from_url(url, health_check_interval=10, **common)
+    # One immediate retry on a fresh connection: a pooled connection that died with a Redis restart fails its
+    # first use, which would otherwise reach a caller (a 503 from collect) once Redis is already back.
+    return Redis.from_url(url, health_check_interval=10, retry=Retry(NoBackoff(), 1), **common)
 
 
 def text(value: bytes | str) -> str:
