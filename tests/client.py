@@ -77,11 +77,12 @@ class ClusterClient:
         _, answer = await until(attempt, lambda r: r[0] == 202, what="collect to accept a post", timeout=timeout, every=0.3)
         return answer
 
-    async def metric(self, url: str, name: str, **labels: str) -> float:
-        """The value of sample ``name`` (with exactly ``labels``) on the ``/metrics`` page of the service at ``url``."""
+    async def metric(self, url: str, name: str, *, absent: float | None = None, **labels: str) -> float:
+        """The value of sample ``name`` (with exactly ``labels``) on the ``/metrics`` page of the service at ``url``;
+        fails when the page has no such sample (``absent``: see ``tests.metrics.sample``)."""
         async with self.session.get(f"{url}/metrics") as r:
             assert r.status == 200, await r.text()
-            return sample(await r.text(), name, **labels)
+            return sample(await r.text(), name, absent=absent, **labels)
 
     async def drain(self, node: int = 0, key: str | None = DEV_INTERNAL_KEY) -> tuple[int, Any]:
         """``POST /v1/drain`` on push node ``node``, signed with ``key`` (None: unsigned): its status and body."""
@@ -199,7 +200,7 @@ class Roamer:
         loop = asyncio.get_running_loop()
         while True:
             leave = asyncio.timeout(None)
-            async with connect(f"{url}?token={token}", open_timeout=10) as ws:  # closed on the way out, cancelled too
+            async with connect(f"{url}?token={token}", open_timeout=scaled(10)) as ws:  # closed on the way out, cancelled too
                 try:
                     async with leave:
                         async for data in ws:
