@@ -20,6 +20,9 @@ from ``schedule:firing`` in one MULTI (``services/dispatch/firing.py``). An id l
 script, by any instance: no lease, nothing stalls when an instance dies. A claimer stalled past the
 grace and then going on would fire a message twice (at least once, like every delivery here).
 
+Due times are compared with Redis's clock (``TIME`` inside the scripts), the one clock every dispatch instance
+shares: an instance whose own clock runs ahead neither fires early nor takes another's fresh claim for a stale one.
+
 Cancelling is one script too: the id leaves ``schedule`` only if it is still there and the hash's
 sender matches, so a cancel and a claim never both win.
 """
@@ -77,14 +80,27 @@ local function drop(key, indexes)
 end
 """ % META_FIELDS
 
-# KEYS[1] schedule, KEYS[2] firing; ARGV: now, limit, claims older than this are stale. Stale claims first; the due
-# ids are the lowest ranks of the schedule, removed by rank in one command. Returns the claimed ids and when the
-# next one falls due (the schedule's first score, or a claim's going stale), nil if nothing waits.
-CLAIM = _CHUNKED + """
-local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, limit)
+# Redis's clock, in ms: every due time and claim is compared on this one clock, never a dispatch instance's own (two
+# instances' clocks apart would fire early, or take each other's fresh claims for stale ones). TIME before a write is
+# allowed in a script since Redis 5 (effects replication, the default from 5.0; the only mode from 7.0).
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS[1] schedule, KEYS[2] firing; ARGV: limit, grace (claims older than now - grace are stale). Stale claims first;
+# the due ids are the lowest ranks of the schedule, removed by rank in one command. Returns the claimed ids, when the
+# next one falls due (the schedule's first score, or a claim's going stale; false if nothing waits) and now, all on
+# Redis's clock.
+CLAIM = _CHUNKED + _NOW + """
+local limit, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = now_ms()
+local nowtext, staletext = string.format('%d', now), string.format('%d', now - grace)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', staletext, 'LIMIT', 0, limit)
 if #ids < limit then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - #ids)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', nowtext, 'LIMIT', 0, limit - #ids)
   if #due > 0 then
     redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #due - 1)
     for _, id in ipairs(due) do
@@ -94,7 +110,7 @@ if #ids < limit then
 end
 local scored = {}
 for _, id in ipairs(ids) do
-  scored[#scored + 1] = now
+  scored[#scored + 1] = nowtext
   scored[#scored + 1] = id
 end
 if #scored > 0 then
@@ -107,12 +123,17 @@ if #first > 0 then
 end
 local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 if #oldest > 0 then
-  local stale = tonumber(oldest[2]) + now - tonumber(ARGV[3])
+  local stale = tonumber(oldest[2]) + grace
   if not wake or stale < wake then
     wake = stale
   end
 end
-return {ids, wake}
+return {ids, wake, now}
+"""
+
+# KEYS[1] schedule (only for its slot): Redis's clock in ms, on the master holding the schedule.
+NOW = _NOW + """
+return now_ms()
 """
 
 # KEYS[1] firing, then post hashes; ARGV: for each hash a count n and n message ids (``{post}{index:04x}``), which
@@ -156,6 +177,7 @@ class Schedule:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._claim = SlotScript(redis, CLAIM)
+        self._now = SlotScript(redis, NOW)
         self._settle = SlotScript(redis, SETTLE)
         self._cancel = SlotScript(redis, CANCEL)
         self._scripts = Scripts(redis)
@@ -175,11 +197,15 @@ class Schedule:
             self.stage(pipe, messages)
             await pipe.execute()
 
-    async def claim(self, now_ms: int, limit: int, grace_ms: int) -> tuple[list[str], int | None]:
-        """Up to ``limit`` ids due by ``now_ms`` (and claims older than ``grace_ms``), now this caller's to fire, and
-        the time (ms) the next one falls due, None if none waits."""
-        ids, wake = await self._claim.run([SCHEDULE_KEY, FIRING_KEY], [now_ms, limit, now_ms - grace_ms])
-        return [i.decode() for i in ids], wake
+    async def claim(self, limit: int, grace_ms: int) -> tuple[list[str], int | None, int]:
+        """Up to ``limit`` ids due by now (and claims older than ``grace_ms``), now this caller's to fire; the time (ms)
+        the next one falls due, None if none waits; and now. Every time is Redis's clock, never the caller's."""
+        ids, wake, now = await self._claim.run([SCHEDULE_KEY, FIRING_KEY], [limit, grace_ms])
+        return [i.decode() for i in ids], wake, int(now)
+
+    async def now_ms(self) -> int:
+        """The schedule's clock: Redis's time (ms) on the server holding the schedule."""
+        return int(await self._now.run([SCHEDULE_KEY], []))
 
     async def load(self, ids: list[str]) -> list[Message]:
         """The claimed messages still held, read with their posts' whole hashes in one script call (a claim takes

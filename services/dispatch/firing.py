@@ -12,6 +12,9 @@ and at most ``FIRE_IDLE_MS`` (a message scheduled meanwhile for sooner waits tha
 schedule costs Redis a few calls a second, not one per interval. ``FIRE_CONCURRENCY`` such loops
 run in each instance, so one packs its next page while Redis runs another's MULTI (a page's wall
 time is about half waiting on Redis).
+
+Every time here is Redis's clock (``TIME`` inside the claim script), not the instance's: instances whose clocks
+disagree neither fire early nor take each other's fresh claims for stale ones.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from prometheus_client import Counter, Histogram
 
 from services.dispatch.config import DispatchConfig
 from shared.clients import is_cluster
-from shared.clock import now_ms
 from shared.handover import Handover
 from shared.retry import Backoff
 
@@ -47,13 +49,13 @@ class Firing:
         backoff = Backoff()
         while True:
             try:
-                fired, wake_ms = await self.fire()
+                fired, wake_ms, now = await self.fire()
                 backoff.succeeded()
             except Exception as exc:  # never die silently: log, back off, go on
                 await backoff.failed(log, "firing scheduled messages", exc)
                 continue
             if fired < self.config.fire_batch:
-                await asyncio.sleep(self.pause_ms(wake_ms, now_ms()) / 1000)
+                await asyncio.sleep(self.pause_ms(wake_ms, now) / 1000)
 
     def pause_ms(self, wake_ms: int | None, now: int) -> int:
         """How long to sleep after a short page: until ``wake_ms`` (the next due time, None if nothing waits), within
@@ -61,21 +63,22 @@ class Firing:
         idle = self.config.fire_idle_ms
         return idle if wake_ms is None else min(idle, max(self.config.fire_interval_ms, wake_ms - now))
 
-    async def fire(self) -> tuple[int, int | None]:
-        """Claim and hand over one page of due messages; return how many ids were claimed and when the next falls due."""
+    async def fire(self) -> tuple[int, int | None, int]:
+        """Claim and hand over one page of due messages; return how many ids were claimed, when the next falls due
+        and when the claim was made (both on Redis's clock, which every instance shares)."""
         started = time.perf_counter()
-        ids, wake_ms = await self.schedule.claim(now_ms(), self.config.fire_batch, self.config.fire_grace_ms)
+        ids, wake_ms, claimed_at = await self.schedule.claim(self.config.fire_batch, self.config.fire_grace_ms)
         if not ids:
-            return 0, wake_ms
+            return 0, wake_ms, claimed_at
         messages = await self.schedule.load(ids)
         async with self.handover.redis.pipeline(transaction=not is_cluster(self.handover.redis)) as pipe:
             await self.handover.stage(pipe, messages)
             await self.schedule.settle(pipe, ids)
             await pipe.execute()
-        at = now_ms()
+        elapsed = time.perf_counter() - started
+        at = claimed_at + int(elapsed * 1000)  # Redis's clock at the hand-over, near enough
         for m in messages:
             LATENESS.observe(max(0, at - m.due_ms) / 1000)
         FIRED.inc(len(messages))
-        log.info("fired scheduled messages", extra={"count": len(messages), "claimed": len(ids),
-                                                    "seconds": round(time.perf_counter() - started, 4)})
-        return len(ids), wake_ms
+        log.info("fired scheduled messages", extra={"count": len(messages), "claimed": len(ids), "seconds": round(elapsed, 4)})
+        return len(ids), wake_ms, claimed_at

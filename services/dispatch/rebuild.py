@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from shared.clock import now_ms
 from shared.inbox import Inbox
 from shared.schedule import Schedule
 from shared.store import MessageStore, utc
@@ -38,7 +37,7 @@ async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: i
     opened = closed = scheduled = 0
     oldest: int | None = None
     async for messages in store.open_messages(dt.datetime.now(dt.UTC), page):
-        now = now_ms()
+        now = await schedule.now_ms()  # the schedule's clock (Redis's), as firing uses: nothing opened early
         later = [m for m in messages if m.due_ms > now]
         await inbox.open([m for m in messages if m.due_ms <= now])
         await schedule.hold(later)
