@@ -155,7 +155,8 @@ return #KEYS
 """ % INDEX_DIGITS
 
 # KEYS[1] schedule, KEYS[2] the post's hash; ARGV: message id, its index, the sender. Nil unless it was waiting and
-# the sender's; else the due time and the message's fields (post time, frame, recipients, expiry, topic).
+# the sender's; else the due time and the message's fields (post time, frame, recipients, expiry, topic, priority),
+# all a put-back (``hold``) needs to restore it as it was.
 CANCEL = _CHUNKED + """
 if redis.call('HGET', KEYS[2], 's') ~= ARGV[3] then
   return false
@@ -166,7 +167,7 @@ if not due then
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 local i = ARGV[2]
-local fields = redis.call('HMGET', KEYS[2], 't', i, 'u' .. i, 'x' .. i, 't' .. i)
+local fields = redis.call('HMGET', KEYS[2], 't', i, 'u' .. i, 'x' .. i, 't' .. i, 'r' .. i)
 drop(KEYS[2], {i})
 table.insert(fields, 1, due)
 return fields
@@ -230,15 +231,18 @@ class Schedule:
                                  [[], *([len(wanted), *wanted] for wanted in claimed.values())])
 
     async def cancel(self, message_id: str, sender: str) -> Message | None:
-        """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it, or None."""
+        """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it (whole, priority
+        included, so ``hold`` can put it back as it was), or None."""
         post, index = post_of(message_id), index_of(message_id)
         reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post)], [message_id, index, sender])
         if not reply:
             return None
-        due, ts, frame, users, expires, topic = reply
+        due, ts, frame, users, expires, topic, priority = reply
         fields = {b"%d" % index: frame, b"u%d" % index: users, b"x%d" % index: expires, b"d%d" % index: due}
         if topic is not None:
             fields[b"t%d" % index] = topic
+        if priority is not None:
+            fields[b"r%d" % index] = priority
         return replace(messages_of(post, int(ts), fields)[0], sender=sender)
 
     async def unschedule(self, message_ids: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from shared.message import Message, is_message_id
 from shared.metrics import MESSAGES_IN
 from shared.openapi import openapi_route
 from shared.priority import TIERS, Priority, post_tier
+from shared.retry import Backoff
 from shared.routing import RouteReader
 from shared.serve import running
 from shared.store import MessageStore
@@ -116,10 +118,37 @@ def create_app(config: CollectConfig) -> Starlette:
             raise NotFound(f"no message {message_id!r} for this API key")
         return json_response(status)
 
+    put_backs: set[asyncio.Task[None]] = set()
+
+    async def put_back(message: Message) -> None:
+        """Hold a message whose cancel could not be recorded back in the schedule; if Redis fails that too, keep trying
+        in the background until it takes it (``hold`` is idempotent), so the message is never lost."""
+        try:
+            await redis_breaker.call(lambda: handover.schedule.hold([message]))
+            return
+        except Exception as exc:
+            log.error("could not put a message whose cancel failed back in the schedule; retrying",
+                      extra={"id": message.id, "error": repr(exc)})
+
+        async def keep_trying() -> None:
+            backoff = Backoff()
+            while True:
+                try:
+                    await redis_breaker.call(lambda: handover.schedule.hold([message]))
+                    log.info("message put back in the schedule", extra={"id": message.id})
+                    return
+                except Exception as exc:
+                    await backoff.failed(log, f"putting message {message.id} back in the schedule", exc)
+
+        task = asyncio.get_running_loop().create_task(keep_trying())
+        put_backs.add(task)
+        task.add_done_callback(put_backs.discard)
+
     async def cancel_message(request: Request) -> Response:
         """Cancel a scheduled message that has not fired yet; only the business system that posted it may. The
-        schedule's script decides (it or a firing dispatch wins, never both), then MongoDB records it; if that
-        write fails the message is held back again and the answer is 503."""
+        schedule's script decides (it or a firing dispatch wins, never both), then MongoDB records it. If that record
+        fails for any reason (MongoDB down, or the document refused) the message goes back in the schedule as it was
+        and the answer is 503: a cancel is either recorded or undone, never a 500 with the message gone."""
         sender = sender_of(request, config.api_keys)
         message_id = request.path_params["message_id"]
         schedule = handover.schedule
@@ -128,9 +157,11 @@ def create_app(config: CollectConfig) -> Starlette:
             raise NotFound(f"no scheduled message {message_id!r} waiting for this API key (unknown, or already fired)")
         try:
             await store.record_cancelled(message)
-        except Unavailable:
-            await redis_breaker.call(lambda: schedule.hold([message]))
-            raise
+        except Exception as exc:
+            await put_back(message)
+            log.warning("cancel not recorded; the message is scheduled again", extra={"id": message_id, "error": repr(exc)})
+            reason = exc.message if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise Unavailable(f"the cancel could not be recorded ({reason}); the message is still scheduled") from exc
         log.info("scheduled message cancelled", extra={"id": message_id, "sender": sender, "due": message.due_ms})
         return json_response({"id": message_id, "state": "cancelled"})
 

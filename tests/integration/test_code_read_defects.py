@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 
 import orjson
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
+from shared.message import index_of, post_of
+from shared.schedule import SCHEDULE_KEY, sched_key
 from tests.conftest import RunningStack
 from tests.waits import scaled
 from tools.cluster import Cluster, free_port
@@ -52,4 +55,69 @@ async def test_a_dispatch_whose_clock_runs_ahead_does_not_fire_a_scheduled_messa
     frame, at = await next_message(ws, timeout=15)
     assert frame["id"] == answer["id"]
     assert at >= deliver_at, f"arrived {deliver_at - at} ms before its due time"
+    await ws.close()
+
+
+def user_names(count: int) -> list[str]:
+    """``count`` distinct user ids, as short as user ids get (so a message's cancel record is as large as can be)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    names: list[str] = []
+    width = 1
+    while len(names) < count:
+        names += ["".join(alphabet[n // len(alphabet) ** k % len(alphabet)] for k in range(width))
+                  for n in range(len(alphabet) ** width)]
+        width += 1
+    return names[:count]
+
+
+async def test_a_cancel_the_store_refuses_answers_503_and_the_message_stays_scheduled(start_stack) -> None:
+    """A cancel whose record MongoDB cannot take (a message to 320,000 recipients: a row each passes the 16 MB
+    document limit) answers 503, never 500, and the message is back in the schedule with its due time and
+    recipients."""
+    recipients = 320_000
+    stack: RunningStack = start_stack(MAX_RECIPIENTS=str(recipients), MAX_DELIVERIES=str(recipients),
+                                      MAX_BODY_BYTES=str(8 * 1024 * 1024))
+    deliver_at = clock_ms() + 3_600_000
+    users = user_names(recipients)
+    code, answer = await stack.client.post({"user_ids": users, "payload": "to everyone", "deliver_at": deliver_at})
+    assert code == 202, answer
+    mid = answer["id"]
+    for _ in range(2):  # refused each time, and each time put back
+        code, body = await stack.client.cancel(mid)
+        assert code == 503 and body["error"]["code"] == "unavailable", (code, body)
+        assert "still scheduled" in body["error"]["message"], body
+    redis = Redis.from_url(stack.stack.redis_url)
+    try:
+        assert await redis.zscore(SCHEDULE_KEY, mid) == deliver_at
+        held = await redis.hget(sched_key(post_of(mid)), f"u{index_of(mid)}")
+        assert held is not None and held.decode().split(",") == users
+    finally:
+        await redis.aclose()
+
+
+async def test_a_cancel_undone_while_mongodb_is_down_keeps_the_message_whole_and_it_still_arrives(
+        start_stack, cluster: Cluster) -> None:
+    """With MongoDB down a cancel answers 503 and puts the message back as it was, its high priority included, and
+    it still reaches its user at its due time."""
+    mongo_port = free_port()
+    mongo = cluster.start_ferretdb(mongo_port)
+    stack: RunningStack = start_stack(mongo_url=f"mongodb://127.0.0.1:{mongo_port}/")
+    ws = await stack.client.connect("kept")
+    deliver_at = clock_ms() + int(scaled(6000))
+    code, answer = await stack.client.post({"user_id": "kept", "payload": "urgent", "priority": "high",
+                                            "deliver_at": deliver_at})
+    assert code == 202, answer
+    mid = answer["id"]
+    mongo.stop()
+    code, body = await stack.client.cancel(mid)
+    assert code == 503, (code, body)
+    redis = Redis.from_url(stack.stack.redis_url)
+    try:
+        assert await redis.zscore(SCHEDULE_KEY, mid) == deliver_at
+        assert await redis.hget(sched_key(post_of(mid)), f"r{index_of(mid)}") == b"high", "put back without its priority"
+    finally:
+        await redis.aclose()
+    assert "still scheduled" in body["error"]["message"], body
+    frame, at = await next_message(ws, timeout=20)
+    assert frame["id"] == mid and at >= deliver_at
     await ws.close()
