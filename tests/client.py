@@ -190,6 +190,7 @@ class Roamer:
         self.client = client
         self.user_id = user_id
         self.received: list[str] = []
+        self.arrivals: list[tuple[float, str, str]] = []  # (loop time, node, message id) of each message frame
         self.welcomes: list[tuple[float, str]] = []  # (loop time, node) of each welcome
         self.node_closed = 0  # times the node closed the socket before the advised time
         self.welcomed = asyncio.Event()
@@ -198,6 +199,7 @@ class Roamer:
         """Stay connected (first to ``url``) until cancelled."""
         token = await self.client.token(self.user_id)
         loop = asyncio.get_running_loop()
+        node = ""
         while True:
             leave = asyncio.timeout(None)
             async with connect(f"{url}?token={token}", open_timeout=scaled(10)) as ws:  # closed on the way out, cancelled too
@@ -206,10 +208,12 @@ class Roamer:
                         async for data in ws:
                             frame = orjson.loads(data)
                             if frame["type"] == "welcome":
-                                self.welcomes.append((loop.time(), frame["node"]))
+                                node = frame["node"]
+                                self.welcomes.append((loop.time(), node))
                                 self.welcomed.set()
                             elif frame["type"] == "message":
                                 self.received.append(frame["id"])
+                                self.arrivals.append((loop.time(), node, frame["id"]))
                                 await ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())
                             elif frame["type"] == "reconnect":
                                 url = frame.get("url", url)
