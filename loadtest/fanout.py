@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import orjson
 from websockets.asyncio.client import ClientConnection

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import resource
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, AsyncContextManager, Callable
+from typing import Any, AsyncContextManager
 
 import uvloop
 

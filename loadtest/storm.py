@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from loadtest.inbox import Inbox, Tally, Users
 from loadtest.target import Target

@@ -2,14 +2,20 @@
 
 Keys (a post is one POST's messages, see ``shared.message``):
 
-* ``post:{id}`` -- a HASH with the post's field map (each message's frame, stored once however
-  many recipients, its recipients and its expiry) and ``n``, how many of its deliveries are still
-  open; deleted when ``n`` reaches 0 or the post expires. Topic and broadcast messages open no
-  inbox and are left out (a post of only those has no hash and no expiry entry);
+* ``post:{p<bucket>}:<post>`` -- a HASH holding the post's messages for users that some recipient may
+  still be sent: per message its frame (stored once however many recipients), recipients, expiry
+  and ``n<i>``, how many of its deliveries may still be open. A message leaves when its ``n`` reaches
+  0 or it expires, the hash with the last. Topic and broadcast messages open no inbox and are left
+  out. Parts of one post arrive at different times (a scheduled message fires later), so every
+  count and expiry is per message, never per post: ``shared.model.poststate`` specifies each
+  transition and the invariants its script keeps;
+* ``expiry:{p<bucket>}`` -- a ZSET of the bucket's posts scored by the earliest expiry they hold,
+  read by dispatch's expiry pass; it shares its posts' hash tag, so each transition changes a post
+  and its expiry in one script;
 * ``inbox:{u<bucket>}:<user>`` -- a ZSET of the user's open message ids scored by acceptance time, trimmed to
-  the newest ``limit``; Redis drops it when the last entry goes;
-* ``expiry`` -- a ZSET of open post ids scored by their latest expiry (ms), read by dispatch's
-  expiry loop (a replay skips a message whose own expiry has passed);
+  the newest ``limit``; Redis drops it when the last entry goes. What the trim pushes out is queued
+  in ``trimmed:{u<bucket>}`` and closed (counted, and recorded ``trimmed`` in the status) by
+  dispatch's reconciler;
 * ``state:epoch:{u<bucket>}`` -- one marker per user bucket (``shared.slots``, rule 4), present once
   this state is complete, each beside the inboxes of its bucket: a Redis restarted empty, or one
   master of a Redis Cluster restarted empty, loses the markers of exactly the buckets it lost. With
@@ -17,28 +23,101 @@ Keys (a post is one POST's messages, see ``shared.message``):
   them all to a new epoch; replays of a user wait for their bucket's marker, and push nodes that see
   the epoch change send their open sessions what came back.
 
-Each method takes a whole batch and costs a few round trips whatever its size: per post one HSET
-and one ZADD; the per-recipient inbox commands run inside Redis by one script call
-(``shared.scripts``), since redis-py's cost per pipelined command is what would dominate.
+Each method takes a whole batch and costs a few round trips whatever its size: one script call per
+post bucket for the posts' state, one per user bucket for the inboxes (``shared.scripts``), since
+redis-py's cost per pipelined command is what would dominate.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared.errors import Unavailable
 from shared.message import Message, Pair, by_post, index_of, message_id, post_fields, post_of, split_users
-from shared.scripts import Scripts
-from shared.slots import all_user_tags, user_tag
+from shared.scripts import Scripts, SlotScript
+from shared.slots import all_post_tags, all_user_tags, post_tag, user_tag
 
-EXPIRY_KEY = "expiry"
+_FIELDS = "local function forget(key, i) redis.call('HDEL', key, i, 'u' .. i, 'x' .. i, 'r' .. i, 'n' .. i) end\n"
+
+# Transition ``open`` (``PostState.open``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV per post:
+# its id, its earliest expiry, a count f and f field/value pairs (``post_fields``), a count m and m (index,
+# recipients) pairs.
+OPEN_POSTS = """
+local a = 1
+for k = 2, #KEYS do
+  local post, earliest, f = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  for c = a, a + 2 * f - 1, 2000 do
+    redis.call('HSET', KEYS[k], unpack(ARGV, c, math.min(c + 1999, a + 2 * f - 1)))
+  end
+  a = a + 2 * f
+  for _ = 1, tonumber(ARGV[a]) do
+    redis.call('HINCRBY', KEYS[k], 'n' .. ARGV[a + 1], ARGV[a + 2])
+    a = a + 2
+  end
+  a = a + 1
+  redis.call('ZADD', KEYS[1], 'LT', earliest, post)
+end
+return #KEYS - 1
+"""
+
+# Transition ``close`` (``PostState.close``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV per
+# post: its id, a count m and m (index, deliveries closed) pairs.
+CLOSE_POSTS = _FIELDS + """
+local a = 1
+for k = 2, #KEYS do
+  local post = ARGV[a]
+  for _ = 1, tonumber(ARGV[a + 1]) do
+    local i = ARGV[a + 2]
+    if redis.call('HEXISTS', KEYS[k], i) == 1 and redis.call('HINCRBY', KEYS[k], 'n' .. i, -tonumber(ARGV[a + 3])) <= 0 then
+      forget(KEYS[k], i)
+    end
+    a = a + 2
+  end
+  a = a + 2
+  if redis.call('EXISTS', KEYS[k]) == 0 then
+    redis.call('ZREM', KEYS[1], post)
+  end
+end
+return #KEYS - 1
+"""
+
+# Transition ``expire`` (``PostState.expire``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV[1]:
+# now, then per post: its id, a count m and m indexes of expired messages whose deliveries are closed.
+EXPIRE_POSTS = _FIELDS + """
+local now = tonumber(ARGV[1])
+local a = 2
+for k = 2, #KEYS do
+  local post = ARGV[a]
+  for j = a + 2, a + 1 + tonumber(ARGV[a + 1]) do
+    local x = redis.call('HGET', KEYS[k], 'x' .. ARGV[j])
+    if x and tonumber(x) <= now then
+      forget(KEYS[k], ARGV[j])
+    end
+  end
+  a = a + 2 + tonumber(ARGV[a + 1])
+  local earliest = false
+  for _, name in ipairs(redis.call('HKEYS', KEYS[k])) do
+    if string.sub(name, 1, 1) == 'x' then
+      local x = tonumber(redis.call('HGET', KEYS[k], name))
+      if not earliest or x < earliest then earliest = x end
+    end
+  end
+  if earliest then
+    redis.call('ZADD', KEYS[1], earliest, post)
+  else
+    redis.call('ZREM', KEYS[1], post)
+  end
+end
+return #KEYS - 1
+"""
 
 
 def epoch_key(tag: str) -> str:
@@ -46,11 +125,27 @@ def epoch_key(tag: str) -> str:
 
 
 def post_key(post: str) -> str:
-    return f"post:{post}"
+    return f"post:{post_tag(post)}:{post}"
+
+
+def expiry_key(tag: str) -> str:
+    return f"expiry:{tag}"
 
 
 def inbox_key(user_id: str) -> str:
     return f"inbox:{user_tag(user_id)}:{user_id}"
+
+
+def trimmed_key(tag: str) -> str:
+    return f"trimmed:{tag}"
+
+
+def by_bucket(posts: Iterable[str]) -> dict[str, list[str]]:
+    """Posts grouped by their bucket's tag."""
+    buckets: defaultdict[str, list[str]] = defaultdict(list)
+    for post in posts:
+        buckets[post_tag(post)].append(post)
+    return buckets
 
 
 class Inbox:
@@ -58,23 +153,34 @@ class Inbox:
         self.redis = redis
         self.limit = limit
         self.scripts = Scripts(redis)
+        self._open = SlotScript(redis, OPEN_POSTS)
+        self._close = SlotScript(redis, CLOSE_POSTS)
+        self._expire = SlotScript(redis, EXPIRE_POSTS)
+
+    async def _per_bucket(self, pipe: Pipeline, script: SlotScript, args: Mapping[str, list[Any]], head: list[Any]) -> None:
+        """Queue one call of a post-state script per bucket: its expiry index and posts as keys, each post's arguments."""
+        for tag, posts in by_bucket(args).items():
+            await script.stage(pipe, [expiry_key(tag), *map(post_key, posts)], head=[*head, *chain.from_iterable(args[p] for p in posts)])
 
     async def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
-        """Queue the commands that open ``messages`` for their recipients (idempotent: ids are keys); topic
-        messages are skipped (they are never replayed)."""
+        """Queue the commands that open ``messages`` for their recipients: transition ``open`` for their posts, then
+        their inbox entries (in this order: a count is never behind its entries); topic messages are skipped (they
+        are never replayed)."""
         inboxes: defaultdict[str, dict[str, int]] = defaultdict(dict)
-        expiry: dict[str, int] = {}
+        posts: dict[str, list[Any]] = {}
         for post, batch in by_post(m for m in messages if m.topic is None).items():
-            pipe.hset(post_key(post), mapping={**post_fields(batch), "n": sum(len(m.users) for m in batch)})
-            expiry[post] = max(m.expires_ms for m in batch)
+            fields = post_fields(batch)
+            posts[post] = [post, min(m.expires_ms for m in batch), len(fields), *chain.from_iterable(fields.items()),
+                           len(batch), *chain.from_iterable((m.index, len(m.users)) for m in batch)]
             for m in batch:
                 for user in m.users:
                     inboxes[user][m.id] = m.ts
-        if expiry:
-            pipe.zadd(EXPIRY_KEY, expiry)
+        await self._per_bucket(pipe, self._open, posts, [])
         if inboxes:
-            per_key = [[len(entries), *chain.from_iterable((ts, m) for m, ts in entries.items())] for entries in inboxes.values()]
-            await self.scripts.open_inboxes.stage(pipe, [inbox_key(u) for u in inboxes], per_key, head=[self.limit])
+            keys = list(chain.from_iterable((inbox_key(u), trimmed_key(user_tag(u))) for u in inboxes))
+            per_key = list(chain.from_iterable(([u, len(entries), *chain.from_iterable((ts, m) for m, ts in entries.items())], [])
+                                               for u, entries in inboxes.items()))
+            await self.scripts.open_inboxes.stage(pipe, keys, per_key, head=[self.limit])
 
     async def open(self, messages: list[Message]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -99,7 +205,7 @@ class Inbox:
         return [[m.decode() for m in ids] for ids in replies[len(tags):]]
 
     async def frames(self, message_ids: list[str], now_ms: int) -> list[str | None]:
-        """Each message's frame, or None where it is gone (expired, or trimmed away): one HMGET per post."""
+        """Each message's frame, or None where it is not held (expired, closed, or not written yet): one HMGET per post."""
         fields: defaultdict[str, list[str]] = defaultdict(list)
         for m in message_ids:
             i = index_of(m)
@@ -117,18 +223,13 @@ class Inbox:
                 found[message_id(post, int(names[k]))] = frame.decode() if alive else None
         return [found[m] for m in message_ids]
 
-    async def drop(self, user_id: str, message_ids: list[str]) -> None:
-        """Forget entries whose frame is gone."""
-        if message_ids:
-            await self.redis.zrem(inbox_key(user_id), *message_ids)
-
     async def close(self, pairs: list[Pair]) -> list[Pair]:
-        """Close deliveries (acknowledged or expired); return those that were open, so each closes once.
+        """Close deliveries (acknowledged); return those that were open, so each closes once.
 
         Only an entry in the user's own inbox closes: an id the user was never sent changes nothing.
         """
         removed = await self._remove(pairs)
-        await self._settle(Counter(post_of(m) for m, _ in removed))
+        await self._settle(removed)
         return removed
 
     async def _remove(self, pairs: list[Pair]) -> list[Pair]:
@@ -138,46 +239,58 @@ class Inbox:
         flags = await self.scripts.zrem_each.each([inbox_key(u) for _, u in pairs], [[m] for m, _ in pairs])
         return [p for p, there in zip(pairs, flags) if there]
 
-    async def _settle(self, closed: Counter[str]) -> None:
-        """Count closed deliveries against their posts; forget the posts nobody waits for any more."""
+    async def _settle(self, closed: list[Pair]) -> None:
+        """Transition ``close``: count closed deliveries against their messages, forgetting those nobody waits for."""
         if not closed:
             return
+        per_post: defaultdict[str, Counter[int]] = defaultdict(Counter)
+        for m, _ in closed:
+            per_post[post_of(m)][index_of(m)] += 1
+        args = {post: [post, len(counts), *chain.from_iterable(counts.items())] for post, counts in per_post.items()}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for post, n in closed.items():
-                pipe.hincrby(post_key(post), "n", -n)
-            done = [post for post, left in zip(closed, await pipe.execute()) if left <= 0]
-        await self.forget(done)
+            await self._per_bucket(pipe, self._close, args, [])
+            await pipe.execute()
 
-    async def forget(self, posts: list[str]) -> None:
-        if posts:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for post in posts:
-                    pipe.delete(post_key(post))
-                pipe.zrem(EXPIRY_KEY, *posts)
-                await pipe.execute()
-
-    async def due(self, now_ms: int, limit: int) -> list[str]:
-        """Open posts whose latest expiry has passed, oldest first."""
-        posts = cast(list[bytes], await self.redis.zrangebyscore(EXPIRY_KEY, "-inf", now_ms, start=0, num=limit))
-        return [p.decode() for p in posts]
-
-    async def expire(self, posts: list[str]) -> list[Pair]:
-        """Remove expired posts' messages from every inbox still holding them; return those deliveries."""
-        if not posts:
-            return []
+    async def trimmed(self, limit: int) -> list[Pair]:
+        """Close up to ``limit`` deliveries per user bucket that the inbox limit pushed out; return them."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for post in posts:
-                pipe.hgetall(post_key(post))
-            maps = await pipe.execute()
-        pairs = [(message_id(post, int(k[1:])), u) for post, fields in zip(posts, maps)
-                 for k, v in fields.items() if k.startswith(b"u") for u in split_users(v)]
+            for tag in all_user_tags():
+                pipe.lpop(trimmed_key(tag), limit)
+            replies = await pipe.execute()
+        pairs = [cast_pair(entry) for reply in replies if reply for entry in reply]
+        await self._settle(pairs)
+        return pairs
+
+    async def expire(self, now_ms: int, limit: int) -> tuple[list[Pair], bool]:
+        """Transition ``expire`` for up to ``limit`` posts per bucket whose earliest expiry has passed: close their
+        expired messages' deliveries, then forget those messages. Returns the deliveries that were open, and whether
+        a bucket had more due posts than ``limit``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag in all_post_tags():
+                pipe.zrangebyscore(expiry_key(tag), "-inf", now_ms, start=0, num=limit)
+            due = [p.decode() for reply in await pipe.execute() for p in reply]
+        more = len(due) >= limit and any(len(v) >= limit for v in by_bucket(due).values())
+        if not due:
+            return [], False
+        hashes = await self.scripts.hgetall_each.each([post_key(p) for p in due])
+        expired: dict[str, list[int]] = {}
+        pairs: list[Pair] = []
+        for post, flat in zip(due, hashes):
+            fields = dict(zip(flat[::2], flat[1::2]))
+            expired[post] = [int(k[1:]) for k, v in fields.items() if k.startswith(b"x") and int(v) <= now_ms]
+            pairs += [(message_id(post, i), u) for i in expired[post] for u in split_users(fields[b"u%d" % i])]
         open_ = await self._remove(pairs)
-        await self.forget(posts)
-        return open_
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._per_bucket(pipe, self._expire, {p: [p, len(ix), *ix] for p, ix in expired.items()}, [now_ms])
+            await pipe.execute()
+        return open_, more
 
     async def open_count(self) -> int:
-        """Posts with at least one recipient still waiting."""
-        return int(await self.redis.zcard(EXPIRY_KEY))
+        """Posts holding at least one message some recipient may still be sent."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag in all_post_tags():
+                pipe.zcard(expiry_key(tag))
+            return sum(await pipe.execute())
 
     async def epoch(self) -> str | None:
         """The state's epoch, or None while any bucket's marker is missing (the state is incomplete)."""
@@ -197,3 +310,9 @@ class Inbox:
                 pipe.set(epoch_key(tag), epoch)
             await pipe.execute()
         return epoch
+
+
+def cast_pair(entry: bytes) -> Pair:
+    """A trimmed queue's entry, ``{message id},{user}``, as a delivery."""
+    m, _, user = entry.decode().partition(",")
+    return m, user

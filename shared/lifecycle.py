@@ -17,8 +17,9 @@ from collections.abc import Iterable
 
 from shared.errors import Unavailable
 from shared.message import Pair
+from shared.model.states import STAGES
 from shared.retry import Backoff
-from shared.store import STAGES, MessageStore, NodeCount
+from shared.store import MessageStore, NodeCount
 
 log = logging.getLogger(__name__)
 

@@ -19,20 +19,29 @@ from redis.asyncio.client import Pipeline
 from shared.clients import is_cluster
 from shared.slots import slot_groups
 
-# KEYS: inboxes; ARGV[1]: the limit, then for each key: a count n and n (score, member) pairs.
+# Opening inboxes (transition ``open``, ``shared.model.poststate``: run after the posts' part). KEYS: pairs of an
+# inbox and its bucket's trimmed queue; ARGV[1]: the limit, then per inbox: its user, a count n and n (score, member)
+# pairs. An inbox past the limit loses its oldest entries to the trimmed queue (``{message id},{user}``), which the
+# reconciler closes.
 OPEN_INBOXES = """
 local limit = tonumber(ARGV[1])
 local a = 2
-for _, key in ipairs(KEYS) do
-  local n = tonumber(ARGV[a])
-  a = a + 1
+for k = 1, #KEYS, 2 do
+  local key, user, n = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
   for _ = 1, n do
     redis.call('ZADD', key, ARGV[a], ARGV[a + 1])
     a = a + 2
   end
-  redis.call('ZREMRANGEBYRANK', key, 0, -limit - 1)
+  local over = redis.call('ZRANGE', key, 0, -limit - 1)
+  if #over > 0 then
+    redis.call('ZREMRANGEBYRANK', key, 0, #over - 1)
+    for _, m in ipairs(over) do
+      redis.call('RPUSH', KEYS[k + 1], m .. ',' .. user)
+    end
+  end
 end
-return #KEYS
+return #KEYS / 2
 """
 
 # KEYS[i] loses member ARGV[i]; the reply says, per pair, whether it was there.

@@ -23,8 +23,10 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
    one per user, which is what a cluster costs per recipient in Python (``user_tag``; measured: steady
    0.41 CPU-s per 1,000 messages with 256 buckets, 0.30-0.33 with 64, 0.24-0.28 on one Redis). More masters than
    that need more buckets: a new constant renames the keys, so it is chosen once per deployment.
-   Per-post keys (``post:<id>``) have no tag: only pipelines of single-key commands touch them (rule 1).
-5. **Singletons** (``expiry``, ``handover``, ``lease:reconciler``) take single-key commands only; each
+   Per-post keys carry a bucket tag too: ``post:{p<b>}:<post>``, beside their bucket's expiry index
+   ``expiry:{p<b>}`` (``b``: the CRC32 of the post id modulo ``POST_BUCKETS``), so one script changes a
+   post's delivery state and its expiry together (``shared.inbox``), at most 64 calls per batch.
+5. **Singletons** (``handover``, ``lease:reconciler``) take single-key commands only; each
    lives on one master. The state's completeness marker is not one: ``state:epoch:{u<b>}``, one per
    user bucket, beside the inboxes it vouches for, so a master restarted empty is noticed by the
    markers it lost (``shared.inbox``), whichever master it is.
@@ -53,6 +55,7 @@ from redis.crc import key_slot
 from shared.clients import is_cluster
 
 USER_BUCKETS = 64
+POST_BUCKETS = 64
 
 
 def user_tag(user_id: str) -> str:
@@ -62,6 +65,15 @@ def user_tag(user_id: str) -> str:
 
 def all_user_tags() -> list[str]:
     return [f"{{u{b}}}" for b in range(USER_BUCKETS)]
+
+
+def post_tag(post: str) -> str:
+    """The hash tag of a post's delivery state and of its bucket's expiry index: one of ``POST_BUCKETS`` (rule 4)."""
+    return f"{{p{zlib.crc32(post.encode()) % POST_BUCKETS}}}"
+
+
+def all_post_tags() -> list[str]:
+    return [f"{{p{b}}}" for b in range(POST_BUCKETS)]
 
 
 def slot_groups(redis: object, keys: Sequence[str]) -> list[list[int]]:

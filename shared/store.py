@@ -49,15 +49,11 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, Write
 from shared.breaker import CircuitBreaker
 from shared.errors import InvalidFields, ServiceError, Unavailable
 from shared.message import BROADCAST, Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
+from shared.model.states import CLOSING, PRECEDENCE
 from shared.priority import Priority
 
 log = logging.getLogger(__name__)
 
-# Which stage names the state when several are recorded: an ack beats a late expiry.
-PRECEDENCE = {"accepted": 0, "scheduled": 1, "dispatched": 2, "delivered": 3, "expired": 4, "cancelled": 5, "acked": 6}
-# accepted and scheduled (with the due time) are the message document itself
-STAGES = tuple(s for s in PRECEDENCE if s not in ("accepted", "scheduled"))
-CLOSING = ("acked", "expired", "cancelled")
 PURGE_AFTER = dt.timedelta(days=30)
 DUPLICATE_KEY = 11000
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's limit on one document (FerretDB reports it as maxBsonObjectSize)

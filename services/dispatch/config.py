@@ -38,7 +38,8 @@ class DispatchConfig(HandoverSettings, MongoSettings, InternalKeySettings):
                                     "a post stored this long ago and still not handed over was left by collect", low=0.1)
     handover_abandon: float = setting("HANDOVER_ABANDON_SECONDS", 120.0,
                                       "an intent this old whose post MongoDB never got is dropped", low=1)
-    expire_batch: int = setting("EXPIRE_BATCH", 500, "posts expired per Redis round trip", low=1)
+    expire_batch: int = setting("EXPIRE_BATCH", 500, "due posts read per post bucket in one expiry page, trimmed "
+                                                     "deliveries per user bucket", low=1)
     rebuild_page: int = setting("REBUILD_PAGE", 1000, "documents per page when rebuilding Redis from MongoDB", low=1)
     purge_interval: float = setting("PURGE_INTERVAL_SECONDS", 3600.0, "how often history past its `purge_at` is deleted", low=1)
     fire_interval_ms: int = setting("FIRE_INTERVAL_MS", 50, "shortest pause between looks for due scheduled messages", low=1)

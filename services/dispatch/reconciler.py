@@ -6,7 +6,8 @@ Each pass, in this order:
 * finish the hand-overs collect left undone (it died, or Redis failed, between its MongoDB insert
   and its Redis pipeline): their posts are read back from MongoDB by id (``shared/handover.py``);
 * expire: close every inbox entry of messages past their expiry, a page at a time, from Redis's
-  ``expiry`` index (no MongoDB read), and mark them ``expired`` in the lifecycle;
+  expiry indexes (no MongoDB read), and mark them ``expired`` in the lifecycle;
+* close the deliveries an inbox past ``INBOX_LIMIT`` pushed out, and mark them ``trimmed``;
 * every ``purge_interval``, delete history past its ``purge_at`` (a TTL index does it on MongoDB),
   node ids whose card is gone, and consumers of dispatch instances gone for an hour.
 
@@ -37,6 +38,7 @@ from shared.stream import ShardedStream
 
 log = logging.getLogger(__name__)
 EXPIRED = Counter("dispatch_expired_total", "Deliveries closed because their message expired")
+TRIMMED = Counter("dispatch_trimmed_total", "Deliveries pushed out of an inbox past INBOX_LIMIT, closed as trimmed")
 REBUILDS = Counter("dispatch_rebuilds_total", "Rebuilds of the delivery state after Redis lost it")
 HANDED_OVER = Counter("dispatch_handovers_finished_total", "Posts collect stored but did not hand over, handed over here")
 
@@ -77,6 +79,7 @@ class Reconciler:
             REBUILDS.inc()
         await self.finish_handovers()
         await self.expire()
+        await self.close_trimmed()
         if time.monotonic() >= self._next_purge:
             await self.tidy()
             self._next_purge = time.monotonic() + self.config.purge_interval
@@ -108,15 +111,25 @@ class Reconciler:
 
     async def expire(self) -> int:
         """Close every delivery of every message due by now, a page at a time; return how many."""
-        total, now = 0, now_ms()
-        while True:
-            due = await self.inbox.due(now, self.config.expire_batch)
-            closed = await self.inbox.expire(due)
+        total, now, more = 0, now_ms(), True
+        while more:
+            closed, more = await self.inbox.expire(now, self.config.expire_batch)
             self.lifecycle.mark("expired", closed, now)
             total += len(closed)
-            if len(due) < self.config.expire_batch:
-                break
         EXPIRED.inc(total)
         if total:
             log.info("expired deliveries", extra={"count": total})
+        return total
+
+    async def close_trimmed(self) -> int:
+        """Close the deliveries the inbox limit pushed out of their inboxes, and record them ``trimmed``; return how many."""
+        total, more = 0, True
+        while more:
+            closed = await self.inbox.trimmed(self.config.expire_batch)
+            self.lifecycle.mark("trimmed", closed)
+            total += len(closed)
+            more = len(closed) >= self.config.expire_batch
+        TRIMMED.inc(total)
+        if total:
+            log.warning("deliveries pushed out of full inboxes (INBOX_LIMIT)", extra={"count": total})
         return total

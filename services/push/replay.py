@@ -62,23 +62,20 @@ class Replayer:
         async with self.gate:
             (pending,) = await self._inboxes.submit([session.user_id])
             ids = [m for m in pending if m not in session.sent]
-            written, gone = [], []
+            written = []
             for start in range(0, len(ids), self.page):
                 page = ids[start:start + self.page]
                 frames = await self._frames.submit(page)
                 try:
                     async with asyncio.timeout(PAGE_SEND_SECONDS):  # a client that stops reading blocks send()
                         for message_id, frame in zip(page, frames):
-                            if frame is None:
-                                gone.append(message_id)
-                            elif message_id not in session.sent:
+                            if frame is not None and message_id not in session.sent:  # None: expired, or not held yet
                                 session.sent.add(message_id)
                                 written.append((message_id, session.user_id))
                                 await session.ws.send(frame)
                 except TimeoutError:
                     self.hub.close_slow(session)
                     break
-            await self.inbox.drop(session.user_id, gone)
         REPLAYED.inc(len(written))
         self.lifecycle.mark("delivered", written)
         return len(written)

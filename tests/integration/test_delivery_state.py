@@ -21,12 +21,13 @@ from services.dispatch.lease import Lease
 from services.dispatch.reconciler import Reconciler
 from shared.clock import now_ms
 from shared.config import DEV_INTERNAL_KEY
-from shared.inbox import Inbox, inbox_key
+from shared.inbox import Inbox, inbox_key, post_key
 from shared.lifecycle import LifecycleWriter
 from shared.message import Message, message_id, post_of
 from shared.priority import Priority
 from shared.protocol import MessageFrame
 from shared.routing import NODES_KEY, NodeCard, RouteReader, RouteWriter
+from shared.slots import POST_BUCKETS
 from shared.store import MessageStore
 from shared.stream import ShardedStream, tier_keys
 from tests.client import frames_within, next_frame, receive_ids
@@ -137,8 +138,8 @@ async def test_pending_messages_reach_users_who_connect_while_the_store_is_down(
 
 
 async def test_an_ack_batch_of_500_ids_costs_a_bounded_number_of_redis_commands(start_stack, cluster: Cluster) -> None:
-    """One ack frame for a post's 500 messages costs one ZREM per id, then one HINCRBY, DEL and ZREM for the post,
-    no read, and records them acked."""
+    """One ack frame for a post's 500 messages costs two script calls (the inbox removals, then per message one
+    HINCRBY and HDEL and the post's ZREM from its expiry index), no read outside them, and records them acked."""
     redis_port = free_port()
     cluster.start_redis(redis_port)
     stack: RunningStack = start_stack(redis_url=cluster.redis_url(redis_port))
@@ -149,12 +150,12 @@ async def test_an_ack_batch_of_500_ids_costs_a_bounded_number_of_redis_commands(
     await redis.config_resetstat()
     await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
     async def flushed() -> tuple[int, int]:
-        return await redis.zcard(inbox_key("acker")), await redis.exists(f"post:{post_of(ids[0])}")
+        return await redis.zcard(inbox_key("acker")), await redis.exists(post_key(post_of(ids[0])))
 
     # the flush ends by deleting the fully acked messages
     await until(flushed, lambda left: left == (0, 0), what="the ack flush to empty the inbox and delete the post")
     calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
-    assert (calls["zrem"], calls["hincrby"], calls["del"]) == (500 + 1, 1, 1)
+    assert (calls["zrem"], calls["hincrby"], calls["hdel"]) == (500 + 1, 500, 500)
     assert not {"zrange", "hget", "hgetall", "smembers"} & set(calls)
     await wait_for_state(stack, ids[-1], "acked")
     await redis.aclose()
@@ -206,9 +207,9 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     await reconciler.reconcile()
     assert counter.documents == 0 and "find" not in counter.commands
     calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
-    assert calls["zrangebyscore"] == (50 // config.expire_batch + 1) + 1, "expiry pages, and one look for unfinished hand-overs"
+    assert calls["zrangebyscore"] == POST_BUCKETS + 1, "one expiry page per post bucket, and one look for unfinished hand-overs"
     assert calls["hgetall"] == 50
-    assert calls["zrem"] == 10_000 + 1, "one per delivery, and one of the expiry index"
+    assert calls["zrem"] == 10_000 + 50, "one per delivery, and one per post leaving its expiry index"
     assert await inbox.open_count() == 50
     await lifecycle.flush()
     assert await store.events.count_documents({"closed": True}) == 50, "one event document per post"

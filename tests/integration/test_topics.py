@@ -4,7 +4,8 @@ and one message reaching every subscribed socket, on every node, once."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -12,9 +13,10 @@ from websockets.exceptions import ConnectionClosed
 
 from shared.clients import redis_client
 from shared.config import DEV_INTERNAL_KEY
-from shared.inbox import EXPIRY_KEY, inbox_key, post_key
+from shared.inbox import expiry_key, inbox_key, post_key
 from shared.message import post_of
 from shared.routing import RouteReader
+from shared.slots import post_tag
 from shared.topicmap import TOPICS_KEY, TopicReader, topic_key
 from tests.client import frames_within, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack
@@ -195,7 +197,7 @@ async def test_topic_message_opens_no_inbox_and_is_not_replayed(shared_stack: Ru
     try:
         post = post_of(body["id"])
         assert not await redis.exists(post_key(post), inbox_key("replay-sub"))
-        assert await redis.zscore(EXPIRY_KEY, post) is None
+        assert await redis.zscore(expiry_key(post_tag(post)), post) is None
     finally:
         await redis.aclose()
     again = await c.connect("replay-sub", node=0)
@@ -262,10 +264,11 @@ async def test_a_broadcast_never_reaches_a_socket_before_its_welcome(shared_stac
     c = shared_stack.client
     tokens = [await c.token(f"storm-{i}") for i in range(60)]
     stop = asyncio.Event()
+    answers: list[tuple[int, Any]] = []
 
     async def broadcasting() -> None:
         while not stop.is_set():
-            await c.post({"broadcast": True, "payload": "storm"})
+            answers.append(await c.post({"broadcast": True, "payload": "storm"}))
 
     sender = asyncio.create_task(broadcasting())
     try:
@@ -274,6 +277,9 @@ async def test_a_broadcast_never_reaches_a_socket_before_its_welcome(shared_stac
     finally:
         stop.set()
         await sender
+    assert answers, "broadcasts were posted while the sockets connected"
+    refused = [(code, body) for code, body in answers if code != 202 or body.get("ids") != [body.get("id")]]
+    assert not refused, f"each broadcast answered 202 with its id: {refused[:3]}"
     assert [f["type"] for f in firsts] == ["welcome"] * len(tokens)
     for ws in sockets:
         await ws.close()

@@ -1,0 +1,10 @@
+"""The message model: what a message is, the states it goes through, and the rules its delivery state keeps.
+
+* ``states`` -- a delivery's states (accepted, scheduled, due, dispatched, delivered, acked, expired,
+  cancelled, trimmed), which follows which, and which close it;
+* ``poststate`` -- a post's delivery state as pure data: every transition the Redis scripts of
+  ``shared.inbox`` implement is one method here, and ``check`` states the invariants they keep.
+
+The tests drive ``poststate`` with random transitions (a hypothesis state machine) and run the
+same random transitions against Redis, comparing the two after each step.
+"""
