@@ -29,12 +29,12 @@ async def test_blocking_client_sends_and_reads_the_status(shared_stack: RunningS
 async def test_async_client_sends_and_refuses_bad_input_at_once(shared_stack: RunningStack) -> None:
     """AsyncPushClient delivers; a 422 and a wrong key raise PushError with collect's code, without retrying."""
     ws = await shared_stack.client.connect("lib-async")
-    client = AsyncPushClient(shared_stack.stack.collect_url, API_KEY, retry=RetryPolicy(attempts=3, base=10))
+    client = AsyncPushClient(shared_stack.stack.collect_url, API_KEY, retry=RetryPolicy(attempts=3, base=scaled(10)))
     try:
         sent = await client.send("lib-async", "hello")
         assert await receive_ids(ws, 1) == [sent]
         with pytest.raises(PushError) as bad:
-            await asyncio.wait_for(client.send("has space", 1), 5)  # unscaled: a retry would wait ~10 s
+            await asyncio.wait_for(client.send("has space", 1), scaled(5))  # a retry would wait about twice that
         assert (bad.value.status, bad.value.code) == (422, "invalid")
         with pytest.raises(PushError) as denied:
             await AsyncPushClient(shared_stack.stack.collect_url, "wrong", client.session).status(sent)

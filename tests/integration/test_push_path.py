@@ -201,7 +201,7 @@ async def test_a_connected_user_gets_what_waited_in_the_inbox_while_the_node_car
     r = Redis.from_url(stack.stack.redis_url)
     node_id = f"127.0.0.1:{stack.stack.push_ports[0]}"
     posted: list[str] = []
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(scaled(60)):
         while True:  # until a post went while dispatch had the node for dead (the heartbeat may restore the card first)
             await r.delete(node_key(node_id))
             await asyncio.sleep(1.2)  # dispatch's cached list of live nodes (1 s) is read again on the next post

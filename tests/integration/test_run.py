@@ -88,7 +88,7 @@ async def test_make_run_with_redis_cluster_runs_the_stack_on_three_masters(serve
         ports = {name: int(re.findall(rf"\b{name}\s+http://127\.0\.0\.1:(\d+)", banner)[0]) for name in ("auth", "collect", "dispatch")}
         push_ports = [int(p) for p in re.findall(r"ws://127\.0\.0\.1:(\d+)/ws\b", banner.partition("redis")[0])]
         stack = Stack("", servers.mongo_url, mongo_db, ports["auth"], ports["collect"], ports["dispatch"], push_ports)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
             client = ClusterClient(stack, session)
             ws = await client.connect("on-the-cluster")
             accepted = await client.post_until_accepted({"user_id": "on-the-cluster", "payload": "sharded"})
@@ -97,6 +97,6 @@ async def test_make_run_with_redis_cluster_runs_the_stack_on_three_masters(serve
     finally:
         if run.returncode is None:
             run.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(run.wait(), 60)
+        code = await asyncio.wait_for(run.wait(), scaled(60))
     assert code == 0
     assert redis_pids and not any(psutil.pid_exists(pid) for pid in redis_pids if pid)
