@@ -39,6 +39,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from shared.clock import now_ms as clock_ms
 from shared.errors import Unavailable
 from shared.message import Message, Pair, by_post, index_of, message_id, post_fields, post_of, split_users
 from shared.scripts import Scripts, SlotScript
@@ -162,13 +163,15 @@ class Inbox:
         for tag, posts in by_bucket(args).items():
             await script.stage(pipe, [expiry_key(tag), *map(post_key, posts)], head=[*head, *chain.from_iterable(args[p] for p in posts)])
 
-    async def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
+    async def stage(self, pipe: Pipeline, messages: Iterable[Message], now_ms: int | None = None) -> None:
         """Queue the commands that open ``messages`` for their recipients: transition ``open`` for their posts, then
-        their inbox entries (in this order: a count is never behind its entries); topic messages are skipped (they
-        are never replayed)."""
+        their inbox entries (in this order: a count is never behind its entries). Topic messages are skipped (they
+        are never replayed), and so are messages expired by ``now_ms`` (default: now): they could not be sent, and
+        one forgotten on expiry and held again would be behind a trim counted after (``shared.model.poststate``)."""
         inboxes: defaultdict[str, dict[str, int]] = defaultdict(dict)
         posts: dict[str, list[Any]] = {}
-        for post, batch in by_post(m for m in messages if m.topic is None).items():
+        now = clock_ms() if now_ms is None else now_ms
+        for post, batch in by_post(m for m in messages if m.topic is None and m.expires_ms > now).items():
             fields = post_fields(batch)
             posts[post] = [post, min(m.expires_ms for m in batch), len(fields), *chain.from_iterable(fields.items()),
                            len(batch), *chain.from_iterable((m.index, len(m.users)) for m in batch)]
@@ -182,9 +185,9 @@ class Inbox:
                                                for u, entries in inboxes.items()))
             await self.scripts.open_inboxes.stage(pipe, keys, per_key, head=[self.limit])
 
-    async def open(self, messages: list[Message]) -> None:
+    async def open(self, messages: list[Message], now_ms: int | None = None) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.stage(pipe, messages)
+            await self.stage(pipe, messages, now_ms)
             await pipe.execute()
 
     async def pending(self, users: list[str], limit: int) -> list[list[str]]:

@@ -13,7 +13,9 @@ Transitions (each one Lua script in ``shared.inbox``, named there):
 
 * ``open`` -- a part is handed over: its messages are held (again), ``n += recipients``, and the
   score becomes the earliest of the score and the part's expiries (a later part never delays and a
-  short-lived part never advances another's expiry: each message expires by its own ``x``);
+  short-lived part never advances another's expiry: each message expires by its own ``x``). A
+  message already expired is never opened: once forgotten on expiry, held again it would start a
+  new count that a trim of its old entries, counted later, would take below its open entries;
 * ``close`` -- deliveries acked or trimmed: ``n -= closed`` for each message still held; a message
   whose ``n`` falls to 0 is forgotten; a post holding none leaves the index;
 * ``expire`` -- messages whose ``x`` passed (their deliveries already closed) are forgotten; the

@@ -195,7 +195,7 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
                         MessageFrame(message_id(f"p{p:03d}", i), i, now).encode(), now,
                         now - 1000 if p % 2 == 0 else now + 3_600_000) for p in range(100) for i in range(100)]
     await store.accept(messages)
-    await inbox.open(messages)
+    await inbox.open(messages, now - 2000)  # the even posts were opened before they expired
     await inbox.complete()
     monkeypatch.setenv("APP_ENV", "development")  # its defaults include the development internal key
     config = DispatchConfig.from_env()

@@ -1,13 +1,23 @@
-"""A post's parts keep their own delivery state through the real processes: a part handed over later (scheduled)
-neither closes nor shortens what the post's other parts still owe."""
+"""A post's parts keep their own delivery state: through the real processes, a part handed over later (scheduled)
+neither closes nor shortens what the post's other parts still owe; on a real Redis, the scripts follow the model."""
 
 from __future__ import annotations
 
+import random
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.clients import redis_client
+from shared.inbox import Inbox, expiry_key, inbox_key, post_key
 from shared.message import post_of
+from shared.slots import post_tag
 from tests.client import Receiver, receive_ids
-from tests.conftest import RunningStack
+from tests.conftest import RunningStack, Servers
 from tests.integration.test_delivery_guarantees import FAST, status
+from tests.model_world import USERS, World, catalogue
 from tests.waits import until
+from tools.cluster import Cluster
 
 
 def state_of(body: dict) -> str:
@@ -46,3 +56,56 @@ async def test_a_short_lived_part_fired_later_does_not_expire_the_posts_long_liv
     ws = await stack.client.connect("alice2")
     assert await receive_ids(ws, 1) == [alice_id]
     await ws.close()
+
+
+async def redis_view(redis: Redis, world: World, users: tuple[str, ...]) -> tuple[dict, dict]:
+    """What Redis holds and what the model says it should, side by side: per post its held messages' counts and
+    its expiry score, per user the open entries."""
+    got: dict = {}
+    for post in world.posts:
+        fields = await redis.hgetall(post_key(post))
+        got[post] = ({int(k[1:]): int(v) for k, v in fields.items() if k.startswith(b"n")},
+                     await redis.zscore(expiry_key(post_tag(post)), post))
+    got |= {u: sorted(m.decode() for m in await redis.zrange(inbox_key(u), 0, -1)) for u in users}
+    want: dict = {post: ({i: h.open for i, h in s.held.items()}, s.score) for post, s in world.posts.items()}
+    want |= {u: sorted(world.inboxes[u]) for u in users}
+    return got, want
+
+
+@pytest.mark.parametrize(("seed", "where"), [(1, "single"), (2, "single"), (3, "single"), (4, "cluster")])
+async def test_redis_delivery_state_follows_the_model_through_random_transitions(servers: Servers, cluster: Cluster,
+                                                                                 seed: int, where: str) -> None:
+    """200 random opens (in parts, again too), acks, trims and expiry passes leave Redis's post hashes, expiry index
+    and inboxes exactly as the pure model says, and the model's invariants hold after each."""
+    rng = random.Random(seed)
+    redis_url, procs = servers.redis_cluster() if where == "cluster" else (servers.fresh_database()[0], [])
+    redis = redis_client(redis_url)
+    inbox = Inbox(redis, limit=4)
+    world = World(limit=4)
+    messages = catalogue(3, 4, 0, [tuple(rng.sample(USERS, rng.randint(1, 3))) for _ in range(12)],
+                         [rng.randint(1, 400) for _ in range(12)])
+    now = 0
+    try:
+        for step in range(200):
+            op = rng.choice(["open", "open", "ack", "ack", "trimmed", "expire"])
+            if op == "open":
+                part = rng.sample(messages, rng.randint(1, 4))
+                await inbox.open(part, now)
+                world.open(part, now)
+            elif op == "ack":
+                pairs = [(m.id, u) for m in rng.sample(messages, 3) for u in USERS if rng.random() < 0.5]
+                assert sorted(await inbox.close(pairs)) == sorted(world.close(pairs)), f"step {step}"
+            elif op == "trimmed":
+                assert sorted(await inbox.trimmed(100)) == sorted(world.close_trimmed()), f"step {step}"
+            else:
+                now += rng.randint(1, 40)
+                closed, _ = await inbox.expire(now, 100)
+                assert sorted(closed) == sorted(world.expire(now)), f"step {step}"
+            got, want = await redis_view(redis, world, USERS)
+            assert got == want, f"seed {seed} step {step} after {op}"
+            assert world.broken() == [], f"seed {seed} step {step} after {op}"
+    finally:
+        await redis.aclose()
+        for proc in procs:
+            proc.stop()
+            cluster.procs.remove(proc)
