@@ -109,3 +109,21 @@ async def test_redis_delivery_state_follows_the_model_through_random_transitions
         for proc in procs:
             proc.stop()
             cluster.procs.remove(proc)
+
+
+async def test_messages_pushed_out_of_a_full_inbox_are_closed_and_shown_trimmed(start_stack) -> None:
+    """Past INBOX_LIMIT an offline user's oldest messages leave the inbox: their status says ``trimmed`` (counted,
+    not silently gone), and the user, connecting, gets the newest ones only."""
+    stack: RunningStack = start_stack(INBOX_LIMIT="3", **FAST)
+    ids = []
+    for n in range(5):
+        code, answer = await stack.client.post({"user_id": "flooded", "payload": n})
+        assert code == 202, answer
+        ids.append(answer["id"])
+    for trimmed in ids[:2]:
+        await until(lambda m=trimmed: status(stack, m), lambda r: state_of(r[1]) == "trimmed", what=f"{trimmed} shown trimmed")
+    assert [state_of((await status(stack, m))[1]) for m in ids[2:]] == ["accepted"] * 3
+    assert await stack.client.metric(stack.stack.dispatch_url, "dispatch_trimmed_total") == 2
+    ws = await stack.client.connect("flooded")
+    assert await receive_ids(ws, 3) == ids[2:]
+    await ws.close()
