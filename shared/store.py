@@ -275,6 +275,19 @@ class MessageStore:
 
         return [m for doc in await self.breaker.call(read) for m in messages_of_document(doc)]
 
+    async def recorded(self, message_ids: list[str]) -> set[str]:
+        """Those of ``message_ids`` with any lifecycle row: a node's count, a delivery's stage or a cancellation. For a
+        topic or broadcast message, the record that it fired (or was cancelled). One query per post, by its id (an
+        equality filter, which FerretDB pushes down)."""
+        wanted = set(message_ids)
+        posts = list(dict.fromkeys(post_of(m) for m in message_ids))
+
+        async def read() -> list[list[dict[str, Any]]]:
+            return list(await asyncio.gather(*(self.events.find({"p": p}, {"rows": 1, "_id": 0}).to_list(None) for p in posts)))
+
+        return {m for post, docs in zip(posts, await self.breaker.call(read)) for d in docs for r in d["rows"]
+                if (m := message_id(post, r["i"])) in wanted}
+
     async def record_cancelled(self, message: Message) -> None:
         """One insert: the closing ``cancelled`` record of a scheduled message taken back before it fired."""
         doc = cancel_document(message, dt.datetime.now(dt.UTC))

@@ -2,7 +2,8 @@
 
 Two passes, each one query read page by page, so memory stays bounded whatever the backlog: first
 every unexpired message is opened again for its recipients, oldest first (a scheduled one not due
-yet goes back in the schedule instead); then every delivery recorded as acknowledged, expired or
+yet goes back in the schedule instead, and so does a scheduled topic or broadcast message that fell
+due while Redis was down and that no node recorded: it fires at once); then every delivery recorded as acknowledged, expired or
 cancelled since the oldest of them was accepted is closed again, and the cancelled messages leave
 the schedule.
 
@@ -19,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from shared.inbox import Inbox
+from shared.message import Message
 from shared.schedule import Schedule
 from shared.store import MessageStore, utc
 
@@ -27,6 +29,18 @@ log = logging.getLogger(__name__)
 
 class LeaseLost(Exception):
     """Another dispatch instance holds the reconciler lease now; it will rebuild."""
+
+
+async def unfired_topic_messages(store: MessageStore, due: list[Message]) -> list[Message]:
+    """The scheduled topic and broadcast messages among ``due`` that no record says fired (or were cancelled): Redis
+    lost them from the schedule before they fired. A user message needs no such test (its inbox is opened again and
+    what was acked closed again); a topic message opens no inbox, so it is fired again only if no node recorded it:
+    one that fired to no node at all (no subscriber anywhere) is fired again, to the sockets subscribed now."""
+    candidates = [m for m in due if m.topic is not None and m.due_ms]
+    if not candidates:
+        return []
+    recorded = await store.recorded([m.id for m in candidates])
+    return [m for m in candidates if m.id not in recorded]
 
 
 async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: int,
@@ -39,10 +53,12 @@ async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: i
     async for messages in store.open_messages(dt.datetime.now(dt.UTC), page):
         now = await schedule.now_ms()  # the schedule's clock (Redis's), as firing uses: nothing opened early
         later = [m for m in messages if m.due_ms > now]
-        await inbox.open([m for m in messages if m.due_ms <= now])
-        await schedule.hold(later)
-        opened += len(messages) - len(later)
-        scheduled += len(later)
+        due = [m for m in messages if m.due_ms <= now]
+        unfired = await unfired_topic_messages(store, due)
+        await inbox.open(due)  # topic messages open no inbox: the unfired ones go back in the schedule, due at once
+        await schedule.hold(later + unfired)
+        opened += len(due) - len(unfired)
+        scheduled += len(later) + len(unfired)
         oldest = messages[0].ts if oldest is None else oldest
         if not await held():
             raise LeaseLost

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,9 +13,13 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from shared.message import index_of, post_of
+from shared.routing import NODES_KEY
 from shared.schedule import SCHEDULE_KEY, sched_key
+from shared.topicmap import topic_key
+from tests.client import frames_within, subscribe
 from tests.conftest import RunningStack
-from tests.waits import scaled
+from tests.integration.test_delivery_guarantees import FAST
+from tests.waits import scaled, until
 from tools.cluster import Cluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,4 +125,49 @@ async def test_a_cancel_undone_while_mongodb_is_down_keeps_the_message_whole_and
     assert "still scheduled" in body["error"]["message"], body
     frame, at = await next_message(ws, timeout=20)
     assert frame["id"] == mid and at >= deliver_at
+    await ws.close()
+
+
+async def test_scheduled_topic_and_broadcast_messages_due_while_redis_was_down_fire_after_the_rebuild(
+        start_stack, cluster: Cluster) -> None:
+    """A scheduled topic message and a broadcast that fell due while Redis was down (and empty after) are fired once
+    the rebuild is done and reach the subscribed socket; a scheduled topic message that fired before the outage is
+    not fired again."""
+    redis_port = free_port()
+    redis = cluster.start_redis(redis_port)
+    stack: RunningStack = start_stack(redis_url=cluster.redis_url(redis_port), **FAST)
+    c, dispatch_url = stack.client, stack.stack.dispatch_url
+    ws = await c.connect("listener", topics=["rebuilt-news"])
+    assert (await subscribe(ws, ["rebuilt-news"]))[0]["topics"] == ["rebuilt-news"]
+    code, early = await c.post({"topic": "rebuilt-news", "payload": "before the outage", "delay_seconds": 1})
+    assert code == 202, early
+    frame, _ = await next_message(ws, timeout=10)
+    assert frame["id"] == early["id"]
+    soon = clock_ms() + int(scaled(2000))
+    code, answer = await c.post({"messages": [{"topic": "rebuilt-news", "payload": "topic", "deliver_at": soon},
+                                              {"broadcast": True, "payload": "everyone", "deliver_at": soon}]})
+    assert code == 202, answer
+    await asyncio.sleep(scaled(1.2))  # a window for the early message's node row to be flushed to MongoDB (once a second)
+    fired = await c.metric(dispatch_url, "dispatch_scheduled_fired_total")
+    rebuilds = await c.metric(dispatch_url, "dispatch_rebuilds_total")
+    dispatch = stack.procs["dispatch"]
+    redis.stop()
+    dispatch.popen.send_signal(signal.SIGSTOP)  # no rebuild until the nodes have registered again (below)
+    try:
+        await until(clock_ms, lambda now: now > soon + 200, what="both messages to fall due while Redis is down", timeout=10)
+        redis = cluster.start_redis(redis_port)
+        fresh = Redis.from_url(cluster.redis_url(redis_port))
+        try:
+            await until(lambda: fresh.scard(NODES_KEY), lambda n: n >= 2, what="both push nodes' cards back", timeout=20)
+            await until(lambda: fresh.hlen(topic_key("rebuilt-news")), what="the node to count its subscriber again", timeout=20)
+        finally:
+            await fresh.aclose()
+    finally:
+        dispatch.popen.send_signal(signal.SIGCONT)
+    await until(lambda: c.metric(dispatch_url, "dispatch_rebuilds_total"), lambda n: n > rebuilds,
+                what="dispatch to rebuild the emptied Redis", timeout=30)
+    got = [(await next_message(ws, timeout=20))[0]["id"] for _ in range(2)]
+    assert sorted(got) == sorted(answer["ids"]), got
+    assert [f for f in await frames_within(ws, 1.5) if f["type"] == "message"] == [], "a message came twice"
+    assert await c.metric(dispatch_url, "dispatch_scheduled_fired_total") == fired + 2, "fired again: the early one too"
     await ws.close()
