@@ -17,3 +17,7 @@ DELIVERY_LATENCY = Histogram(
 REPLAYED = Counter("push_replayed_total", "Stored messages sent to a user on connect (offline inbox and unacked)")
 SLOW_CLOSED = Counter("push_slow_closed_total", "Connections closed because their client did not read (1013)")
 QUEUED = Gauge("push_frames_queued", "Live frames queued in the node for sockets whose buffer is backed up")
+ACKS_DROPPED = Counter("push_acks_dropped_total", "Client acks dropped past the node's backlog cap while Redis was down "
+                       "(their messages stay open and are sent again: at least once)")
+SENT_FORGOTTEN = Counter("push_sent_forgotten_total", "Sent, unacked message ids a socket forgot past its cap (a replay "
+                         "may then write one again; the client drops it by id)")

@@ -1,0 +1,51 @@
+"""A push node's acks while Redis is down: kept for the next flush up to a cap, the rest dropped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import pytest
+from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from services.push.acks import Acks
+from shared.inbox import Inbox
+from shared.lifecycle import LifecycleWriter
+from shared.message import Pair
+
+
+class DownInbox:
+    """An inbox whose Redis is down: every close fails."""
+
+    calls = 0
+
+    async def close(self, pairs: list[Pair]) -> list[Pair]:
+        self.calls += 1
+        raise RedisConnectionError("Redis is down")
+
+
+class NoLifecycle:
+    def mark(self, stage: str, pairs: list[Pair]) -> None:
+        raise AssertionError("nothing closes while Redis is down")
+
+
+def dropped() -> float:
+    return REGISTRY.get_sample_value("push_acks_dropped_total") or 0.0
+
+
+def test_acks_kept_while_redis_is_down_stop_at_the_cap_and_the_rest_are_counted_as_dropped() -> None:
+    """Acks arriving while every flush fails are kept up to the cap, never more; each one past it is counted."""
+    acks = Acks(cast(Inbox, DownInbox()), cast(LifecycleWriter, NoLifecycle()), max_pending=1_000)
+    before = dropped()
+
+    async def flush_failing() -> None:
+        with pytest.raises(RedisConnectionError):
+            await acks.flush()
+
+    for batch in range(30):
+        acks.add(f"user{batch}", tuple(f"{batch:04x}{n:04x}" for n in range(100)))
+        asyncio.run(flush_failing())
+        assert acks.pending() <= 1_000
+    assert acks.pending() == 1_000
+    assert dropped() - before == 30 * 100 - 1_000
