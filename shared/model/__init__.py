@@ -3,7 +3,12 @@
 * ``states`` -- a delivery's states (accepted, scheduled, due, dispatched, delivered, acked, expired,
   cancelled, trimmed), which follows which, and which close it;
 * ``poststate`` -- a post's delivery state as pure data: every transition the Redis scripts of
-  ``shared.inbox`` implement is one method here, and ``check`` states the invariants they keep.
+  ``shared.inbox`` implement (open, close, expire) is one method here, and ``check`` states the
+  invariants they keep.
+
+A scheduled message's own transitions are the scripts of ``shared.schedule``: ``CLAIM`` (scheduled
+-> due, once, by one dispatch instance), ``SETTLE`` (due -> handed over, the ``open`` above) and
+``CANCEL`` (scheduled -> cancelled); they keep no counters.
 
 The tests drive ``poststate`` with random transitions (a hypothesis state machine) and run the
 same random transitions against Redis, comparing the two after each step.
