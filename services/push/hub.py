@@ -4,9 +4,13 @@ A session starts in *replay*: the node first sends the user's open messages from
 oldest first (``replay.py``). Live frames arriving meanwhile are held and written after the replay,
 so a user's messages arrive in order across it. Every frame written is remembered in ``sent`` until
 the client acknowledges it, so neither a replay nor a retried batch writes the same message twice
-to one socket. Held frames are bounded: past ``HELD_LIMIT`` they are dropped and the replay runs
-once more (every live message is in the inbox too). A socket whose client stops reading is closed
-with 1013 once ``max_buffered`` bytes wait in its buffer: what it was not sent waits in its inbox.
+to one socket. ``sent`` keeps the newest ``SENT_LIMIT`` ids: a socket that never acks forgets its oldest
+(counted in ``push_sent_forgotten_total``) rather than growing without bound or being closed, which would
+only replay it everything again; one of those could then be written to it twice, which the client drops by
+id (the inbox keeps ``INBOX_LIMIT``, 10,000, open messages a user, so older ones are mostly gone anyway).
+Held frames are bounded: past ``HELD_LIMIT`` they are dropped and the replay runs once more (every live
+message is in the inbox too). A socket whose client stops reading is closed with 1013 once ``max_buffered``
+bytes wait in its buffer: what it was not sent waits in its inbox.
 
 A socket whose buffer is backed up (past ``backlog_bytes``, a client reading slowly) gets its new
 live frames queued in the node instead, high priority ones ahead of the rest (each kind in arrival
@@ -31,7 +35,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from services.push.metrics import CONNECTIONS, QUEUED, SLOW_CLOSED, USERS
+from services.push.metrics import CONNECTIONS, QUEUED, SENT_FORGOTTEN, SLOW_CLOSED, USERS
 from shared.errors import CloseCode
 from shared.message import BROADCAST
 
@@ -41,6 +45,7 @@ HELD_LIMIT = 1000
 PUBLISH_SLICE = 1000  # sockets written between two yields to the loop
 PUBLISHED_MEMORY = 100_000  # topic message ids remembered, so a retried batch is not written twice
 FLUSH_INTERVAL = 0.005  # seconds between two passes of the flusher over backed-up sockets
+SENT_LIMIT = 10_000  # unacked message ids one socket remembers (the default INBOX_LIMIT), ~1 MB at most
 
 
 def wire(frame: str) -> bytes:
@@ -71,13 +76,40 @@ class Waiting:
         return len(self.urgent) + len(self.rest)
 
 
+class SentIds:
+    """The ids written to one socket and not acknowledged yet, oldest first, at most ``limit``: past it the oldest is
+    forgotten (counted), so a socket that never acks costs bounded memory."""
+
+    __slots__ = ("_ids", "limit")
+
+    def __init__(self, limit: int = SENT_LIMIT) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self.limit = limit
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, message_id: str) -> None:
+        self._ids[message_id] = None
+        if len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+            SENT_FORGOTTEN.inc()
+
+    def difference_update(self, message_ids: Iterable[str]) -> None:
+        for message_id in message_ids:
+            self._ids.pop(message_id, None)
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     ws: ServerConnection
     user_id: str
     replaying: bool = True
     held: list[tuple[str, str]] = field(default_factory=list)
-    sent: set[str] = field(default_factory=set)
+    sent: SentIds = field(default_factory=SentIds)
     overflowed: bool = False
     closing: bool = False
     topics: set[str] = field(default_factory=set)
