@@ -29,6 +29,7 @@ sender matches, so a cancel and a claim never both win.
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
@@ -154,10 +155,17 @@ end
 return #KEYS
 """ % INDEX_DIGITS
 
-# KEYS[1] schedule, KEYS[2] the post's hash; ARGV: message id, its index, the sender. Nil unless it was waiting and
-# the sender's; else the due time and the message's fields (post time, frame, recipients, expiry, topic, priority),
-# all a put-back (``hold``) needs to restore it as it was.
+# KEYS[1] schedule, KEYS[2] the post's hash, KEYS[3] this call's answer key; ARGV: message id, its index, the sender.
+# Nil unless it was waiting and the sender's; else the due time and the message's fields (post time, frame, recipients,
+# expiry, topic, priority), all a put-back (``hold``) needs to restore it as it was. The answer is kept under KEYS[3]
+# (named by a token the caller draws per cancel) for a minute: the client's retry after a dropped reply runs the
+# script again with the same token and gets the same answer, instead of a nil that would read as "not waiting" for a
+# message it had just taken out (a 404, and no cancel record: it would come back in a rebuild).
 CANCEL = _CHUNKED + """
+local done = redis.call('GET', KEYS[3])
+if done then
+  return cjson.decode(done)
+end
 if redis.call('HGET', KEYS[2], 's') ~= ARGV[3] then
   return false
 end
@@ -170,8 +178,13 @@ local i = ARGV[2]
 local fields = redis.call('HMGET', KEYS[2], 't', i, 'u' .. i, 'x' .. i, 't' .. i, 'r' .. i)
 drop(KEYS[2], {i})
 table.insert(fields, 1, due)
+redis.call('SET', KEYS[3], cjson.encode(fields), 'PX', 60000)
 return fields
 """
+
+
+def cancel_key(token: str) -> str:
+    return f"cancel:{TAG}:{token}"
 
 
 class Schedule:
@@ -230,14 +243,15 @@ class Schedule:
         await self._settle.stage(pipe, [FIRING_KEY, *(sched_key(p) for p in claimed)],
                                  [[], *([len(wanted), *wanted] for wanted in claimed.values())])
 
-    async def cancel(self, message_id: str, sender: str) -> Message | None:
+    async def cancel(self, message_id: str, sender: str, token: str | None = None) -> Message | None:
         """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it (whole, priority
         included, so ``hold`` can put it back as it was), or None."""
         post, index = post_of(message_id), index_of(message_id)
-        reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post)], [message_id, index, sender])
+        token = token or secrets.token_hex(8)  # names this call's answer, which a retried call reads back
+        reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post), cancel_key(token)], [message_id, index, sender])
         if not reply:
             return None
-        due, ts, frame, users, expires, topic, priority = reply
+        due, ts, frame, users, expires, topic, priority = (v.encode() if isinstance(v, str) else v for v in reply)
         fields = {b"%d" % index: frame, b"u%d" % index: users, b"x%d" % index: expires, b"d%d" % index: due}
         if topic is not None:
             fields[b"t%d" % index] = topic

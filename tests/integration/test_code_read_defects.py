@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection
 
 from shared.message import index_of, post_of
 from shared.routing import NODES_KEY
-from shared.schedule import SCHEDULE_KEY, sched_key
+from shared.schedule import SCHEDULE_KEY, Schedule, sched_key
 from shared.topicmap import topic_key
 from tests.client import frames_within, subscribe
 from tests.conftest import RunningStack
@@ -171,3 +171,25 @@ async def test_scheduled_topic_and_broadcast_messages_due_while_redis_was_down_f
     assert [f for f in await frames_within(ws, 1.5) if f["type"] == "message"] == [], "a message came twice"
     assert await c.metric(dispatch_url, "dispatch_scheduled_fired_total") == fired + 2, "fired again: the early one too"
     await ws.close()
+
+
+async def test_a_cancel_retried_after_its_reply_was_lost_gets_the_same_answer_not_a_404(start_stack) -> None:
+    """The cancel script run twice under one token, as the Redis client's retry does after a dropped reply, answers
+    the cancelled message both times (whole, priority included), so collect records the cancel instead of answering
+    404 for a message it had just taken out; a new cancel finds nothing waiting."""
+    stack: RunningStack = start_stack()
+    code, answer = await stack.client.post({"user_id": "twice", "payload": 1, "priority": "low", "delay_seconds": 3600})
+    assert code == 202, answer
+    mid = answer["id"]
+    redis = Redis.from_url(stack.stack.redis_url)
+    try:
+        sender = await redis.hget(sched_key(post_of(mid)), "s")
+        assert sender is not None
+        schedule = Schedule(redis)
+        first = await schedule.cancel(mid, sender.decode(), token="one-request")
+        again = await schedule.cancel(mid, sender.decode(), token="one-request")
+        assert first is not None and again == first and first.priority.value == "low", (first, again)
+        assert await schedule.cancel(mid, sender.decode()) is None
+        assert await redis.zscore(SCHEDULE_KEY, mid) is None
+    finally:
+        await redis.aclose()
