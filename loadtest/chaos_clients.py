@@ -1,0 +1,170 @@
+"""The chaos run's browsers: users whose sockets come and go on random push nodes, planned from the seed.
+
+Each user is granted a few topics in their token (``news``, ``sport``, ``room:*``), subscribes to some, and now and
+then also asks for one it was not granted (``vip``: refused). A quarter of the users stay offline until the settle
+phase, so their messages wait in their inboxes; the others hold 1-2 sockets, each open a few seconds, then closed
+and opened again elsewhere. A socket acks most frames (which ones is a hash of the seed, socket and message id, so
+a seed replays the same choices), and some read slowly. A socket the server closes is opened again on the next node.
+Every frame is recorded with the client's wall time (``chaos_check.SocketRecord``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from loadtest.chaos_check import Arrival, Observations, SocketRecord
+from tests.client import ClusterClient, next_frame
+
+GRANTS = ("news", "sport", "room:*")
+ROOMS = ("room:1", "room:2", "room:3")
+FORBIDDEN = "vip"  # never granted
+RETRY_CONNECT_S = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class UserPlan:
+    name: str
+    grants: tuple[str, ...]
+    topics: tuple[str, ...]  # asked for on each socket (granted ones, sometimes also FORBIDDEN)
+    offline: bool  # no socket before the settle phase
+
+
+@dataclass(frozen=True, slots=True)
+class SocketPlan:
+    id: str
+    user: UserPlan
+    start: float  # s after the run's start
+    stop: float
+    node: int  # index of the first push node tried
+    slow: bool
+    ack_percent: int
+
+
+def plan_users(rng: random.Random, run: str) -> list[UserPlan]:
+    users = []
+    for i in range(rng.randint(40, 60)):
+        grants = tuple(rng.sample(GRANTS, rng.randint(0, 3)))
+        topics = [t for g in grants for t in ([rng.choice(ROOMS)] if g == "room:*" else [g])]
+        if rng.random() < 0.15:
+            topics.append(FORBIDDEN)
+        users.append(UserPlan(f"{run}-u{i}", grants, tuple(topics), rng.random() < 0.25))
+    return users
+
+
+def plan_sockets(rng: random.Random, users: list[UserPlan], seconds: float, nodes: int) -> list[SocketPlan]:
+    """Each online user's 1-2 slots, each a chain of sockets open 2-8 s with 0.3-3 s between them."""
+    plans: list[SocketPlan] = []
+    for user in users:
+        if user.offline:
+            continue
+        for slot in range(rng.randint(1, 2)):
+            at = rng.uniform(0, 2)
+            while at < seconds:
+                hold = rng.uniform(2, 8)
+                plans.append(SocketPlan(f"{user.name}.{slot}.{len(plans)}", user, at, min(seconds, at + hold),
+                                        rng.randrange(nodes), rng.random() < 0.1, rng.choice((80, 90, 100))))
+                at += hold + rng.uniform(0.3, 3)
+    return plans
+
+
+def chosen(seed: int, *parts: str, percent: int) -> bool:
+    """A decision that depends only on the seed and ``parts``: whether a socket acks a message, say."""
+    digest = hashlib.blake2b(":".join((str(seed), *parts)).encode(), digest_size=4).digest()
+    return int.from_bytes(digest) % 100 < percent
+
+
+class Clients:
+    """Runs socket plans against the stack's push nodes, recording into ``obs``; ``end_now`` closes every socket."""
+
+    def __init__(self, client: ClusterClient, obs: Observations, seed: int, started: float) -> None:
+        self.client = client
+        self.obs = obs
+        self.seed = seed
+        self.started = started  # wall clock of second 0
+        self._holds: set[asyncio.Timeout] = set()
+
+    def end_now(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for hold in self._holds:
+            hold.reschedule(now)
+
+    async def run(self, plans: list[SocketPlan], settle: bool = False) -> None:
+        async with asyncio.TaskGroup() as group:
+            for plan in sorted(plans, key=lambda p: p.start):
+                await asyncio.sleep(max(0.0, self.started + plan.start - time.time()))
+                group.create_task(self.keep(plan, settle))
+
+    async def keep(self, plan: SocketPlan, settle: bool) -> None:
+        """Hold the plan's socket until its stop time, opening it again (on the next node) whenever it is refused or the
+        server closes it."""
+        loop = asyncio.get_running_loop()
+        hold = asyncio.timeout_at(loop.time() + self.started + plan.stop - time.time())
+        self._holds.add(hold)
+        ports = self.client.stack.push_ports
+        attempt = 0
+        try:
+            async with hold:
+                while True:
+                    node = (plan.node + attempt) % len(ports)
+                    record = SocketRecord(f"{plan.id}.{attempt}", plan.user.name, ports[node], settle, plan.slow)
+                    attempt += 1
+                    try:
+                        ws = await self.client.open(await self.client.token(plan.user.name, topics=list(plan.user.grants)), node)
+                    except (OSError, TimeoutError, InvalidHandshake):
+                        await asyncio.sleep(RETRY_CONNECT_S)
+                        continue
+                    ws.close_timeout = 1
+                    self.obs.sockets.append(record)
+                    try:
+                        await self.read(ws, record, plan)
+                    except (ConnectionClosed, TimeoutError):  # closed, or no welcome in time: the hold's own expiry cancels
+                        record.server_closed = True
+                    finally:
+                        record.closed_at = time.time()
+                        await ws.close()
+                    await asyncio.sleep(RETRY_CONNECT_S)
+        except TimeoutError:
+            pass
+        finally:
+            self._holds.discard(hold)
+
+    async def read(self, ws: ClientConnection, record: SocketRecord, plan: SocketPlan) -> None:
+        welcome = await next_frame(ws)
+        if welcome.get("type") != "welcome":
+            raise ConnectionClosed(None, None)
+        record.opened_at = time.time()
+        if plan.user.topics:
+            for topic in plan.user.topics:
+                record.subscribe_sent[topic] = time.time()
+            await ws.send(orjson.dumps({"type": "subscribe", "topics": list(plan.user.topics)}).decode())
+        async for data in ws:
+            frame = orjson.loads(data)
+            kind = frame.get("type")
+            if kind == "message":
+                await self.received(ws, record, plan, frame)
+            elif kind == "subscribed":
+                record.granted.update((t, time.time()) for t in frame["topics"])
+            elif kind == "error" and frame.get("code") == "forbidden":
+                record.refused.update(frame["topics"])
+            elif kind == "reconnect":
+                raise ConnectionClosed(None, None)
+
+    async def received(self, ws: ClientConnection, record: SocketRecord, plan: SocketPlan, frame: dict[str, Any]) -> None:
+        payload = frame.get("payload")
+        tag = payload.get("chaos") if isinstance(payload, dict) else None
+        topic = "*" if frame.get("broadcast") else frame.get("topic")
+        record.arrivals.append(Arrival(frame["id"], tag, frame["ts"], time.time(), topic))
+        if plan.slow:
+            await asyncio.sleep(0.05 + 0.25 * chosen(self.seed, record.id, frame["id"], "slow", percent=50))
+        if chosen(self.seed, record.id, frame["id"], percent=plan.ack_percent):
+            record.acks.setdefault(frame["id"], time.time())
+            await ws.send(orjson.dumps({"type": "ack", "id": frame["id"]}).decode())

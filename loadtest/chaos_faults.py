@@ -1,0 +1,121 @@
+"""The stack a chaos run drives and the faults it injects into it.
+
+``ChaosStack`` starts auth, collect, two dispatch instances and the push nodes over a Redis (or Redis Cluster) and
+FerretDB that ``tests.conftest.Servers`` provides (the session's in ``make test``, the run's own under ``python -m
+loadtest.chaos``), owns those processes and stops them by pid. ``Faults`` injects the planned faults on time:
+``kill`` (SIGKILL a push node or a dispatch instance, started again a few seconds later with ``Cluster.respawn``)
+and ``stop`` (SIGSTOP a push node, dispatch or collect, SIGCONT a few seconds later); each is recorded as a
+``chaos_check.FaultRecord`` once undone, and anything still stopped is continued on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+
+from loadtest.chaos_check import FaultRecord, Observations
+from tools.cluster import Cluster, Proc, Stack, free_port
+
+FAULT_KINDS = ("kill", "stop")
+TARGETS = {"kill": ("push", "dispatch"), "stop": ("push", "dispatch", "collect")}
+
+
+class ChaosStack:
+    def __init__(self, cluster: Cluster, stack: Stack, procs: dict[str, Proc], redis: list[Proc]) -> None:
+        self.cluster = cluster
+        self.stack = stack
+        self.procs = procs  # by name: auth, collect, dispatch-<port>, push-<port>
+        self.redis = redis  # a Redis Cluster started for this stack alone, stopped with it
+
+    @classmethod
+    def start(cls, cluster: Cluster, stack: Stack, redis: list[Proc]) -> ChaosStack:
+        """The services on ``stack``, with a second dispatch instance on a port of its own."""
+        before = len(cluster.procs)
+        try:
+            procs = {f"dispatch-{stack.dispatch_port}" if name == "dispatch" else name: proc
+                     for name, proc in cluster.start_stack(stack).items()}
+            port = free_port()
+            procs[f"dispatch-{port}"] = cluster.start_service("dispatch", stack, port, DISPATCH_PORT=str(port))
+        except BaseException:
+            cls(cluster, stack, {p.name: p for p in cluster.procs[before:]}, redis).stop()
+            raise
+        return cls(cluster, stack, procs, redis)
+
+    def url(self, name: str) -> str:
+        port = {"auth": self.stack.auth_port, "collect": self.stack.collect_port}.get(name) or int(name.rpartition("-")[2])
+        return f"http://127.0.0.1:{port}"
+
+    def named(self, role: str) -> list[str]:
+        return sorted(n for n in self.procs if n.split("-")[0] == role)
+
+    def stop(self) -> None:
+        """Stop (continued first, if stopped) the services, then the Redis Cluster started for them, by pid."""
+        for proc in [*reversed(list(self.procs.values())), *self.redis]:
+            if proc.alive:
+                os.kill(proc.popen.pid, signal.SIGCONT)
+            proc.stop()
+            if proc in self.cluster.procs:
+                self.cluster.procs.remove(proc)
+        self.procs.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPlan:
+    kind: str
+    role: str  # push, dispatch or collect
+    pick: int  # which of that role's processes (modulo their number)
+    at: float  # s after the run's start
+    duration: float  # s until it is undone
+
+
+def plan_faults(rng: random.Random, seconds: float, kinds: list[str]) -> list[FaultPlan]:
+    """One fault every 15-30 s (the first 4-8 s in), each undone 2-5 s later, none overlapping, all over before the end."""
+    plans: list[FaultPlan] = []
+    at = rng.uniform(4, 8)
+    while kinds:
+        kind = rng.choice(kinds)
+        plan = FaultPlan(kind, rng.choice(TARGETS[kind]), rng.randrange(1000), at, rng.uniform(2, 5))
+        if plan.at + plan.duration > seconds - 2:
+            break
+        plans.append(plan)
+        at += plan.duration + rng.uniform(15, 30)
+    return plans
+
+
+class Faults:
+    def __init__(self, stack: ChaosStack, obs: Observations, started: float) -> None:
+        self.stack = stack
+        self.obs = obs
+        self.started = started  # wall clock of second 0
+
+    async def run(self, plans: list[FaultPlan]) -> None:
+        for plan in plans:
+            await asyncio.sleep(max(0.0, self.started + plan.at - time.time()))
+            names = self.stack.named(plan.role)
+            name = names[plan.pick % len(names)]
+            print(f"  fault at {time.time() - self.started:.1f} s: {plan.kind} {name} for {plan.duration:.1f} s", flush=True)
+            start = time.time()
+            await (self.kill if plan.kind == "kill" else self.pause)(name, plan.duration)
+            self.obs.faults.append(FaultRecord(plan.kind, name, start, time.time()))
+
+    async def kill(self, name: str, seconds: float) -> None:
+        """SIGKILL, then after ``seconds`` the same process again, once it answers /healthz."""
+        proc = self.stack.procs[name]
+        proc.kill()
+        await asyncio.sleep(seconds)
+        fresh = self.stack.cluster.respawn(proc)
+        self.stack.procs[name] = fresh
+        await asyncio.to_thread(self.stack.cluster.wait_http, fresh, f"{self.stack.url(name)}/healthz")
+
+    async def pause(self, name: str, seconds: float) -> None:
+        """SIGSTOP for ``seconds``, then SIGCONT (also if cancelled meanwhile)."""
+        pid = self.stack.procs[name].popen.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
