@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -72,6 +73,17 @@ class Servers:
         return self.new_stack(nodes, url, **{**defaults, **env}), procs
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-timeout's limit per test (pyproject's ``timeout``) scaled by ``TEST_TIMEOUT_SCALE`` like every other
+    timeout, unless the command line or the test sets its own."""
+    if config.getoption("timeout", None) is not None or scaled(1) == 1:
+        return
+    limit = scaled(float(config.getini("timeout") or 0))
+    for item in items:
+        if limit and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(limit))
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("cluster"), redis_password=secrets.token_urlsafe(16))  # AUTH everywhere
@@ -104,9 +116,19 @@ class RunningStack:
         self.redis = redis or []
 
     def stop(self, cluster: Cluster) -> None:
-        """Stop the services, then the Redis Cluster started for them."""
-        for proc in [*reversed(list(self.procs.values())), *self.redis]:
-            proc.stop()
+        """Stop the services (all signalled at once, so their shutdowns overlap), then the Redis Cluster started for
+        them."""
+        services = list(reversed(self.procs.values()))
+        for proc in services:
+            if proc.alive:
+                proc.popen.send_signal(proc.stop_signal)
+        for proc in services:
+            try:
+                proc.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for proc in [*services, *self.redis]:
+            proc.stop()  # a no-op for an exited process
             cluster.procs.remove(proc)
 
     def push(self, index: int) -> Proc:

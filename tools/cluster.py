@@ -341,23 +341,32 @@ class Cluster:
         self.wait_tcp(proc, port)
         return proc
 
-    def start_service(self, kind: str, stack: Stack, port: int | None = None, **env: str) -> Proc:
-        """Start ``python -m services.<kind>`` and wait for its ``/healthz`` to answer."""
+    def spawn_service(self, kind: str, stack: Stack, port: int | None = None, **env: str) -> tuple[Proc, str]:
+        """Start ``python -m services.<kind>`` without waiting for it: the process and its ``/healthz`` URL."""
         extra = dict(env)
         if kind == "push":
             assert port is not None
             extra = {"PUSH_PORT": str(port), **extra}
         port = port or {"auth": stack.auth_port, "collect": stack.collect_port, "dispatch": stack.dispatch_port}[kind]
         proc = self.spawn(f"{kind}-{port}", [sys.executable, "-m", f"services.{kind}"], {**stack.service_env(), **extra})
-        self.wait_http(proc, f"http://127.0.0.1:{port}/healthz")
+        return proc, f"http://127.0.0.1:{port}/healthz"
+
+    def start_service(self, kind: str, stack: Stack, port: int | None = None, **env: str) -> Proc:
+        """Start ``python -m services.<kind>`` and wait for its ``/healthz`` to answer."""
+        proc, health = self.spawn_service(kind, stack, port, **env)
+        self.wait_http(proc, health)
         return proc
 
     def start_stack(self, stack: Stack) -> dict[str, Proc]:
-        procs = {"auth": self.start_service("auth", stack), "collect": self.start_service("collect", stack),
-                 "dispatch": self.start_service("dispatch", stack)}
+        """Start the four services at once (none needs another to start: a push node asks auth only when a browser
+        connects), then wait until each answers ``/healthz``; their start-ups (imports, connections) overlap."""
+        started = {"auth": self.spawn_service("auth", stack), "collect": self.spawn_service("collect", stack),
+                   "dispatch": self.spawn_service("dispatch", stack)}
         for port in stack.push_ports:
-            procs[f"push-{port}"] = self.start_service("push", stack, port)
-        return procs
+            started[f"push-{port}"] = self.spawn_service("push", stack, port)
+        for proc, health in started.values():
+            self.wait_http(proc, health)
+        return {name: proc for name, (proc, _) in started.items()}
 
     def wait_tcp(self, proc: Proc, port: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -136,7 +136,8 @@ async def test_a_non_ascii_bearer_key_is_refused_with_401_not_a_500(shared_stack
     key = "Bearer ключ".encode()
     requests = {
         "auth": (stack.auth_port, b"POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nAuthorization: " + key + b"\r\n\r\n{}"),
-        "collect": (stack.collect_port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nAuthorization: " + key + b"\r\n\r\n{}"),
+        "collect": (stack.collect_port,
+                    b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nAuthorization: " + key + b"\r\n\r\n{}"),
         "push": (stack.push_ports[0], b"GET /internal HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: " + key + b"\r\n\r\n"),
     }

@@ -242,10 +242,11 @@ async def test_history_past_its_purge_time_is_deleted_and_newer_history_kept(ser
     """The purge deletes posts and lifecycle documents whose purge_at has passed, and nothing else."""
     _, mongo_db = servers.fresh_database()
     store = MessageStore(servers.mongo_url, mongo_db)
-    old, new = (Message(message_id(p, 0), ("u",), "F", 1, expires, "shop") for p, expires in (("old", 1000), ("new", now_ms() + 10 * 86_400_000)))
+    old, new = (Message(message_id(p, 0), ("u",), "F", 1, expires, "shop")
+                for p, expires in (("old", 1000), ("new", now_ms() + 10 * 86_400_000)))
     await store.accept([old, new])
     await store.record({(old.id, "u"): {"acked": 5}})
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=31)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
     assert await store.purge(later) == 2, "the old post (expired 1970) and the event written now, 31 days on"
     assert [d["_id"] async for d in store.posts.find({}, {"_id": 1})] == ["new"]
     await store.client.drop_database(mongo_db)

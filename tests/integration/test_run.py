@@ -31,7 +31,8 @@ async def read_until(stdout: asyncio.StreamReader, pattern: str, seen: list[str]
 
 
 async def test_make_run_restarts_a_killed_service_and_the_cluster_still_delivers(servers: Servers, tmp_path: Path) -> None:
-    """SIGKILL dispatch under `python -m tools.run`: it is restarted with a new pid, other pids stay, a post is delivered; SIGINT stops all."""
+    """SIGKILL dispatch under `python -m tools.run`: it is restarted with a new pid, other pids stay, a post is delivered;
+    SIGINT stops all."""
     redis_url, mongo_db = servers.fresh_database()
     env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": servers.mongo_url, "MONGO_DB": mongo_db,
            "RUN_DIR": str(tmp_path), "APP_ENV": "development"}
