@@ -154,8 +154,8 @@ class Inbox:
         self.redis = redis
         self.limit = limit
         self.scripts = Scripts(redis)
-        self._open = SlotScript(redis, OPEN_POSTS)
-        self._close = SlotScript(redis, CLOSE_POSTS)
+        self._open = SlotScript(redis, OPEN_POSTS, once=True)  # counts: a retried call after a dropped reply would
+        self._close = SlotScript(redis, CLOSE_POSTS, once=True)  # count twice (a close twice: a frame still owed gone)
         self._expire = SlotScript(redis, EXPIRE_POSTS)
 
     async def _per_bucket(self, pipe: Pipeline, script: SlotScript, args: Mapping[str, list[Any]], head: list[Any]) -> None:

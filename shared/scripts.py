@@ -9,6 +9,7 @@ the batch by slot (``shared.slots``, rule 2) and reassembles the replies in key 
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from itertools import chain
 from typing import Any
@@ -63,22 +64,54 @@ return hashes
 """
 
 
+# The guard of a script applied at most once per call (``SlotScript(once=True)``): its last key names the call; the
+# first run keeps its reply there for a minute, and a run with the same key (the client's retry after a dropped
+# reply re-sends the same call) answers that reply without applying anything again. ``body`` is the script's own.
+ONCE = """
+local guard = table.remove(KEYS)
+local kept = redis.call('GET', guard)
+if kept then
+  return cjson.decode(kept)
+end
+local function body()
+%s
+end
+local reply = body()
+redis.call('SET', guard, cjson.encode(reply), 'EX', 60)
+return reply
+"""
+
+
+def guard_key(slot_key: str, token: str) -> str:
+    """A call's guard key, in the hash slot of ``slot_key`` (its hash tag, if it has one)."""
+    start = slot_key.find("{")
+    end = slot_key.find("}", start + 1)
+    tag = slot_key[start:end + 1] if start >= 0 and end > start + 1 else "{" + slot_key + "}"
+    return f"once:{tag}:{token}"
+
+
 class SlotScript:
     """A script over a batch of keys, each key with its own arguments after common ones (``head``): one call on a
-    single Redis, one per hash slot on a cluster."""
+    single Redis, one per hash slot on a cluster. With ``once``, each call is applied at most once however often the
+    client sends it (``ONCE``): for scripts that count (a counter applied twice would be wrong), not for idempotent ones."""
 
-    def __init__(self, redis: Redis, body: str) -> None:
+    def __init__(self, redis: Redis, body: str, once: bool = False) -> None:
         self.redis = redis
-        self.body = body
+        self.body = ONCE % body if once else body
+        self.once = once
         self.cluster = is_cluster(redis)
-        self.script = redis.register_script(body)
+        self.script = redis.register_script(self.body)
+
+    def _keys(self, keys: list[str]) -> list[str]:
+        """A call's keys, with its guard key last when the script is applied once."""
+        return [*keys, guard_key(keys[0], secrets.token_hex(8))] if self.once else keys
 
     async def stage(self, pipe: Pipeline, keys: Sequence[str], per_key: Sequence[Sequence[Any]] | None = None,
                     head: Sequence[Any] = ()) -> list[list[int]]:
         """Queue the calls on ``pipe``, one per group of key positions; return the groups (their replies come in order)."""
         groups = slot_groups(self.redis, keys)
         for group in groups:
-            group_keys = [keys[i] for i in group]
+            group_keys = self._keys([keys[i] for i in group])
             args = [*head, *chain.from_iterable(per_key[i] for i in group)] if per_key is not None else list(head)
             if self.cluster:
                 pipe.eval(self.body, len(group_keys), *group_keys, *args)
@@ -88,6 +121,7 @@ class SlotScript:
 
     async def run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One call over ``keys``, which must share a hash slot (a hash tag): the script's reply."""
+        keys = self._keys(list(keys))
         if self.cluster:
             return await self.redis.eval(self.body, len(keys), *keys, *args)
         return await self.script(keys=list(keys), args=list(args))
@@ -99,7 +133,7 @@ class SlotScript:
             return []
         if not self.cluster:
             args = [*head, *chain.from_iterable(per_key)] if per_key is not None else list(head)
-            return list(await self.script(keys=list(keys), args=args))
+            return list(await self.script(keys=self._keys(list(keys)), args=args))
         async with self.redis.pipeline(transaction=False) as pipe:
             groups = await self.stage(pipe, keys, per_key, head)
             replies = await pipe.execute()
@@ -112,6 +146,6 @@ class SlotScript:
 
 class Scripts:
     def __init__(self, redis: Redis) -> None:
-        self.open_inboxes = SlotScript(redis, OPEN_INBOXES)
-        self.zrem_each = SlotScript(redis, ZREM_EACH)
+        self.open_inboxes = SlotScript(redis, OPEN_INBOXES, once=True)  # a trim queued twice would be counted twice
+        self.zrem_each = SlotScript(redis, ZREM_EACH, once=True)  # a retry would answer 0 for what the first removed
         self.hgetall_each = SlotScript(redis, HGETALL_EACH)

@@ -9,8 +9,10 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.clients import redis_client
+from shared.clock import now_ms
 from shared.inbox import Inbox, expiry_key, inbox_key, post_key
 from shared.message import post_of
+from shared.scripts import guard_key
 from shared.slots import post_tag
 from tests.client import Receiver, receive_ids
 from tests.conftest import RunningStack, Servers
@@ -127,3 +129,23 @@ async def test_messages_pushed_out_of_a_full_inbox_are_closed_and_shown_trimmed(
     ws = await stack.client.connect("flooded")
     assert await receive_ids(ws, 3) == ids[2:]
     await ws.close()
+
+
+async def test_a_close_sent_twice_by_the_clients_retry_counts_once(servers: Servers) -> None:
+    """The Redis client re-sends a call whose reply it lost: the close script, run twice as one call, counts ann's ack
+    once, so bob's delivery of the same message stays held."""
+    redis_url, _ = servers.fresh_database()
+    redis = Redis.from_url(redis_url)
+    inbox = Inbox(redis)
+    (m,) = catalogue(1, 1, now_ms(), [("ann", "bob")], [60_000])
+    await inbox.open([m])
+    tag = post_tag(m.post)
+    call = [expiry_key(tag), post_key(m.post), guard_key(expiry_key(tag), "one-call")]
+    try:
+        replies = [await inbox._close.script(keys=call, args=[m.post, 1, 0, 1]) for _ in range(2)]
+        assert replies == [1, 1]
+        assert await redis.hget(post_key(m.post), "n0") == b"1"
+        assert await inbox.frames([m.id], now_ms()) == [m.frame]
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
