@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql/15/bin/postgres
 
-.PHONY: run test lint unit jstest bench loadtest clean
+.PHONY: run test lint unit jstest bench chaos loadtest clean
 
 # `make run REDIS_CLUSTER=1`: on a 3-master Redis Cluster (ports 7000-7002) instead of one Redis (tools/run.py).
 run: $(INSTALLED) $(FERRETDB) $(POSTGRES)
@@ -37,6 +37,14 @@ unit: $(INSTALLED)
 # `make bench REDIS_CLUSTER=1`: the benchmark's own cluster on a 3-master Redis Cluster (storm, steady, latency by default).
 bench: $(INSTALLED) $(FERRETDB) $(POSTGRES)
 	$(PY) -m loadtest.bench_e2e $(if $(REDIS_CLUSTER),--redis-cluster 3 --scenarios storm$(,)steady$(,)latency) $(BENCH_ARGS)
+
+# The whole-system checker on a stack of its own (loadtest/README.md): `make chaos SECONDS=1800 SEED=42`, REDIS_CLUSTER=1
+# for a 3-master Redis Cluster, CHAOS_ARGS for more (e.g. --faults kill); exit status 1 on any violation. A random seed
+# when SEED is empty (printed at the start and the end).
+SECONDS ?= 120
+SEED ?=
+chaos: $(INSTALLED) $(FERRETDB) $(POSTGRES)
+	$(PY) -m loadtest.chaos --seconds $(SECONDS) $(if $(SEED),--seed $(SEED)) $(if $(REDIS_CLUSTER),--redis-cluster) $(CHAOS_ARGS)
 
 # Against a running `make run` (another terminal); see loadtest/README.md.
 LOCUST_ARGS ?= -u 200 -r 50 -t 30s
