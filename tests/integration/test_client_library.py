@@ -99,8 +99,8 @@ async def test_clients_schedule_and_cancel_messages(shared_stack: RunningStack) 
     try:
         dropped = await asyncio.to_thread(blocking.send, "lib-later", "never", delay_seconds=1)
         await asyncio.to_thread(blocking.cancel, dropped)
-        kept = await client.send("lib-later", "later", deliver_at=int(time.time() * 1000) + 1000)
-        assert await frames_within(ws, 0.5) == []
+        kept = await client.send("lib-later", "later", deliver_at=int(time.time() * 1000) + int(scaled(2000)))
+        assert await frames_within(ws, 0.5) == []  # a scaled window, shorter than the scaled delay
         assert await receive_ids(ws, 1) == [kept]
         with pytest.raises(PushError) as fired:
             await client.cancel(kept)
