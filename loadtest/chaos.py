@@ -26,7 +26,7 @@ import aiohttp
 
 from loadtest.chaos_check import CLASSES, OPEN_STATES, Observations, Report, arrived, check, owed
 from loadtest.chaos_clients import Clients, SocketPlan, UserPlan, plan_sockets, plan_users
-from loadtest.chaos_faults import FAULT_KINDS, ChaosStack, Faults, plan_faults
+from loadtest.chaos_faults import FAULT_KINDS, SERVER_KINDS, ChaosStack, Faults, plan_faults
 from loadtest.chaos_workload import Poster, plan_posts
 from tests.client import ClusterClient
 from tests.conftest import Servers
@@ -123,14 +123,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=120.0, help="how long the workload and faults run")
     p.add_argument("--seed", type=int, help="replays a run's decisions (default: a random one, printed)")
     p.add_argument("--redis-cluster", action="store_true", help="a 3-master Redis Cluster (STREAM_SHARDS=3) instead of one Redis")
-    p.add_argument("--faults", default=",".join(FAULT_KINDS), help=f"comma-separated, of {', '.join(FAULT_KINDS)}; '' for none")
+    p.add_argument("--faults", default=",".join(FAULT_KINDS), help=f"comma-separated, of {', '.join(FAULT_KINDS + SERVER_KINDS)}; "
+                   "'' for none")
     p.add_argument("--nodes", type=int, default=3, choices=(2, 3), help="push nodes")
     p.add_argument("--settle", type=float, default=60.0, help="settle phase deadline (s; longer if a message is due later)")
     p.add_argument("--workdir", type=Path, help="keep the processes' data and logs here (default: a temp dir, removed)")
     args = p.parse_args(argv)
     args.faults = [f for f in args.faults.split(",") if f]
-    if not set(args.faults) <= set(FAULT_KINDS):
-        p.error(f"--faults takes {', '.join(FAULT_KINDS)}")
+    if not set(args.faults) <= set(FAULT_KINDS + SERVER_KINDS):
+        p.error(f"--faults takes {', '.join(FAULT_KINDS + SERVER_KINDS)}")
     return args
 
 
@@ -145,7 +146,11 @@ def main(argv: list[str]) -> int:
         cluster = Cluster(workdir, redis_password=secrets.token_urlsafe(16))
         scope.callback(cluster.stop_all)
         stack, redis = Servers(cluster).stack_on("cluster" if args.redis_cluster else "single", args.nodes)
-        report = asyncio.run(drive(ChaosStack.start(cluster, stack, redis), seed, args.seconds, args.faults, args.settle))
+        servers = [p for p in cluster.procs if p.name.split("-")[0] in ("ferretdb", "postgres")] + \
+            (redis or [p for p in cluster.procs if p.name.startswith("redis-")])
+        chaos = ChaosStack.start(cluster, stack, redis)
+        chaos.expose(servers)
+        report = asyncio.run(drive(chaos, seed, args.seconds, args.faults, args.settle))
     print(render(report, seed, title))
     print(f"chaos seed {seed}: {report.violations} violations; replay with --seed {seed}", flush=True)
     return 1 if report.violations else 0

@@ -9,7 +9,8 @@ before that socket acked it; a topic message twice at all), ``order`` (messages 
 order on one socket), ``status`` (``GET /v1/messages/{id}`` contradicting what clients saw), ``topic_lost`` (a socket
 subscribed before the post and open well after it, away from any fault, missed a topic or broadcast message),
 ``unaccepted`` (a message whose every post attempt was refused arrived), ``idempotency`` (one Idempotency-Key, two id
-lists) and ``server_error`` (a 5xx other than 503).
+lists), ``server_error`` (a 5xx other than 503) and ``acked_came_back`` (after Redis restarted empty, a message acked
+before it arrived again).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ LIFECYCLE_LOSS_S = 3.0  # a node SIGKILLed this soon after writing a message may
 EXAMPLES = 10
 BROADCAST = "*"
 OPEN_STATES = ("accepted", "scheduled")
+ACK_RECORDED_S = 3.0  # an ack this old is in Redis and on record in MongoDB (written once a second)
+REDELIVERY_S = 30.0  # a dispatch instance SIGKILLed may have its entries sent again this long after it came back
 CLASSES = ("lost", "early", "after_cancel", "wrong_user", "duplicate", "order", "status", "topic_lost", "unaccepted",
-           "idempotency", "server_error")
+           "idempotency", "server_error", "acked_came_back")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class PostRecord:
     answered_at: float | None = None
     status: int | None = None
     ids: tuple[str, ...] = ()
+    error: str | None = None  # why no answer came (the client's exception)
 
 
 @dataclass(slots=True)
@@ -66,6 +70,7 @@ class CancelRecord:
     sent_at: float
     answered_at: float | None = None
     status: int | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +219,7 @@ def check(obs: Observations) -> Report:
     _check_lost(obs, report)
     _check_topics(obs, known, report)
     _check_statuses(obs, known, report)
+    _check_acked_came_back(obs, report)
     _tally(obs, known, report)
     return report
 
@@ -367,14 +373,31 @@ def _marks_lost(obs: Observations, at: float, node: int) -> bool:
     return any(f.killed_node(node) and at <= f.start <= at + LIFECYCLE_LOSS_S for f in obs.faults)
 
 
+def _check_acked_came_back(obs: Observations, report: Report) -> None:
+    """After Redis restarted empty (and was rebuilt from MongoDB), a message its user acked ``ACK_RECORDED_S`` before
+    the restart arrives again on a socket of that user (README: "acked ones do not come back"), away from a dispatch
+    instance's SIGKILL (whose claimed entries may be sent again to every socket: at least once)."""
+    restarts = [f for f in obs.faults if f.kind == "redis"]
+    retries = [f for f in obs.faults if f.kind == "kill" and f.target.startswith("dispatch")]
+    acked: dict[tuple[str, str], float] = {}
+    for s in obs.sockets:
+        for mid, at in s.acks.items():
+            acked[(mid, s.user)] = min(at, acked.get((mid, s.user), at))
+    for s in obs.sockets:
+        for a in s.arrivals:
+            at = acked.get((a.message_id, s.user))
+            restart = next((f for f in restarts if at is not None and at + ACK_RECORDED_S <= f.start < a.at), None)
+            if restart is not None and not any(k.start <= a.at <= k.end + REDELIVERY_S for k in retries):
+                report.add("acked_came_back", f"{a.message_id} on socket {s.id} of {s.user} at {a.at:.3f}: acked at {at:.3f}, "
+                           f"before {restart.target} restarted at {restart.start:.3f}")
+
+
 def _tally(obs: Observations, known: dict[str, Accepted], report: Report) -> None:
     t = report.tally
-    for p in obs.posts:
-        name = f"posts answered {p.status}" if p.status is not None else "posts unanswered"
-        t[name] = t.get(name, 0) + 1
-    for c in obs.cancels:
-        name = f"cancels answered {c.status}" if c.status is not None else "cancels unanswered"
-        t[name] = t.get(name, 0) + 1
+    for kind, records in (("posts", obs.posts), ("cancels", obs.cancels)):
+        for r in records:
+            name = f"{kind} answered {r.status}" if r.status is not None else f"{kind} unanswered ({r.error})"
+            t[name] = t.get(name, 0) + 1
     debts, got = owed(obs), arrived(obs)
     t["messages accepted"] = len(known)
     t["deliveries accepted"] = sum(len(a.message.users) for a in known.values())

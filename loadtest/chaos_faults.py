@@ -4,7 +4,9 @@
 FerretDB that ``tests.conftest.Servers`` provides (the session's in ``make test``, the run's own under ``python -m
 loadtest.chaos``), owns those processes and stops them by pid. ``Faults`` injects the planned faults on time:
 ``kill`` (SIGKILL a push node or a dispatch instance, started again a few seconds later with ``Cluster.respawn``)
-and ``stop`` (SIGSTOP a push node, dispatch or collect, SIGCONT a few seconds later); each is recorded as a
+and ``stop`` (SIGSTOP a push node, dispatch or collect, SIGCONT a few seconds later); and, for a stack whose servers
+are its own (``expose``), ``redis`` (SIGKILL Redis, or one Redis Cluster master, restarted empty) and ``store``
+(SIGKILL FerretDB, or a fast shutdown of PostgreSQL, started again). Each is recorded as a
 ``chaos_check.FaultRecord`` once undone, and anything still stopped is continued on the way out.
 """
 
@@ -20,15 +22,16 @@ from dataclasses import dataclass
 from loadtest.chaos_check import FaultRecord, Observations
 from tools.cluster import Cluster, Proc, Stack, free_port
 
-FAULT_KINDS = ("kill", "stop")
-TARGETS = {"kill": ("push", "dispatch"), "stop": ("push", "dispatch", "collect")}
+FAULT_KINDS = ("kill", "stop")  # the default run's
+SERVER_KINDS = ("redis", "store")  # the second phase's, for a stack whose servers are its own
+TARGETS = {"kill": ("push", "dispatch"), "stop": ("push", "dispatch", "collect"), "redis": ("redis",), "store": ("ferretdb", "postgres")}
 
 
 class ChaosStack:
     def __init__(self, cluster: Cluster, stack: Stack, procs: dict[str, Proc], redis: list[Proc]) -> None:
         self.cluster = cluster
         self.stack = stack
-        self.procs = procs  # by name: auth, collect, dispatch-<port>, push-<port>
+        self.procs = procs  # by name: auth, collect, dispatch-<port>, push-<port>; servers added by ``expose``
         self.redis = redis  # a Redis Cluster started for this stack alone, stopped with it
 
     @classmethod
@@ -45,6 +48,11 @@ class ChaosStack:
             raise
         return cls(cluster, stack, procs, redis)
 
+    def expose(self, servers: list[Proc]) -> None:
+        """Let faults restart these servers too (Redis, FerretDB, PostgreSQL: redis-<port>, ...), which this stack has
+        to itself; they stay the cluster's to stop."""
+        self.procs |= {p.name: p for p in servers}
+
     def url(self, name: str) -> str:
         port = {"auth": self.stack.auth_port, "collect": self.stack.collect_port}.get(name) or int(name.rpartition("-")[2])
         return f"http://127.0.0.1:{port}"
@@ -54,7 +62,8 @@ class ChaosStack:
 
     def stop(self) -> None:
         """Stop (continued first, if stopped) the services, then the Redis Cluster started for them, by pid."""
-        for proc in [*reversed(list(self.procs.values())), *self.redis]:
+        services = [p for name, p in self.procs.items() if name.split("-")[0] in ("auth", "collect", "dispatch", "push")]
+        for proc in [*reversed(services), *self.redis]:
             if proc.alive:
                 os.kill(proc.popen.pid, signal.SIGCONT)
             proc.stop()
@@ -99,17 +108,27 @@ class Faults:
             name = names[plan.pick % len(names)]
             print(f"  fault at {time.time() - self.started:.1f} s: {plan.kind} {name} for {plan.duration:.1f} s", flush=True)
             start = time.time()
-            await (self.kill if plan.kind == "kill" else self.pause)(name, plan.duration)
+            await (self.pause if plan.kind == "stop" else self.kill)(name, plan.duration)
             self.obs.faults.append(FaultRecord(plan.kind, name, start, time.time()))
 
     async def kill(self, name: str, seconds: float) -> None:
-        """SIGKILL, then after ``seconds`` the same process again, once it answers /healthz."""
+        """SIGKILL (PostgreSQL: a fast shutdown, since its backends would outlive its postmaster), then after ``seconds``
+        the same process again, once it answers (a Redis without persistence comes back empty)."""
         proc = self.stack.procs[name]
-        proc.kill()
+        await asyncio.to_thread(proc.stop if name.startswith("postgres") else proc.kill)
         await asyncio.sleep(seconds)
         fresh = self.stack.cluster.respawn(proc)
         self.stack.procs[name] = fresh
-        await asyncio.to_thread(self.stack.cluster.wait_http, fresh, f"{self.stack.url(name)}/healthz")
+        await asyncio.to_thread(self.ready, fresh)
+
+    def ready(self, proc: Proc) -> None:
+        role, _, port = proc.name.rpartition("-")
+        if role in ("redis", "ferretdb", "postgres"):
+            self.stack.cluster.wait_tcp(proc, int(port))
+            if role == "postgres":
+                self.stack.cluster.wait_postgres(proc, int(port))
+        else:
+            self.stack.cluster.wait_http(proc, f"{self.stack.url(proc.name)}/healthz")
 
     async def pause(self, name: str, seconds: float) -> None:
         """SIGSTOP for ``seconds``, then SIGCONT (also if cancelled meanwhile)."""

@@ -178,7 +178,8 @@ class Poster:
             self.obs.posts.append(record)
             try:
                 status, answer = await self.client.post(body, headers=headers)
-            except (aiohttp.ClientError, TimeoutError):
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                record.error = type(exc).__name__
                 return record
             record.answered_at, record.status = time.time(), status
             if 200 <= status < 300:
@@ -190,6 +191,7 @@ class Poster:
         self.obs.cancels.append(record)
         try:
             status, _ = await self.client.cancel(message_id)
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            record.error = type(exc).__name__
             return
         record.answered_at, record.status = time.time(), status

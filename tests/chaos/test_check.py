@@ -135,11 +135,17 @@ def answer_500(obs: Observations) -> None:
     obs.cancels.append(CancelRecord("aaaa0000", T0 + 2, T0 + 2.1, 500))
 
 
+def arrive_again_after_a_redis_restart(obs: Observations) -> None:
+    obs.faults.append(FaultRecord("redis", "redis-6379", T0 + 10, T0 + 13))
+    socket(obs, "bob").arrivals.append(Arrival("aaaa0001", "0.1", ms(T0 + 0.05), T0 + 15))
+
+
 PLANTED: list[tuple[str, Callable[[Observations], None]]] = [
     ("lost", drop_arrival), ("early", arrive_early), ("after_cancel", arrive_after_cancel), ("wrong_user", arrive_at_wrong_user),
     ("wrong_user", arrive_on_unsubscribed_socket), ("duplicate", arrive_twice_unacked), ("order", arrive_out_of_order),
     ("status", status_left_accepted), ("topic_lost", miss_a_topic_message), ("unaccepted", arrive_from_a_refused_post),
     ("idempotency", answer_a_retry_with_other_ids), ("server_error", answer_500),
+    ("acked_came_back", arrive_again_after_a_redis_restart),
 ]
 
 
