@@ -41,11 +41,11 @@ from redis.asyncio.client import Pipeline
 
 from shared.clock import now_ms as clock_ms
 from shared.errors import Unavailable
-from shared.message import Message, Pair, by_post, index_of, message_id, post_fields, post_of, split_users
+from shared.message import Message, Pair, by_post, index_of, lua_fields, message_id, post_fields, post_of, split_users
 from shared.scripts import Scripts, SlotScript
 from shared.slots import all_post_tags, all_user_tags, post_tag, user_tag
 
-_FIELDS = "local function forget(key, i) redis.call('HDEL', key, i, 'u' .. i, 'x' .. i, 'r' .. i, 'n' .. i) end\n"
+_FIELDS = f"local function forget(key, i) redis.call('HDEL', key, unpack({lua_fields('i', ('n',))})) end\n"
 
 # Transition ``open`` (``PostState.open``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV per post:
 # its id, its earliest expiry, a count f and f field/value pairs (``post_fields``), a count m and m (index,

@@ -15,7 +15,8 @@ The same flat field map describes a post's messages in its Redis hash and its st
 ``"{i}"`` the frame of message ``i``, ``"u{i}"`` its recipients joined by ``,`` (user ids cannot
 contain one), ``"x{i}"`` its expiry in ms, for a topic message ``"t{i}"`` its topic, and for a message
 not of normal priority ``"r{i}"`` its priority (``shared.priority``). The hash holding a scheduled
-message back (``shared.schedule``) adds ``"d{i}"``, its due time in ms.
+message back (``shared.schedule``) adds ``"d{i}"``, its due time in ms. ``FIELD_PREFIXES`` lists them
+once, for the scripts.
 """
 
 from __future__ import annotations
@@ -103,6 +104,18 @@ def join_users(users: Iterable[str]) -> str:
 def split_users(field: bytes | str) -> tuple[str, ...]:
     text = field.decode() if isinstance(field, bytes) else field
     return tuple(text.split(",")) if text else ()
+
+
+# A message's fields in a field map, by prefix before its index: frame, recipients, expiry, topic, priority, and the
+# due time a held-back message adds (``shared.schedule``). A new field of a message is one more prefix here, written
+# in ``post_fields`` and read in ``messages_of``: every Lua script that copies or drops a message's fields takes its
+# list from ``lua_fields``.
+FIELD_PREFIXES = ("", "u", "x", "t", "r", "d")
+
+
+def lua_fields(index: str, extra: tuple[str, ...] = ()) -> str:
+    """A Lua table constructor of message ``index``'s field names (``index`` a Lua expression), ``extra`` prefixes last."""
+    return "{" + ", ".join(index if not p else f"'{p}' .. {index}" for p in (*FIELD_PREFIXES, *extra)) + "}"
 
 
 def post_fields(messages: list[Message]) -> dict[EncodableT, EncodableT]:

@@ -192,6 +192,9 @@ class Identity:
     topics: tuple[str, ...] = ()
 
 
+ITEM_OVERHEAD = 48  # brackets, quotes, the id, the ts and a priority around each frame in a deliver batch
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms). A topic
@@ -212,6 +215,15 @@ class Delivery:
         if self.priority is not Priority.NORMAL:
             return [*item, self.topic, self.priority.value]
         return item if self.topic is None else [*item, self.topic]
+
+    def encoded_size(self) -> int:
+        """An upper bound of the bytes ``encode`` takes in a deliver batch, without encoding it: frames are text,
+        counted as UTF-8, not as characters, plus the backslash JSON puts before each quote and backslash of the
+        frame (a JSON frame is full of quotes); ``ITEM_OVERHEAD`` for the brackets, quotes, numbers and priority."""
+        frame = self.frame if self.frame.isascii() else self.frame.encode()
+        escapes = self.frame.count('"') + self.frame.count("\\")
+        return (len(frame) + escapes + sum(len(u) + 3 for u in self.users) + len(self.message_id) + len(self.topic or "")
+                + ITEM_OVERHEAD)
 
     @classmethod
     def decode(cls, item: list[Any]) -> Delivery:

@@ -29,7 +29,6 @@ sender matches, so a cancel and a claim never both win.
 
 from __future__ import annotations
 
-import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
@@ -37,7 +36,7 @@ from dataclasses import replace
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.message import INDEX_DIGITS, Message, by_post, index_of, messages_of, post_fields, post_of
+from shared.message import INDEX_DIGITS, Message, by_post, index_of, lua_fields, messages_of, post_fields, post_of
 from shared.scripts import Scripts, SlotScript
 
 TAG = "{schedule}"  # every key here: the claim, settle and cancel scripts touch several (``shared/slots.py``, rule 3)
@@ -70,7 +69,7 @@ end
 local function drop(key, indexes)
   local fields = {}
   for _, i in ipairs(indexes) do
-    for _, f in ipairs({i, 'u' .. i, 'x' .. i, 't' .. i, 'r' .. i, 'd' .. i}) do
+    for _, f in ipairs(%s) do
       fields[#fields + 1] = f
     end
   end
@@ -79,7 +78,7 @@ local function drop(key, indexes)
     redis.call('DEL', key)
   end
 end
-""" % META_FIELDS
+""" % (lua_fields("i"), META_FIELDS)
 
 # Redis's clock, in ms: every due time and claim is compared on this one clock, never a dispatch instance's own (two
 # instances' clocks apart would fire early, or take each other's fresh claims for stale ones). TIME before a write is
@@ -155,17 +154,12 @@ end
 return #KEYS
 """ % INDEX_DIGITS
 
-# KEYS[1] schedule, KEYS[2] the post's hash, KEYS[3] this call's answer key; ARGV: message id, its index, the sender.
-# Nil unless it was waiting and the sender's; else the due time and the message's fields (post time, frame, recipients,
-# expiry, topic, priority), all a put-back (``hold``) needs to restore it as it was. The answer is kept under KEYS[3]
-# (named by a token the caller draws per cancel) for a minute: the client's retry after a dropped reply runs the
-# script again with the same token and gets the same answer, instead of a nil that would read as "not waiting" for a
-# message it had just taken out (a 404, and no cancel record: it would come back in a rebuild).
+# KEYS[1] schedule, KEYS[2] the post's hash; ARGV: message id, its index, the sender. Nil unless it was waiting and the
+# sender's; else the due time, the post's time and the message's fields as name/value pairs (all a put-back, ``hold``,
+# needs to restore it as it was). Applied once per call (``SlotScript(once=True)``): the client's retry after a dropped
+# reply gets the same answer, not a nil that would read as "not waiting" for a message it had just taken out (a 404,
+# and no cancel record: it would come back in a rebuild).
 CANCEL = _CHUNKED + """
-local done = redis.call('GET', KEYS[3])
-if done then
-  return cjson.decode(done)
-end
 if redis.call('HGET', KEYS[2], 's') ~= ARGV[3] then
   return false
 end
@@ -174,17 +168,18 @@ if not due then
   return false
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-local i = ARGV[2]
-local fields = redis.call('HMGET', KEYS[2], 't', i, 'u' .. i, 'x' .. i, 't' .. i, 'r' .. i)
-drop(KEYS[2], {i})
-table.insert(fields, 1, due)
-redis.call('SET', KEYS[3], cjson.encode(fields), 'PX', 60000)
-return fields
-"""
-
-
-def cancel_key(token: str) -> str:
-    return f"cancel:{TAG}:{token}"
+local names = %s
+local values = redis.call('HMGET', KEYS[2], unpack(names))
+local reply = {due, redis.call('HGET', KEYS[2], 't')}
+for n, name in ipairs(names) do
+  if values[n] then
+    reply[#reply + 1] = name
+    reply[#reply + 1] = values[n]
+  end
+end
+drop(KEYS[2], {ARGV[2]})
+return reply
+""" % lua_fields("ARGV[2]")
 
 
 class Schedule:
@@ -193,7 +188,7 @@ class Schedule:
         self._claim = SlotScript(redis, CLAIM)
         self._now = SlotScript(redis, NOW)
         self._settle = SlotScript(redis, SETTLE)
-        self._cancel = SlotScript(redis, CANCEL)
+        self._cancel = SlotScript(redis, CANCEL, once=True)
         self._scripts = Scripts(redis)
 
     def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
@@ -247,16 +242,11 @@ class Schedule:
         """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it (whole, priority
         included, so ``hold`` can put it back as it was), or None."""
         post, index = post_of(message_id), index_of(message_id)
-        token = token or secrets.token_hex(8)  # names this call's answer, which a retried call reads back
-        reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post), cancel_key(token)], [message_id, index, sender])
+        reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post)], [message_id, index, sender], token)
         if not reply:
             return None
-        due, ts, frame, users, expires, topic, priority = (v.encode() if isinstance(v, str) else v for v in reply)
-        fields = {b"%d" % index: frame, b"u%d" % index: users, b"x%d" % index: expires, b"d%d" % index: due}
-        if topic is not None:
-            fields[b"t%d" % index] = topic
-        if priority is not None:
-            fields[b"r%d" % index] = priority
+        due, ts, *flat = (v.encode() if isinstance(v, str) else v for v in reply)
+        fields = {**dict(zip(flat[::2], flat[1::2])), b"d%d" % index: due}
         return replace(messages_of(post, int(ts), fields)[0], sender=sender)
 
     async def unschedule(self, message_ids: list[str]) -> None:

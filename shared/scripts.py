@@ -102,9 +102,9 @@ class SlotScript:
         self.cluster = is_cluster(redis)
         self.script = redis.register_script(self.body)
 
-    def _keys(self, keys: list[str]) -> list[str]:
-        """A call's keys, with its guard key last when the script is applied once."""
-        return [*keys, guard_key(keys[0], secrets.token_hex(8))] if self.once else keys
+    def _keys(self, keys: list[str], token: str | None = None) -> list[str]:
+        """A call's keys, with its guard key last (named by ``token``, default a new one) when the script is applied once."""
+        return [*keys, guard_key(keys[0], token or secrets.token_hex(8))] if self.once else keys
 
     async def stage(self, pipe: Pipeline, keys: Sequence[str], per_key: Sequence[Sequence[Any]] | None = None,
                     head: Sequence[Any] = ()) -> list[list[int]]:
@@ -119,9 +119,10 @@ class SlotScript:
                 await self.script(keys=group_keys, args=args, client=pipe)
         return groups
 
-    async def run(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One call over ``keys``, which must share a hash slot (a hash tag): the script's reply."""
-        keys = self._keys(list(keys))
+    async def run(self, keys: Sequence[str], args: Sequence[Any], token: str | None = None) -> Any:
+        """One call over ``keys``, which must share a hash slot (a hash tag): the script's reply. ``token`` names the
+        call of a script applied once (two runs with one token are one call)."""
+        keys = self._keys(list(keys), token)
         if self.cluster:
             return await self.redis.eval(self.body, len(keys), *keys, *args)
         return await self.script(keys=list(keys), args=list(args))

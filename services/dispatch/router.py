@@ -48,24 +48,12 @@ from shared.stream import DeliveryStream, StreamEntry
 from shared.topicmap import TopicReader
 
 log = logging.getLogger(__name__)
-ITEM_OVERHEAD = 48  # brackets, quotes, the id and the ts around each frame in a deliver batch
-
-
-def encoded_size(item: Delivery) -> int:
-    """Bytes the item takes in a deliver batch: frames are text, counted as UTF-8, not as characters, plus the
-    backslash JSON puts before each quote and backslash of the frame (a JSON frame is full of quotes)."""
-    frame = item.frame if item.frame.isascii() else item.frame.encode()
-    escapes = item.frame.count('"') + item.frame.count("\\")
-    return (len(frame) + escapes + sum(len(u) + 3 for u in item.users) + len(item.message_id) + len(item.topic or "")
-            + ITEM_OVERHEAD)
-
-
 def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]]:
     """Split so each batch stays under the node's frame limit (a single oversized item goes alone)."""
     chunks: list[list[Delivery]] = [[]]
     size = 0
     for item in items:
-        cost = encoded_size(item)
+        cost = item.encoded_size()
         if chunks[-1] and size + cost > max_bytes:
             chunks.append([])
             size = 0

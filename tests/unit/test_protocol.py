@@ -101,10 +101,10 @@ def test_dispatch_splits_batches_under_the_frame_limit() -> None:
 
 def test_dispatch_sizes_batches_by_utf8_bytes() -> None:
     """Frames of multi-byte characters are counted in bytes, so two 150-character emoji frames do not share a 400-byte batch."""
-    from services.dispatch.router import chunk_by_bytes, encoded_size
+    from services.dispatch.router import chunk_by_bytes
 
     items = [Delivery(f"m{i}", "\U0001F600" * 150, 0, ("u",)) for i in range(2)]
-    assert all(encoded_size(d) > 600 for d in items)
+    assert all(d.encoded_size() > 600 for d in items)
     assert [len(c) for c in chunk_by_bytes(items, 400)] == [1, 1]
 
 
@@ -144,7 +144,6 @@ def test_the_largest_accepted_message_fits_one_batch_and_the_nodes_link_limit(mo
     from services.collect.config import CollectConfig
     from services.collect.intake import Limits, parse_body
     from services.dispatch.config import DispatchConfig
-    from services.dispatch.router import encoded_size
     from services.push.config import PushConfig
 
     monkeypatch.setenv("APP_ENV", "development")
@@ -156,5 +155,5 @@ def test_the_largest_accepted_message_fits_one_batch_and_the_nodes_link_limit(mo
     encoded = len(DeliverBatch(2**40, 2**45, (item,)).encode())
     assert len(m.frame.encode()) > collect.max_payload_bytes - 200, "the payload is at its limit"
     assert encoded > 2 * collect.max_payload_bytes, "the frame's quotes are escaped again inside the batch"
-    assert encoded <= encoded_size(item) + 80  # the batch's envelope around its one item
-    assert encoded_size(item) <= dispatch.batch_bytes < push.max_frame_bytes - 1000
+    assert encoded <= item.encoded_size() + 80  # the batch's envelope around its one item
+    assert item.encoded_size() <= dispatch.batch_bytes < push.max_frame_bytes - 1000

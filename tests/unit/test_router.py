@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from services.dispatch.router import chunk_by_bytes, encoded_size
+from services.dispatch.router import chunk_by_bytes
 from shared.message import BROADCAST
 from shared.protocol import DeliverBatch, Delivery, MessageFrame
 
@@ -19,7 +19,7 @@ def test_every_batch_encodes_within_the_byte_budget_whatever_its_frames_hold() -
     items = [Delivery(f"{n:04d}", MessageFrame(f"{n:04d}", payload, 10**12, topic).encode(), 10**12, users, topic)
              for n, (payload, (users, topic)) in enumerate(itertools.product(payloads * 4, shapes))]
     for item in items:
-        assert len(DeliverBatch(1, 1, (item,)).encode()) - len(DeliverBatch(1, 1, ()).encode()) <= encoded_size(item)
+        assert len(DeliverBatch(1, 1, (item,)).encode()) - len(DeliverBatch(1, 1, ()).encode()) <= item.encoded_size()
     chunks = chunk_by_bytes(items, 1000)
     assert [d for c in chunks for d in c] == items, "every item once, in order"
     assert len(chunks) > 5
