@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 
 from shared.errors import CloseCode, MalformedRequest
-from shared.message import BROADCAST
+from shared.message import BROADCAST, Message
 from shared.priority import Priority
 from shared.topics import valid_topic
 
@@ -207,6 +208,11 @@ class Delivery:
     users: tuple[str, ...]
     topic: str | None = None
     priority: Priority = Priority.NORMAL
+
+    @classmethod
+    def of(cls, message: Message, users: Iterable[str] = ()) -> Delivery:
+        """``message`` for ``users`` of one node (none for a topic message)."""
+        return cls(message.id, message.frame, message.ts, tuple(users), message.topic, message.priority)
 
     def encode(self) -> list[Any]:
         """``[id, frame, ts, [users]]``, then the topic (or null) only when there is one or a priority other than

@@ -74,14 +74,14 @@ def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: i
                 continue
             if m.topic is not None:
                 for node in everyone if m.topic == BROADCAST else topics.get(m.topic, ()):
-                    work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, (), m.topic, m.priority))
+                    work[node][entry.entry_id].append(Delivery.of(m))
                 continue
             users_on: defaultdict[str, list[str]] = defaultdict(list)
             for user in m.users:
                 for node in routes.get(user, ()):
                     users_on[node].append(user)
             for node, users in users_on.items():
-                work[node][entry.entry_id].append(Delivery(m.id, m.frame, m.ts, tuple(users), priority=m.priority))
+                work[node][entry.entry_id].append(Delivery.of(m, users))
     return {node: dict(by_entry) for node, by_entry in work.items()}
 
 
