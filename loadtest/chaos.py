@@ -27,6 +27,7 @@ import aiohttp
 from loadtest.chaos_check import CLASSES, OPEN_STATES, Observations, Report, arrived, check, owed
 from loadtest.chaos_clients import Clients, SocketPlan, UserPlan, plan_sockets, plan_users
 from loadtest.chaos_faults import FAULT_KINDS, SERVER_KINDS, ChaosStack, Faults, plan_faults
+from loadtest.chaos_net import Toxiproxy
 from loadtest.chaos_workload import Poster, plan_posts
 from tests.client import ClusterClient
 from tests.conftest import Servers
@@ -132,6 +133,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.faults = [f for f in args.faults.split(",") if f]
     if not set(args.faults) <= set(FAULT_KINDS + SERVER_KINDS):
         p.error(f"--faults takes {', '.join(FAULT_KINDS + SERVER_KINDS)}")
+    if "net" in args.faults and args.redis_cluster:
+        p.error("--faults net puts one Redis behind a proxy: not with --redis-cluster")
     return args
 
 
@@ -148,8 +151,14 @@ def main(argv: list[str]) -> int:
         stack, redis = Servers(cluster).stack_on("cluster" if args.redis_cluster else "single", args.nodes)
         servers = [p for p in cluster.procs if p.name.split("-")[0] in ("ferretdb", "postgres")] + \
             (redis or [p for p in cluster.procs if p.name.startswith("redis-")])
-        chaos = ChaosStack.start(cluster, stack, redis)
+        proxy = Toxiproxy(cluster) if "net" in args.faults else None
+        node_redis_url = None
+        if proxy is not None:
+            redis_port = int(servers[-1].name.rpartition("-")[2])
+            node_redis_url = stack.redis_url.replace(f":{redis_port}/", f":{proxy.proxy(redis_port)}/")
+        chaos = ChaosStack.start(cluster, stack, redis, node_redis_url)
         chaos.expose(servers)
+        chaos.toxiproxy = proxy
         report = asyncio.run(drive(chaos, seed, args.seconds, args.faults, args.settle))
     print(render(report, seed, title))
     print(f"chaos seed {seed}: {report.violations} violations; replay with --seed {seed}", flush=True)

@@ -381,8 +381,8 @@ def _check_acked_came_back(obs: Observations, report: Report) -> None:
     retries = [f for f in obs.faults if f.kind == "kill" and f.target.startswith("dispatch")]
     acked: dict[tuple[str, str], float] = {}
     for s in obs.sockets:
-        for mid, at in s.acks.items():
-            acked[(mid, s.user)] = min(at, acked.get((mid, s.user), at))
+        for mid, when in s.acks.items():
+            acked[(mid, s.user)] = min(when, acked.get((mid, s.user), when))
     for s in obs.sockets:
         for a in s.arrivals:
             at = acked.get((a.message_id, s.user))

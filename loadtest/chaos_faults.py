@@ -5,14 +5,16 @@ FerretDB that ``tests.conftest.Servers`` provides (the session's in ``make test`
 loadtest.chaos``), owns those processes and stops them by pid. ``Faults`` injects the planned faults on time:
 ``kill`` (SIGKILL a push node or a dispatch instance, started again a few seconds later with ``Cluster.respawn``)
 and ``stop`` (SIGSTOP a push node, dispatch or collect, SIGCONT a few seconds later); and, for a stack whose servers
-are its own (``expose``), ``redis`` (SIGKILL Redis, or one Redis Cluster master, restarted empty) and ``store``
-(SIGKILL FerretDB, or a fast shutdown of PostgreSQL, started again). Each is recorded as a
+are its own (``expose``), ``redis`` (SIGKILL Redis, or one Redis Cluster master, restarted empty), ``store``
+(SIGKILL FerretDB, or a fast shutdown of PostgreSQL, started again) and ``net`` (a toxic between one push node and
+Redis, ``chaos_net``). Each is recorded as a
 ``chaos_check.FaultRecord`` once undone, and anything still stopped is continued on the way out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import signal
@@ -20,11 +22,13 @@ import time
 from dataclasses import dataclass
 
 from loadtest.chaos_check import FaultRecord, Observations
+from loadtest.chaos_net import TOXICS, Toxiproxy
 from tools.cluster import Cluster, Proc, Stack, free_port
 
 FAULT_KINDS = ("kill", "stop")  # the default run's
-SERVER_KINDS = ("redis", "store")  # the second phase's, for a stack whose servers are its own
-TARGETS = {"kill": ("push", "dispatch"), "stop": ("push", "dispatch", "collect"), "redis": ("redis",), "store": ("ferretdb", "postgres")}
+SERVER_KINDS = ("redis", "store", "net")  # the second phase's, for a stack whose servers are its own
+TARGETS = {"kill": ("push", "dispatch"), "stop": ("push", "dispatch", "collect"), "redis": ("redis",), "store": ("ferretdb", "postgres"),
+           "net": ("toxiproxy",)}
 
 
 class ChaosStack:
@@ -33,14 +37,20 @@ class ChaosStack:
         self.stack = stack
         self.procs = procs  # by name: auth, collect, dispatch-<port>, push-<port>; servers added by ``expose``
         self.redis = redis  # a Redis Cluster started for this stack alone, stopped with it
+        self.toxiproxy: Toxiproxy | None = None  # in front of the last push node's Redis, for ``net`` faults
 
     @classmethod
-    def start(cls, cluster: Cluster, stack: Stack, redis: list[Proc]) -> ChaosStack:
-        """The services on ``stack``, with a second dispatch instance on a port of its own."""
+    def start(cls, cluster: Cluster, stack: Stack, redis: list[Proc], node_redis_url: str | None = None) -> ChaosStack:
+        """The services on ``stack``, with a second dispatch instance on a port of its own; with ``node_redis_url``, the
+        last push node reaches Redis there."""
         before = len(cluster.procs)
         try:
+            others = dataclasses.replace(stack, push_ports=stack.push_ports[:-1]) if node_redis_url else stack
             procs = {f"dispatch-{stack.dispatch_port}" if name == "dispatch" else name: proc
-                     for name, proc in cluster.start_stack(stack).items()}
+                     for name, proc in cluster.start_stack(others).items()}
+            if node_redis_url:
+                last = stack.push_ports[-1]
+                procs[f"push-{last}"] = cluster.start_service("push", stack, last, REDIS_URL=node_redis_url)
             port = free_port()
             procs[f"dispatch-{port}"] = cluster.start_service("dispatch", stack, port, DISPATCH_PORT=str(port))
         except BaseException:
@@ -104,11 +114,11 @@ class Faults:
     async def run(self, plans: list[FaultPlan]) -> None:
         for plan in plans:
             await asyncio.sleep(max(0.0, self.started + plan.at - time.time()))
-            names = self.stack.named(plan.role)
+            names = self.stack.named(plan.role) or [f"{plan.role}-{TOXICS[plan.pick % len(TOXICS)]}"]
             name = names[plan.pick % len(names)]
             print(f"  fault at {time.time() - self.started:.1f} s: {plan.kind} {name} for {plan.duration:.1f} s", flush=True)
             start = time.time()
-            await (self.pause if plan.kind == "stop" else self.kill)(name, plan.duration)
+            await {"stop": self.pause, "net": self.harm}.get(plan.kind, self.kill)(name, plan.duration)
             self.obs.faults.append(FaultRecord(plan.kind, name, start, time.time()))
 
     async def kill(self, name: str, seconds: float) -> None:
@@ -129,6 +139,16 @@ class Faults:
                 self.stack.cluster.wait_postgres(proc, int(port))
         else:
             self.stack.cluster.wait_http(proc, f"{self.stack.url(proc.name)}/healthz")
+
+    async def harm(self, name: str, seconds: float) -> None:
+        """A toxic (``toxiproxy-<toxic>``) between the last push node and Redis for ``seconds``, then none."""
+        proxy = self.stack.toxiproxy
+        assert proxy is not None, "net faults need ChaosStack.toxiproxy"
+        await asyncio.to_thread(proxy.harm, name.rpartition("-")[2], 1000 + int(seconds * 200))
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            await asyncio.to_thread(proxy.heal)
 
     async def pause(self, name: str, seconds: float) -> None:
         """SIGSTOP for ``seconds``, then SIGCONT (also if cancelled meanwhile)."""

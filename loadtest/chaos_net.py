@@ -1,0 +1,66 @@
+"""Network faults for the chaos run, through toxiproxy (``bin/toxiproxy-server``, github.com/Shopify/toxiproxy/v2).
+
+The checker starts the server itself (a process of its ``Cluster``, stopped by pid) and one proxy in front of Redis;
+one push node reaches Redis only through it (``ChaosStack.start``'s ``node_redis_url``). A ``net`` fault adds one
+toxic to that proxy for a few seconds, then removes it: ``blackhole`` (data dropped, connections kept open:
+timeout 0), ``latency`` (1-2 s each way), ``reset`` (every connection reset as it sends) or ``down`` (the proxy
+disabled: connections closed, new ones refused). Only on one Redis: a Redis Cluster hands its clients the masters'
+own addresses. Dispatch to a push node cannot be put behind a proxy: a node's card gives dispatch the address it
+listens on (``PUSH_HOST``/``PUSH_PORT``), with no setting for another.
+
+Build the server with ``GOBIN=$PWD/bin go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0`` and rename
+``bin/server`` to ``bin/toxiproxy-server``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+from tools.cluster import ROOT, Cluster, Proc, free_port
+
+SERVER = ROOT / "bin" / "toxiproxy-server"
+PROXY = "redis"
+TOXICS = ("blackhole", "latency", "reset", "down")
+
+
+class Toxiproxy:
+    def __init__(self, cluster: Cluster) -> None:
+        if not SERVER.exists():
+            raise SystemExit(f"{SERVER} is missing: see loadtest/chaos_net.py for how to build it")
+        self.port = free_port()
+        self.proc: Proc = cluster.spawn("toxiproxy", [str(SERVER), "-host", "127.0.0.1", "-port", str(self.port)])
+        cluster.wait_tcp(self.proc, self.port)
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            text = answer.read()
+        return json.loads(text) if text else None
+
+    def proxy(self, upstream_port: int) -> int:
+        """A proxy in front of ``upstream_port`` on loopback; the port it listens on."""
+        port = free_port()
+        self.call("POST", "/proxies", {"name": PROXY, "listen": f"127.0.0.1:{port}", "upstream": f"127.0.0.1:{upstream_port}",
+                                       "enabled": True})
+        return port
+
+    def harm(self, toxic: str, latency_ms: int) -> None:
+        """Start ``toxic`` on the proxy, both ways."""
+        if toxic == "down":
+            self.call("POST", f"/proxies/{PROXY}", {"enabled": False})
+            return
+        kind, attributes = {"blackhole": ("timeout", {"timeout": 0}), "reset": ("reset_peer", {"timeout": 0}),
+                            "latency": ("latency", {"latency": latency_ms, "jitter": 100})}[toxic]
+        for stream in ("upstream", "downstream"):
+            self.call("POST", f"/proxies/{PROXY}/toxics", {"name": f"{toxic}-{stream}", "type": kind, "stream": stream,
+                                                           "attributes": attributes})
+
+    def heal(self) -> None:
+        """Remove every toxic and enable the proxy again."""
+        for toxic in self.call("GET", f"/proxies/{PROXY}/toxics"):
+            self.call("DELETE", f"/proxies/{PROXY}/toxics/{toxic['name']}")
+        self.call("POST", f"/proxies/{PROXY}", {"enabled": True})
