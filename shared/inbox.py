@@ -226,6 +226,18 @@ class Inbox:
                 found[message_id(post, int(names[k]))] = frame.decode() if alive else None
         return [found[m] for m in message_ids]
 
+    async def still_open(self, pairs: list[Pair]) -> set[Pair]:
+        """Those of ``pairs`` whose delivery is still open in its user's inbox (not acked, trimmed or expired): one
+        ZMSCORE per user."""
+        per_user: defaultdict[str, list[str]] = defaultdict(list)
+        for m, u in pairs:
+            per_user[u].append(m)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user, ids in per_user.items():
+                pipe.zmscore(inbox_key(user), ids)
+            replies = await pipe.execute()
+        return {(m, u) for (u, ids), scores in zip(per_user.items(), replies) for m, score in zip(ids, scores) if score is not None}
+
     async def close(self, pairs: list[Pair]) -> list[Pair]:
         """Close deliveries (acknowledged); return those that were open, so each closes once.
 

@@ -37,9 +37,10 @@ def create_app(config: DispatchConfig) -> Starlette:
     links = LinkPool(config.internal_key, config.link_timeout)
     routes = RouteReader(redis, config.internal_key)
     live = LiveNodes(routes, links, config.nodes_refresh)
-    routers = [Router(config, shard, routes, links, live) for shard in stream.shards]  # one read loop per stream shard
+    inbox = Inbox(redis)
+    routers = [Router(config, shard, routes, links, live, inbox) for shard in stream.shards]  # one read loop per stream shard
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
-    reconciler = Reconciler(config, store, Inbox(redis), lifecycle, lease, routes, stream)
+    reconciler = Reconciler(config, store, inbox, lifecycle, lease, routes, stream)
     firing = Firing(config, reconciler.handover)
 
     async def health() -> dict[str, object]:

@@ -29,6 +29,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from redis.exceptions import RedisError
 
@@ -39,6 +40,7 @@ from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_N
 from shared.breaker import CircuitBreaker
 from shared.clock import now_ms
 from shared.errors import LinkDown
+from shared.inbox import Inbox
 from shared.message import BROADCAST
 from shared.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.protocol import Delivery
@@ -108,9 +110,10 @@ class LiveNodes:
 
 class Router:
     def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool,
-                 live: LiveNodes) -> None:
+                 live: LiveNodes, inbox: Inbox) -> None:
         self.config = config
         self.stream = stream
+        self.inbox = inbox
         self.routes = routes
         self.topics = TopicReader(routes.redis)
         self.links = links
@@ -168,8 +171,20 @@ class Router:
                 "count": len(spent), "attempts": self.config.max_attempts, "entries": spent[:10]})
         return [e for e in entries if e.attempts <= self.config.max_attempts]
 
+    async def unacked(self, entries: list[StreamEntry]) -> list[StreamEntry]:
+        """Retried entries (handed out before) keep only the recipients whose delivery is still open: one who acked it
+        meanwhile (a node took the first try but answered late) is not written it again."""
+        retried = [e for e in entries if e.attempts > 1]
+        if not retried:
+            return entries
+        open_ = await self.inbox.still_open([(m.id, u) for e in retried for m in e.messages for u in m.users])
+        kept = {e.entry_id: replace(e, messages=[replace(m, users=tuple(u for u in m.users if (m.id, u) in open_))
+                                                  if m.topic is None else m for m in e.messages]) for e in retried}
+        return [kept.get(e.entry_id, e) for e in entries]
+
     async def forward(self, entries: list[StreamEntry]) -> None:
         start = time.perf_counter()
+        entries = await self.unacked(entries)
         messages = sum(len(e.messages) for e in entries)
         MESSAGES_IN.inc(messages)
         now = now_ms()

@@ -15,8 +15,12 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
+from shared.clock import now_ms
+from shared.inbox import inbox_key
+from shared.message import Message
 from shared.priority import Priority
-from shared.stream import tier_keys
+from shared.protocol import MessageFrame
+from shared.stream import GROUP, ShardedStream, tier_keys
 from tests.client import API_KEY, Receiver, receive_ids
 from tests.conftest import RunningStack, report_scenario
 from tests.waits import scaled, until
@@ -232,3 +236,35 @@ async def test_a_node_hung_past_its_card_ttl_loses_none_of_its_users_messages(st
     assert not outside, f"{twice} duplicates, these beyond what was in flight at the fault: {outside}"
     for r in healthy + stay + moved:
         await r.close()
+
+
+async def test_an_entry_retried_after_its_recipient_acked_is_not_written_again(start_stack, cluster: Cluster) -> None:
+    """A post read by a dispatch instance that died unacknowledged is claimed again by another after CLAIM_IDLE_MS;
+    the recipient who acked it meanwhile (through its inbox) is not written it a second time."""
+    stack: RunningStack = start_stack(CLAIM_IDLE_MS="1000")
+    receiver = Receiver("retried", await stack.client.connect("retried"))
+    code, answer = await stack.client.post({"user_id": "retried", "payload": "once", "ttl_seconds": 3600})
+    assert code == 202, answer
+    await receiver.received([answer["id"]], timeout=10)
+    redis = Redis.from_url(stack.stack.redis_url)
+    try:
+        await until(lambda: redis.zcard(inbox_key("retried")), lambda n: n == 0, what="the ack to close the inbox entry")
+        stack.procs["dispatch"].kill()
+        # What a dispatch instance that read the post and died before acknowledging it leaves: a pending entry.
+        message = Message(answer["id"], ("retried",), MessageFrame(answer["id"], "once", 1).encode(), 1, now_ms() + 3_600_000)
+        async with redis.pipeline(transaction=False) as pipe:
+            ShardedStream(redis).stage(pipe, [message])
+            await pipe.execute()
+        read = await redis.xreadgroup(GROUP, "dead-instance", {tier_keys()[Priority.NORMAL]: ">"}, count=10)
+        assert [len(entries) for _, entries in read] == [1]
+        stack.procs["dispatch"] = cluster.start_service("dispatch", stack.stack)
+        await until(lambda: redis.xpending(tier_keys()[Priority.NORMAL], GROUP), lambda p: p["pending"] == 0,
+                    what="the entry claimed from the dead instance and settled", timeout=15)
+        # A second write would have reached the socket before the node answered; a later message arrives after it.
+        code, marker = await stack.client.post({"user_id": "retried", "payload": "after"})
+        assert code == 202, marker
+        await receiver.received([marker["id"]], timeout=10)
+        assert receiver.ids == [answer["id"], marker["id"]]
+    finally:
+        await redis.aclose()
+        await receiver.close()
