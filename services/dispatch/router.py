@@ -18,7 +18,8 @@ skipped leaves the entry pending in the consumer group: it is claimed again afte
 by this or another instance, and this instance sends it only to the nodes that did not take it yet
 (``ledger.py``). Once the hung node answers it
 gets its part; once its card expires its users are no longer routed there and wait in their inboxes.
-An entry tried ``max_attempts`` times (a node that keeps closing the link on it) is acknowledged and
+A retried entry goes only to the recipients whose delivery is still open in their inbox, so a
+user who acked the first try is not written it again. An entry tried ``max_attempts`` times (a node that keeps closing the link on it) is acknowledged and
 left to its users' inboxes.
 """
 
