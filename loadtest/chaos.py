@@ -24,11 +24,11 @@ from pathlib import Path
 
 import aiohttp
 
-from loadtest.chaos_check import CLASSES, OPEN_STATES, Observations, Report, arrived, check, owed
+from loadtest.chaos_check import CLASSES, OPEN_STATES, Observations, Report, arrived, check, owed, recipients
 from loadtest.chaos_clients import Clients, SocketPlan, UserPlan, plan_sockets, plan_users
 from loadtest.chaos_faults import FAULT_KINDS, SERVER_KINDS, ChaosStack, Faults, plan_faults
 from loadtest.chaos_net import Toxiproxy
-from loadtest.chaos_workload import Poster, plan_posts
+from loadtest.chaos_workload import Poster, plan_posts, request
 from tests.client import ClusterClient
 from tests.conftest import Servers
 from tools.cluster import Cluster
@@ -94,7 +94,7 @@ async def read_statuses(client: ClusterClient, obs: Observations, rng: random.Ra
     async def read(mid: str) -> None:
         async with gate:
             try:
-                obs.statuses[mid] = await client.status(mid)
+                obs.statuses[mid] = await request(client, "GET", f"/v1/messages/{mid}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 obs.statuses[mid] = (0, {"error": type(exc).__name__})
 
@@ -102,7 +102,7 @@ async def read_statuses(client: ClusterClient, obs: Observations, rng: random.Ra
     for _ in range(STATUS_ROUNDS):
         await asyncio.gather(*(read(mid) for mid in ids))
         ids = [mid for mid in ids if any(row["state"] in OPEN_STATES and (mid, row["user_id"]) in seen
-                                         for row in obs.statuses[mid][1].get("recipients", []))]
+                                         for row in recipients(obs.statuses[mid][1]))]
         if not ids:
             return
         await asyncio.sleep(2)

@@ -357,7 +357,7 @@ def _check_statuses(obs: Observations, known: dict[str, Accepted], report: Repor
         if code != 200:
             report.add("status", f"GET {mid} answered {code} for an accepted message")
             continue
-        for row in body.get("recipients", []):
+        for row in recipients(body):
             user, state = row["user_id"], row["state"]
             seen = arrivals.get((mid, user), [])
             where = f"{mid} for {user}: state {state}"
@@ -367,6 +367,11 @@ def _check_statuses(obs: Observations, known: dict[str, Accepted], report: Repor
                 report.add("status", f"{where}, but no socket of {user} received it")
             if mid not in unknown and (state == "cancelled") != (mid in cancelled):
                 report.add("status", f"{where}, DELETE {'answered 200' if mid in cancelled else 'never answered 200'}")
+
+
+def recipients(body: Any) -> list[dict[str, Any]]:
+    """The per-recipient rows of a status answer (none if it is not one)."""
+    return body.get("recipients", []) if isinstance(body, dict) else []
 
 
 def _marks_lost(obs: Observations, at: float, node: int) -> bool:

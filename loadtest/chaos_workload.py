@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from loadtest.chaos_check import BROADCAST, CancelRecord, Observations, Planned, PostRecord
 from services.collect.config import CollectConfig
 from shared.protocol import MessageFrame
-from tests.client import ClusterClient
+from tests.client import API_KEY, ClusterClient
 
 PAYLOAD_LIMIT: int = next(f.default for f in dataclasses.fields(CollectConfig) if f.name == "max_payload_bytes")  # type: ignore[assignment]
 LONGEST_ID = "0" * 24  # a message id without Idempotency-Key (20 hex of post id, 4 of index); with one, 22
@@ -172,12 +173,11 @@ class Poster:
             await self.cancel(record.ids[index])
 
     async def send(self, plan: PostPlan, body: dict[str, Any], planned: tuple[Planned, ...]) -> PostRecord:
-        headers = {"Idempotency-Key": plan.key} if plan.key else None
         async with self.gate:
             record = PostRecord(plan.seq, planned, time.time(), plan.key)
             self.obs.posts.append(record)
             try:
-                status, answer = await self.client.post(body, headers=headers)
+                status, answer = await request(self.client, "POST", "/v1/messages", body, plan.key)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 record.error = type(exc).__name__
                 return record
@@ -190,8 +190,21 @@ class Poster:
         record = CancelRecord(message_id, time.time())
         self.obs.cancels.append(record)
         try:
-            status, _ = await self.client.cancel(message_id)
+            status, _ = await request(self.client, "DELETE", f"/v1/messages/{message_id}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             record.error = type(exc).__name__
             return
         record.answered_at, record.status = time.time(), status
+
+
+async def request(client: ClusterClient, method: str, path: str, body: Any = None, key: str | None = None) -> tuple[int, Any]:
+    """One call to collect: its status and JSON body (the text itself when it is not JSON: a 500 from the server's
+    own error page, say, which ``ClusterClient`` would fail to parse)."""
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json", **({"Idempotency-Key": key} if key else {})}
+    data = orjson.dumps(body) if body is not None else None
+    async with client.session.request(method, f"{client.stack.collect_url}{path}", data=data, headers=headers) as r:
+        text = await r.read()
+    try:
+        return r.status, orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return r.status, text.decode(errors="replace")
