@@ -55,6 +55,10 @@ class ClusterAddress:
         return cls(nodes, unquote(password) or None, unquote(user) or None)
 
 
+# What a Redis call raises when Redis (or the connection to it) fails: RedisError, and what redis-py lets through from
+# the transport (a write to a connection a dying node closed raises RuntimeError from asyncio, or an OSError).
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, RuntimeError)
+
 def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 

@@ -317,6 +317,13 @@ class Inbox:
             return None
         return ",".join(sorted({v.decode() for v in values}))
 
+    async def incomplete(self) -> None:
+        """Mark the whole state incomplete (every bucket's marker gone): no replay reads it until ``complete``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag in all_user_tags():
+                pipe.delete(epoch_key(tag))
+            await pipe.execute()
+
     async def complete(self) -> str:
         """Mark the state complete under a new epoch, in every bucket, and return it."""
         epoch = secrets.token_hex(6)

@@ -42,6 +42,7 @@ from shared.scripts import Scripts, SlotScript
 TAG = "{schedule}"  # every key here: the claim, settle and cancel scripts touch several (``shared/slots.py``, rule 3)
 SCHEDULE_KEY = TAG
 FIRING_KEY = f"{TAG}:firing"
+PAUSED_KEY = f"{TAG}:paused"  # present while dispatch rebuilds the state: nothing fires (a cancel may not be replayed yet)
 META_FIELDS = 2  # "t" and "s": a hash with only these holds no message
 
 
@@ -90,13 +91,17 @@ local function now_ms()
 end
 """
 
-# KEYS[1] schedule, KEYS[2] firing; ARGV: limit, grace (claims older than now - grace are stale). Stale claims first;
+# KEYS[1] schedule, KEYS[2] firing, KEYS[3] the pause (while it exists nothing is claimed); ARGV: limit, grace (claims
+# older than now - grace are stale). Stale claims first;
 # the due ids are the lowest ranks of the schedule, removed by rank in one command. Returns the claimed ids, when the
 # next one falls due (the schedule's first score, or a claim's going stale; false if nothing waits) and now, all on
 # Redis's clock.
 CLAIM = _CHUNKED + _NOW + """
 local limit, grace = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {{}, false, now}
+end
 local nowtext, staletext = string.format('%d', now), string.format('%d', now - grace)
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', staletext, 'LIMIT', 0, limit)
 if #ids < limit then
@@ -209,8 +214,16 @@ class Schedule:
     async def claim(self, limit: int, grace_ms: int) -> tuple[list[str], int | None, int]:
         """Up to ``limit`` ids due by now (and claims older than ``grace_ms``), now this caller's to fire; the time (ms)
         the next one falls due, None if none waits; and now. Every time is Redis's clock, never the caller's."""
-        ids, wake, now = await self._claim.run([SCHEDULE_KEY, FIRING_KEY], [limit, grace_ms])
+        ids, wake, now = await self._claim.run([SCHEDULE_KEY, FIRING_KEY, PAUSED_KEY], [limit, grace_ms])
         return [i.decode() for i in ids], wake, int(now)
+
+    async def pause(self, ms: int) -> None:
+        """Claim nothing for ``ms`` (or until ``resume``): the rebuild holds messages back before it knows which were
+        cancelled."""
+        await self.redis.set(PAUSED_KEY, 1, px=ms)
+
+    async def resume(self) -> None:
+        await self.redis.delete(PAUSED_KEY)
 
     async def now_ms(self) -> int:
         """The schedule's clock: Redis's time (ms) on the server holding the schedule."""

@@ -64,7 +64,13 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     return json_response(kind(exc.detail).body(), exc.status_code, dict(exc.headers or {}))
 
 
-EXCEPTION_HANDLERS = {ServiceError: service_error_handler, HTTPException: http_error_handler}
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback, answered in the same JSON shape as every other error (never a bare page)."""
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    return json_response(*refusal(ServiceError(f"internal error ({type(exc).__name__}); it was logged"), request.url.path))
+
+
+EXCEPTION_HANDLERS = {ServiceError: service_error_handler, HTTPException: http_error_handler, Exception: unexpected_error_handler}
 
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:

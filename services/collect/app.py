@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,7 +19,7 @@ from services.collect.openapi import spec
 from services.collect.presence import presence_routes
 from services.collect.shedding import Shedder
 from shared.breaker import OPEN, CircuitBreaker
-from shared.clients import redis_alive, redis_client
+from shared.clients import REDIS_FAILURES, redis_alive, redis_client
 from shared.clock import now_ms
 from shared.coalesce import Coalescer
 from shared.config import same_secret
@@ -57,7 +56,7 @@ def create_app(config: CollectConfig) -> Starlette:
     inbox = Inbox(redis, config.inbox_limit)
     stream = ShardedStream(redis, config.stream_maxlen, config.stream_shards)
     handover = Handover(redis, inbox, stream, config.replica_acks, config.replica_ack_ms)
-    redis_breaker = CircuitBreaker("redis", failures=(RedisError,))
+    redis_breaker = CircuitBreaker("redis", failures=REDIS_FAILURES)
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
 

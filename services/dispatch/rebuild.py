@@ -7,9 +7,11 @@ due while Redis was down and that no node recorded: it fires at once); then ever
 cancelled since the oldest of them was accepted is closed again, and the cancelled messages leave
 the schedule.
 
-Live traffic goes on meanwhile (new messages go to Redis as usual). Replays wait until a new epoch
-marks the state complete at the end, so nobody is sent a message they had acknowledged; push nodes
-that see the epoch change send their open sessions what came back.
+Live traffic goes on meanwhile (new messages go to Redis as usual). The rebuild first marks the
+whole state incomplete, whichever buckets were lost, and pauses the schedule: replays wait until a
+new epoch marks the state complete at the end, so nobody is sent a message they had acknowledged,
+and nothing fires before the cancelled messages are out of the schedule again. Push nodes that
+see the epoch change send their open sessions what came back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from shared.schedule import Schedule
 from shared.store import MessageStore, utc
 
 log = logging.getLogger(__name__)
+
+
+PAUSE_MS = 30_000  # the schedule's pause, renewed each page: a rebuild that dies lets firing resume after this
 
 
 class LeaseLost(Exception):
@@ -43,11 +48,22 @@ async def unfired_topic_messages(store: MessageStore, due: list[Message]) -> lis
     return [m for m in candidates if m.id not in recorded]
 
 
+async def still_held(held: Callable[[], Awaitable[bool]], schedule: Schedule) -> None:
+    """Go on only while this instance holds the lease, keeping the schedule paused; else ``LeaseLost``."""
+    if not await held():
+        raise LeaseLost
+    await schedule.pause(PAUSE_MS)
+
+
 async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: int,
                   held: Callable[[], Awaitable[bool]]) -> str:
     """Reopen what MongoDB says is open, then mark the state complete; return the new epoch."""
     started = time.monotonic()
     log.warning("Redis holds no delivery state; rebuilding it from MongoDB")
+    # A Redis Cluster master restarted empty loses only its buckets' markers: the others' replays must wait too, or
+    # they would read what the first pass reopens before the second closes it again (acked or cancelled messages).
+    await inbox.incomplete()
+    await schedule.pause(PAUSE_MS)
     opened = closed = scheduled = 0
     oldest: int | None = None
     async for messages in store.open_messages(dt.datetime.now(dt.UTC), page):
@@ -60,15 +76,14 @@ async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: i
         opened += len(due) - len(unfired)
         scheduled += len(later) + len(unfired)
         oldest = messages[0].ts if oldest is None else oldest
-        if not await held():
-            raise LeaseLost
+        await still_held(held, schedule)
     if oldest is not None:
         async for pairs, cancelled in store.closed_deliveries(utc(oldest), page):
             closed += len(await inbox.close(pairs))
             await schedule.unschedule(cancelled)
-            if not await held():
-                raise LeaseLost
+            await still_held(held, schedule)
     epoch = await inbox.complete()
+    await schedule.resume()
     log.warning("delivery state rebuilt", extra={"messages": opened, "scheduled": scheduled, "closed": closed, "epoch": epoch,
                                                  "seconds": round(time.monotonic() - started, 3)})
     return epoch

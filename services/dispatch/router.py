@@ -16,11 +16,11 @@ then; later answers are acknowledged in the background, so a hung node (alive in
 delays nobody else. A node with ``link_window`` batches unanswered is skipped. A node that fails or is
 skipped leaves the entry pending in the consumer group: it is claimed again after ``claim_idle_ms``,
 by this or another instance, and this instance sends it only to the nodes that did not take it yet
-(``ledger.py``). Once the hung node answers it
-gets its part; once its card expires its users are no longer routed there and wait in their inboxes.
-A retried entry goes only to the recipients whose delivery is still open in their inbox, so a
-user who acked the first try is not written it again. An entry tried ``max_attempts`` times (a node that keeps closing the link on it) is acknowledged and
-left to its users' inboxes.
+(``ledger.py``). Once the hung node answers it gets its part; once its card expires its users are
+no longer routed there and wait in their inboxes. A retried entry goes only to the recipients
+whose delivery is still open in their inbox, so a user who acked the first try is not written it
+again. An entry tried ``max_attempts`` times (a node that keeps closing the link on it) is
+acknowledged and left to its users' inboxes.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from services.dispatch.ledger import Ledger
 from services.dispatch.links import LinkPool, NodeLink
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
 from shared.breaker import CircuitBreaker
+from shared.clients import REDIS_FAILURES
 from shared.clock import now_ms
 from shared.errors import LinkDown
 from shared.inbox import Inbox
@@ -119,7 +120,7 @@ class Router:
         self.topics = TopicReader(routes.redis)
         self.links = links
         self.live = live
-        self.breaker = CircuitBreaker("redis", failures=(RedisError,))
+        self.breaker = CircuitBreaker("redis", failures=REDIS_FAILURES)
         self.ledger = Ledger()
         self.last_cycle = time.time()
         self._group_ready = False

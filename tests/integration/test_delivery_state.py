@@ -21,16 +21,16 @@ from services.dispatch.lease import Lease
 from services.dispatch.reconciler import Reconciler
 from shared.clock import now_ms
 from shared.config import DEV_INTERNAL_KEY
-from shared.inbox import Inbox, inbox_key, post_key
+from shared.inbox import Inbox, epoch_key, inbox_key, post_key
 from shared.lifecycle import LifecycleWriter
 from shared.message import Message, message_id, post_of
 from shared.priority import Priority
 from shared.protocol import MessageFrame
 from shared.routing import NODES_KEY, NodeCard, RouteReader, RouteWriter
-from shared.slots import POST_BUCKETS
+from shared.slots import POST_BUCKETS, all_user_tags, user_tag
 from shared.store import MessageStore
 from shared.stream import ShardedStream, tier_keys
-from tests.client import frames_within, next_frame, receive_ids
+from tests.client import Receiver, frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
 from tests.integration.test_delivery_guarantees import FAST, wait_for_state
 from tests.waits import until
@@ -316,3 +316,30 @@ async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_inst
     assert [c["name"] for c in await redis.xinfo_consumers(tier_keys()[Priority.NORMAL], "dispatch")] == [b"me"]
     await store.close()
     await redis.aclose()
+
+
+async def test_a_rebuild_after_one_bucket_was_lost_sends_no_acked_message_to_a_user_of_another(start_stack) -> None:
+    """One user bucket's marker lost (a cluster master restarted empty) rebuilds the whole state: a user of a bucket
+    that was not lost, reconnecting while the rebuild has reopened what they acked, is sent none of it."""
+    stack: RunningStack = start_stack(REBUILD_PAGE="1", **FAST)
+    receiver = Receiver("keeper", await stack.client.connect("keeper"))
+    ids = []
+    for n in range(150):
+        code, answer = await stack.client.post({"user_id": "keeper", "payload": n})
+        assert code == 202, answer
+        ids.append(answer["id"])
+    await receiver.received(ids, timeout=30)
+    redis = Redis.from_url(stack.stack.redis_url)
+    try:
+        await until(lambda: redis.zcard(inbox_key("keeper")), lambda n: n == 0, what="every ack to close its entry")
+        await redis.delete(epoch_key(next(t for t in all_user_tags() if t != user_tag("keeper"))))
+        await until(lambda: redis.zcard(inbox_key("keeper")), lambda n: n > 0, what="the rebuild to reopen acked entries")
+        again = await stack.client.connect("keeper", node=1)
+        await until(lambda: Inbox(redis).epoch(), lambda epoch: epoch is not None, what="the rebuild to complete", timeout=30)
+        code, marker = await stack.client.post({"user_id": "keeper", "payload": "after"})
+        assert code == 202, marker
+        assert (await next_frame(again))["id"] == marker["id"], "the first frame after the welcome is the new message"
+        await again.close()
+    finally:
+        await redis.aclose()
+        await receiver.close()
