@@ -45,6 +45,7 @@ HELD_LIMIT = 1000
 PUBLISH_SLICE = 1000  # sockets written between two yields to the loop
 PUBLISHED_MEMORY = 100_000  # topic message ids remembered, so a retried batch is not written twice
 FLUSH_INTERVAL = 0.005  # seconds between two passes of the flusher over backed-up sockets
+ACKED_LIMIT = 1_000  # acknowledged ids one socket still remembers, so a late batch does not write them again
 SENT_LIMIT = 10_000  # unacked message ids one socket remembers (the default INBOX_LIMIT), ~1 MB at most
 
 
@@ -78,16 +79,19 @@ class Waiting:
 
 class SentIds:
     """The ids written to one socket and not acknowledged yet, oldest first, at most ``limit``: past it the oldest is
-    forgotten (counted), so a socket that never acks costs bounded memory."""
+    forgotten (counted), so a socket that never acks costs bounded memory. The newest ``ACKED_LIMIT`` acknowledged ids
+    are still remembered: a batch dispatch sent before the ack and a node writes after it (a node resuming from a
+    stall, say) is not written again."""
 
-    __slots__ = ("_ids", "limit")
+    __slots__ = ("_acked", "_ids", "limit")
 
     def __init__(self, limit: int = SENT_LIMIT) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
+        self._acked: OrderedDict[str, None] = OrderedDict()
         self.limit = limit
 
     def __contains__(self, message_id: object) -> bool:
-        return message_id in self._ids
+        return message_id in self._ids or message_id in self._acked
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -99,8 +103,12 @@ class SentIds:
             SENT_FORGOTTEN.inc()
 
     def difference_update(self, message_ids: Iterable[str]) -> None:
+        """These ids were acknowledged: no longer counted as unacked, remembered among the newest acked."""
         for message_id in message_ids:
             self._ids.pop(message_id, None)
+            self._acked[message_id] = None
+        while len(self._acked) > ACKED_LIMIT:
+            self._acked.popitem(last=False)
 
 
 @dataclass(eq=False, slots=True)

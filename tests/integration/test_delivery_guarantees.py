@@ -11,6 +11,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from shared.inbox import post_key
 from shared.message import post_of
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, report_scenario
@@ -215,8 +216,9 @@ async def test_copies_of_a_post_sent_at_once_with_one_idempotency_key_are_one_wh
     assert sorted(len(d["frames"]) for d in docs) == [2] * 5
     await mongo.close()
     redis = Redis.from_url(stack.stack.redis_url)
-    assert [await redis.hget(f"post:{p}", "n") for p in posts] == [b"2"] * 5, "open deliveries per post"
+    counts = [await redis.hmget(post_key(p), ["n0", "n1"]) for p in posts]
     await redis.aclose()
+    assert counts == [[b"1", b"1"]] * 5, "open deliveries per message"
     ws = await c.connect("rita")
     assert sorted(await receive_ids(ws, 10)) == sorted(ids) and await frames_within(ws, 1.0) == []
     await ws.close()

@@ -116,7 +116,8 @@ def test_a_replaying_session_holds_live_frames_and_writes_after_the_replay_only_
 
 
 def test_a_frame_is_written_once_per_socket_until_acknowledged() -> None:
-    """A retried batch writes nothing to a socket already sent the message; once acknowledged it is forgotten."""
+    """A retried batch writes nothing to a socket already sent the message, nor one arriving after its ack (a late
+    batch); once acknowledged it no longer counts as unacked."""
     hub = Hub()
     s = session("u")
     hub.add(s)
@@ -125,6 +126,8 @@ def test_a_frame_is_written_once_per_socket_until_acknowledged() -> None:
     assert texts(s) == ["F1"]
     s.acknowledged(["m1"])
     assert len(s.sent) == 0
+    hub.deliver("u", "m1", "F1")
+    assert texts(s) == ["F1"]
 
 
 def test_held_frames_past_the_limit_make_the_replay_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
