@@ -10,6 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 FERRETDB := bin/ferretdb
+TOXIPROXY := bin/toxiproxy-server
 INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql/15/bin/postgres
@@ -43,7 +44,7 @@ bench: $(INSTALLED) $(FERRETDB) $(POSTGRES)
 # when SEED is empty (printed at the start and the end).
 SECONDS ?= 120
 SEED ?=
-chaos: $(INSTALLED) $(FERRETDB) $(POSTGRES)
+chaos: $(INSTALLED) $(FERRETDB) $(POSTGRES) $(TOXIPROXY)
 	$(PY) -m loadtest.chaos --seconds $(SECONDS) $(if $(SEED),--seed $(SEED)) $(if $(REDIS_CLUSTER),--redis-cluster) $(CHAOS_ARGS)
 
 # Against a running `make run` (another terminal); see loadtest/README.md.
@@ -61,6 +62,11 @@ $(CHROMIUM):
 
 $(POSTGRES):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql-15
+
+# The chaos checker's network faults (loadtest/chaos_net.py): toxiproxy's server, pinned, from the Go module proxy.
+$(TOXIPROXY):
+	GOBIN=$(CURDIR)/bin go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0
+	mv bin/server $@
 
 $(FERRETDB): tools/ferretdb/main.go tools/ferretdb/go.mod tools/ferretdb/go.sum
 	cd tools/ferretdb && go build -o ../../$(FERRETDB) .

@@ -8,8 +8,8 @@ disabled: connections closed, new ones refused). Only on one Redis: a Redis Clus
 own addresses. Dispatch to a push node cannot be put behind a proxy: a node's card gives dispatch the address it
 listens on (``PUSH_HOST``/``PUSH_PORT``), with no setting for another.
 
-Build the server with ``GOBIN=$PWD/bin go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0`` and rename
-``bin/server`` to ``bin/toxiproxy-server``.
+Built by ``make bin/toxiproxy-server`` (``make chaos`` depends on it): ``go install`` of
+``github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0``, renamed to ``bin/toxiproxy-server``.
 """
 
 from __future__ import annotations
