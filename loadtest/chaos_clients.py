@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -90,12 +91,28 @@ class Clients:
         self.obs = obs
         self.seed = seed
         self.started = started  # wall clock of second 0
-        self._holds: set[asyncio.Timeout] = set()
+        self.ended = False
+        self._open: set[ClientConnection] = set()
+        self._ending: set[ClientConnection] = set()  # closed by the client: its plan's stop time, or ``end_now``
+        self._closes: set[asyncio.Task[None]] = set()
 
     def end_now(self) -> None:
-        now = asyncio.get_running_loop().time()
-        for hold in self._holds:
-            hold.reschedule(now)
+        """Close every socket, and open no other."""
+        self.ended = True
+        for ws in list(self._open):
+            self._end(ws)
+
+    def _end(self, ws: ClientConnection) -> None:
+        """The client closes ``ws`` (a close handshake of at most ``close_timeout``): its reader sees the socket closed.
+        A close, not a cancellation, ends a socket's hold: on Python 3.11 a cancellation that lands inside the
+        websockets client's own timeouts can be turned into their ``TimeoutError`` and lost, leaving a reader that
+        never returns."""
+        if ws in self._ending:
+            return
+        self._ending.add(ws)
+        task = asyncio.create_task(ws.close())
+        self._closes.add(task)
+        task.add_done_callback(self._closes.discard)
 
     async def run(self, plans: list[SocketPlan], settle: bool = False) -> None:
         async with asyncio.TaskGroup() as group:
@@ -107,35 +124,34 @@ class Clients:
         """Hold the plan's socket until its stop time, opening it again (on the next node) whenever it is refused or the
         server closes it."""
         loop = asyncio.get_running_loop()
-        hold = asyncio.timeout_at(loop.time() + self.started + plan.stop - time.time())
-        self._holds.add(hold)
+        stop_at = self.started + plan.stop
         ports = self.client.stack.push_ports
         attempt = 0
-        try:
-            async with hold:
-                while True:
-                    node = (plan.node + attempt) % len(ports)
-                    record = SocketRecord(f"{plan.id}.{attempt}", plan.user.name, ports[node], settle, plan.slow)
-                    attempt += 1
-                    try:
-                        ws = await self.client.open(await self.client.token(plan.user.name, topics=list(plan.user.grants)), node)
-                    except (OSError, TimeoutError, InvalidHandshake):
-                        await asyncio.sleep(RETRY_CONNECT_S)
-                        continue
-                    ws.close_timeout = 1
-                    self.obs.sockets.append(record)
-                    try:
-                        await self.read(ws, record, plan)
-                    except (ConnectionClosed, TimeoutError):  # closed, or no welcome in time: the hold's own expiry cancels
-                        record.server_closed = True
-                    finally:
-                        record.closed_at = time.time()
-                        await ws.close()
-                    await asyncio.sleep(RETRY_CONNECT_S)
-        except TimeoutError:
-            pass
-        finally:
-            self._holds.discard(hold)
+        while not self.ended and time.time() < stop_at:
+            node = (plan.node + attempt) % len(ports)
+            record = SocketRecord(f"{plan.id}.{attempt}", plan.user.name, ports[node], settle, plan.slow)
+            attempt += 1
+            try:
+                ws = await self.client.open(await self.client.token(plan.user.name, topics=list(plan.user.grants)), node)
+            except (OSError, TimeoutError, InvalidHandshake, aiohttp.ClientError):
+                await asyncio.sleep(RETRY_CONNECT_S)
+                continue
+            ws.close_timeout = 1
+            self.obs.sockets.append(record)
+            self._open.add(ws)
+            stop = loop.call_later(0 if self.ended else max(0.0, stop_at - time.time()), self._end, ws)
+            try:
+                await self.read(ws, record, plan)
+            except (ConnectionClosed, TimeoutError):  # closed, or no welcome in time
+                pass
+            finally:
+                stop.cancel()
+                record.closed_at = time.time()
+                record.server_closed = ws not in self._ending
+                self._open.discard(ws)
+                self._ending.discard(ws)
+                await ws.close()
+            await asyncio.sleep(RETRY_CONNECT_S)
 
     async def read(self, ws: ClientConnection, record: SocketRecord, plan: SocketPlan) -> None:
         welcome = await next_frame(ws)
