@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
+from shared.infra.config import DEV_ADMIN_KEY, DEV_API_KEYS
 
 ADMIN_KEY = os.environ.get("AUTH_ADMIN_KEY", DEV_ADMIN_KEY)
 API_KEY = os.environ.get("COLLECT_API_KEYS", DEV_API_KEYS).split(",")[0].partition(":")[2]

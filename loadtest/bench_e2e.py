@@ -34,7 +34,7 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
 * expiry (only when named): ``--expiry-deliveries`` open deliveries already past their expiry in a
   scratch Redis database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire``
   pages dispatch's reconciler runs: deliveries expired per second. Unlike the others it calls the
-  cluster's internals (``shared.inbox``), not its external API.
+  cluster's internals (``shared.delivery.inbox``), not its external API.
 
 Storm, steady and latency print the servers' CPU split (each server process and its descendants:
 Redis, PostgreSQL, FerretDB, auth, collect, dispatch, push nodes) with CPU-seconds per 1,000
@@ -370,8 +370,8 @@ async def scenario_expiry(target: Target, api: Api, table: Table, args: argparse
     # Imported here: the only scenario on the cluster's internals, so the others run whatever shared/ looks like.
     from redis.asyncio import Redis
 
-    from shared import inbox as delivery_state
-    from shared.message import Message, message_id
+    from shared.delivery import inbox as delivery_state
+    from shared.model.message import Message, message_id
 
     scratch = Redis.from_url(target.redis_url.rsplit("/", 1)[0] + f"/{SCRATCH_DB}")
     inbox, now = delivery_state.Inbox(scratch), int(time.time() * 1000)

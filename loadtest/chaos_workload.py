@@ -24,7 +24,7 @@ import orjson
 
 from loadtest.chaos_check import BROADCAST, CancelRecord, Observations, Planned, PostRecord
 from services.collect.config import CollectConfig
-from shared.protocol import MessageFrame
+from shared.wire.protocol import MessageFrame
 from tests.client import API_KEY, ClusterClient
 
 PAYLOAD_LIMIT: int = next(f.default for f in dataclasses.fields(CollectConfig) if f.name == "max_payload_bytes")  # type: ignore[assignment]

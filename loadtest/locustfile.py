@@ -27,7 +27,7 @@ import websocket
 from locust import HttpUser, User, between, constant, events, task
 from locust.clients import HttpSession
 
-from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
+from shared.infra.config import DEV_ADMIN_KEY, DEV_API_KEYS
 
 AUTH_URL = os.environ.get("AUTH_URL", "http://127.0.0.1:8001")
 COLLECT_URL = os.environ.get("COLLECT_URL", "http://127.0.0.1:8002")

@@ -12,9 +12,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from shared.clock import now_ms
-from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS, DEV_INTERNAL_KEY
-from shared.signing import LinkRequest
+from shared.infra.clock import now_ms
+from shared.infra.config import DEV_ADMIN_KEY, DEV_API_KEYS, DEV_INTERNAL_KEY
+from shared.wire.signing import LinkRequest
 from tests.metrics import sample
 from tests.waits import scaled, until
 from tools.cluster import Stack

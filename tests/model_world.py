@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from shared.message import Message, Pair, index_of, message_id, post_of
+from shared.model.message import Message, Pair, index_of, message_id, post_of
 from shared.model.poststate import Part, PostState
 
 USERS = ("ann", "bob", "cyd")

@@ -20,13 +20,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import redis
 
-from shared.clients import CLUSTER_SCHEME
+from shared.infra.clients import CLUSTER_SCHEME
 
 ROOT = Path(__file__).resolve().parents[1]
 FERRETDB = ROOT / "bin" / "ferretdb"
@@ -208,7 +208,7 @@ class Cluster:
         return f"redis://{auth}127.0.0.1:{port}/{db}"
 
     def redis_cluster_url(self, ports: list[int]) -> str:
-        """The ``redis+cluster://`` URL of the cluster ``start_redis_cluster(ports)`` starts (``shared/clients.py``)."""
+        """The ``redis+cluster://`` URL of the cluster ``start_redis_cluster(ports)`` starts (``shared/infra/clients.py``)."""
         auth = f":{urllib.parse.quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"{CLUSTER_SCHEME}://{auth}" + ",".join(f"127.0.0.1:{p}" for p in ports) + "/"
 

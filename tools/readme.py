@@ -35,10 +35,22 @@ def summary(path: Path) -> str:
     return first if len(first) <= 160 else first[:first.find(". ") + 1] or first
 
 
+# The folders in the order a message meets them: accepted, modelled, encoded, stored and handed over, forwarded to
+# the nodes holding its users, written to their sockets (whose tokens auth checks); infrastructure last.
+PATH_ORDER = ("services/collect", "shared/model", "shared/wire", "shared/delivery", "services/dispatch", "shared/cluster",
+              "services/push", "services/auth", "shared/infra")
+
+
 def layout() -> str:
-    """One row per module of ``shared/`` and each service, in tree order."""
-    modules = sorted(p for folder in ("shared", "services") for p in (ROOT / folder).rglob("*.py") if p.name != "__init__.py")
-    rows = [f"| `{p.relative_to(ROOT)}` | {summary(p).replace('|', '/')} |" for p in modules]
+    """One row per folder (its package docstring) and per module of ``shared/`` and the services, folders in
+    ``PATH_ORDER``, modules in tree order within each."""
+    rows = []
+    for folder in PATH_ORDER:
+        package = ROOT / folder / "__init__.py"
+        if ast.get_docstring(ast.parse(package.read_text())):
+            rows.append(f"| **`{folder}/`** | {summary(package).replace('|', '/')} |")
+        modules = sorted(p for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py")
+        rows += [f"| `{p.relative_to(ROOT)}` | {summary(p).replace('|', '/')} |" for p in modules]
     return "\n".join(["| module | what it answers |", "| --- | --- |", *rows])
 
 

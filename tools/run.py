@@ -4,7 +4,7 @@ Set ``REDIS_URL`` or ``MONGO_URL`` to use servers you already run instead of sta
 ``RUN_DIR`` to keep logs and data elsewhere than ``.run``. With ``REDIS_CLUSTER=1`` (``make run
 REDIS_CLUSTER=1``) it starts a Redis Cluster of three masters (ports 7000-7002, from the same
 redis-server binary) instead of one Redis, and the services on it with ``STREAM_SHARDS=3``
-(``shared/slots.py``). The Redis it starts requires a password
+(``shared/infra/slots.py``). The Redis it starts requires a password
 (AUTH): ``REDIS_PASSWORD``, or a random one written to ``{RUN_DIR}/redis-password``. A process that
 crashes is restarted with backoff (``tools/supervisor.py``). Ctrl-C stops every process this
 started, push nodes first (they withdraw their routes), servers last.
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS
+from shared.infra.config import DEV_ADMIN_KEY, DEV_API_KEYS
 from tools.cluster import ROOT, Cluster, Stack, free_cluster_port, free_port, port_is_free
 from tools.supervisor import Supervisor
 

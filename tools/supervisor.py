@@ -7,8 +7,8 @@ that keeps crashing waits twice as long each time, up to ``cap``. Every exit and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from tools.cluster import Cluster, Proc
 

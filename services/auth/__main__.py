@@ -4,8 +4,8 @@ import sys
 
 from services.auth.app import create_app
 from services.auth.config import AuthConfig
-from shared.logs import configure
-from shared.serve import run_http
+from shared.infra.logs import configure
+from shared.infra.serve import run_http
 
 if __name__ == "__main__":
     configure("auth")

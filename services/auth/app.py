@@ -12,12 +12,12 @@ from starlette.routing import Route
 from services.auth.config import AuthConfig
 from services.auth.openapi import SPEC
 from services.auth.tokens import TokenService
-from shared.config import same_secret
-from shared.errors import InvalidFields, Unauthorized
-from shared.metrics import MESSAGES_IN
-from shared.openapi import openapi_route
-from shared.protocol import Identity, valid_user_id
-from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
+from shared.infra.config import same_secret
+from shared.infra.metrics import MESSAGES_IN
+from shared.infra.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
+from shared.wire.errors import InvalidFields, Unauthorized
+from shared.wire.openapi import openapi_route
+from shared.wire.protocol import Identity, valid_user_id
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024

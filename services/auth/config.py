@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shared.config import DEV_ADMIN_KEY, DEV_JWT_KEY, Settings, setting
+from shared.infra.config import DEV_ADMIN_KEY, DEV_JWT_KEY, Settings, setting
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.errors import InvalidFields, MalformedRequest, NotFound, PayloadTooLarge, Unauthorized
-from shared.openapi import USER_ID, document, errors, json_body, ok
-from shared.topics import MAX_PATTERNS
+from shared.model.topics import MAX_PATTERNS
+from shared.wire.errors import InvalidFields, MalformedRequest, NotFound, PayloadTooLarge, Unauthorized
+from shared.wire.openapi import USER_ID, document, errors, json_body, ok
 
 TOPIC_PATTERNS = {"type": "array", "maxItems": MAX_PATTERNS,
                   "items": {"type": "string", "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$|^[A-Za-z0-9_.:@-]{0,126}:\*$"},

@@ -6,9 +6,9 @@ import time
 
 import jwt
 
-from shared.errors import InvalidFields, NotFound, Unauthorized
-from shared.protocol import Identity
-from shared.topics import MAX_PATTERNS, valid_pattern
+from shared.model.topics import MAX_PATTERNS, valid_pattern
+from shared.wire.errors import InvalidFields, NotFound, Unauthorized
+from shared.wire.protocol import Identity
 
 
 class TokenService:

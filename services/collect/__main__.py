@@ -4,9 +4,9 @@ import sys
 
 from services.collect.app import create_app
 from services.collect.config import CollectConfig
-from shared.clients import require_redis_credentials
-from shared.logs import configure
-from shared.serve import run_http
+from shared.infra.clients import require_redis_credentials
+from shared.infra.logs import configure
+from shared.infra.serve import run_http
 
 if __name__ == "__main__":
     configure("collect")

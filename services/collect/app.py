@@ -18,25 +18,25 @@ from services.collect.intake import Limits, parse_body
 from services.collect.openapi import spec
 from services.collect.presence import presence_routes
 from services.collect.shedding import Shedder
-from shared.breaker import OPEN, CircuitBreaker
-from shared.clients import REDIS_FAILURES, redis_alive, redis_client
-from shared.clock import now_ms
-from shared.coalesce import Coalescer
-from shared.config import same_secret
-from shared.errors import NotFound, ServiceError, Unauthorized, Unavailable
-from shared.handover import Handover
-from shared.inbox import Inbox
-from shared.message import Message, is_message_id
-from shared.metrics import MESSAGES_IN
-from shared.openapi import openapi_route
-from shared.priority import TIERS, Priority, post_tier
-from shared.retry import Backoff
-from shared.routing import RouteReader
-from shared.serve import running
-from shared.store import MessageStore
-from shared.stream import Backlog, ShardedStream
-from shared.topicmap import TopicReader
-from shared.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
+from shared.cluster.routes import RouteReader
+from shared.cluster.topic_holders import TopicReader
+from shared.delivery.handover import Handover
+from shared.delivery.inbox import Inbox
+from shared.delivery.store import MessageStore
+from shared.delivery.stream import Backlog, ShardedStream
+from shared.infra.breaker import OPEN, CircuitBreaker
+from shared.infra.clients import REDIS_FAILURES, redis_alive, redis_client
+from shared.infra.clock import now_ms
+from shared.infra.coalesce import Coalescer
+from shared.infra.config import same_secret
+from shared.infra.metrics import MESSAGES_IN
+from shared.infra.retry import Backoff
+from shared.infra.serve import running
+from shared.infra.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
+from shared.model.message import Message, is_message_id
+from shared.model.priority import TIERS, Priority, post_tier
+from shared.wire.errors import NotFound, ServiceError, Unauthorized, Unavailable
+from shared.wire.openapi import openapi_route
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def create_app(config: CollectConfig) -> Starlette:
     async def store_and_hand_over(messages: list[Message]) -> list[ServiceError | None]:
         """An intent in Redis, the insert in MongoDB, then the hand-over (which drops the intent): a 503 from
         MongoDB means nothing reached anyone, and whatever dies after the insert, the reconciler finishes the
-        hand-over from the intent (``shared/handover.py``). A retried Idempotency-Key's post is not stored twice.
+        hand-over from the intent (``shared/delivery/handover.py``). A retried Idempotency-Key's post is not stored twice.
         Per message, the error refusing its post: a post the store refuses fails alone, the others are handed over."""
         now = now_ms()
         await redis_breaker.call(lambda: handover.intend(messages, now))

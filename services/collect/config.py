@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from services.collect.shedding import Threshold
-from shared.config import DEV_ADMIN_KEY, DEV_API_KEYS, HandoverSettings, InternalKeySettings, MongoSettings, setting
-from shared.priority import Priority
+from shared.infra.config import DEV_ADMIN_KEY, DEV_API_KEYS, HandoverSettings, InternalKeySettings, MongoSettings, setting
+from shared.model.priority import Priority
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:

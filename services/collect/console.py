@@ -31,10 +31,10 @@ from starlette.staticfiles import StaticFiles
 
 from services.collect.config import CollectConfig
 from services.collect.stats import gather_stats
-from shared.errors import Unavailable
-from shared.inbox import Inbox
-from shared.routing import RouteReader, directory
-from shared.web import json_response, read_json, timed
+from shared.cluster.routes import RouteReader, directory
+from shared.delivery.inbox import Inbox
+from shared.infra.web import json_response, read_json, timed
+from shared.wire.errors import Unavailable
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -6,12 +6,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import InvalidFields, PayloadTooLarge
-from shared.message import BROADCAST, Message, message_id
-from shared.priority import TIERS, Priority
-from shared.protocol import MessageFrame, new_post_id, valid_user_id
-from shared.store import MAX_DOCUMENT_BYTES, post_bytes
-from shared.topics import valid_topic
+from shared.delivery.store import MAX_DOCUMENT_BYTES, post_bytes
+from shared.model.message import BROADCAST, Message, message_id
+from shared.model.priority import TIERS, Priority
+from shared.model.topics import valid_topic
+from shared.wire.errors import InvalidFields, PayloadTooLarge
+from shared.wire.protocol import MessageFrame, new_post_id, valid_user_id
 
 MAX_IDEMPOTENCY_KEY = 200
 MAX_TTL_SECONDS = 30 * 24 * 3600  # history is purged 30 days on: nothing may wait longer

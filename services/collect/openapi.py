@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from services.collect.intake import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS, PRIORITIES
-from shared.errors import InvalidFields, MalformedRequest, NotFound, Overloaded, PayloadTooLarge, Unauthorized, Unavailable
-from shared.openapi import USER_ID, document, errors, json_body, ok
-from shared.topics import MAX_PATTERNS
+from shared.model.topics import MAX_PATTERNS
+from shared.wire.errors import InvalidFields, MalformedRequest, NotFound, Overloaded, PayloadTooLarge, Unauthorized, Unavailable
+from shared.wire.openapi import USER_ID, document, errors, json_body, ok
 
 TOPIC = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$"}
 MESSAGE = {

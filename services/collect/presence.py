@@ -4,10 +4,10 @@
 * ``POST /v1/presence`` ``{"user_ids": [1 to 1000 ids]}`` -> ``{"online": {user_id: sockets, ...}}``;
 * ``GET /v1/topics/{topic}`` -> ``{"topic", "subscribers", "nodes"}``; with ``?users=1`` also ``"users"``
   (at most 1,000, then ``"truncated": true``), asked of each node holding the topic on its internal
-  path, signed with the internal key like the dispatch link (``shared.signing``).
+  path, signed with the internal key like the dispatch link (``shared.wire.signing``).
 
 The counts are what push nodes write when a socket opens, closes, subscribes or unsubscribes
-(``route:{user}`` and ``topic:{name}``, see ``shared.routing`` and ``shared.topicmap``), never per
+(``route:{user}`` and ``topic:{name}``, see ``shared.cluster.routes`` and ``shared.cluster.topic_holders``), never per
 message; only nodes whose card is live count, so a node that dies stops counting within its
 ``NODE_TTL_SECONDS``.
 """
@@ -25,14 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from shared.clock import now_ms
-from shared.errors import InvalidFields, PayloadTooLarge, Unavailable
-from shared.protocol import valid_user_id
-from shared.routing import NodeCard, RouteReader
-from shared.signing import LinkRequest
-from shared.topicmap import TopicReader
-from shared.topics import valid_topic
-from shared.web import json_response, read_json, timed
+from shared.cluster.routes import NodeCard, RouteReader
+from shared.cluster.topic_holders import TopicReader
+from shared.infra.clock import now_ms
+from shared.infra.web import json_response, read_json, timed
+from shared.model.topics import valid_topic
+from shared.wire.errors import InvalidFields, PayloadTooLarge, Unavailable
+from shared.wire.protocol import valid_user_id
+from shared.wire.signing import LinkRequest
 
 MAX_USERS = 1000
 NODE_TIMEOUT = aiohttp.ClientTimeout(total=5)

@@ -24,10 +24,10 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
-from shared.clock import now_ms
-from shared.errors import Overloaded
-from shared.priority import TIERS, Priority
-from shared.stream import Backlog, ShardedStream
+from shared.delivery.stream import Backlog, ShardedStream
+from shared.infra.clock import now_ms
+from shared.model.priority import TIERS, Priority
+from shared.wire.errors import Overloaded
 
 log = logging.getLogger(__name__)
 

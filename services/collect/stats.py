@@ -1,12 +1,12 @@
 """The dashboard's numbers, gathered on demand from where they already live.
 
-* which push nodes are alive: their cards in Redis (``shared.routing.directory``);
+* which push nodes are alive: their cards in Redis (``shared.cluster.routes.directory``);
 * connections, users, deliveries and delivery latency: each node's ``/metrics``, scraped live
   (cards are only renewed every few seconds, so their counts lag behind);
 * messages accepted: collect's own counter (this instance); passed on by dispatch: dispatch's ``/metrics``;
 * pending: posts stored with a recipient that has not acknowledged yet (not expired), counted in Redis;
 * users online: the sum of the nodes' user counts (``users_online``);
-* the ten largest topics: the ``topic:{name}`` hashes of live nodes (``shared.topicmap``), over at most
+* the ten largest topics: the ``topic:{name}`` hashes of live nodes (``shared.cluster.topic_holders``), over at most
   ``TOPIC_NAMES_READ`` names a request.
 
 Everything returned is a cumulative total or a current gauge, never a rate: the page derives rates
@@ -29,12 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.clock import now_ms
-from shared.errors import Unavailable
-from shared.inbox import Inbox
-from shared.metrics import exposition
-from shared.routing import NodeCard, RouteReader, directory
-from shared.topicmap import TOPICS_KEY, TopicReader
+from shared.cluster.routes import NodeCard, RouteReader, directory
+from shared.cluster.topic_holders import TOPICS_KEY, TopicReader
+from shared.delivery.inbox import Inbox
+from shared.infra.clock import now_ms
+from shared.infra.metrics import exposition
+from shared.wire.errors import Unavailable
 
 LATENCY = "push_delivery_latency_seconds"
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)

@@ -1,4 +1,4 @@
-"""dispatch's wiring: the router, reconciler, firing and lifecycle loops in the lifespan; ``/healthz`` and
+"""dispatch's wiring: the forwarders, reconciler, firing and lifecycle loops in the lifespan; ``/healthz`` and
 ``/metrics`` beside them."""
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ from starlette.applications import Starlette
 
 from services.dispatch.config import DispatchConfig
 from services.dispatch.firing import Firing
+from services.dispatch.forwarder import Forwarder, LiveNodes
 from services.dispatch.lease import Lease
-from services.dispatch.links import LinkPool
+from services.dispatch.link_pool import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
-from services.dispatch.router import LiveNodes, Router
-from shared.breaker import CLOSED
-from shared.clients import redis_alive, redis_client
-from shared.inbox import Inbox
-from shared.lifecycle import LifecycleWriter
-from shared.routing import RouteReader
-from shared.serve import running
-from shared.store import MessageStore
-from shared.stream import ShardedStream
-from shared.web import EXCEPTION_HANDLERS, ops_routes
+from shared.cluster.routes import RouteReader
+from shared.delivery.inbox import Inbox
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.store import MessageStore
+from shared.delivery.stream import ShardedStream
+from shared.infra.breaker import CLOSED
+from shared.infra.clients import redis_alive, redis_client
+from shared.infra.serve import running
+from shared.infra.web import EXCEPTION_HANDLERS, ops_routes
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def create_app(config: DispatchConfig) -> Starlette:
     routes = RouteReader(redis, config.internal_key)
     live = LiveNodes(routes, links, config.nodes_refresh)
     inbox = Inbox(redis)
-    routers = [Router(config, shard, routes, links, live, inbox) for shard in stream.shards]  # one read loop per stream shard
+    forwarders = [Forwarder(config, shard, routes, links, live, inbox) for shard in stream.shards]  # one read loop per stream shard
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, inbox, lifecycle, lease, routes, stream)
     firing = Firing(config, reconciler.handover)
@@ -46,15 +46,15 @@ def create_app(config: DispatchConfig) -> Starlette:
     async def health() -> dict[str, object]:
         redis_ok = await redis_alive(redis)
         mongo_ok = await store.ping()
-        loop_ok = all(time.time() - r.last_cycle < config.block_ms / 1000 + 10 for r in routers)
-        redis_breaker = next((r.breaker.state for r in routers if r.breaker.state != CLOSED), CLOSED)
+        loop_ok = all(time.time() - r.last_cycle < config.block_ms / 1000 + 10 for r in forwarders)
+        redis_breaker = next((r.breaker.state for r in forwarders if r.breaker.state != CLOSED), CLOSED)
         return {"ok": redis_ok and mongo_ok and loop_ok, "service": "dispatch", "redis": redis_ok, "mongo": mongo_ok,
-                "router": loop_ok, "breakers": {"redis": redis_breaker, "mongodb": store.breaker.state},
+                "forwarder": loop_ok, "breakers": {"redis": redis_breaker, "mongodb": store.breaker.state},
                 "links": sorted(links.links)}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with running(*(r.run() for r in routers), lifecycle.run(), reconciler.run(), firing.run()):
+        async with running(*(r.run() for r in forwarders), lifecycle.run(), reconciler.run(), firing.run()):
             yield
         with contextlib.suppress(Exception):
             await lifecycle.flush()

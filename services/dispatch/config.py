@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shared.config import HandoverSettings, InternalKeySettings, MongoSettings, setting
+from shared.infra.config import HandoverSettings, InternalKeySettings, MongoSettings, setting
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Firing scheduled messages once due: every dispatch instance runs this loop, none holds a lease.
 
-Each pass claims up to ``fire_batch`` due ids in one script call (``shared.schedule``), so an id goes
+Each pass claims up to ``fire_batch`` due ids in one script call (``shared.delivery.schedule``), so an id goes
 to exactly one claimer, then hands them over like collect does for a message due at once: inboxes
 opened and posts appended to the stream, the ids removed from ``schedule:firing`` and their fields
 from their posts' hashes, all in one MULTI, so a claimer that dies leaves either everything or
@@ -26,9 +26,9 @@ import time
 from prometheus_client import Counter, Histogram
 
 from services.dispatch.config import DispatchConfig
-from shared.clients import is_cluster
-from shared.handover import Handover
-from shared.retry import Backoff
+from shared.delivery.handover import Handover
+from shared.infra.clients import is_cluster
+from shared.infra.retry import Backoff
 
 log = logging.getLogger(__name__)
 FIRED = Counter("dispatch_scheduled_fired_total", "Scheduled messages handed over once due")

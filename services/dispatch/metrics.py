@@ -2,7 +2,7 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.metrics import LATENCY_BUCKETS
+from shared.infra.metrics import LATENCY_BUCKETS
 
 FORWARDED = Counter("dispatch_forwarded_total", "Deliveries accepted by a push node")
 UNROUTED = Counter("dispatch_unrouted_total", "Deliveries for users with no live route (left stored)")

@@ -21,10 +21,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from shared.inbox import Inbox
-from shared.message import Message
-from shared.schedule import Schedule
-from shared.store import MessageStore, utc
+from shared.delivery.inbox import Inbox
+from shared.delivery.schedule import Schedule
+from shared.delivery.store import MessageStore, utc
+from shared.model.message import Message
 
 log = logging.getLogger(__name__)
 

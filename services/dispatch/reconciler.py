@@ -4,7 +4,7 @@ Each pass, in this order:
 
 * if Redis lost the delivery state (no epoch), rebuild it from MongoDB (``rebuild.py``);
 * finish the hand-overs collect left undone (it died, or Redis failed, between its MongoDB insert
-  and its Redis pipeline): their posts are read back from MongoDB by id (``shared/handover.py``);
+  and its Redis pipeline): their posts are read back from MongoDB by id (``shared/delivery/handover.py``);
 * expire: close every inbox entry of messages past their expiry, a page at a time, from Redis's
   expiry indexes (no MongoDB read), and mark them ``expired`` in the lifecycle;
 * close the deliveries an inbox past ``INBOX_LIMIT`` pushed out, and mark them ``trimmed``;
@@ -27,14 +27,14 @@ from prometheus_client import Counter
 from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.rebuild import LeaseLost, rebuild
-from shared.clock import now_ms
-from shared.handover import Handover
-from shared.inbox import Inbox
-from shared.lifecycle import LifecycleWriter
-from shared.retry import Backoff
-from shared.routing import RouteReader
-from shared.store import MessageStore
-from shared.stream import ShardedStream
+from shared.cluster.routes import RouteReader
+from shared.delivery.handover import Handover
+from shared.delivery.inbox import Inbox
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.store import MessageStore
+from shared.delivery.stream import ShardedStream
+from shared.infra.clock import now_ms
+from shared.infra.retry import Backoff
 
 log = logging.getLogger(__name__)
 EXPIRED = Counter("dispatch_expired_total", "Deliveries closed because their message expired")

@@ -6,8 +6,8 @@ import uvloop
 
 from services.push.config import PushConfig
 from services.push.server import PushNode
-from shared.clients import require_redis_credentials
-from shared.logs import configure
+from shared.infra.clients import require_redis_credentials
+from shared.infra.logs import configure
 
 if __name__ == "__main__":
     configure("push")

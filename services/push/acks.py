@@ -18,10 +18,10 @@ import logging
 from redis.exceptions import RedisError
 
 from services.push.metrics import ACKS_DROPPED
-from shared.inbox import Inbox
-from shared.lifecycle import LifecycleWriter
-from shared.message import Pair
-from shared.retry import Backoff
+from shared.delivery.inbox import Inbox
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.infra.retry import Backoff
+from shared.model.message import Pair
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shared.config import InternalKeySettings, MongoSettings, RedisSettings, setting
-from shared.topics import valid_pattern
+from shared.infra.config import InternalKeySettings, MongoSettings, RedisSettings, setting
+from shared.model.topics import valid_pattern
 
 
 def parse_topics(raw: str) -> tuple[str, ...]:

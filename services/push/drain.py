@@ -19,9 +19,9 @@ from redis.exceptions import RedisError
 from websockets.asyncio.server import broadcast
 
 from services.push.hub import PUBLISH_SLICE, Hub
-from services.push.presence import Presence
-from shared.errors import CloseCode
-from shared.protocol import ReconnectFrame
+from services.push.registrar import Registrar
+from shared.wire.errors import CloseCode
+from shared.wire.protocol import ReconnectFrame
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def advice(count: int, window_ms: int, urls: Sequence[str]) -> list[ReconnectFra
 class Drain:
     """Runs once, however many times it is asked for (``POST /v1/drain`` and then SIGTERM, say)."""
 
-    def __init__(self, hub: Hub, presence: Presence, others: Callable[[], Awaitable[list[str]]], seconds: float) -> None:
+    def __init__(self, hub: Hub, registrar: Registrar, others: Callable[[], Awaitable[list[str]]], seconds: float) -> None:
         self.hub = hub
-        self.presence = presence
+        self.registrar = registrar
         self.others = others
         self.seconds = seconds
         self.task: asyncio.Task[None] | None = None
@@ -56,7 +56,7 @@ class Drain:
     async def _run(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.seconds
         try:
-            await self.presence.withdraw()
+            await self.registrar.withdraw()
         except RedisError as exc:
             log.warning("could not withdraw routes; they expire with the node card", extra={"error": repr(exc)})
         try:

@@ -2,10 +2,10 @@
 
 * ``/ws`` -- a browser's upgrade: refused with 503 while draining, 429 past the per-address cap;
 * ``/internal`` -- dispatch's link, ``/internal/topics/{t}`` (a topic's user ids, for collect) and
-  ``POST /v1/drain``: each signed with the internal key (``shared.signing``), else 401;
-* ``/healthz`` and ``/metrics``, like the HTTP services' (``shared.web``).
+  ``POST /v1/drain``: each signed with the internal key (``shared.wire.signing``), else 401;
+* ``/healthz`` and ``/metrics``, like the HTTP services' (``shared.infra.web``).
 
-Refusals take their status and body from the one error map (``shared.errors``).
+Refusals take their status and body from the one error map (``shared.wire.errors``).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from services.push.config import PushConfig
 from services.push.drain import Drain
 from services.push.hub import Hub
 from services.push.limits import AddressCount
-from shared.clock import now_ms
-from shared.errors import MethodNotAllowed, NotFound, ServiceError, Unavailable
-from shared.metrics import exposition
-from shared.signing import PROOF_HEADER, LinkGuard, LinkRequest
-from shared.web import health_answer, refusal
+from shared.infra.clock import now_ms
+from shared.infra.metrics import exposition
+from shared.infra.web import health_answer, refusal
+from shared.wire.errors import MethodNotAllowed, NotFound, ServiceError, Unavailable
+from shared.wire.signing import PROOF_HEADER, LinkGuard, LinkRequest
 
 LINK_PATH = "/internal"
 TOPIC_USERS_PATH = "/internal/topics/"  # + a topic: its subscribers' user ids here (collect's GET /v1/topics/{t}?users=1)

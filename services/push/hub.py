@@ -36,8 +36,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from services.push.metrics import CONNECTIONS, QUEUED, SENT_FORGOTTEN, SLOW_CLOSED, USERS
-from shared.errors import CloseCode
-from shared.message import BROADCAST
+from shared.model.message import BROADCAST
+from shared.wire.errors import CloseCode
 
 log = logging.getLogger(__name__)
 

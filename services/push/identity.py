@@ -11,9 +11,9 @@ from collections import OrderedDict
 
 import aiohttp
 
-from shared.coalesce import Coalescer
-from shared.errors import Unauthorized, Unavailable
-from shared.protocol import Identity
+from shared.infra.coalesce import Coalescer
+from shared.wire.errors import Unauthorized, Unavailable
+from shared.wire.protocol import Identity
 
 BATCH = 1000  # auth's limit per request
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from shared.errors import RateLimited
+from shared.wire.errors import RateLimited
 
 
 @dataclass(slots=True)

@@ -10,11 +10,11 @@ from websockets.exceptions import ConnectionClosed
 
 from services.push.hub import Hub
 from services.push.metrics import ABSENT, DELIVERED, DELIVERY_LATENCY, PUBLISHED
-from shared.errors import MalformedRequest
-from shared.lifecycle import LifecycleWriter
-from shared.metrics import ERRORS, MESSAGES_IN, MESSAGES_OUT
-from shared.priority import Priority
-from shared.protocol import BatchResult, DeliverBatch
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.infra.metrics import ERRORS, MESSAGES_IN, MESSAGES_OUT
+from shared.model.priority import Priority
+from shared.wire.errors import MalformedRequest
+from shared.wire.protocol import BatchResult, DeliverBatch
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.metrics import LATENCY_BUCKETS
+from shared.infra.metrics import LATENCY_BUCKETS
 
 CONNECTIONS = Gauge("push_connections", "Open browser websocket connections")
 USERS = Gauge("push_users", "Distinct users connected to this node")

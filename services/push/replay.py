@@ -4,7 +4,7 @@ instance (re)opens its link (it may have taken this node for dead and left messa
 A replay reads the user's open ids from Redis (no MongoDB), then their frames a page at a time,
 and writes those this socket has not been sent yet, oldest first. At most ``concurrency`` replays
 run at once, so a reconnect storm queues instead of flooding Redis, and those running share their
-reads (``shared.coalesce``): a storm costs a few pipelines per round, not a few per user. If Redis fails meanwhile, or
+reads (``shared.infra.coalesce``): a storm costs a few pipelines per round, not a few per user. If Redis fails meanwhile, or
 its state is being rebuilt, the replay retries with backoff for as long as the socket stays open:
 it never gives up silently.
 """
@@ -19,12 +19,12 @@ from websockets.exceptions import ConnectionClosed
 
 from services.push.hub import Hub, Session
 from services.push.metrics import REPLAYED
-from shared.clock import now_ms
-from shared.coalesce import Coalescer
-from shared.errors import Unavailable
-from shared.inbox import Inbox
-from shared.lifecycle import LifecycleWriter
-from shared.retry import Backoff
+from shared.delivery.inbox import Inbox
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.infra.clock import now_ms
+from shared.infra.coalesce import Coalescer
+from shared.infra.retry import Backoff
+from shared.wire.errors import Unavailable
 
 log = logging.getLogger(__name__)
 PAGE_SEND_SECONDS = 30.0  # a page not taken by the client in this time: it is not reading

@@ -1,6 +1,6 @@
 """Wiring of a push node: one websockets server for browsers and dispatch, and the background loops.
 
-The server's plain HTTP answers are ``gate.py``'s, each browser socket is ``session.py``'s, and
+The server's plain HTTP answers are ``gate.py``'s, each browser socket is ``sockets.py``'s, and
 shutdown is uvicorn's: on SIGTERM or SIGINT drain (``drain.py``), stop accepting, wait for the
 closing handshakes, then cancel."""
 
@@ -25,17 +25,17 @@ from services.push.hub import Hub
 from services.push.identity import TokenVerifier
 from services.push.limits import AddressCount
 from services.push.link import serve_link
-from services.push.presence import Presence
+from services.push.registrar import Registrar
 from services.push.replay import Replayer
-from services.push.session import Sessions
-from shared.clients import redis_alive, redis_client
-from shared.clock import now_ms
-from shared.errors import Unavailable
-from shared.inbox import Inbox
-from shared.lifecycle import LifecycleWriter
-from shared.routing import NodeCard, RouteReader, RouteWriter, directory
-from shared.serve import running
-from shared.store import MessageStore
+from services.push.sockets import SocketHandler
+from shared.cluster.routes import NodeCard, RouteReader, RouteWriter, directory
+from shared.delivery.inbox import Inbox
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.store import MessageStore
+from shared.infra.clients import redis_alive, redis_client
+from shared.infra.clock import now_ms
+from shared.infra.serve import running
+from shared.wire.errors import Unavailable
 
 log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands of SYN retries of 1 s and more)
@@ -51,12 +51,12 @@ class PushNode:
         self.lifecycle = LifecycleWriter(self.store)
         inbox = Inbox(self.redis)
         self.replayer = Replayer(self.hub, inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
-        self.presence = Presence(self.writer, self.hub, self.card, config.heartbeat_interval, self.replayer.catch_up)
+        self.registrar = Registrar(self.writer, self.hub, self.card, config.heartbeat_interval, self.replayer.catch_up)
         self.acks = Acks(inbox, self.lifecycle)
         self.addresses = AddressCount(config.max_connections_per_address)
-        self.drain = Drain(self.hub, self.presence, self.other_nodes, config.drain_seconds)
+        self.drain = Drain(self.hub, self.registrar, self.other_nodes, config.drain_seconds)
         self.gate = Gate(config, self.hub, self.drain, self.addresses, self.health)
-        self.sessions = Sessions(config, self.hub, self.presence, self.replayer, self.acks, self.drain)
+        self.sockets = SocketHandler(config, self.hub, self.registrar, self.replayer, self.acks, self.drain)
 
     def card(self) -> NodeCard:
         c = self.config
@@ -79,14 +79,14 @@ class PushNode:
             # A dispatch instance opens a link when it finds this node live. Just after the card was gone (Redis
             # unreachable past NODE_TTL_SECONDS, say during a Redis failover) it had taken the node for dead and
             # left its users' messages in their inboxes: send the open sessions what waits there.
-            if len(self.hub) and time.monotonic() - self.presence.card_lost_at < 2 * self.config.node_ttl:
+            if len(self.hub) and time.monotonic() - self.registrar.card_lost_at < 2 * self.config.node_ttl:
                 self.replayer.catch_up("a dispatch link opened after the node card was gone")
             await serve_link(ws, self.hub, self.lifecycle, self.config.node_id)
             return
         source = source_of(ws)
         self.addresses.opened(source)
         try:
-            await self.sessions.serve(ws)
+            await self.sockets.serve(ws)
         finally:
             self.addresses.closed(source)
 
@@ -98,14 +98,14 @@ class PushNode:
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, lambda: None if stop.done() else stop.set_result(None))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            self.sessions.verifier = TokenVerifier(c.auth_url, http, c.token_cache_size)
+            self.sockets.verifier = TokenVerifier(c.auth_url, http, c.token_cache_size)
             server = await serve(
                 self.handle, c.host, c.port, process_request=self.gate.process_request,
                 process_response=self.gate.process_response, compression=None,
                 ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
                 server_header=None, backlog=LISTEN_BACKLOG,
             )
-            async with running(self.presence.run_flusher(), self.presence.run_heartbeat(), self.lifecycle.run(),
+            async with running(self.registrar.run_flusher(), self.registrar.run_heartbeat(), self.lifecycle.run(),
                                self.acks.run(), self.replayer.watch_epoch(c.heartbeat_interval)):
                 log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
                 await stop

@@ -1,15 +1,15 @@
-"""A post's delivery state as pure data: the specification the Redis scripts of ``shared.inbox`` implement.
+"""A post's delivery state as pure data: the specification the Redis scripts of ``shared.delivery.inbox`` implement.
 
 A post is one POST's messages; the messages for users are *held* in the post's hash while a
 recipient may still be sent them. The post's messages reach this state in *parts*: those due at
-once when collect hands the post over, each scheduled one when it fires (``shared.schedule``), all
+once when collect hands the post over, each scheduled one when it fires (``shared.delivery.schedule``), all
 of them again when dispatch rebuilds Redis from MongoDB. So nothing here is per post: every count
 and expiry is per message.
 
 Per held message ``i`` the hash keeps its frame, recipients, expiry ``x`` and ``n``, how many of its
 deliveries may still be open. The post has one entry in its bucket's expiry index, scored ``score``.
 
-Transitions (each one Lua script in ``shared.inbox``, named there):
+Transitions (each one Lua script in ``shared.delivery.inbox``, named there):
 
 * ``open`` -- a part is handed over: its messages are held (again), ``n += recipients``, and the
   score becomes the earliest of the score and the part's expiries (a later part never delays and a

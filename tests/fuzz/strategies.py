@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from hypothesis import strategies as st
 
-from shared.errors import MalformedRequest
+from shared.wire.errors import MalformedRequest
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 TRICKY = st.sampled_from(["ack", "ping", "deliver", "result", "", "0", "-1", "1e400", "\u0000", "\u2028"])

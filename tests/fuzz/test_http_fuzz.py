@@ -1,5 +1,5 @@
 """schemathesis against auth and collect on a running stack: no 5xx, every answer as documented, every error
-in the ``{"error": {"code", "message"}}`` shape with the code shared/errors.py gives its status."""
+in the ``{"error": {"code", "message"}}`` shape with the code shared/wire/errors.py gives its status."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
-from shared.config import DEV_ADMIN_KEY, DEV_API_KEY
-from shared.errors import ServiceError
+from shared.infra.config import DEV_ADMIN_KEY, DEV_API_KEY
+from shared.wire.errors import ServiceError
 from tests.conftest import RunningStack, report_fuzz
 from tests.waits import scaled
 

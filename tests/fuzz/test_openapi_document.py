@@ -15,7 +15,7 @@ from services.auth.openapi import SPEC as AUTH_SPEC
 from services.collect.app import create_app as create_collect
 from services.collect.config import CollectConfig
 from services.collect.openapi import spec as collect_spec
-from shared.errors import ServiceError
+from shared.wire.errors import ServiceError
 
 
 def served(app: Starlette) -> set[tuple[str, str]]:
@@ -51,7 +51,7 @@ async def test_collect_document_names_every_route(monkeypatch: pytest.MonkeyPatc
 
 
 def test_documents_describe_each_error_with_its_status_and_code() -> None:
-    """Every documented 4xx/5xx JSON response is the error shape with the code shared/errors.py gives that status."""
+    """Every documented 4xx/5xx JSON response is the error shape with the code shared/wire/errors.py gives that status."""
     codes = {kind.status: kind.code for kind in ServiceError.__subclasses__()}
     for spec in (AUTH_SPEC, collect_spec(False)):
         for path, operations in spec["paths"].items():

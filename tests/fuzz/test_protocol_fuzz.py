@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.protocol import MAX_ACK_IDS, AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, parse_client_frame
+from shared.wire.protocol import MAX_ACK_IDS, AckFrame, BatchResult, DeliverBatch, Delivery, MessageFrame, PingFrame, parse_client_frame
 from tests.conftest import report_fuzz
 from tests.fuzz.strategies import INT64, JSON_VALUES, Outcomes, mostly, wire_inputs
 

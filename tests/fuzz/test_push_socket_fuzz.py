@@ -10,7 +10,7 @@ import os
 import random
 import time
 from collections import Counter
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -103,7 +103,7 @@ class Fuzzer:
             ("garbage", rng.randbytes(rng.randint(1, 3000)) + b"\r\n\r\n", {"http 400", "eof"}),
             ("garbage request line", f"{rng.choice(['GET', 'BREW', '', 'G ET'])} /{rng.randbytes(8).hex()} "
                                      f"HTTP/{rng.choice(['1.1', '9.9', '', '1'])}\r\n\r\n".encode(), {"http 400", "http 404", "eof"}),
-            ("no upgrade", "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".encode(), {"http 400", "http 426"}),
+            ("no upgrade", b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", {"http 400", "http 426"}),
             ("bad version", upgrade(port, "/ws").replace(b"Version: 13", b"Version: 8"), {"http 400", "http 426"}),
             ("no key", upgrade(port, "/ws").replace(b"Sec-WebSocket-Key", b"X-Key"), {"http 400"}),
             ("bad key", upgrade(port, "/ws").replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: !"), {"http 400"}),

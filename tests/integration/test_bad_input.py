@@ -11,8 +11,8 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
-from shared.config import DEV_JWT_KEY
-from shared.inbox import inbox_key
+from shared.delivery.inbox import inbox_key
+from shared.infra.config import DEV_JWT_KEY
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack
 from tests.waits import scaled

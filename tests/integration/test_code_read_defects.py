@@ -12,10 +12,10 @@ import orjson
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
-from shared.message import index_of, post_of
-from shared.routing import NODES_KEY
-from shared.schedule import SCHEDULE_KEY, Schedule, sched_key
-from shared.topicmap import topic_key
+from shared.cluster.routes import NODES_KEY
+from shared.cluster.topic_holders import topic_key
+from shared.delivery.schedule import SCHEDULE_KEY, Schedule, sched_key
+from shared.model.message import index_of, post_of
 from tests.client import frames_within, subscribe
 from tests.conftest import RunningStack
 from tests.integration.test_delivery_guarantees import FAST

@@ -11,8 +11,8 @@ import pytest
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from shared.inbox import post_key
-from shared.message import post_of
+from shared.delivery.inbox import post_key
+from shared.model.message import post_of
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, report_scenario
 from tests.waits import scaled, until

@@ -19,17 +19,17 @@ from websockets.exceptions import ConnectionClosed
 from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.reconciler import Reconciler
-from shared.clock import now_ms
-from shared.config import DEV_INTERNAL_KEY
-from shared.inbox import Inbox, epoch_key, inbox_key, post_key
-from shared.lifecycle import LifecycleWriter
-from shared.message import Message, message_id, post_of
-from shared.priority import Priority
-from shared.protocol import MessageFrame
-from shared.routing import NODES_KEY, NodeCard, RouteReader, RouteWriter
-from shared.slots import POST_BUCKETS, all_user_tags, user_tag
-from shared.store import MessageStore
-from shared.stream import ShardedStream, tier_keys
+from shared.cluster.routes import NODES_KEY, NodeCard, RouteReader, RouteWriter
+from shared.delivery.inbox import Inbox, epoch_key, inbox_key, post_key
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.store import MessageStore
+from shared.delivery.stream import ShardedStream, tier_keys
+from shared.infra.clock import now_ms
+from shared.infra.config import DEV_INTERNAL_KEY
+from shared.infra.slots import POST_BUCKETS, all_user_tags, user_tag
+from shared.model.message import Message, message_id, post_of
+from shared.model.priority import Priority
+from shared.wire.protocol import MessageFrame
 from tests.client import Receiver, frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
 from tests.integration.test_delivery_guarantees import FAST, wait_for_state

@@ -15,12 +15,12 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
-from shared.clock import now_ms
-from shared.inbox import inbox_key
-from shared.message import Message
-from shared.priority import Priority
-from shared.protocol import MessageFrame
-from shared.stream import GROUP, ShardedStream, tier_keys
+from shared.delivery.inbox import inbox_key
+from shared.delivery.stream import GROUP, ShardedStream, tier_keys
+from shared.infra.clock import now_ms
+from shared.model.message import Message
+from shared.model.priority import Priority
+from shared.wire.protocol import MessageFrame
 from tests.client import API_KEY, Receiver, receive_ids
 from tests.conftest import RunningStack, report_scenario
 from tests.waits import scaled, until

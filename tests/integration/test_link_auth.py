@@ -20,11 +20,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request
 
-from shared.clock import now_ms
-from shared.config import DEV_INTERNAL_KEY
-from shared.inbox import inbox_key
-from shared.routing import NODES_KEY, NodeCard, node_key, route_key
-from shared.signing import PROOF_HEADER, LinkRequest
+from shared.cluster.routes import NODES_KEY, NodeCard, node_key, route_key
+from shared.delivery.inbox import inbox_key
+from shared.infra.clock import now_ms
+from shared.infra.config import DEV_INTERNAL_KEY
+from shared.wire.signing import PROOF_HEADER, LinkRequest
 from tests.client import next_frame
 from tests.conftest import RunningStack
 from tests.waits import scaled, until

@@ -8,12 +8,12 @@ import random
 import pytest
 from redis.asyncio import Redis
 
-from shared.clients import redis_client
-from shared.clock import now_ms
-from shared.inbox import Inbox, expiry_key, inbox_key, post_key
-from shared.message import post_of
-from shared.scripts import guard_key
-from shared.slots import post_tag
+from shared.delivery.inbox import Inbox, expiry_key, inbox_key, post_key
+from shared.infra.clients import redis_client
+from shared.infra.clock import now_ms
+from shared.infra.scripts import guard_key
+from shared.infra.slots import post_tag
+from shared.model.message import post_of
 from tests.client import Receiver, receive_ids
 from tests.conftest import RunningStack, Servers
 from tests.integration.test_delivery_guarantees import FAST, status

@@ -8,12 +8,12 @@ import orjson
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
-from shared.clients import redis_client
-from shared.inbox import inbox_key
-from shared.message import post_of
-from shared.priority import Priority
-from shared.routing import node_key, route_key
-from shared.stream import tier_keys
+from shared.cluster.routes import node_key, route_key
+from shared.delivery.inbox import inbox_key
+from shared.delivery.stream import tier_keys
+from shared.infra.clients import redis_client
+from shared.model.message import post_of
+from shared.model.priority import Priority
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, report_scenario
 from tests.waits import scaled, until

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.clients import redis_client
+from shared.infra.clients import redis_client
 from tools.cluster import Cluster, free_port
 
 

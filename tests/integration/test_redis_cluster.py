@@ -14,12 +14,12 @@ import redis
 from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection
 
-from shared.clients import ClusterAddress, redis_client
-from shared.inbox import inbox_key
-from shared.priority import Priority
-from shared.scripts import Scripts
-from shared.slots import slot_groups
-from shared.stream import tier_keys
+from shared.delivery.inbox import inbox_key
+from shared.delivery.stream import tier_keys
+from shared.infra.clients import ClusterAddress, redis_client
+from shared.infra.scripts import Scripts
+from shared.infra.slots import slot_groups
+from shared.model.priority import Priority
 from tests.client import frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
 from tests.waits import scaled, until

@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
 from loadtest.report import percentile
-from shared.message import post_of
-from shared.schedule import FIRING_KEY, SCHEDULE_KEY, sched_key
+from shared.delivery.schedule import FIRING_KEY, SCHEDULE_KEY, sched_key
+from shared.model.message import post_of
 from tests.client import Receiver, frames_within, subscribe
 from tests.conftest import RunningStack, report_scenario
 from tests.integration.test_delivery_guarantees import FAST, status

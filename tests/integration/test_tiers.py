@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
 from pushcluster.client import AsyncPushClient, PushError, RetryPolicy
-from shared.stream import DeliveryStream
+from shared.delivery.stream import DeliveryStream
 from tests.client import API_KEY, Receiver, next_frame
 from tests.conftest import RunningStack, report_scenario
 from tests.waits import scaled, until

@@ -11,13 +11,13 @@ import orjson
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
-from shared.clients import redis_client
-from shared.config import DEV_INTERNAL_KEY
-from shared.inbox import expiry_key, inbox_key, post_key
-from shared.message import post_of
-from shared.routing import RouteReader
-from shared.slots import post_tag
-from shared.topicmap import TOPICS_KEY, TopicReader, topic_key
+from shared.cluster.routes import RouteReader
+from shared.cluster.topic_holders import TOPICS_KEY, TopicReader, topic_key
+from shared.delivery.inbox import expiry_key, inbox_key, post_key
+from shared.infra.clients import redis_client
+from shared.infra.config import DEV_INTERNAL_KEY
+from shared.infra.slots import post_tag
+from shared.model.message import post_of
 from tests.client import frames_within, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack
 from tests.waits import scaled, until

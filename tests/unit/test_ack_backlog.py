@@ -10,9 +10,9 @@ from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.push.acks import Acks
-from shared.inbox import Inbox
-from shared.lifecycle import LifecycleWriter
-from shared.message import Pair
+from shared.delivery.inbox import Inbox
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.model.message import Pair
 
 
 class DownInbox:

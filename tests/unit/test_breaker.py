@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from shared.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from shared.errors import Unavailable
+from shared.infra.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from shared.wire.errors import Unavailable
 
 
 async def fail() -> None:

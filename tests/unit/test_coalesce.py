@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.coalesce import Coalescer
+from shared.infra.coalesce import Coalescer
 
 
 async def test_callers_arriving_during_a_flush_share_the_next_one_and_get_their_own_results() -> None:

@@ -11,7 +11,7 @@ from services.auth.config import AuthConfig
 from services.collect.config import CollectConfig
 from services.dispatch.config import DispatchConfig
 from services.push.config import PushConfig
-from shared.config import Settings
+from shared.infra.config import Settings
 from tools.cluster import ROOT
 
 SERVICES: dict[str, type[Settings]] = {"auth": AuthConfig, "collect": CollectConfig, "dispatch": DispatchConfig,

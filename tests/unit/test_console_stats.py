@@ -12,7 +12,7 @@ from starlette.responses import Response
 from services.collect.config import CollectConfig
 from services.collect.console import as_sender, console_routes
 from services.collect.stats import Samples, largest_topics, merge_latency, node_entry, node_http_base
-from shared.routing import NodeCard
+from shared.cluster.routes import NodeCard
 
 NODE_METRICS = """\
 # TYPE push_connections gauge

@@ -7,7 +7,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from shared.message import Message, index_of, post_of
+from shared.model.message import Message, index_of, post_of
 from shared.model.poststate import Part, PostState
 from tests.model_world import USERS, World, catalogue
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from services.push.drain import advice
-from shared.protocol import ReconnectFrame
+from shared.wire.protocol import ReconnectFrame
 
 
 def test_advice_spreads_sockets_evenly_over_the_window_and_deals_them_round_robin_over_the_other_nodes() -> None:

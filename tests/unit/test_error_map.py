@@ -7,10 +7,10 @@ import orjson
 import pytest
 from starlette.requests import Request
 
-from shared.breaker import CircuitBreaker
-from shared.clients import REDIS_FAILURES
-from shared.errors import Unavailable
-from shared.web import EXCEPTION_HANDLERS
+from shared.infra.breaker import CircuitBreaker
+from shared.infra.clients import REDIS_FAILURES
+from shared.infra.web import EXCEPTION_HANDLERS
+from shared.wire.errors import Unavailable
 
 
 async def test_an_unexpected_error_is_answered_as_json_500_not_a_bare_page() -> None:

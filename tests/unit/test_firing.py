@@ -8,7 +8,7 @@ import pytest
 
 from services.dispatch.config import DispatchConfig
 from services.dispatch.firing import Firing
-from shared.handover import Handover
+from shared.delivery.handover import Handover
 
 
 class FakeHandover:

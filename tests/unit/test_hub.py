@@ -13,8 +13,8 @@ from websockets.protocol import Protocol, Side
 
 from services.push import hub as hub_module
 from services.push.hub import Hub, Session
-from shared.errors import CloseCode
-from shared.message import BROADCAST
+from shared.model.message import BROADCAST
+from shared.wire.errors import CloseCode
 
 
 class FakeTransport:

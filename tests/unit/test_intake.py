@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from services.collect.intake import Limits, parse_body
-from shared.errors import InvalidFields, PayloadTooLarge
-from shared.message import BROADCAST
+from shared.model.message import BROADCAST
+from shared.wire.errors import InvalidFields, PayloadTooLarge
 
 LIMITS = Limits(max_payload_bytes=100, max_batch=3, max_recipients=2, default_ttl_seconds=60, max_deliveries=5)
 

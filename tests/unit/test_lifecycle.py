@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from shared.errors import Unavailable
-from shared.lifecycle import LifecycleWriter
-from shared.store import NodeCount
+from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.store import NodeCount
+from shared.wire.errors import Unavailable
 
 
 class GatedStore:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.push.limits import AddressCount, TokenBucket
-from shared.errors import RateLimited
+from shared.wire.errors import RateLimited
 
 
 def test_bucket_spends_its_burst_then_refills_at_its_rate() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.errors import MalformedRequest
-from shared.protocol import (
+from shared.wire.errors import MalformedRequest
+from shared.wire.protocol import (
     AckFrame,
     BatchResult,
     DeliverBatch,
@@ -92,7 +92,7 @@ def test_user_ids_allow_only_safe_characters() -> None:
 
 def test_dispatch_splits_batches_under_the_frame_limit() -> None:
     """Batches to a node stay under the byte limit, keep order, and an oversized item travels alone."""
-    from services.dispatch.router import chunk_by_bytes
+    from services.dispatch.forwarder import chunk_by_bytes
 
     items = [Delivery(f"m{i}", "x" * size, 0, ("u",)) for i, size in enumerate([100, 100, 500, 100])]
     chunks = chunk_by_bytes(items, 400)
@@ -101,7 +101,7 @@ def test_dispatch_splits_batches_under_the_frame_limit() -> None:
 
 def test_dispatch_sizes_batches_by_utf8_bytes() -> None:
     """Frames of multi-byte characters are counted in bytes, so two 150-character emoji frames do not share a 400-byte batch."""
-    from services.dispatch.router import chunk_by_bytes
+    from services.dispatch.forwarder import chunk_by_bytes
 
     items = [Delivery(f"m{i}", "\U0001F600" * 150, 0, ("u",)) for i in range(2)]
     assert all(d.encoded_size() > 600 for d in items)
@@ -111,9 +111,9 @@ def test_dispatch_sizes_batches_by_utf8_bytes() -> None:
 def test_dispatch_groups_each_message_per_node_with_only_that_nodes_recipients() -> None:
     """A message for users on two nodes becomes one delivery per node naming the users there; unrouted users and
     expired messages go nowhere."""
-    from services.dispatch.router import per_node
-    from shared.message import Message
-    from shared.stream import StreamEntry
+    from services.dispatch.forwarder import per_node
+    from shared.delivery.stream import StreamEntry
+    from shared.model.message import Message
 
     entries = [StreamEntry("1-0", [Message("m1", ("a", "b", "c"), "F1", 5, 99), Message("m9", ("a",), "F9", 5, 10)]),
                StreamEntry("2-0", [Message("m2", ("b",), "F2", 6, 99)])]
@@ -127,9 +127,9 @@ def test_dispatch_groups_each_message_per_node_with_only_that_nodes_recipients()
 def test_dispatch_sends_a_topic_message_once_to_each_holding_node_and_a_broadcast_to_every_live_node() -> None:
     """A topic message goes to the nodes holding its subscribers (none: nowhere), a broadcast to every live node,
     each once and naming no users; an expired one goes nowhere."""
-    from services.dispatch.router import per_node
-    from shared.message import BROADCAST, Message
-    from shared.stream import StreamEntry
+    from services.dispatch.forwarder import per_node
+    from shared.delivery.stream import StreamEntry
+    from shared.model.message import BROADCAST, Message
 
     entries = [StreamEntry("1-0", [Message("t1", (), "T", 5, 99, topic="news"), Message("t2", (), "Q", 5, 99, topic="quiet"),
                                    Message("b1", (), "B", 5, 99, topic=BROADCAST), Message("b0", (), "O", 5, 10, topic=BROADCAST)])]

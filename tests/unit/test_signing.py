@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from shared.errors import Unauthorized
-from shared.routing import NodeCard
-from shared.signing import CARD, LINK, NODE, LinkGuard, LinkRequest, proof, proven
+from shared.cluster.routes import NodeCard
+from shared.wire.errors import Unauthorized
+from shared.wire.signing import CARD, LINK, NODE, LinkGuard, LinkRequest, proof, proven
 
 KEY = "k" * 32
 NOW = 1_700_000_000_000

@@ -8,9 +8,7 @@ import bson
 import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError, WriteError
 
-from shared.errors import InvalidFields
-from shared.message import BROADCAST, Message, message_id, messages_of, post_fields, submitted_posts
-from shared.store import (
+from shared.delivery.store import (
     NodeCount,
     cancel_document,
     derive,
@@ -22,8 +20,10 @@ from shared.store import (
     post_document,
     refused_by_document,
 )
+from shared.model.message import BROADCAST, Message, message_id, messages_of, post_fields, submitted_posts
+from shared.wire.errors import InvalidFields
 
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def post(n: int, users: tuple[str, ...] = ("a", "b")) -> list[Message]:
@@ -127,7 +127,7 @@ class RecordingStore:
 
 async def test_lifecycle_marks_coalesce_per_delivery_keeping_the_first_time() -> None:
     """Three stages of one delivery marked in one window flush as one entry; a repeated stage keeps its first time."""
-    from shared.lifecycle import LifecycleWriter
+    from shared.delivery.lifecycle import LifecycleWriter
 
     store = RecordingStore()
     writer = LifecycleWriter(store)  # type: ignore[arg-type]
@@ -155,7 +155,7 @@ def test_topic_messages_round_trip_and_only_posts_with_one_store_topics() -> Non
 async def test_topic_counts_add_up_per_node_and_derive_a_status_of_counts() -> None:
     """A node's counts of one topic message merge within a window; the status sums sockets over windows, counts
     distinct nodes and keeps each stage's first time, ignoring user rows and other messages."""
-    from shared.lifecycle import LifecycleWriter
+    from shared.delivery.lifecycle import LifecycleWriter
 
     store = RecordingStore()
     writer = LifecycleWriter(store)  # type: ignore[arg-type]

@@ -7,12 +7,12 @@ import pytest
 
 from services.collect.intake import Limits, parse_body
 from services.collect.shedding import Threshold, retry_after, shed_tiers
-from shared.errors import InvalidFields, Overloaded
-from shared.message import Message, message_id, messages_of, post_fields
-from shared.priority import Priority, post_tier
-from shared.protocol import DeliverBatch, Delivery
-from shared.store import messages_of_document, post_document
-from shared.stream import Backlog
+from shared.delivery.store import messages_of_document, post_document
+from shared.delivery.stream import Backlog
+from shared.model.message import Message, message_id, messages_of, post_fields
+from shared.model.priority import Priority, post_tier
+from shared.wire.errors import InvalidFields, Overloaded
+from shared.wire.protocol import DeliverBatch, Delivery
 
 LIMITS = Limits(max_payload_bytes=100, max_batch=3, max_recipients=2, default_ttl_seconds=60)
 HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW

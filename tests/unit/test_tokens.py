@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.auth.tokens import TokenService
-from shared.errors import InvalidFields, NotFound, Unauthorized
+from shared.wire.errors import InvalidFields, NotFound, Unauthorized
 
 KEY = "unit-test-key-0123456789-0123456789-0123456789"
 

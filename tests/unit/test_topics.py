@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.topics import Grants, valid_pattern, valid_topic
+from shared.model.topics import Grants, valid_pattern, valid_topic
 
 
 def test_topic_names_are_short_and_plain() -> None:

@@ -1,6 +1,6 @@
 """The dispatch loop: read the streams, find each recipient's live nodes, forward one frame per node, acknowledge.
 
-The streams are read high tier first (``shared.stream``): a batch takes normal or low entries only
+The streams are read high tier first (``shared.delivery.stream``): a batch takes normal or low entries only
 where high ones leave room, and stale entries are claimed in the same order.
 
 An entry (one post: its messages and their recipients) is acknowledged once every node holding
@@ -36,20 +36,20 @@ from redis.exceptions import RedisError
 
 from services.dispatch.config import DispatchConfig
 from services.dispatch.ledger import Ledger
-from services.dispatch.links import LinkPool, NodeLink
+from services.dispatch.link_pool import LinkPool, NodeLink
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
-from shared.breaker import CircuitBreaker
-from shared.clients import REDIS_FAILURES
-from shared.clock import now_ms
-from shared.errors import LinkDown
-from shared.inbox import Inbox
-from shared.message import BROADCAST
-from shared.metrics import MESSAGES_IN, MESSAGES_OUT
-from shared.protocol import Delivery
-from shared.retry import Backoff
-from shared.routing import NodeCard, RouteReader
-from shared.stream import DeliveryStream, StreamEntry
-from shared.topicmap import TopicReader
+from shared.cluster.routes import NodeCard, RouteReader
+from shared.cluster.topic_holders import TopicReader
+from shared.delivery.inbox import Inbox
+from shared.delivery.stream import DeliveryStream, StreamEntry
+from shared.infra.breaker import CircuitBreaker
+from shared.infra.clients import REDIS_FAILURES
+from shared.infra.clock import now_ms
+from shared.infra.metrics import MESSAGES_IN, MESSAGES_OUT
+from shared.infra.retry import Backoff
+from shared.model.message import BROADCAST
+from shared.wire.errors import LinkDown
+from shared.wire.protocol import Delivery
 
 log = logging.getLogger(__name__)
 def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]]:
@@ -110,7 +110,7 @@ class LiveNodes:
         return self._nodes
 
 
-class Router:
+class Forwarder:
     def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool,
                  live: LiveNodes, inbox: Inbox) -> None:
         self.config = config

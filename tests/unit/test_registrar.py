@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from services.push.hub import Hub, Session
-from services.push.presence import Presence
-from shared.routing import NodeCard
+from services.push.registrar import Registrar
+from shared.cluster.routes import NodeCard
 from tests.unit.test_hub import session
 
 Write = tuple[dict[str, int], list[str], dict[str, int]]
@@ -35,8 +35,8 @@ class RecordingWriter:
         self.writes.append((present, sorted(gone), topics))
 
 
-def presence(writer: RecordingWriter, hub: Hub, heartbeat_interval: float = 10) -> Presence:
-    return Presence(writer, hub, lambda: NodeCard("n1", "ws://l", "ws://p"), heartbeat_interval,  # type: ignore[arg-type]
+def presence(writer: RecordingWriter, hub: Hub, heartbeat_interval: float = 10) -> Registrar:
+    return Registrar(writer, hub, lambda: NodeCard("n1", "ws://l", "ws://p"), heartbeat_interval,  # type: ignore[arg-type]
                     lambda reason: None)
 
 
@@ -48,7 +48,7 @@ def joined(hub: Hub, user: str, topics: tuple[str, ...] = ()) -> Session:
 
 
 @asynccontextmanager
-async def flushing(p: Presence) -> AsyncIterator[None]:
+async def flushing(p: Registrar) -> AsyncIterator[None]:
     """The node's flusher running for the block."""
     flusher = asyncio.create_task(p.run_flusher())
     try:

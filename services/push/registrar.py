@@ -5,7 +5,7 @@ writes every dirty user in a single pipeline, deciding from the hub *at flush ti
 user is present (HSET of its socket count here, which presence reads) or gone (HDEL). A connect storm becomes a few pipelines, and a quick
 close-then-reopen can never leave the writes in the wrong order. Topics go the same way: a
 (un)subscribe marks the topic dirty and the flush writes this node's count of its subscribers
-(``shared.topicmap``), so a topic costs Redis a write only when its local count changes.
+(``shared.cluster.topic_holders``), so a topic costs Redis a write only when its local count changes.
 
 The heartbeat renews the node card (liveness) every ``node_ttl / 3`` seconds, and hands the flusher
 a slice of user routes and topics to write again (renewing their TTL), so that each is renewed
@@ -31,15 +31,15 @@ import time
 from collections.abc import Callable, Iterable
 
 from services.push.hub import Hub
-from shared.errors import Unavailable
-from shared.retry import Backoff
-from shared.routing import NodeCard, RouteWriter
-from shared.topicmap import TopicReader
+from shared.cluster.routes import NodeCard, RouteWriter
+from shared.cluster.topic_holders import TopicReader
+from shared.infra.retry import Backoff
+from shared.wire.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 
-class Presence:
+class Registrar:
     def __init__(self, writer: RouteWriter, hub: Hub, card: Callable[[], NodeCard], heartbeat_interval: float,
                  catch_up: Callable[[str], None]) -> None:
         self.writer = writer

@@ -7,7 +7,7 @@ Two links carry frames:
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
 
 Every frame is a JSON object whose ``type`` is an ``Op``; a connection closes with a ``CloseCode``
-(``shared.errors`` maps each named error to its code). Both parsers (``parse_client_frame`` and the
+(``shared.wire.errors`` maps each named error to its code). Both parsers (``parse_client_frame`` and the
 link frames' ``decode``) read through ``load_object`` and raise ``MalformedRequest`` naming what is wrong.
 
 A ``MessageFrame`` is encoded once, when collect accepts the message, and travels as the exact
@@ -25,10 +25,10 @@ from typing import Any
 
 import orjson
 
-from shared.errors import CloseCode, MalformedRequest
-from shared.message import BROADCAST, Message
-from shared.priority import Priority
-from shared.topics import valid_topic
+from shared.model.message import BROADCAST, Message
+from shared.model.priority import Priority
+from shared.model.topics import valid_topic
+from shared.wire.errors import CloseCode, MalformedRequest
 
 __all__ = ["CloseCode", "Op"]  # and the frames below
 

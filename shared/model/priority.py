@@ -1,6 +1,6 @@
 """Priority tiers: a message is ``high``, ``normal`` (the default) or ``low``.
 
-Each tier has its own delivery stream (``shared.stream``), so a backlog of low never stands in front
+Each tier has its own delivery stream (``shared.delivery.stream``), so a backlog of low never stands in front
 of high; dispatch serves the tiers in ``TIERS`` order, and collect sheds new posts of the lower
 tiers first when their backlog grows (``services/collect/shedding.py``). A post is one stream
 entry, so it travels at the tier of its most urgent message.

@@ -1,7 +1,7 @@
 """Pieces of the hand-written OpenAPI 3.1 documents auth and collect serve at ``GET /openapi.json``.
 
 Each service describes its own routes in its ``openapi.py``; this module holds what they share:
-the error shape (``{"error": {"code", "message"}}``, one response per ``shared.errors`` class),
+the error shape (``{"error": {"code", "message"}}``, one response per ``shared.wire.errors`` class),
 the operations routes every service has, and the route serving the document. A test compares
 each document's paths and methods with the service's Starlette routes.
 """
@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.errors import ServiceError
-from shared.protocol import USER_ID_PATTERN
-from shared.web import json_response
+from shared.infra.web import json_response
+from shared.wire.errors import ServiceError
+from shared.wire.protocol import USER_ID_PATTERN
 
 JSON = "application/json"
 USER_ID = {"type": "string", "pattern": f"^{USER_ID_PATTERN}$", "description": "1-128 letters, digits and _ . @ -"}
@@ -47,7 +47,7 @@ def json_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def error_codes() -> list[str]:
-    """Every code a ``shared.errors`` class answers with."""
+    """Every code a ``shared.wire.errors`` class answers with."""
     return sorted({kind.code for kind in ServiceError.__subclasses__()})
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from shared.errors import Unauthorized
+from shared.wire.errors import Unauthorized
 
 CARD, LINK, NODE = "card", "link", "node"
 LINK_SKEW_MS = 30_000

@@ -7,7 +7,7 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
 1. **One key per command wherever possible.** Pipelines of single-key commands are fine anywhere:
    redis-py's ``RedisCluster`` splits a pipeline by node and sends each part at once. Pipelines are
    never transactions (``transaction=False``); nothing uses ``MULTI``/``WATCH``.
-2. **A batch script runs once per slot** (``shared.scripts.SlotScript``): its keys are grouped by
+2. **A batch script runs once per slot** (``shared.infra.scripts.SlotScript``): its keys are grouped by
    ``key_slot`` and each group is one call, queued on one pipeline. On a single Redis there is one
    group, one call, as before (no cost there); on a cluster the body is sent with each call
    (``EVAL``, not ``EVALSHA``: a node's script cache is lost by a failover or a restart, and redis-py
@@ -25,20 +25,20 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
    that need more buckets: a new constant renames the keys, so it is chosen once per deployment.
    Per-post keys carry a bucket tag too: ``post:{p<b>}:<post>``, beside their bucket's expiry index
    ``expiry:{p<b>}`` (``b``: the CRC32 of the post id modulo ``POST_BUCKETS``), so one script changes a
-   post's delivery state and its expiry together (``shared.inbox``), at most 64 calls per batch.
+   post's delivery state and its expiry together (``shared.delivery.inbox``), at most 64 calls per batch.
 5. **Singletons** (``handover``, ``lease:reconciler``) take single-key commands only; each
    lives on one master. The state's completeness marker is not one: ``state:epoch:{u<b>}``, one per
    user bucket, beside the inboxes it vouches for, so a master restarted empty is noticed by the
-   markers it lost (``shared.inbox``), whichever master it is.
+   markers it lost (``shared.delivery.inbox``), whichever master it is.
 6. **A stream that would be a hot spot is sharded**: ``STREAM_SHARDS`` shards, a post going to one
    by the CRC32 of its id; every dispatch instance reads every shard, one loop per shard
-   (``shared.stream``). A shard is a stream per priority tier under one tag, ``{push:deliveries:<i>}``
+   (``shared.delivery.stream``). A shard is a stream per priority tier under one tag, ``{push:deliveries:<i>}``
    (``{push:deliveries}`` when 1, the default), with ``:high`` and ``:low`` for those tiers: one
    blocking read waits on the three.
 7. **Nothing enumerates the keyspace** (no ``KEYS``, no ``SCAN``): sets (``{nodes}``, ``{topics}``)
    list what must be listed. A cluster has no database numbers: one cluster holds one deployment.
 8. **Scheduled messages** share the tag ``{schedule}`` (the schedule, the claims and the held posts'
-   hashes): their claim, settle and cancel scripts touch several at once (``shared.schedule``).
+   hashes): their claim, settle and cancel scripts touch several at once (``shared.delivery.schedule``).
 
 A new key follows the same rules: give it a tag only if a script or multi-key command must see it
 with another key, and batch per-entity keys through ``SlotScript`` or a pipeline.
@@ -52,7 +52,7 @@ from collections.abc import Sequence
 
 from redis.crc import key_slot
 
-from shared.clients import is_cluster
+from shared.infra.clients import is_cluster
 
 USER_BUCKETS = 64
 POST_BUCKETS = 64

@@ -2,14 +2,14 @@
 
 Keys:
 
-* ``sched:{schedule}:<post>`` -- a HASH with the field map (``shared.message``) of the post's messages
+* ``sched:{schedule}:<post>`` -- a HASH with the field map (``shared.model.message``) of the post's messages
   still waiting, plus ``t`` (the post's acceptance time) and ``s`` (its sender, for cancellation). A
   message's fields go when it fires or is cancelled, the hash with the last of them;
 * ``{schedule}`` -- a ZSET of waiting message ids scored by due time (ms);
 * ``{schedule}:firing`` -- a ZSET of ids a dispatch instance claimed, scored by the claim time.
 
 They share the hash tag ``{schedule}``: the scripts below touch several at once, so on a Redis
-Cluster they live on one master (``shared/slots.py``, rule 3).
+Cluster they live on one master (``shared/infra/slots.py``, rule 3).
 
 Nothing of a scheduled message is in an inbox or on the stream before it is due, so a user who
 connects early does not get it. Firing: one script call (``claim``) moves up to ``limit`` due ids
@@ -36,10 +36,10 @@ from dataclasses import replace
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.message import INDEX_DIGITS, Message, by_post, index_of, lua_fields, messages_of, post_fields, post_of
-from shared.scripts import Scripts, SlotScript
+from shared.infra.scripts import Scripts, SlotScript
+from shared.model.message import INDEX_DIGITS, Message, by_post, index_of, lua_fields, messages_of, post_fields, post_of
 
-TAG = "{schedule}"  # every key here: the claim, settle and cancel scripts touch several (``shared/slots.py``, rule 3)
+TAG = "{schedule}"  # every key here: the claim, settle and cancel scripts touch several (``shared/infra/slots.py``, rule 3)
 SCHEDULE_KEY = TAG
 FIRING_KEY = f"{TAG}:firing"
 PAUSED_KEY = f"{TAG}:paused"  # present while dispatch rebuilds the state: nothing fires (a cancel may not be replayed yet)

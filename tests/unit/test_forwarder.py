@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 
-from services.dispatch.router import chunk_by_bytes
-from shared.message import BROADCAST
-from shared.protocol import DeliverBatch, Delivery, MessageFrame
+from services.dispatch.forwarder import chunk_by_bytes
+from shared.model.message import BROADCAST
+from shared.wire.protocol import DeliverBatch, Delivery, MessageFrame
 
 ENVELOPE = 80  # the batch's own fields around its items: {"type":"deliver","batch":...,"at":...,"items":[...]}
 

@@ -7,7 +7,7 @@ it. An intent older than a grace period is a hand-over nobody finished: dispatch
 that post back from MongoDB by id and hands it over itself. An intent whose post MongoDB never got
 (the insert failed) is dropped once it is old enough that no insert can still be running.
 
-A scheduled message not yet due is held back instead (``shared.schedule``), in the same pipeline:
+A scheduled message not yet due is held back instead (``shared.delivery.schedule``), in the same pipeline:
 it reaches inboxes and the stream when dispatch fires it.
 
 Costs one ZADD per group commit, and nothing per recipient. With Redis replicas (a Redis Cluster
@@ -24,13 +24,13 @@ from typing import cast
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 
-from shared.clients import is_cluster
-from shared.clock import now_ms
-from shared.errors import Unavailable
-from shared.inbox import Inbox
-from shared.message import Message, by_post
-from shared.schedule import Schedule
-from shared.stream import ShardedStream
+from shared.delivery.inbox import Inbox
+from shared.delivery.schedule import Schedule
+from shared.delivery.stream import ShardedStream
+from shared.infra.clients import is_cluster
+from shared.infra.clock import now_ms
+from shared.model.message import Message, by_post
+from shared.wire.errors import Unavailable
 
 HANDOVER_KEY = "handover"
 

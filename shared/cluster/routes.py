@@ -6,11 +6,11 @@ Keys:
   the counts, dispatch the node ids), with a long TTL (``route_ttl``) that only
   collects garbage left by dead nodes;
 * ``node:{nodes}:<id>`` -- the node's JSON card (link URL, public URL, load), signed with the internal key
-  (``shared.signing``), with a short TTL (``node_ttl``) renewed by the node's heartbeat: this key
+  (``shared.wire.signing``), with a short TTL (``node_ttl``) renewed by the node's heartbeat: this key
   *is* the node's liveness, and a card that does not verify is no node at all;
 * ``{nodes}`` -- a SET of every node id seen, for enumeration without KEYS/SCAN; the cards share its
-  hash tag, so one MGET reads them all on a Redis Cluster too (``shared.slots``);
-* ``topic:{topics}:<name>`` and ``{topics}`` -- which nodes hold a topic's subscribers (``shared.topicmap``),
+  hash tag, so one MGET reads them all on a Redis Cluster too (``shared.infra.slots``);
+* ``topic:{topics}:<name>`` and ``{topics}`` -- which nodes hold a topic's subscribers (``shared.cluster.topic_holders``),
   written on the same pipelines as the routes.
 
 A route counts only while its node's card exists, so a killed node stops being routed to when its
@@ -27,15 +27,15 @@ from typing import cast
 import orjson
 from redis.asyncio import Redis
 
-from shared.clients import text
-from shared.metrics import NODE_CARDS_REFUSED
-from shared.scripts import Scripts
-from shared.signing import CARD, proof, proven
-from shared.slots import user_tag
-from shared.topicmap import TopicWriter
+from shared.cluster.topic_holders import TopicWriter
+from shared.infra.clients import text
+from shared.infra.metrics import NODE_CARDS_REFUSED
+from shared.infra.scripts import Scripts
+from shared.infra.slots import user_tag
+from shared.wire.signing import CARD, proof, proven
 
 log = logging.getLogger(__name__)
-NODES_KEY = "{nodes}"  # the hash tag puts the cards and their index on one slot (``shared.slots``, rule 3)
+NODES_KEY = "{nodes}"  # the hash tag puts the cards and their index on one slot (``shared.infra.slots``, rule 3)
 
 
 def route_key(user_id: str) -> str:

@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.errors import PayloadTooLarge, ServiceError, Unauthorized
-from shared.metrics import ERRORS, REQUEST_SECONDS, exposition
-from shared.protocol import load_object
+from shared.infra.metrics import ERRORS, REQUEST_SECONDS, exposition
+from shared.wire.errors import PayloadTooLarge, ServiceError, Unauthorized
+from shared.wire.protocol import load_object
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from shared.errors import Unavailable
+from shared.wire.errors import Unavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

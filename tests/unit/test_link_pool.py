@@ -5,7 +5,7 @@ The node is an in-process websocket listener that admits the signed handshake an
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -13,12 +13,12 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from services.dispatch.links import LinkPool, NodeLink
-from shared.clock import now_ms
-from shared.errors import LinkDown
-from shared.protocol import BatchResult, DeliverBatch, Delivery
-from shared.routing import NodeCard
-from shared.signing import PROOF_HEADER, LinkGuard, LinkRequest
+from services.dispatch.link_pool import LinkPool, NodeLink
+from shared.cluster.routes import NodeCard
+from shared.infra.clock import now_ms
+from shared.wire.errors import LinkDown
+from shared.wire.protocol import BatchResult, DeliverBatch, Delivery
+from shared.wire.signing import PROOF_HEADER, LinkGuard, LinkRequest
 from tests.waits import until
 
 KEY, NODE = "unit-internal-key", "node-1"

@@ -184,7 +184,7 @@ class RedisSettings(Settings):
 class HandoverSettings(RedisSettings):
     """What collect and dispatch must agree on about the hand-over in Redis."""
 
-    stream_shards: int = setting("STREAM_SHARDS", 1, "streams the posts are spread over (`shared/slots.py`); the same in collect "
+    stream_shards: int = setting("STREAM_SHARDS", 1, "streams the posts are spread over (`shared/infra/slots.py`); the same in collect "
                                  "and dispatch, which runs one read loop per shard", low=1)
     replica_acks: int = setting("REPLICA_ACKS", 0, "Redis replicas (of each master) that must have a hand-over before it counts "
                                 "(WAIT): 1 with replicas, else a failover may lose the last posts accepted", low=0)

@@ -1,6 +1,6 @@
 """Persistent, authenticated websocket links from dispatch to push nodes: one per node, many batches in flight.
 
-Each side proves it holds the internal key without sending it (``shared.signing``): dispatch signs
+Each side proves it holds the internal key without sending it (``shared.wire.signing``): dispatch signs
 the handshake for the node id it means to reach, and sends nothing until the node's answer verifies."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import logging
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from shared.clock import now_ms
-from shared.errors import LinkDown
-from shared.protocol import BatchResult, DeliverBatch, Delivery
-from shared.routing import NodeCard
-from shared.signing import PROOF_HEADER, LinkRequest
+from shared.cluster.routes import NodeCard
+from shared.infra.clock import now_ms
+from shared.wire.errors import LinkDown
+from shared.wire.protocol import BatchResult, DeliverBatch, Delivery
+from shared.wire.signing import PROOF_HEADER, LinkRequest
 
 log = logging.getLogger(__name__)
 

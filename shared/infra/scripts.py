@@ -4,7 +4,7 @@ redis-py spends ~15 µs of Python on each pipelined command, far more than Redis
 and the hot paths issue one per recipient. These scripts take a batch of keys and run the same
 commands inside Redis: one command to pack and one reply to parse (in C, by hiredis). Every key is
 declared in KEYS; on a Redis Cluster a call may only hold keys of one slot, so ``SlotScript`` splits
-the batch by slot (``shared.slots``, rule 2) and reassembles the replies in key order.
+the batch by slot (``shared.infra.slots``, rule 2) and reassembles the replies in key order.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.clients import is_cluster
-from shared.slots import slot_groups
+from shared.infra.clients import is_cluster
+from shared.infra.slots import slot_groups
 
 # Opening inboxes (transition ``open``, ``shared.model.poststate``: run after the posts' part). KEYS: pairs of an
 # inbox and its bucket's trimmed queue; ARGV[1]: the limit, then per inbox: its user, a count n and n (score, member)

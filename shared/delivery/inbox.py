@@ -1,6 +1,6 @@
 """The hot delivery state in Redis: what each user still has to receive, known without MongoDB.
 
-Keys (a post is one POST's messages, see ``shared.message``):
+Keys (a post is one POST's messages, see ``shared.model.message``):
 
 * ``post:{p<bucket>}:<post>`` -- a HASH holding the post's messages for users that some recipient may
   still be sent: per message its frame (stored once however many recipients), recipients, expiry
@@ -16,7 +16,7 @@ Keys (a post is one POST's messages, see ``shared.message``):
   the newest ``limit``; Redis drops it when the last entry goes. What the trim pushes out is queued
   in ``trimmed:{u<bucket>}`` and closed (counted, and recorded ``trimmed`` in the status) by
   dispatch's reconciler;
-* ``state:epoch:{u<bucket>}`` -- one marker per user bucket (``shared.slots``, rule 4), present once
+* ``state:epoch:{u<bucket>}`` -- one marker per user bucket (``shared.infra.slots``, rule 4), present once
   this state is complete, each beside the inboxes of its bucket: a Redis restarted empty, or one
   master of a Redis Cluster restarted empty, loses the markers of exactly the buckets it lost. With
   any missing, dispatch rebuilds the state from MongoDB (``services/dispatch/rebuild.py``) and sets
@@ -24,7 +24,7 @@ Keys (a post is one POST's messages, see ``shared.message``):
   the epoch change send their open sessions what came back.
 
 Each method takes a whole batch and costs a few round trips whatever its size: one script call per
-post bucket for the posts' state, one per user bucket for the inboxes (``shared.scripts``), since
+post bucket for the posts' state, one per user bucket for the inboxes (``shared.infra.scripts``), since
 redis-py's cost per pipelined command is what would dominate.
 """
 
@@ -39,11 +39,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.clock import now_ms as clock_ms
-from shared.errors import Unavailable
-from shared.message import Message, Pair, by_post, index_of, lua_fields, message_id, post_fields, post_of, split_users
-from shared.scripts import Scripts, SlotScript
-from shared.slots import all_post_tags, all_user_tags, post_tag, user_tag
+from shared.infra.clock import now_ms as clock_ms
+from shared.infra.scripts import Scripts, SlotScript
+from shared.infra.slots import all_post_tags, all_user_tags, post_tag, user_tag
+from shared.model.message import Message, Pair, by_post, index_of, lua_fields, message_id, post_fields, post_of, split_users
+from shared.wire.errors import Unavailable
 
 _FIELDS = f"local function forget(key, i) redis.call('HDEL', key, unpack({lua_fields('i', ('n',))})) end\n"
 

@@ -1,8 +1,8 @@
 """One browser socket, from its token to its close: verify, admit, welcome, replay, then read its frames.
 
-The frames a browser may send (``shared.protocol.parse_client_frame``): pings, acks, subscribe and
+The frames a browser may send (``shared.wire.protocol.parse_client_frame``): pings, acks, subscribe and
 unsubscribe, each paid for from the socket's token bucket. A refusal closes the socket with its
-error's close code (``shared.errors``); the token's expiry ends the session (4001).
+error's close code (``shared.wire.errors``); the token's expiry ends the session (4001).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from services.push.hub import Hub, Session
 from services.push.identity import TokenVerifier
 from services.push.limits import TokenBucket
 from services.push.metrics import CONNECTS, REFUSED
-from services.push.presence import Presence
+from services.push.registrar import Registrar
 from services.push.replay import Replayer
-from shared.errors import CloseCode, RateLimited, ServiceError, Unauthorized
-from shared.metrics import ERRORS
-from shared.protocol import (
+from shared.infra.metrics import ERRORS
+from shared.model.topics import Grants
+from shared.wire.errors import CloseCode, RateLimited, ServiceError, Unauthorized
+from shared.wire.protocol import (
     AckFrame,
     Op,
     PingFrame,
@@ -38,7 +39,6 @@ from shared.protocol import (
     WelcomeFrame,
     parse_client_frame,
 )
-from shared.topics import Grants
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ def token_of(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-class Sessions:
+class SocketHandler:
     """Runs each browser socket of the node; ``verifier`` is set once the node's HTTP client session exists."""
 
-    def __init__(self, config: PushConfig, hub: Hub, presence: Presence, replayer: Replayer, acks: Acks, drain: Drain) -> None:
+    def __init__(self, config: PushConfig, hub: Hub, registrar: Registrar, replayer: Replayer, acks: Acks, drain: Drain) -> None:
         self.config = config
         self.hub = hub
-        self.presence = presence
+        self.registrar = registrar
         self.replayer = replayer
         self.acks = acks
         self.drain = drain
@@ -83,7 +83,7 @@ class Sessions:
         session = Session(ws, user)
         self.hub.add(session)
         try:
-            await self.presence.arrived(user)
+            await self.registrar.arrived(user)
             await ws.send(WelcomeFrame(user, self.config.node_id).encode())
             session.welcomed = True
             CONNECTS.inc()
@@ -101,8 +101,8 @@ class Sessions:
         except ConnectionClosed:
             pass
         finally:
-            self.presence.unsubscribed(self.hub.remove(session))
-            self.presence.left(user)
+            self.registrar.unsubscribed(self.hub.remove(session))
+            self.registrar.left(user)
 
     async def read_frames(self, session: Session, grants: Grants) -> None:
         """Answer the socket's frames until it closes; past its rate, ``RateLimited``."""
@@ -120,7 +120,7 @@ class Sessions:
             elif isinstance(frame, SubscribeFrame):
                 await self.subscribe(session, grants, frame.topics)
             elif isinstance(frame, UnsubscribeFrame):
-                self.presence.unsubscribed(self.hub.unsubscribe(session, frame.topics))
+                self.registrar.unsubscribed(self.hub.unsubscribe(session, frame.topics))
                 await session.ws.send(TopicsFrame(Op.UNSUBSCRIBED, frame.topics).encode())
 
     async def subscribe(self, session: Session, grants: Grants, topics: tuple[str, ...]) -> None:
@@ -132,7 +132,7 @@ class Sessions:
         granted = [t for t in topics if grants.allows(t) and t not in over]
         added = self.hub.subscribe(session, granted)
         if added:
-            await self.presence.subscribed(added)
+            await self.registrar.subscribed(added)
         replies = [TopicsFrame(Op.SUBSCRIBED, tuple(granted)) if granted else None,
                    TopicsFrame(Op.ERROR, tuple(forbidden), "forbidden") if forbidden else None,
                    TopicsFrame(Op.ERROR, tuple(over), "limit") if over else None]

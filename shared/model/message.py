@@ -14,8 +14,8 @@ opens no inbox, so it is never replayed.
 The same flat field map describes a post's messages in its Redis hash and its stream entry:
 ``"{i}"`` the frame of message ``i``, ``"u{i}"`` its recipients joined by ``,`` (user ids cannot
 contain one), ``"x{i}"`` its expiry in ms, for a topic message ``"t{i}"`` its topic, and for a message
-not of normal priority ``"r{i}"`` its priority (``shared.priority``). The hash holding a scheduled
-message back (``shared.schedule``) adds ``"d{i}"``, its due time in ms. ``FIELD_PREFIXES`` lists them
+not of normal priority ``"r{i}"`` its priority (``shared.model.priority``). The hash holding a scheduled
+message back (``shared.delivery.schedule``) adds ``"d{i}"``, its due time in ms. ``FIELD_PREFIXES`` lists them
 once, for the scripts.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING
 
-from shared.priority import Priority
+from shared.model.priority import Priority
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT
@@ -107,7 +107,7 @@ def split_users(field: bytes | str) -> tuple[str, ...]:
 
 
 # A message's fields in a field map, by prefix before its index: frame, recipients, expiry, topic, priority, and the
-# due time a held-back message adds (``shared.schedule``). A new field of a message is one more prefix here, written
+# due time a held-back message adds (``shared.delivery.schedule``). A new field of a message is one more prefix here, written
 # in ``post_fields`` and read in ``messages_of``: every Lua script that copies or drops a message's fields takes its
 # list from ``lua_fields``.
 FIELD_PREFIXES = ("", "u", "x", "t", "r", "d")

@@ -8,7 +8,7 @@ Keys:
   deletes it with its last local subscriber and when it withdraws at shutdown;
 * ``{topics}`` -- a SET of topic names that had a subscriber, for enumeration; a name leaves it when its
   hash empties, so an entry can only be briefly stale, and readers skip empty ones. Both share the
-  ``{topics}`` hash tag, so the script below writes them together on a Redis Cluster too (``shared.slots``).
+  ``{topics}`` hash tag, so the script below writes them together on a Redis Cluster too (``shared.infra.slots``).
 
 Like a route, a field counts only while its node's card is live: a killed node stops counting (and
 being sent topic messages) when its card expires, without anyone deleting its fields.
@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from shared.clients import text
-from shared.scripts import SlotScript
+from shared.infra.clients import text
+from shared.infra.scripts import SlotScript
 
 TOPICS_KEY = "{topics}"  # the hash tag keeps the counts and their index on one slot: one script writes both
 

@@ -1,7 +1,7 @@
 """The durable record in MongoDB: ``posts`` (one document per POST) and ``events`` (lifecycle).
 
 MongoDB is written, never queried, on the hot path: the hot delivery state lives in Redis
-(``shared.inbox``). Every write is an insert of one document per post, so the store suits
+(``shared.delivery.inbox``). Every write is an insert of one document per post, so the store suits
 FerretDB 1.24, which answers most queries with a scan and updates slowly (see the README); the
 queries below run off the hot path: the status view, the rebuild after Redis lost its data, and
 the purge of old history.
@@ -11,7 +11,7 @@ the purge of old history.
   message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
   (the latest); ``topics`` (each message's topic, or null for a message to users) only when the post
   has a topic or broadcast message; ``due`` (each message's due time in ms, or 0 for at once) only
-  when the post has a scheduled message; ``priorities`` (each message's, ``shared.priority``) only
+  when the post has a scheduled message; ``priorities`` (each message's, ``shared.model.priority``) only
   when one is not normal. A duplicate ``_id`` means the post was already accepted (an
   Idempotency-Key retry).
 * ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
@@ -46,11 +46,11 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
 
-from shared.breaker import CircuitBreaker
-from shared.errors import InvalidFields, ServiceError, Unavailable
-from shared.message import BROADCAST, Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
+from shared.infra.breaker import CircuitBreaker
+from shared.model.message import BROADCAST, Message, Pair, index_of, join_users, message_id, post_of, split_users, submitted_posts
+from shared.model.priority import Priority
 from shared.model.states import CLOSING, PRECEDENCE
-from shared.priority import Priority
+from shared.wire.errors import InvalidFields, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import logging
 import time
 from collections.abc import Iterable
 
-from shared.errors import Unavailable
-from shared.message import Pair
+from shared.delivery.store import MessageStore, NodeCount
+from shared.infra.retry import Backoff
+from shared.model.message import Pair
 from shared.model.states import STAGES
-from shared.retry import Backoff
-from shared.store import MessageStore, NodeCount
+from shared.wire.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The hand-over from collect to dispatch: Redis Streams read by a consumer group, one entry per post.
 
-An entry carries its post's messages (frames and recipients, ``shared.message``'s field map), so
+An entry carries its post's messages (frames and recipients, ``shared.model.message``'s field map), so
 dispatch never reads MongoDB. It stays pending in the group until dispatch acknowledges it after
 every node holding a recipient accepted it, so a dispatch restart loses nothing and several
 dispatch instances share the streams. Acknowledged entries are deleted, so a stream holds only
@@ -15,7 +15,7 @@ keys share a hash tag: one blocking read may wait on all three on a Redis Cluste
 names its tier (``high/1700000000000-0``), so ids of two streams never collide in one batch.
 
 The tiers may be split into ``STREAM_SHARDS`` shards, so that on a Redis Cluster no single master
-takes every post (``shared/slots.py``, rule 6): collect appends each post to one shard by the CRC32
+takes every post (``shared/infra/slots.py``, rule 6): collect appends each post to one shard by the CRC32
 of its id (``ShardedStream``), and each dispatch instance runs one read loop per shard, each over
 one ``DeliveryStream``. Collect and dispatch must agree on the number.
 """
@@ -32,9 +32,9 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 from redis.typing import KeyT, StreamIdT
 
-from shared.message import Message, by_post, messages_of, post_fields
-from shared.priority import TIERS, Priority, post_tier
-from shared.scripts import SlotScript
+from shared.infra.scripts import SlotScript
+from shared.model.message import Message, by_post, messages_of, post_fields
+from shared.model.priority import TIERS, Priority, post_tier
 
 STREAM_KEY = "push:deliveries"
 GROUP = "dispatch"
