@@ -1,4 +1,4 @@
-"""Starting the cluster's processes on this machine: Redis, PostgreSQL, FerretDB and the four services.
+"""Starting the cluster's processes on this machine: Redis, PostgreSQL, FerretDB and the services.
 
 ``make run`` (``python -m tools.run``) and the test fixtures both use this module, so the tests
 start the cluster exactly the way a newcomer does.
@@ -126,7 +126,8 @@ class Proc:
 
 @dataclass
 class Stack:
-    """The four services' addresses, over one Redis database and one MongoDB database."""
+    """The services' addresses, over one Redis database and one MongoDB database; the webhooks service only with a
+    ``webhooks_port`` (``make run`` always, a test when it needs it)."""
 
     redis_url: str
     mongo_url: str
@@ -136,6 +137,7 @@ class Stack:
     dispatch_port: int = 8003
     push_ports: list[int] = field(default_factory=lambda: [8101, 8102])
     env: dict[str, str] = field(default_factory=dict)
+    webhooks_port: int = 0
 
     @property
     def auth_url(self) -> str:
@@ -159,7 +161,7 @@ class Stack:
             "REDIS_URL": self.redis_url, "MONGO_URL": self.mongo_url, "MONGO_DB": self.mongo_db,
             "AUTH_PORT": str(self.auth_port), "COLLECT_PORT": str(self.collect_port),
             "DISPATCH_PORT": str(self.dispatch_port), "AUTH_URL": self.auth_url, "DISPATCH_URL": self.dispatch_url,
-            **self.env,
+            **({"WEBHOOKS_PORT": str(self.webhooks_port)} if self.webhooks_port else {}), **self.env,
         }
 
     @classmethod
@@ -347,7 +349,8 @@ class Cluster:
         if kind == "push":
             assert port is not None
             extra = {"PUSH_PORT": str(port), **extra}
-        port = port or {"auth": stack.auth_port, "collect": stack.collect_port, "dispatch": stack.dispatch_port}[kind]
+        port = port or {"auth": stack.auth_port, "collect": stack.collect_port, "dispatch": stack.dispatch_port,
+                        "webhooks": stack.webhooks_port}[kind]
         proc = self.spawn(f"{kind}-{port}", [sys.executable, "-m", f"services.{kind}"], {**stack.service_env(), **extra})
         return proc, f"http://127.0.0.1:{port}/healthz"
 
@@ -358,10 +361,12 @@ class Cluster:
         return proc
 
     def start_stack(self, stack: Stack) -> dict[str, Proc]:
-        """Start the four services at once (none needs another to start: a push node asks auth only when a browser
+        """Start the services at once (none needs another to start: a push node asks auth only when a browser
         connects), then wait until each answers ``/healthz``; their start-ups (imports, connections) overlap."""
         started = {"auth": self.spawn_service("auth", stack), "collect": self.spawn_service("collect", stack),
                    "dispatch": self.spawn_service("dispatch", stack)}
+        if stack.webhooks_port:
+            started["webhooks"] = self.spawn_service("webhooks", stack)
         for port in stack.push_ports:
             started[f"push-{port}"] = self.spawn_service("push", stack, port)
         for proc, health in started.values():

@@ -23,9 +23,11 @@ def config_tables() -> dict[str, str]:
     from services.collect.config import CollectConfig
     from services.dispatch.config import DispatchConfig
     from services.push.config import PushConfig
+    from services.webhooks.config import WebhooksConfig
 
     return {name: cls.table() for name, cls in
-            (("auth", AuthConfig), ("collect", CollectConfig), ("dispatch", DispatchConfig), ("push", PushConfig))}
+            (("auth", AuthConfig), ("collect", CollectConfig), ("dispatch", DispatchConfig), ("push", PushConfig),
+             ("webhooks", WebhooksConfig))}
 
 
 def summary(path: Path) -> str:
@@ -38,7 +40,7 @@ def summary(path: Path) -> str:
 # The folders in the order a message meets them: accepted, modelled, encoded, stored and handed over, forwarded to
 # the nodes holding its users, written to their sockets (whose tokens auth checks); infrastructure last.
 PATH_ORDER = ("services/collect", "shared/model", "shared/wire", "shared/delivery", "services/dispatch", "shared/cluster",
-              "services/push", "services/auth", "shared/infra")
+              "services/push", "services/webhooks", "services/auth", "shared/infra")
 
 
 def layout() -> str:

@@ -1,4 +1,4 @@
-"""``make run``: Redis, PostgreSQL + FerretDB, auth, collect, dispatch and two push nodes on this machine.
+"""``make run``: Redis, PostgreSQL + FerretDB, auth, collect, dispatch, webhooks and two push nodes on this machine.
 
 Set ``REDIS_URL`` or ``MONGO_URL`` to use servers you already run instead of starting them, and
 ``RUN_DIR`` to keep logs and data elsewhere than ``.run``. With ``REDIS_CLUSTER=1`` (``make run
@@ -30,6 +30,7 @@ The push cluster is up.
 
   auth      {auth}/v1/tokens            collect   {collect}/v1/messages
   dispatch  {dispatch}/healthz         push      {pushes}
+  webhooks  {webhooks}/metrics
   redis     {redis}
   mongodb   {mongo} {store}
   logs      {logs}/
@@ -111,10 +112,11 @@ def main() -> None:
             cluster.start_ferretdb(port)
             mongo_url = f"mongodb://127.0.0.1:{port}/"
         stack = Stack(redis_url, mongo_url, os.environ.get("MONGO_DB", "push"),
-                      pick(8001), pick(8002), pick(8003), [pick(8101), pick(8102)], env)
+                      pick(8001), pick(8002), pick(8003), [pick(8101), pick(8102)], env, webhooks_port=pick(8004))
         cluster.start_stack(stack)
         print(BANNER.format(
             auth=stack.auth_url, collect=stack.collect_url, dispatch=stack.dispatch_url,
+            webhooks=f"http://127.0.0.1:{stack.webhooks_port}",
             pushes=", ".join(f"ws://127.0.0.1:{p}/ws" for p in stack.push_ports), ws=f"ws://127.0.0.1:{stack.push_ports[0]}/ws",
             redis=redis_shown, mongo=mongo_url, logs=Path(workdir, "logs"), root=ROOT,
             store=f"(FerretDB on {cluster.postgresql_url})" if cluster.postgresql_url else "",

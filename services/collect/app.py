@@ -18,12 +18,16 @@ from services.collect.intake import Limits, parse_body
 from services.collect.openapi import spec
 from services.collect.presence import presence_routes
 from services.collect.shedding import Shedder
+from services.collect.webhooks import webhook_routes
 from shared.cluster.routes import RouteReader
 from shared.cluster.topic_holders import TopicReader
 from shared.delivery.handover import Handover
 from shared.delivery.inbox import Inbox
 from shared.delivery.store import MessageStore
 from shared.delivery.stream import Backlog, ShardedStream
+from shared.delivery.webhook_endpoints import EndpointStore
+from shared.delivery.webhook_feed import WebhookFeed
+from shared.delivery.webhook_queue import WebhookQueues
 from shared.infra.breaker import OPEN, CircuitBreaker
 from shared.infra.clients import REDIS_FAILURES, redis_alive, redis_client
 from shared.infra.clock import now_ms
@@ -35,8 +39,10 @@ from shared.infra.serve import running
 from shared.infra.web import EXCEPTION_HANDLERS, bearer, json_response, ops_routes, read_json, timed
 from shared.model.message import Message, is_message_id
 from shared.model.priority import TIERS, Priority, post_tier
+from shared.model.webhook_events import Fact
 from shared.wire.errors import NotFound, ServiceError, Unauthorized, Unavailable
 from shared.wire.openapi import openapi_route
+from shared.wire.webhook_urls import UrlPolicy
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,7 @@ def create_app(config: CollectConfig) -> Starlette:
     inbox = Inbox(redis, config.inbox_limit)
     stream = ShardedStream(redis, config.stream_maxlen, config.stream_shards)
     handover = Handover(redis, inbox, stream, config.replica_acks, config.replica_ack_ms)
+    feed = WebhookFeed(redis)
     redis_breaker = CircuitBreaker("redis", failures=REDIS_FAILURES)
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
@@ -162,6 +169,10 @@ def create_app(config: CollectConfig) -> Starlette:
             reason = exc.message if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {str(exc)[:200]}"
             raise Unavailable(f"the cancel could not be recorded ({reason}); the message is still scheduled") from exc
         log.info("scheduled message cancelled", extra={"id": message_id, "sender": sender, "due": message.due_ms})
+        try:
+            await feed.publish([Fact("cancelled", message_id, "", now_ms())])
+        except REDIS_FAILURES as exc:  # the cancel stands; only its webhook event is lost
+            log.warning("message.cancelled not appended for webhooks", extra={"id": message_id, "error": repr(exc)})
         return json_response({"id": message_id, "state": "cancelled"})
 
     async def health() -> dict[str, object]:
@@ -189,6 +200,8 @@ def create_app(config: CollectConfig) -> Starlette:
         *ops_routes(health),
         *console_routes(config, reader, inbox, post_messages, shedder.report),
         *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),
+        *webhook_routes(EndpointStore(store.client, config.mongo_db, redis, store.breaker), WebhookQueues(redis), redis_breaker,
+                        UrlPolicy.of(config.production, config.webhook_allow_private), lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(config.production)),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from services.collect.shedding import Threshold
-from shared.infra.config import DEV_ADMIN_KEY, DEV_API_KEYS, HandoverSettings, InternalKeySettings, MongoSettings, setting
+from shared.infra.config import (
+    DEV_ADMIN_KEY,
+    DEV_API_KEYS,
+    HandoverSettings,
+    InternalKeySettings,
+    MongoSettings,
+    WebhookUrlSettings,
+    setting,
+)
 from shared.model.priority import Priority
 
 
@@ -22,7 +30,7 @@ def parse_api_keys(raw: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings):
+class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, WebhookUrlSettings):
     SERVICE: ClassVar[str] = "collect"
     PREFIXES: ClassVar[tuple[str, ...]] = ("COLLECT_",)
 

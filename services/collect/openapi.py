@@ -10,6 +10,7 @@ from typing import Any
 
 from services.collect.intake import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS, PRIORITIES
 from shared.model.topics import MAX_PATTERNS
+from shared.model.webhook_events import EVENT_TYPES
 from shared.wire.errors import InvalidFields, MalformedRequest, NotFound, Overloaded, PayloadTooLarge, Unauthorized, Unavailable
 from shared.wire.openapi import USER_ID, document, errors, json_body, ok
 
@@ -64,6 +65,71 @@ TOPIC_SIZE = {"type": "object", "required": ["topic", "subscribers", "nodes"],
 TOKEN_TOPICS = {"type": "array", "maxItems": MAX_PATTERNS, "items": {"type": "string"},
                 "description": "the token's topics claim, what it may subscribe to: topic names (1-128 letters, digits "
                                "and _ . : @ -) or 'prefix:*' patterns; auth answers 422 to anything else"}
+
+ENDPOINT_ID = {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}}
+ENDPOINT = {"type": "object", "required": ["id", "url", "events", "include_payload"],
+            "properties": {"id": {"type": "string"}, "url": {"type": "string"},
+                           "events": {"type": "array", "items": {"enum": list(EVENT_TYPES)}},
+                           "include_payload": {"type": "boolean"},
+                           "disabled": {"type": ["string", "null"], "description": "why it stopped (an answer 410)"},
+                           "created": {"type": "integer"}}}
+SECRET = {"type": "string", "pattern": "^whsec_", "description": "the signing secret (Standard Webhooks); shown only here"}
+EVENT = {"type": "object", "required": ["webhook_id", "type", "timestamp", "data", "attempts"],
+         "properties": {"webhook_id": {"type": "string"}, "type": {"enum": list(EVENT_TYPES)}, "timestamp": {"type": "string"},
+                        "data": {"type": "object"}, "attempts": {"type": "integer"},
+                        "last_error": {"type": ["string", "null"]}, "failed_at": {"type": "integer"}}}
+STATS = {"type": "object", "description": "events queued and failed for good, attempts answered 2xx (ok) and not, events "
+                                          "dropped from a full queue, the last error",
+         "properties": {k: {"type": "integer"} for k in ("queued", "failures", "ok", "failed_attempts", "dropped")}}
+WEBHOOK_PATHS: dict[str, Any] = {
+    "/v1/webhooks": {"post": {
+        "summary": "Register a webhook endpoint for this API key: its events are signed POSTs (Standard Webhooks)",
+        "security": [{"apiKey": []}],
+        "requestBody": json_body({"type": "object", "required": ["url", "events"], "additionalProperties": False,
+                                  "properties": {"url": {"type": "string", "description": "https (http and private "
+                                                         "addresses only in development or with WEBHOOK_ALLOW_PRIVATE=1)"},
+                                                 "events": {"type": "array", "minItems": 1, "items": {"enum": list(EVENT_TYPES)}},
+                                                 "include_payload": {"type": "boolean", "default": False}}}),
+        "responses": {**ok("registered", {"allOf": [ENDPOINT, {"type": "object", "required": ["secret"],
+                                                               "properties": {"secret": SECRET}}]}, 201),
+                      **errors(MalformedRequest, Unauthorized, PayloadTooLarge, InvalidFields, Unavailable)},
+    }, "get": {
+        "summary": "This API key's webhook endpoints, with their counts",
+        "security": [{"apiKey": []}],
+        "responses": {**ok("the endpoints", {"type": "object", "required": ["webhooks"], "properties": {"webhooks": {
+            "type": "array", "items": {"allOf": [ENDPOINT, {"type": "object", "properties": {"stats": STATS}}]}}}}),
+                      **errors(Unauthorized, Unavailable)},
+    }},
+    "/v1/webhooks/{endpoint_id}": {"delete": {
+        "summary": "Remove a webhook endpoint and its queued and failed events",
+        "security": [{"apiKey": []}], "parameters": [ENDPOINT_ID],
+        "responses": {**ok("removed", {"type": "object", "required": ["id", "deleted"],
+                                       "properties": {"id": {"type": "string"}, "deleted": {"const": True}}}),
+                      **errors(Unauthorized, NotFound, Unavailable)},
+    }},
+    "/v1/webhooks/{endpoint_id}/rotate": {"post": {
+        "summary": "A new secret; the old one keeps signing beside it for 24 h",
+        "security": [{"apiKey": []}], "parameters": [ENDPOINT_ID],
+        "responses": {**ok("the new secret", {"type": "object", "required": ["id", "secret"],
+                                              "properties": {"id": {"type": "string"}, "secret": SECRET}}),
+                      **errors(Unauthorized, NotFound, Unavailable)},
+    }},
+    "/v1/webhooks/{endpoint_id}/failures": {"get": {
+        "summary": "Events past their last attempt or dropped from a full queue (the first 1,000)",
+        "security": [{"apiKey": []}], "parameters": [ENDPOINT_ID],
+        "responses": {**ok("the failed events", {"type": "object", "required": ["id", "failures"],
+                                                 "properties": {"id": {"type": "string"},
+                                                                "failures": {"type": "array", "items": EVENT}}}),
+                      **errors(Unauthorized, NotFound, Unavailable)},
+    }},
+    "/v1/webhooks/{endpoint_id}/replay": {"post": {
+        "summary": "Send every failed event again (due now, attempts counted afresh)",
+        "security": [{"apiKey": []}], "parameters": [ENDPOINT_ID],
+        "responses": {**ok("queued again", {"type": "object", "required": ["id", "replayed"],
+                                            "properties": {"id": {"type": "string"}, "replayed": {"type": "integer"}}}, 202),
+                      **errors(Unauthorized, NotFound, Unavailable)},
+    }},
+}
 
 PATHS: dict[str, Any] = {
     "/v1/messages": {"post": {
@@ -207,7 +273,7 @@ DEV_PATHS: dict[str, Any] = {  # APP_ENV=development only
 
 def spec(production: bool) -> dict[str, Any]:
     """The document for the routes this instance serves (the development routes only outside production)."""
-    paths = PATHS if production else {**PATHS, **DEV_PATHS}
+    paths = {**PATHS, **WEBHOOK_PATHS} if production else {**PATHS, **WEBHOOK_PATHS, **DEV_PATHS}
     return document("pushcluster collect", "Accepts business systems' messages and serves the browser pages.", paths,
                     {"apiKey": {"type": "http", "scheme": "bearer", "description": "one of COLLECT_API_KEYS"}})
 

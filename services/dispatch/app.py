@@ -21,6 +21,7 @@ from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.delivery.store import MessageStore
 from shared.delivery.stream import ShardedStream
+from shared.delivery.webhook_feed import WebhookFeed
 from shared.infra.breaker import CLOSED
 from shared.infra.clients import redis_alive, redis_client
 from shared.infra.serve import running
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def create_app(config: DispatchConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
-    lifecycle = LifecycleWriter(store)
+    lifecycle = LifecycleWriter(store, feed=WebhookFeed(redis))
     stream = ShardedStream(redis, shards=config.stream_shards)
     links = LinkPool(config.internal_key, config.link_timeout)
     routes = RouteReader(redis, config.internal_key)

@@ -32,6 +32,7 @@ from shared.cluster.routes import NodeCard, RouteReader, RouteWriter, directory
 from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.delivery.store import MessageStore
+from shared.delivery.webhook_feed import WebhookFeed
 from shared.infra.clients import redis_alive, redis_client
 from shared.infra.clock import now_ms
 from shared.infra.serve import running
@@ -48,7 +49,7 @@ class PushNode:
         self.redis = redis_client(config.redis_url)
         self.writer = RouteWriter(self.redis, config.node_id, config.route_ttl, config.node_ttl)
         self.store = MessageStore(config.mongo_url, config.mongo_db)
-        self.lifecycle = LifecycleWriter(self.store)
+        self.lifecycle = LifecycleWriter(self.store, feed=WebhookFeed(self.redis), node=config.node_id)
         inbox = Inbox(self.redis)
         self.replayer = Replayer(self.hub, inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
         self.registrar = Registrar(self.writer, self.hub, self.card, config.heartbeat_interval, self.replayer.catch_up)

@@ -11,7 +11,9 @@ Keys:
 * ``{nodes}`` -- a SET of every node id seen, for enumeration without KEYS/SCAN; the cards share its
   hash tag, so one MGET reads them all on a Redis Cluster too (``shared.infra.slots``);
 * ``topic:{topics}:<name>`` and ``{topics}`` -- which nodes hold a topic's subscribers (``shared.cluster.topic_holders``),
-  written on the same pipelines as the routes.
+  written on the same pipelines as the routes;
+* ``{webhooks}:presence`` -- the users whose count changed, one stream entry per route write, for the webhooks
+  service's presence watcher (``shared.delivery.webhook_feed``).
 
 A route counts only while its node's card exists, so a killed node stops being routed to when its
 card expires, while a heartbeat costs one SET per node, not one write per user.
@@ -28,6 +30,7 @@ import orjson
 from redis.asyncio import Redis
 
 from shared.cluster.topic_holders import TopicWriter
+from shared.delivery.webhook_feed import stage_presence
 from shared.infra.clients import text
 from shared.infra.metrics import NODE_CARDS_REFUSED
 from shared.infra.scripts import Scripts
@@ -84,13 +87,16 @@ class RouteWriter:
 
     async def apply(self, present: Mapping[str, int], gone: Iterable[str], topics: Mapping[str, int] = {}) -> None:
         """Write this node's socket count into the routes of ``present`` users (renewing their TTL), remove it from
-        ``gone`` ones and write its ``topics`` counts (0: none left here), in one pipeline."""
+        ``gone`` ones and write its ``topics`` counts (0: none left here), in one pipeline; the users go on the
+        presence feed too."""
+        gone = list(gone)
         async with self.redis.pipeline(transaction=False) as pipe:
             for user, sockets in present.items():
                 pipe.hset(route_key(user), self.node_id, sockets)
                 pipe.expire(route_key(user), self.route_ttl)
             for user in gone:
                 pipe.hdel(route_key(user), self.node_id)
+            stage_presence(pipe, [*present, *gone])
             await self.topics.stage(pipe, topics)
             await pipe.execute()
 

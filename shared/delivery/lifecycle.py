@@ -6,6 +6,10 @@ database cannot slow delivery. A topic or broadcast message has no recipients to
 records how many of its sockets it was written to (``count``), merged the same way. A failed flush is kept and retried with backoff; past
 ``max_pending`` deliveries the oldest marks are dropped with a warning (they only refine the status
 view: the delivery state itself lives in Redis).
+
+With a ``WebhookFeed``, the stages webhooks report (delivered, acked, expired) are also kept as facts
+and appended to the webhooks stream at the same flush, as one entry (``shared.delivery.webhook_feed``);
+a failed append is kept for the next flush, up to ``max_pending`` facts.
 """
 
 from __future__ import annotations
@@ -16,26 +20,36 @@ import time
 from collections.abc import Iterable
 
 from shared.delivery.store import MessageStore, NodeCount
+from shared.delivery.webhook_feed import WebhookFeed
 from shared.infra.retry import Backoff
 from shared.model.message import Pair
 from shared.model.states import STAGES
+from shared.model.webhook_events import Fact
 from shared.wire.errors import Unavailable
 
 log = logging.getLogger(__name__)
+FACT_STAGES = frozenset({"delivered", "acked", "expired"})  # the stages webhooks report
 
 
 class LifecycleWriter:
-    def __init__(self, store: MessageStore, interval: float = 1.0, max_pending: int = 200_000) -> None:
+    def __init__(self, store: MessageStore, interval: float = 1.0, max_pending: int = 200_000,
+                 feed: WebhookFeed | None = None, node: str = "") -> None:
         self.store = store
         self.interval = interval
         self.max_pending = max_pending
+        self.feed = feed
+        self.node = node  # named in the delivered facts this writer records
         self._pending: dict[Pair, dict[str, int]] = {}
         self._counts: dict[tuple[str, str], NodeCount] = {}
+        self._facts: list[Fact] = []
 
     def mark(self, stage: str, pairs: Iterable[Pair], at_ms: int | None = None) -> None:
         """Record that these deliveries reached ``stage`` at ``at_ms`` (now by default); the first time wins."""
         assert stage in STAGES, stage
         at = at_ms or int(time.time() * 1000)
+        if self.feed is not None and stage in FACT_STAGES:
+            pairs = list(pairs)
+            self._facts += [Fact(stage, m, u, at, self.node if stage == "delivered" else "") for m, u in pairs]
         pending = self._pending
         for pair in pairs:
             stages = pending.get(pair)
@@ -57,6 +71,7 @@ class LifecycleWriter:
             row.stages.setdefault(stage, at)
 
     async def flush(self) -> None:
+        await self._publish_facts()
         marks, self._pending = self._pending, {}
         counts, self._counts = self._counts, {}
         try:
@@ -70,6 +85,17 @@ class LifecycleWriter:
             for (message_id, node), row in counts.items():
                 self.count(message_id, node, row.sockets, row.stages)
             raise
+
+    async def _publish_facts(self) -> None:
+        """Append the facts marked since the last flush to the webhooks stream; keep them if Redis fails."""
+        facts, self._facts = self._facts, []
+        if self.feed is None or not facts:
+            return
+        try:
+            await self.feed.publish(facts)
+        except Exception as exc:  # Redis down: keep them for the next flush, the newest max_pending at most
+            self._facts = (facts + self._facts)[-self.max_pending:]
+            log.warning("webhook facts not appended; kept for the next flush", extra={"count": len(facts), "error": repr(exc)})
 
     async def run(self) -> None:
         backoff = Backoff()

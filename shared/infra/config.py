@@ -202,3 +202,20 @@ class InternalKeySettings(Settings):
     internal_key: str = setting("INTERNAL_KEY", DEV_INTERNAL_KEY,
                                 "shared by collect, dispatch and push: signs node cards and proves the link (never sent)",
                                 secret=True)
+
+
+def flag(raw: str) -> bool:
+    """``1``/``true``/``yes`` or ``0``/``false``/``no`` (any case)."""
+    value = raw.strip().lower()
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError("is neither 1 nor 0")
+    return value in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class WebhookUrlSettings(Settings):
+    """What collect (at registration) and the webhooks service (at each connect) check webhook URLs against."""
+
+    webhook_allow_private: bool = setting("WEBHOOK_ALLOW_PRIVATE", "0", "1: webhook URLs may resolve to loopback, link-local "
+                                          "and private addresses in production too (development always allows them, and http)",
+                                          cast=flag)

@@ -1,0 +1,156 @@
+"""From facts to queued events: read ``{webhooks}:events`` as a consumer group and queue each event for the endpoints
+that want it.
+
+A batch of stream entries becomes events in one pass: message facts are attributed to the API key
+that posted the message (the post's ``sender`` in MongoDB, read once per post by id, an equality
+filter, and cached; never a query per event), presence facts go to every endpoint that wants them,
+and one script (``shared.delivery.webhook_queue``) queues them and acknowledges the entries at once.
+A process killed before that script leaves its entries pending under its consumer name, and the next
+one starts by reading them again (``0``): nothing is lost, nothing queued twice (the script skips
+events already fanned out). One instance runs this loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from services.webhooks import metrics
+from services.webhooks.config import WebhooksConfig
+from services.webhooks.registry import Registry
+from shared.delivery.store import MessageStore
+from shared.delivery.webhook_feed import EVENTS_KEY, entries_of
+from shared.delivery.webhook_queue import Queued, WebhookQueues, seen_key
+from shared.infra.clock import now_ms
+from shared.infra.retry import Backoff
+from shared.model.message import index_of, post_of
+from shared.model.webhook_events import MESSAGE_EVENTS, Fact, PostFacts, decode_facts, event_body, event_data, last_state
+
+log = logging.getLogger(__name__)
+GROUP, CONSUMER = "webhooks", "webhooks"
+CACHED_POSTS = 100_000
+ENTRIES_PER_READ = 100  # stream entries (each a flush's facts) per fan-out
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class Posts:
+    """The posts message events need, read from MongoDB by id and kept (without frames) for the next events."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store
+        self._cache: OrderedDict[str, PostFacts] = OrderedDict()
+
+    async def read(self, posts: set[str], frames: set[str]) -> dict[str, PostFacts]:
+        """``posts`` as MongoDB has them (one missing is left out), with their frames for those in ``frames``."""
+        found = {p: self._cache[p] for p in posts - frames if p in self._cache}
+        wanted = sorted(posts - set(found))
+        docs = await self.store.breaker.call(lambda: asyncio.gather(*(self.store.posts.find_one(
+            {"_id": p}, {"sender": 1, "ts": 1, "due": 1, **({"frames": 1} if p in frames else {})}) for p in wanted)))
+        for post, doc in zip(wanted, docs):
+            if doc is None:
+                log.warning("webhook facts about a post MongoDB does not have; skipped", extra={"id": post})
+                continue
+            facts = PostFacts(doc["sender"], doc["ts"], tuple(doc.get("due") or ()), tuple(doc.get("frames") or ()))
+            found[post] = facts
+            self._cache[post] = PostFacts(facts.sender, facts.accepted_at, facts.due)
+            while len(self._cache) > CACHED_POSTS:
+                self._cache.popitem(last=False)
+        return found
+
+
+def member(entry_id: str, position: int) -> str:
+    """An event's order key in a queue: its stream entry's id and its place in the entry, sortable as text."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{int(ms):013d}-{int(seq):06d}-{position:05d}"
+
+
+class Fanout:
+    def __init__(self, redis: Redis, store: MessageStore, registry: Registry, queues: WebhookQueues,
+                 config: WebhooksConfig) -> None:
+        self.redis = redis
+        self.registry = registry
+        self.queues = queues
+        self.config = config
+        self.posts = Posts(store)
+
+    async def run(self) -> None:
+        backoff, backlog = Backoff(), True
+        while True:
+            try:
+                await ensure_group(self.redis, EVENTS_KEY, GROUP)
+                # first what this consumer read and did not finish (a killed process), then new entries
+                replies = await self.redis.xreadgroup(GROUP, CONSUMER, {EVENTS_KEY: "0" if backlog else ">"},
+                                                      count=ENTRIES_PER_READ, block=None if backlog else 1000)
+                entries = entries_of(replies)
+                backlog = backlog and bool(entries)
+                if entries:
+                    await self.fan_out(entries)
+                backoff.succeeded()
+            except Exception as exc:  # never die silently: the entries stay pending and are read again
+                backlog = True
+                await backoff.failed(log, "webhook fan-out", exc)
+
+    async def fan_out(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
+        await self.registry.refresh()
+        endpoints = [e for e in self.registry.endpoints.values() if not e.disabled]
+        facts = [(member(i, n), fact) for i, fields in entries for n, fact in enumerate(decode_facts(fields[b"f"]))]
+        about = [f for _, f in facts if f.message_id]
+        wanted = any(t in e.events for e in endpoints for t in MESSAGE_EVENTS)
+        payload_senders = {e.sender for e in endpoints if e.include_payload}
+        posts = await self.posts.read({post_of(f.message_id) for f in about}, set()) if wanted and about else {}
+        if payload_senders:
+            with_frames = {p for p, facts_ in posts.items() if facts_.sender in payload_senders}
+            posts |= await self.posts.read(with_frames, with_frames) if with_frames else {}
+        delivered = await self.delivered_before([f for _, f in facts if f.stage == "expired"])
+        delivered |= {(f.message_id, f.user_id) for _, f in facts if f.stage == "delivered"}
+        events: list[tuple[str, str, list[tuple[str, bytes]]]] = []
+        counted: list[str] = []
+        for key, fact in facts:
+            post = posts.get(post_of(fact.message_id)) if fact.message_id else None
+            if fact.message_id and post is None:
+                events.append((fact.event_id, key, []))  # nobody to tell (no endpoint wants it, or the post is gone)
+                continue
+            targets = [e for e in endpoints if e.wants(fact.type, post.sender if post else None)]
+            scheduled = post is not None and post.scheduled(index_of(fact.message_id))
+            data = event_data(fact, post, last_state(scheduled, (fact.message_id, fact.user_id) in delivered))
+            order = fact.user_id or fact.message_id
+            bodies = {e.id: Queued.stored(fact.event_id, order, event_body(fact, self.with_payload(data, post, fact, e.include_payload)))
+                      for e in targets}
+            events.append((fact.event_id, key, list(bodies.items())))
+            counted += [fact.type] if targets else []
+        fresh, dropped = await self.queues.fan_out(GROUP, [i for i, _ in entries], events, now_ms(), self.config.queue_limit)
+        for event_type in counted:
+            metrics.EVENTS.labels(event_type).inc()
+        for endpoint_id, n in dropped.items():
+            metrics.DROPPED.labels(endpoint_id).inc(n)
+            log.warning("webhook queue full; oldest events moved to the failure list", extra={"endpoint": endpoint_id, "count": n})
+        self.registry.poke({ep for _, _, targets in events for ep, _ in targets})
+        log.debug("webhook facts fanned out", extra={"count": len(facts), "fresh": fresh})
+
+    @staticmethod
+    def with_payload(data: dict[str, Any], post: PostFacts | None, fact: Fact, include: bool) -> dict[str, Any]:
+        if not include or post is None or not post.frames:
+            return data
+        return {**data, "payload": post.payload(index_of(fact.message_id))}
+
+    async def delivered_before(self, expired: list[Fact]) -> set[tuple[str, str]]:
+        """Those of the ``expired`` deliveries whose ``delivered`` event was fanned out before (one pipeline)."""
+        if not expired:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for f in expired:
+                pipe.exists(seen_key(Fact("delivered", f.message_id, f.user_id, 0).event_id))
+            found = await pipe.execute()
+        return {(f.message_id, f.user_id) for f, seen in zip(expired, found) if seen}

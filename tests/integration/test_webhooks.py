@@ -1,0 +1,272 @@
+"""Webhooks through real processes: every event type signed and verifiable, retries under one id, the failure list and
+replay, presence with its grace, a killed node, killed services mid-retry, and one API key's events kept from another's."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest_asyncio
+
+from pushcluster.webhooks import verify
+from shared.model.webhook_events import EVENT_TYPES, MESSAGE_EVENTS, PRESENCE_EVENTS
+from tests.client import API_KEY, ClusterClient, next_frame
+from tests.conftest import RunningStack, Servers
+from tests.waits import scaled, until
+from tests.webhook_receiver import Receiver
+from tools.cluster import Cluster, free_port
+
+OTHER_KEY = "other-api-key"
+GRACE, NODE_TTL = 2, 3
+FAST = {"COLLECT_API_KEYS": f"demo:{API_KEY},other:{OTHER_KEY}", "WEBHOOK_SCHEDULE_SECONDS": "0.3,0.3,0.3,0.3",
+        "OFFLINE_GRACE_SECONDS": str(GRACE), "NODE_TTL_SECONDS": str(NODE_TTL), "RECONCILE_INTERVAL_SECONDS": "0.5"}
+
+
+@contextlib.asynccontextmanager
+async def webhook_stack(servers: Servers, cluster: Cluster, **env: str) -> AsyncIterator[RunningStack]:
+    """A stack with the webhooks service, stopped on leaving."""
+    stack = servers.new_stack(2, **{**FAST, **env})
+    stack.webhooks_port = free_port()
+    procs = cluster.start_stack(stack)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
+        running = RunningStack(stack, procs, ClusterClient(stack, session))
+        try:
+            yield running
+        finally:
+            running.stop(cluster)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(servers: Servers, cluster: Cluster) -> AsyncIterator[RunningStack]:
+    """One stack for the tests that kill nothing."""
+    async with webhook_stack(servers, cluster) as running:
+        yield running
+
+
+async def call(stack: RunningStack, method: str, path: str, body: Any = None, api_key: str = API_KEY) -> tuple[int, Any]:
+    async with stack.client.session.request(method, f"{stack.stack.collect_url}{path}", json=body,
+                                            headers={"Authorization": f"Bearer {api_key}"}) as r:
+        return r.status, await r.json()
+
+
+async def register(stack: RunningStack, receiver: Receiver, events: tuple[str, ...] | list[str], api_key: str = API_KEY,
+                   **fields: Any) -> dict[str, Any]:
+    status, body = await call(stack, "POST", "/v1/webhooks", {"url": receiver.url, "events": list(events), **fields}, api_key)
+    assert status == 201, body
+    assert body["secret"].startswith("whsec_")
+    return body
+
+
+@contextlib.asynccontextmanager
+async def endpoint(stack: RunningStack, events: tuple[str, ...] | list[str], receiver: Receiver | None = None,
+                   api_key: str = API_KEY, **fields: Any) -> AsyncIterator[tuple[Receiver, dict[str, Any]]]:
+    """A running receiver registered for ``events``; deleted and stopped on leaving."""
+    rx = await (receiver or Receiver()).start()
+    hook = await register(stack, rx, events, api_key, **fields)
+    try:
+        yield rx, hook
+    finally:
+        await call(stack, "DELETE", f"/v1/webhooks/{hook['id']}", api_key=api_key)
+        await rx.stop()
+
+
+def about(events: list[dict[str, Any]], key: str, value: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["data"].get(key) == value]
+
+
+async def arrived(rx: Receiver, secret: str, event_type: str, key: str, value: str, count: int = 1,
+                  timeout: float = 15) -> list[dict[str, Any]]:
+    """Wait until ``count`` distinct events of ``event_type`` whose data's ``key`` is ``value`` were accepted."""
+    def found() -> list[dict[str, Any]]:
+        return list({e["id"]: e for e in about(rx.of_type(secret, event_type), key, value)}.values())
+
+    return await until(found, lambda es: len(es) >= count, what=f"{count} {event_type} about {value}", timeout=timeout, every=0.1)
+
+
+async def post(stack: RunningStack, user: str, api_key: str = API_KEY, **fields: Any) -> str:
+    status, body = await stack.client.post({"user_id": user, "payload": {"for": user}, **fields}, api_key=api_key)
+    assert status == 202, body
+    return str(body["id"])
+
+
+async def test_every_event_type_arrives_signed_and_verifiable(stack: RunningStack) -> None:
+    """online, delivered (with the payload asked for), acked, expired, cancelled and offline each arrive, verified."""
+    async with endpoint(stack, EVENT_TYPES, include_payload=True) as (rx, hook):
+        secret = hook["secret"]
+        ws = await stack.client.connect("wh-ada", node=1)
+        await arrived(rx, secret, "user.online", "user_id", "wh-ada")
+        delivered_id = await post(stack, "wh-ada")
+        assert (await next_frame(ws))["id"] == delivered_id
+        await ws.send(orjson.dumps({"type": "ack", "id": delivered_id}).decode())
+        [delivered] = await arrived(rx, secret, "message.delivered", "message_id", delivered_id)
+        [acked] = await arrived(rx, secret, "message.acked", "message_id", delivered_id)
+        expired_id = await post(stack, "wh-nobody", ttl_seconds=1)
+        [expired] = await arrived(rx, secret, "message.expired", "message_id", expired_id)
+        cancelled_id = await post(stack, "wh-ada", delay_seconds=600)
+        assert (await stack.client.cancel(cancelled_id))[0] == 200
+        [cancelled] = await arrived(rx, secret, "message.cancelled", "message_id", cancelled_id)
+        await ws.close()
+        [offline] = await arrived(rx, secret, "user.offline", "user_id", "wh-ada")
+    assert delivered["data"] | {"delivered_at": None} == {"message_id": delivered_id, "user_id": "wh-ada",
+                                                          "node": f"127.0.0.1:{stack.stack.push_ports[1]}",
+                                                          "delivered_at": None, "payload": {"for": "wh-ada"}}
+    assert acked["data"]["user_id"] == "wh-ada" and acked["data"]["acked_at"].endswith("Z")
+    assert {k: expired["data"][k] for k in ("user_id", "last_state")} == {"user_id": "wh-nobody", "last_state": "accepted"}
+    assert expired["data"]["accepted_at"] < expired["data"]["expired_at"]
+    assert cancelled["data"] == {"message_id": cancelled_id, "payload": {"for": "wh-ada"}}
+    assert offline["data"]["user_id"] == "wh-ada"
+    for request in rx.requests:  # every request names an id, a fresh timestamp and a valid v1 signature
+        assert verify(secret, request.headers, request.body)["type"] in EVENT_TYPES
+        assert request.headers["webhook-signature"].startswith("v1,")
+
+
+async def test_a_receiver_failing_three_times_gets_each_event_once_it_recovers_under_the_same_id(stack: RunningStack) -> None:
+    """Answered 500 three times, then 200, each event is accepted once, after four attempts under one webhook-id."""
+    failing = Receiver(answer=lambda _id, attempt: 500 if attempt <= 3 else 200)
+    async with endpoint(stack, ["message.delivered", "message.acked"], failing) as (rx, hook):
+        ws = await stack.client.connect("wh-cy")
+        ids = [await post(stack, "wh-cy") for _ in range(3)]
+        assert {(await next_frame(ws))["id"] for _ in ids} == set(ids)
+        await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
+        for message_id in ids:
+            await arrived(rx, hook["secret"], "message.delivered", "message_id", message_id)
+            await arrived(rx, hook["secret"], "message.acked", "message_id", message_id)
+        await ws.close()
+    accepted = [e["id"] for e in rx.accepted(hook["secret"])]
+    assert len(accepted) == len(set(accepted)) == 6
+    for webhook_id in accepted:
+        assert [r.status for r in rx.requests if r.webhook_id == webhook_id] == [500, 500, 500, 200]
+
+
+async def test_a_dead_receiver_fills_the_failure_list_and_replay_drains_it(stack: RunningStack) -> None:
+    """Every attempt answered 503: after the last one the events are in the failure list; replay sends them again."""
+    dead = Receiver(answer=lambda _id, _attempt: 503)
+    async with endpoint(stack, ["message.delivered"], dead) as (rx, hook):
+        ws = await stack.client.connect("wh-dee")
+        ids = [await post(stack, "wh-dee") for _ in range(3)]
+        path = f"/v1/webhooks/{hook['id']}/failures"
+
+        async def failures() -> list[dict[str, Any]]:
+            status, body = await call(stack, "GET", path)
+            assert status == 200, body
+            return list(body["failures"])
+
+        failed = await until(failures, lambda f: len(f) == 3, what="three events in the failure list", every=0.2)
+        assert sorted(f["data"]["message_id"] for f in failed) == sorted(ids)
+        assert {(f["type"], f["attempts"], f["last_error"]) for f in failed} == {("message.delivered", 5, "HTTP 503")}
+        rx.answer = lambda _id, _attempt: 200
+        assert await call(stack, "POST", f"/v1/webhooks/{hook['id']}/replay") == (202, {"id": hook["id"], "replayed": 3})
+        for message_id in ids:
+            await arrived(rx, hook["secret"], "message.delivered", "message_id", message_id)
+        assert await failures() == []
+        status, listing = await call(stack, "GET", "/v1/webhooks")
+        [mine] = [w for w in listing["webhooks"] if w["id"] == hook["id"]]
+        assert {k: mine["stats"][k] for k in ("ok", "failed_attempts", "queued", "failures")} == {
+            "ok": 3, "failed_attempts": 15, "queued": 0, "failures": 0}
+        await ws.close()
+
+
+async def test_a_reload_within_the_grace_gives_no_offline(stack: RunningStack) -> None:
+    """A socket closed and another opened within OFFLINE_GRACE_SECONDS is no offline; a user who stays away goes offline."""
+    async with endpoint(stack, PRESENCE_EVENTS) as (rx, hook):
+        secret = hook["secret"]
+        reloading, leaving = await stack.client.connect("wh-eve"), await stack.client.connect("wh-fin")
+        await arrived(rx, secret, "user.online", "user_id", "wh-eve")
+        await arrived(rx, secret, "user.online", "user_id", "wh-fin")
+        await reloading.close()
+        await leaving.close()
+        reloaded = await stack.client.connect("wh-eve", node=1)
+        await arrived(rx, secret, "user.offline", "user_id", "wh-fin")  # the grace has passed for both
+        assert about(rx.accepted(secret), "user_id", "wh-eve") == about(rx.of_type(secret, "user.online"), "user_id", "wh-eve")
+        assert len(about(rx.accepted(secret), "user_id", "wh-eve")) == 1
+        await reloaded.close()
+
+
+async def test_one_key_never_receives_another_keys_message_events(stack: RunningStack) -> None:
+    """Two API keys' endpoints: each gets only the events of the messages its own key posted, and sees only its own."""
+    async with endpoint(stack, MESSAGE_EVENTS) as (mine, my_hook), \
+            endpoint(stack, MESSAGE_EVENTS, api_key=OTHER_KEY) as (theirs, their_hook):
+        ws = await stack.client.connect("wh-gil")
+        my_id, their_id = await post(stack, "wh-gil"), await post(stack, "wh-gil", api_key=OTHER_KEY)
+        ids = [(await next_frame(ws))["id"], (await next_frame(ws))["id"]]
+        await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
+        await arrived(mine, my_hook["secret"], "message.acked", "message_id", my_id)
+        await arrived(theirs, their_hook["secret"], "message.acked", "message_id", their_id)
+        await arrived(mine, my_hook["secret"], "message.delivered", "message_id", my_id)
+        await arrived(theirs, their_hook["secret"], "message.delivered", "message_id", their_id)
+        assert {e["data"]["message_id"] for e in mine.accepted(my_hook["secret"])} == {my_id}
+        assert {e["data"]["message_id"] for e in theirs.accepted(their_hook["secret"])} == {their_id}
+        status, listing = await call(stack, "GET", "/v1/webhooks", api_key=OTHER_KEY)
+        assert [w["id"] for w in listing["webhooks"]] == [their_hook["id"]]
+        assert (await call(stack, "DELETE", f"/v1/webhooks/{my_hook['id']}", api_key=OTHER_KEY))[0] == 404
+        await ws.close()
+
+
+async def test_a_rotated_secret_signs_beside_the_new_one(stack: RunningStack) -> None:
+    """After a rotation each request carries two signatures: a receiver holding either secret verifies it."""
+    async with endpoint(stack, ["message.delivered"]) as (rx, hook):
+        status, rotated = await call(stack, "POST", f"/v1/webhooks/{hook['id']}/rotate")
+        assert status == 200 and rotated["secret"] != hook["secret"]
+        ws = await stack.client.connect("wh-hal")
+        message_id = await post(stack, "wh-hal")
+        await arrived(rx, rotated["secret"], "message.delivered", "message_id", message_id)
+        [request] = [r for r in rx.requests if r.event(rotated["secret"])["data"]["message_id"] == message_id]
+        assert verify(hook["secret"], request.headers, request.body) == verify(rotated["secret"], request.headers, request.body)
+        assert len(request.headers["webhook-signature"].split(" ")) == 2
+        await ws.close()
+
+
+async def test_a_killed_nodes_users_go_offline_within_node_ttl_plus_grace(servers: Servers, cluster: Cluster) -> None:
+    """SIGKILL a push node: its user's user.offline arrives within NODE_TTL_SECONDS + OFFLINE_GRACE_SECONDS."""
+    async with webhook_stack(servers, cluster) as running, endpoint(running, PRESENCE_EVENTS) as (rx, hook):
+        await running.client.connect("wh-ivy", node=1)
+        await arrived(rx, hook["secret"], "user.online", "user_id", "wh-ivy")
+        killed = time.monotonic()
+        running.push(1).kill()
+        await arrived(rx, hook["secret"], "user.offline", "user_id", "wh-ivy", timeout=NODE_TTL + GRACE + 5)
+        assert time.monotonic() - killed <= scaled(NODE_TTL + GRACE + 1)
+
+
+async def test_killing_collect_dispatch_or_the_sender_mid_retry_loses_no_event(servers: Servers, cluster: Cluster) -> None:
+    """Events being retried survive SIGKILL of the webhooks service, dispatch and collect: all arrive once answered 200."""
+    failing = Receiver(answer=lambda _id, _attempt: 500)
+    schedule = ",".join(["1"] * 30)  # 30 s of retries, longer than the kills and restarts
+    async with webhook_stack(servers, cluster, WEBHOOK_SCHEDULE_SECONDS=schedule) as running, \
+            endpoint(running, MESSAGE_EVENTS, failing) as (rx, hook):
+        ws = await running.client.connect("wh-jo")
+        ids = [await post(running, "wh-jo") for _ in range(5)]
+        for _ in ids:
+            await next_frame(ws)
+        await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
+        cancelled = await post(running, "wh-jo", delay_seconds=600)
+        assert (await running.client.cancel(cancelled))[0] == 200
+        expired = await post(running, "wh-away", ttl_seconds=1)
+        await until(lambda: len({r.webhook_id for r in rx.requests}), lambda n: n == 12, what="every event tried once")
+        for name in ("webhooks", "dispatch", "collect"):
+            proc = running.procs[name]
+            proc.kill()
+            fresh = cluster.respawn(proc)
+            running.procs[name] = fresh
+            port = {"webhooks": running.stack.webhooks_port, "dispatch": running.stack.dispatch_port,
+                    "collect": running.stack.collect_port}[name]
+            cluster.wait_http(fresh, f"http://127.0.0.1:{port}/healthz")
+        async def post_again() -> str | None:  # the client's kept-alive connection died with the old collect
+            try:
+                return await post(running, "wh-jo")
+            except aiohttp.ClientError:
+                return None
+
+        late = await until(post_again, what="the restarted collect to accept a post")
+        await next_frame(ws)
+        rx.answer = lambda _id, _attempt: 200
+        for message_id in [*ids, late]:
+            await arrived(rx, hook["secret"], "message.delivered", "message_id", message_id, timeout=20)
+        for message_id in ids:
+            await arrived(rx, hook["secret"], "message.acked", "message_id", message_id)
+        await arrived(rx, hook["secret"], "message.cancelled", "message_id", cancelled)
+        await arrived(rx, hook["secret"], "message.expired", "message_id", expired)
+        await ws.close()
