@@ -155,19 +155,29 @@ class WebhookQueues:
 
     async def due(self, endpoint_id: str, now: int, limit: int) -> tuple[list[Queued], int | None]:
         """Up to ``limit`` events due by ``now``, in order; and when the next one is due if none is."""
-        found = cast(list[tuple[bytes, float]],
-                     await self.redis.zrangebyscore(key("due", endpoint_id), "-inf", now, start=0, num=limit, withscores=True))
-        if not found:
-            head = await self.redis.zrange(key("due", endpoint_id), 0, 0, withscores=True)
-            return [], int(head[0][1]) if head else None
-        return await self._read(endpoint_id, found), None
+        while True:
+            found = cast(list[tuple[bytes, float]],
+                         await self.redis.zrangebyscore(key("due", endpoint_id), "-inf", now, start=0, num=limit, withscores=True))
+            if not found:
+                head = await self.redis.zrange(key("due", endpoint_id), 0, 0, withscores=True)
+                return [], int(head[0][1]) if head else None
+            if batch := await self._read(endpoint_id, found):  # else all were removed as orphans: look again
+                return batch, None
 
     async def _read(self, endpoint_id: str, found: list[tuple[bytes, float]]) -> list[Queued]:
+        """The events of ``found`` (members and scores); a member whose body is gone (sent while a full queue pushed
+        it into the failure list) is removed, so it never stands in front of the others."""
         members = [text(m) for m, _ in found]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(key("body", endpoint_id), members)
             pipe.hmget(key("tries", endpoint_id), members)
             bodies, tries = await pipe.execute()
+        orphans = [m for m, b in zip(members, bodies) if b is None]
+        if orphans:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(key("due", endpoint_id), *orphans)
+                pipe.zrem(key("failed", endpoint_id), *orphans)
+                await pipe.execute()
         return [Queued.read(m, b, t, int(score)) for m, (_, score), b, t in zip(members, found, bodies, tries) if b is not None]
 
     async def settle(self, endpoint_id: str, outcomes: Iterable[Outcome], now: int) -> None:
