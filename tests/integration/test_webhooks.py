@@ -23,7 +23,8 @@ from tools.cluster import Cluster, free_port
 OTHER_KEY = "other-api-key"
 GRACE, NODE_TTL = 2, 3
 FAST = {"COLLECT_API_KEYS": f"demo:{API_KEY},other:{OTHER_KEY}", "WEBHOOK_SCHEDULE_SECONDS": "0.3,0.3,0.3,0.3",
-        "OFFLINE_GRACE_SECONDS": str(GRACE), "NODE_TTL_SECONDS": str(NODE_TTL), "RECONCILE_INTERVAL_SECONDS": "0.5"}
+        "OFFLINE_GRACE_SECONDS": str(GRACE), "NODE_TTL_SECONDS": str(NODE_TTL), "RECONCILE_INTERVAL_SECONDS": "0.5",
+        "WEBHOOK_QUEUE_LIMIT": "50"}
 
 
 @contextlib.asynccontextmanager
@@ -168,6 +169,27 @@ async def test_a_dead_receiver_fills_the_failure_list_and_replay_drains_it(stack
         assert {k: mine["stats"][k] for k in ("ok", "failed_attempts", "queued", "failures")} == {
             "ok": 3, "failed_attempts": 15, "queued": 0, "failures": 0}
         await ws.close()
+
+
+async def test_a_full_queue_moves_its_oldest_events_to_the_failure_list_and_counts_them(stack: RunningStack) -> None:
+    """80 expiries at once into a queue of 50: 30 go to the failure list, counted as dropped; replay sends them too."""
+    async with endpoint(stack, ["message.expired"]) as (rx, hook):
+        users = [f"wh-away-{i}" for i in range(80)]
+        status, body = await stack.client.post({"user_ids": users, "payload": 1, "ttl_seconds": 1})
+        assert status == 202, body
+        path = f"/v1/webhooks/{hook['id']}"
+
+        async def stats() -> dict[str, Any]:
+            _, listing = await call(stack, "GET", "/v1/webhooks")
+            return dict(next(w["stats"] for w in listing["webhooks"] if w["id"] == hook["id"]))
+
+        await until(stats, lambda s: s["dropped"] == 30 and s["failures"] == 30 and s["ok"] == 50, what="30 dropped, 50 sent")
+        webhooks_url = f"http://127.0.0.1:{stack.stack.webhooks_port}"
+        assert await stack.client.metric(webhooks_url, "webhook_dropped_total", endpoint=hook["id"]) == 30
+        assert await call(stack, "POST", f"{path}/replay") == (202, {"id": hook["id"], "replayed": 30})
+        events = await until(lambda: rx.of_type(hook["secret"], "message.expired"), lambda es: len(es) == 80,
+                             what="all 80 expiries after the replay")
+        assert sorted(e["data"]["user_id"] for e in events) == sorted(users)
 
 
 async def test_a_reload_within_the_grace_gives_no_offline(stack: RunningStack) -> None:
