@@ -127,10 +127,11 @@ def create_app(config: CollectConfig) -> Starlette:
     put_backs: set[asyncio.Task[None]] = set()
 
     async def put_back(message: Message) -> None:
-        """Hold a message whose cancel could not be recorded back in the schedule; if Redis fails that too, keep trying
-        in the background until it takes it (``hold`` is idempotent), so the message is never lost."""
+        """Hold a message whose cancel could not be recorded back in the schedule, no longer recorded as cancelled; if
+        Redis fails that too, keep trying in the background until it takes it (``restore`` is idempotent), so the
+        message is never lost."""
         try:
-            await redis_breaker.call(lambda: handover.schedule.hold([message]))
+            await redis_breaker.call(lambda: handover.schedule.restore(message))
             return
         except Exception as exc:
             log.error("could not put a message whose cancel failed back in the schedule; retrying",
@@ -140,7 +141,7 @@ def create_app(config: CollectConfig) -> Starlette:
             backoff = Backoff()
             while True:
                 try:
-                    await redis_breaker.call(lambda: handover.schedule.hold([message]))
+                    await redis_breaker.call(lambda: handover.schedule.restore(message))
                     log.info("message put back in the schedule", extra={"id": message.id})
                     return
                 except Exception as exc:

@@ -5,7 +5,8 @@ every unexpired message is opened again for its recipients, oldest first (a sche
 yet goes back in the schedule instead, and so does a scheduled topic or broadcast message that fell
 due while Redis was down and that no node recorded: it fires at once); then every delivery recorded as acknowledged, expired or
 cancelled since the oldest of them was accepted is closed again, and the cancelled messages leave
-the schedule.
+the schedule. Putting a scheduled message back skips the ids a cancel took out since Redis came back
+(``Schedule.hold``): a page read before such a cancel does not bring its message back.
 
 Live traffic goes on meanwhile (new messages go to Redis as usual). The rebuild first marks the
 whole state incomplete, whichever buckets were lost, and pauses the schedule: replays wait until a

@@ -4,7 +4,8 @@ Each pass, in this order:
 
 * if Redis lost the delivery state (no epoch), rebuild it from MongoDB (``rebuild.py``);
 * finish the hand-overs collect left undone (it died, or Redis failed, between its MongoDB insert
-  and its Redis pipeline): their posts are read back from MongoDB by id (``shared/delivery/handover.py``);
+  and its Redis pipeline): their posts are read back from MongoDB by id (``shared/delivery/handover.py``), their
+  scheduled messages going to the schedule, never straight to the stream, so one cancelled since stays cancelled;
 * expire: close every inbox entry of messages past their expiry, a page at a time, from Redis's
   expiry indexes (no MongoDB read), and mark them ``expired`` in the lifecycle;
 * close the deliveries an inbox past ``INBOX_LIMIT`` pushed out, and mark them ``trimmed``;
@@ -100,7 +101,7 @@ class Reconciler:
         if not intents:
             return 0
         messages = await self.store.stored_posts([post for post, _ in intents])
-        await self.handover.complete(messages)
+        await self.handover.finish(messages)
         found = {m.post for m in messages}
         abandoned = [post for post, at in intents if post not in found and at < now - self.config.handover_abandon * 1000]
         await self.handover.drop(abandoned)

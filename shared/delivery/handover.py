@@ -5,7 +5,10 @@ pipeline. Between the two it can die (or Redis can fail). So before the insert i
 *intent*: the post id in the ZSET ``handover``, scored by the time; the hand-over pipeline removes
 it. An intent older than a grace period is a hand-over nobody finished: dispatch's reconciler reads
 that post back from MongoDB by id and hands it over itself. An intent whose post MongoDB never got
-(the insert failed) is dropped once it is old enough that no insert can still be running.
+(the insert failed) is dropped once it is old enough that no insert can still be running. An intent can also
+outlive a hand-over that was done: an Idempotency-Key retry refused while MongoDB was down leaves its own, after the
+first attempt was handed over. So the reconciler's ``finish`` puts scheduled messages back only through the schedule,
+which skips those cancelled since.
 
 A scheduled message not yet due is held back instead (``shared.delivery.schedule``), in the same pipeline:
 it reaches inboxes and the stream when dispatch fires it.
@@ -85,6 +88,15 @@ class Handover:
         """Queue on ``pipe`` what hands ``messages`` to dispatch now: their inboxes opened, their posts on the stream."""
         await self.inbox.stage(pipe, messages)
         self.stream.stage(pipe, messages)
+
+    async def finish(self, messages: list[Message]) -> None:
+        """Hand over posts MongoDB has whose hand-over nobody finished (the reconciler): like ``complete``, except that
+        every scheduled message goes to the schedule, even one due by now (it fires at once), and only if no cancel
+        took it out. The intent may be a refused Idempotency-Key retry's, left after the first attempt's hand-over
+        and a cancel answered 200 since: the message must not come back."""
+        await self.schedule.hold([m for m in messages if m.due_ms])
+        await self.complete([m for m in messages if not m.due_ms])
+        await self.drop(list(by_post(messages)))
 
     async def settle_retried(self, messages: Iterable[Message], now_ms: int) -> None:
         """For posts MongoDB already had (a retried Idempotency-Key): drop the intent this attempt wrote. An older

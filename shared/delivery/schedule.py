@@ -24,7 +24,12 @@ Due times are compared with Redis's clock (``TIME`` inside the scripts), the one
 shares: an instance whose own clock runs ahead neither fires early nor takes another's fresh claim for a stale one.
 
 Cancelling is one script too: the id leaves ``schedule`` only if it is still there and the hash's
-sender matches, so a cancel and a claim never both win.
+sender matches, so a cancel and a claim never both win. It also records the id in ``{schedule}:cancelled`` (a ZSET
+scored by the message's expiry, trimmed past it), and every later ``hold`` skips an id recorded there, in the same
+script that would write it: the paths that put a message back from MongoDB's record (the reconciler finishing a
+hand-over a refused Idempotency-Key retry left behind, the rebuild after Redis came back empty) may have read it
+before the cancel, and a cancel answered 200 must still win. Only ``restore`` (a cancel whose record failed) takes
+the id out again.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
+from itertools import chain
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.typing import EncodableT
 
 from shared.infra.scripts import Scripts, SlotScript
 from shared.model.message import INDEX_DIGITS, Message, by_post, index_of, lua_fields, messages_of, post_fields, post_of
@@ -42,6 +49,7 @@ from shared.model.message import INDEX_DIGITS, Message, by_post, index_of, lua_f
 TAG = "{schedule}"  # every key here: the claim, settle and cancel scripts touch several (``shared/infra/slots.py``, rule 3)
 SCHEDULE_KEY = TAG
 FIRING_KEY = f"{TAG}:firing"
+CANCELLED_KEY = f"{TAG}:cancelled"  # ids cancelled, until their expiry: ``hold`` never puts them back
 PAUSED_KEY = f"{TAG}:paused"  # present while dispatch rebuilds the state: nothing fires (a cancel may not be replayed yet)
 META_FIELDS = 2  # "t" and "s": a hash with only these holds no message
 
@@ -56,6 +64,16 @@ def by_post_id(ids: list[str]) -> dict[str, list[str]]:
     for m in dict.fromkeys(ids):
         posts[post_of(m)].append(m)
     return posts
+
+
+def held_fields(batch: list[Message]) -> list[EncodableT]:
+    """The arguments of ``HOLD`` for one post's messages: its time and sender, then each message's id, due time and
+    fields (``shared.model.message``, plus ``d<i>``, the due time, which a cancel's put-back restores)."""
+    args: list[EncodableT] = [batch[0].ts, batch[0].sender, len(batch)]
+    for m in batch:
+        fields = [*chain.from_iterable(post_fields([m]).items()), f"d{m.index}", m.due_ms]
+        args += [m.id, m.due_ms, len(fields) // 2, *fields]
+    return args
 
 
 # Commands with many members take them in chunks (Lua's unpack has a limit on the values it returns).
@@ -159,12 +177,13 @@ end
 return #KEYS
 """ % INDEX_DIGITS
 
-# KEYS[1] schedule, KEYS[2] the post's hash; ARGV: message id, its index, the sender. Nil unless it was waiting and the
-# sender's; else the due time, the post's time and the message's fields as name/value pairs (all a put-back, ``hold``,
-# needs to restore it as it was). Applied once per call (``SlotScript(once=True)``): the client's retry after a dropped
-# reply gets the same answer, not a nil that would read as "not waiting" for a message it had just taken out (a 404,
-# and no cancel record: it would come back in a rebuild).
-CANCEL = _CHUNKED + """
+# KEYS[1] schedule, KEYS[2] the post's hash, KEYS[3] the cancelled ids; ARGV: message id, its index, the sender. Nil
+# unless it was waiting and the sender's; else the due time, the post's time and the message's fields as name/value
+# pairs (all a put-back, ``restore``, needs to restore it as it was). The id is recorded as cancelled until its expiry
+# (ids past theirs leave). Applied once per call (``SlotScript(once=True)``): the client's retry after a dropped reply
+# gets the same answer, not a nil that would read as "not waiting" for a message it had just taken out (a 404, and no
+# cancel record: it would come back in a rebuild).
+CANCEL = _CHUNKED + _NOW + """
 if redis.call('HGET', KEYS[2], 's') ~= ARGV[3] then
   return false
 end
@@ -182,9 +201,32 @@ for n, name in ipairs(names) do
     reply[#reply + 1] = values[n]
   end
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%%d', now_ms()))
+redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[2], 'x' .. ARGV[2]), ARGV[1])
 drop(KEYS[2], {ARGV[2]})
 return reply
 """ % lua_fields("ARGV[2]")
+
+# KEYS[1] schedule, KEYS[2] the cancelled ids, then post hashes; ARGV per hash: the post's time, its sender, a count of
+# messages and per message its id, due time, a count n of fields and n name/value pairs. A message recorded as cancelled
+# is skipped; the others' fields go in the hash and their ids in the schedule. Returns how many were held.
+HOLD = """
+local a, held = 1, 0
+for k = 3, #KEYS do
+  local t, s, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  for _ = 1, count do
+    local id, due, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+    if not redis.call('ZSCORE', KEYS[2], id) then
+      redis.call('HSET', KEYS[k], 't', t, 's', s, unpack(ARGV, a + 3, a + 2 + 2 * n))
+      redis.call('ZADD', KEYS[1], due, id)
+      held = held + 1
+    end
+    a = a + 3 + 2 * n
+  end
+end
+return held
+"""
 
 
 class Schedule:
@@ -194,6 +236,7 @@ class Schedule:
         self._now = SlotScript(redis, NOW)
         self._settle = SlotScript(redis, SETTLE)
         self._cancel = SlotScript(redis, CANCEL, once=True)
+        self._hold = SlotScript(redis, HOLD)
         self._scripts = Scripts(redis)
 
     def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
@@ -207,8 +250,23 @@ class Schedule:
             pipe.zadd(SCHEDULE_KEY, due)
 
     async def hold(self, messages: list[Message]) -> None:
+        """Put ``messages`` (back) in the schedule, all but those recorded as cancelled, in one script call (idempotent):
+        for messages read back from MongoDB, which a cancel may have taken out since."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            self.stage(pipe, messages)
+            await self.stage_hold(pipe, messages)
+            await pipe.execute()
+
+    async def stage_hold(self, pipe: Pipeline, messages: list[Message]) -> None:
+        posts = by_post(messages)
+        if posts:
+            await self._hold.stage(pipe, [SCHEDULE_KEY, CANCELLED_KEY, *(sched_key(p) for p in posts)],
+                                   [[], [], *(held_fields(batch) for batch in posts.values())])
+
+    async def restore(self, message: Message) -> None:
+        """Undo a cancel whose record failed: the message is no longer recorded as cancelled and waits as it did."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(CANCELLED_KEY, message.id)
+            await self.stage_hold(pipe, [message])
             await pipe.execute()
 
     async def claim(self, limit: int, grace_ms: int) -> tuple[list[str], int | None, int]:
@@ -255,7 +313,7 @@ class Schedule:
         """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it (whole, priority
         included, so ``hold`` can put it back as it was), or None."""
         post, index = post_of(message_id), index_of(message_id)
-        reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post)], [message_id, index, sender], token)
+        reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post), CANCELLED_KEY], [message_id, index, sender], token)
         if not reply:
             return None
         due, ts, *flat = (v.encode() if isinstance(v, str) else v for v in reply)
