@@ -379,7 +379,7 @@ async def scenario_expiry(target: Target, api: Api, table: Table, args: argparse
         await scratch.flushdb()
         for p in range(args.expiry_deliveries // 100):
             post = f"{run}x{p:06d}"
-            await inbox.open([Message(message_id(post, i), (f"{run}-x{i}",), '{"type":"message"}', now - 2000, now - 1000)
+            await inbox.open([Message(message_id(post, i), (f"{run}-x{i}",), b'{"type":"message"}', now - 2000, now - 1000)
                               for i in range(100)], now - 2000)
         started, expired, more = time.perf_counter(), 0, True
         while more:

@@ -51,7 +51,7 @@ class PostPlan:
 def pad_to(frame_bytes: int, tag: str, topic: str | None) -> dict[str, Any]:
     """A payload whose frame (with the longest message id) is ``frame_bytes`` long."""
     payload: dict[str, Any] = {"chaos": tag, "pad": ""}
-    base = len(MessageFrame(LONGEST_ID, payload, int(time.time() * 1000), topic).encode().encode())
+    base = len(MessageFrame(LONGEST_ID, payload, int(time.time() * 1000), topic).encode())
     payload["pad"] = "x" * max(0, frame_bytes - base)
     return payload
 

@@ -10,7 +10,7 @@ from shared.model.message import Message, Pair, index_of, message_id, post_of
 from shared.model.poststate import Part, PostState
 
 USERS = ("ann", "bob", "cyd")
-FRAME = '{"type":"message"}'
+FRAME = b'{"type":"message"}'
 
 
 def catalogue(posts: int, per_post: int, base_ms: int, recipients: list[tuple[str, ...]], lifetimes: list[int]) -> list[Message]:

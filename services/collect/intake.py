@@ -44,7 +44,7 @@ def parse_body(body: dict[str, Any], limits: Limits, now_ms: int, sender: str = 
     """Validate a whole post (single, multi-recipient, topic, broadcast or ``{"messages": [...]}`` of any of
     them): all or nothing.
 
-    Each message's frame is encoded here, once, and travels unchanged to every recipient's socket. Each message
+    Each message's frame is encoded here, once, to bytes that travel unchanged to every recipient's socket. Each message
     has a ``priority`` (default normal); a post of mixed priorities travels (and is shed) at its most urgent one.
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -99,9 +99,8 @@ def _message(item: Any, limits: Limits, now_ms: int, where: str, mid: str, sende
     if not isinstance(priority, str) or priority not in PRIORITIES:
         raise InvalidFields(f"{where}priority must be one of {', '.join(PRIORITIES)}")
     frame = MessageFrame(mid, item["payload"], now_ms, topic).encode()
-    size = len(frame.encode())
-    if size > limits.max_payload_bytes:
-        raise PayloadTooLarge(f"{where}payload is {size} bytes in its frame; the limit is {limits.max_payload_bytes}")
+    if len(frame) > limits.max_payload_bytes:
+        raise PayloadTooLarge(f"{where}payload is {len(frame)} bytes in its frame; the limit is {limits.max_payload_bytes}")
     return Message(mid, tuple(users), frame, now_ms, expires_ms, sender, topic, due_ms=due_ms, priority=Priority(priority))
 
 

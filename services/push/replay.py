@@ -41,7 +41,7 @@ class Replayer:
         self._catch_ups: set[asyncio.Task[None]] = set()
         # Replays running at once share their Redis reads: one pipeline for all their inboxes, one for frames.
         self._inboxes: Coalescer[str, list[str]] = Coalescer(lambda users: inbox.pending(users, limit))
-        self._frames: Coalescer[str, str | None] = Coalescer(lambda ids: inbox.frames(ids, now_ms()))
+        self._frames: Coalescer[str, bytes | None] = Coalescer(lambda ids: inbox.frames(ids, now_ms()))
 
     async def replay(self, session: Session) -> None:
         """Send what is pending, then let live frames through; retry while Redis fails and the socket is open."""
@@ -72,7 +72,7 @@ class Replayer:
                             if frame is not None and message_id not in session.sent:  # None: expired, or not held yet
                                 session.sent.add(message_id)
                                 written.append((message_id, session.user_id))
-                                await session.ws.send(frame)
+                                await session.ws.send(frame, text=True)  # the frame's bytes, sent as they are
                 except TimeoutError:
                     self.hub.close_slow(session)
                     break

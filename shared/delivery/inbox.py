@@ -207,8 +207,9 @@ class Inbox:
             raise Unavailable("the delivery state is being rebuilt from MongoDB")
         return [[m.decode() for m in ids] for ids in replies[len(tags):]]
 
-    async def frames(self, message_ids: list[str], now_ms: int) -> list[str | None]:
-        """Each message's frame, or None where it is not held (expired, closed, or not written yet): one HMGET per post."""
+    async def frames(self, message_ids: list[str], now_ms: int) -> list[bytes | None]:
+        """Each message's frame, as the bytes a socket is sent, or None where it is not held (expired, closed, or not
+        written yet): one HMGET per post."""
         fields: defaultdict[str, list[str]] = defaultdict(list)
         for m in message_ids:
             i = index_of(m)
@@ -217,13 +218,13 @@ class Inbox:
             for post, names in fields.items():
                 pipe.hmget(post_key(post), names)
             replies = dict(zip(fields, await pipe.execute()))
-        found: dict[str, str | None] = {}
+        found: dict[str, bytes | None] = {}
         for post, names in fields.items():
             values = replies[post]
             for k in range(0, len(names), 2):
                 frame, expires = values[k], values[k + 1]
                 alive = frame is not None and expires is not None and int(expires) > now_ms
-                found[message_id(post, int(names[k]))] = frame.decode() if alive else None
+                found[message_id(post, int(names[k]))] = frame if alive else None
         return [found[m] for m in message_ids]
 
     async def still_open(self, pairs: list[Pair]) -> set[Pair]:

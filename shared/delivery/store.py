@@ -7,7 +7,8 @@ queries below run off the hot path: the status view, the rebuild after Redis los
 the purge of old history.
 
 * ``posts``: ``_id`` = post id (a message id is its post id plus its position); ``frames`` (each
-  payload encoded once, as its recipients receive it, however many recipients), ``users`` (each
+  payload encoded once, as its recipients receive it, however many recipients: a BSON string, so the
+  record reads as the JSON it is; the one place a frame is text, not bytes), ``users`` (each
   message's recipients joined by ``,``), ``expires`` (ms), ``sender``, ``ts`` and ``expires_at``
   (the latest); ``topics`` (each message's topic, or null for a message to users) only when the post
   has a topic or broadcast message; ``due`` (each message's due time in ms, or 0 for at once) only
@@ -72,7 +73,7 @@ def utc(ms: int) -> dt.datetime:
 def post_document(messages: list[Message]) -> dict[str, Any]:
     """One post's messages, in position order, as one document."""
     first, expires = messages[0], max(m.expires_ms for m in messages)
-    doc = {"_id": first.post, "sender": first.sender, "ts": first.ts, "frames": [m.frame for m in messages],
+    doc = {"_id": first.post, "sender": first.sender, "ts": first.ts, "frames": [m.frame.decode() for m in messages],
            "users": [join_users(m.users) for m in messages], "expires": [m.expires_ms for m in messages],
            "expires_at": utc(expires), "purge_at": utc(expires) + PURGE_AFTER}
     if any(m.topic is not None for m in messages):
@@ -87,7 +88,7 @@ def post_document(messages: list[Message]) -> dict[str, Any]:
 def post_bytes(messages: list[Message]) -> int:
     """An upper bound of the BSON size of ``post_document(messages)``, without encoding it."""
     return POST_BSON_BYTES + len(messages[0].sender.encode()) + sum(
-        len(m.frame.encode()) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages) + (
+        len(m.frame) + len(join_users(m.users)) + len(m.topic or "") + MESSAGE_BSON_BYTES for m in messages) + (
         PRIORITY_BSON_BYTES * len(messages) if any(m.priority is not Priority.NORMAL for m in messages) else 0)
 
 
@@ -115,7 +116,7 @@ def messages_of_document(doc: dict[str, Any]) -> list[Message]:
     topics = doc.get("topics") or [None] * len(doc["frames"])
     due = doc.get("due") or [0] * len(doc["frames"])
     priorities = doc.get("priorities") or [Priority.NORMAL.value] * len(doc["frames"])
-    return [Message(message_id(doc["_id"], i), split_users(users), frame, doc["ts"], expires, doc["sender"], topic,
+    return [Message(message_id(doc["_id"], i), split_users(users), frame.encode(), doc["ts"], expires, doc["sender"], topic,
                     due_ms=due_ms, priority=Priority(priority))
             for i, (frame, users, expires, topic, due_ms, priority)
             in enumerate(zip(doc["frames"], doc["users"], doc["expires"], topics, due, priorities))]

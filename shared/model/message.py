@@ -4,8 +4,9 @@ A business system's POST is a *post* of one or more messages. The post is the un
 everywhere (one MongoDB document, one Redis hash, one stream entry), so a post of 1,000 messages
 costs a handful of writes, not thousands; a message's id is its post's id plus its position
 (``{post}{index:04x}``). A message is stored once, whatever the number of recipients: its frame
-(the exact text a browser receives, encoded once by collect) and its recipients. A *delivery* is
-one message for one recipient, named by the pair ``(message_id, user_id)``.
+(the UTF-8 bytes of the exact JSON text a browser receives, encoded once by collect, never decoded on
+the way to the socket) and its recipients. A *delivery* is one message for one recipient, named by the
+pair ``(message_id, user_id)``.
 
 A *topic message* has no recipients but a ``topic``: it goes to the sockets subscribed to that
 topic when it is dispatched (``BROADCAST``, which no topic name can be, means every socket). It
@@ -41,7 +42,7 @@ BROADCAST = "*"  # the topic of a message for every socket (not a valid topic na
 class Message:
     id: str
     users: tuple[str, ...]
-    frame: str
+    frame: bytes  # the UTF-8 JSON text every recipient's socket is sent (``MessageFrame.encode``)
     ts: int  # ms since epoch, when collect accepted it
     expires_ms: int
     sender: str = ""
@@ -136,7 +137,7 @@ def post_fields(messages: list[Message]) -> dict[EncodableT, EncodableT]:
 def messages_of(post: str, ts: int, fields: Mapping[bytes, bytes]) -> list[Message]:
     """The messages a field map describes, in position order (the inverse of ``post_fields``)."""
     indexes = sorted(int(k) for k in fields if k.isdigit())
-    return [Message(message_id(post, i), split_users(fields[b"u%d" % i]), fields[b"%d" % i].decode(), ts,
+    return [Message(message_id(post, i), split_users(fields[b"u%d" % i]), fields[b"%d" % i], ts,
                     int(fields[b"x%d" % i]), topic=topic.decode() if (topic := fields.get(b"t%d" % i)) else None,
                     due_ms=int(fields.get(b"d%d" % i, 0)), priority=Priority(fields.get(b"r%d" % i, b"normal").decode()))
             for i in indexes]

@@ -6,18 +6,23 @@ Two links carry frames:
   ``TopicsFrame``, ``ReconnectFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
 
-Every frame is a JSON object whose ``type`` is an ``Op``; a connection closes with a ``CloseCode``
-(``shared.wire.errors`` maps each named error to its code). Both parsers (``parse_client_frame`` and the
-link frames' ``decode``) read through ``load_object`` and raise ``MalformedRequest`` naming what is wrong.
+Every frame is a JSON object whose ``type`` is an ``Op`` (a deliver batch: its head); a connection closes with a
+``CloseCode`` (``shared.wire.errors`` maps each named error to its code). Every parser (``parse_client_frame`` and the
+link frames' ``decode``) reads JSON through ``load_object`` and raises ``MalformedRequest`` naming what is wrong.
 
-A ``MessageFrame`` is encoded once, when collect accepts the message, and travels as the exact
-text the browser receives, so no hop re-encodes the payload.
+A ``MessageFrame`` is encoded once, when collect accepts the message, to the UTF-8 bytes of the JSON text the
+browser receives; those bytes travel as they are (Redis, the link, the node's socket write), never decoded and
+re-encoded. So a deliver batch is a binary websocket message that carries them unescaped: a 4-byte big-endian
+length (``BATCH_HEAD``), a JSON head of that many bytes, ``{"type": "deliver", "batch", "at", "items": [[id, frame
+length, ts, [users](, topic(, priority))], ...]}``, then the items' frames concatenated in order, which the node
+slices out by their lengths. A ``BatchResult`` is a JSON object.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,7 +56,7 @@ class Op(StrEnum):
     RESULT = "result"  # node -> dispatch
 
 
-def load_object(data: str | bytes, what: str = "frame") -> dict[str, Any]:
+def load_object(data: str | bytes | memoryview, what: str = "frame") -> dict[str, Any]:
     """``data`` as a JSON object, or ``MalformedRequest`` saying it is not JSON or not an object."""
     try:
         obj = orjson.loads(data)
@@ -72,13 +77,14 @@ class MessageFrame:
     ts: int
     topic: str | None = None
 
-    def encode(self) -> str:
+    def encode(self) -> bytes:
+        """The frame's JSON text as UTF-8 bytes: what every recipient's socket is sent, as a text frame."""
         head: dict[str, Any] = {"type": Op.MESSAGE, "id": self.id}
         if self.topic == BROADCAST:
             head["broadcast"] = True
         elif self.topic is not None:
             head["topic"] = self.topic
-        return orjson.dumps({**head, "payload": self.payload, "ts": self.ts}).decode()
+        return orjson.dumps({**head, "payload": self.payload, "ts": self.ts})
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,17 +199,29 @@ class Identity:
     topics: tuple[str, ...] = ()
 
 
-ITEM_OVERHEAD = 48  # brackets, quotes, the id, the ts and a priority around each frame in a deliver batch
+BATCH_HEAD = struct.Struct(">I")  # a deliver batch's first bytes: the length of its JSON head
+# Per item of a deliver batch's head besides its strings: brackets, commas, the id's quotes, the topic's quotes (or a
+# null), a priority, and the frame's length and the ts (each up to 20 characters).
+ITEM_OVERHEAD = 64
+DELIVER_SHAPE = ("a deliver batch's head needs 'type': 'deliver', 'batch', 'at' and 'items' "
+                 "[[id, frame length, ts, [users](, topic(, priority))], ...]")
+
+
+def _integer(value: object) -> int:
+    """``value`` if it is an integer (not a bool, not a float), else TypeError."""
+    if type(value) is not int:
+        raise TypeError("not an integer")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One message for the users of one node: the frame their sockets receive, and its acceptance time (ms). A topic
-    message names no users but its ``topic`` (``BROADCAST``: every socket of the node). ``priority`` orders the frames
-    waiting for a backed-up socket."""
+    """One message for the users of one node: the frame their sockets receive (UTF-8 JSON text, as collect encoded it),
+    and its acceptance time (ms). A topic message names no users but its ``topic`` (``BROADCAST``: every socket of the
+    node). ``priority`` orders the frames waiting for a backed-up socket."""
 
     message_id: str
-    frame: str
+    frame: bytes
     ts: int
     users: tuple[str, ...]
     topic: str | None = None
@@ -214,33 +232,37 @@ class Delivery:
         """``message`` for ``users`` of one node (none for a topic message)."""
         return cls(message.id, message.frame, message.ts, tuple(users), message.topic, message.priority)
 
-    def encode(self) -> list[Any]:
-        """``[id, frame, ts, [users]]``, then the topic (or null) only when there is one or a priority other than
-        normal, then that priority."""
-        item = [self.message_id, self.frame, self.ts, list(self.users)]
+    def head(self) -> list[Any]:
+        """The item in a deliver batch's head: ``[id, frame length, ts, [users]]``, then the topic (or null) only when
+        there is one or a priority other than normal, then that priority. The frame follows the head."""
+        item = [self.message_id, len(self.frame), self.ts, list(self.users)]
         if self.priority is not Priority.NORMAL:
             return [*item, self.topic, self.priority.value]
         return item if self.topic is None else [*item, self.topic]
 
     def encoded_size(self) -> int:
-        """An upper bound of the bytes ``encode`` takes in a deliver batch, without encoding it: frames are text,
-        counted as UTF-8, not as characters, plus the backslash JSON puts before each quote and backslash of the
-        frame (a JSON frame is full of quotes); ``ITEM_OVERHEAD`` for the brackets, quotes, numbers and priority."""
-        frame = self.frame if self.frame.isascii() else self.frame.encode()
-        escapes = self.frame.count('"') + self.frame.count("\\")
-        return (len(frame) + escapes + sum(len(u) + 3 for u in self.users) + len(self.message_id) + len(self.topic or "")
-                + ITEM_OVERHEAD)
+        """An upper bound of the bytes this item takes in a deliver batch, without encoding it: its frame's bytes, as
+        they are, and its head item, whose id, users and topic are ASCII that JSON does not escape (hex message ids,
+        ``valid_user_id``, ``valid_topic``): their lengths, with quotes and a comma per user, and ``ITEM_OVERHEAD``."""
+        return len(self.frame) + len(self.message_id) + len(self.topic or "") + sum(len(u) + 3 for u in self.users) + ITEM_OVERHEAD
 
     @classmethod
-    def decode(cls, item: list[Any]) -> Delivery:
-        """The inverse of ``encode``; TypeError or ValueError unless it is one of its shapes."""
-        if not isinstance(item, list) or len(item) not in (4, 5, 6) or not isinstance(item[3], list):
+    def decode(cls, item: Any, frames: memoryview, offset: int) -> Delivery:
+        """The inverse of ``head``, its frame sliced from ``frames`` at ``offset`` (cut short where ``frames`` ends: the
+        batch checks that the lengths add up); TypeError or ValueError unless ``item`` is one of its shapes."""
+        if type(item) is not list or len(item) not in (4, 5, 6):
             raise TypeError("not a delivery")
+        message_id, length, ts, users = item[:4]
+        if type(message_id) is not str or type(length) is not int or length < 0 or type(ts) is not int or type(users) is not list:
+            raise TypeError("not a delivery")
+        for user in users:
+            if type(user) is not str:
+                raise TypeError("user ids are strings")
         topic = item[4] if len(item) >= 5 else None
-        if (topic is not None or len(item) == 5) and not isinstance(topic, str):
+        if (topic is not None or len(item) == 5) and type(topic) is not str:
             raise TypeError("a topic is a string")
-        m, f, t, u = item[:4]
-        return cls(str(m), str(f), int(t), tuple(map(str, u)), topic, Priority(item[5]) if len(item) == 6 else Priority.NORMAL)
+        return cls(message_id, bytes(frames[offset:offset + length]), ts, tuple(users), topic,
+                   Priority(item[5]) if len(item) == 6 else Priority.NORMAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,18 +274,39 @@ class DeliverBatch:
     items: tuple[Delivery, ...]
 
     def encode(self) -> bytes:
-        items = [d.encode() for d in self.items]
-        return orjson.dumps({"type": Op.DELIVER, "batch": self.batch, "at": self.at, "items": items})
+        """A binary message: the head's length (``BATCH_HEAD``), the JSON head, then each item's frame, in order."""
+        head = orjson.dumps({"type": Op.DELIVER, "batch": self.batch, "at": self.at, "items": [d.head() for d in self.items]})
+        return b"".join((BATCH_HEAD.pack(len(head)), head, *(d.frame for d in self.items)))
 
     @classmethod
     def decode(cls, data: str | bytes) -> DeliverBatch:
-        obj = load_object(data)
+        """The inverse of ``encode``, strict: ``MalformedRequest`` names what is wrong (text instead of binary, a short
+        header, a head that is not one, or frame lengths that do not add up to the bytes after the head)."""
+        if not isinstance(data, bytes):
+            raise MalformedRequest(f"a deliver batch is a binary message, not {type(data).__name__}")
+        view = memoryview(data)
+        if len(view) < BATCH_HEAD.size:
+            raise MalformedRequest(f"a deliver batch starts with its head's {BATCH_HEAD.size}-byte length; got {len(view)} bytes")
+        start = BATCH_HEAD.size + BATCH_HEAD.unpack_from(view)[0]
+        if start > len(view):
+            raise MalformedRequest(f"a deliver batch's head of {start - BATCH_HEAD.size} bytes runs past its end "
+                                   f"({len(view) - BATCH_HEAD.size} bytes follow the length)")
+        obj = load_object(view[BATCH_HEAD.size:start], "a deliver batch's head")
+        end, items = start, []
         try:
-            items = tuple(map(Delivery.decode, obj["items"]))
-            return cls(int(obj["batch"]), int(obj["at"]), items)
+            heads = obj["items"]
+            if obj["type"] != Op.DELIVER or type(heads) is not list:
+                raise TypeError("not a deliver batch's head")
+            batch, at = _integer(obj["batch"]), _integer(obj["at"])
+            for item in heads:
+                items.append(Delivery.decode(item, view, end))
+                end += item[1]
         except (KeyError, TypeError, ValueError):
-            raise MalformedRequest("deliver frame needs 'batch', 'at' and 'items' "
-                                   "[[id, frame, ts, [users](, topic(, priority))], ...]") from None
+            raise MalformedRequest(DELIVER_SHAPE) from None
+        if end != len(view):
+            raise MalformedRequest(f"a deliver batch's {len(items)} frame lengths add up to {end - start} bytes, "
+                                   f"but {len(view) - start} follow its head")
+        return cls(batch, at, tuple(items))
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,7 +232,7 @@ async def test_an_inbox_keeps_only_the_newest_messages_up_to_its_limit(servers: 
     redis_url, _ = servers.fresh_database()
     redis = Redis.from_url(redis_url)
     inbox = Inbox(redis, limit=3)
-    messages = [Message(message_id("flood", i), ("victim",), "F", 1000 + i, now_ms() + 60_000) for i in range(5)]
+    messages = [Message(message_id("flood", i), ("victim",), b"F", 1000 + i, now_ms() + 60_000) for i in range(5)]
     await inbox.open(messages)
     assert [m.decode() for m in await redis.zrange(inbox_key("victim"), 0, -1)] == [m.id for m in messages[2:]]
     await redis.aclose()
@@ -242,7 +242,7 @@ async def test_history_past_its_purge_time_is_deleted_and_newer_history_kept(ser
     """The purge deletes posts and lifecycle documents whose purge_at has passed, and nothing else."""
     _, mongo_db = servers.fresh_database()
     store = MessageStore(servers.mongo_url, mongo_db)
-    old, new = (Message(message_id(p, 0), ("u",), "F", 1, expires, "shop")
+    old, new = (Message(message_id(p, 0), ("u",), b"F", 1, expires, "shop")
                 for p, expires in (("old", 1000), ("new", now_ms() + 10 * 86_400_000)))
     await store.accept([old, new])
     await store.record({(old.id, "u"): {"acked": 5}})

@@ -8,7 +8,7 @@ from services.dispatch.forwarder import chunk_by_bytes
 from shared.model.message import BROADCAST
 from shared.wire.protocol import DeliverBatch, Delivery, MessageFrame
 
-ENVELOPE = 80  # the batch's own fields around its items: {"type":"deliver","batch":...,"at":...,"items":[...]}
+ENVELOPE = 80  # the head's length and the head's own fields around its items: {"type":"deliver","batch":...,"at":...,"items":[...]}
 
 
 def test_every_batch_encodes_within_the_byte_budget_whatever_its_frames_hold() -> None:

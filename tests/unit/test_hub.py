@@ -108,7 +108,7 @@ def test_a_replaying_session_holds_live_frames_and_writes_after_the_replay_only_
     hub = Hub()
     s = session("u", replaying=True)
     hub.add(s)
-    assert hub.deliver("u", "m1", "F1") and hub.deliver("u", "m2", "F2")
+    assert hub.deliver("u", "m1", b"F1") and hub.deliver("u", "m2", b"F2")
     assert texts(s) == []
     s.sent.add("m1")  # the replay read m1 from the inbox and wrote it itself
     assert s.go_live() and not s.replaying
@@ -121,12 +121,12 @@ def test_a_frame_is_written_once_per_socket_until_acknowledged() -> None:
     hub = Hub()
     s = session("u")
     hub.add(s)
-    hub.deliver("u", "m1", "F1")
-    hub.deliver("u", "m1", "F1")
+    hub.deliver("u", "m1", b"F1")
+    hub.deliver("u", "m1", b"F1")
     assert texts(s) == ["F1"]
     s.acknowledged(["m1"])
     assert len(s.sent) == 0
-    hub.deliver("u", "m1", "F1")
+    hub.deliver("u", "m1", b"F1")
     assert texts(s) == ["F1"]
 
 
@@ -138,7 +138,7 @@ def test_held_frames_past_the_limit_make_the_replay_run_again(monkeypatch: pytes
     s = session("u", replaying=True)
     hub.add(s)
     for n in range(3):
-        hub.deliver("u", f"m{n}", f"F{n}")
+        hub.deliver("u", f"m{n}", f"F{n}".encode())
     assert not s.go_live() and s.replaying and s.held == []
     assert s.go_live() and texts(s) == []
 
@@ -146,11 +146,11 @@ def test_held_frames_past_the_limit_make_the_replay_run_again(monkeypatch: pytes
 def test_deliver_says_whether_an_open_session_took_the_message() -> None:
     """A user with no session, or only a closing one, does not take it (it waits in the inbox)."""
     hub = Hub()
-    assert not hub.deliver("nobody", "m1", "F1")
+    assert not hub.deliver("nobody", "m1", b"F1")
     s = session("u")
     hub.add(s)
     s.closing = True
-    assert not hub.deliver("u", "m1", "F1") and texts(s) == []
+    assert not hub.deliver("u", "m1", b"F1") and texts(s) == []
 
 
 async def test_a_socket_past_max_buffered_is_closed_with_1013_once_and_written_no_more() -> None:
@@ -161,8 +161,8 @@ async def test_a_socket_past_max_buffered_is_closed_with_1013_once_and_written_n
     hub.add(s)
     hub.subscribe(s, ["news"])
     s.ws.transport.backlog = 101  # type: ignore[attr-defined]
-    assert hub.deliver("u", "m1", "F1")  # taken: the node holds the user, the message waits in the inbox
-    assert await hub.publish("t1", "T1", "news") == 0
+    assert hub.deliver("u", "m1", b"F1")  # taken: the node holds the user, the message waits in the inbox
+    assert await hub.publish("t1", b"T1", "news") == 0
     await asyncio.sleep(0)  # the close runs as a task
     assert [code for code, _ in s.ws.closed_with] == [CloseCode.TRY_AGAIN]  # type: ignore[attr-defined]
     assert texts(s) == []
@@ -178,8 +178,8 @@ async def test_a_topic_message_reaches_welcomed_open_subscribers_once_per_messag
         hub.subscribe(s, ["news"])
     hub.subscribe(elsewhere, ["sport"])
     closing.closing = True
-    assert await hub.publish("t1", "T1", "news") == 1
-    assert await hub.publish("t1", "T1", "news") == 0
+    assert await hub.publish("t1", b"T1", "news") == 1
+    assert await hub.publish("t1", b"T1", "news") == 0
     assert [texts(s) for s in (reader, unwelcomed, closing, elsewhere)] == [["T1"], [], [], []]
 
 
@@ -190,7 +190,7 @@ async def test_a_broadcast_reaches_every_welcomed_session_whatever_it_subscribed
     for s in (plain, subscribed, replaying, unwelcomed):
         hub.add(s)
     hub.subscribe(subscribed, ["news"])
-    assert await hub.publish("b1", "B1", BROADCAST) == 3
+    assert await hub.publish("b1", b"B1", BROADCAST) == 3
     assert [texts(s) for s in (plain, subscribed, replaying, unwelcomed)] == [["B1"], ["B1"], ["B1"], []]
 
 
@@ -211,7 +211,7 @@ async def test_a_big_topic_is_written_in_slices_with_the_loop_served_in_between(
 
     watcher = asyncio.create_task(watch())
     await asyncio.sleep(0)  # the watcher looks once before the publish starts
-    assert await hub.publish("t1", "T1", "big") == 5
+    assert await hub.publish("t1", b"T1", "big") == 5
     await watcher
     assert seen == [0, 2, 4]
 
@@ -223,6 +223,20 @@ async def test_published_ids_are_forgotten_past_their_bound(monkeypatch: pytest.
     s = session("u")
     hub.add(s)
     for n in range(3):
-        await hub.publish(f"t{n}", f"T{n}", BROADCAST)
-    assert await hub.publish("t2", "T2", BROADCAST) == 0
-    assert await hub.publish("t0", "T0", BROADCAST) == 1
+        await hub.publish(f"t{n}", f"T{n}".encode(), BROADCAST)
+    assert await hub.publish("t2", b"T2", BROADCAST) == 0
+    assert await hub.publish("t0", b"T0", BROADCAST) == 1
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65_535, 65_536, 200_000])
+async def test_a_frame_of_any_length_reaches_the_client_as_a_text_frame_of_the_same_bytes(length: int) -> None:
+    """Each payload length class of the websocket header (7-bit, 16-bit, 64-bit) arrives as one text frame whose
+    payload is the frame's bytes, quotes and non-ASCII included, for a user and for a topic message."""
+    frame = ('é"\\' + "x" * length).encode()[:length]
+    hub = Hub(max_buffered=1 << 30, backlog_bytes=1 << 30)
+    s = session("u")
+    hub.add(s)
+    hub.subscribe(s, ["news"])
+    hub.deliver("u", "m1", frame)
+    await hub.publish("t1", frame, "news")
+    assert [t.encode() for t in texts(s)] == [frame, frame]

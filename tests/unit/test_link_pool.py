@@ -22,7 +22,7 @@ from shared.wire.signing import PROOF_HEADER, LinkGuard, LinkRequest
 from tests.waits import until
 
 KEY, NODE = "unit-internal-key", "node-1"
-ITEMS = [Delivery("m1", '{"type": "message"}', 1, ("u",))]
+ITEMS = [Delivery("m1", b'{"type": "message"}', 1, ("u",))]
 
 
 class Node:

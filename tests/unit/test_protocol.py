@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 import pytest
 
@@ -56,26 +58,72 @@ def test_topics_replies_encode_the_documented_shapes() -> None:
     assert orjson.loads(TopicsFrame("error", ("b",), "forbidden").encode()) == {"type": "error", "code": "forbidden", "topics": ["b"]}
 
 
+def link_message(head: object, frames: bytes = b"", head_length: int | None = None) -> bytes:
+    """A deliver batch as the link carries it, built by hand: the head's length (or ``head_length``), head, frames."""
+    data = head if isinstance(head, bytes) else orjson.dumps(head)
+    return (len(data) if head_length is None else head_length).to_bytes(4, "big") + data + frames
+
+
 def test_deliver_batch_and_result_round_trip() -> None:
     """The dispatch link frames decode to what was encoded."""
-    batch = DeliverBatch(7, 1234, (Delivery("m", '{"x":1}', 3, ("u", "v")),))
+    batch = DeliverBatch(7, 1234, (Delivery("m", b'{"x":1}', 3, ("u", "v")),))
     assert DeliverBatch.decode(batch.encode()) == batch
     assert BatchResult.decode(BatchResult(7, 2).encode()) == BatchResult(7, 2)
 
 
-def test_deliver_batch_carries_a_topic_as_a_fifth_item_only() -> None:
-    """A topic delivery round-trips with its topic; a user delivery keeps the four-item shape."""
-    batch = DeliverBatch(1, 2, (Delivery("m", "F", 3, ("u",)), Delivery("t", "T", 3, (), "news")))
-    assert orjson.loads(batch.encode())["items"] == [["m", "F", 3, ["u"]], ["t", "T", 3, [], "news"]]
+def test_a_deliver_batch_is_a_length_a_json_head_naming_each_frames_length_then_the_frames() -> None:
+    """The documented layout: a 4-byte big-endian head length, the head with a topic as a fifth item only, then the
+    frames concatenated in item order."""
+    batch = DeliverBatch(1, 2, (Delivery("m", b"FF", 3, ("u",)), Delivery("t", b"TTT", 3, (), "news")))
+    head = orjson.dumps({"type": "deliver", "batch": 1, "at": 2, "items": [["m", 2, 3, ["u"]], ["t", 3, 3, [], "news"]]})
+    assert batch.encode() == link_message(head, b"FFTTT")
     assert DeliverBatch.decode(batch.encode()) == batch
 
 
-@pytest.mark.parametrize("items", [[["m", "F", 3]], [["m", "F", 3, ["u"], "news", "x"]], [["m", "F", 3, [], 5]],
-                                   [["m", "F", 3, "u"]], [{"m": 1, "F": 2, "t": 3, "u": 4}], "mFtu"])
-def test_deliver_batch_decode_refuses_other_shapes(items: object) -> None:
-    """Items of another length, a non-list of users, a non-string topic or a non-list item are malformed."""
-    with pytest.raises(MalformedRequest):
-        DeliverBatch.decode(orjson.dumps({"type": "deliver", "batch": 1, "at": 2, "items": items}))
+def test_a_frame_with_quotes_and_non_ascii_text_crosses_the_link_byte_for_byte() -> None:
+    """A frame's bytes appear in the batch as they are (no JSON escaping) and come out identical, so the node
+    writes exactly what collect encoded."""
+    frame = MessageFrame("m1", {"say": 'he said "héllo" \\ 😀', "sep": "\u2028", "nul": "\u0000"}, 5, "room:1").encode()
+    data = DeliverBatch(9, 9, (Delivery("m1", frame, 5, (), "room:1"), Delivery("m2", b"", 5, ("u",)))).encode()
+    assert data.endswith(frame)
+    [delivered, empty] = DeliverBatch.decode(data).items
+    assert delivered.frame == frame and type(delivered.frame) is bytes and empty.frame == b""
+
+
+GOOD_HEAD = {"type": "deliver", "batch": 1, "at": 2, "items": [["m", 1, 3, ["u"]]]}
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (link_message(GOOD_HEAD, b"F").decode(), "binary message, not str"),
+    (b"", "4-byte length"),
+    (b"\x00\x00\x01", "4-byte length"),
+    (link_message(GOOD_HEAD, b"F", head_length=10_000), "runs past its end"),
+    (link_message(b"{not json", b""), "not valid JSON"),
+    (link_message([1, 2], b""), "must be a JSON object"),
+    (link_message({**GOOD_HEAD, "type": "result"}, b"F"), "needs 'type': 'deliver'"),
+    (link_message({**GOOD_HEAD, "batch": "1"}, b"F"), "needs 'type': 'deliver'"),
+    (link_message({"type": "deliver", "batch": 1, "items": []}), "needs 'type': 'deliver'"),
+    (link_message({**GOOD_HEAD, "items": [["m", -1, 3, ["u"]]]}, b""), "needs 'type': 'deliver'"),
+    (link_message({**GOOD_HEAD, "items": [["m", 1.0, 3, ["u"]]]}, b"F"), "needs 'type': 'deliver'"),
+    (link_message(GOOD_HEAD, b""), "add up to 1 bytes, but 0 follow"),
+    (link_message(GOOD_HEAD, b"FF"), "add up to 1 bytes, but 2 follow"),
+    (link_message({**GOOD_HEAD, "items": []}, b"F"), "add up to 0 bytes, but 1 follow"),
+])
+def test_a_malformed_deliver_batch_is_refused_saying_what_is_wrong(data: str | bytes, says: str) -> None:
+    """Text instead of binary, a short header, a head running past the end or not a deliver head, and frame lengths
+    that do not add up to the bytes after the head each raise MalformedRequest naming the fault."""
+    with pytest.raises(MalformedRequest, match=re.escape(says)):
+        DeliverBatch.decode(data)
+
+
+@pytest.mark.parametrize("items", [[["m", 1, 3]], [["m", 1, 3, ["u"], "news", "x"]], [["m", 1, 3, [], 5]],
+                                   [["m", 1, 3, "u"]], [["m", 1, 3, [7]]], [[5, 1, 3, ["u"]]], [["m", 1, "3", ["u"]]],
+                                   [["m", 1, 3, ["u"], None, "urgent"]], [{"m": 1, "F": 2, "t": 3, "u": 4}], [["m"]], "mFtu"])
+def test_deliver_batch_decode_refuses_other_item_shapes(items: object) -> None:
+    """Items of another length, a non-list of users or a non-string user, a non-string id or topic, a non-integer ts
+    or a non-list item are malformed."""
+    with pytest.raises(MalformedRequest, match="needs 'type': 'deliver'"):
+        DeliverBatch.decode(link_message({"type": "deliver", "batch": 1, "at": 2, "items": items}, b"F"))
 
 
 def test_message_ids_sort_by_time_and_are_unique() -> None:
@@ -94,7 +142,7 @@ def test_dispatch_splits_batches_under_the_frame_limit() -> None:
     """Batches to a node stay under the byte limit, keep order, and an oversized item travels alone."""
     from services.dispatch.forwarder import chunk_by_bytes
 
-    items = [Delivery(f"m{i}", "x" * size, 0, ("u",)) for i, size in enumerate([100, 100, 500, 100])]
+    items = [Delivery(f"m{i}", b"x" * size, 0, ("u",)) for i, size in enumerate([100, 100, 500, 100])]
     chunks = chunk_by_bytes(items, 400)
     assert [[d.message_id for d in c] for c in chunks] == [["m0", "m1"], ["m2"], ["m3"]]
 
@@ -103,7 +151,7 @@ def test_dispatch_sizes_batches_by_utf8_bytes() -> None:
     """Frames of multi-byte characters are counted in bytes, so two 150-character emoji frames do not share a 400-byte batch."""
     from services.dispatch.forwarder import chunk_by_bytes
 
-    items = [Delivery(f"m{i}", "\U0001F600" * 150, 0, ("u",)) for i in range(2)]
+    items = [Delivery(f"m{i}", ("\U0001F600" * 150).encode(), 0, ("u",)) for i in range(2)]
     assert all(d.encoded_size() > 600 for d in items)
     assert [len(c) for c in chunk_by_bytes(items, 400)] == [1, 1]
 
@@ -115,12 +163,12 @@ def test_dispatch_groups_each_message_per_node_with_only_that_nodes_recipients()
     from shared.delivery.stream import StreamEntry
     from shared.model.message import Message
 
-    entries = [StreamEntry("1-0", [Message("m1", ("a", "b", "c"), "F1", 5, 99), Message("m9", ("a",), "F9", 5, 10)]),
-               StreamEntry("2-0", [Message("m2", ("b",), "F2", 6, 99)])]
+    entries = [StreamEntry("1-0", [Message("m1", ("a", "b", "c"), b"F1", 5, 99), Message("m9", ("a",), b"F9", 5, 10)]),
+               StreamEntry("2-0", [Message("m2", ("b",), b"F2", 6, 99)])]
     work = per_node(entries, {"a": ["n1"], "b": ["n1", "n2"]}, now_ms=50)
     assert work == {
-        "n1": {"1-0": [Delivery("m1", "F1", 5, ("a", "b"))], "2-0": [Delivery("m2", "F2", 6, ("b",))]},
-        "n2": {"1-0": [Delivery("m1", "F1", 5, ("b",))], "2-0": [Delivery("m2", "F2", 6, ("b",))]},
+        "n1": {"1-0": [Delivery("m1", b"F1", 5, ("a", "b"))], "2-0": [Delivery("m2", b"F2", 6, ("b",))]},
+        "n2": {"1-0": [Delivery("m1", b"F1", 5, ("b",))], "2-0": [Delivery("m2", b"F2", 6, ("b",))]},
     }
 
 
@@ -131,16 +179,17 @@ def test_dispatch_sends_a_topic_message_once_to_each_holding_node_and_a_broadcas
     from shared.delivery.stream import StreamEntry
     from shared.model.message import BROADCAST, Message
 
-    entries = [StreamEntry("1-0", [Message("t1", (), "T", 5, 99, topic="news"), Message("t2", (), "Q", 5, 99, topic="quiet"),
-                                   Message("b1", (), "B", 5, 99, topic=BROADCAST), Message("b0", (), "O", 5, 10, topic=BROADCAST)])]
+    entries = [StreamEntry("1-0", [Message("t1", (), b"T", 5, 99, topic="news"), Message("t2", (), b"Q", 5, 99, topic="quiet"),
+                                   Message("b1", (), b"B", 5, 99, topic=BROADCAST), Message("b0", (), b"O", 5, 10, topic=BROADCAST)])]
     work = per_node(entries, {}, 50, {"news": {"n2": 3}}, ["n1", "n2"])
-    assert work == {"n1": {"1-0": [Delivery("b1", "B", 5, (), BROADCAST)]},
-                    "n2": {"1-0": [Delivery("t1", "T", 5, (), "news"), Delivery("b1", "B", 5, (), BROADCAST)]}}
+    assert work == {"n1": {"1-0": [Delivery("b1", b"B", 5, (), BROADCAST)]},
+                    "n2": {"1-0": [Delivery("t1", b"T", 5, (), "news"), Delivery("b1", b"B", 5, (), BROADCAST)]}}
 
 
 def test_the_largest_accepted_message_fits_one_batch_and_the_nodes_link_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A message at collect's default payload and recipient limits, all quotes (each escaped twice on the link),
-    is sized at least as large as it encodes, and alone fits dispatch's batch budget and a node's frame limit."""
+    """A message at collect's default payload and recipient limits, all quotes (escaped once, in its frame, and not
+    again on the link), is sized at least as large as it encodes, and alone fits dispatch's batch budget and a node's
+    frame limit."""
     from services.collect.config import CollectConfig
     from services.collect.intake import Limits, parse_body
     from services.dispatch.config import DispatchConfig
@@ -152,8 +201,8 @@ def test_the_largest_accepted_message_fits_one_batch_and_the_nodes_link_limit(mo
     users = [f"{n:04d}".ljust(128, "u") for n in range(collect.max_recipients)]
     [m] = parse_body({"user_ids": users, "payload": '"' * (collect.max_payload_bytes // 2 - 60)}, limits, 1)
     item = Delivery(m.id, m.frame, m.ts, m.users)
-    encoded = len(DeliverBatch(2**40, 2**45, (item,)).encode())
-    assert len(m.frame.encode()) > collect.max_payload_bytes - 200, "the payload is at its limit"
-    assert encoded > 2 * collect.max_payload_bytes, "the frame's quotes are escaped again inside the batch"
-    assert encoded <= item.encoded_size() + 80  # the batch's envelope around its one item
+    encoded = DeliverBatch(2**40, 2**45, (item,)).encode()
+    assert len(m.frame) > collect.max_payload_bytes - 200, "the payload is at its limit"
+    assert encoded.endswith(m.frame), "the frame's quotes are not escaped again inside the batch"
+    assert len(encoded) <= item.encoded_size() + 90  # the batch's length and envelope around its one item
     assert item.encoded_size() <= dispatch.batch_bytes < push.max_frame_bytes - 1000

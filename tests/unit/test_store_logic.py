@@ -27,21 +27,21 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def post(n: int, users: tuple[str, ...] = ("a", "b")) -> list[Message]:
-    return [Message(message_id("p1", i), users, f'{{"n":{i}}}', 1000, 9000 + i, "shop") for i in range(n)]
+    return [Message(message_id("p1", i), users, f'{{"n":{i}}}'.encode(), 1000, 9000 + i, "shop") for i in range(n)]
 
 
 def test_a_post_round_trips_through_its_document_and_its_field_map() -> None:
     """A post's messages come back unchanged from its MongoDB document and from its Redis/stream field map."""
     messages = post(3)
     assert messages_of_document(post_document(messages)) == messages
-    fields = {k.encode(): str(v).encode() for k, v in post_fields(messages).items()}
+    fields = {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in post_fields(messages).items()}
     assert messages_of("p1", 1000, fields) == [Message(m.id, m.users, m.frame, m.ts, m.expires_ms) for m in messages]
 
 
 @pytest.mark.parametrize("messages", [
-    [Message(message_id("p1", 0), ("a",), "F", 1, 5, "")],
-    [Message(message_id("p1", i), ("a", "b.c", "d@e"), '{"p":"é😀"}' * i, 1, 5 + i, "shöp") for i in range(1200)],
-    [Message(message_id("01a212271f619d56643f", 0), tuple(f"u{i}" for i in range(1000)), "x" * 70_000, 2**40, 2**41, "s" * 300)],
+    [Message(message_id("p1", 0), ("a",), b"F", 1, 5, "")],
+    [Message(message_id("p1", i), ("a", "b.c", "d@e"), '{"p":"é😀"}'.encode() * i, 1, 5 + i, "shöp") for i in range(1200)],
+    [Message(message_id("01a212271f619d56643f", 0), tuple(f"u{i}" for i in range(1000)), b"x" * 70_000, 2**40, 2**41, "s" * 300)],
 ], ids=["one", "1200-messages", "1000-recipients"])
 def test_post_bytes_bounds_the_stored_document_closely(messages: list[Message]) -> None:
     """The size collect checks against the store's limit is never below the BSON document's, and a few bytes a message above."""
@@ -51,13 +51,13 @@ def test_post_bytes_bounds_the_stored_document_closely(messages: list[Message]) 
 
 def test_two_submissions_of_one_post_in_a_batch_stay_two_posts() -> None:
     """An Idempotency-Key retry sharing a group commit with its first post is its own post, not merged into one."""
-    a, b = post(2), [Message(message_id("p2", 0), ("c",), "G", 1, 5, "shop")]
+    a, b = post(2), [Message(message_id("p2", 0), ("c",), b"G", 1, 5, "shop")]
     assert submitted_posts(a + b + a) == [a, b, a]
 
 
 def test_only_refused_posts_fail_and_only_new_posts_are_handed_over() -> None:
     """Of one insert's posts, a duplicate is not new but not refused, a refused one fails its own messages only."""
-    posts = [post(2), [Message(message_id("p2", 0), ("c",), "G", 1, 5, "shop")], post(1)]
+    posts = [post(2), [Message(message_id("p2", 0), ("c",), b"G", 1, 5, "shop")], post(1)]
     fresh, refusals = outcomes(posts, [{"index": 1, "code": 11000, "errmsg": "E11000"},
                                        {"index": 2, "code": 10334, "errmsg": "object to insert too large"}])
     assert fresh == posts[0]
@@ -86,7 +86,7 @@ def test_only_documents_the_server_refused_are_the_requests_fault(error: Excepti
 
 def test_a_post_document_stores_each_payload_once_whatever_the_recipients() -> None:
     """A message to 1,000 users keeps one frame in the document, and its expiry is the post's latest."""
-    doc = post_document([Message(message_id("p1", 0), tuple(f"u{i}" for i in range(1000)), "F", 1, 5, "shop")])
+    doc = post_document([Message(message_id("p1", 0), tuple(f"u{i}" for i in range(1000)), b"F", 1, 5, "shop")])
     assert doc["frames"] == ["F"] and doc["users"][0].count(",") == 999
 
 
@@ -144,10 +144,10 @@ async def test_lifecycle_marks_coalesce_per_delivery_keeping_the_first_time() ->
 def test_topic_messages_round_trip_and_only_posts_with_one_store_topics() -> None:
     """Topic and broadcast messages keep their topic through the document and the field map; a post of user
     messages only gets no ``topics`` list."""
-    messages = [Message(message_id("p2", 0), (), "T", 1, 5, "shop", "news"), Message(message_id("p2", 1), ("a",), "U", 1, 5, "shop"),
-                Message(message_id("p2", 2), (), "B", 1, 5, "shop", BROADCAST)]
+    messages = [Message(message_id("p2", 0), (), b"T", 1, 5, "shop", "news"), Message(message_id("p2", 1), ("a",), b"U", 1, 5, "shop"),
+                Message(message_id("p2", 2), (), b"B", 1, 5, "shop", BROADCAST)]
     assert messages_of_document(post_document(messages)) == messages
-    fields = {k.encode(): str(v).encode() for k, v in post_fields(messages).items()}
+    fields = {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in post_fields(messages).items()}
     assert [m.topic for m in messages_of("p2", 1, fields)] == ["news", None, BROADCAST]
     assert "topics" not in post_document(post(2))
 
@@ -166,7 +166,7 @@ async def test_topic_counts_add_up_per_node_and_derive_a_status_of_counts() -> N
     await writer.flush()
     assert store.counted == [{(topic, "n1"): NodeCount(2, {"dispatched": 10, "delivered": 12}),
                               (topic, "n2"): NodeCount(3, {"dispatched": 10, "delivered": 14})}]
-    doc = post_document([Message(message_id("p3", 0), ("a",), "U", 5, 9, "shop"), Message(topic, (), "T", 5, 9, "shop", "news")])
+    doc = post_document([Message(message_id("p3", 0), ("a",), b"U", 5, 9, "shop"), Message(topic, (), b"T", 5, 9, "shop", "news")])
     events = event_documents({(message_id("p3", 0), "a"): {"delivered": 7}}, NOW, store.counted[0])
     events += event_documents({}, NOW, {(topic, "n2"): NodeCount(1, {"dispatched": 9})})
     assert derive_counts(doc, 1, events) == {"topic": "news", "stages": {"accepted": 5, "dispatched": 9, "delivered": 12},
@@ -177,9 +177,9 @@ async def test_topic_counts_add_up_per_node_and_derive_a_status_of_counts() -> N
 def test_a_scheduled_message_shows_its_due_time_then_its_cancellation() -> None:
     """A scheduled message's document keeps its due time; its status is scheduled until a cancellation row closes it,
     per recipient for a user message and as a stage for a broadcast."""
-    to_users = Message(message_id("p3", 0), ("a", "b"), "F", 1000, 90_000, "shop", due_ms=5000)
-    broadcast = Message(message_id("p3", 1), (), "G", 1000, 90_000, "shop", BROADCAST, due_ms=6000)
-    now = Message(message_id("p3", 2), ("a",), "H", 1000, 90_000, "shop")
+    to_users = Message(message_id("p3", 0), ("a", "b"), b"F", 1000, 90_000, "shop", due_ms=5000)
+    broadcast = Message(message_id("p3", 1), (), b"G", 1000, 90_000, "shop", BROADCAST, due_ms=6000)
+    now = Message(message_id("p3", 2), ("a",), b"H", 1000, 90_000, "shop")
     doc = post_document([to_users, broadcast, now])
     assert messages_of_document(doc) == [to_users, broadcast, now]
     assert [r["state"] for r in derive(doc, 0, [])] == ["scheduled", "scheduled"]
