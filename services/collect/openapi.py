@@ -150,8 +150,8 @@ PATHS: dict[str, Any] = {
                     "properties": {"id": {"type": "string"}, "recipients": {"type": "array", "items": {
                         "type": "object", "required": ["user_id", "state", "accepted_at"],
                         "properties": {"user_id": {"type": "string"}, "state": {"type": "string", "description": (
-                            "accepted, scheduled (scheduled_at: the due time), dispatched, delivered, expired, "
-                            "cancelled or acked")},
+                            "accepted, scheduled (scheduled_at: the due time), due (due_at: when it fired), dispatched, "
+                            "delivered, expired, trimmed, cancelled or acked")},
                                        "accepted_at": {"type": "integer"}},
                         "additionalProperties": {"type": "integer", "description": "'{stage}_at': first time of each stage"},
                     }}},

@@ -42,7 +42,7 @@ def create_app(config: DispatchConfig) -> Starlette:
     forwarders = [Forwarder(config, shard, routes, links, live, inbox) for shard in stream.shards]  # one read loop per stream shard
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, inbox, lifecycle, lease, routes, stream)
-    firing = Firing(config, reconciler.handover)
+    firing = Firing(config, reconciler.handover, lifecycle)
 
     async def health() -> dict[str, object]:
         redis_ok = await redis_alive(redis)

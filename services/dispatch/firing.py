@@ -1,7 +1,7 @@
 """Firing scheduled messages once due: every dispatch instance runs this loop, none holds a lease.
 
 Each pass claims up to ``fire_batch`` due ids in one script call (``shared.delivery.schedule``), so an id goes
-to exactly one claimer, then hands them over like collect does for a message due at once: inboxes
+to exactly one claimer, then hands them over like collect does for a message due at once (and marks their deliveries ``due``): inboxes
 opened and posts appended to the stream, the ids removed from ``schedule:firing`` and their fields
 from their posts' hashes, all in one MULTI, so a claimer that dies leaves either everything or
 nothing done (what it claimed is claimed again after ``FIRE_GRACE_MS``). A Redis Cluster has no
@@ -27,6 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from services.dispatch.config import DispatchConfig
 from shared.delivery.handover import Handover
+from shared.delivery.lifecycle import LifecycleWriter
 from shared.infra.clients import is_cluster
 from shared.infra.retry import Backoff
 
@@ -37,9 +38,10 @@ LATENESS = Histogram("dispatch_scheduled_lateness_seconds", "From a scheduled me
 
 
 class Firing:
-    def __init__(self, config: DispatchConfig, handover: Handover) -> None:
+    def __init__(self, config: DispatchConfig, handover: Handover, lifecycle: LifecycleWriter) -> None:
         self.config = config
         self.handover = handover
+        self.lifecycle = lifecycle
         self.schedule = handover.schedule
 
     async def run(self) -> None:
@@ -79,6 +81,7 @@ class Firing:
         at = claimed_at + int(elapsed * 1000)  # Redis's clock at the hand-over, near enough
         for m in messages:
             LATENESS.observe(max(0, at - m.due_ms) / 1000)
+        self.lifecycle.mark("due", [(m.id, u) for m in messages for u in m.users], at)  # a topic message has no recipients
         FIRED.inc(len(messages))
         log.info("fired scheduled messages", extra={"count": len(messages), "claimed": len(ids), "seconds": round(elapsed, 4)})
         return len(ids), wake_ms, claimed_at

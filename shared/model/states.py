@@ -6,8 +6,8 @@
             \\-> expired | trimmed
 
 * ``accepted``: stored in MongoDB and answered 2xx (the post's document);
-* ``scheduled``: held back until its due time (the document says when); ``due`` is its hand-over
-  to dispatch at that time, which the status shows as the state that follows;
+* ``scheduled``: held back until its due time (the document says when); ``due``: handed over to
+  dispatch at that time by the instance that fired it (``services.dispatch.firing``);
 * ``dispatched``: a push node holding the recipient took it; ``delivered``: written to a socket;
 * closing states, after which nothing reaches the recipient: ``acked`` (the client confirmed it),
   ``expired`` (its TTL passed first), ``cancelled`` (taken back before it fell due), ``trimmed``
@@ -25,6 +25,7 @@ from enum import StrEnum
 class State(StrEnum):
     ACCEPTED = "accepted"
     SCHEDULED = "scheduled"
+    DUE = "due"
     DISPATCHED = "dispatched"
     DELIVERED = "delivered"
     TRIMMED = "trimmed"

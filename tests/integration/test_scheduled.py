@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -135,6 +136,24 @@ async def test_a_cancelled_message_never_arrives_and_its_status_says_cancelled(a
     assert after["recipients"][0]["state"] == "cancelled" and "dispatched_at" not in after["recipients"][0]
     assert (await c.cancel(kept))[0] == 404, "a message that fired cannot be cancelled"
     assert (await c.cancel("0123456789abcdef0000"))[0] == 404
+    await ws.close()
+
+
+async def test_a_fired_message_for_an_offline_user_shows_due_with_the_time_it_fired(any_shared_stack: RunningStack) -> None:
+    """Once fired, a scheduled message whose recipient is offline shows ``due`` (handed over, no node holds the
+    user), with ``due_at`` at or after its due time; when the user connects it moves on to delivered."""
+    c = any_shared_stack.client
+    deliver_at = clock_ms() + 1000
+    code, answer = await c.post({"user_id": "due-offline", "payload": "due", "deliver_at": deliver_at})
+    assert code == 202, answer
+
+    async def row() -> dict[str, Any]:
+        return dict((await status(any_shared_stack, answer["id"]))[1]["recipients"][0])
+
+    due = await until(row, lambda r: r["state"] == "due", what="the status to show due", timeout=15, every=0.3)
+    assert due["scheduled_at"] == deliver_at <= due["due_at"] and "dispatched_at" not in due
+    ws = await c.connect("due-offline")
+    await until(row, lambda r: r["state"] == "delivered", what="the status to show delivered", timeout=15, every=0.3)
     await ws.close()
 
 

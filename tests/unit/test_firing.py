@@ -9,6 +9,7 @@ import pytest
 from services.dispatch.config import DispatchConfig
 from services.dispatch.firing import Firing
 from shared.delivery.handover import Handover
+from shared.delivery.lifecycle import LifecycleWriter
 
 
 class FakeHandover:
@@ -20,7 +21,7 @@ def firing(monkeypatch: pytest.MonkeyPatch) -> Firing:
     monkeypatch.setenv("APP_ENV", "development")
     monkeypatch.setenv("FIRE_INTERVAL_MS", "50")
     monkeypatch.setenv("FIRE_IDLE_MS", "500")
-    return Firing(DispatchConfig.from_env(), cast(Handover, FakeHandover()))
+    return Firing(DispatchConfig.from_env(), cast(Handover, FakeHandover()), cast(LifecycleWriter, None))
 
 
 def test_an_empty_schedule_is_looked_at_once_per_idle_pause(firing: Firing) -> None:
