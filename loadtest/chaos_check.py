@@ -381,20 +381,26 @@ def _marks_lost(obs: Observations, at: float, node: int) -> bool:
 def _check_acked_came_back(obs: Observations, report: Report) -> None:
     """After Redis restarted empty (and was rebuilt from MongoDB), a message its user acked ``ACK_RECORDED_S`` before
     the restart arrives again on a socket of that user (README: "acked ones do not come back"), away from a dispatch
-    instance's SIGKILL (whose claimed entries may be sent again to every socket: at least once)."""
+    instance's SIGKILL (whose claimed entries may be sent again to every socket: at least once). An ack whose node was
+    SIGKILLed within ``LIFECYCLE_LOSS_S`` after it is excused (its lifecycle mark may have died with the node: README's
+    fault table), as ``_marks_lost`` excuses a status."""
     restarts = [f for f in obs.faults if f.kind == "redis"]
     retries = [f for f in obs.faults if f.kind == "kill" and f.target.startswith("dispatch")]
-    acked: dict[tuple[str, str], float] = {}
+    acked: defaultdict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
     for s in obs.sockets:
         for mid, when in s.acks.items():
-            acked[(mid, s.user)] = min(when, acked.get((mid, s.user), when))
+            acked[(mid, s.user)].append((when, s.node))
     for s in obs.sockets:
         for a in s.arrivals:
-            at = acked.get((a.message_id, s.user))
-            restart = next((f for f in restarts if at is not None and at + ACK_RECORDED_S <= f.start < a.at), None)
-            if restart is not None and not any(k.start <= a.at <= k.end + REDELIVERY_S for k in retries):
-                report.add("acked_came_back", f"{a.message_id} on socket {s.id} of {s.user} at {a.at:.3f}: acked at {at:.3f}, "
-                           f"before {restart.target} restarted at {restart.start:.3f}")
+            for restart in restarts:
+                if not restart.start < a.at or any(k.start <= a.at <= k.end + REDELIVERY_S for k in retries):
+                    continue
+                recorded = [at for at, node in acked.get((a.message_id, s.user), [])
+                            if at + ACK_RECORDED_S <= restart.start and not _marks_lost(obs, at, node)]
+                if recorded:
+                    report.add("acked_came_back", f"{a.message_id} on socket {s.id} of {s.user} at {a.at:.3f}: acked at "
+                               f"{min(recorded):.3f}, before {restart.target} restarted at {restart.start:.3f}")
+                    break
 
 
 def _tally(obs: Observations, known: dict[str, Accepted], report: Report) -> None:

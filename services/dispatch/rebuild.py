@@ -7,6 +7,9 @@ due while Redis was down and that no node recorded: it fires at once); then ever
 cancelled since the oldest of them was accepted is closed again, and the cancelled messages leave
 the schedule. Putting a scheduled message back skips the ids a cancel took out since Redis came back
 (``Schedule.hold``): a page read before such a cancel does not bring its message back.
+Last, the acks Redis held while the state was incomplete (``Inbox.acknowledge``: taken
+while it was empty, or closing what the first pass then reopened) are closed again and recorded
+``acked`` in MongoDB before the state is marked complete, so no replay can send them.
 
 Live traffic goes on meanwhile (new messages go to Redis as usual). The rebuild first marks the
 whole state incomplete, whichever buckets were lost, and pauses the schedule: replays wait until a
@@ -23,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from shared.delivery.inbox import Inbox
+from shared.delivery.lifecycle import LifecycleWriter
 from shared.delivery.schedule import Schedule
 from shared.delivery.store import MessageStore, utc
 from shared.model.message import Message
@@ -56,8 +60,21 @@ async def still_held(held: Callable[[], Awaitable[bool]], schedule: Schedule) ->
     await schedule.pause(PAUSE_MS)
 
 
+async def close_held_acks(inbox: Inbox, lifecycle: LifecycleWriter) -> int:
+    """Close the deliveries acked while the state was incomplete, now that the passes reopened them, record exactly
+    those ``acked`` in MongoDB (an ack the node could not record: it found nothing to close), then forget the held
+    acks; return how many closed. Only an entry in the acking user's own inbox closes, as for any ack."""
+    acks = await inbox.held_acks()
+    if not acks:
+        return 0
+    closed = set(await inbox.close([pair for pair, _ in acks]))
+    await lifecycle.write("acked", {pair: at for pair, at in acks if pair in closed})
+    await inbox.forget_held(acks)
+    return len(closed)
+
+
 async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: int,
-                  held: Callable[[], Awaitable[bool]]) -> str:
+                  held: Callable[[], Awaitable[bool]], lifecycle: LifecycleWriter) -> str:
     """Reopen what MongoDB says is open, then mark the state complete; return the new epoch."""
     started = time.monotonic()
     log.warning("Redis holds no delivery state; rebuilding it from MongoDB")
@@ -83,6 +100,7 @@ async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: i
             closed += len(await inbox.close(pairs))
             await schedule.unschedule(cancelled)
             await still_held(held, schedule)
+    closed += await close_held_acks(inbox, lifecycle)
     epoch = await inbox.complete()
     await schedule.resume()
     log.warning("delivery state rebuilt", extra={"messages": opened, "scheduled": scheduled, "closed": closed, "epoch": epoch,

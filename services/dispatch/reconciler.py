@@ -76,7 +76,8 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         if await self.inbox.epoch() is None:
-            await rebuild(self.store, self.inbox, self.handover.schedule, self.config.rebuild_page, self.lease.hold)
+            await rebuild(self.store, self.inbox, self.handover.schedule, self.config.rebuild_page, self.lease.hold,
+                          self.lifecycle)
             REBUILDS.inc()
         await self.finish_handovers()
         await self.expire()

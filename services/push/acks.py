@@ -2,7 +2,14 @@
 
 A flush closes the acked deliveries in the users' inboxes (only ids in the acking user's own inbox
 count, so nobody can acknowledge someone else's message) and marks exactly those ``acked`` in the
-lifecycle. A failed flush is kept and retried with backoff.
+lifecycle. While the state is incomplete (Redis came back empty and is being rebuilt), Redis also
+holds each ack for the rebuild, which closes and records it once its delivery is reopened
+(``Inbox.acknowledge``). A failed flush is kept and retried with backoff.
+
+An ack a failed flush keeps would be lost with the node, and could reach Redis only after a rebuild
+has reopened its message and a replay sent it again; so, on the first failure, the acks of messages
+this node wrote to the acking socket (surely deliveries to that user: ``SentIds``) are marked ``acked``
+in the lifecycle at once, and the rebuild finds them on record in MongoDB.
 
 What waits is bounded: at most ``max_pending`` acks (``MAX_PENDING_ACKS``) are kept while Redis is down;
 past that the newest are dropped, counted in ``push_acks_dropped_total`` and logged once per flush attempt.
@@ -14,19 +21,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from typing import NamedTuple
 
 from redis.exceptions import RedisError
 
-from services.push.metrics import ACKS_DROPPED
+from services.push.metrics import ACKS_DROPPED, ACKS_PENDING
 from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
+from shared.infra.clock import now_ms
 from shared.infra.retry import Backoff
 from shared.model.message import Pair
 
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 0.02
-MAX_PENDING_ACKS = 100_000  # acks kept for a flush while Redis is down (~100 bytes each: ~10 MB)
+MAX_PENDING_ACKS = 100_000  # acks kept for a flush while Redis is down (~150 bytes each: ~15 MB)
+
+
+class Ack(NamedTuple):
+    pair: Pair
+    at: int  # when the client acked it (ms)
+    written: bool  # this node wrote the message to the acking socket, and has not recorded the ack yet
 
 
 class Acks:
@@ -34,16 +51,19 @@ class Acks:
         self.inbox = inbox
         self.lifecycle = lifecycle
         self.max_pending = max_pending
-        self._pending: list[Pair] = []
+        self._pending: list[Ack] = []
         self._dropped = 0  # since the last log line
         self._wake = asyncio.Event()
 
-    def add(self, user_id: str, message_ids: tuple[str, ...]) -> None:
+    def add(self, user_id: str, message_ids: tuple[str, ...], written: Collection[str] = ()) -> None:
+        """Take a client's acks; ``written``: those of the ids this node wrote to the acking socket."""
         room = self.max_pending - len(self._pending)
         if room < len(message_ids):
             self._drop(len(message_ids) - max(room, 0))
             message_ids = message_ids[:max(room, 0)]
-        self._pending.extend((m, user_id) for m in message_ids)
+        at, mine = now_ms(), set(written)
+        self._pending.extend(Ack((m, user_id), at, m in mine) for m in message_ids)
+        ACKS_PENDING.set(len(self._pending))
         self._wake.set()
 
     def _drop(self, count: int) -> None:
@@ -53,17 +73,28 @@ class Acks:
     def pending(self) -> int:
         return len(self._pending)
 
+    def _mark(self, acks: Iterable[Ack]) -> None:
+        """Mark these acks ``acked`` in the lifecycle, each at its own time."""
+        by_time: defaultdict[int, list[Pair]] = defaultdict(list)
+        for ack in acks:
+            by_time[ack.at].append(ack.pair)
+        for at, pairs in by_time.items():
+            self.lifecycle.mark("acked", pairs, at)
+
     async def flush(self) -> None:
-        pairs, self._pending = self._pending, []
+        acks, self._pending = self._pending, []
         try:
-            closed = await self.inbox.close(pairs)
+            closed = set(await self.inbox.acknowledge([(a.pair, a.at) for a in acks]))
         except RedisError:
-            kept = pairs + self._pending  # the failed batch first, then what came meanwhile, up to the cap
-            if len(kept) > self.max_pending:
+            self._mark(a for a in acks if a.written)
+            kept = [a._replace(written=False) for a in acks] + self._pending  # the failed batch first, then what came
+            if len(kept) > self.max_pending:                                   # meanwhile, up to the cap
                 self._drop(len(kept) - self.max_pending)
             self._pending = kept[:self.max_pending]
             raise
-        self.lifecycle.mark("acked", closed)
+        finally:
+            ACKS_PENDING.set(len(self._pending))
+        self._mark(a for a in acks if a.pair in closed)
 
     async def run(self) -> None:
         backoff = Backoff()

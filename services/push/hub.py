@@ -112,13 +112,18 @@ class SentIds:
             self._ids.popitem(last=False)
             SENT_FORGOTTEN.inc()
 
-    def difference_update(self, message_ids: Iterable[str]) -> None:
-        """These ids were acknowledged: no longer counted as unacked, remembered among the newest acked."""
+    def difference_update(self, message_ids: Iterable[str]) -> list[str]:
+        """These ids were acknowledged: no longer counted as unacked, remembered among the newest acked. Returns those
+        that were written to this socket and unacked until now."""
+        written = []
         for message_id in message_ids:
-            self._ids.pop(message_id, None)
+            if message_id in self._ids:
+                del self._ids[message_id]
+                written.append(message_id)
             self._acked[message_id] = None
         while len(self._acked) > ACKED_LIMIT:
             self._acked.popitem(last=False)
+        return written
 
 
 @dataclass(eq=False, slots=True)
@@ -159,8 +164,9 @@ class Session:
             broadcast([self.ws], frame, text=True)
         return True
 
-    def acknowledged(self, message_ids: Iterable[str]) -> None:
-        self.sent.difference_update(message_ids)
+    def acknowledged(self, message_ids: Iterable[str]) -> list[str]:
+        """The client acknowledged these ids; returns those written to this socket (surely this user's deliveries)."""
+        return self.sent.difference_update(message_ids)
 
 
 class Hub:

@@ -19,5 +19,6 @@ SLOW_CLOSED = Counter("push_slow_closed_total", "Connections closed because thei
 QUEUED = Gauge("push_frames_queued", "Live frames queued in the node for sockets whose buffer is backed up")
 ACKS_DROPPED = Counter("push_acks_dropped_total", "Client acks dropped past the node's backlog cap while Redis was down "
                        "(their messages stay open and are sent again: at least once)")
+ACKS_PENDING = Gauge("push_acks_pending", "Client acks the node holds for its next flush to Redis (many: Redis is unreachable)")
 SENT_FORGOTTEN = Counter("push_sent_forgotten_total", "Sent, unacked message ids a socket forgot past its cap (a replay "
                          "may then write one again; the client drops it by id)")

@@ -115,8 +115,7 @@ class SocketHandler:
             if isinstance(frame, PingFrame):
                 await session.ws.send(PongFrame().encode())
             elif isinstance(frame, AckFrame):
-                session.acknowledged(frame.ids)
-                self.acks.add(session.user_id, frame.ids)
+                self.acks.add(session.user_id, frame.ids, written=session.acknowledged(frame.ids))
             elif isinstance(frame, SubscribeFrame):
                 await self.subscribe(session, grants, frame.topics)
             elif isinstance(frame, UnsubscribeFrame):

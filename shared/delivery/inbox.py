@@ -21,7 +21,11 @@ Keys (a post is one POST's messages, see ``shared.model.message``):
   master of a Redis Cluster restarted empty, loses the markers of exactly the buckets it lost. With
   any missing, dispatch rebuilds the state from MongoDB (``services/dispatch/rebuild.py``) and sets
   them all to a new epoch; replays of a user wait for their bucket's marker, and push nodes that see
-  the epoch change send their open sessions what came back.
+  the epoch change send their open sessions what came back;
+* ``held:{u<bucket>}`` -- a ZSET of the acks taken while that bucket's marker was missing (``{message id},{user}``,
+  scored by the ack's time, kept ``HELD_ACK_TTL_SECONDS``): an ack then may find nothing to close (Redis came back
+  empty) or close what the rebuild opens again from MongoDB, which may not have its mark yet. The rebuild closes
+  every held ack once it has reopened everything and records it, before it sets the marker (``acknowledge``).
 
 Each method takes a whole batch and costs a few round trips whatever its size: one script call per
 post bucket for the posts' state, one per user bucket for the inboxes (``shared.infra.scripts``), since
@@ -121,6 +125,28 @@ return #KEYS - 1
 """
 
 
+# Acknowledging (transition ``close``'s inbox part, by the acking user). KEYS per delivery: its user's inbox, that
+# bucket's epoch marker and held acks; ARGV[1]: the held acks' lifetime (s), then per delivery: its message id, its
+# ``{message id},{user}`` and the ack's time (ms). Each delivery's three keys answer whether its entry was removed.
+# With the marker missing (the state incomplete) the ack is held as well, found or not, for the rebuild to honour.
+ACK_INBOXES = """
+local ttl = ARGV[1]
+local answers = {}
+for k = 1, #KEYS, 3 do
+  local a = 2 + (k - 1) / 3 * 3
+  local removed = redis.call('ZREM', KEYS[k], ARGV[a])
+  if redis.call('EXISTS', KEYS[k + 1]) == 0 then
+    redis.call('ZADD', KEYS[k + 2], 'NX', ARGV[a + 2], ARGV[a + 1])
+    redis.call('EXPIRE', KEYS[k + 2], ttl)
+  end
+  answers[k], answers[k + 1], answers[k + 2] = removed, removed, removed
+end
+return answers
+"""
+
+HELD_ACK_TTL_SECONDS = 86_400  # a held ack outlives any rebuild; one older is of a state rebuilt since (or given up)
+
+
 def epoch_key(tag: str) -> str:
     return f"state:epoch:{tag}"
 
@@ -141,6 +167,10 @@ def trimmed_key(tag: str) -> str:
     return f"trimmed:{tag}"
 
 
+def held_key(tag: str) -> str:
+    return f"held:{tag}"
+
+
 def by_bucket(posts: Iterable[str]) -> dict[str, list[str]]:
     """Posts grouped by their bucket's tag."""
     buckets: defaultdict[str, list[str]] = defaultdict(list)
@@ -157,6 +187,7 @@ class Inbox:
         self._open = SlotScript(redis, OPEN_POSTS, once=True)  # counts: a retried call after a dropped reply would
         self._close = SlotScript(redis, CLOSE_POSTS, once=True)  # count twice (a close twice: a frame still owed gone)
         self._expire = SlotScript(redis, EXPIRE_POSTS)
+        self._ack = SlotScript(redis, ACK_INBOXES, once=True)  # a retry would answer 0 for what the first removed
 
     async def _per_bucket(self, pipe: Pipeline, script: SlotScript, args: Mapping[str, list[Any]], head: list[Any]) -> None:
         """Queue one call of a post-state script per bucket: its expiry index and posts as keys, each post's arguments."""
@@ -240,13 +271,46 @@ class Inbox:
         return {(m, u) for (u, ids), scores in zip(per_user.items(), replies) for m, score in zip(ids, scores) if score is not None}
 
     async def close(self, pairs: list[Pair]) -> list[Pair]:
-        """Close deliveries (acknowledged); return those that were open, so each closes once.
-
-        Only an entry in the user's own inbox closes: an id the user was never sent changes nothing.
+        """Close deliveries (acknowledged, expired or cancelled on record: the rebuild's); return those that were open,
+        so each closes once. Only an entry in the user's own inbox closes: an id the user was never sent changes nothing.
         """
         removed = await self._remove(pairs)
         await self._settle(removed)
         return removed
+
+    async def acknowledge(self, acks: list[tuple[Pair, int]]) -> list[Pair]:
+        """Close deliveries their users acknowledged (each with its ack's time, ms); return those that were open.
+
+        Only an entry in the user's own inbox closes. While the user's bucket has no epoch marker the ack is also held
+        for the rebuild (``held_acks``), which closes it once the entry is back and records it ``acked``: the caller
+        records only what this returns.
+        """
+        if not acks:
+            return []
+        keys = list(chain.from_iterable((inbox_key(u), epoch_key(user_tag(u)), held_key(user_tag(u))) for (_, u), _ in acks))
+        per_key = list(chain.from_iterable(([m, f"{m},{u}", at], [], []) for (m, u), at in acks))
+        flags = await self._ack.each(keys, per_key, head=[HELD_ACK_TTL_SECONDS])
+        removed = [pair for (pair, _), there in zip(acks, flags[::3]) if there]
+        await self._settle(removed)
+        return removed
+
+    async def held_acks(self) -> list[tuple[Pair, int]]:
+        """The acks held while the state was incomplete, each with its time (ms): every user bucket's, one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag in all_user_tags():
+                pipe.zrange(held_key(tag), 0, -1, withscores=True)
+            replies = await pipe.execute()
+        return [(cast_pair(member), int(at)) for reply in replies for member, at in reply]
+
+    async def forget_held(self, acks: list[tuple[Pair, int]]) -> None:
+        """Drop these held acks (honoured); one taken since stays for the next rebuild."""
+        members: defaultdict[str, list[str]] = defaultdict(list)
+        for (m, u), _ in acks:
+            members[held_key(user_tag(u))].append(f"{m},{u}")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, names in members.items():
+                pipe.zrem(key, *names)
+            await pipe.execute()
 
     async def _remove(self, pairs: list[Pair]) -> list[Pair]:
         """Remove each (message, user) from the user's inbox; return those that were there."""
@@ -336,6 +400,6 @@ class Inbox:
 
 
 def cast_pair(entry: bytes) -> Pair:
-    """A trimmed queue's entry, ``{message id},{user}``, as a delivery."""
+    """A trimmed queue's or held acks' entry, ``{message id},{user}``, as a delivery."""
     m, _, user = entry.decode().partition(",")
     return m, user

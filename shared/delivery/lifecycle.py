@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from shared.delivery.store import MessageStore, NodeCount
 from shared.delivery.webhook_feed import WebhookFeed
@@ -49,7 +49,7 @@ class LifecycleWriter:
         at = at_ms or int(time.time() * 1000)
         if self.feed is not None and stage in FACT_STAGES:
             pairs = list(pairs)
-            self._facts += [Fact(stage, m, u, at, self.node if stage == "delivered" else "") for m, u in pairs]
+            self._facts += [self._fact(stage, pair, at) for pair in pairs]
         pending = self._pending
         for pair in pairs:
             stages = pending.get(pair)
@@ -62,6 +62,17 @@ class LifecycleWriter:
             for pair in list(pending)[:dropped]:
                 del pending[pair]
             log.warning("lifecycle backlog full; dropping oldest marks", extra={"count": dropped})
+
+    def _fact(self, stage: str, pair: Pair, at: int) -> Fact:
+        return Fact(stage, pair[0], pair[1], at, self.node if stage == "delivered" else "")
+
+    async def write(self, stage: str, marks: Mapping[Pair, int]) -> None:
+        """Record that these deliveries reached ``stage``, each at its own time (ms), in MongoDB before returning (for a
+        caller that must not go on until they are on record; ``Unavailable`` if they are not); their webhook facts go
+        with the next flush."""
+        await self.store.record({pair: {stage: at} for pair, at in marks.items()})
+        if self.feed is not None and stage in FACT_STAGES:
+            self._facts += [self._fact(stage, pair, at) for pair, at in marks.items()]
 
     def count(self, message_id: str, node: str, sockets: int, stages: dict[str, int]) -> None:
         """Record that a topic message reached ``stages`` on ``node`` and was written to ``sockets`` of its sockets."""

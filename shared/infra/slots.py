@@ -29,7 +29,9 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
 5. **Singletons** (``handover``, ``lease:reconciler``) take single-key commands only; each
    lives on one master. The state's completeness marker is not one: ``state:epoch:{u<b>}``, one per
    user bucket, beside the inboxes it vouches for, so a master restarted empty is noticed by the
-   markers it lost (``shared.delivery.inbox``), whichever master it is.
+   markers it lost (``shared.delivery.inbox``), whichever master it is; the acks held while a marker is
+   missing (``held:{u<b>}``) share that tag too, so one script removes an inbox entry, reads the marker
+   and holds the ack.
 6. **A stream that would be a hot spot is sharded**: ``STREAM_SHARDS`` shards, a post going to one
    by the CRC32 of its id; every dispatch instance reads every shard, one loop per shard
    (``shared.delivery.stream``). A shard is a stream per priority tier under one tag, ``{push:deliveries:<i>}``

@@ -10,6 +10,7 @@ import pytest
 
 from loadtest.chaos_check import (
     CLASSES,
+    LIFECYCLE_LOSS_S,
     Arrival,
     CancelRecord,
     FaultRecord,
@@ -187,6 +188,19 @@ def test_a_topic_message_missed_during_a_fault_is_not_counted() -> None:
     miss_a_topic_message(obs)
     obs.faults.append(FaultRecord("kill", "dispatch-1", T0 - 2, T0 - 1))
     assert counted(obs).violations == 0
+
+
+@pytest.mark.parametrize(("killed_after", "counted_as"), [(1.0, 0), (LIFECYCLE_LOSS_S + 1, 1)])
+def test_an_acked_message_back_after_a_redis_restart_is_excused_only_if_its_node_died_right_after_the_ack(
+        killed_after: float, counted_as: int) -> None:
+    """The node that took an ack and was SIGKILLed within ``LIFECYCLE_LOSS_S`` of it may have taken the ack's
+    lifecycle mark along (README's fault table), so the message coming back after a later Redis restart is excused;
+    a node killed later had written it, and the message coming back still counts."""
+    obs = clean()
+    arrive_again_after_a_redis_restart(obs)
+    acked = socket(obs, "bob").acks["aaaa0001"]
+    obs.faults.append(FaultRecord("kill", f"push-{NODE}", acked + killed_after, acked + killed_after + 1))
+    assert counted(obs).counts["acked_came_back"] == counted_as
 
 
 def test_a_status_left_behind_by_a_node_killed_right_after_writing_is_not_counted() -> None:

@@ -16,11 +16,11 @@ from shared.model.message import Pair
 
 
 class DownInbox:
-    """An inbox whose Redis is down: every close fails."""
+    """An inbox whose Redis is down: every acknowledgement fails."""
 
     calls = 0
 
-    async def close(self, pairs: list[Pair]) -> list[Pair]:
+    async def acknowledge(self, acks: list[tuple[Pair, int]]) -> list[Pair]:
         self.calls += 1
         raise RedisConnectionError("Redis is down")
 
@@ -49,3 +49,29 @@ def test_acks_kept_while_redis_is_down_stop_at_the_cap_and_the_rest_are_counted_
         assert acks.pending() <= 1_000
     assert acks.pending() == 1_000
     assert dropped() - before == 30 * 100 - 1_000
+
+
+class Marks:
+    """A lifecycle that remembers what was marked."""
+
+    def __init__(self) -> None:
+        self.marked: list[tuple[str, list[Pair], int | None]] = []
+
+    def mark(self, stage: str, pairs: list[Pair], at_ms: int | None = None) -> None:
+        self.marked.append((stage, list(pairs), at_ms))
+
+
+def test_acks_of_messages_the_node_wrote_are_marked_acked_once_when_redis_refuses_them() -> None:
+    """A failed flush marks acked, once, the acks of messages this node wrote to the acking socket, and no other."""
+    marks = Marks()
+    acks = Acks(cast(Inbox, DownInbox()), cast(LifecycleWriter, marks))
+    acks.add("ann", ("m1", "m2"), written=["m1"])
+
+    async def flush_failing() -> None:
+        with pytest.raises(RedisConnectionError):
+            await acks.flush()
+
+    asyncio.run(flush_failing())
+    asyncio.run(flush_failing())
+    assert [(stage, pairs) for stage, pairs, _ in marks.marked] == [("acked", [("m1", "ann")])]
+    assert acks.pending() == 2, "both still go to Redis"
