@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-from loadtest.chaos_check import CLASSES, OPEN_STATES, Observations, Report, arrived, check, owed, recipients
+from loadtest.chaos_check import CLASSES, OPEN_STATES, FaultRecord, Observations, Report, arrived, check, owed, recipients
 from loadtest.chaos_clients import Clients, SocketPlan, UserPlan, plan_sockets, plan_users
 from loadtest.chaos_faults import FAULT_KINDS, SERVER_KINDS, ChaosStack, Faults, plan_faults
 from loadtest.chaos_net import Toxiproxy
@@ -38,6 +38,7 @@ SETTLE_MARGIN_S = 10.0  # the settle phase lasts at least this long past the lat
 LINGER_S = 2.0  # kept open once everything owed arrived, for late duplicates
 STATUS_IN_FLIGHT = 8
 STATUS_LIMIT = 3000  # statuses read at most (a seeded sample of the accepted user messages beyond)
+PAUSE_POLL_S = 0.5  # how often dispatch's /healthz is asked whether the schedule is paused
 STATUS_ROUNDS = 3  # reads of a status still behind what clients saw (the lifecycle is written once a second)
 
 
@@ -59,10 +60,32 @@ async def drive(stack: ChaosStack, seed: int, seconds: float, faults: list[str],
             group.create_task(clients.run(sockets))
             group.create_task(Poster(client, obs, started).run(posts))
             group.create_task(Faults(stack, obs, started).run(fault_plans))
+            group.create_task(watch_pauses(stack, session, obs, started + seconds))
         await settle(clients, obs, users, len(stack.stack.push_ports), settle_s)
         obs.ended = time.time()
         await read_statuses(client, obs, random.Random(f"{seed}:statuses"))
     return check(obs)
+
+
+async def watch_pauses(stack: ChaosStack, session: aiohttp.ClientSession, obs: Observations, until: float) -> None:
+    """Record each span dispatch's ``/healthz`` said the schedule was paused (a rebuild after Redis came back empty)
+    as a ``paused`` fault: scheduled messages due in it fire when it ends, late by design, so the topic check treats
+    it as a fault's aftermath. A poll no instance answers changes nothing."""
+    since: float | None = None
+    while time.time() < until:
+        answers = []
+        for name in stack.named("dispatch"):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with session.get(f"{stack.url(name)}/healthz", timeout=aiohttp.ClientTimeout(total=PAUSE_POLL_S)) as r:
+                    answers.append(bool((await r.json()).get("schedule_paused")))
+        if answers and any(answers) and since is None:
+            since = time.time()
+        elif answers and not any(answers) and since is not None:
+            obs.faults.append(FaultRecord("paused", "schedule", since, time.time()))
+            since = None
+        await asyncio.sleep(PAUSE_POLL_S)
+    if since is not None:
+        obs.faults.append(FaultRecord("paused", "schedule", since, time.time()))
 
 
 async def settle(clients: Clients, obs: Observations, users: list[UserPlan], nodes: int, settle_s: float) -> None:

@@ -26,7 +26,7 @@ FAULT_QUIET_S = 10.0  # topic loss is not counted from a fault's start until thi
 LIFECYCLE_LOSS_S = 3.0  # a node SIGKILLed this soon after writing a message may take its lifecycle marks along
 EXAMPLES = 10
 BROADCAST = "*"
-OPEN_STATES = ("accepted", "scheduled")
+OPEN_STATES = ("accepted", "scheduled", "due")
 ACK_RECORDED_S = 3.0  # an ack this old is in Redis and on record in MongoDB (written once a second)
 REDELIVERY_S = 30.0  # a dispatch instance SIGKILLed may have its entries sent again this long after it came back
 CLASSES = ("lost", "early", "after_cancel", "wrong_user", "duplicate", "order", "status", "topic_lost", "unaccepted",
@@ -106,7 +106,8 @@ class SocketRecord:
 @dataclass(frozen=True, slots=True)
 class FaultRecord:
     """A fault: ``kill`` or ``stop`` (or a second-phase kind) of ``target`` (``push-<port>``, ``dispatch-<port>``, ...)
-    from ``start`` until it was undone at ``end``."""
+    from ``start`` until it was undone at ``end``; or ``paused``: a span dispatch reported the schedule paused by a
+    rebuild (scheduled messages due in it fire late, when it ends)."""
 
     kind: str
     target: str
@@ -418,5 +419,5 @@ def _tally(obs: Observations, known: dict[str, Accepted], report: Report) -> Non
     t["sockets welcomed"] = sum(s.opened_at is not None for s in obs.sockets)
     t["statuses read"] = len(obs.statuses)
     for f in obs.faults:
-        name = f"faults {f.kind}"
+        name = "schedule paused (rebuilds)" if f.kind == "paused" else f"faults {f.kind}"
         t[name] = t.get(name, 0) + 1

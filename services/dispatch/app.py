@@ -23,7 +23,7 @@ from shared.delivery.store import MessageStore
 from shared.delivery.stream import ShardedStream
 from shared.delivery.webhook_feed import WebhookFeed
 from shared.infra.breaker import CLOSED
-from shared.infra.clients import redis_alive, redis_client
+from shared.infra.clients import REDIS_FAILURES, redis_alive, redis_client
 from shared.infra.serve import running
 from shared.infra.web import EXCEPTION_HANDLERS, ops_routes
 
@@ -49,9 +49,13 @@ def create_app(config: DispatchConfig) -> Starlette:
         mongo_ok = await store.ping()
         loop_ok = all(time.time() - r.last_cycle < config.block_ms / 1000 + 10 for r in forwarders)
         redis_breaker = next((r.breaker.state for r in forwarders if r.breaker.state != CLOSED), CLOSED)
+        paused = False
+        if redis_ok:
+            with contextlib.suppress(*REDIS_FAILURES):
+                paused = await reconciler.handover.schedule.paused()
         return {"ok": redis_ok and mongo_ok and loop_ok, "service": "dispatch", "redis": redis_ok, "mongo": mongo_ok,
                 "forwarder": loop_ok, "breakers": {"redis": redis_breaker, "mongodb": store.breaker.state},
-                "links": sorted(links.links)}
+                "links": sorted(links.links), "schedule_paused": paused}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

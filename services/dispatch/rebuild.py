@@ -20,6 +20,7 @@ see the epoch change send their open sessions what came back.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -29,12 +30,13 @@ from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.delivery.schedule import Schedule
 from shared.delivery.store import MessageStore, utc
+from shared.infra.serve import running
 from shared.model.message import Message
 
 log = logging.getLogger(__name__)
 
 
-PAUSE_MS = 30_000  # the schedule's pause, renewed each page: a rebuild that dies lets firing resume after this
+PAUSE_MS = 30_000  # the schedule's pause, renewed every third of it: a rebuild that dies lets firing resume after this
 
 
 class LeaseLost(Exception):
@@ -53,11 +55,18 @@ async def unfired_topic_messages(store: MessageStore, due: list[Message]) -> lis
     return [m for m in candidates if m.id not in recorded]
 
 
-async def still_held(held: Callable[[], Awaitable[bool]], schedule: Schedule) -> None:
-    """Go on only while this instance holds the lease, keeping the schedule paused; else ``LeaseLost``."""
+async def still_held(held: Callable[[], Awaitable[bool]]) -> None:
+    """Go on only while this instance holds the lease; else ``LeaseLost``."""
     if not await held():
         raise LeaseLost
-    await schedule.pause(PAUSE_MS)
+
+
+async def keep_paused(schedule: Schedule) -> None:
+    """Renew the schedule's pause every third of ``PAUSE_MS`` while the rebuild runs, however long one MongoDB page
+    takes: firing must not resume before the cancelled messages are out of the schedule again."""
+    while True:
+        await asyncio.sleep(PAUSE_MS / 3000)
+        await schedule.pause(PAUSE_MS)
 
 
 async def close_held_acks(inbox: Inbox, lifecycle: LifecycleWriter) -> int:
@@ -82,6 +91,17 @@ async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: i
     # they would read what the first pass reopens before the second closes it again (acked or cancelled messages).
     await inbox.incomplete()
     await schedule.pause(PAUSE_MS)
+    async with running(keep_paused(schedule)):
+        epoch, counts = await reopen(store, inbox, schedule, page, held, lifecycle)
+    await schedule.resume()
+    log.warning("delivery state rebuilt", extra={**counts, "epoch": epoch, "seconds": round(time.monotonic() - started, 3)})
+    return epoch
+
+
+async def reopen(store: MessageStore, inbox: Inbox, schedule: Schedule, page: int, held: Callable[[], Awaitable[bool]],
+                 lifecycle: LifecycleWriter) -> tuple[str, dict[str, int]]:
+    """The rebuild's passes, ending with the state marked complete: the new epoch, and what was opened, scheduled
+    and closed."""
     opened = closed = scheduled = 0
     oldest: int | None = None
     async for messages in store.open_messages(dt.datetime.now(dt.UTC), page):
@@ -94,15 +114,11 @@ async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: i
         opened += len(due) - len(unfired)
         scheduled += len(later) + len(unfired)
         oldest = messages[0].ts if oldest is None else oldest
-        await still_held(held, schedule)
+        await still_held(held)
     if oldest is not None:
         async for pairs, cancelled in store.closed_deliveries(utc(oldest), page):
             closed += len(await inbox.close(pairs))
             await schedule.unschedule(cancelled)
-            await still_held(held, schedule)
+            await still_held(held)
     closed += await close_held_acks(inbox, lifecycle)
-    epoch = await inbox.complete()
-    await schedule.resume()
-    log.warning("delivery state rebuilt", extra={"messages": opened, "scheduled": scheduled, "closed": closed, "epoch": epoch,
-                                                 "seconds": round(time.monotonic() - started, 3)})
-    return epoch
+    return await inbox.complete(), {"messages": opened, "scheduled": scheduled, "closed": closed}

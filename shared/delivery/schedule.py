@@ -283,6 +283,10 @@ class Schedule:
     async def resume(self) -> None:
         await self.redis.delete(PAUSED_KEY)
 
+    async def paused(self) -> bool:
+        """Whether a rebuild holds the schedule back now (scheduled messages due meanwhile fire when it resumes)."""
+        return bool(await self.redis.exists(PAUSED_KEY))
+
     async def now_ms(self) -> int:
         """The schedule's clock: Redis's time (ms) on the server holding the schedule."""
         return int(await self._now.run([SCHEDULE_KEY], []))

@@ -190,6 +190,15 @@ def test_a_topic_message_missed_during_a_fault_is_not_counted() -> None:
     assert counted(obs).violations == 0
 
 
+@pytest.mark.parametrize(("paused_from", "counted_as"), [(T0 + 0.1, 0), (T0 + 60, 1)])
+def test_a_topic_message_due_while_a_rebuild_paused_the_schedule_is_not_counted_lost(paused_from: float, counted_as: int) -> None:
+    """A schedule pause (a rebuild) over a topic message's span excuses its absence like a fault; one long after does not."""
+    obs = clean()
+    miss_a_topic_message(obs)
+    obs.faults.append(FaultRecord("paused", "schedule", paused_from, paused_from + 3))
+    assert counted(obs).counts["topic_lost"] == counted_as
+
+
 @pytest.mark.parametrize(("killed_after", "counted_as"), [(1.0, 0), (LIFECYCLE_LOSS_S + 1, 1)])
 def test_an_acked_message_back_after_a_redis_restart_is_excused_only_if_its_node_died_right_after_the_ack(
         killed_after: float, counted_as: int) -> None:
