@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -33,6 +32,7 @@ from services.collect.config import CollectConfig
 from services.collect.stats import gather_stats
 from shared.cluster.routes import RouteReader, directory
 from shared.delivery.inbox import Inbox
+from shared.infra.clients import REDIS_FAILURES
 from shared.infra.web import json_response, read_json, timed
 from shared.wire.errors import Unavailable
 
@@ -67,7 +67,7 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
     async def nodes(_: Request) -> Response:
         try:
             cards = await directory(reader)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise Unavailable(f"Redis: {exc}") from None
         body = [{"id": c.id, "url": c.public_url, "connections": c.connections, "users": c.users} for c in cards]
         return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})

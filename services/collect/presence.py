@@ -20,13 +20,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from shared.cluster.routes import NodeCard, RouteReader
 from shared.cluster.topic_holders import TopicReader
+from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
 from shared.infra.web import json_response, read_json, timed
 from shared.model.topics import valid_topic
@@ -55,14 +55,14 @@ def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
     async def live() -> dict[str, NodeCard]:
         try:
             return await reader.live_nodes()
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise Unavailable(f"Redis: {exc}") from None
 
     async def sockets(user_ids: list[str]) -> dict[str, dict[str, int]]:
         nodes = await live()
         try:
             return await reader.sockets(user_ids, nodes)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise Unavailable(f"Redis: {exc}") from None
 
     async def one_user(request: Request) -> Response:
@@ -92,7 +92,7 @@ def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
         nodes = await live()
         try:
             holding = (await topics.counts([name], nodes)).get(name, {})
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise Unavailable(f"Redis: {exc}") from None
         body: dict[str, object] = {"topic": name, "subscribers": sum(holding.values()), "nodes": len(holding)}
         if request.query_params.get("users") in ("1", "true"):

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from redis.exceptions import RedisError
 
 from shared.delivery.stream import Backlog, ShardedStream
+from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
 from shared.model.priority import TIERS, Priority
 from shared.wire.errors import Overloaded
@@ -78,7 +78,7 @@ class Shedder:
         while True:
             try:
                 await self.sample()
-            except RedisError as exc:
+            except REDIS_FAILURES as exc:
                 if self.shed:
                     log.warning("backlog unreadable: shedding off", extra={"error": repr(exc)})
                 self.shed = frozenset()

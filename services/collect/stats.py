@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from shared.cluster.routes import NodeCard, RouteReader, directory
 from shared.cluster.topic_holders import TOPICS_KEY, TopicReader
 from shared.delivery.inbox import Inbox
+from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
 from shared.infra.metrics import exposition
 from shared.wire.errors import Unavailable
@@ -125,7 +125,7 @@ async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str) -> 
         pending = await inbox.open_count()
         names = await topic_names(reader.redis, TOPIC_NAMES_READ)
         counts = await TopicReader(reader.redis).counts(names, [c.id for c in cards])
-    except RedisError as exc:
+    except REDIS_FAILURES as exc:
         raise Unavailable(f"Redis: {exc}") from None
     async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT) as session:
         *node_pages, dispatch_page = await asyncio.gather(

@@ -32,8 +32,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from redis.exceptions import RedisError
-
 from services.dispatch.config import DispatchConfig
 from services.dispatch.ledger import Ledger
 from services.dispatch.link_pool import LinkPool, NodeLink
@@ -157,7 +155,7 @@ class Forwarder:
                 entries = await self.give_up(entries)
             if not entries:
                 entries = await self.stream.read(self.config.consumer, self.config.batch_size, self.config.block_ms)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             self._group_ready = "NOGROUP" not in str(exc)  # Redis lost its data: recreate the group
             raise
         if entries:
@@ -242,5 +240,5 @@ class Forwarder:
         if late.is_set():
             try:
                 await self.stream.ack(self.ledger.settled(by_entry))
-            except RedisError as exc:  # still pending: claimed and sent again later (at least once)
+            except REDIS_FAILURES as exc:  # still pending: claimed and sent again later (at least once)
                 log.warning("late acknowledgement failed", extra={"node": link.card.id, "error": repr(exc)})

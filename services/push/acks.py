@@ -25,11 +25,10 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable
 from typing import NamedTuple
 
-from redis.exceptions import RedisError
-
 from services.push.metrics import ACKS_DROPPED, ACKS_PENDING
 from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
+from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
 from shared.infra.retry import Backoff
 from shared.model.message import Pair
@@ -85,7 +84,7 @@ class Acks:
         acks, self._pending = self._pending, []
         try:
             closed = set(await self.inbox.acknowledge([(a.pair, a.at) for a in acks]))
-        except RedisError:
+        except REDIS_FAILURES:
             self._mark(a for a in acks if a.written)
             kept = [a._replace(written=False) for a in acks] + self._pending  # the failed batch first, then what came
             if len(kept) > self.max_pending:                                   # meanwhile, up to the cap
@@ -105,7 +104,7 @@ class Acks:
             try:
                 await self.flush()
                 backoff.succeeded()
-            except RedisError as exc:
+            except REDIS_FAILURES as exc:
                 self._wake.set()
                 if self._dropped:
                     log.warning("acks dropped past the backlog cap; their messages will be sent again",

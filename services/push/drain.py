@@ -15,11 +15,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from redis.exceptions import RedisError
 from websockets.asyncio.server import broadcast
 
 from services.push.hub import PUBLISH_SLICE, Hub
 from services.push.registrar import Registrar
+from shared.infra.clients import REDIS_FAILURES
 from shared.wire.errors import CloseCode
 from shared.wire.protocol import ReconnectFrame
 
@@ -57,11 +57,11 @@ class Drain:
         deadline = asyncio.get_running_loop().time() + self.seconds
         try:
             await self.registrar.withdraw()
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             log.warning("could not withdraw routes; they expire with the node card", extra={"error": repr(exc)})
         try:
             urls = await self.others()
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             urls = []
             log.warning("could not read the live nodes; reconnect advice names none", extra={"error": repr(exc)})
         sessions = [s for s in self.hub.sessions() if s.open]

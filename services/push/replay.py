@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.exceptions import RedisError
 from websockets.exceptions import ConnectionClosed
 
 from services.push.hub import Hub, Session
 from services.push.metrics import REPLAYED
 from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
+from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
 from shared.infra.coalesce import Coalescer
 from shared.infra.retry import Backoff
@@ -28,6 +28,8 @@ from shared.wire.errors import Unavailable
 
 log = logging.getLogger(__name__)
 PAGE_SEND_SECONDS = 30.0  # a page not taken by the client in this time: it is not reading
+# a replay waits out these and tries again: Redis failing, or the state being rebuilt
+NOT_YET: tuple[type[BaseException], ...] = (*REDIS_FAILURES, Unavailable)
 
 
 class Replayer:
@@ -49,7 +51,7 @@ class Replayer:
         while session.open:
             try:
                 await self.send_pending(session)
-            except (RedisError, Unavailable) as exc:
+            except NOT_YET as exc:
                 await backoff.failed(log, "replay", exc)
                 continue
             except ConnectionClosed:
@@ -86,7 +88,7 @@ class Replayer:
         while True:
             try:
                 epoch = await self.inbox.epoch()
-            except RedisError:
+            except REDIS_FAILURES:
                 epoch = last
             if epoch is not None and last is not None and epoch != last:
                 await self.replay_open_sessions("delivery state was rebuilt")

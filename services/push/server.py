@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection, serve
 
 from services.push.acks import Acks
@@ -26,7 +25,7 @@ from services.push.identity import TokenVerifier
 from services.push.limits import AddressCount
 from services.push.link import serve_link
 from services.push.registrar import Registrar
-from services.push.replay import Replayer
+from services.push.replay import NOT_YET, Replayer
 from services.push.sockets import SocketHandler
 from shared.cluster.routes import NodeCard, RouteReader, RouteWriter, directory
 from shared.delivery.inbox import Inbox
@@ -36,7 +35,6 @@ from shared.delivery.webhook_feed import WebhookFeed
 from shared.infra.clients import redis_alive, redis_client
 from shared.infra.clock import now_ms
 from shared.infra.serve import running
-from shared.wire.errors import Unavailable
 
 log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands of SYN retries of 1 s and more)
@@ -120,7 +118,7 @@ class PushNode:
             try:
                 await self.acks.flush()
                 await self.lifecycle.flush()
-            except (RedisError, Unavailable) as exc:
+            except NOT_YET as exc:
                 log.warning("acks or lifecycle marks not written at shutdown", extra={"error": repr(exc)})
             await self.redis.aclose()
             await self.store.close()

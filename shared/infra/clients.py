@@ -27,7 +27,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError
 
 CLUSTER_SCHEME = "redis+cluster"
 
@@ -55,9 +55,10 @@ class ClusterAddress:
         return cls(nodes, unquote(password) or None, unquote(user) or None)
 
 
-# What a Redis call raises when Redis (or the connection to it) fails: RedisError, and what redis-py lets through from
+# What a Redis call raises when Redis (or the connection to it) fails: RedisError; a Redis Cluster's own errors that
+# are not RedisErrors (SlotNotCoveredError while a master's slots are unserved); and what redis-py lets through from
 # the transport (a write to a connection a dying node closed raises RuntimeError from asyncio, or an OSError).
-REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, RuntimeError)
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError, RuntimeError)
 
 def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)

@@ -190,6 +190,14 @@ def test_a_topic_message_missed_during_a_fault_is_not_counted() -> None:
     assert counted(obs).violations == 0
 
 
+def test_messages_out_of_order_after_a_fault_are_not_counted() -> None:
+    """Order is promised away from faults only (a fault's retries and a rebuild's replay may reorder a post)."""
+    obs = clean()
+    arrive_out_of_order(obs)
+    obs.faults.append(FaultRecord("redis", "redis-1", T0 - 1, T0 - 0.5))
+    assert counted(obs).violations == 0
+
+
 @pytest.mark.parametrize(("paused_from", "counted_as"), [(T0 + 0.1, 0), (T0 + 60, 1)])
 def test_a_topic_message_due_while_a_rebuild_paused_the_schedule_is_not_counted_lost(paused_from: float, counted_as: int) -> None:
     """A schedule pause (a rebuild) over a topic message's span excuses its absence like a fault; one long after does not."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.exceptions import SlotNotCoveredError
 
 from shared.infra.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from shared.infra.clients import REDIS_FAILURES
 from shared.wire.errors import Unavailable
 
 
@@ -64,3 +66,14 @@ async def test_a_blameless_error_passes_through_unchanged_and_does_not_count() -
     with pytest.raises(Unavailable):
         await breaker.call(fail)
     assert breaker.state == CLOSED, "the refusal between the two failures reset the count"
+
+
+async def test_a_redis_cluster_slot_without_a_master_is_a_redis_failure_answered_503() -> None:
+    """redis-py's SlotNotCoveredError is no RedisError; the Redis breaker still counts it and answers Unavailable (503)."""
+    async def unserved() -> None:
+        raise SlotNotCoveredError("Slot 1234 not covered by the cluster")
+
+    breaker = CircuitBreaker("redis", failures=REDIS_FAILURES)
+    with pytest.raises(Unavailable):
+        await breaker.call(unserved)
+    assert breaker.consecutive == 1
