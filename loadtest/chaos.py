@@ -7,7 +7,8 @@
 connect and stay until each delivery owed has arrived or the settle deadline passed; reads
 ``GET /v1/messages/{id}`` of the user messages accepted; and prints one table, the violations per class counted
 by ``chaos_check`` from those observations alone, with up to 10 examples each. Exit status 1 on any violation.
-Every process it started is stopped by pid on the way out, also on an error or Ctrl-C.
+Every process it started is stopped by pid on the way out, also on an error or Ctrl-C; a run with violations keeps
+the processes' logs in ``test-output/chaos/seed-<seed>/``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import random
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -38,6 +40,7 @@ SETTLE_MARGIN_S = 10.0  # the settle phase lasts at least this long past the lat
 LINGER_S = 2.0  # kept open once everything owed arrived, for late duplicates
 STATUS_IN_FLIGHT = 8
 STATUS_LIMIT = 3000  # statuses read at most (a seeded sample of the accepted user messages beyond)
+KEPT_LOGS = Path(__file__).resolve().parents[1] / "test-output" / "chaos"  # a failed run's logs (not in git)
 PAUSE_POLL_S = 0.5  # how often dispatch's /healthz is asked whether the schedule is paused
 STATUS_ROUNDS = 3  # reads of a status still behind what clients saw (the lifecycle is written once a second)
 
@@ -183,6 +186,10 @@ def main(argv: list[str]) -> int:
         chaos.expose(servers)
         chaos.toxiproxy = proxy
         report = asyncio.run(drive(chaos, seed, args.seconds, args.faults, args.settle))
+        if report.violations and args.workdir is None:  # the temp dir goes: keep what explains the violations
+            kept = KEPT_LOGS / f"seed-{seed}"
+            shutil.copytree(workdir / "logs", kept, dirs_exist_ok=True)
+            print(f"the processes' logs are kept in {kept}", flush=True)
     print(render(report, seed, title))
     print(f"chaos seed {seed}: {report.violations} violations; replay with --seed {seed}", flush=True)
     return 1 if report.violations else 0
