@@ -1,9 +1,10 @@
 """From facts to queued events: read ``{webhooks}:events`` as a consumer group and queue each event for the endpoints
 that want it.
 
-A batch of stream entries becomes events in one pass: message facts are attributed to the API key
-that posted the message (the post's ``sender`` in MongoDB, read once per post by id, an equality
-filter, and cached; never a query per event), presence facts go to every endpoint that wants them,
+A batch of stream entries becomes events in one pass: message facts of a type some endpoint wants are
+attributed to the API key that posted the message (the post's ``sender`` in MongoDB, read once per
+post by id, an equality filter, and cached; never a query per event; the deliveries kept only for a
+later expiry's ``last_state`` read nothing), presence facts go to every endpoint that wants them,
 and one script (``shared.delivery.webhook_queue``) queues them and acknowledges the entries at once.
 A process killed before that script leaves its entries pending under its consumer name, and the next
 one starts by reading them again (``0``): nothing is lost, nothing queued twice (the script skips
@@ -29,7 +30,7 @@ from shared.delivery.webhook_queue import Queued, WebhookQueues, seen_key
 from shared.infra.clock import now_ms
 from shared.infra.retry import Backoff
 from shared.model.message import index_of, post_of
-from shared.model.webhook_events import MESSAGE_EVENTS, Fact, PostFacts, decode_facts, event_body, event_data, last_state
+from shared.model.webhook_events import Fact, PostFacts, decode_facts, event_body, event_data, last_state
 
 log = logging.getLogger(__name__)
 GROUP, CONSUMER = "webhooks", "webhooks"
@@ -106,10 +107,12 @@ class Fanout:
         await self.registry.refresh()
         endpoints = [e for e in self.registry.endpoints.values() if not e.disabled]
         facts = [(member(i, n), fact) for i, fields in entries for n, fact in enumerate(decode_facts(fields[b"f"]))]
-        about = [f for _, f in facts if f.message_id]
-        wanted = any(t in e.events for e in endpoints for t in MESSAGE_EVENTS)
+        # only the posts of events some endpoint wants: a delivery recorded just for a later expiry's last state
+        # (every delivery, whenever message.expired is wanted) reads no post
+        wanted = {t for e in endpoints for t in e.events}
+        about = [f for _, f in facts if f.message_id and f.type in wanted]
         payload_senders = {e.sender for e in endpoints if e.include_payload}
-        posts = await self.posts.read({post_of(f.message_id) for f in about}, set()) if wanted and about else {}
+        posts = await self.posts.read({post_of(f.message_id) for f in about}, set()) if about else {}
         if payload_senders:
             with_frames = {p for p, facts_ in posts.items() if facts_.sender in payload_senders}
             posts |= await self.posts.read(with_frames, with_frames) if with_frames else {}
