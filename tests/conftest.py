@@ -139,17 +139,20 @@ class RunningStack:
 async def start_stack(request: pytest.FixtureRequest, servers: Servers,
                       cluster: Cluster) -> AsyncIterator[Callable[..., RunningStack]]:
     """Start a fresh, isolated stack of the four services (stopped after the test), on the test's ``topology`` if it
-    asks for one (else the single Redis), unless ``redis_url`` names another."""
+    asks for one (else the single Redis), unless ``redis_url`` names another; with ``webhooks``, the webhooks service
+    too."""
     topology = request.getfixturevalue("topology") if "topology" in request.fixturenames else "single"
     started: list[RunningStack] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
 
-        def start(nodes: int = 2, redis_url: str | None = None, mongo_url: str | None = None, **env: str) -> RunningStack:
+        def start(nodes: int = 2, redis_url: str | None = None, mongo_url: str | None = None, webhooks: bool = False,
+                  **env: str) -> RunningStack:
             if redis_url is None:
                 stack, redis = servers.stack_on(topology, nodes, **env)
             else:
                 stack, redis = servers.new_stack(nodes, redis_url, **env), []
             stack.mongo_url = mongo_url or stack.mongo_url
+            stack.webhooks_port = free_port() if webhooks else 0
             running = RunningStack(stack, cluster.start_stack(stack), ClusterClient(stack, session), redis)
             started.append(running)
             return running

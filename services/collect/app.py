@@ -194,14 +194,15 @@ def create_app(config: CollectConfig) -> Starlette:
         await store.close()
 
     reader = RouteReader(redis, config.internal_key)
+    endpoints, queues = EndpointStore(store.client, config.mongo_db, redis, store.breaker), WebhookQueues(redis)
     routes = [
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         Route("/v1/messages/{message_id}", timed("cancel_message", cancel_message), methods=["DELETE"]),
         *ops_routes(health),
-        *console_routes(config, reader, inbox, post_messages, shedder.report),
+        *console_routes(config, reader, inbox, post_messages, shedder.report, endpoints, queues),
         *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),
-        *webhook_routes(EndpointStore(store.client, config.mongo_db, redis, store.breaker), WebhookQueues(redis), redis_breaker,
+        *webhook_routes(endpoints, queues, redis_breaker,
                         UrlPolicy.of(config.production, config.webhook_allow_private), lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(config.production)),
     ]

@@ -4,7 +4,7 @@ Always served (public, read-only):
 
 * ``GET /v1/nodes`` -- live push nodes, least loaded first, with the websocket URL browsers use;
 * ``GET /v1/stats`` -- a cumulative snapshot for the dashboard (see ``stats.py``), with each priority tier's
-  backlog and whether it is shed (``shedding.py``);
+  backlog and whether it is shed (``shedding.py``) and each webhook endpoint's queue and outcomes;
 * ``GET /dashboard`` and ``GET /static/...`` -- the live dashboard, the JavaScript client, the CSS.
 
 Development only (absent when ``APP_ENV=production``, because they hand out tokens for any user and
@@ -32,6 +32,8 @@ from services.collect.config import CollectConfig
 from services.collect.stats import gather_stats
 from shared.cluster.routes import RouteReader, directory
 from shared.delivery.inbox import Inbox
+from shared.delivery.webhook_endpoints import EndpointStore
+from shared.delivery.webhook_queue import WebhookQueues
 from shared.infra.clients import REDIS_FAILURES
 from shared.infra.web import json_response, read_json, timed
 from shared.wire.errors import Unavailable
@@ -60,9 +62,10 @@ def as_sender(request: Request, api_key: str) -> Request:
 
 
 def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, post_messages: Handler,
-                   tiers: Callable[[], dict[str, Any]]) -> list[BaseRoute]:
+                   tiers: Callable[[], dict[str, Any]], endpoints: EndpointStore, queues: WebhookQueues) -> list[BaseRoute]:
     """The routes above; ``post_messages`` is collect's own ``POST /v1/messages`` handler, reused as is; ``tiers``
-    reports each priority tier's backlog and shedding (``shedding.py``)."""
+    reports each priority tier's backlog and shedding (``shedding.py``); ``endpoints`` and ``queues`` are the webhook
+    endpoints' registry and queues."""
 
     async def nodes(_: Request) -> Response:
         try:
@@ -73,7 +76,7 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})
 
     async def stats(_: Request) -> Response:
-        snapshot = await gather_stats(reader, inbox, config.dispatch_url)
+        snapshot = await gather_stats(reader, inbox, config.dispatch_url, endpoints, queues)
         return json_response({**snapshot, "tiers": tiers()}, headers={"Cache-Control": "no-store"})
 
     async def dev_token(request: Request) -> Response:

@@ -7,7 +7,11 @@
 * pending: posts stored with a recipient that has not acknowledged yet (not expired), counted in Redis;
 * users online: the sum of the nodes' user counts (``users_online``);
 * the ten largest topics: the ``topic:{name}`` hashes of live nodes (``shared.cluster.topic_holders``), over at most
-  ``TOPIC_NAMES_READ`` names a request.
+  ``TOPIC_NAMES_READ`` names a request;
+* webhook endpoints: each one in MongoDB's registry (``shared.delivery.webhook_endpoints``) with its queue's counts
+  in Redis (``shared.delivery.webhook_queue``): events queued (its depth), in the failure list, attempts answered
+  2xx and not, dropped, and the last error. The page shows an endpoint's origin, never its path or query (which may
+  carry a business system's token); with MongoDB down, the endpoints are unknown (``None``).
 
 Everything returned is a cumulative total or a current gauge, never a rate: the page derives rates
 and windowed percentiles from successive snapshots, so this stays stateless and any number of open
@@ -31,6 +35,8 @@ from redis.asyncio import Redis
 from shared.cluster.routes import NodeCard, RouteReader, directory
 from shared.cluster.topic_holders import TOPICS_KEY, TopicReader
 from shared.delivery.inbox import Inbox
+from shared.delivery.webhook_endpoints import Endpoint, EndpointStore
+from shared.delivery.webhook_queue import WebhookQueues
 from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
 from shared.infra.metrics import exposition
@@ -118,13 +124,37 @@ def largest_topics(counts: dict[str, dict[str, int]], limit: int = LARGEST_TOPIC
     return [{"topic": topic, "subscribers": sum(nodes.values()), "nodes": len(nodes)} for topic, nodes in ranked]
 
 
-async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str) -> dict[str, Any]:
+def origin(url: str) -> str:
+    """``https://user@hooks.example.com/path?token=x`` -> ``https://hooks.example.com``."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def endpoint_entry(endpoint: Endpoint, counts: dict[str, Any]) -> dict[str, Any]:
+    """What the dashboard shows of one webhook endpoint: whose it is, where it points, and its queue's counts."""
+    return {"id": endpoint.id, "owner": endpoint.sender, "origin": origin(endpoint.url), "events": list(endpoint.events),
+            "disabled": endpoint.disabled or None, **counts}
+
+
+async def webhook_endpoints(endpoints: EndpointStore, queues: WebhookQueues) -> list[dict[str, Any]] | None:
+    """Every endpoint (oldest first) with its counts; None when MongoDB does not answer."""
+    try:
+        registered = sorted(await endpoints.everything(), key=lambda e: (e.created, e.id))
+    except Unavailable:
+        return None
+    counts = await queues.report([e.id for e in registered]) if registered else {}
+    return [endpoint_entry(e, counts[e.id]) for e in registered]
+
+
+async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str, endpoints: EndpointStore,
+                       queues: WebhookQueues) -> dict[str, Any]:
     """One snapshot of the cluster (503 only when Redis, the source of truth on live nodes, is down)."""
     try:
         cards = await directory(reader)
         pending = await inbox.open_count()
         names = await topic_names(reader.redis, TOPIC_NAMES_READ)
         counts = await TopicReader(reader.redis).counts(names, [c.id for c in cards])
+        webhooks = await webhook_endpoints(endpoints, queues)
     except REDIS_FAILURES as exc:
         raise Unavailable(f"Redis: {exc}") from None
     async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT) as session:
@@ -148,4 +178,5 @@ async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str) -> 
         },
         "latency": merge_latency(answered),
         "pending": pending,
+        "webhooks": webhooks,
     }

@@ -1,4 +1,5 @@
-"""The demo page and the dashboard in a real Chromium, against a real stack: connect, receive, topics, fail over."""
+"""The demo page and the dashboard in a real Chromium, against a real stack: connect, receive, topics, fail over,
+webhook endpoints."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import re
 from playwright.async_api import Locator, Page, expect
 
 from tests.browser.conftest import Pages, screenshot
+from tests.client import API_KEY
 from tests.conftest import RunningStack
+from tests.webhook_receiver import Receiver
 
 LATENCY = re.compile(r"^\d+(\.\d)? (ms|s)$")
 
@@ -188,3 +191,28 @@ async def test_dashboard_shows_each_tiers_backlog_and_which_is_shed(start_stack,
     await expect(dashboard.locator('tr[data-tier="low"] .pill')).to_have_text("shed (429)")
     await expect(dashboard.locator('tr[data-tier="high"] .pill')).to_have_text("accepted")
     await screenshot(dashboard, "dashboard-tiers.png")
+
+
+async def test_dashboard_shows_a_webhook_endpoints_success_rate_queue_and_last_error(start_stack, pages: Pages) -> None:
+    """An endpoint that answered 500 twice per event before 200 shows on the dashboard with 2 of 6 attempts a success,
+    an empty queue and its last error."""
+    stack: RunningStack = start_stack(webhooks=True, WEBHOOK_SCHEDULE_SECONDS="0.2,0.2,0.2")
+    rx = await Receiver(answer=lambda _id, attempt: 500 if attempt <= 2 else 200).start()
+    try:
+        async with stack.client.session.post(f"{stack.stack.collect_url}/v1/webhooks", json={"url": rx.url, "events": [
+                "message.delivered"]}, headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            assert r.status == 201, await r.text()
+            hook = await r.json()
+        ws = await stack.client.connect("dana")
+        for n in range(2):
+            assert (await stack.client.post({"user_id": "dana", "payload": n}))[0] == 202
+        dashboard = await pages.open(f"{stack.stack.collect_url}/dashboard")
+        row = dashboard.locator(f'tr[data-endpoint="{hook["id"]}"]')
+        await expect(row.locator(".success")).to_have_text("33.3%")
+        await expect(row.locator(".queued")).to_have_text("0")
+        await expect(row.locator(".last-error")).to_contain_text("HTTP 500")
+        await expect(row.locator(".endpoint")).to_contain_text(f"demo → http://127.0.0.1:{rx.port}")
+        await screenshot(dashboard, "dashboard-webhooks.png")
+        await ws.close()
+    finally:
+        await rx.stop()

@@ -292,3 +292,27 @@ async def test_killing_collect_dispatch_or_the_sender_mid_retry_loses_no_event(s
         await arrived(rx, hook["secret"], "message.cancelled", "message_id", cancelled)
         await arrived(rx, hook["secret"], "message.expired", "message_id", expired)
         await ws.close()
+
+
+async def test_the_dashboard_stats_show_each_endpoints_attempts_queue_and_last_error(stack: RunningStack) -> None:
+    """GET /v1/stats (no key) lists an endpoint by its owner and origin, with its attempts by outcome, its queue depth,
+    its failure list and its last error, as Redis and MongoDB have them."""
+    flaky = Receiver(answer=lambda _id, attempt: 500 if attempt <= 2 else 200)
+    async with endpoint(stack, ["message.delivered"], flaky) as (rx, hook):
+        ws = await stack.client.connect("wh-kim")
+        ids = [await post(stack, "wh-kim") for _ in range(2)]
+        for message_id in ids:
+            await arrived(rx, hook["secret"], "message.delivered", "message_id", message_id)
+
+        async def shown() -> dict[str, Any]:
+            async with stack.client.session.get(f"{stack.stack.collect_url}/v1/stats") as r:
+                assert r.status == 200, await r.text()
+                return next(e for e in (await r.json())["webhooks"] if e["id"] == hook["id"])
+
+        entry = await until(shown, lambda e: e["ok"] == 2, what="the dashboard to count both events sent", every=0.1)
+        await ws.close()
+    assert {k: entry[k] for k in ("owner", "origin", "events", "disabled", "ok", "failed_attempts", "queued", "failures",
+                                  "dropped", "last_error")} == {
+        "owner": "demo", "origin": f"http://127.0.0.1:{rx.port}", "events": ["message.delivered"], "disabled": None,
+        "ok": 2, "failed_attempts": 4, "queued": 0, "failures": 0, "dropped": 0, "last_error": "HTTP 500"}
+    assert entry["last_error_at"] <= time.time() * 1000

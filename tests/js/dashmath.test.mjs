@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 
-import { Series, histogramDelta, quantile, rate } from "../../services/collect/static/dashmath.js";
+import { Series, histogramDelta, quantile, rate, successRatio } from "../../services/collect/static/dashmath.js";
 
 describe("rate", () => {
   it("is the counter's increase per second", () => {
@@ -57,5 +57,19 @@ describe("Series", () => {
     [1, 2, 3, 4].forEach((v) => series.push(v));
     assert.deepEqual(series.values, [2, 3, 4]);
     assert.equal(series.last, 4);
+  });
+});
+
+describe("successRatio", () => {
+  it("is the share of the attempts between two readings answered 2xx", () => {
+    assert.equal(successRatio({ ok: 10, failed_attempts: 90 }, { ok: 40, failed_attempts: 100 }), 0.75);
+  });
+
+  it("counts from zero without an earlier reading", () => {
+    assert.equal(successRatio(null, { ok: 1, failed_attempts: 3 }), 0.25);
+  });
+
+  it("is unknown when no attempt was made in between", () => {
+    assert.equal(successRatio({ ok: 5, failed_attempts: 1 }, { ok: 5, failed_attempts: 1 }), null);
   });
 });

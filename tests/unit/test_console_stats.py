@@ -85,7 +85,7 @@ def paths(production: bool, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     async def handler(_: Request) -> Response:
         return Response()
 
-    return {route.path for route in console_routes(config, None, None, handler, dict)}  # type: ignore[arg-type]
+    return {route.path for route in console_routes(config, None, None, handler, dict, None, None)}  # type: ignore[arg-type]
 
 
 def test_development_routes_do_not_exist_in_production(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 /** dashboard.js: polls GET /v1/stats once a second and draws it; the arithmetic lives in dashmath.js. */
 import { drawLines } from "/static/charts.js";
-import { Series, histogramDelta, quantile, rate } from "/static/dashmath.js";
+import { Series, histogramDelta, quantile, rate, successRatio } from "/static/dashmath.js";
 import { clock, duration, h, setPill } from "/static/ui.js";
 
 const $ = (id) => document.getElementById(id);
@@ -48,6 +48,30 @@ function tierRow([tier, t]) {
     h("td", { class: "shedding" }, state));
 }
 
+function webhookRow(endpoint, earlier) {
+  const success = successRatio(earlier, endpoint) ?? successRatio(null, endpoint);
+  const state = h("span", {}, "");
+  if (endpoint.disabled) setPill(state, "disabled", "bad");
+  const error = endpoint.last_error
+    ? [h("span", { class: "mono" }, endpoint.last_error), h("div", { class: "hint" }, clock(endpoint.last_error_at))]
+    : ["–"];
+  return h("tr", { "data-endpoint": endpoint.id },
+    h("td", { class: "endpoint" }, h("b", { class: "mono" }, endpoint.id), " ", state,
+      h("div", { class: "hint mono" }, `${endpoint.owner} → ${endpoint.origin}`)),
+    h("td", { class: "num success" }, success == null ? "–" : `${(100 * success).toFixed(1)}%`),
+    h("td", { class: "num queued" }, count(endpoint.queued)),
+    h("td", { class: "num failures hide-narrow" }, count(endpoint.failures)),
+    h("td", { class: "num dropped hide-narrow" }, count(endpoint.dropped)),
+    h("td", { class: "last-error" }, ...error));
+}
+
+function webhookRows(snap, earlier) {
+  if (snap.webhooks == null) return [h("tr", {}, h("td", { colspan: "6", class: "empty" }, "Endpoints unknown: MongoDB does not answer."))];
+  if (!snap.webhooks.length) return [h("tr", {}, h("td", { colspan: "6", class: "empty" }, "No webhook endpoint is registered."))];
+  const before = new Map((earlier?.webhooks ?? []).map((e) => [e.id, e]));
+  return snap.webhooks.map((e) => webhookRow(e, before.get(e.id) ?? null));
+}
+
 function render(snap) {
   const up = snap.nodes.filter((n) => n.up);
   const connections = up.reduce((sum, n) => sum + n.connections, 0);
@@ -74,6 +98,7 @@ function render(snap) {
 
   recent.push(snap);
   if (recent.length > WINDOW + 1) recent.shift();
+  $("webhooks").replaceChildren(...webhookRows(snap, recent.length > 1 ? recent[0] : null));
   const lastMinute = recent.length > 1 ? histogramDelta(recent[0].latency, snap.latency) : snap.latency;
   const [p50, p90, p99] = [0.5, 0.9, 0.99].map((q) => quantile(lastMinute, q));
   series.p50.push(p50 == null ? null : p50 * 1000);

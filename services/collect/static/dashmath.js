@@ -54,3 +54,11 @@ export class Series {
     return this.values.at(-1) ?? null;
   }
 }
+
+/** The share of a webhook endpoint's attempts answered 2xx between two readings of its counts ({ok,
+ * failed_attempts}; `before` null: since it was made); null when it made no attempt in between. */
+export function successRatio(before, after) {
+  const ok = after.ok - (before?.ok ?? 0);
+  const tried = ok + after.failed_attempts - (before?.failed_attempts ?? 0);
+  return tried > 0 ? ok / tried : null;
+}
