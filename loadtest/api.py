@@ -56,3 +56,11 @@ class Api:
                 return (await r.json(content_type=None))["ids"]
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Rejected(type(exc).__name__) from None
+
+    async def webhook(self, url: str, events: list[str]) -> dict[str, Any]:
+        """POST /v1/webhooks: an endpoint for ``events`` at ``url``, as the business system of the development key."""
+        async with self.session.post(f"{self.collect_url}/v1/webhooks", json={"url": url, "events": events},
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            if r.status != 201:
+                raise RuntimeError(f"collect answered {r.status}: {await r.text()}")
+            return dict(await r.json())

@@ -31,6 +31,15 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
   messages/s (past the cluster's capacity) for ``--priority-seconds``, without retrying a refusal: per tier the
   messages accepted, refused (429 while collect sheds the tier) and delivered, and the latency from acceptance to
   socket. The goal: high's p99 under 50 ms while low absorbs the overload.
+* webhooks (only when named): the same workload twice, each on a fresh cluster: first without webhooks, then with
+  the webhooks service and an endpoint for ``message.expired`` (``loadtest.webhook_sink``, a process of its
+  own, answering 500 for the first ``--webhook-outage`` s after its first request, then 200). The workload:
+  ``--webhook-expiries`` messages to as many offline users with a ``--webhook-ttl`` s TTL (posts of
+  ``--batch``), so as many ``message.expired`` events, while ``--users`` connected users get one message per
+  POST at ``--rate`` for ``--webhook-seconds``. Prints the time until every event arrived (from the first
+  expiry, and from the end of the outage), lost (not arrived within TTL + outage + ``--timeout`` of the last
+  post), duplicates (a ``webhook-id`` answered 200 twice), and the online users' latency without and with
+  webhooks side by side. The services retry on ``--webhook-schedule`` (``WEBHOOK_SCHEDULE_SECONDS``).
 * expiry (only when named): ``--expiry-deliveries`` open deliveries already past their expiry in a
   scratch Redis database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire``
   pages dispatch's reconciler runs: deliveries expired per second. Unlike the others it calls the
@@ -62,6 +71,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import psutil
@@ -78,13 +88,14 @@ from loadtest.report import Table, latency_summary, percentile
 from loadtest.schedule import scrape
 from loadtest.storm import StormShare, replay
 from loadtest.target import Target, own_cluster, running_target
+from loadtest.webhook_sink import Sink
 
 MAX_BATCH = 1000
 MB = 1024 * 1024
 SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
 EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
 DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
-SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "schedule", "priority", "expiry")
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "schedule", "priority", "webhooks", "expiry")
 MIX = ("high", *["normal"] * 6, *["low"] * 3)  # the priority scenario's tiers: post k is of MIX[k % 10]
 
 
@@ -121,6 +132,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--priority-rate", type=float, default=8000.0, help="priority: messages per second offered (past capacity)")
     p.add_argument("--priority-seconds", type=float, default=30.0, help="priority: how long to post at --priority-rate")
     p.add_argument("--priority-batch", type=int, default=20, help="priority: messages per post (one tier per post)")
+    p.add_argument("--webhook-expiries", type=int, default=20_000, help="webhooks: messages to offline users (one each) "
+                   "that expire, so as many message.expired events")
+    p.add_argument("--webhook-ttl", type=int, default=5, help="webhooks: their TTL (s)")
+    p.add_argument("--webhook-outage", type=float, default=30.0, help="webhooks: seconds the endpoint answers 500 from "
+                   "its first request")
+    p.add_argument("--webhook-seconds", type=float, default=60.0, help="webhooks: how long the online users get "
+                   "messages at --rate (over the expiries, the outage and the catch-up)")
+    p.add_argument("--webhook-schedule", default="1,2,4,8,16,32,64", help="webhooks: WEBHOOK_SCHEDULE_SECONDS, the "
+                   "waits before each retry")
     p.add_argument("--node", type=int, default=0, help="connections: index of the push node to load")
     p.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last message of a scenario "
                    "(storm: after the last welcome); what arrived by then is reported")
@@ -140,13 +160,17 @@ def parse_args() -> argparse.Namespace:
         p.error(f"--scenarios takes {', '.join(SCENARIO_NAMES)}")
     if args.redis_cluster and {"expiry", "connections"} & set(args.scenarios):
         p.error("expiry and connections read a single Redis: leave them out with --redis-cluster")
+    if args.collect_url and "webhooks" in args.scenarios:
+        p.error("webhooks compares two clusters of its own, one without webhooks: leave out --collect-url")
     if not 1 <= args.batch <= MAX_BATCH:
         p.error(f"--batch must be 1..{MAX_BATCH}")
     return args
 
 
 @contextlib.contextmanager
-def target_of(args: argparse.Namespace) -> Iterator[Target]:
+def target_of(args: argparse.Namespace, webhooks: bool = False) -> Iterator[Target]:
+    """The cluster to run a scenario on: the running one, or a fresh one of its own (with the webhooks service and the
+    webhooks scenario's retry schedule when ``webhooks``)."""
     if args.collect_url:
         yield running_target(args.auth_url, args.collect_url, args.push_urls.split(","), args.redis_url, args.dispatch_url,
                              args.mongo_url)
@@ -154,7 +178,8 @@ def target_of(args: argparse.Namespace) -> Iterator[Target]:
         redis = f"a {args.redis_cluster}-master Redis Cluster" if args.redis_cluster else "Redis"
         print(f"starting a cluster on free ports ({redis}, PostgreSQL, FerretDB, auth, collect, dispatch, 2 push nodes)...",
               flush=True)
-        with own_cluster(args.workdir, redis_masters=args.redis_cluster) as target:
+        settings = {"WEBHOOK_SCHEDULE_SECONDS": args.webhook_schedule} if webhooks else {}
+        with own_cluster(args.workdir, redis_masters=args.redis_cluster, webhooks=webhooks, settings=settings) as target:
             yield target
 
 
@@ -202,8 +227,9 @@ def report_busy(table: Table, name: str, busy: list[float]) -> None:
 
 
 async def post_batches(api: Api, inbox: Inbox, user_ids: list[str], total: int, size: int, posters: int,
-                       rejected: Counter[str]) -> float:
-    """Post ``total`` messages (message k to user k mod users) in ``size`` batches; return when the last answered.
+                       rejected: Counter[str], **fields: Any) -> float:
+    """Post ``total`` messages (message k to user k mod users, with ``fields``) in ``size`` batches; return when the
+    last answered.
 
     A rejected post is counted in ``rejected`` (by reason) and its messages are not expected.
     """
@@ -212,7 +238,7 @@ async def post_batches(api: Api, inbox: Inbox, user_ids: list[str], total: int, 
     async def poster() -> None:
         while queue:
             ks = queue.pop(0)
-            body = {"messages": [{"user_id": user_ids[k % len(user_ids)], "payload": {"n": k}} for k in ks]}
+            body = {"messages": [{"user_id": user_ids[k % len(user_ids)], "payload": {"n": k}, **fields} for k in ks]}
             try:
                 ids = await api.post(body)
             except Rejected as exc:
@@ -645,16 +671,110 @@ async def scenario_priority(target: Target, api: Api, table: Table, args: argpar
         report_busy(table, "priority", [(time.process_time() - cpu) / (loop.time() - start)])
 
 
+@dataclass
+class WebhookPass:
+    """What one pass of the webhooks scenario saw: the online users' deliveries, the expiring messages posted, and
+    what the endpoint got (none without webhooks)."""
+
+    online: Inbox
+    rejected: Counter[str]
+    cpu: str
+    expiring: set[str]
+    first_expiry: float  # when the first expiring message expired (wall clock)
+    sink: dict[str, Any] | None
+
+
+async def sink_tally(session: aiohttp.ClientSession, sink: Sink, ids: bool = False) -> dict[str, Any]:
+    async with session.get(f"{sink.url}/tally", params={"ids": "1"} if ids else None) as r:
+        return dict(await r.json())
+
+
+async def webhook_pass(target: Target, api: Api, table: Table, args: argparse.Namespace, sink: Sink | None) -> WebhookPass:
+    """The online users get paced messages while the expiring ones are posted; then wait for every online message and,
+    with a ``sink``, for every event (or the bound)."""
+    run, name = f"bench{secrets.token_hex(3)}", f"webhooks {'with' if sink else 'without'}"
+    if sink:
+        await api.webhook(f"{sink.url}/hook", ["message.expired"])
+    user_ids = [f"{run}-a{i}" for i in range(args.users)]
+    inbox, expiring, rejected = Inbox(), Inbox(), Counter[str]()
+    tokens = dict(zip(user_ids, await api.tokens(user_ids)))
+    async with connected(target, table, name, tokens, inbox, args.connect_concurrency):
+        meter, started = CpuMeter(target.processes), time.time()
+        online = asyncio.ensure_future(post_paced(api, inbox, user_ids, args.rate, args.webhook_seconds, rejected))
+        offline = [f"{run}-x{k}" for k in range(args.webhook_expiries)]
+        posted = await post_batches(api, expiring, offline, len(offline), args.batch, args.posters, rejected,
+                                    ttl_seconds=args.webhook_ttl)
+        await online
+        await inbox.settle(args.timeout)
+        tally = None
+        if sink:
+            deadline = posted + args.webhook_ttl + args.webhook_outage + args.timeout
+            await until_all(lambda: sink_tally(api.session, sink), len(expiring.expected), deadline)
+            tally = await sink_tally(api.session, sink, ids=True)
+        cpu = meter.stop().describe(inbox.tally().delivered)
+    return WebhookPass(inbox, rejected, cpu, {mid for _, mid in expiring.expected}, started + args.webhook_ttl, tally)
+
+
+async def until_all(read: Callable[[], Awaitable[dict[str, Any]]], expected: int, deadline: float) -> dict[str, Any]:
+    """The endpoint's tally once it accepted ``expected`` events, or at ``deadline`` (wall clock)."""
+    while (tally := await read())["accepted"] < expected and time.time() < deadline:
+        await asyncio.sleep(0.5)
+    return tally
+
+
+def report_webhooks(table: Table, args: argparse.Namespace, without: WebhookPass, with_: WebhookPass) -> None:
+    """The two passes side by side, then what the endpoint got."""
+    name = "webhooks"
+    table.add(name, "online users / rate / seconds; expiring messages (offline users) / TTL / endpoint outage",
+              f"{args.users:,} / {args.rate:,.0f} msgs/s / {args.webhook_seconds:g}; {args.webhook_expiries:,} / "
+              f"{args.webhook_ttl} s / {args.webhook_outage:g} s")
+    p99s = []
+    for label, one in (("without", without), ("with", with_)):
+        latencies = sorted(one.online.latencies_ms)
+        p99s.append(percentile(latencies, .99))
+        tally = one.online.tally()
+        table.add(name, f"{label} webhooks: online latency p50/p99; lost / duplicates; rejected",
+                  f"{percentile(latencies, .5):.1f} / {p99s[-1]:.1f} ms; {tally.lost:,} / {tally.duplicates:,}; "
+                  f"{counted(one.rejected)}")
+        table.add(name, f"{label} webhooks: server CPU-s by process", one.cpu)
+    table.add(name, "online p99 with / without webhooks", f"{p99s[1] / p99s[0]:.2f}x (target: at most 1.20x)")
+    sink = with_.sink or {}
+    arrived = set(sink.get("message_ids", ()))
+    expected = len(with_.expiring)
+    table.add(name, "message.expired expected / arrived / lost / duplicates",
+              f"{expected:,} / {len(arrived & with_.expiring):,} / {len(with_.expiring - arrived):,} / {sink.get('duplicates', 0):,}")
+    table.add(name, "endpoint answers by status", ", ".join(f"{s} x {n:,}" for s, n in sorted(sink.get("statuses", {}).items())))
+    if arrived >= with_.expiring and sink.get("last_new"):
+        table.add(name, "all arrived, from the first TTL end / from the end of the outage",
+                  f"{sink['last_new'] - with_.first_expiry:.1f} s / {sink['last_new'] - sink['outage_ended']:.1f} s")
+
+
+def scenario_webhooks(args: argparse.Namespace, table: Table) -> None:
+    """Two passes of the same workload, each on a fresh cluster of its own: without webhooks, then with them."""
+    passes = []
+    for webhooks in (False, True):
+        with target_of(args, webhooks) as target, contextlib.ExitStack() as scope:
+            sink = scope.enter_context(Sink(args.webhook_outage)) if webhooks else None
+            passes.append(uvloop.run(with_api(target, args, partial(webhook_pass, target, table=table, args=args, sink=sink))))
+    report_webhooks(table, args, *passes)
+
+
 SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,
              "connections": scenario_connections, "broadcast": scenario_broadcast, "topic": scenario_topic,
              "schedule": scenario_schedule, "priority": scenario_priority, "expiry": scenario_expiry}
 
 
-async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:
+T = TypeVar("T")
+
+
+async def with_api(target: Target, args: argparse.Namespace, work: Callable[[Api], Awaitable[T]]) -> T:
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=args.in_flight)) as session:
-        api = Api(target.auth_url, target.collect_url, session)
-        await SCENARIOS[name](target, api, table, args, f"bench{secrets.token_hex(3)}")
+        return await work(Api(target.auth_url, target.collect_url, session))
+
+
+async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:
+    await with_api(target, args, lambda api: SCENARIOS[name](target, api, table, args, f"bench{secrets.token_hex(3)}"))
 
 
 def main() -> None:
@@ -665,6 +785,9 @@ def main() -> None:
     try:
         for name in args.scenarios:  # each on a fresh cluster of its own, so none inherits another's state
             print(f"scenario {name}...", flush=True)
+            if name == "webhooks":  # two clusters of its own, one after the other
+                scenario_webhooks(args, table)
+                continue
             with target_of(args) as target:
                 print(f"target: collect {target.collect_url}, auth {target.auth_url}, push {', '.join(target.push_urls)}", flush=True)
                 uvloop.run(run(name, target, args, table))

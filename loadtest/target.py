@@ -71,9 +71,11 @@ def running_target(auth_url: str, collect_url: str, push_urls: list[str], redis_
 
 
 @contextlib.contextmanager
-def own_cluster(workdir: Path | None = None, nodes: int = 2, redis_masters: int = 0) -> Iterator[Target]:
+def own_cluster(workdir: Path | None = None, nodes: int = 2, redis_masters: int = 0, webhooks: bool = False,
+                settings: dict[str, str] | None = None) -> Iterator[Target]:
     """Redis, PostgreSQL, FerretDB, auth, collect, dispatch and ``nodes`` push nodes on free ports; with
-    ``redis_masters``, a Redis Cluster of that many masters instead of one Redis (and as many stream shards).
+    ``redis_masters``, a Redis Cluster of that many masters instead of one Redis (and as many stream shards); with
+    ``webhooks``, the webhooks service too. ``settings`` are the services' environment beside the defaults.
 
     Data and logs go under ``workdir`` (kept, to read the services' logs afterwards) or a temp dir
     (removed). Every process is stopped on the way out, also on Ctrl-C or an exception.
@@ -84,7 +86,7 @@ def own_cluster(workdir: Path | None = None, nodes: int = 2, redis_masters: int 
         cluster = Cluster(workdir)
         try:
             mongo_port = free_port()
-            env = {}
+            env = dict(settings or {})
             if redis_masters:
                 ports: list[int] = []
                 while len(ports) < redis_masters:
@@ -100,6 +102,7 @@ def own_cluster(workdir: Path | None = None, nodes: int = 2, redis_masters: int 
             # One load-generator process holds up to 10,000 sockets from its 127.x address: no per-address cap.
             stack = Stack.on_free_ports(redis_url, f"mongodb://127.0.0.1:{mongo_port}/", "push_bench", nodes,
                                         MAX_ADDRESS_CONNECTIONS="0", **env)
+            stack.webhooks_port = free_port() if webhooks else 0
             cluster.start_stack(stack)
             processes = {proc.name: proc.popen.pid for proc in cluster.procs}
             yield Target(stack.auth_url, stack.collect_url, [stack.push_url(p) for p in stack.push_ports], redis_url, processes,
