@@ -82,7 +82,8 @@ class LifecycleWriter:
             row.stages.setdefault(stage, at)
 
     async def flush(self) -> None:
-        await self._publish_facts()
+        """Write the marks to MongoDB, then append their webhook facts: the durable record never waits on Redis (a
+        Redis that stalls would hold the marks in this process, to be lost with it)."""
         marks, self._pending = self._pending, {}
         counts, self._counts = self._counts, {}
         try:
@@ -96,6 +97,7 @@ class LifecycleWriter:
             for (message_id, node), row in counts.items():
                 self.count(message_id, node, row.sockets, row.stages)
             raise
+        await self._publish_facts()
 
     async def _publish_facts(self) -> None:
         """Append the facts marked since the last flush to the webhooks stream; keep them if Redis fails."""

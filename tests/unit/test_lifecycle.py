@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -58,3 +59,28 @@ async def test_past_max_pending_the_oldest_marks_are_dropped() -> None:
         writer.mark("acked", [(f"m{n}", "u")], n + 1)
     await writer.flush()
     assert store.stored == [({("m1", "u"): {"acked": 2}, ("m2", "u"): {"acked": 3}}, {})]
+
+
+class StalledFeed:
+    """Stands in for the webhooks stream on a Redis that takes data and never answers."""
+
+    def __init__(self) -> None:
+        self.stalled = asyncio.Event()
+
+    async def publish(self, facts: list) -> None:
+        self.stalled.set()
+        await asyncio.Event().wait()
+
+
+async def test_the_marks_reach_mongodb_while_the_webhook_feed_stalls() -> None:
+    """A flush writes its marks to MongoDB before it appends their webhook facts: a stalled Redis holds only the facts."""
+    store, feed = GatedStore(), StalledFeed()
+    store.gate.set()
+    writer = LifecycleWriter(store, feed=feed)  # type: ignore[arg-type]
+    writer.mark("acked", [("m1", "u")], 3)
+    flushing = asyncio.create_task(writer.flush())
+    await asyncio.wait_for(feed.stalled.wait(), 5)
+    assert store.stored == [({("m1", "u"): {"acked": 3}}, {})]
+    flushing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flushing
