@@ -24,6 +24,7 @@ EXPIRY_MARGIN_S = 2.0  # a settle socket welcomed this long before a message exp
 TOPIC_HOLD_S = 5.0  # a subscribed socket open this long after a topic post's answer (and due time) must have it
 FAULT_QUIET_S = 10.0  # topic loss is not counted from a fault's start until this long after it ended
 LIFECYCLE_LOSS_S = 3.0  # a node SIGKILLed this soon after writing a message may take its lifecycle marks along
+KILL_NOTICED_S = 1.0  # a client may send an ack this long after its node was SIGKILLed, before its busy loop sees the close
 EXAMPLES = 10
 BROADCAST = "*"
 OPEN_STATES = ("accepted", "scheduled", "due")
@@ -377,7 +378,7 @@ def recipients(body: Any) -> list[dict[str, Any]]:
 
 
 def _marks_lost(obs: Observations, at: float, node: int) -> bool:
-    return any(f.killed_node(node) and at <= f.start <= at + LIFECYCLE_LOSS_S for f in obs.faults)
+    return any(f.killed_node(node) and at - KILL_NOTICED_S <= f.start <= at + LIFECYCLE_LOSS_S for f in obs.faults)
 
 
 def _check_acked_came_back(obs: Observations, report: Report) -> None:

@@ -1,8 +1,12 @@
 """Client acknowledgements, closed in Redis in batches: one flush per short window, whoever sent them.
 
 A flush closes the acked deliveries in the users' inboxes (only ids in the acking user's own inbox
-count, so nobody can acknowledge someone else's message) and marks exactly those ``acked`` in the
-lifecycle. While the state is incomplete (Redis came back empty and is being rebuilt), Redis also
+count, so nobody can acknowledge someone else's message) and marks those ``acked`` in the
+lifecycle. It also marks the acks of messages this node wrote to the acking socket (surely deliveries
+to that user: ``SentIds``) that found nothing to close: another socket's ack, on another node, closed
+the delivery first, and that node's mark dies with it if it is SIGKILLed before its next lifecycle
+flush; the record must not depend on which of a user's tabs acked first. Such a mark reports no
+webhook fact (the closing ack's did). While the state is incomplete (Redis came back empty and is being rebuilt), Redis also
 holds each ack for the rebuild, which closes and records it once its delivery is reopened
 (``Inbox.acknowledge``). A failed flush is kept and retried with backoff.
 
@@ -72,13 +76,13 @@ class Acks:
     def pending(self) -> int:
         return len(self._pending)
 
-    def _mark(self, acks: Iterable[Ack]) -> None:
-        """Mark these acks ``acked`` in the lifecycle, each at its own time."""
+    def _mark(self, acks: Iterable[Ack], report: bool = True) -> None:
+        """Mark these acks ``acked`` in the lifecycle, each at its own time; ``report``: with their webhook facts."""
         by_time: defaultdict[int, list[Pair]] = defaultdict(list)
         for ack in acks:
             by_time[ack.at].append(ack.pair)
         for at, pairs in by_time.items():
-            self.lifecycle.mark("acked", pairs, at)
+            self.lifecycle.mark("acked", pairs, at, report)
 
     async def flush(self) -> None:
         acks, self._pending = self._pending, []
@@ -94,6 +98,7 @@ class Acks:
         finally:
             ACKS_PENDING.set(len(self._pending))
         self._mark(a for a in acks if a.pair in closed)
+        self._mark((a for a in acks if a.written and a.pair not in closed), report=False)
 
     async def run(self) -> None:
         backoff = Backoff()

@@ -43,11 +43,12 @@ class LifecycleWriter:
         self._counts: dict[tuple[str, str], NodeCount] = {}
         self._facts: list[Fact] = []
 
-    def mark(self, stage: str, pairs: Iterable[Pair], at_ms: int | None = None) -> None:
-        """Record that these deliveries reached ``stage`` at ``at_ms`` (now by default); the first time wins."""
+    def mark(self, stage: str, pairs: Iterable[Pair], at_ms: int | None = None, report: bool = True) -> None:
+        """Record that these deliveries reached ``stage`` at ``at_ms`` (now by default); the first time wins.
+        ``report=False``: no webhook facts (another mark of the same deliveries reports them)."""
         assert stage in STAGES, stage
         at = at_ms or int(time.time() * 1000)
-        if self.feed is not None and stage in FACT_STAGES:
+        if report and self.feed is not None and stage in FACT_STAGES:
             pairs = list(pairs)
             self._facts += [self._fact(stage, pair, at) for pair in pairs]
         pending = self._pending

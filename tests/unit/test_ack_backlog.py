@@ -56,9 +56,11 @@ class Marks:
 
     def __init__(self) -> None:
         self.marked: list[tuple[str, list[Pair], int | None]] = []
+        self.reported: list[tuple[str, Pair]] = []
 
-    def mark(self, stage: str, pairs: list[Pair], at_ms: int | None = None) -> None:
+    def mark(self, stage: str, pairs: list[Pair], at_ms: int | None = None, report: bool = True) -> None:
         self.marked.append((stage, list(pairs), at_ms))
+        self.reported += [(stage, pair) for pair in pairs] if report else []
 
 
 def test_acks_of_messages_the_node_wrote_are_marked_acked_once_when_redis_refuses_them() -> None:
@@ -75,3 +77,21 @@ def test_acks_of_messages_the_node_wrote_are_marked_acked_once_when_redis_refuse
     asyncio.run(flush_failing())
     assert [(stage, pairs) for stage, pairs, _ in marks.marked] == [("acked", [("m1", "ann")])]
     assert acks.pending() == 2, "both still go to Redis"
+
+
+class ClosedElsewhereInbox:
+    """An inbox where another socket's ack (on another node) already closed every delivery: nothing closes here."""
+
+    async def acknowledge(self, acks: list[tuple[Pair, int]]) -> list[Pair]:
+        return []
+
+
+def test_an_ack_of_a_written_message_is_marked_even_when_another_sockets_ack_closed_it_first() -> None:
+    """An ack of a message this node wrote, which found its delivery already closed, is still marked acked (without a
+    second webhook fact): the node whose ack closed it may be SIGKILLed before its mark reaches MongoDB."""
+    marks = Marks()
+    acks = Acks(cast(Inbox, ClosedElsewhereInbox()), cast(LifecycleWriter, marks))
+    acks.add("ann", ("m1", "m2"), written=["m1"])
+    asyncio.run(acks.flush())
+    assert [(stage, pairs) for stage, pairs, _ in marks.marked] == [("acked", [("m1", "ann")])]
+    assert marks.reported == [], "the closing ack's mark reports the fact"
