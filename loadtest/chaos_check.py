@@ -401,8 +401,9 @@ def _check_acked_came_back(obs: Observations, report: Report) -> None:
                 recorded = [at for at, node in acked.get((a.message_id, s.user), [])
                             if at + ACK_RECORDED_S <= restart.start and not _marks_lost(obs, at, node)]
                 if recorded:
+                    acks = ", ".join(f"{at:.3f} on push-{node}" for at, node in sorted(acked[(a.message_id, s.user)]))
                     report.add("acked_came_back", f"{a.message_id} on socket {s.id} of {s.user} at {a.at:.3f}: acked at "
-                               f"{min(recorded):.3f}, before {restart.target} restarted at {restart.start:.3f}")
+                               f"{acks}, before {restart.target} restarted at {restart.start:.3f}")
                     break
 
 
