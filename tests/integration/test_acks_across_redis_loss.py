@@ -32,7 +32,7 @@ from tools.cluster import Cluster, Proc, free_port
 
 @dataclass
 class Delivered:
-    """A stack on a Redis of its own, and one message its user ``ackers`` holds unacked on node 0."""
+    """A stack on a Redis of its own, and one message its user ``acker`` holds unacked on node 0 (and other tabs)."""
 
     stack: RunningStack
     cluster: Cluster
@@ -40,6 +40,7 @@ class Delivered:
     redis_port: int
     ws: ClientConnection
     message_id: str
+    tabs: list[ClientConnection]  # the user's sockets, on nodes 0, 1, ... (``ws`` first)
 
     def restart_redis_empty(self) -> None:
         self.redis = self.cluster.start_redis(self.redis_port)
@@ -83,17 +84,20 @@ async def next_message_id(ws: ClientConnection) -> str:
 
 
 @asynccontextmanager
-async def delivered(start_stack, cluster: Cluster) -> AsyncIterator[Delivered]:
-    """A message delivered to ``acker`` on node 0 and not acked yet, on a stack whose Redis the test may kill."""
+async def delivered(start_stack, cluster: Cluster, tabs: int = 1) -> AsyncIterator[Delivered]:
+    """A message delivered to ``acker`` on node 0 (and, with ``tabs=2``, to a second socket on node 1) and not acked
+    yet, on a stack whose Redis the test may kill."""
     redis_port = free_port()
     redis = cluster.start_redis(redis_port)
     stack: RunningStack = start_stack(redis_url=cluster.redis_url(redis_port), **FAST)
-    ws = await stack.client.connect("acker", node=0)
+    sockets = [await stack.client.connect("acker", node=node) for node in range(tabs)]
     message = await stack.client.post_until_accepted({"user_id": "acker", "payload": "to be acked"})
-    assert await receive_ids(ws, 1) == [message["id"]]
+    for ws in sockets:
+        assert await receive_ids(ws, 1) == [message["id"]]
     await wait_for_state(stack, message["id"], "delivered")
-    yield Delivered(stack, cluster, redis, redis_port, ws, message["id"])
-    await ws.close()
+    yield Delivered(stack, cluster, redis, redis_port, sockets[0], message["id"], sockets)
+    for ws in sockets:
+        await ws.close()
 
 
 @asynccontextmanager
@@ -144,6 +148,30 @@ async def test_an_ack_stuck_in_a_node_while_redis_is_down_is_on_record_before_re
             await d.rebuilt(cards=1)
             await d.not_sent_again(nodes=(1,))
         await until(d.acks_pending, lambda n: n == 0, what="node 0's retry once it resumes", timeout=20)
+
+
+async def test_a_message_acked_in_two_tabs_stays_acked_when_the_node_whose_ack_closed_it_dies(start_stack,
+                                                                                              cluster: Cluster) -> None:
+    """The user's tabs on nodes 0 and 1 both ack; node 1's ack closes the delivery and node 1 is SIGKILLed at once,
+    before its lifecycle flush: node 0's ack, which found nothing to close, keeps it on record, so after Redis comes
+    back empty the message is sent on no node."""
+    async with delivered(start_stack, cluster, tabs=2) as d:
+        redis = redis_client(d.cluster.redis_url(d.redis_port))
+        try:
+            await d.tabs[1].send(orjson.dumps({"type": "ack", "ids": [d.message_id]}).decode())
+            pair = (d.message_id, "acker")
+            await until(lambda: Inbox(redis).still_open([pair]), lambda still: not still, what="node 1's ack to close it",
+                        every=0.005)
+        finally:
+            await redis.aclose()
+        d.stack.push(1).kill()
+        await d.ack()
+        await until(d.acks_pending, lambda n: n == 0, what="node 0 to flush its ack")
+        await wait_for_state(d.stack, d.message_id, "acked")
+        d.redis.kill()
+        d.restart_redis_empty()
+        await d.rebuilt(cards=1)
+        await d.not_sent_again(nodes=(0,))
 
 
 @dataclass
