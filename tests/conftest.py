@@ -212,6 +212,19 @@ def report_fuzz(name: str, outcomes: dict[str, int], server_errors: int) -> None
     FUZZ.append((name, sum(outcomes.values()), dict(outcomes), server_errors))
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker, hand this worker's summary rows to the controller, which prints them all."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fuzz"], workeroutput["scenarios"] = FUZZ, SCENARIOS
+
+
+def pytest_testnodedown(node, error) -> None:  # type: ignore[no-untyped-def]
+    """pytest-xdist's controller: gather a finished worker's summary rows."""
+    FUZZ.extend(tuple(row) for row in node.workeroutput.get("fuzz", []))  # type: ignore[misc]
+    SCENARIOS.extend(tuple(row) for row in node.workeroutput.get("scenarios", []))  # type: ignore[misc]
+
+
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
     if FUZZ:
         terminalreporter.section("fuzzing: inputs, server errors (5xx, 1011, crash), outcomes")

@@ -4,6 +4,7 @@ violation class must count 0. The random seed is printed, so a failure replays w
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import pytest
@@ -14,7 +15,8 @@ from tests.conftest import Servers
 from tools.cluster import Cluster
 
 SECONDS = 25.0
-RANDOM_SEED = secrets.randbelow(10**6)
+# One random seed per run, the same in every pytest-xdist worker (each collects the tests, and they must agree).
+RANDOM_SEED = int(os.environ.get("PYTEST_XDIST_TESTRUNUID") or secrets.token_hex(16), 16) % 10**6
 
 
 async def run(servers: Servers, cluster: Cluster, topology: str, seed: int) -> None:
