@@ -7,6 +7,10 @@ due while Redis was down and that no node recorded: it fires at once); then ever
 cancelled since the oldest of them was accepted is closed again, and the cancelled messages leave
 the schedule. Putting a scheduled message back skips the ids a cancel took out since Redis came back
 (``Schedule.hold``): a page read before such a cancel does not bring its message back.
+The second pass reads the record no sooner than ``MARKS_SETTLE_SECONDS`` after the state was marked
+incomplete: an ack a live node closed in Redis just before is marked ``acked`` in MongoDB only at
+that node's next lifecycle flush (once a second), and a second pass reading before it would leave
+the message open, to be replayed.
 Last, the acks Redis held while the state was incomplete (``Inbox.acknowledge``: taken
 while it was empty, or closing what the first pass then reopened) are closed again and recorded
 ``acked`` in MongoDB before the state is marked complete, so no replay can send them.
@@ -27,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from shared.delivery.inbox import Inbox
-from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.lifecycle import FLUSH_SECONDS, LifecycleWriter
 from shared.delivery.schedule import Schedule
 from shared.delivery.store import MessageStore, utc
 from shared.infra.serve import running
@@ -36,6 +40,7 @@ from shared.model.message import Message
 log = logging.getLogger(__name__)
 
 
+MARKS_SETTLE_SECONDS = 2 * FLUSH_SECONDS  # a live node's marks taken before the rebuild are in MongoDB by then
 PAUSE_MS = 30_000  # the schedule's pause, renewed every third of it: a rebuild that dies lets firing resume after this
 
 
@@ -90,18 +95,20 @@ async def rebuild(store: MessageStore, inbox: Inbox, schedule: Schedule, page: i
     # A Redis Cluster master restarted empty loses only its buckets' markers: the others' replays must wait too, or
     # they would read what the first pass reopens before the second closes it again (acked or cancelled messages).
     await inbox.incomplete()
+    settled = time.monotonic() + MARKS_SETTLE_SECONDS
     await schedule.pause(PAUSE_MS)
     async with running(keep_paused(schedule)):
-        epoch, counts = await reopen(store, inbox, schedule, page, held, lifecycle)
+        epoch, counts = await reopen(store, inbox, schedule, page, held, lifecycle, settled)
     await schedule.resume()
     log.warning("delivery state rebuilt", extra={**counts, "epoch": epoch, "seconds": round(time.monotonic() - started, 3)})
     return epoch
 
 
 async def reopen(store: MessageStore, inbox: Inbox, schedule: Schedule, page: int, held: Callable[[], Awaitable[bool]],
-                 lifecycle: LifecycleWriter) -> tuple[str, dict[str, int]]:
+                 lifecycle: LifecycleWriter, settled: float) -> tuple[str, dict[str, int]]:
     """The rebuild's passes, ending with the state marked complete: the new epoch, and what was opened, scheduled
-    and closed."""
+    and closed. The second reads the record once the marks taken before the rebuild are on it (``settled``,
+    monotonic)."""
     opened = closed = scheduled = 0
     oldest: int | None = None
     async for messages in store.open_messages(dt.datetime.now(dt.UTC), page):
@@ -116,6 +123,7 @@ async def reopen(store: MessageStore, inbox: Inbox, schedule: Schedule, page: in
         oldest = messages[0].ts if oldest is None else oldest
         await still_held(held)
     if oldest is not None:
+        await asyncio.sleep(settled - time.monotonic())
         async for pairs, cancelled in store.closed_deliveries(utc(oldest), page):
             closed += len(await inbox.close(pairs))
             await schedule.unschedule(cancelled)

@@ -29,10 +29,11 @@ from shared.wire.errors import Unavailable
 
 log = logging.getLogger(__name__)
 FACT_STAGES = frozenset({"delivered", "acked", "expired"})  # the stages webhooks report
+FLUSH_SECONDS = 1.0  # marks wait this long at most before their bulk write begins
 
 
 class LifecycleWriter:
-    def __init__(self, store: MessageStore, interval: float = 1.0, max_pending: int = 200_000,
+    def __init__(self, store: MessageStore, interval: float = FLUSH_SECONDS, max_pending: int = 200_000,
                  feed: WebhookFeed | None = None, node: str = "") -> None:
         self.store = store
         self.interval = interval

@@ -343,3 +343,29 @@ async def test_a_rebuild_after_one_bucket_was_lost_sends_no_acked_message_to_a_u
     finally:
         await redis.aclose()
         await receiver.close()
+
+
+async def test_a_rebuild_begun_right_after_acks_sends_none_of_them_back(start_stack) -> None:
+    """A rebuild that begins while the acks' marks still wait for their node's lifecycle flush, and reopens those
+    messages within milliseconds, closes them again before it completes: the acking user is sent none of them."""
+    stack: RunningStack = start_stack(**FAST)
+    receiver = Receiver("quick", await stack.client.connect("quick"))
+    code, answer = await stack.client.post({"messages": [{"user_id": "quick", "payload": n} for n in range(20)]})
+    assert code == 202, answer
+    await receiver.received(answer["ids"], timeout=30)
+    redis = Redis.from_url(stack.stack.redis_url)
+    try:
+        before = await Inbox(redis).epoch()
+        await until(lambda: redis.zcard(inbox_key("quick")), lambda n: n == 0, what="every ack to close its entry")
+        await redis.delete(epoch_key(next(t for t in all_user_tags() if t != user_tag("quick"))))
+        await until(lambda: Inbox(redis).epoch(), lambda epoch: epoch not in (None, before), what="the rebuild to complete",
+                    timeout=30)
+        assert await redis.zcard(inbox_key("quick")) == 0, "the rebuild left an acked message open"
+        again = await stack.client.connect("quick", node=1)
+        code, marker = await stack.client.post({"user_id": "quick", "payload": "after"})
+        assert code == 202, marker
+        assert (await next_frame(again))["id"] == marker["id"], "the first frame after the welcome is the new message"
+        await again.close()
+    finally:
+        await redis.aclose()
+        await receiver.close()

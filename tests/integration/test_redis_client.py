@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from shared.infra.clients import redis_client
+import asyncio
+
+import pytest
+from redis.asyncio.connection import Connection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.infra.clients import GuardedConnection, redis_client
+from tests.conftest import Servers
 from tools.cluster import Cluster, free_port
 
 
@@ -21,3 +28,22 @@ async def test_a_pooled_connection_that_died_with_a_redis_restart_is_replaced_on
             assert await pipe.execute() == [b"after"]
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("connection_class", [GuardedConnection, Connection], ids=["guarded", "redis-py"])
+async def test_a_command_on_a_connection_closed_while_it_is_written_fails_as_a_connection_error(
+        servers: Servers, connection_class: type[Connection]) -> None:
+    """A command whose connection another task closes before its bytes are written (a cluster client refreshing its
+    topology after a failover does so) raises ConnectionError, a Redis failure, from the services' connection;
+    redis-py's own raises AttributeError there, which collect answered 500."""
+    connection = connection_class(**parse_url(servers.cluster.redis_url(servers.redis_port)), socket_timeout=5)
+    await connection.connect()
+    try:
+        writing = asyncio.create_task(connection.send_packed_command(connection.pack_command("PING")))
+        await asyncio.sleep(0)  # the write now waits in its own task (redis-py's socket timeout)
+        await connection.disconnect(nowait=True)
+        expected = RedisConnectionError if connection_class is GuardedConnection else AttributeError
+        with pytest.raises(expected):
+            await writing
+    finally:
+        await connection.disconnect()
