@@ -318,6 +318,14 @@ async def test_tidying_forgets_dead_node_ids_and_consumers_of_gone_dispatch_inst
     await redis.aclose()
 
 
+async def first_frame_is_a_new_message(stack: RunningStack, user: str, ws: ClientConnection) -> None:
+    """Post ``user`` a message and check that it is the first frame ``ws`` gets after its welcome, then close ``ws``."""
+    code, marker = await stack.client.post({"user_id": user, "payload": "after"})
+    assert code == 202, marker
+    assert (await next_frame(ws))["id"] == marker["id"], "the first frame after the welcome is the new message"
+    await ws.close()
+
+
 async def test_a_rebuild_after_one_bucket_was_lost_sends_no_acked_message_to_a_user_of_another(start_stack) -> None:
     """One user bucket's marker lost (a cluster master restarted empty) rebuilds the whole state: a user of a bucket
     that was not lost, reconnecting while the rebuild has reopened what they acked, is sent none of it."""
@@ -336,10 +344,7 @@ async def test_a_rebuild_after_one_bucket_was_lost_sends_no_acked_message_to_a_u
         await until(lambda: redis.zcard(inbox_key("keeper")), lambda n: n > 0, what="the rebuild to reopen acked entries")
         again = await stack.client.connect("keeper", node=1)
         await until(lambda: Inbox(redis).epoch(), lambda epoch: epoch is not None, what="the rebuild to complete", timeout=30)
-        code, marker = await stack.client.post({"user_id": "keeper", "payload": "after"})
-        assert code == 202, marker
-        assert (await next_frame(again))["id"] == marker["id"], "the first frame after the welcome is the new message"
-        await again.close()
+        await first_frame_is_a_new_message(stack, "keeper", again)
     finally:
         await redis.aclose()
         await receiver.close()
@@ -362,10 +367,7 @@ async def test_a_rebuild_begun_right_after_acks_sends_none_of_them_back(start_st
                     timeout=30)
         assert await redis.zcard(inbox_key("quick")) == 0, "the rebuild left an acked message open"
         again = await stack.client.connect("quick", node=1)
-        code, marker = await stack.client.post({"user_id": "quick", "payload": "after"})
-        assert code == 202, marker
-        assert (await next_frame(again))["id"] == marker["id"], "the first frame after the welcome is the new message"
-        await again.close()
+        await first_frame_is_a_new_message(stack, "quick", again)
     finally:
         await redis.aclose()
         await receiver.close()
