@@ -31,6 +31,7 @@ from loadtest.chaos_clients import Clients, SocketPlan, UserPlan, plan_sockets, 
 from loadtest.chaos_faults import FAULT_KINDS, SERVER_KINDS, ChaosStack, Faults, plan_faults
 from loadtest.chaos_net import Toxiproxy
 from loadtest.chaos_workload import Poster, plan_posts, request
+from shared.infra.serve import running
 from tests.client import ClusterClient
 from tests.conftest import Servers
 from tools.cluster import Cluster
@@ -41,7 +42,7 @@ LINGER_S = 2.0  # kept open once everything owed arrived, for late duplicates
 STATUS_IN_FLIGHT = 8
 STATUS_LIMIT = 3000  # statuses read at most (a seeded sample of the accepted user messages beyond)
 KEPT_LOGS = Path(__file__).resolve().parents[1] / "test-output" / "chaos"  # a failed run's logs (not in git)
-PAUSE_POLL_S = 0.5  # how often dispatch's /healthz is asked whether the schedule is paused
+REBUILD_POLL_S = 0.5  # how often dispatch's /healthz is asked whether the state is being rebuilt
 STATUS_ROUNDS = 3  # reads of a status still behind what clients saw (the lifecycle is written once a second)
 
 
@@ -59,36 +60,40 @@ async def drive(stack: ChaosStack, seed: int, seconds: float, faults: list[str],
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         client = ClusterClient(stack.stack, session)
         clients = Clients(client, obs, seed, started)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(clients.run(sockets))
-            group.create_task(Poster(client, obs, started).run(posts))
-            group.create_task(Faults(stack, obs, started).run(fault_plans))
-            group.create_task(watch_pauses(stack, session, obs, started + seconds))
-        await settle(clients, obs, users, len(stack.stack.push_ports), settle_s)
+        async with running(watch_rebuilds(stack, session, obs)):  # through the settle phase: a rebuild may outlast the faults
+            async with asyncio.TaskGroup() as group:
+                group.create_task(clients.run(sockets))
+                group.create_task(Poster(client, obs, started).run(posts))
+                group.create_task(Faults(stack, obs, started).run(fault_plans))
+            await settle(clients, obs, users, len(stack.stack.push_ports), settle_s)
         obs.ended = time.time()
         await read_statuses(client, obs, random.Random(f"{seed}:statuses"))
     return check(obs)
 
 
-async def watch_pauses(stack: ChaosStack, session: aiohttp.ClientSession, obs: Observations, until: float) -> None:
-    """Record each span dispatch's ``/healthz`` said the schedule was paused (a rebuild after Redis came back empty)
-    as a ``paused`` fault: scheduled messages due in it fire when it ends, late by design, so the topic check treats
-    it as a fault's aftermath. A poll no instance answers changes nothing."""
+async def watch_rebuilds(stack: ChaosStack, session: aiohttp.ClientSession, obs: Observations) -> None:
+    """Until cancelled, record each span dispatch's ``/healthz`` said the delivery state was being rebuilt (incomplete,
+    or the schedule paused: Redis came back empty) as a ``rebuild`` fault: nothing waiting is replayed and nothing
+    scheduled fires in it, late by design, so the checks treat it as a fault's aftermath. A poll no instance answers
+    changes nothing."""
     since: float | None = None
-    while time.time() < until:
-        answers = []
-        for name in stack.named("dispatch"):
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-                async with session.get(f"{stack.url(name)}/healthz", timeout=aiohttp.ClientTimeout(total=PAUSE_POLL_S)) as r:
-                    answers.append(bool((await r.json()).get("schedule_paused")))
-        if answers and any(answers) and since is None:
-            since = time.time()
-        elif answers and not any(answers) and since is not None:
-            obs.faults.append(FaultRecord("paused", "schedule", since, time.time()))
-            since = None
-        await asyncio.sleep(PAUSE_POLL_S)
-    if since is not None:
-        obs.faults.append(FaultRecord("paused", "schedule", since, time.time()))
+    try:
+        while True:
+            answers = []
+            for name in stack.named("dispatch"):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                    async with session.get(f"{stack.url(name)}/healthz", timeout=aiohttp.ClientTimeout(total=REBUILD_POLL_S)) as r:
+                        health = await r.json()
+                        answers.append(bool(health.get("schedule_paused")) or not health.get("state_complete", True))
+            if answers and any(answers) and since is None:
+                since = time.time()
+            elif answers and not any(answers) and since is not None:
+                obs.faults.append(FaultRecord("rebuild", "state", since, time.time()))
+                since = None
+            await asyncio.sleep(REBUILD_POLL_S)
+    finally:
+        if since is not None:
+            obs.faults.append(FaultRecord("rebuild", "state", since, time.time()))
 
 
 async def settle(clients: Clients, obs: Observations, users: list[UserPlan], nodes: int, settle_s: float) -> None:

@@ -107,8 +107,8 @@ class SocketRecord:
 @dataclass(frozen=True, slots=True)
 class FaultRecord:
     """A fault: ``kill`` or ``stop`` (or a second-phase kind) of ``target`` (``push-<port>``, ``dispatch-<port>``, ...)
-    from ``start`` until it was undone at ``end``; or ``paused``: a span dispatch reported the schedule paused by a
-    rebuild (scheduled messages due in it fire late, when it ends)."""
+    from ``start`` until it was undone at ``end``; or ``rebuild``: a span dispatch reported the delivery state being
+    rebuilt (nothing waiting is replayed and nothing scheduled fires until it ends)."""
 
     kind: str
     target: str
@@ -180,22 +180,33 @@ def cancel_outcomes(obs: Observations) -> tuple[set[str], set[str]]:
 
 def owed(obs: Observations) -> dict[tuple[str, str], float]:
     """Each (message id, user) the cluster owes: a user message answered 2xx, not cancelled (or maybe cancelled),
-    whose recipient had a settle socket welcomed ``EXPIRY_MARGIN_S`` before it expired (its expiry counted from when
-    its post left, which is no later than collect's acceptance); with the message's due time (s, at the latest)."""
+    whose recipient had a settle socket welcomed, and the message was due, ``EXPIRY_MARGIN_S`` before it expired (its
+    expiry counted from when its post left, which is no later than collect's acceptance) outside any rebuild span
+    (nothing waiting is sent while the state is rebuilt); with the message's due time (s, at the latest)."""
     cancelled, unknown = cancel_outcomes(obs)
     welcomed: dict[str, float] = {}
     for s in obs.sockets:
         if s.settle and s.opened_at is not None:
             welcomed[s.user] = min(s.opened_at, welcomed.get(s.user, s.opened_at))
+    rebuilds = sorted((f.start, f.end) for f in obs.faults if f.kind == "rebuild")
     debts = {}
     for mid, a in accepted(obs).items():
         if a.message.topic is not None or mid in cancelled or mid in unknown:
             continue
         expires = a.sent_at + a.message.ttl_ms / 1000
+        due = due_at(a, a.answered_at)
         for user in a.message.users:
-            if user in welcomed and welcomed[user] + EXPIRY_MARGIN_S <= expires:
-                debts[(mid, user)] = due_at(a, a.answered_at)
+            if user in welcomed and after_rebuilds(max(welcomed[user], due), rebuilds) + EXPIRY_MARGIN_S <= expires:
+                debts[(mid, user)] = due
     return debts
+
+
+def after_rebuilds(moment: float, rebuilds: list[tuple[float, float]]) -> float:
+    """The first time from ``moment`` on outside every rebuild span (``rebuilds`` sorted by start)."""
+    for start, end in rebuilds:
+        if start <= moment < end:
+            moment = end
+    return moment
 
 
 def due_at(a: Accepted, accepted_at: float) -> float:
@@ -422,5 +433,5 @@ def _tally(obs: Observations, known: dict[str, Accepted], report: Report) -> Non
     t["sockets welcomed"] = sum(s.opened_at is not None for s in obs.sockets)
     t["statuses read"] = len(obs.statuses)
     for f in obs.faults:
-        name = "schedule paused (rebuilds)" if f.kind == "paused" else f"faults {f.kind}"
+        name = "state rebuilt (spans)" if f.kind == "rebuild" else f"faults {f.kind}"
         t[name] = t.get(name, 0) + 1

@@ -49,13 +49,14 @@ def create_app(config: DispatchConfig) -> Starlette:
         mongo_ok = await store.ping()
         loop_ok = all(time.time() - r.last_cycle < config.block_ms / 1000 + 10 for r in forwarders)
         redis_breaker = next((r.breaker.state for r in forwarders if r.breaker.state != CLOSED), CLOSED)
-        paused = False
+        paused, complete = False, False
         if redis_ok:
             with contextlib.suppress(*REDIS_FAILURES):
                 paused = await reconciler.handover.schedule.paused()
+                complete = await inbox.epoch() is not None
         return {"ok": redis_ok and mongo_ok and loop_ok, "service": "dispatch", "redis": redis_ok, "mongo": mongo_ok,
                 "forwarder": loop_ok, "breakers": {"redis": redis_breaker, "mongodb": store.breaker.state},
-                "links": sorted(links.links), "schedule_paused": paused}
+                "links": sorted(links.links), "schedule_paused": paused, "state_complete": complete}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -198,13 +198,26 @@ def test_messages_out_of_order_after_a_fault_are_not_counted() -> None:
     assert counted(obs).violations == 0
 
 
-@pytest.mark.parametrize(("paused_from", "counted_as"), [(T0 + 0.1, 0), (T0 + 60, 1)])
-def test_a_topic_message_due_while_a_rebuild_paused_the_schedule_is_not_counted_lost(paused_from: float, counted_as: int) -> None:
-    """A schedule pause (a rebuild) over a topic message's span excuses its absence like a fault; one long after does not."""
+@pytest.mark.parametrize(("rebuilt_from", "counted_as"), [(T0 + 0.1, 0), (T0 + 60, 1)])
+def test_a_topic_message_due_while_the_state_was_rebuilt_is_not_counted_lost(rebuilt_from: float, counted_as: int) -> None:
+    """A rebuild span over a topic message's span excuses its absence like a fault; one long after does not."""
     obs = clean()
     miss_a_topic_message(obs)
-    obs.faults.append(FaultRecord("paused", "schedule", paused_from, paused_from + 3))
+    obs.faults.append(FaultRecord("rebuild", "state", rebuilt_from, rebuilt_from + 3))
     assert counted(obs).counts["topic_lost"] == counted_as
+
+
+@pytest.mark.parametrize(("rebuilt_from", "counted_as"), [(T0 + 1, 0), (T0 + 10, 1)])
+def test_a_message_that_expired_while_the_state_was_rebuilt_is_not_lost(rebuilt_from: float, counted_as: int) -> None:
+    """A short-lived message due during a rebuild span and expiring within two seconds of its end is not owed (nothing
+    is sent while the state is rebuilt); one that expires before a later span is."""
+    obs = clean()
+    obs.posts[0].messages = tuple(replace(m, ttl_ms=5000) if m.tag == "0.2" else m for m in obs.posts[0].messages)
+    obs.posts[1].messages = obs.posts[0].messages
+    drop_arrival(obs)
+    obs.statuses["aaaa0002"] = (200, {"recipients": [{"user_id": "bob", "state": "expired"}]})
+    obs.faults.append(FaultRecord("rebuild", "state", rebuilt_from, rebuilt_from + 3))
+    assert counted(obs).counts["lost"] == counted_as
 
 
 @pytest.mark.parametrize(("killed_after", "counted_as"), [(1.0, 0), (LIFECYCLE_LOSS_S + 1, 1)])
