@@ -156,12 +156,12 @@ class Session:
             self.held.clear()
             self.overflowed = False
             return False
-        frames = [(m, f) for m, f in self.held if m not in self.sent]
-        self.held.clear()
+        held, self.held = self.held, []
         self.replaying = False
-        for message_id, frame in frames:
-            self.sent.add(message_id)
-            broadcast([self.ws], frame, text=True)
+        for message_id, frame in held:
+            if message_id not in self.sent:  # the replay wrote it, or it was held twice (a retried batch)
+                self.sent.add(message_id)
+                broadcast([self.ws], frame, text=True)
         return True
 
     def acknowledged(self, message_ids: Iterable[str]) -> list[str]:

@@ -115,6 +115,17 @@ def test_a_replaying_session_holds_live_frames_and_writes_after_the_replay_only_
     assert texts(s) == ["F2"]
 
 
+def test_a_frame_delivered_twice_during_a_replay_is_written_once_when_the_session_goes_live() -> None:
+    """A message held twice while replaying (dispatch retried its batch after a Redis failure) is written once."""
+    hub = Hub()
+    s = session("u", replaying=True)
+    hub.add(s)
+    for message_id, frame in (("m1", b"F1"), ("m2", b"F2"), ("m1", b"F1")):
+        hub.deliver("u", message_id, frame)
+    assert s.go_live()
+    assert texts(s) == ["F1", "F2"]
+
+
 def test_a_frame_is_written_once_per_socket_until_acknowledged() -> None:
     """A retried batch writes nothing to a socket already sent the message, nor one arriving after its ack (a late
     batch); once acknowledged it no longer counts as unacked."""
