@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shared.infra.config import InternalKeySettings, MongoSettings, RedisSettings, setting
+from shared.infra.config import InternalKeySettings, MongoSettings, ProxySettings, RedisSettings, flag, setting
 from shared.model.topics import valid_pattern
 
 
@@ -19,7 +19,7 @@ def parse_topics(raw: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class PushConfig(RedisSettings, MongoSettings, InternalKeySettings):
+class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySettings):
     SERVICE: ClassVar[str] = "push"
     PREFIXES: ClassVar[tuple[str, ...]] = ("PUSH_",)
 
@@ -43,7 +43,9 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings):
     max_connections_per_user: int = setting("MAX_USER_CONNECTIONS", 32,
                                             "sockets one user may hold on this node (close 1008 past it; 0: no cap)", low=0)
     max_connections_per_address: int = setting("MAX_ADDRESS_CONNECTIONS", 1000,
-                                               "sockets from one source address (HTTP 429 past it; 0: no cap)", low=0)
+                                               "sockets from one client address (HTTP 429 past it; 0: no cap)", low=0)
+    proxy_protocol: bool = setting("PUSH_PROXY_PROTOCOL", "0", "1: a connection may start with a PROXY protocol v1/v2 header (a "
+                                   "TCP balancer's), believed from `TRUSTED_PROXIES` only", cast=flag)
     client_rate: float = setting("CLIENT_RATE", 1000.0, "ack ids (and pings) one socket may send per second ...", low=1)
     client_burst: int = setting("CLIENT_BURST", 20_000, "... and save up (a replay's worth); past it: close 1008", low=1)
     public_topics: tuple[str, ...] = setting("PUBLIC_TOPICS", "", "comma-separated topics or `prefix:*` patterns any "

@@ -1,6 +1,7 @@
 """What a push node answers over plain HTTP, and which websocket upgrades it lets through.
 
-* ``/ws`` -- a browser's upgrade: refused with 503 while draining, 429 past the per-address cap;
+* ``/ws`` -- a browser's upgrade: refused with 503 while draining, 429 past the per-address cap (the address
+  behind a trusted proxy, ``connection.py``);
 * ``/internal`` -- dispatch's link, ``/internal/topics/{t}`` (a topic's user ids, for collect) and
   ``POST /v1/drain``: each signed with the internal key (``shared.wire.signing``), else 401;
 * ``/healthz`` and ``/metrics``, like the HTTP services' (``shared.infra.web``).
@@ -21,6 +22,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from services.push.config import PushConfig
+from services.push.connection import client_address
 from services.push.drain import Drain
 from services.push.hub import Hub
 from services.push.limits import AddressCount
@@ -42,11 +44,6 @@ def http_response(body: bytes | dict[str, Any], status: int, headers: dict[str, 
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     fields = [("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close"), *(headers or {}).items()]
     return Response(status, HTTPStatus(status).phrase, Headers(fields), data)
-
-
-def source_of(connection: ServerConnection) -> str:
-    """The peer's IP address (without the port)."""
-    return str(connection.remote_address[0])
 
 
 class Gate:
@@ -74,7 +71,7 @@ class Gate:
             if path == "/ws":
                 if self.drain.started:
                     raise Unavailable("this node is draining: connect to another node")
-                self.addresses.check(source_of(connection))
+                self.addresses.check(client_address(connection, self.config.trusted_proxies))
                 return None
             raise NotFound("no such path")
         except ServiceError as exc:

@@ -18,8 +18,9 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from services.push.acks import Acks
 from services.push.config import PushConfig
+from services.push.connection import ProxiedConnection, client_address
 from services.push.drain import Drain
-from services.push.gate import LINK_PATH, Gate, source_of
+from services.push.gate import LINK_PATH, Gate
 from services.push.hub import Hub
 from services.push.identity import TokenVerifier
 from services.push.limits import AddressCount
@@ -82,7 +83,7 @@ class PushNode:
                 self.replayer.catch_up("a dispatch link opened after the node card was gone")
             await serve_link(ws, self.hub, self.lifecycle, self.config.node_id)
             return
-        source = source_of(ws)
+        source = client_address(ws, self.config.trusted_proxies)
         self.addresses.opened(source)
         try:
             await self.sockets.serve(ws)
@@ -103,6 +104,7 @@ class PushNode:
                 process_response=self.gate.process_response, compression=None,
                 ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
                 server_header=None, backlog=LISTEN_BACKLOG,
+                create_connection=ProxiedConnection if c.proxy_protocol else None,
             )
             async with running(self.registrar.run_flusher(), self.registrar.run_heartbeat(), self.lifecycle.run(),
                                self.acks.run(), self.replayer.watch_epoch(c.heartbeat_interval)):

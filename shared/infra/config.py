@@ -20,6 +20,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, overload
 
+from shared.wire.forwarding import Network, parse_networks
+
 T = TypeVar("T")
 S = TypeVar("S", bound="Settings")
 
@@ -219,3 +221,12 @@ class WebhookUrlSettings(Settings):
     webhook_allow_private: bool = setting("WEBHOOK_ALLOW_PRIVATE", "0", "1: webhook URLs may resolve to loopback, link-local "
                                           "and private addresses in production too (development always allows them, and http)",
                                           cast=flag)
+
+
+@dataclass(frozen=True)
+class ProxySettings(Settings):
+    """Which peers may say who the client is (``shared.wire.forwarding``): a load balancer's or ingress's addresses."""
+
+    trusted_proxies: tuple[Network, ...] = setting("TRUSTED_PROXIES", "", "comma-separated CIDRs of load balancers and proxies: "
+                                                   "only from these is the client address read from `X-Forwarded-For` (or a "
+                                                   "PROXY header)", cast=parse_networks)

@@ -1,0 +1,51 @@
+"""A push node's server connection: websockets' own, plus who the client is behind a load balancer.
+
+``client_address`` is what the per-address cap counts and the logs name: the TCP peer, unless the peer is
+one of ``TRUSTED_PROXIES`` and says who it serves, in a PROXY protocol header (``ProxiedConnection``, with
+``PUSH_PROXY_PROTOCOL=1``) or in ``X-Forwarded-For`` (``shared.wire.forwarding``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from websockets.asyncio.server import ServerConnection
+
+from shared.wire.forwarding import Network, ProxyHeaderError, forwarded_client, is_trusted, parse_proxy_header
+
+log = logging.getLogger(__name__)
+
+
+def client_address(connection: ServerConnection, trusted: tuple[Network, ...]) -> str:
+    """Whom ``connection`` serves: its peer, or the client a trusted peer names."""
+    peer = str(connection.remote_address[0])
+    if isinstance(connection, ProxiedConnection) and connection.proxy_source and is_trusted(peer, trusted):
+        return connection.proxy_source
+    forwarded = ", ".join(connection.request.headers.get_all("X-Forwarded-For")) if connection.request else None
+    return forwarded_client(peer, forwarded, trusted)
+
+
+class ProxiedConnection(ServerConnection):
+    """A listener behind a balancer that speaks the PROXY protocol: a header before the HTTP request is taken
+    off here (a connection without one is served as it is); a malformed one closes the connection."""
+
+    proxy_source: str | None = None  # the client the header named
+    _head: bytes | None = b""  # bytes received while the header is incomplete; None once it was read
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:
+            super().data_received(data)
+            return
+        self._head += data
+        try:
+            header = parse_proxy_header(self._head)
+        except ProxyHeaderError as exc:
+            log.warning("connection closed: malformed PROXY header", extra={"peer": str(self.remote_address[0]), "error": str(exc)})
+            self.transport.close()
+            return
+        if header is None:
+            return
+        rest, self._head = self._head[header.length:], None
+        self.proxy_source = header.source
+        if rest:
+            super().data_received(rest)
