@@ -167,8 +167,7 @@ def create_app(config: CollectConfig) -> Starlette:
         except Exception as exc:
             await put_back(message)
             log.warning("cancel not recorded; the message is scheduled again", extra={"id": message_id, "error": repr(exc)})
-            reason = exc.message if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {str(exc)[:200]}"
-            raise Unavailable(f"the cancel could not be recorded ({reason}); the message is still scheduled") from exc
+            raise Unavailable("the cancel could not be recorded; the message is still scheduled", detail=str(exc)) from exc
         log.info("scheduled message cancelled", extra={"id": message_id, "sender": sender, "due": message.due_ms})
         try:
             await feed.publish([Fact("cancelled", message_id, "", now_ms())])
@@ -187,7 +186,7 @@ def create_app(config: CollectConfig) -> Starlette:
         try:
             await store.prepare()
         except Unavailable as exc:
-            log.warning("indexes not created yet", extra={"error": exc.message})
+            log.warning("indexes not created yet", extra={"error": str(exc)})
         async with running(shedder.run()):
             yield
         await redis.aclose()

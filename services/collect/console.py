@@ -71,7 +71,7 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         try:
             cards = await directory(reader)
         except REDIS_FAILURES as exc:
-            raise Unavailable(f"Redis: {exc}") from None
+            raise Unavailable.of("Redis", exc) from None
         body = [{"id": c.id, "url": c.public_url, "connections": c.connections, "users": c.users} for c in cards]
         return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})
 
@@ -90,7 +90,7 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
                                  headers={"Authorization": f"Bearer {config.auth_admin_key}"}) as answer:
                 return Response(await answer.read(), answer.status, media_type="application/json")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unavailable(f"auth: {exc!r}") from None
+            raise Unavailable.of("auth", exc) from None
 
     first_key = next(iter(config.api_keys), "")  # no key configured: the post is refused with 401
 

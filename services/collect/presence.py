@@ -56,14 +56,14 @@ def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
         try:
             return await reader.live_nodes()
         except REDIS_FAILURES as exc:
-            raise Unavailable(f"Redis: {exc}") from None
+            raise Unavailable.of("Redis", exc) from None
 
     async def sockets(user_ids: list[str]) -> dict[str, dict[str, int]]:
         nodes = await live()
         try:
             return await reader.sockets(user_ids, nodes)
         except REDIS_FAILURES as exc:
-            raise Unavailable(f"Redis: {exc}") from None
+            raise Unavailable.of("Redis", exc) from None
 
     async def one_user(request: Request) -> Response:
         authenticate(request)
@@ -93,7 +93,7 @@ def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
         try:
             holding = (await topics.counts([name], nodes)).get(name, {})
         except REDIS_FAILURES as exc:
-            raise Unavailable(f"Redis: {exc}") from None
+            raise Unavailable.of("Redis", exc) from None
         body: dict[str, object] = {"topic": name, "subscribers": sum(holding.values()), "nodes": len(holding)}
         if request.query_params.get("users") in ("1", "true"):
             users, truncated = await subscribers([nodes[n] for n in sorted(holding)], name)
@@ -115,7 +115,7 @@ def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
             async with aiohttp.ClientSession(timeout=NODE_TIMEOUT) as session:
                 answers = await asyncio.gather(*(ask(session, c) for c in cards))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unavailable(f"a push node did not answer: {exc!r}") from None
+            raise Unavailable.of("a push node", exc) from None
         return merged(answers, MAX_USERS)
 
     return [

@@ -156,7 +156,7 @@ async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str, end
         counts = await TopicReader(reader.redis).counts(names, [c.id for c in cards])
         webhooks = await webhook_endpoints(endpoints, queues)
     except REDIS_FAILURES as exc:
-        raise Unavailable(f"Redis: {exc}") from None
+        raise Unavailable.of("Redis", exc) from None
     async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT) as session:
         *node_pages, dispatch_page = await asyncio.gather(
             *(scrape(session, node_http_base(c.link_url)) for c in cards), scrape(session, dispatch_url)

@@ -49,7 +49,7 @@ class TokenVerifier:
                 async with self.session.post(self.url, json={"tokens": tokens[start:start + BATCH]}) as response:
                     body = await response.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise Unavailable(f"auth unreachable: {exc!r}") from None
+                raise Unavailable.of("auth", exc) from None
             if response.status != 200:
                 raise Unavailable(f"auth answered {response.status}")
             answers += [Identity(r["user_id"], int(r["expires_at"]), tuple(r.get("topics", ()))) if "user_id" in r

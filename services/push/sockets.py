@@ -142,5 +142,5 @@ class SocketHandler:
     async def refuse(ws: ServerConnection, exc: ServiceError, user: str | None) -> None:
         ERRORS.labels(exc.code).inc()
         REFUSED.labels(str(exc.close_code)).inc()
-        log.warning("closing connection", extra={"user_id": user, "close_code": exc.close_code, "error": exc.message})
+        log.warning("closing connection", extra={"user_id": user, "close_code": exc.close_code, "error": str(exc)})
         await ws.close(exc.close_code, exc.message[:120])

@@ -114,4 +114,4 @@ class EndpointStore:
                 pipe.incr(VERSION_KEY)
                 await pipe.execute()
         except REDIS_FAILURES as exc:
-            raise Unavailable(f"Redis: {exc!r}; the endpoint is stored, its change not yet announced") from exc
+            raise Unavailable.of("Redis", exc, "the endpoint is stored, its change not yet announced") from exc

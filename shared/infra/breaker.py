@@ -55,7 +55,7 @@ class CircuitBreaker:
                 self._record_success()
                 raise
             self._record_failure()
-            raise Unavailable(f"{self.name}: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            raise Unavailable.of(self.name, exc) from exc
         finally:
             self._trial_running = False
         self._record_success()

@@ -34,7 +34,8 @@ def health_answer(report: dict[str, Any]) -> tuple[dict[str, Any], int]:
 def refusal(exc: ServiceError, path: str) -> tuple[dict[str, Any], int, dict[str, str] | None]:
     """Count and log a refused request; its body, status and headers, from the one error map."""
     ERRORS.labels(exc.code).inc()
-    log.warning("request refused", extra={"status": exc.status, "code": exc.code, "error": exc.message, "url": path})
+    log.warning("request refused", extra={"status": exc.status, "code": exc.code, "error": exc.message, "detail": exc.detail,
+                                          "url": path})
     return exc.body(), exc.status, exc.headers()
 
 

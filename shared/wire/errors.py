@@ -47,9 +47,13 @@ class ServiceError(Exception):
     close_code = CloseCode.INTERNAL
     code = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail  # what went wrong underneath (a driver's text): logged, never sent
+
+    def __str__(self) -> str:
+        return self.message if self.detail is None else f"{self.message} ({self.detail})"
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
@@ -115,6 +119,11 @@ class Unavailable(ServiceError):
     """A dependency (MongoDB, Redis, auth) cannot answer; the caller should retry later."""
 
     status, close_code, code = 503, CloseCode.TRY_AGAIN, "unavailable"
+
+    @classmethod
+    def of(cls, dependency: str, exc: BaseException, consequence: str = "retry later") -> Unavailable:
+        """``dependency`` failed with ``exc``: the answer names the dependency, the log line gets the driver's text."""
+        return cls(f"{dependency} is unavailable; {consequence}", detail=f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 class LinkDown(Exception):

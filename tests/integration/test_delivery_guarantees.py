@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 
 import aiohttp
@@ -133,7 +134,8 @@ async def test_messages_posted_across_a_redis_restart_are_all_delivered(start_st
 
 
 async def test_collect_answers_503_while_mongodb_is_down_and_recovers(start_stack, cluster: Cluster) -> None:
-    """With FerretDB stopped collect answers 503, never 202; once it is back, posting works again."""
+    """With FerretDB stopped collect answers 503 with a code and a short reason (the driver's text goes to its log
+    only), never 202; once it is back, posting works again."""
     mongo_port = free_port()
     mongo = cluster.start_ferretdb(mongo_port)
     stack: RunningStack = start_stack(mongo_url=f"mongodb://127.0.0.1:{mongo_port}/")
@@ -141,8 +143,14 @@ async def test_collect_answers_503_while_mongodb_is_down_and_recovers(start_stac
     ws = await c.connect("pia")
     _, before = await c.post({"user_id": "pia", "payload": "before"})
     mongo.stop()
-    codes = [(await c.post({"user_id": "pia", "payload": f"down {n}"}))[0] for n in range(8)]
-    assert set(codes) == {503}
+    answers = [await c.post({"user_id": "pia", "payload": f"down {n}"}) for n in range(8)]
+    assert {code for code, _ in answers} == {503}
+    assert {body["error"]["message"] for _, body in answers} <= {
+        "mongodb is unavailable; retry later", "mongodb is unavailable (circuit open)",
+        "MongoDB is unavailable (circuit open); nothing was stored"}, answers
+    logged = [json.loads(line) for line in stack.procs["collect"].log_path.read_text().splitlines() if line.startswith("{")]
+    refusals = [line for line in logged if line["event"] == "request refused" and line.get("status") == 503]
+    assert any("Error" in (line.get("detail") or "") for line in refusals), refusals[-3:]
     mongo = cluster.start_ferretdb(mongo_port)
     after = await c.post_until_accepted({"user_id": "pia", "payload": "after"})
     received = await receive_ids(ws, 2)
