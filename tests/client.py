@@ -87,7 +87,7 @@ class ClusterClient:
     async def drain(self, node: int = 0, key: str | None = DEV_INTERNAL_KEY) -> tuple[int, Any]:
         """``POST /v1/drain`` on push node ``node``, signed with ``key`` (None: unsigned): its status and body."""
         port = self.stack.push_ports[node]
-        headers = LinkRequest.make(key, f"127.0.0.1:{port}", now_ms()).headers() if key is not None else {}
+        headers = LinkRequest.make(key, f"127.0.0.1:{port}", now_ms(), "POST", "/v1/drain").headers() if key is not None else {}
         async with self.session.post(f"{self.stack.push_url(port)}/v1/drain", headers=headers) as r:
             return r.status, await r.json(content_type=None)
 

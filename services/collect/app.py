@@ -16,7 +16,7 @@ from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
 from services.collect.openapi import spec
-from services.collect.presence import presence_routes
+from services.collect.presence import TopicUsers, presence_routes
 from services.collect.shedding import Shedder
 from services.collect.webhooks import webhook_routes
 from shared.cluster.routes import RouteReader
@@ -200,7 +200,8 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages/{message_id}", timed("cancel_message", cancel_message), methods=["DELETE"]),
         *ops_routes(health),
         *console_routes(config, reader, inbox, post_messages, shedder.report, endpoints, queues),
-        *presence_routes(reader, TopicReader(redis), config.internal_key, lambda request: sender_of(request, config.api_keys)),
+        *presence_routes(reader, TopicReader(redis), TopicUsers(config.internal_key, config.topic_users_cache_seconds),
+                         lambda request: sender_of(request, config.api_keys)),
         *webhook_routes(endpoints, queues, redis_breaker,
                         UrlPolicy.of(config.production, config.webhook_allow_private), lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(config.production)),

@@ -61,6 +61,8 @@ class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, Webhoo
                                        "new normal posts get 429 past this many high and normal posts waiting", low=1)
     shed_normal_age_ms: int = setting("SHED_NORMAL_AGE_MS", 10_000,
                                       "... or an oldest high or normal post this old (high is never shed)", low=1)
+    topic_users_cache_seconds: float = setting("TOPIC_USERS_CACHE_SECONDS", 1.0, "a topic's user list (`GET /v1/topics/{t}?users=1`) "
+                                               "is asked of its nodes at most once per this, whatever the calls", low=0)
     shed_sample_ms: int = setting("SHED_SAMPLE_MS", 200, "how often the tiers' backlogs are read (one Redis round trip)", low=10)
 
     @property

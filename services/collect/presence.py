@@ -4,7 +4,8 @@
 * ``POST /v1/presence`` ``{"user_ids": [1 to 1000 ids]}`` -> ``{"online": {user_id: sockets, ...}}``;
 * ``GET /v1/topics/{topic}`` -> ``{"topic", "subscribers", "nodes"}``; with ``?users=1`` also ``"users"``
   (at most 1,000, then ``"truncated": true``), asked of each node holding the topic on its internal
-  path, signed with the internal key like the dispatch link (``shared.wire.signing``).
+  path, signed with the internal key like the dispatch link (``shared.wire.signing``), and reused for
+  ``TOPIC_USERS_CACHE_SECONDS`` (``TopicUsers``).
 
 The counts are what push nodes write when a socket opens, closes, subscribes or unsubscribes
 (``route:{user}`` and ``topic:{name}``, see ``shared.cluster.routes`` and ``shared.cluster.topic_holders``), never per
@@ -15,9 +16,11 @@ message; only nodes whose card is live count, so a node that dies stops counting
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 from starlette.requests import Request
@@ -50,7 +53,54 @@ def merged(answers: list[dict[str, Any]], limit: int) -> tuple[list[str], bool]:
     return users[:limit], len(users) > limit or any(a["truncated"] for a in answers)
 
 
-def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
+class TopicUsers:
+    """Each topic's user ids, asked of the nodes holding it at most once per ``ttl`` seconds however many calls want
+    them: concurrent calls share one round of signed requests and later ones reuse its answer, so a flood of
+    ``?users=1`` calls never becomes a flood of signed requests to the nodes."""
+
+    def __init__(self, internal_key: str, ttl: float, capacity: int = 10_000) -> None:
+        self.internal_key = internal_key
+        self.ttl = ttl
+        self.capacity = capacity
+        self._answers: OrderedDict[tuple[str, tuple[str, ...]], tuple[float, asyncio.Task[tuple[list[str], bool]]]] = OrderedDict()
+
+    async def get(self, name: str, cards: list[NodeCard]) -> tuple[list[str], bool]:
+        """The topic's user ids from each node holding it, merged, at most ``MAX_USERS``, and whether any was cut."""
+        key, now = (name, tuple(c.id for c in cards)), time.monotonic()
+        kept = self._answers.get(key)
+        if kept is None or kept[0] <= now:
+            task = asyncio.ensure_future(self._ask_all(name, cards))
+            task.add_done_callback(lambda done: self._forget_failed(key, done))
+            kept = self._answers[key] = (now + self.ttl, task)
+            self._answers.move_to_end(key)
+            while len(self._answers) > self.capacity:
+                self._answers.popitem(last=False)
+        return await asyncio.shield(kept[1])
+
+    def _forget_failed(self, key: tuple[str, tuple[str, ...]], done: asyncio.Task[tuple[list[str], bool]]) -> None:
+        kept = self._answers.get(key)
+        if kept is not None and kept[1] is done and (done.cancelled() or done.exception() is not None):
+            del self._answers[key]
+
+    async def _ask_all(self, name: str, cards: list[NodeCard]) -> tuple[list[str], bool]:
+        try:
+            async with aiohttp.ClientSession(timeout=NODE_TIMEOUT) as session:
+                answers = await asyncio.gather(*(self._ask(session, c, name) for c in cards))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable.of("a push node", exc) from None
+        return merged(answers, MAX_USERS)
+
+    async def _ask(self, session: aiohttp.ClientSession, card: NodeCard, name: str) -> dict[str, Any]:
+        url = users_url(card, name)
+        headers = LinkRequest.make(self.internal_key, card.id, now_ms(), "GET", unquote(urlsplit(url).path)).headers()
+        async with session.get(url, headers=headers) as answer:
+            if answer.status != 200:
+                raise Unavailable(f"node {card.id} answered {answer.status}")
+            body: dict[str, Any] = await answer.json()
+            return body
+
+
+def presence_routes(reader: RouteReader, topics: TopicReader, subscribers: TopicUsers,
                     authenticate: Callable[[Request], str]) -> list[BaseRoute]:
     async def live() -> dict[str, NodeCard]:
         try:
@@ -96,27 +146,9 @@ def presence_routes(reader: RouteReader, topics: TopicReader, internal_key: str,
             raise Unavailable.of("Redis", exc) from None
         body: dict[str, object] = {"topic": name, "subscribers": sum(holding.values()), "nodes": len(holding)}
         if request.query_params.get("users") in ("1", "true"):
-            users, truncated = await subscribers([nodes[n] for n in sorted(holding)], name)
+            users, truncated = await subscribers.get(name, [nodes[n] for n in sorted(holding)])
             body |= {"users": users, "truncated": truncated}
         return json_response(body)
-
-    async def subscribers(cards: list[NodeCard], name: str) -> tuple[list[str], bool]:
-        """The topic's user ids from each node holding it, merged, at most ``MAX_USERS``."""
-
-        async def ask(session: aiohttp.ClientSession, card: NodeCard) -> dict[str, Any]:
-            headers = LinkRequest.make(internal_key, card.id, now_ms()).headers()
-            async with session.get(users_url(card, name), headers=headers) as answer:
-                if answer.status != 200:
-                    raise Unavailable(f"node {card.id} answered {answer.status}")
-                body: dict[str, Any] = await answer.json()
-                return body
-
-        try:
-            async with aiohttp.ClientSession(timeout=NODE_TIMEOUT) as session:
-                answers = await asyncio.gather(*(ask(session, c) for c in cards))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise Unavailable.of("a push node", exc) from None
-        return merged(answers, MAX_USERS)
 
     return [
         Route("/v1/presence/{user_id}", timed("presence", one_user), methods=["GET"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -36,7 +37,7 @@ class NodeLink:
     async def _connection(self) -> ClientConnection:
         async with self._connecting:
             if self._ws is None:
-                request = LinkRequest.make(self.key, self.card.id, now_ms())
+                request = LinkRequest.make(self.key, self.card.id, now_ms(), "GET", urlsplit(self.card.link_url).path)
                 try:
                     ws = await connect(self.card.link_url, additional_headers=request.headers(), compression=None,
                                        open_timeout=self.timeout, close_timeout=self.timeout, max_size=None)

@@ -26,6 +26,7 @@ from services.push.connection import client_address
 from services.push.drain import Drain
 from services.push.hub import Hub
 from services.push.limits import AddressCount
+from services.push.metrics import SIGNED
 from shared.infra.clock import now_ms
 from shared.infra.metrics import exposition
 from shared.infra.web import health_answer, refusal
@@ -66,7 +67,9 @@ class Gate:
                 body, content_type = exposition()
                 return http_response(body, 200, content_type=content_type)
             if path in (LINK_PATH, DRAIN_PATH) or path.startswith(TOPIC_USERS_PATH):
-                self.guard.admit(request.headers, now_ms())
+                purpose = "topic_users" if path.startswith(TOPIC_USERS_PATH) else "link" if path == LINK_PATH else "drain"
+                self.guard.admit(request.headers, request.method, unquote(path), purpose, now_ms())
+                SIGNED.labels(purpose).inc()
                 return self.internal(path, request)
             if path == "/ws":
                 if self.drain.started:
@@ -93,4 +96,5 @@ class Gate:
     def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         """On an admitted dispatch link, prove this node holds the internal key too (bound to dispatch's nonce)."""
         if response.status_code == 101 and urlsplit(request.path).path == LINK_PATH:
-            response.headers[PROOF_HEADER] = LinkRequest.from_headers(request.headers).answer(self.config.internal_key)
+            link = LinkRequest.from_headers(request.headers, request.method, LINK_PATH)
+            response.headers[PROOF_HEADER] = link.answer(self.config.internal_key)

@@ -22,3 +22,5 @@ ACKS_DROPPED = Counter("push_acks_dropped_total", "Client acks dropped past the 
 ACKS_PENDING = Gauge("push_acks_pending", "Client acks the node holds for its next flush to Redis (many: Redis is unreachable)")
 SENT_FORGOTTEN = Counter("push_sent_forgotten_total", "Sent, unacked message ids a socket forgot past its cap (a replay "
                          "may then write one again; the client drops it by id)")
+SIGNED = Counter("push_signed_requests_total", "Signed internal requests admitted (each nonce kept 60 s, at most 10,000 per "
+                 "purpose), by purpose: link, drain, topic_users", ["purpose"])

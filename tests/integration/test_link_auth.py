@@ -4,9 +4,11 @@ handshakes; and Redis AUTH (every stack in this suite runs on a Redis that requi
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +27,7 @@ from shared.delivery.inbox import inbox_key
 from shared.infra.clock import now_ms
 from shared.infra.config import DEV_INTERNAL_KEY
 from shared.wire.signing import PROOF_HEADER, LinkRequest
-from tests.client import next_frame
+from tests.client import API_KEY, next_frame, receive_ids, subscribe
 from tests.conftest import RunningStack
 from tests.waits import scaled, until
 from tools.cluster import ROOT, free_port
@@ -148,16 +150,58 @@ async def test_the_node_refuses_a_link_with_a_wrong_signature_another_node_id_or
     with another key, a request meant for another node or one 31 s old is refused with 401."""
     port = shared_stack.stack.push_ports[0]
     url, node_id = f"ws://127.0.0.1:{port}/internal", f"127.0.0.1:{port}"
-    request = LinkRequest.make(DEV_INTERNAL_KEY, node_id, now_ms())
+    request = LinkRequest.make(DEV_INTERNAL_KEY, node_id, now_ms(), "GET", "/internal")
     async with connect(url, additional_headers=request.headers()) as ws:
         assert ws.response is not None and request.answered(DEV_INTERNAL_KEY, ws.response.headers[PROOF_HEADER])
-    refused = [request, LinkRequest.make("guess", node_id, now_ms()),
-               LinkRequest.make(DEV_INTERNAL_KEY, f"127.0.0.1:{shared_stack.stack.push_ports[1]}", now_ms()),
-               LinkRequest.make(DEV_INTERNAL_KEY, node_id, now_ms() - 31_000)]
+    refused = [request, LinkRequest.make("guess", node_id, now_ms(), "GET", "/internal"),
+               LinkRequest.make(DEV_INTERNAL_KEY, f"127.0.0.1:{shared_stack.stack.push_ports[1]}", now_ms(), "GET", "/internal"),
+               LinkRequest.make(DEV_INTERNAL_KEY, node_id, now_ms() - 31_000, "GET", "/internal"),
+               LinkRequest.make(DEV_INTERNAL_KEY, node_id, now_ms(), "GET", "/internal/topics/news")]
     for bad in refused:
         with pytest.raises(InvalidStatus) as info:
             await connect(url, additional_headers=bad.headers())
         assert info.value.response.status_code == 401
+
+
+async def test_a_signed_topic_query_replayed_as_a_drain_is_refused_and_the_node_keeps_serving(
+        shared_stack: RunningStack) -> None:
+    """A topic query's proof, captured and replayed as ``POST /v1/drain``, is refused with 401: proofs are bound to the
+    method and path, so the node does not drain."""
+    c, port = shared_stack.client, shared_stack.stack.push_ports[0]
+    query = LinkRequest.make(DEV_INTERNAL_KEY, f"127.0.0.1:{port}", now_ms(), "GET", "/internal/topics/news").headers()
+    async with c.session.get(f"{shared_stack.stack.push_url(port)}/internal/topics/news", headers=query) as answer:
+        assert answer.status == 200
+    async with c.session.post(f"{shared_stack.stack.push_url(port)}/v1/drain", headers=query) as answer:
+        assert answer.status == 401, await answer.text()
+        assert "another method or path" in (await answer.json())["error"]["message"]
+    assert (await c.health())[f"push-{port}"] == 200
+
+
+async def test_a_flood_of_topic_user_queries_leaves_the_dispatch_link_and_a_drain_working(start_stack) -> None:
+    """1,000 ``GET /v1/topics/{t}?users=1`` calls cost the node a signed request per second at most (collect reuses
+    the answer), and afterwards a message still reaches a user over dispatch's link and a signed drain is accepted."""
+    stack: RunningStack = start_stack(nodes=1)
+    c = stack.client
+    listener = await c.connect("listener", topics=["room:*"])
+    await subscribe(listener, ["room:1"])
+    push_url = stack.stack.push_url(stack.stack.push_ports[0])
+
+    async def query() -> tuple[int, Any]:
+        async with c.session.get(f"{stack.stack.collect_url}/v1/topics/room:1?users=1", headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            return r.status, await r.json()
+
+    started = time.monotonic()
+    answers = []
+    for _ in range(20):
+        answers += await asyncio.gather(*(query() for _ in range(50)))
+    seconds = time.monotonic() - started
+    assert {(code, tuple(body["users"])) for code, body in answers} == {(200, ("listener",))}, answers[:3]
+    signed = await c.metric(push_url, "push_signed_requests_total", purpose="topic_users")
+    assert 1 <= signed <= math.ceil(seconds) + 1, f"{signed:.0f} signed requests for 1,000 calls in {seconds:.1f} s"
+    _, posted = await c.post({"user_id": "listener", "payload": "after the flood"})
+    assert await receive_ids(listener, 1) == [posted["id"]]
+    assert (await c.drain())[0] == 202
+    await listener.close()
 
 
 async def test_redis_requires_the_password_and_a_wrong_one_stops_each_service_at_start(shared_stack: RunningStack) -> None:

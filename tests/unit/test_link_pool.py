@@ -35,11 +35,11 @@ class Node:
         self.server: Server | None = None
 
     def admit(self, _: ServerConnection, request: Request) -> None:
-        self.guard.admit(request.headers, now_ms())
+        self.guard.admit(request.headers, request.method, "/internal", "link", now_ms())
 
     def prove(self, _: ServerConnection, request: Request, response: Response) -> Response:
         response.headers = Headers(response.headers)
-        response.headers[PROOF_HEADER] = LinkRequest.from_headers(request.headers).answer(KEY)
+        response.headers[PROOF_HEADER] = LinkRequest.from_headers(request.headers, request.method, "/internal").answer(KEY)
         return response
 
     async def handle(self, ws: ServerConnection) -> None:
