@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, overload
+from urllib.parse import urlsplit
 
 from shared.wire.forwarding import Network, parse_networks
 
@@ -32,6 +33,8 @@ DEV_API_KEYS = "demo:dev-api-key"
 DEV_API_KEY = DEV_API_KEYS.partition(":")[2]
 DEV_JWT_KEY = "dev-jwt-key-change-me-in-production-0123456789"
 DEV_INTERNAL_KEY = "dev-internal-key"
+DEV_REDIS_PASSWORD = "dev-redis-password"  # docker-compose's, for trying it in development only
+DEV_MONGO_PASSWORD = "dev-mongo-password"
 APP_ENVS = ("production", "development")
 
 
@@ -133,15 +136,21 @@ class Settings:
         config._check_secrets()
         return config
 
+    def unsafe_in_production(self) -> list[str]:
+        """What production refuses besides development secrets (a base with a store URL names its own)."""
+        return []
+
     def _check_secrets(self) -> None:
-        """Refuse production with a development secret; in development, say which defaults are in use."""
+        """Refuse production with a development secret or an unauthenticated store; in development, say which
+        defaults are in use."""
         defaults = [(spec.name, f.default) for f, spec in self.specs()
                     if spec.secret and _is_default_secret(getattr(self, f.name), _development_value(spec, f.default))]
-        if not defaults:
-            return
         if self.production:
-            names = ", ".join(name for name, _ in defaults)
-            raise SystemExit(f"{self.SERVICE}: refusing to start in production with development defaults for {names}")
+            problems = ([f"development defaults for {', '.join(name for name, _ in defaults)}"] if defaults else [])
+            problems += self.unsafe_in_production()
+            if problems:
+                raise SystemExit(f"{self.SERVICE}: refusing to start in production with {'; '.join(problems)}")
+            return
         for name, default in defaults:
             print(f"{self.SERVICE}: using the development default {name}={self._shown(default)}", file=sys.stderr)
 
@@ -175,11 +184,21 @@ class Settings:
         return cls.from_env()
 
 
+def _weak_password(url: str) -> bool:
+    password = urlsplit(url).password
+    return not password or password in (DEV_REDIS_PASSWORD, DEV_MONGO_PASSWORD)
+
+
 @dataclass(frozen=True)
 class RedisSettings(Settings):
     redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0",
                              "Redis with the hot state (`redis://:PASSWORD@host:port/db` for AUTH; "
-                             "`redis+cluster://:PASSWORD@host:port,host:port/` for a Redis Cluster)")
+                             "`redis+cluster://:PASSWORD@host:port,host:port/` for a Redis Cluster); production "
+                             "requires a password, not the development one")
+
+    def unsafe_in_production(self) -> list[str]:
+        weak = ["REDIS_URL has no password, or the development one"] if _weak_password(self.redis_url) else []
+        return super().unsafe_in_production() + weak
 
 
 @dataclass(frozen=True)
@@ -195,8 +214,14 @@ class HandoverSettings(RedisSettings):
 
 @dataclass(frozen=True)
 class MongoSettings(Settings):
-    mongo_url: str = setting("MONGO_URL", "mongodb://127.0.0.1:27017/", "MongoDB (or FerretDB), the durable record")
+    mongo_url: str = setting("MONGO_URL", "mongodb://127.0.0.1:27017/", "MongoDB (or FerretDB), the durable record; production "
+                             "requires credentials (`mongodb://user:PASSWORD@...`) or `authMechanism=MONGODB-X509`")
     mongo_db: str = setting("MONGO_DB", "push", "its database")
+
+    def unsafe_in_production(self) -> list[str]:
+        x509 = "authmechanism=mongodb-x509" in urlsplit(self.mongo_url).query.lower()
+        weak = ["MONGO_URL has no credentials, or the development password"] if _weak_password(self.mongo_url) and not x509 else []
+        return super().unsafe_in_production() + weak
 
 
 @dataclass(frozen=True)

@@ -48,3 +48,28 @@ def test_service_prints_development_defaults_it_uses() -> None:
     env = {**os.environ, "APP_ENV": "development", "AUTH_HOST": "256.0.0.1"}  # cannot bind: exits after config
     result = subprocess.run([sys.executable, "-m", "services.auth"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=scaled(30))
     assert "using the development default AUTH_ADMIN_KEY=dev-admin-key" in result.stderr
+
+
+REAL = {"APP_ENV": "production", "INTERNAL_KEY": "a-real-internal-key"}
+
+
+@pytest.mark.parametrize(("urls", "named"), [
+    ({"REDIS_URL": "redis://127.0.0.1:6379/0", "MONGO_URL": "mongodb://app:s3cret@127.0.0.1:27017/"}, "REDIS_URL has no password"),
+    ({"REDIS_URL": "redis://:dev-redis-password@127.0.0.1:6379/0", "MONGO_URL": "mongodb://app:s3cret@127.0.0.1/"}, "REDIS_URL"),
+    ({"REDIS_URL": "redis://:s3cret@127.0.0.1:6379/0", "MONGO_URL": "mongodb://127.0.0.1:27017/"}, "MONGO_URL has no credentials"),
+    ({"REDIS_URL": "redis://:s3cret@127.0.0.1:6379/0", "MONGO_URL": "mongodb://app:dev-mongo-password@mongo/"}, "MONGO_URL"),
+])
+def test_production_refuses_a_store_without_a_real_password(urls: dict[str, str], named: str) -> None:
+    """With real secrets, production still stops at start when Redis has no password (or docker-compose's development
+    one) or MongoDB no credentials, naming the variable and never printing the password."""
+    result = start("dispatch", **REAL, **urls)
+    assert result.returncode != 0 and "refusing to start in production" in result.stderr and named in result.stderr
+    assert "s3cret" not in result.stderr and "dev-redis-password" not in result.stderr
+
+
+def test_production_accepts_authenticated_stores() -> None:
+    """Redis with a password and MongoDB with credentials (or X.509) pass the start-up check: the service goes on to
+    bind its port (here an impossible one, so it exits after the check)."""
+    for mongo in ("mongodb://app:s3cret@127.0.0.1:27017/", "mongodb://127.0.0.1/?authMechanism=MONGODB-X509&tls=true"):
+        result = start("dispatch", **REAL, REDIS_URL="redis://:s3cret@127.0.0.1:6379/0", MONGO_URL=mongo, DISPATCH_HOST="256.0.0.1")
+        assert result.returncode != 0 and "refusing" not in result.stderr, result.stderr[-500:]
