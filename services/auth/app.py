@@ -75,7 +75,7 @@ def create_app(config: AuthConfig) -> Starlette:
     routes = [
         Route("/v1/tokens", timed("tokens", issue), methods=["POST"]),
         Route("/v1/verify", timed("verify", verify), methods=["POST"]),
-        *ops_routes(health),
+        *ops_routes(health, config.ops_guard),
         openapi_route(SPEC),
     ]
     return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)

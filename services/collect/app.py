@@ -198,7 +198,7 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages", timed("post_messages", post_messages), methods=["POST"]),
         Route("/v1/messages/{message_id}", timed("message_status", message_status), methods=["GET"]),
         Route("/v1/messages/{message_id}", timed("cancel_message", cancel_message), methods=["DELETE"]),
-        *ops_routes(health),
+        *ops_routes(health, config.ops_guard),
         *console_routes(config, reader, inbox, post_messages, shedder.report, endpoints, queues),
         *presence_routes(reader, TopicReader(redis), TopicUsers(config.internal_key, config.topic_users_cache_seconds),
                          lambda request: sender_of(request, config.api_keys)),

@@ -1,11 +1,12 @@
 """collect's browser-facing routes: what a web page needs to reach the cluster, and two pages.
 
-Always served (public, read-only):
+Always served (read-only; the stats and the dashboard to operators only in production, ``OPS_KEY``):
 
 * ``GET /v1/nodes`` -- live push nodes, least loaded first, with the websocket URL browsers use;
 * ``GET /v1/stats`` -- a cumulative snapshot for the dashboard (see ``stats.py``), with each priority tier's
   backlog and whether it is shed (``shedding.py``) and each webhook endpoint's queue and outcomes;
-* ``GET /dashboard`` and ``GET /static/...`` -- the live dashboard, the JavaScript client, the CSS.
+* ``GET /dashboard`` and ``GET /static/...`` -- the live dashboard, the JavaScript client, the CSS. In
+  production the browser asks for the key (HTTP Basic, any user name) and sends it with the page's fetches.
 
 Development only (absent when ``APP_ENV=production``, because they hand out tokens for any user and
 send as a business system without a key):
@@ -35,7 +36,7 @@ from shared.delivery.inbox import Inbox
 from shared.delivery.webhook_endpoints import EndpointStore
 from shared.delivery.webhook_queue import WebhookQueues
 from shared.infra.clients import REDIS_FAILURES
-from shared.infra.web import json_response, read_json, timed
+from shared.infra.web import json_response, read_json, require_ops, timed
 from shared.wire.errors import Unavailable
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -45,10 +46,11 @@ AUTH_TIMEOUT = aiohttp.ClientTimeout(total=5)
 MAX_TOKEN_BODY = 4096
 
 
-def page(name: str) -> Handler:
-    """A handler serving one HTML page from ``static/``."""
+def page(name: str, ops_key: str | None = None) -> Handler:
+    """A handler serving one HTML page from ``static/`` (to operators only, with ``ops_key``: see ``require_ops``)."""
 
-    async def serve(_: Request) -> Response:
+    async def serve(request: Request) -> Response:
+        require_ops(request.headers, ops_key)
         return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
 
     return serve
@@ -75,8 +77,9 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
         body = [{"id": c.id, "url": c.public_url, "connections": c.connections, "users": c.users} for c in cards]
         return json_response({"nodes": body}, headers={"Cache-Control": "no-store"})
 
-    async def stats(_: Request) -> Response:
-        snapshot = await gather_stats(reader, inbox, config.dispatch_url, endpoints, queues)
+    async def stats(request: Request) -> Response:
+        require_ops(request.headers, config.ops_guard)
+        snapshot = await gather_stats(reader, inbox, config.dispatch_url, config.ops_key, endpoints, queues)
         return json_response({**snapshot, "tiers": tiers()}, headers={"Cache-Control": "no-store"})
 
     async def dev_token(request: Request) -> Response:
@@ -100,7 +103,7 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
     routes: list[BaseRoute] = [
         Route("/v1/nodes", timed("nodes", nodes)),
         Route("/v1/stats", timed("stats", stats)),
-        Route("/dashboard", page("dashboard.html")),
+        Route("/dashboard", page("dashboard.html", config.ops_guard)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     if not config.production:

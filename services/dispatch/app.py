@@ -68,4 +68,4 @@ def create_app(config: DispatchConfig) -> Starlette:
         await redis.aclose()
         await store.close()
 
-    return Starlette(routes=ops_routes(health), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    return Starlette(routes=ops_routes(health, config.ops_guard), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

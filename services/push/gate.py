@@ -29,7 +29,7 @@ from services.push.limits import AddressCount
 from services.push.metrics import SIGNED
 from shared.infra.clock import now_ms
 from shared.infra.metrics import exposition
-from shared.infra.web import health_answer, refusal
+from shared.infra.web import health_answer, refusal, require_ops
 from shared.wire.errors import MethodNotAllowed, NotFound, ServiceError, Unavailable
 from shared.wire.signing import PROOF_HEADER, LinkGuard, LinkRequest
 
@@ -64,6 +64,7 @@ class Gate:
             if path == "/healthz":
                 return http_response(*health_answer(await self.health()))
             if path == "/metrics":
+                require_ops(request.headers, self.config.ops_guard)
                 body, content_type = exposition()
                 return http_response(body, 200, content_type=content_type)
             if path in (LINK_PATH, DRAIN_PATH) or path.startswith(TOPIC_USERS_PATH):

@@ -33,6 +33,7 @@ DEV_API_KEYS = "demo:dev-api-key"
 DEV_API_KEY = DEV_API_KEYS.partition(":")[2]
 DEV_JWT_KEY = "dev-jwt-key-change-me-in-production-0123456789"
 DEV_INTERNAL_KEY = "dev-internal-key"
+DEV_OPS_KEY = "dev-ops-key"
 DEV_REDIS_PASSWORD = "dev-redis-password"  # docker-compose's, for trying it in development only
 DEV_MONGO_PASSWORD = "dev-mongo-password"
 APP_ENVS = ("production", "development")
@@ -109,9 +110,18 @@ class Settings:
 
     app_env: str = setting("APP_ENV", "production", "production (refuses development secrets) or development")
 
+    ops_key: str = setting("OPS_KEY", DEV_OPS_KEY, "the operators' credential: in production, or once set, `/metrics`, "
+                           "`/v1/stats` and the dashboard need it (`Authorization: Bearer`, or as the Basic password)",
+                           secret=True)
+
     @property
     def production(self) -> bool:
         return self.app_env == "production"
+
+    @property
+    def ops_guard(self) -> str | None:
+        """The key operators' routes require, or None where they are open (development, with the default key)."""
+        return self.ops_key if self.production or self.ops_key != DEV_OPS_KEY else None
 
     @classmethod
     def specs(cls) -> list[tuple[dataclasses.Field[Any], Spec]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -13,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shared.infra.config import same_secret
 from shared.infra.metrics import ERRORS, REQUEST_SECONDS, exposition
-from shared.wire.errors import PayloadTooLarge, ServiceError, Unauthorized
+from shared.wire.errors import OpsOnly, PayloadTooLarge, ServiceError, Unauthorized
 from shared.wire.protocol import load_object
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,31 @@ def refusal(exc: ServiceError, path: str) -> tuple[dict[str, Any], int, dict[str
     return exc.body(), exc.status, exc.headers()
 
 
-def ops_routes(health: HealthCheck) -> list[Route]:
-    """``GET /healthz`` (503 while a dependency is down) and ``GET /metrics``."""
+def require_ops(headers: Mapping[str, str], ops_key: str | None) -> None:
+    """``OpsOnly`` unless ``ops_key`` is None (development) or the request presents it: ``Authorization: Bearer <key>``
+    (Prometheus' ``authorization``) or Basic with it as the password (a browser's own prompt, then every fetch)."""
+    if ops_key is None:
+        return
+    scheme, _, credential = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            credential = base64.b64decode(credential.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            credential = ""
+    elif scheme.lower() != "bearer":
+        credential = ""
+    if not credential or not same_secret(credential.strip(), ops_key):
+        raise OpsOnly("this route needs the operators' key (OPS_KEY)")
+
+
+def ops_routes(health: HealthCheck, ops_key: str | None) -> list[Route]:
+    """``GET /healthz`` (503 while a dependency is down; open, for probes) and ``GET /metrics`` (``require_ops``)."""
 
     async def healthz(_: Request) -> Response:
         return json_response(*health_answer(await health()))
 
-    async def metrics(_: Request) -> Response:
+    async def metrics(request: Request) -> Response:
+        require_ops(request.headers, ops_key)
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 

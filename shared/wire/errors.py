@@ -6,6 +6,7 @@
     ├── ServiceError            a client may be told: its HTTP status, close code and error code
     │   ├── MalformedRequest    400 / 4002  not JSON, not an object, unknown frame
     │   ├── Unauthorized        401 / 4001  missing, bad or expired token or key
+    │   │   └── OpsOnly         401         an operators' route without OPS_KEY (asks the browser for it)
     │   ├── NotFound            404 / 4004
     │   ├── MethodNotAllowed    405 / 4002
     │   ├── PayloadTooLarge     413 / 1009
@@ -73,6 +74,13 @@ class Unauthorized(ServiceError):
     """A missing, bad or expired token or key."""
 
     status, close_code, code = 401, CloseCode.UNAUTHORIZED, "unauthorized"
+
+
+class OpsOnly(Unauthorized):
+    """An operators' route (``/metrics``, ``/v1/stats``, the dashboard) without the operators' key, in production."""
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="pushcluster operations"'}
 
 
 class NotFound(ServiceError):

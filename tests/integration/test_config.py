@@ -11,7 +11,7 @@ import pytest
 from tests.waits import scaled
 from tools.cluster import ROOT
 
-SECRETS = ("JWT_KEY", "AUTH_ADMIN_KEY", "COLLECT_API_KEYS", "INTERNAL_KEY")
+SECRETS = ("JWT_KEY", "AUTH_ADMIN_KEY", "COLLECT_API_KEYS", "INTERNAL_KEY", "OPS_KEY")
 
 
 def start(service: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -50,7 +50,7 @@ def test_service_prints_development_defaults_it_uses() -> None:
     assert "using the development default AUTH_ADMIN_KEY=dev-admin-key" in result.stderr
 
 
-REAL = {"APP_ENV": "production", "INTERNAL_KEY": "a-real-internal-key"}
+REAL = {"APP_ENV": "production", "INTERNAL_KEY": "a-real-internal-key", "OPS_KEY": "a-real-ops-key"}
 
 
 @pytest.mark.parametrize(("urls", "named"), [
