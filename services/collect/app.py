@@ -17,6 +17,7 @@ from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
 from services.collect.openapi import spec
 from services.collect.presence import TopicUsers, presence_routes
+from services.collect.scopes import EVERYTHING
 from services.collect.shedding import Shedder
 from services.collect.webhooks import webhook_routes
 from shared.cluster.routes import RouteReader
@@ -102,6 +103,7 @@ def create_app(config: CollectConfig) -> Starlette:
         body = await read_json(request, config.max_body_bytes)
         idempotency_key = request.headers.get("idempotency-key")
         messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
+        config.api_scopes.get(sender, EVERYTHING).check_messages(messages)
         tier = post_tier(m.priority for m in messages)
         shedder.admit(tier)
         for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
@@ -201,7 +203,7 @@ def create_app(config: CollectConfig) -> Starlette:
         *ops_routes(health, config.ops_guard),
         *console_routes(config, reader, inbox, post_messages, shedder.report, endpoints, queues),
         *presence_routes(reader, TopicReader(redis), TopicUsers(config.internal_key, config.topic_users_cache_seconds),
-                         lambda request: sender_of(request, config.api_keys)),
+                         lambda request: config.api_scopes.get(sender_of(request, config.api_keys), EVERYTHING)),
         *webhook_routes(endpoints, queues, redis_breaker,
                         UrlPolicy.of(config.production, config.webhook_allow_private), lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(config.production)),

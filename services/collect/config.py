@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from services.collect.scopes import Scope, parse_scopes
 from services.collect.shedding import Threshold
 from shared.infra.config import (
     DEV_ADMIN_KEY,
@@ -39,6 +40,10 @@ class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, Webhoo
     api_keys: dict[str, str] = setting("COLLECT_API_KEYS", DEV_API_KEYS,
                                        "`name:key` pairs, comma-separated, one per business system", cast=parse_api_keys,
                                        secret=True)
+    api_scopes: dict[str, Scope] = setting("COLLECT_API_SCOPES", "", 'JSON: what each sender may reach, `{"shop": {"users": '
+                                           '["shop-"], "topics": ["shop"]}}` (user-id prefixes, topic namespaces; '
+                                           "`services/collect/scopes.py`); a sender without an entry reaches everything",
+                                           cast=parse_scopes)
     max_body_bytes: int = setting("MAX_BODY_BYTES", 1024 * 1024, "largest request body (413 above)", low=1)
     max_payload_bytes: int = setting("MAX_PAYLOAD_BYTES", 64 * 1024, "largest single payload, JSON-encoded (413 above)", low=1)
     max_batch: int = setting("MAX_BATCH", 1000, 'most messages in one `{"messages": [...]}` post', low=1)
@@ -64,6 +69,12 @@ class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, Webhoo
     topic_users_cache_seconds: float = setting("TOPIC_USERS_CACHE_SECONDS", 1.0, "a topic's user list (`GET /v1/topics/{t}?users=1`) "
                                                "is asked of its nodes at most once per this, whatever the calls", low=0)
     shed_sample_ms: int = setting("SHED_SAMPLE_MS", 200, "how often the tiers' backlogs are read (one Redis round trip)", low=10)
+
+    @classmethod
+    def derive(cls, values: dict[str, Any]) -> None:
+        unknown = set(values["api_scopes"]) - set(values["api_keys"].values())
+        if unknown:
+            raise SystemExit(f"COLLECT_API_SCOPES names senders that COLLECT_API_KEYS does not: {', '.join(sorted(unknown))}")
 
     @property
     def shed_thresholds(self) -> dict[Priority, Threshold]:

@@ -52,7 +52,7 @@ ACCEPTED = ok("stored and handed over; one id per message, in order", {
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "the same sender and key always name the same post: a retry stores nothing new",
                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}}
-POST_ERRORS = errors(MalformedRequest, Unauthorized, PayloadTooLarge, InvalidFields, Overloaded, Unavailable)
+POST_ERRORS = errors(MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidFields, Overloaded, Unavailable)
 POST_ERRORS["429"]["headers"] = {"Retry-After": {"description": "seconds to wait before posting again",
                                                  "schema": {"type": "integer", "minimum": 1}}}
 HTML = {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}
@@ -186,7 +186,7 @@ PATHS: dict[str, Any] = {
                                          "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
                                                         "connections": {"type": "integer"},
                                                         "nodes": {"type": "array", "items": {"type": "string"}}}}),
-            **errors(Unauthorized, InvalidFields, Unavailable),
+            **errors(Unauthorized, NotFound, InvalidFields, Unavailable),
         },
     }},
     "/v1/presence": {"post": {
@@ -197,7 +197,7 @@ PATHS: dict[str, Any] = {
         "responses": {
             **ok("sockets per user", {"type": "object", "required": ["online"], "additionalProperties": False,
                                       "properties": {"online": {"type": "object", "additionalProperties": {"type": "integer"}}}}),
-            **errors(MalformedRequest, Unauthorized, PayloadTooLarge, InvalidFields, Unavailable),
+            **errors(MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidFields, Unavailable),
         },
     }},
     "/v1/topics/{topic}": {"get": {
@@ -211,7 +211,7 @@ PATHS: dict[str, Any] = {
                                               "nodes": {"type": "integer"},
                                               "users": {"type": "array", "items": {"type": "string"}},
                                               "truncated": {"type": "boolean"}}}),
-            **errors(Unauthorized, InvalidFields, Unavailable),
+            **errors(Unauthorized, NotFound, InvalidFields, Unavailable),
         },
     }},
     "/v1/nodes": {"get": {
@@ -221,7 +221,7 @@ PATHS: dict[str, Any] = {
                       **errors(Unavailable)},
     }},
     "/v1/stats": {"get": {
-        "summary": "A cumulative snapshot of the cluster for the dashboard",
+        "summary": "A cumulative snapshot of the cluster for the dashboard (with OPS_KEY set: to operators only)",
         "responses": {**ok("the snapshot", {
             "type": "object", "required": ["ts", "nodes", "users_online", "topics", "messages", "latency", "pending", "tiers"],
             "properties": {
@@ -239,9 +239,10 @@ PATHS: dict[str, Any] = {
                                           "10,000 topic names read"},
             },
         }),
-                      **errors(Unavailable)},
+                      **errors(Unauthorized, Unavailable)},
     }},
-    "/dashboard": {"get": {"summary": "The live dashboard page", "responses": HTML}},
+    "/dashboard": {"get": {"summary": "The live dashboard page (with OPS_KEY set: to operators only)",
+                           "responses": {**HTML, **errors(Unauthorized)}}},
     "/static/{path}": {"get": {
         "summary": "The browser client, the pages' scripts and CSS",
         "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],

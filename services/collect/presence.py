@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from services.collect.scopes import Scope
 from shared.cluster.routes import NodeCard, RouteReader
 from shared.cluster.topic_holders import TopicReader
 from shared.infra.clients import REDIS_FAILURES
@@ -101,7 +102,7 @@ class TopicUsers:
 
 
 def presence_routes(reader: RouteReader, topics: TopicReader, subscribers: TopicUsers,
-                    authenticate: Callable[[Request], str]) -> list[BaseRoute]:
+                    scope_of: Callable[[Request], Scope]) -> list[BaseRoute]:
     async def live() -> dict[str, NodeCard]:
         try:
             return await reader.live_nodes()
@@ -116,29 +117,32 @@ def presence_routes(reader: RouteReader, topics: TopicReader, subscribers: Topic
             raise Unavailable.of("Redis", exc) from None
 
     async def one_user(request: Request) -> Response:
-        authenticate(request)
+        scope = scope_of(request)
         user_id = request.path_params["user_id"]
         if not valid_user_id(user_id):
             raise InvalidFields("user ids are 1-128 characters of letters, digits and _ . @ -")
+        scope.check_users([user_id])
         nodes = (await sockets([user_id])).get(user_id, {})
         return json_response({"user_id": user_id, "online": bool(nodes), "connections": sum(nodes.values()),
                               "nodes": sorted(nodes)})
 
     async def many_users(request: Request) -> Response:
-        authenticate(request)
+        scope = scope_of(request)
         user_ids = (await read_json(request, 256 * 1024)).get("user_ids")
         if not isinstance(user_ids, list) or not user_ids or not all(valid_user_id(u) for u in user_ids):
             raise InvalidFields(f"body must be {{\"user_ids\": [1 to {MAX_USERS} user ids]}}")
         if len(user_ids) > MAX_USERS:
             raise PayloadTooLarge(f"{len(user_ids)} user ids; the limit is {MAX_USERS}")
+        scope.check_users(user_ids)
         found = await sockets(list(dict.fromkeys(user_ids)))
         return json_response({"online": {u: sum(found.get(u, {}).values()) for u in user_ids}})
 
     async def topic(request: Request) -> Response:
-        authenticate(request)
+        scope = scope_of(request)
         name = request.path_params["topic"]
         if not valid_topic(name):
             raise InvalidFields("topics are 1-128 characters of letters, digits and _ . : @ -")
+        scope.check_topic(name)
         nodes = await live()
         try:
             holding = (await topics.counts([name], nodes)).get(name, {})
@@ -147,7 +151,7 @@ def presence_routes(reader: RouteReader, topics: TopicReader, subscribers: Topic
         body: dict[str, object] = {"topic": name, "subscribers": sum(holding.values()), "nodes": len(holding)}
         if request.query_params.get("users") in ("1", "true"):
             users, truncated = await subscribers.get(name, [nodes[n] for n in sorted(holding)])
-            body |= {"users": users, "truncated": truncated}
+            body |= {"users": [u for u in users if scope.allows_user(u)], "truncated": truncated}
         return json_response(body)
 
     return [
