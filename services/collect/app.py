@@ -17,7 +17,8 @@ from services.collect.console import console_routes
 from services.collect.intake import Limits, parse_body
 from services.collect.openapi import spec
 from services.collect.presence import TopicUsers, presence_routes
-from services.collect.scopes import EVERYTHING
+from services.collect.quotas import DELIVERIES, PRESENCE, KeyRates, PendingSchedules
+from services.collect.scopes import EVERYTHING, Scope
 from services.collect.shedding import Shedder
 from services.collect.webhooks import webhook_routes
 from shared.cluster.routes import RouteReader
@@ -97,21 +98,33 @@ def create_app(config: CollectConfig) -> Starlette:
                 for tier, lane in lanes.items() for calls, waited in [lane.backlog()]}
 
     shedder = Shedder(stream, config.shed_thresholds, config.shed_sample_ms, storing)
+    rates = KeyRates({DELIVERIES: config.key_delivery_rate, PRESENCE: config.key_presence_rate})
+    pending = PendingSchedules(redis, config.key_max_scheduled)
+
+    def presence_access(request: Request) -> Scope:
+        """A presence or topic query: its key's scope, once its rate allows the query."""
+        sender = sender_of(request, config.api_keys)
+        rates.spend(PRESENCE, sender, 1)
+        return config.api_scopes.get(sender, EVERYTHING)
 
     async def post_messages(request: Request) -> Response:
         sender = sender_of(request, config.api_keys)
         body = await read_json(request, config.max_body_bytes)
         idempotency_key = request.headers.get("idempotency-key")
-        messages = parse_body(body, limits, now_ms(), sender, idempotency_key)
+        accepted_at = now_ms()
+        messages = parse_body(body, limits, accepted_at, sender, idempotency_key)
         config.api_scopes.get(sender, EVERYTHING).check_messages(messages)
+        rates.spend(DELIVERIES, sender, sum(max(1, len(m.users)) for m in messages))
         tier = post_tier(m.priority for m in messages)
         shedder.admit(tier)
         for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
             if breaker.state == OPEN:
                 raise Unavailable(f"{name} is unavailable (circuit open); nothing was stored")
+        await redis_breaker.call(lambda: pending.admit(sender, messages, accepted_at))
         refusal = next(filter(None, await lanes[tier].submit(messages)), None)
         if refusal is not None:
             raise refusal
+        await pending.record(sender, messages, accepted_at)
         MESSAGES_IN.inc(len(messages))
         ids = [m.id for m in messages]
         return json_response({"id": ids[0], "ids": ids} if len(ids) == 1 else {"ids": ids}, 202)
@@ -171,6 +184,7 @@ def create_app(config: CollectConfig) -> Starlette:
             log.warning("cancel not recorded; the message is scheduled again", extra={"id": message_id, "error": repr(exc)})
             raise Unavailable("the cancel could not be recorded; the message is still scheduled", detail=str(exc)) from exc
         log.info("scheduled message cancelled", extra={"id": message_id, "sender": sender, "due": message.due_ms})
+        await pending.forget(sender, message_id)
         try:
             await feed.publish([Fact("cancelled", message_id, "", now_ms())])
         except REDIS_FAILURES as exc:  # the cancel stands; only its webhook event is lost
@@ -203,7 +217,7 @@ def create_app(config: CollectConfig) -> Starlette:
         *ops_routes(health, config.ops_guard),
         *console_routes(config, reader, inbox, post_messages, shedder.report, endpoints, queues),
         *presence_routes(reader, TopicReader(redis), TopicUsers(config.internal_key, config.topic_users_cache_seconds),
-                         lambda request: config.api_scopes.get(sender_of(request, config.api_keys), EVERYTHING)),
+                         presence_access),
         *webhook_routes(endpoints, queues, redis_breaker,
                         UrlPolicy.of(config.production, config.webhook_allow_private), lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(config.production)),

@@ -44,6 +44,13 @@ class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, Webhoo
                                            '["shop-"], "topics": ["shop"]}}` (user-id prefixes, topic namespaces; '
                                            "`services/collect/scopes.py`); a sender without an entry reaches everything",
                                            cast=parse_scopes)
+    key_delivery_rate: float = setting("KEY_DELIVERY_RATE", 100_000.0, "deliveries (messages x recipients) one API key may post "
+                                       "per second into one collect instance, 5 s worth at once (429 with Retry-After past it; "
+                                       "0: no limit)", low=0)
+    key_presence_rate: float = setting("KEY_PRESENCE_RATE", 1000.0, "presence and topic queries one API key may make per second "
+                                       "of one collect instance, 5 s worth at once (0: no limit)", low=0)
+    key_max_scheduled: int = setting("KEY_MAX_SCHEDULED", 1_000_000, "scheduled messages one API key may have waiting, across "
+                                     "the cluster (429 with Retry-After past it; 0: no limit)", low=0)
     max_body_bytes: int = setting("MAX_BODY_BYTES", 1024 * 1024, "largest request body (413 above)", low=1)
     max_payload_bytes: int = setting("MAX_PAYLOAD_BYTES", 64 * 1024, "largest single payload, JSON-encoded (413 above)", low=1)
     max_batch: int = setting("MAX_BATCH", 1000, 'most messages in one `{"messages": [...]}` post', low=1)

@@ -11,7 +11,16 @@ from typing import Any
 from services.collect.intake import MAX_DELAY_SECONDS, MAX_IDEMPOTENCY_KEY, MAX_TTL_SECONDS, PRIORITIES
 from shared.model.topics import MAX_PATTERNS
 from shared.model.webhook_events import EVENT_TYPES
-from shared.wire.errors import InvalidFields, MalformedRequest, NotFound, Overloaded, PayloadTooLarge, Unauthorized, Unavailable
+from shared.wire.errors import (
+    InvalidFields,
+    MalformedRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 from shared.wire.openapi import USER_ID, document, errors, json_body, ok
 
 TOPIC = {"type": "string", "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$"}
@@ -52,7 +61,7 @@ ACCEPTED = ok("stored and handed over; one id per message, in order", {
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "the same sender and key always name the same post: a retry stores nothing new",
                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}}
-POST_ERRORS = errors(MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidFields, Overloaded, Unavailable)
+POST_ERRORS = errors(MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidFields, Overloaded, RateLimited, Unavailable)
 POST_ERRORS["429"]["headers"] = {"Retry-After": {"description": "seconds to wait before posting again",
                                                  "schema": {"type": "integer", "minimum": 1}}}
 HTML = {"200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}}
@@ -186,7 +195,7 @@ PATHS: dict[str, Any] = {
                                          "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
                                                         "connections": {"type": "integer"},
                                                         "nodes": {"type": "array", "items": {"type": "string"}}}}),
-            **errors(Unauthorized, NotFound, InvalidFields, Unavailable),
+            **errors(Unauthorized, NotFound, InvalidFields, RateLimited, Unavailable),
         },
     }},
     "/v1/presence": {"post": {
@@ -197,7 +206,7 @@ PATHS: dict[str, Any] = {
         "responses": {
             **ok("sockets per user", {"type": "object", "required": ["online"], "additionalProperties": False,
                                       "properties": {"online": {"type": "object", "additionalProperties": {"type": "integer"}}}}),
-            **errors(MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidFields, Unavailable),
+            **errors(MalformedRequest, Unauthorized, NotFound, PayloadTooLarge, InvalidFields, RateLimited, Unavailable),
         },
     }},
     "/v1/topics/{topic}": {"get": {
@@ -211,7 +220,7 @@ PATHS: dict[str, Any] = {
                                               "nodes": {"type": "integer"},
                                               "users": {"type": "array", "items": {"type": "string"}},
                                               "truncated": {"type": "boolean"}}}),
-            **errors(Unauthorized, NotFound, InvalidFields, Unavailable),
+            **errors(Unauthorized, NotFound, InvalidFields, RateLimited, Unavailable),
         },
     }},
     "/v1/nodes": {"get": {

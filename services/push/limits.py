@@ -2,38 +2,15 @@
 
 Connections are counted while their handler runs. The per-address cap is checked before the
 websocket upgrade (an HTTP 429), the per-user cap once the token names the user (close 1008).
-Client frames are paid for from a token bucket per connection: an ack costs one token per id, a
-ping one; a client that runs dry is closed with 1008. A limit of 0 means none.
+Client frames are paid for from a token bucket per connection (``shared.infra.token_bucket``): an ack
+costs one token per id, a ping one; a client that runs dry is closed with 1008. A limit of 0 means none.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 from shared.wire.errors import RateLimited
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; starts full."""
-
-    rate: float
-    burst: float
-    tokens: float
-    at: float
-
-    @classmethod
-    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
-        return cls(rate, burst, burst, now)
-
-    def take(self, cost: float, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if cost > self.tokens:
-            return False
-        self.tokens -= cost
-        return True
 
 
 class AddressCount:

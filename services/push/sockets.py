@@ -21,11 +21,11 @@ from services.push.config import PushConfig
 from services.push.drain import Drain
 from services.push.hub import Hub, Session
 from services.push.identity import TokenVerifier
-from services.push.limits import TokenBucket
 from services.push.metrics import CONNECTS, REFUSED
 from services.push.registrar import Registrar
 from services.push.replay import Replayer
 from shared.infra.metrics import ERRORS
+from shared.infra.token_bucket import TokenBucket
 from shared.model.topics import Grants
 from shared.wire.errors import CloseCode, RateLimited, ServiceError, Unauthorized
 from shared.wire.protocol import (

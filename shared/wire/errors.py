@@ -104,9 +104,17 @@ class InvalidFields(ServiceError):
 
 
 class RateLimited(ServiceError):
-    """A client past one of its limits (connections per user or address, frames per second)."""
+    """A client past one of its limits (connections per user or address, frames per second, an API key's quotas);
+    with ``retry_after``, the seconds until it may try again (``Retry-After``)."""
 
     status, close_code, code = 429, CloseCode.POLICY, "rate_limited"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class Overloaded(ServiceError):

@@ -34,12 +34,15 @@ def ok(description: str, schema: dict[str, Any], status: int = 200) -> dict[str,
 
 
 def errors(*kinds: type[ServiceError]) -> dict[str, Any]:
-    """The error responses an operation can give: each kind's status, with the error shape naming its code."""
-    return {str(kind.status): {
-        "description": (kind.__doc__ or kind.code).strip(),
+    """The error responses an operation can give: per status, the kinds' descriptions and the codes its body may name."""
+    by_status: dict[int, list[type[ServiceError]]] = {}
+    for kind in kinds:
+        by_status.setdefault(kind.status, []).append(kind)
+    return {str(status): {
+        "description": " Or: ".join((k.__doc__ or k.code).strip() for k in same),
         "content": json_content({"allOf": [{"$ref": "#/components/schemas/Error"},
-                                           {"properties": {"error": {"properties": {"code": {"const": kind.code}}}}}]}),
-    } for kind in kinds}
+                                           {"properties": {"error": {"properties": {"code": {"enum": sorted({k.code for k in same})}}}}}]}),
+    } for status, same in by_status.items()}
 
 
 def json_body(schema: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,15 @@ async def call(stack: RunningStack, method: str, path: str, key: str, body: Any 
         return answer.status, await answer.json(content_type=None)
 
 
+async def refused(stack: RunningStack, key: str, method: str, path: str, body: Any = None) -> dict[str, str]:
+    """The headers of a call that must be refused with 429 ``rate_limited``."""
+    async with stack.client.session.request(method, f"{stack.stack.collect_url}{path}", json=body,
+                                            headers={"Authorization": f"Bearer {key}"}) as answer:
+        assert answer.status == 429, await answer.text()
+        assert (await answer.json())["error"]["code"] == "rate_limited"
+        return dict(answer.headers)
+
+
 async def test_a_key_posts_only_to_its_own_users_and_topics_and_cannot_broadcast(scoped: RunningStack) -> None:
     """shop posts to shop- users and shop topics (202); a post naming a bill- user, a billing topic or a broadcast is
     404 as a whole, and nothing of it reaches anyone."""
@@ -77,3 +86,27 @@ async def test_a_key_cannot_see_or_change_another_keys_messages_or_webhooks(scop
     assert (await call(scoped, "GET", "/v1/webhooks", SHOP)) == (200, {"webhooks": []})
     assert (await call(scoped, "GET", f"/v1/messages/{mid}", BILLING))[0] == 200
     assert [e["id"] for e in (await call(scoped, "GET", "/v1/webhooks", BILLING))[1]["webhooks"]] == [eid]
+
+
+async def test_each_keys_posting_queries_and_waiting_schedules_are_limited_with_retry_after(start_stack) -> None:
+    """With KEY_DELIVERY_RATE=10, KEY_PRESENCE_RATE=2 and KEY_MAX_SCHEDULED=3: shop posts 50 deliveries then gets 429
+    with Retry-After while billing still posts; its 11th presence query is 429; its 4th waiting scheduled message is
+    429 until it cancels one."""
+    stack = start_stack(nodes=1, COLLECT_API_KEYS=f"shop:{SHOP},billing:{BILLING}", KEY_DELIVERY_RATE="10",
+                        KEY_PRESENCE_RATE="2", KEY_MAX_SCHEDULED="3")
+
+    assert (await call(stack, "POST", "/v1/messages", SHOP, {"user_ids": [f"u{i}" for i in range(50)], "payload": 1}))[0] == 202
+    assert int((await refused(stack, SHOP, "POST", "/v1/messages", {"user_id": "u1", "payload": 2}))["Retry-After"]) >= 1
+    assert (await call(stack, "POST", "/v1/messages", BILLING, {"user_id": "u1", "payload": 3}))[0] == 202
+    assert [(await call(stack, "GET", "/v1/presence/u1", SHOP))[0] for _ in range(10)] == [200] * 10
+    assert int((await refused(stack, SHOP, "GET", "/v1/presence/u1"))["Retry-After"]) >= 1
+    scheduled = []
+    for _ in range(3):
+        code, answer = await call(stack, "POST", "/v1/messages", BILLING, {"user_id": "u2", "payload": "later", "delay_seconds": 900})
+        assert code == 202, answer
+        scheduled.append(answer["id"])
+    headers = await refused(stack, BILLING, "POST", "/v1/messages", {"user_id": "u2", "payload": "one too many", "delay_seconds": 60})
+    assert 850 <= int(headers["Retry-After"]) <= 900  # until the earliest waiting one falls due
+    assert (await call(stack, "DELETE", f"/v1/messages/{scheduled[0]}", BILLING))[0] == 200
+    assert (await call(stack, "POST", "/v1/messages", BILLING, {"user_id": "u2", "payload": "fits again", "delay_seconds": 60}))[0] == 202
+

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.push.limits import AddressCount, TokenBucket
+from services.push.limits import AddressCount
+from shared.infra.token_bucket import TokenBucket
 from shared.wire.errors import RateLimited
 
 
