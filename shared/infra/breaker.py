@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from shared.infra.metrics import BREAKER_OPEN
 from shared.wire.errors import Unavailable
 
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class CircuitBreaker:
     def _record_success(self) -> None:
         if self.consecutive:
             log.info("circuit closed", extra={"breaker": self.name})
+            BREAKER_OPEN.labels(self.name).set(0)
         self.consecutive = 0
 
     def _record_failure(self) -> None:
@@ -71,4 +73,5 @@ class CircuitBreaker:
         if self.consecutive >= self.threshold:
             if self.consecutive == self.threshold or self.state == HALF_OPEN:
                 log.warning("circuit open", extra={"breaker": self.name, "failures": self.consecutive})
+                BREAKER_OPEN.labels(self.name).set(1)
             self.opened_at = time.monotonic()

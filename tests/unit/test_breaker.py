@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.exceptions import SlotNotCoveredError
 
 from shared.infra.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
@@ -21,19 +22,20 @@ async def succeed() -> str:
 
 
 async def test_breaker_opens_after_threshold_then_half_opens_and_closes() -> None:
-    """Three failures open it (calls refused at once); after the cooldown one trial success closes it."""
+    """Three failures open it (calls refused at once, push_breaker_open 1); after the cooldown one trial success
+    closes it (push_breaker_open 0)."""
     breaker = CircuitBreaker("dep", threshold=3, cooldown=0.05, failures=(ConnectionError,))
     for _ in range(3):
         with pytest.raises(Unavailable):
             await breaker.call(fail)
-    assert breaker.state == OPEN
+    assert breaker.state == OPEN and REGISTRY.get_sample_value("push_breaker_open", {"breaker": "dep"}) == 1
     with pytest.raises(Unavailable, match="circuit open"):
         await breaker.call(succeed)
 
     await asyncio.sleep(0.06)
     assert breaker.state == HALF_OPEN
     assert await breaker.call(succeed) == "ok"
-    assert breaker.state == CLOSED
+    assert breaker.state == CLOSED and REGISTRY.get_sample_value("push_breaker_open", {"breaker": "dep"}) == 0
 
 
 async def test_failed_trial_reopens_the_breaker() -> None:
