@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
 
 from shared.infra.breaker import CircuitBreaker
@@ -190,6 +192,19 @@ def derive_counts(post: dict[str, Any], index: int, events: list[dict[str, Any]]
     return {**head, "stages": stages, "nodes": len(nodes), "sockets": sockets}
 
 
+# A rebuild's pages may take far longer than a request's socket timeout (twice ``timeout_ms``): FerretDB filters and
+# sorts a whole collection in its own process before the first page, slowly under load. A rebuild bounded by the
+# request timeout restarted from scratch on every retry and never finished (chaos seed 1714, Redis Cluster).
+BULK_READ_SECONDS = 300.0
+
+
+async def bulk_page(cursor: AsyncCursor[dict[str, Any]], page: int) -> list[dict[str, Any]]:
+    """The cursor's next ``page`` documents, waited for up to ``BULK_READ_SECONDS`` (pymongo's per-operation timeout,
+    which overrides the client's socket timeout)."""
+    with pymongo.timeout(BULK_READ_SECONDS):
+        return await cursor.to_list(page)
+
+
 class MessageStore:
     def __init__(self, url: str, database: str = "push", timeout_ms: int = 3000, **client_options: Any) -> None:
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -263,7 +278,7 @@ class MessageStore:
     async def open_messages(self, now: dt.datetime, page: int) -> AsyncIterator[list[Message]]:
         """Messages of unexpired posts, oldest post first, ``page`` posts at a time (one query, read in batches)."""
         cursor = self.posts.find({"expires_at": {"$gt": now}}, {"purge_at": 0}, batch_size=page).sort("ts", 1)
-        while batch := await self.breaker.call(lambda: cursor.to_list(page)):
+        while batch := await self.breaker.call(lambda: bulk_page(cursor, page)):
             yield [m for doc in batch for m in messages_of_document(doc)]
 
     async def stored_posts(self, posts: list[str]) -> list[Message]:
@@ -298,7 +313,7 @@ class MessageStore:
         """Deliveries recorded as acknowledged, expired or cancelled since ``since`` (no earlier record can close a
         message accepted after it), and the ids of the messages cancelled among them, ``page`` documents at a time."""
         cursor = self.events.find({"closed": True, "at": {"$gte": since}}, {"p": 1, "rows": 1, "_id": 0}, batch_size=page)
-        while batch := await self.breaker.call(lambda: cursor.to_list(page)):
+        while batch := await self.breaker.call(lambda: bulk_page(cursor, page)):
             rows = [(message_id(d["p"], r["i"]), r) for d in batch for r in d["rows"] if any(c in r["s"] for c in CLOSING)]
             yield ([(m, r["u"]) for m, r in rows if "u" in r],
                    list(dict.fromkeys(m for m, r in rows if "cancelled" in r["s"])))

@@ -11,6 +11,7 @@ from collections import Counter
 import orjson
 import psutil
 import pytest
+from pymongo.errors import PyMongoError
 from pymongo import monitoring
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
@@ -249,6 +250,25 @@ async def test_history_past_its_purge_time_is_deleted_and_newer_history_kept(ser
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
     assert await store.purge(later) == 2, "the old post (expired 1970) and the event written now, 31 days on"
     assert [d["_id"] async for d in store.posts.find({}, {"_id": 1})] == ["new"]
+    await store.client.drop_database(mongo_db)
+    await store.close()
+
+
+async def test_the_rebuilds_reads_outlast_a_request_timeout_the_store_cannot_meet(servers: Servers) -> None:
+    """With a request socket timeout (40 ms) shorter than FerretDB takes to filter and sort 4,000 posts, the same
+    query as a request times out, while the rebuild's pass reads every message: a slow store delays a rebuild, it
+    no longer makes it restart forever."""
+    _, mongo_db = servers.fresh_database()
+    seed = MessageStore(servers.mongo_url, mongo_db)
+    expires = now_ms() + 3_600_000
+    await seed.accept([Message(message_id(f"p{n:05}", 0), ("u",), b"x" * 2000, n, expires, "shop") for n in range(4000)])
+    await seed.close()
+    store = MessageStore(servers.mongo_url, mongo_db, timeout_ms=20)
+    now = dt.datetime.now(dt.UTC)
+    with pytest.raises(PyMongoError):
+        await store.posts.find({"expires_at": {"$gt": now}}).sort("ts", 1).to_list(500)
+    read = [m async for page in store.open_messages(now, 500) for m in page]
+    assert len(read) == 4000 and read[0].id == message_id("p00000", 0)
     await store.client.drop_database(mongo_db)
     await store.close()
 
