@@ -3,9 +3,10 @@
 Two passes, each one query read page by page, so memory stays bounded whatever the backlog: first
 every unexpired message is opened again for its recipients, oldest first (a scheduled one not due
 yet goes back in the schedule instead, and so does a scheduled topic or broadcast message that fell
-due while Redis was down and that no node recorded: it fires at once); then every delivery recorded as acknowledged, expired or
-cancelled since the oldest of them was accepted is closed again, and the cancelled messages leave
-the schedule. Putting a scheduled message back skips the ids a cancel took out since Redis came back
+due while Redis was down and that no node recorded: it fires at once; a scheduled message due by now
+leaves the schedule, which a surviving Redis Cluster master may still hold it in, so it is not fired
+too); then every delivery recorded as acknowledged, expired or cancelled since the oldest of them was
+accepted is closed again, and the cancelled messages leave the schedule. Putting a scheduled message back skips the ids a cancel took out since Redis came back
 (``Schedule.hold``): a page read before such a cancel does not bring its message back.
 The second pass reads the record no sooner than ``MARKS_SETTLE_SECONDS`` after the state was marked
 incomplete: an ack a live node closed in Redis just before is marked ``acked`` in MongoDB only at
@@ -117,6 +118,9 @@ async def reopen(store: MessageStore, inbox: Inbox, schedule: Schedule, page: in
         due = [m for m in messages if m.due_ms <= now]
         unfired = await unfired_topic_messages(store, due)
         await inbox.open(due)  # topic messages open no inbox: the unfired ones go back in the schedule, due at once
+        # A scheduled message due by now is delivered from its inboxes; one a Redis Cluster master still holds in the
+        # schedule (it fell due while firing was paused or down) must not fire again once the schedule resumes.
+        await schedule.unschedule([m.id for m in due if m.due_ms and m not in unfired])
         await schedule.hold(later + unfired)
         opened += len(due) - len(unfired)
         scheduled += len(later) + len(unfired)

@@ -325,7 +325,8 @@ class Schedule:
         return replace(messages_of(post, int(ts), fields)[0], sender=sender)
 
     async def unschedule(self, message_ids: list[str]) -> None:
-        """Drop these ids from the schedule, if there (the rebuild, for messages recorded as cancelled)."""
+        """Drop these ids from the schedule, if there (the rebuild: messages recorded as cancelled, and due ones it
+        opened in their inboxes)."""
         if message_ids:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(SCHEDULE_KEY, *message_ids)

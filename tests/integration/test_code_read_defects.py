@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection
 
 from shared.cluster.routes import NODES_KEY
 from shared.cluster.topic_holders import topic_key
-from shared.delivery.schedule import SCHEDULE_KEY, Schedule, sched_key
+from shared.delivery.schedule import PAUSED_KEY, SCHEDULE_KEY, Schedule, sched_key
 from shared.model.message import index_of, post_of
 from tests.client import frames_within, subscribe
 from tests.conftest import RunningStack
@@ -193,3 +193,40 @@ async def test_a_cancel_retried_after_its_reply_was_lost_gets_the_same_answer_no
         assert await redis.zscore(SCHEDULE_KEY, mid) is None
     finally:
         await redis.aclose()
+
+
+async def test_a_scheduled_message_due_during_a_rebuild_that_the_schedule_still_holds_is_delivered_once(start_stack) -> None:
+    """When the delivery state is lost but the schedule is not (a Redis Cluster master with the inbox buckets restarted
+    empty, the schedule's master did not), a message that fell due meanwhile is opened by the rebuild and taken out of
+    the schedule: acked once, it never fires again (cluster soak seed 1714: four acked deliveries came back)."""
+    stack: RunningStack = start_stack(**FAST)
+    c, dispatch_url = stack.client, stack.stack.dispatch_url
+    ws = await c.connect("patient")
+    deliver_at = clock_ms() + int(scaled(1500))
+    code, answer = await c.post({"user_id": "patient", "payload": "due while the state is rebuilt", "deliver_at": deliver_at})
+    assert code == 202, answer
+    mid, rebuilds = answer["id"], await c.metric(dispatch_url, "dispatch_rebuilds_total")
+    fired = await c.metric(dispatch_url, "dispatch_scheduled_fired_total")
+    redis = Redis.from_url(stack.stack.redis_url)
+    dispatch = stack.procs["dispatch"]
+    dispatch.popen.send_signal(signal.SIGSTOP)  # nothing fires: the message falls due still in the schedule
+    try:
+        await until(clock_ms, lambda now: now > deliver_at + 200, what="the message to fall due", timeout=10)
+        assert await redis.zscore(SCHEDULE_KEY, mid) == deliver_at
+        await redis.set(PAUSED_KEY, 1, px=30_000)  # firing waits for the rebuild, as it would for a rebuild under way
+        lost = [key async for key in redis.scan_iter("state:epoch:*")]
+        assert lost and await redis.delete(*lost) == len(lost)  # the delivery state is incomplete: dispatch rebuilds
+    finally:
+        dispatch.popen.send_signal(signal.SIGCONT)
+    try:
+        await until(lambda: c.metric(dispatch_url, "dispatch_rebuilds_total"), lambda n: n > rebuilds,
+                    what="dispatch to rebuild the state", timeout=30)
+        frame, _ = await next_message(ws, timeout=20)
+        assert frame["id"] == mid
+        await ws.send(orjson.dumps({"type": "ack", "ids": [mid]}).decode())
+        assert [f for f in await frames_within(ws, scaled(3)) if f["type"] == "message"] == [], "fired again after the ack"
+        assert await redis.zscore(SCHEDULE_KEY, mid) is None
+        assert await c.metric(dispatch_url, "dispatch_scheduled_fired_total") == fired, "fired besides being reopened"
+    finally:
+        await redis.aclose()
+    await ws.close()
