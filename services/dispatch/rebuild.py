@@ -6,8 +6,9 @@ yet goes back in the schedule instead, and so does a scheduled topic or broadcas
 due while Redis was down and that no node recorded: it fires at once; a scheduled message due by now
 leaves the schedule, which a surviving Redis Cluster master may still hold it in, so it is not fired
 too); then every delivery recorded as acknowledged, expired or cancelled since the oldest of them was
-accepted is closed again, and the cancelled messages leave the schedule. Putting a scheduled message back skips the ids a cancel took out since Redis came back
-(``Schedule.hold``): a page read before such a cancel does not bring its message back.
+accepted is closed again, and the cancelled messages leave the schedule. Putting a scheduled message
+back skips the ids a cancel took out since Redis came back (``Schedule.hold``): a page read before
+such a cancel does not bring its message back.
 The second pass reads the record no sooner than ``MARKS_SETTLE_SECONDS`` after the state was marked
 incomplete: an ack a live node closed in Redis just before is marked ``acked`` in MongoDB only at
 that node's next lifecycle flush (once a second), and a second pass reading before it would leave
