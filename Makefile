@@ -11,6 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FERRETDB := bin/ferretdb
 TOXIPROXY := bin/toxiproxy-server
+HELM := bin/helm
 INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql/15/bin/postgres
@@ -21,7 +22,7 @@ POSTGRES := /usr/lib/postgresql/15/bin/postgres
 run: $(INSTALLED) $(FERRETDB) $(POSTGRES)
 	$(PY) -m tools.run
 
-test: $(INSTALLED) $(FERRETDB) $(POSTGRES) $(CHROMIUM) jstest
+test: $(INSTALLED) $(FERRETDB) $(POSTGRES) $(CHROMIUM) $(HELM) jstest
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff and mypy --strict over the project's library and services (pinned in pyproject's test extra).
@@ -67,6 +68,10 @@ $(POSTGRES):
 $(TOXIPROXY):
 	GOBIN=$(CURDIR)/bin go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0
 	mv bin/server $@
+
+# The Helm chart's lint and render tests (deploy/helm/pushcluster, tests/integration/test_helm_chart.py): Helm, pinned.
+$(HELM):
+	GOBIN=$(CURDIR)/bin go install helm.sh/helm/v4/cmd/helm@v4.3.2
 
 $(FERRETDB): tools/ferretdb/main.go tools/ferretdb/go.mod tools/ferretdb/go.sum
 	cd tools/ferretdb && go build -o ../../$(FERRETDB) .
