@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +31,7 @@ from shared.delivery.stream import Backlog, ShardedStream
 from shared.delivery.webhook_endpoints import EndpointStore
 from shared.delivery.webhook_feed import WebhookFeed
 from shared.delivery.webhook_queue import WebhookQueues
+from shared.infra import tracing
 from shared.infra.breaker import OPEN, CircuitBreaker
 from shared.infra.clients import REDIS_FAILURES, redis_alive, redis_client
 from shared.infra.clock import now_ms
@@ -120,11 +122,14 @@ def create_app(config: CollectConfig) -> Starlette:
         for name, breaker in (("Redis", redis_breaker), ("MongoDB", store.breaker)):
             if breaker.state == OPEN:
                 raise Unavailable(f"{name} is unavailable (circuit open); nothing was stored")
-        await redis_breaker.call(lambda: pending.admit(sender, messages, accepted_at))
-        refusal = next(filter(None, await lanes[tier].submit(messages)), None)
-        if refusal is not None:
-            raise refusal
-        await pending.record(sender, messages, accepted_at)
+        with tracing.span("collect.post", sender=sender, messages=len(messages)) as trace:
+            if trace:  # tracing is on: the post's stream entry carries its span on to dispatch
+                messages = [replace(m, trace=trace) for m in messages]
+            await redis_breaker.call(lambda: pending.admit(sender, messages, accepted_at))
+            refusal = next(filter(None, await lanes[tier].submit(messages)), None)
+            if refusal is not None:
+                raise refusal
+            await pending.record(sender, messages, accepted_at)
         MESSAGES_IN.inc(len(messages))
         ids = [m.id for m in messages]
         return json_response({"id": ids[0], "ids": ids} if len(ids) == 1 else {"ids": ids}, 202)

@@ -26,6 +26,7 @@ acknowledged and left to its users' inboxes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -40,6 +41,7 @@ from shared.cluster.routes import NodeCard, RouteReader
 from shared.cluster.topic_holders import TopicReader
 from shared.delivery.inbox import Inbox
 from shared.delivery.stream import DeliveryStream, StreamEntry
+from shared.infra import tracing
 from shared.infra.breaker import CircuitBreaker
 from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
@@ -183,6 +185,18 @@ class Forwarder:
         return [kept.get(e.entry_id, e) for e in entries]
 
     async def forward(self, entries: list[StreamEntry]) -> None:
+        """Route and send the entries, each in a span of its own when it was traced (``shared.infra.tracing``)."""
+        if not tracing.enabled():
+            await self._forward(entries, {})
+            return
+        with contextlib.ExitStack() as spans:
+            traces: dict[str, str] = {}
+            for e in entries:
+                if e.trace and (tp := spans.enter_context(tracing.span("dispatch.entry", [e.trace], entry=e.entry_id))):
+                    traces[e.entry_id] = tp
+            await self._forward(entries, traces)
+
+    async def _forward(self, entries: list[StreamEntry], traces: dict[str, str]) -> None:
         start = time.perf_counter()
         entries = await self.unacked(entries)
         messages = sum(len(e.messages) for e in entries)
@@ -205,7 +219,7 @@ class Forwarder:
                 waiting.update(by_entry)
                 continue
             self.ledger.sending(node, by_entry)
-            sends.append(asyncio.create_task(self.send(link, by_entry, now, late)))
+            sends.append(asyncio.create_task(self.send(link, by_entry, now, late, tuple(traces[e] for e in by_entry if e in traces))))
             if not link.in_flight:  # a node still owing answers from earlier cycles is not waited for again
                 awaited.append(sends[-1])
         self._sends.update(sends)
@@ -223,13 +237,14 @@ class Forwarder:
         MESSAGES_OUT.inc(messages)
         BATCH_SECONDS.observe(time.perf_counter() - start)
 
-    async def send(self, link: NodeLink, by_entry: dict[str, list[Delivery]], at: int, late: asyncio.Event) -> None:
+    async def send(self, link: NodeLink, by_entry: dict[str, list[Delivery]], at: int, late: asyncio.Event,
+                   trace: tuple[str, ...] = ()) -> None:
         """Send a node its part of the entries; record whether it took it; acknowledge what that settles if late."""
         ok = False
         items = [d for ds in by_entry.values() for d in ds]
         try:
             for chunk in chunk_by_bytes(items, self.config.batch_bytes):
-                result = await link.send(chunk, at)
+                result = await link.send(chunk, at, trace)
                 FORWARDED.inc(result.delivered)
             ok = True
         except LinkDown as exc:

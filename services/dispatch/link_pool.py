@@ -71,14 +71,14 @@ class NodeLink:
                     waiter.set_exception(LinkDown(f"link to {self.card.id} closed"))
             self._pending.clear()
 
-    async def send(self, items: list[Delivery], at: int) -> BatchResult:
+    async def send(self, items: list[Delivery], at: int, trace: tuple[str, ...] = ()) -> BatchResult:
         """Send one batch and wait for the node's answer, all of it (connecting, writing, answer) within ``timeout``:
         a node that is hung (alive in Redis, not reading) fails its batch here and holds up no other node."""
         self.in_flight += 1
         try:
             async with asyncio.timeout(self.timeout):
                 ws = await self._connection()
-                batch = DeliverBatch(next(self._ids), at, tuple(items))
+                batch = DeliverBatch(next(self._ids), at, tuple(items), trace)
                 waiter = asyncio.get_running_loop().create_future()
                 self._pending[batch.batch] = waiter
                 try:

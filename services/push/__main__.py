@@ -6,11 +6,14 @@ import uvloop
 
 from services.push.config import PushConfig
 from services.push.server import PushNode
+from shared.infra import tracing
 from shared.infra.clients import require_redis_credentials
 from shared.infra.logs import configure
 
 if __name__ == "__main__":
     configure("push")
+    tracing.configure("push")
     config = PushConfig.load(sys.argv[1:])
     require_redis_credentials("push", config.redis_url)
     uvloop.run(PushNode(config).run())
+    tracing.shutdown()

@@ -11,6 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from services.push.hub import Hub
 from services.push.metrics import ABSENT, DELIVERED, DELIVERY_LATENCY, PUBLISHED
 from shared.delivery.lifecycle import LifecycleWriter
+from shared.infra import tracing
 from shared.infra.metrics import ERRORS, MESSAGES_IN, MESSAGES_OUT
 from shared.model.priority import Priority
 from shared.wire.errors import MalformedRequest
@@ -61,7 +62,9 @@ async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter,
                 log.warning("bad frame on dispatch link", extra={"peer": peer, "error": exc.message})
                 await ws.close(exc.close_code, exc.message[:120])
                 return
-            await ws.send((await deliver_batch(hub, batch, lifecycle, node)).encode())
+            with tracing.span("push.batch", batch.trace, node=node, deliveries=len(batch.items)):
+                result = await deliver_batch(hub, batch, lifecycle, node)
+            await ws.send(result.encode())
     except ConnectionClosed:
         pass
     log.info("dispatch link closed", extra={"peer": peer})

@@ -30,7 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
-from redis.typing import KeyT, StreamIdT
+from redis.typing import EncodableT, KeyT, StreamIdT
 
 from shared.infra.scripts import SlotScript
 from shared.model.message import Message, by_post, messages_of, post_fields
@@ -66,6 +66,7 @@ class StreamEntry:
     entry_id: str  # ``{tier}/{stream id}``
     messages: list[Message]
     attempts: int = 1  # times the group handed it to a consumer, this one included
+    trace: str = ""  # the posting span's ``traceparent`` (``shared.infra.tracing``), if it was traced
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,8 @@ def split_entry_id(entry_id: str) -> tuple[Priority, str]:
 
 
 def _entry(tier: Priority, entry_id: bytes, fields: dict[bytes, bytes], attempts: int = 1) -> StreamEntry:
-    return StreamEntry(f"{tier.value}/{entry_id.decode()}", messages_of(fields[b"p"].decode(), int(fields[b"t"]), fields), attempts)
+    return StreamEntry(f"{tier.value}/{entry_id.decode()}", messages_of(fields[b"p"].decode(), int(fields[b"t"]), fields), attempts,
+                       fields.get(b"tp", b"").decode())
 
 
 class ShardedStream:
@@ -141,7 +143,8 @@ class DeliveryStream:
         """Queue the post's XADD on its tier's stream, trimming it to about ``maxlen`` entries: a backlog past that
         (dispatch down for long) loses only the live push, since every delivery waits in its inbox too."""
         key = self.keys[post_tier(m.priority for m in batch)]
-        pipe.xadd(key, {"p": post, "t": batch[0].ts, **post_fields(batch)}, maxlen=self.maxlen, approximate=True)
+        traced: dict[EncodableT, EncodableT] = {"tp": batch[0].trace} if batch[0].trace else {}
+        pipe.xadd(key, {"p": post, "t": batch[0].ts, **post_fields(batch), **traced}, maxlen=self.maxlen, approximate=True)
 
     async def ensure_group(self) -> None:
         for key in self.keys.values():

@@ -10,6 +10,8 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from shared.infra import tracing
+
 
 @contextlib.asynccontextmanager
 async def running(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
@@ -27,3 +29,4 @@ async def running(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 def run_http(app: Starlette, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM: uvicorn stops accepting, drains requests, then runs the lifespan exit."""
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=10)
+    tracing.shutdown()  # the spans still buffered, if tracing is on

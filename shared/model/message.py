@@ -50,6 +50,7 @@ class Message:
     _: KW_ONLY
     due_ms: int = 0  # a scheduled message: when it may reach anyone (ms since epoch); 0: at once
     priority: Priority = Priority.NORMAL
+    trace: str = ""  # collect's span for the post (a ``traceparent``), while tracing is on: carried in the stream entry
 
     @property
     def post(self) -> str:

@@ -204,7 +204,7 @@ BATCH_HEAD = struct.Struct(">I")  # a deliver batch's first bytes: the length of
 # null), a priority, and the frame's length and the ts (each up to 20 characters).
 ITEM_OVERHEAD = 64
 DELIVER_SHAPE = ("a deliver batch's head needs 'type': 'deliver', 'batch', 'at' and 'items' "
-                 "[[id, frame length, ts, [users](, topic(, priority))], ...]")
+                 "[[id, frame length, ts, [users](, topic(, priority))], ...], and 'tp' if any, a list of traceparents")
 
 
 def _integer(value: object) -> int:
@@ -267,15 +267,18 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class DeliverBatch:
-    """dispatch -> node: write these messages to their users' sockets; ``at`` is when dispatch sent it (ms)."""
+    """dispatch -> node: write these messages to their users' sockets; ``at`` is when dispatch sent it (ms); ``trace``
+    the ``traceparent`` of each traced stream entry the batch carries (``shared.infra.tracing``), usually none."""
 
     batch: int
     at: int
     items: tuple[Delivery, ...]
+    trace: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         """A binary message: the head's length (``BATCH_HEAD``), the JSON head, then each item's frame, in order."""
-        head = orjson.dumps({"type": Op.DELIVER, "batch": self.batch, "at": self.at, "items": [d.head() for d in self.items]})
+        head = orjson.dumps({"type": Op.DELIVER, "batch": self.batch, "at": self.at, "items": [d.head() for d in self.items],
+                             **({"tp": self.trace} if self.trace else {})})
         return b"".join((BATCH_HEAD.pack(len(head)), head, *(d.frame for d in self.items)))
 
     @classmethod
@@ -298,6 +301,9 @@ class DeliverBatch:
             if obj["type"] != Op.DELIVER or type(heads) is not list:
                 raise TypeError("not a deliver batch's head")
             batch, at = _integer(obj["batch"]), _integer(obj["at"])
+            trace = obj.get("tp", [])
+            if type(trace) is not list or not all(type(t) is str for t in trace):
+                raise TypeError("tp is not a list of traceparents")
             for item in heads:
                 items.append(Delivery.decode(item, view, end))
                 end += item[1]
@@ -306,7 +312,7 @@ class DeliverBatch:
         if end != len(view):
             raise MalformedRequest(f"a deliver batch's {len(items)} frame lengths add up to {end - start} bytes, "
                                    f"but {len(view) - start} follow its head")
-        return cls(batch, at, tuple(items))
+        return cls(batch, at, tuple(items), tuple(trace))
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,8 @@ def test_deliver_batch_and_result_round_trip() -> None:
     """The dispatch link frames decode to what was encoded."""
     batch = DeliverBatch(7, 1234, (Delivery("m", b'{"x":1}', 3, ("u", "v")),))
     assert DeliverBatch.decode(batch.encode()) == batch
+    traced = DeliverBatch(8, 1234, batch.items, ("00-" + "a" * 32 + "-" + "b" * 16 + "-01",))
+    assert DeliverBatch.decode(traced.encode()) == traced and b'"tp"' not in batch.encode()
     assert BatchResult.decode(BatchResult(7, 2).encode()) == BatchResult(7, 2)
 
 
@@ -108,6 +110,8 @@ GOOD_HEAD = {"type": "deliver", "batch": 1, "at": 2, "items": [["m", 1, 3, ["u"]
     (link_message(GOOD_HEAD, b""), "add up to 1 bytes, but 0 follow"),
     (link_message(GOOD_HEAD, b"FF"), "add up to 1 bytes, but 2 follow"),
     (link_message({**GOOD_HEAD, "items": []}, b"F"), "add up to 0 bytes, but 1 follow"),
+    (link_message({**GOOD_HEAD, "tp": "00-ab"}, b"F"), "a list of traceparents"),
+    (link_message({**GOOD_HEAD, "tp": [1]}, b"F"), "a list of traceparents"),
 ])
 def test_a_malformed_deliver_batch_is_refused_saying_what_is_wrong(data: str | bytes, says: str) -> None:
     """Text instead of binary, a short header, a head running past the end or not a deliver head, and frame lengths
