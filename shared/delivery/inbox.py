@@ -75,18 +75,23 @@ return #KEYS - 1
 
 # Transition ``close`` (``PostState.close``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV per
 # post: its id, a count m and m (index, deliveries closed) pairs.
-CLOSE_POSTS = _FIELDS + """
+# One HINCRBY per message: a message not held (gone on expiry, or never opened) gets a negative count there, at once
+# forgotten with the rest of its fields; one HDEL per post for every message forgotten.
+CLOSE_POSTS = """
 local a = 1
 for k = 2, #KEYS do
-  local post = ARGV[a]
+  local post, gone = ARGV[a], {}
   for _ = 1, tonumber(ARGV[a + 1]) do
     local i = ARGV[a + 2]
-    if redis.call('HEXISTS', KEYS[k], i) == 1 and redis.call('HINCRBY', KEYS[k], 'n' .. i, -tonumber(ARGV[a + 3])) <= 0 then
-      forget(KEYS[k], i)
+    if redis.call('HINCRBY', KEYS[k], 'n' .. i, -tonumber(ARGV[a + 3])) <= 0 then
+      for _, name in ipairs(""" + lua_fields("i", ("n",)) + """) do gone[#gone + 1] = name end
     end
     a = a + 2
   end
   a = a + 2
+  for c = 1, #gone, 1000 do
+    redis.call('HDEL', KEYS[k], unpack(gone, c, math.min(c + 999, #gone)))
+  end
   if redis.call('EXISTS', KEYS[k]) == 0 then
     redis.call('ZREM', KEYS[1], post)
   end
@@ -128,14 +133,18 @@ return #KEYS - 1
 # Acknowledging (transition ``close``'s inbox part, by the acking user). KEYS per delivery: its user's inbox, that
 # bucket's epoch marker and held acks; ARGV[1]: the held acks' lifetime (s), then per delivery: its message id, its
 # ``{message id},{user}`` and the ack's time (ms). Each delivery's three keys answer whether its entry was removed.
-# With the marker missing (the state incomplete) the ack is held as well, found or not, for the rebuild to honour.
+# With the marker missing (the state incomplete) the ack is held as well, found or not, for the rebuild to honour;
+# each marker is looked up once per call (a batch of acks shares a few buckets).
 ACK_INBOXES = """
 local ttl = ARGV[1]
-local answers = {}
+local answers, complete = {}, {}
 for k = 1, #KEYS, 3 do
   local a = 2 + (k - 1) / 3 * 3
   local removed = redis.call('ZREM', KEYS[k], ARGV[a])
-  if redis.call('EXISTS', KEYS[k + 1]) == 0 then
+  if complete[KEYS[k + 1]] == nil then
+    complete[KEYS[k + 1]] = redis.call('EXISTS', KEYS[k + 1])
+  end
+  if complete[KEYS[k + 1]] == 0 then
     redis.call('ZADD', KEYS[k + 2], 'NX', ARGV[a + 2], ARGV[a + 1])
     redis.call('EXPIRE', KEYS[k + 2], ttl)
   end
