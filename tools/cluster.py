@@ -13,6 +13,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -351,8 +352,10 @@ class Cluster:
             extra = {"PUSH_PORT": str(port), **extra}
         port = port or {"auth": stack.auth_port, "collect": stack.collect_port, "dispatch": stack.dispatch_port,
                         "webhooks": stack.webhooks_port}[kind]
-        proc = self.spawn(f"{kind}-{port}", [sys.executable, "-m", f"services.{kind}"], {**stack.service_env(), **extra})
-        return proc, f"http://127.0.0.1:{port}/healthz"
+        env = {**stack.service_env(), **extra}
+        proc = self.spawn(f"{kind}-{port}", [sys.executable, "-m", f"services.{kind}"], env)
+        scheme = "https" if kind == "push" and env.get("PUSH_TLS_CERT") else "http"
+        return proc, f"{scheme}://127.0.0.1:{port}/healthz"
 
     def start_service(self, kind: str, stack: Stack, port: int | None = None, **env: str) -> Proc:
         """Start ``python -m services.<kind>`` and wait for its ``/healthz`` to answer."""
@@ -401,7 +404,9 @@ class Cluster:
         while time.monotonic() < deadline:
             self._check_alive(proc)
             try:
-                urllib.request.urlopen(url, timeout=1).close()
+                # a node serving TLS is up once it answers at all: its certificate is the test's to check
+                insecure = ssl._create_unverified_context() if url.startswith("https") else None
+                urllib.request.urlopen(url, timeout=1, context=insecure).close()
                 return
             except urllib.error.HTTPError:
                 return

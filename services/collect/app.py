@@ -221,7 +221,7 @@ def create_app(config: CollectConfig) -> Starlette:
         Route("/v1/messages/{message_id}", timed("cancel_message", cancel_message), methods=["DELETE"]),
         *ops_routes(health, config.ops_guard),
         *console_routes(config, reader, inbox, post_messages, shedder.report, endpoints, queues),
-        *presence_routes(reader, TopicReader(redis), TopicUsers(config.internal_key, config.topic_users_cache_seconds),
+        *presence_routes(reader, TopicReader(redis), TopicUsers(config.internal_key, config.topic_users_cache_seconds, config.link_tls()),
                          presence_access),
         *webhook_routes(endpoints, queues, redis_breaker,
                         UrlPolicy.of(config.production, config.webhook_allow_private), lambda request: sender_of(request, config.api_keys)),

@@ -69,6 +69,8 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
     reports each priority tier's backlog and shedding (``shedding.py``); ``endpoints`` and ``queues`` are the webhook
     endpoints' registry and queues."""
 
+    link_tls = config.link_tls()  # the nodes' /metrics over https, if they serve TLS
+
     async def nodes(_: Request) -> Response:
         try:
             cards = await directory(reader)
@@ -79,7 +81,7 @@ def console_routes(config: CollectConfig, reader: RouteReader, inbox: Inbox, pos
 
     async def stats(request: Request) -> Response:
         require_ops(request.headers, config.ops_guard)
-        snapshot = await gather_stats(reader, inbox, config.dispatch_url, config.ops_key, endpoints, queues)
+        snapshot = await gather_stats(reader, inbox, config.dispatch_url, config.ops_key, link_tls, endpoints, queues)
         return json_response({**snapshot, "tiers": tiers()}, headers={"Cache-Control": "no-store"})
 
     async def dev_token(request: Request) -> Response:

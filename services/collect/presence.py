@@ -16,6 +16,7 @@ message; only nodes whose card is live count, so a node that dies stops counting
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -59,9 +60,10 @@ class TopicUsers:
     them: concurrent calls share one round of signed requests and later ones reuse its answer, so a flood of
     ``?users=1`` calls never becomes a flood of signed requests to the nodes."""
 
-    def __init__(self, internal_key: str, ttl: float, capacity: int = 10_000) -> None:
+    def __init__(self, internal_key: str, ttl: float, tls: ssl.SSLContext | None = None, capacity: int = 10_000) -> None:
         self.internal_key = internal_key
         self.ttl = ttl
+        self.tls = tls  # verifies an https:// node (one serving wss://)
         self.capacity = capacity
         self._answers: OrderedDict[tuple[str, tuple[str, ...]], tuple[float, asyncio.Task[tuple[list[str], bool]]]] = OrderedDict()
 
@@ -85,7 +87,7 @@ class TopicUsers:
 
     async def _ask_all(self, name: str, cards: list[NodeCard]) -> tuple[list[str], bool]:
         try:
-            async with aiohttp.ClientSession(timeout=NODE_TIMEOUT) as session:
+            async with aiohttp.ClientSession(timeout=NODE_TIMEOUT, connector=aiohttp.TCPConnector(ssl=self.tls or True)) as session:
                 answers = await asyncio.gather(*(self._ask(session, c, name) for c in cards))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable.of("a push node", exc) from None

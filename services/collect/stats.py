@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +147,7 @@ async def webhook_endpoints(endpoints: EndpointStore, queues: WebhookQueues) -> 
     return [endpoint_entry(e, counts[e.id]) for e in registered]
 
 
-async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str, ops_key: str, endpoints: EndpointStore,
+async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str, ops_key: str, tls: ssl.SSLContext, endpoints: EndpointStore,
                        queues: WebhookQueues) -> dict[str, Any]:
     """One snapshot of the cluster (503 only when Redis, the source of truth on live nodes, is down)."""
     try:
@@ -157,7 +158,8 @@ async def gather_stats(reader: RouteReader, inbox: Inbox, dispatch_url: str, ops
         webhooks = await webhook_endpoints(endpoints, queues)
     except REDIS_FAILURES as exc:
         raise Unavailable.of("Redis", exc) from None
-    async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT, headers={"Authorization": f"Bearer {ops_key}"}) as session:
+    async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT, headers={"Authorization": f"Bearer {ops_key}"},
+                                     connector=aiohttp.TCPConnector(ssl=tls)) as session:
         *node_pages, dispatch_page = await asyncio.gather(
             *(scrape(session, node_http_base(c.link_url)) for c in cards), scrape(session, dispatch_url)
         )

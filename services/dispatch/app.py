@@ -35,7 +35,7 @@ def create_app(config: DispatchConfig) -> Starlette:
     store = MessageStore(config.mongo_url, config.mongo_db)
     lifecycle = LifecycleWriter(store, feed=WebhookFeed(redis))
     stream = ShardedStream(redis, shards=config.stream_shards)
-    links = LinkPool(config.internal_key, config.link_timeout)
+    links = LinkPool(config.internal_key, config.link_timeout, config.link_tls())
     routes = RouteReader(redis, config.internal_key)
     live = LiveNodes(routes, links, config.nodes_refresh)
     inbox = Inbox(redis)

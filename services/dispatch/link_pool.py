@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -23,10 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class NodeLink:
-    def __init__(self, card: NodeCard, key: str, timeout: float) -> None:
+    def __init__(self, card: NodeCard, key: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
         self.card = card
         self.key = key
         self.timeout = timeout
+        self.tls = tls  # verifies a wss:// node's certificate
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[BatchResult]] = {}
@@ -39,7 +41,8 @@ class NodeLink:
             if self._ws is None:
                 request = LinkRequest.make(self.key, self.card.id, now_ms(), "GET", urlsplit(self.card.link_url).path)
                 try:
-                    ws = await connect(self.card.link_url, additional_headers=request.headers(), compression=None,
+                    secure = self.tls if self.card.link_url.startswith("wss://") else None  # ws:// takes no context
+                    ws = await connect(self.card.link_url, additional_headers=request.headers(), compression=None, ssl=secure,
                                        open_timeout=self.timeout, close_timeout=self.timeout, max_size=None)
                 except (OSError, WebSocketException, TimeoutError) as exc:
                     raise LinkDown(f"cannot reach {self.card.id}: {exc!r}") from None
@@ -102,16 +105,17 @@ class NodeLink:
 class LinkPool:
     """The links to the currently live nodes; a node that disappears has its link closed."""
 
-    def __init__(self, key: str, timeout: float) -> None:
+    def __init__(self, key: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
         self.key = key
         self.timeout = timeout
+        self.tls = tls
         self.links: dict[str, NodeLink] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, card: NodeCard) -> NodeLink:
         link = self.links.get(card.id)
         if link is None:
-            link = self.links[card.id] = NodeLink(card, self.key, self.timeout)
+            link = self.links[card.id] = NodeLink(card, self.key, self.timeout, self.tls)
         return link
 
     def retain(self, live: dict[str, NodeCard]) -> None:

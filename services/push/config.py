@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,7 +27,11 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySetting
     host: str = setting("PUSH_HOST", "127.0.0.1", "where the node listens (`/ws`, `/internal`)")
     port: int = setting("PUSH_PORT", 8101, "its port")
     node_id: str = setting("PUSH_NODE_ID", "", "the node's name in Redis routes", shown="{host}:{port}")
-    public_url: str = setting("PUSH_PUBLIC_URL", "", "the URL browsers are given for this node", shown="ws://{host}:{port}/ws")
+    public_url: str = setting("PUSH_PUBLIC_URL", "", "the URL browsers are given for this node",
+                              shown="ws://{host}:{port}/ws (wss with a certificate)")
+    tls_cert: str = setting("PUSH_TLS_CERT", "", "PEM certificate (chain) the node serves TLS with, to browsers and dispatch "
+                            "alike: its link URL becomes `wss://` (dispatch and collect verify it against `LINK_CA`)")
+    tls_key: str = setting("PUSH_TLS_KEY", "", "the certificate's private key (PEM)")
     auth_url: str = setting("AUTH_URL", "http://127.0.0.1:8001", "auth, asked to verify tokens")
     node_ttl: int = setting("NODE_TTL_SECONDS", 30, "a killed node stops being routed to within this", low=3)
     route_ttl: int = setting("ROUTE_TTL_SECONDS", 3600, "garbage-collection TTL of user routes", low=1)
@@ -58,8 +63,20 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySetting
                                        "frames wait in the node, high priority first", low=0)
 
     @property
+    def scheme(self) -> str:
+        return "wss" if self.tls_cert else "ws"
+
+    @property
     def link_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/internal"
+        return f"{self.scheme}://{self.host}:{self.port}/internal"
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None to serve plain websockets."""
+        if not self.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
 
     @property
     def heartbeat_interval(self) -> float:
@@ -69,4 +86,7 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySetting
     def derive(cls, values: dict[str, Any]) -> None:
         host, port = values["host"], values["port"]
         values["node_id"] = values["node_id"] or f"{host}:{port}"
-        values["public_url"] = values["public_url"] or f"ws://{host}:{port}/ws"
+        if bool(values["tls_cert"]) != bool(values["tls_key"]):
+            raise SystemExit("PUSH_TLS_CERT and PUSH_TLS_KEY go together")
+        scheme = "wss" if values["tls_cert"] else "ws"
+        values["public_url"] = values["public_url"] or f"{scheme}://{host}:{port}/ws"

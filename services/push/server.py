@@ -103,7 +103,7 @@ class PushNode:
                 self.handle, c.host, c.port, process_request=self.gate.process_request,
                 process_response=self.gate.process_response, compression=None,
                 ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
-                server_header=None, backlog=LISTEN_BACKLOG,
+                server_header=None, backlog=LISTEN_BACKLOG, ssl=c.tls(),
                 create_connection=ProxiedConnection if c.proxy_protocol else None,
             )
             async with running(self.registrar.run_flusher(), self.registrar.run_heartbeat(), self.lifecycle.run(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import os
+import ssl
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -239,6 +240,12 @@ class InternalKeySettings(Settings):
     internal_key: str = setting("INTERNAL_KEY", DEV_INTERNAL_KEY,
                                 "shared by collect, dispatch and push: signs node cards and proves the link (never sent)",
                                 secret=True)
+    link_ca: str = setting("LINK_CA", "", "PEM bundle of the CAs that sign the push nodes' certificates, for `wss://` links "
+                           "(`PUSH_TLS_CERT`); empty: the system's")
+
+    def link_tls(self) -> ssl.SSLContext:
+        """The context a ``wss://`` link or an ``https://`` request to a node verifies the node's certificate with."""
+        return ssl.create_default_context(cafile=self.link_ca or None)
 
 
 def flag(raw: str) -> bool:
