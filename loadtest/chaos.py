@@ -37,7 +37,8 @@ from tests.conftest import Servers
 from tools.cluster import Cluster
 
 LEAD_S = 1.0  # from planning to second 0
-SETTLE_MARGIN_S = 10.0  # the settle phase lasts at least this long past the latest due time
+SETTLE_MARGIN_S = 10.0  # the settle phase lasts at least this long past the latest due time and the last rebuild
+SETTLE_MAX_EXTRA_S = 300.0  # ... but a rebuild that never ends stops waiting this long past the planned deadline
 LINGER_S = 2.0  # kept open once everything owed arrived, for late duplicates
 STATUS_IN_FLIGHT = 8
 STATUS_LIMIT = 3000  # statuses read at most (a seeded sample of the accepted user messages beyond)
@@ -76,7 +77,6 @@ async def watch_rebuilds(stack: ChaosStack, session: aiohttp.ClientSession, obs:
     or the schedule paused: Redis came back empty) as a ``rebuild`` fault: nothing waiting is replayed and nothing
     scheduled fires in it, late by design, so the checks treat it as a fault's aftermath. A poll no instance answers
     changes nothing."""
-    since: float | None = None
     try:
         while True:
             answers = []
@@ -85,27 +85,35 @@ async def watch_rebuilds(stack: ChaosStack, session: aiohttp.ClientSession, obs:
                     async with session.get(f"{stack.url(name)}/healthz", timeout=aiohttp.ClientTimeout(total=REBUILD_POLL_S)) as r:
                         health = await r.json()
                         answers.append(bool(health.get("schedule_paused")) or not health.get("state_complete", True))
-            if answers and any(answers) and since is None:
-                since = time.time()
-            elif answers and not any(answers) and since is not None:
-                obs.faults.append(FaultRecord("rebuild", "state", since, time.time()))
-                since = None
+            if answers and any(answers) and obs.rebuilding_since is None:
+                obs.rebuilding_since = time.time()
+            elif answers and not any(answers) and obs.rebuilding_since is not None:
+                obs.faults.append(FaultRecord("rebuild", "state", obs.rebuilding_since, time.time()))
+                obs.rebuilding_since = None
             await asyncio.sleep(REBUILD_POLL_S)
     finally:
-        if since is not None:
-            obs.faults.append(FaultRecord("rebuild", "state", since, time.time()))
+        if obs.rebuilding_since is not None:
+            obs.faults.append(FaultRecord("rebuild", "state", obs.rebuilding_since, time.time()))
+
+
+def settle_deadline(planned: float, obs: Observations, now: float) -> float:
+    """When the settle phase may end: ``planned``, or ``SETTLE_MARGIN_S`` after the last rebuild span (nothing waiting is
+    sent while the state is rebuilt; a rebuild still running pushes it on), never past ``SETTLE_MAX_EXTRA_S`` more."""
+    ends = [f.end for f in obs.faults if f.kind == "rebuild"] + ([now] if obs.rebuilding_since is not None else [])
+    return min(max(planned, max(ends, default=0.0) + SETTLE_MARGIN_S), planned + SETTLE_MAX_EXTRA_S)
 
 
 async def settle(clients: Clients, obs: Observations, users: list[UserPlan], nodes: int, settle_s: float) -> None:
     """Every user on one socket, acking everything, until each owed delivery arrived (and ``LINGER_S`` more), or until
-    ``settle_s`` passed and ``SETTLE_MARGIN_S`` past the latest due time."""
+    ``settle_s`` passed, ``SETTLE_MARGIN_S`` past the latest due time and past the last rebuild (``settle_deadline``)."""
     latest_due = max(owed(obs).values(), default=0.0)
-    deadline = max(time.time() + settle_s, latest_due + SETTLE_MARGIN_S)
+    planned = max(time.time() + settle_s, latest_due + SETTLE_MARGIN_S)
     now = time.time() - clients.started
-    plans = [SocketPlan(f"{u.name}.settle", u, now, deadline - clients.started, i % nodes, False, 100) for i, u in enumerate(users)]
+    end = planned + SETTLE_MAX_EXTRA_S - clients.started  # the sockets' own limit; the loop below ends them sooner
+    plans = [SocketPlan(f"{u.name}.settle", u, now, end, i % nodes, False, 100) for i, u in enumerate(users)]
     running = asyncio.create_task(clients.run(plans, settle=True))
     names = {u.name for u in users}
-    while time.time() < deadline and not running.done():
+    while time.time() < settle_deadline(planned, obs, time.time()) and not running.done():
         welcomed = {s.user for s in obs.sockets if s.settle and s.opened_at is not None}
         if welcomed == names and not owed(obs).keys() - arrived(obs):
             await asyncio.sleep(LINGER_S)

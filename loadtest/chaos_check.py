@@ -127,6 +127,7 @@ class Observations:
     faults: list[FaultRecord] = field(default_factory=list)
     statuses: dict[str, tuple[int, Any]] = field(default_factory=dict)  # message id -> GET's status and body
     ended: float = 0.0
+    rebuilding_since: float | None = None  # a rebuild span still open (``rebuild`` faults are recorded at their end)
 
 
 @dataclass(slots=True)
