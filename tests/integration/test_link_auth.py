@@ -187,7 +187,8 @@ async def test_a_flood_of_topic_user_queries_leaves_the_dispatch_link_and_a_drai
     push_url = stack.stack.push_url(stack.stack.push_ports[0])
 
     async def query() -> tuple[int, Any]:
-        async with c.session.get(f"{stack.stack.collect_url}/v1/topics/room:1?users=1", headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        async with c.session.get(f"{stack.stack.collect_url}/v1/topics/room:1?users=1",
+                                 headers={"Authorization": f"Bearer {API_KEY}"}) as r:
             return r.status, await r.json()
 
     await until(query, lambda answer: answer == (200, {"topic": "room:1", "subscribers": 1, "nodes": 1, "users": ["listener"],
