@@ -2,13 +2,14 @@
 
 Keys (a post is one POST's messages, see ``shared.model.message``):
 
-* ``post:{p<bucket>}:<post>`` -- a HASH holding the post's messages for users that some recipient may
-  still be sent: per message its frame (stored once however many recipients), recipients, expiry
-  and ``n<i>``, how many of its deliveries may still be open. A message leaves when its ``n`` reaches
-  0 or it expires, the hash with the last. Topic and broadcast messages open no inbox and are left
-  out. Parts of one post arrive at different times (a scheduled message fires later), so every
-  count and expiry is per message, never per post: ``shared.model.poststate`` specifies each
-  transition and the invariants its script keeps;
+* ``post:{p<bucket>}:<post>`` -- a HASH of the post's messages for users: per message its frame (stored
+  once however many recipients), recipients, expiry and ``n<i>``, how many of its deliveries may
+  still be open; and ``h``, how many of its messages are *held* (``n`` above 0). A message stops
+  being held when its ``n`` reaches 0 and is forgotten when it expires; the hash goes, in one DEL,
+  when ``h`` reaches 0. Topic and broadcast messages open no inbox and are left out. Parts of one
+  post arrive at different times (a scheduled message fires later), so every count and expiry is
+  per message, never per post: ``shared.model.poststate`` specifies each transition and the
+  invariants its script keeps;
 * ``expiry:{p<bucket>}`` -- a ZSET of the bucket's posts scored by the earliest expiry they hold,
   read by dispatch's expiry pass; it shares its posts' hash tag, so each transition changes a post
   and its expiry in one script;
@@ -49,25 +50,50 @@ from shared.infra.slots import all_post_tags, all_user_tags, post_tag, user_tag
 from shared.model.message import Message, Pair, by_post, index_of, lua_fields, message_id, post_fields, post_of, split_users
 from shared.wire.errors import Unavailable
 
-_FIELDS = f"local function forget(key, i) redis.call('HDEL', key, unpack({lua_fields('i', ('n',))})) end\n"
+# Chunked HSET/HDEL (Lua's unpack returns a bounded number of values), and the names of message ``i``'s fields.
+_HELPERS = """
+local function chunked(command, key, values)
+  for c = 1, #values, 2000 do
+    redis.call(command, key, unpack(values, c, math.min(c + 1999, #values)))
+  end
+end
+local function names(i) return """ + lua_fields("i", ("n",)) + """ end
+"""
 
 # Transition ``open`` (``PostState.open``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV per post:
 # its id, its earliest expiry, a count f and f field/value pairs (``post_fields``), a count m and m (index,
-# recipients) pairs.
-OPEN_POSTS = """
+# recipients) pairs, each index once. A post's first part (no hash yet) writes its counts and ``h`` in one HSET;
+# a later part adds to each count, and to ``h`` for each message not held before (``n`` absent or 0).
+OPEN_POSTS = _HELPERS + """
 local a = 1
 for k = 2, #KEYS do
   local post, earliest, f = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local fresh = redis.call('EXISTS', KEYS[k]) == 0
   a = a + 3
   for c = a, a + 2 * f - 1, 2000 do
     redis.call('HSET', KEYS[k], unpack(ARGV, c, math.min(c + 1999, a + 2 * f - 1)))
   end
   a = a + 2 * f
-  for _ = 1, tonumber(ARGV[a]) do
-    redis.call('HINCRBY', KEYS[k], 'n' .. ARGV[a + 1], ARGV[a + 2])
-    a = a + 2
+  local m = tonumber(ARGV[a])
+  if fresh then
+    local counts = {'h', m}
+    for j = a + 1, a + 2 * m, 2 do
+      counts[#counts + 1] = 'n' .. ARGV[j]
+      counts[#counts + 1] = ARGV[j + 1]
+    end
+    chunked('HSET', KEYS[k], counts)
+  else
+    local held = 0
+    for j = a + 1, a + 2 * m, 2 do
+      if redis.call('HINCRBY', KEYS[k], 'n' .. ARGV[j], ARGV[j + 1]) == tonumber(ARGV[j + 1]) then
+        held = held + 1
+      end
+    end
+    if held > 0 then
+      redis.call('HINCRBY', KEYS[k], 'h', held)
+    end
   end
-  a = a + 1
+  a = a + 1 + 2 * m
   redis.call('ZADD', KEYS[1], 'LT', earliest, post)
 end
 return #KEYS - 1
@@ -75,55 +101,66 @@ return #KEYS - 1
 
 # Transition ``close`` (``PostState.close``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV per
 # post: its id, a count m and m (index, deliveries closed) pairs.
-# One HINCRBY per message: a message not held (gone on expiry, or never opened) gets a negative count there, at once
-# forgotten with the rest of its fields; one HDEL per post for every message forgotten.
-CLOSE_POSTS = """
+# One HINCRBY per message. One whose count reaches 0 is no longer held: it leaves ``h``, its fields stay until the
+# post holds nothing (then the whole hash goes, in one DEL) or they expire. A count below 0 (a message not held:
+# forgotten on expiry, or never opened) is dropped at once, so a count never rests below 0.
+CLOSE_POSTS = _HELPERS + """
 local a = 1
 for k = 2, #KEYS do
-  local post, gone = ARGV[a], {}
-  for _ = 1, tonumber(ARGV[a + 1]) do
-    local i = ARGV[a + 2]
-    if redis.call('HINCRBY', KEYS[k], 'n' .. i, -tonumber(ARGV[a + 3])) <= 0 then
-      for _, name in ipairs(""" + lua_fields("i", ("n",)) + """) do gone[#gone + 1] = name end
-    end
-    a = a + 2
+  local post, dropped, stray = ARGV[a], 0, {}
+  for j = a + 2, a + 1 + 2 * tonumber(ARGV[a + 1]), 2 do
+    local closed = tonumber(ARGV[j + 1])
+    local left = redis.call('HINCRBY', KEYS[k], 'n' .. ARGV[j], -closed)
+    if left + closed > 0 and left <= 0 then dropped = dropped + 1 end
+    if left < 0 then stray[#stray + 1] = 'n' .. ARGV[j] end
   end
-  a = a + 2
-  for c = 1, #gone, 1000 do
-    redis.call('HDEL', KEYS[k], unpack(gone, c, math.min(c + 999, #gone)))
-  end
-  if redis.call('EXISTS', KEYS[k]) == 0 then
+  a = a + 2 + 2 * tonumber(ARGV[a + 1])
+  if dropped > 0 and redis.call('HINCRBY', KEYS[k], 'h', -dropped) <= 0 then
+    redis.call('DEL', KEYS[k])
     redis.call('ZREM', KEYS[1], post)
+  else
+    chunked('HDEL', KEYS[k], stray)
   end
 end
 return #KEYS - 1
 """
 
 # Transition ``expire`` (``PostState.expire``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV[1]:
-# now, then per post: its id, a count m and m indexes of expired messages whose deliveries are closed.
-EXPIRE_POSTS = _FIELDS + """
+# now, then per post: its id, a count m and m indexes of expired messages whose deliveries are closed. Their fields
+# go (held or not), ``h`` loses the held ones; the post is scored by the earliest expiry still held, or goes.
+EXPIRE_POSTS = _HELPERS + """
 local now = tonumber(ARGV[1])
 local a = 2
 for k = 2, #KEYS do
-  local post = ARGV[a]
+  local post, dropped, gone = ARGV[a], 0, {}
   for j = a + 2, a + 1 + tonumber(ARGV[a + 1]) do
-    local x = redis.call('HGET', KEYS[k], 'x' .. ARGV[j])
+    local i = ARGV[j]
+    local x = redis.call('HGET', KEYS[k], 'x' .. i)
     if x and tonumber(x) <= now then
-      forget(KEYS[k], ARGV[j])
+      if tonumber(redis.call('HGET', KEYS[k], 'n' .. i) or '0') > 0 then dropped = dropped + 1 end
+      for _, name in ipairs(names(i)) do gone[#gone + 1] = name end
     end
   end
   a = a + 2 + tonumber(ARGV[a + 1])
-  local earliest = false
-  for _, name in ipairs(redis.call('HKEYS', KEYS[k])) do
-    if string.sub(name, 1, 1) == 'x' then
-      local x = tonumber(redis.call('HGET', KEYS[k], name))
-      if not earliest or x < earliest then earliest = x end
-    end
-  end
-  if earliest then
-    redis.call('ZADD', KEYS[1], earliest, post)
-  else
+  local held = dropped > 0 and redis.call('HINCRBY', KEYS[k], 'h', -dropped) or tonumber(redis.call('HGET', KEYS[k], 'h') or '0')
+  if held <= 0 then
+    redis.call('DEL', KEYS[k])
     redis.call('ZREM', KEYS[1], post)
+  else
+    chunked('HDEL', KEYS[k], gone)
+    local earliest = false
+    for _, name in ipairs(redis.call('HKEYS', KEYS[k])) do
+      if string.sub(name, 1, 1) == 'x' and tonumber(redis.call('HGET', KEYS[k], 'n' .. string.sub(name, 2)) or '0') > 0 then
+        local x = tonumber(redis.call('HGET', KEYS[k], name))
+        if not earliest or x < earliest then earliest = x end
+      end
+    end
+    if earliest then
+      redis.call('ZADD', KEYS[1], earliest, post)
+    else
+      redis.call('DEL', KEYS[k])
+      redis.call('ZREM', KEYS[1], post)
+    end
   end
 end
 return #KEYS - 1
@@ -213,8 +250,11 @@ class Inbox:
         now = clock_ms() if now_ms is None else now_ms
         for post, batch in by_post(m for m in messages if m.topic is None and m.expires_ms > now).items():
             fields = post_fields(batch)
+            recipients = Counter[int]()
+            for m in batch:
+                recipients[m.index] += len(m.users)
             posts[post] = [post, min(m.expires_ms for m in batch), len(fields), *chain.from_iterable(fields.items()),
-                           len(batch), *chain.from_iterable((m.index, len(m.users)) for m in batch)]
+                           len(recipients), *chain.from_iterable(recipients.items())]
             for m in batch:
                 for user in m.users:
                     inboxes[user][m.id] = m.ts

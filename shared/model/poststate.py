@@ -7,7 +7,10 @@ of them again when dispatch rebuilds Redis from MongoDB. So nothing here is per 
 and expiry is per message.
 
 Per held message ``i`` the hash keeps its frame, recipients, expiry ``x`` and ``n``, how many of its
-deliveries may still be open. The post has one entry in its bucket's expiry index, scored ``score``.
+deliveries may still be open; the post keeps ``h``, how many messages it holds. The post has one
+entry in its bucket's expiry index, scored ``score``. A message no longer held keeps its fields
+until it expires or the post holds nothing (then the whole hash goes in one DEL, rather than one
+HDEL per message closed); nothing reads them, since a replay reads only ids still in an inbox.
 
 Transitions (each one Lua script in ``shared.delivery.inbox``, named there):
 
@@ -17,7 +20,7 @@ Transitions (each one Lua script in ``shared.delivery.inbox``, named there):
   message already expired is never opened: once forgotten on expiry, held again it would start a
   new count that a trim of its old entries, counted later, would take below its open entries;
 * ``close`` -- deliveries acked or trimmed: ``n -= closed`` for each message still held; a message
-  whose ``n`` falls to 0 is forgotten; a post holding none leaves the index;
+  whose ``n`` falls to 0 is no longer held; a post holding none leaves the index;
 * ``expire`` -- messages whose ``x`` passed (their deliveries already closed) are forgotten; the
   post is scored by its earliest expiry left, or leaves the index.
 

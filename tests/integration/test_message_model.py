@@ -61,15 +61,15 @@ async def test_a_short_lived_part_fired_later_does_not_expire_the_posts_long_liv
 
 
 async def redis_view(redis: Redis, world: World, users: tuple[str, ...]) -> tuple[dict, dict]:
-    """What Redis holds and what the model says it should, side by side: per post its held messages' counts and
-    its expiry score, per user the open entries."""
+    """What Redis holds and what the model says it should, side by side: per post its held messages' counts,
+    how many it holds and its expiry score, per user the open entries."""
     got: dict = {}
     for post in world.posts:
         fields = await redis.hgetall(post_key(post))
-        got[post] = ({int(k[1:]): int(v) for k, v in fields.items() if k.startswith(b"n")},
-                     await redis.zscore(expiry_key(post_tag(post)), post))
+        got[post] = ({int(k[1:]): int(v) for k, v in fields.items() if k.startswith(b"n") and int(v) > 0},
+                     int(fields.get(b"h", 0)), await redis.zscore(expiry_key(post_tag(post)), post))
     got |= {u: sorted(m.decode() for m in await redis.zrange(inbox_key(u), 0, -1)) for u in users}
-    want: dict = {post: ({i: h.open for i, h in s.held.items()}, s.score) for post, s in world.posts.items()}
+    want: dict = {post: ({i: h.open for i, h in s.held.items()}, len(s.held), s.score) for post, s in world.posts.items()}
     want |= {u: sorted(world.inboxes[u]) for u in users}
     return got, want
 
