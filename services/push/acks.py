@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from typing import NamedTuple
 
 from services.push.metrics import ACKS_DROPPED, ACKS_PENDING
-from shared.delivery.inbox import Inbox
+from shared.delivery.inbox import Acked, Inbox
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
@@ -43,10 +42,11 @@ WINDOW_SECONDS = 0.02
 MAX_PENDING_ACKS = 100_000  # acks kept for a flush while Redis is down (~150 bytes each: ~15 MB)
 
 
-class Ack(NamedTuple):
-    pair: Pair
-    at: int  # when the client acked it (ms)
-    written: bool  # this node wrote the message to the acking socket, and has not recorded the ack yet
+class AckFrame(NamedTuple):
+    """One ack frame's ids, and which of them this node wrote to the acking socket and has not recorded the ack of."""
+
+    acked: Acked
+    written: frozenset[str]
 
 
 class Acks:
@@ -54,51 +54,58 @@ class Acks:
         self.inbox = inbox
         self.lifecycle = lifecycle
         self.max_pending = max_pending
-        self._pending: list[Ack] = []
+        self._pending: list[AckFrame] = []
+        self._count = 0  # ids in ``_pending``
         self._dropped = 0  # since the last log line
         self._wake = asyncio.Event()
 
     def add(self, user_id: str, message_ids: tuple[str, ...], written: Collection[str] = ()) -> None:
         """Take a client's acks; ``written``: those of the ids this node wrote to the acking socket."""
-        room = self.max_pending - len(self._pending)
-        if room < len(message_ids):
-            self._drop(len(message_ids) - max(room, 0))
-            message_ids = message_ids[:max(room, 0)]
-        at, mine = now_ms(), set(written)
-        self._pending.extend(Ack((m, user_id), at, m in mine) for m in message_ids)
-        ACKS_PENDING.set(len(self._pending))
+        self._keep([AckFrame(Acked(user_id, now_ms(), message_ids), frozenset(written))])
         self._wake.set()
+
+    def _keep(self, frames: list[AckFrame]) -> None:
+        """Append these frames to the pending ones, up to ``max_pending`` ids: the ids past it are dropped (counted)."""
+        for frame in frames:
+            room = self.max_pending - self._count
+            ids = frame.acked.ids
+            if room < len(ids):
+                self._drop(len(ids) - max(room, 0))
+                frame = frame._replace(acked=frame.acked._replace(ids=ids[:max(room, 0)]))
+            if frame.acked.ids:
+                self._pending.append(frame)
+                self._count += len(frame.acked.ids)
+        ACKS_PENDING.set(self._count)
 
     def _drop(self, count: int) -> None:
         ACKS_DROPPED.inc(count)
         self._dropped += count
 
     def pending(self) -> int:
-        return len(self._pending)
+        return self._count
 
-    def _mark(self, acks: Iterable[Ack], report: bool = True) -> None:
-        """Mark these acks ``acked`` in the lifecycle, each at its own time; ``report``: with their webhook facts."""
-        by_time: defaultdict[int, list[Pair]] = defaultdict(list)
-        for ack in acks:
-            by_time[ack.at].append(ack.pair)
-        for at, pairs in by_time.items():
-            self.lifecycle.mark("acked", pairs, at, report)
+    def _mark(self, acked: Acked, ids: Collection[str], report: bool = True) -> None:
+        """Mark these of a frame's acks ``acked`` in the lifecycle, at the frame's time; ``report``: with their webhook
+        facts."""
+        if ids:
+            self.lifecycle.mark("acked", [(m, acked.user_id) for m in ids], acked.at, report)
 
     async def flush(self) -> None:
-        acks, self._pending = self._pending, []
+        frames, self._pending, self._count = self._pending, [], 0
         try:
-            closed = set(await self.inbox.acknowledge([(a.pair, a.at) for a in acks]))
+            closed: set[Pair] = set(await self.inbox.acknowledge([f.acked for f in frames]))
         except REDIS_FAILURES:
-            self._mark(a for a in acks if a.written)
-            kept = [a._replace(written=False) for a in acks] + self._pending  # the failed batch first, then what came
-            if len(kept) > self.max_pending:                                   # meanwhile, up to the cap
-                self._drop(len(kept) - self.max_pending)
-            self._pending = kept[:self.max_pending]
+            for frame in frames:
+                self._mark(frame.acked, frame.written)
+            later, self._pending, self._count = self._pending, [], 0  # the failed frames first, then those that came
+            self._keep([f._replace(written=frozenset()) for f in frames] + later)  # meanwhile, up to the cap
             raise
         finally:
-            ACKS_PENDING.set(len(self._pending))
-        self._mark(a for a in acks if a.pair in closed)
-        self._mark((a for a in acks if a.written and a.pair not in closed), report=False)
+            ACKS_PENDING.set(self._count)
+        for acked, written in frames:
+            user = acked.user_id
+            self._mark(acked, [m for m in acked.ids if (m, user) in closed])
+            self._mark(acked, [m for m in written if (m, user) not in closed], report=False)
 
     async def run(self) -> None:
         backoff = Backoff()

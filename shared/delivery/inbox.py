@@ -39,7 +39,7 @@ import secrets
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -50,142 +50,142 @@ from shared.infra.slots import all_post_tags, all_user_tags, post_tag, user_tag
 from shared.model.message import Message, Pair, by_post, index_of, lua_fields, message_id, post_fields, post_of, split_users
 from shared.wire.errors import Unavailable
 
-# Chunked HSET/HDEL (Lua's unpack returns a bounded number of values), and the names of message ``i``'s fields.
+# Each post-state script takes, per post, its bucket's expiry index and its hash as keys (one call per hash slot: one
+# on a single Redis, ``Inbox._per_post``), and per post its id then its own arguments. ``chunked``: HSET/HDEL of many
+# values (Lua's unpack returns a bounded number); ``names``: message ``i``'s fields.
 _HELPERS = """
-local function chunked(command, key, values)
-  for c = 1, #values, 2000 do
-    redis.call(command, key, unpack(values, c, math.min(c + 1999, #values)))
+local function chunked(command, key, values, first, last)
+  for c = first, last, 2000 do
+    redis.call(command, key, unpack(values, c, math.min(c + 1999, last)))
   end
 end
 local function names(i) return """ + lua_fields("i", ("n",)) + """ end
 """
 
-# Transition ``open`` (``PostState.open``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV per post:
-# its id, its earliest expiry, a count f and f field/value pairs (``post_fields``), a count m and m (index,
-# recipients) pairs, each index once. A post's first part (no hash yet) writes its counts and ``h`` in one HSET;
-# a later part adds to each count, and to ``h`` for each message not held before (``n`` absent or 0).
+# Transition ``open`` (``PostState.open``). ARGV per post: its id, its earliest expiry, a count f and f field/value
+# pairs (``post_fields``), a count m and m (``n<index>``, recipients) pairs, each index once. A post's first part (no
+# hash yet) writes its counts and ``h`` with its fields; a later part adds to each count, and to ``h`` for each
+# message not held before (``n`` absent or 0).
 OPEN_POSTS = _HELPERS + """
 local a = 1
-for k = 2, #KEYS do
+for k = 1, #KEYS, 2 do
   local post, earliest, f = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local fresh = redis.call('EXISTS', KEYS[k]) == 0
-  a = a + 3
-  for c = a, a + 2 * f - 1, 2000 do
-    redis.call('HSET', KEYS[k], unpack(ARGV, c, math.min(c + 1999, a + 2 * f - 1)))
-  end
-  a = a + 2 * f
-  local m = tonumber(ARGV[a])
-  if fresh then
-    local counts = {'h', m}
-    for j = a + 1, a + 2 * m, 2 do
-      counts[#counts + 1] = 'n' .. ARGV[j]
-      counts[#counts + 1] = ARGV[j + 1]
-    end
-    chunked('HSET', KEYS[k], counts)
+  local m = tonumber(ARGV[a + 3 + 2 * f])
+  local counts = a + 4 + 2 * f
+  if redis.call('EXISTS', KEYS[k + 1]) == 0 then
+    chunked('HSET', KEYS[k + 1], ARGV, a + 3, a + 2 + 2 * f)
+    chunked('HSET', KEYS[k + 1], ARGV, counts, counts + 2 * m - 1)
+    redis.call('HSET', KEYS[k + 1], 'h', m)
   else
+    chunked('HSET', KEYS[k + 1], ARGV, a + 3, a + 2 + 2 * f)
     local held = 0
-    for j = a + 1, a + 2 * m, 2 do
-      if redis.call('HINCRBY', KEYS[k], 'n' .. ARGV[j], ARGV[j + 1]) == tonumber(ARGV[j + 1]) then
+    for j = counts, counts + 2 * m - 1, 2 do
+      if redis.call('HINCRBY', KEYS[k + 1], ARGV[j], ARGV[j + 1]) == tonumber(ARGV[j + 1]) then
         held = held + 1
       end
     end
     if held > 0 then
-      redis.call('HINCRBY', KEYS[k], 'h', held)
+      redis.call('HINCRBY', KEYS[k + 1], 'h', held)
     end
   end
-  a = a + 1 + 2 * m
-  redis.call('ZADD', KEYS[1], 'LT', earliest, post)
+  a = counts + 2 * m
+  redis.call('ZADD', KEYS[k], 'LT', earliest, post)
 end
-return #KEYS - 1
+return #KEYS / 2
 """
 
-# Transition ``close`` (``PostState.close``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV per
-# post: its id, a count m and m (index, deliveries closed) pairs.
+# Transition ``close`` (``PostState.close``). ARGV per post: its id, a count m and m (index, deliveries closed) pairs.
 # One HINCRBY per message. One whose count reaches 0 is no longer held: it leaves ``h``, its fields stay until the
 # post holds nothing (then the whole hash goes, in one DEL) or they expire. A count below 0 (a message not held:
 # forgotten on expiry, or never opened) is dropped at once, so a count never rests below 0.
 CLOSE_POSTS = _HELPERS + """
 local a = 1
-for k = 2, #KEYS do
+for k = 1, #KEYS, 2 do
   local post, dropped, stray = ARGV[a], 0, {}
   for j = a + 2, a + 1 + 2 * tonumber(ARGV[a + 1]), 2 do
     local closed = tonumber(ARGV[j + 1])
-    local left = redis.call('HINCRBY', KEYS[k], 'n' .. ARGV[j], -closed)
+    local left = redis.call('HINCRBY', KEYS[k + 1], 'n' .. ARGV[j], -closed)
     if left + closed > 0 and left <= 0 then dropped = dropped + 1 end
     if left < 0 then stray[#stray + 1] = 'n' .. ARGV[j] end
   end
   a = a + 2 + 2 * tonumber(ARGV[a + 1])
-  if dropped > 0 and redis.call('HINCRBY', KEYS[k], 'h', -dropped) <= 0 then
-    redis.call('DEL', KEYS[k])
-    redis.call('ZREM', KEYS[1], post)
+  if dropped > 0 and redis.call('HINCRBY', KEYS[k + 1], 'h', -dropped) <= 0 then
+    redis.call('DEL', KEYS[k + 1])
+    redis.call('ZREM', KEYS[k], post)
   else
-    chunked('HDEL', KEYS[k], stray)
+    chunked('HDEL', KEYS[k + 1], stray, 1, #stray)
   end
 end
-return #KEYS - 1
+return #KEYS / 2
 """
 
-# Transition ``expire`` (``PostState.expire``). KEYS[1]: a bucket's expiry index, then its posts' hashes; ARGV[1]:
-# now, then per post: its id, a count m and m indexes of expired messages whose deliveries are closed. Their fields
-# go (held or not), ``h`` loses the held ones; the post is scored by the earliest expiry still held, or goes.
+# Transition ``expire`` (``PostState.expire``). ARGV[1]: now, then per post: its id, a count m and m indexes of expired
+# messages whose deliveries are closed. Their fields go (held or not), ``h`` loses the held ones; the post is scored
+# by the earliest expiry still held, or goes.
 EXPIRE_POSTS = _HELPERS + """
 local now = tonumber(ARGV[1])
 local a = 2
-for k = 2, #KEYS do
+for k = 1, #KEYS, 2 do
   local post, dropped, gone = ARGV[a], 0, {}
+  local hash = KEYS[k + 1]
   for j = a + 2, a + 1 + tonumber(ARGV[a + 1]) do
     local i = ARGV[j]
-    local x = redis.call('HGET', KEYS[k], 'x' .. i)
+    local x = redis.call('HGET', hash, 'x' .. i)
     if x and tonumber(x) <= now then
-      if tonumber(redis.call('HGET', KEYS[k], 'n' .. i) or '0') > 0 then dropped = dropped + 1 end
+      if tonumber(redis.call('HGET', hash, 'n' .. i) or '0') > 0 then dropped = dropped + 1 end
       for _, name in ipairs(names(i)) do gone[#gone + 1] = name end
     end
   end
   a = a + 2 + tonumber(ARGV[a + 1])
-  local held = dropped > 0 and redis.call('HINCRBY', KEYS[k], 'h', -dropped) or tonumber(redis.call('HGET', KEYS[k], 'h') or '0')
-  if held <= 0 then
-    redis.call('DEL', KEYS[k])
-    redis.call('ZREM', KEYS[1], post)
-  else
-    chunked('HDEL', KEYS[k], gone)
-    local earliest = false
-    for _, name in ipairs(redis.call('HKEYS', KEYS[k])) do
-      if string.sub(name, 1, 1) == 'x' and tonumber(redis.call('HGET', KEYS[k], 'n' .. string.sub(name, 2)) or '0') > 0 then
-        local x = tonumber(redis.call('HGET', KEYS[k], name))
+  local held = dropped > 0 and redis.call('HINCRBY', hash, 'h', -dropped) or tonumber(redis.call('HGET', hash, 'h') or '0')
+  local earliest = false
+  if held > 0 then
+    chunked('HDEL', hash, gone, 1, #gone)
+    for _, name in ipairs(redis.call('HKEYS', hash)) do
+      if string.sub(name, 1, 1) == 'x' and tonumber(redis.call('HGET', hash, 'n' .. string.sub(name, 2)) or '0') > 0 then
+        local x = tonumber(redis.call('HGET', hash, name))
         if not earliest or x < earliest then earliest = x end
       end
     end
-    if earliest then
-      redis.call('ZADD', KEYS[1], earliest, post)
-    else
-      redis.call('DEL', KEYS[k])
-      redis.call('ZREM', KEYS[1], post)
-    end
+  end
+  if earliest then
+    redis.call('ZADD', KEYS[k], earliest, post)
+  else
+    redis.call('DEL', hash)
+    redis.call('ZREM', KEYS[k], post)
   end
 end
-return #KEYS - 1
+return #KEYS / 2
 """
 
 
-# Acknowledging (transition ``close``'s inbox part, by the acking user). KEYS per delivery: its user's inbox, that
-# bucket's epoch marker and held acks; ARGV[1]: the held acks' lifetime (s), then per delivery: its message id, its
-# ``{message id},{user}`` and the ack's time (ms). Each delivery's three keys answer whether its entry was removed.
-# With the marker missing (the state incomplete) the ack is held as well, found or not, for the rebuild to honour;
-# each marker is looked up once per call (a batch of acks shares a few buckets).
+# Acknowledging (transition ``close``'s inbox part, by the acking users). KEYS per ack frame (``Acked``): its user's
+# inbox, that bucket's epoch marker and held acks; ARGV[1]: the held acks' lifetime (s), then per frame: its user, its
+# time (ms), a count c and c message ids. The inbox key answers, per id, whether its entry was removed (the other two
+# answer 0). With the marker missing (the state incomplete) the ack is held as well (``{message id},{user}``, scored by
+# its time), found or not, for the rebuild to honour; each marker is looked up once per call.
 ACK_INBOXES = """
 local ttl = ARGV[1]
 local answers, complete = {}, {}
+local a = 2
 for k = 1, #KEYS, 3 do
-  local a = 2 + (k - 1) / 3 * 3
-  local removed = redis.call('ZREM', KEYS[k], ARGV[a])
+  local user, at, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   if complete[KEYS[k + 1]] == nil then
     complete[KEYS[k + 1]] = redis.call('EXISTS', KEYS[k + 1])
   end
-  if complete[KEYS[k + 1]] == 0 then
-    redis.call('ZADD', KEYS[k + 2], 'NX', ARGV[a + 2], ARGV[a + 1])
+  local hold = complete[KEYS[k + 1]] == 0
+  local removed = {}
+  for j = a + 3, a + 2 + count do
+    removed[#removed + 1] = redis.call('ZREM', KEYS[k], ARGV[j])
+    if hold then
+      redis.call('ZADD', KEYS[k + 2], 'NX', at, ARGV[j] .. ',' .. user)
+    end
+  end
+  if hold then
     redis.call('EXPIRE', KEYS[k + 2], ttl)
   end
-  answers[k], answers[k + 1], answers[k + 2] = removed, removed, removed
+  answers[k], answers[k + 1], answers[k + 2] = removed, 0, 0
+  a = a + 3 + count
 end
 return answers
 """
@@ -217,6 +217,14 @@ def held_key(tag: str) -> str:
     return f"held:{tag}"
 
 
+class Acked(NamedTuple):
+    """A user's acks taken at one time (one ack frame)."""
+
+    user_id: str
+    at: int  # ms
+    ids: tuple[str, ...]
+
+
 def by_bucket(posts: Iterable[str]) -> dict[str, list[str]]:
     """Posts grouped by their bucket's tag."""
     buckets: defaultdict[str, list[str]] = defaultdict(list)
@@ -235,10 +243,12 @@ class Inbox:
         self._expire = SlotScript(redis, EXPIRE_POSTS)
         self._ack = SlotScript(redis, ACK_INBOXES, once=True)  # a retry would answer 0 for what the first removed
 
-    async def _per_bucket(self, pipe: Pipeline, script: SlotScript, args: Mapping[str, list[Any]], head: list[Any]) -> None:
-        """Queue one call of a post-state script per bucket: its expiry index and posts as keys, each post's arguments."""
-        for tag, posts in by_bucket(args).items():
-            await script.stage(pipe, [expiry_key(tag), *map(post_key, posts)], head=[*head, *chain.from_iterable(args[p] for p in posts)])
+    async def _per_post(self, pipe: Pipeline, script: SlotScript, args: Mapping[str, list[Any]], head: list[Any]) -> None:
+        """Queue a post-state script over these posts (one call per hash slot): per post its bucket's expiry index and
+        its hash as keys, and its arguments."""
+        if args:
+            keys = list(chain.from_iterable((expiry_key(post_tag(p)), post_key(p)) for p in args))
+            await script.stage(pipe, keys, list(chain.from_iterable((a, ()) for a in args.values())), head=head)
 
     async def stage(self, pipe: Pipeline, messages: Iterable[Message], now_ms: int | None = None) -> None:
         """Queue the commands that open ``messages`` for their recipients: transition ``open`` for their posts, then
@@ -254,11 +264,11 @@ class Inbox:
             for m in batch:
                 recipients[m.index] += len(m.users)
             posts[post] = [post, min(m.expires_ms for m in batch), len(fields), *chain.from_iterable(fields.items()),
-                           len(recipients), *chain.from_iterable(recipients.items())]
+                           len(recipients), *chain.from_iterable((f"n{i}", n) for i, n in recipients.items())]
             for m in batch:
                 for user in m.users:
                     inboxes[user][m.id] = m.ts
-        await self._per_bucket(pipe, self._open, posts, [])
+        await self._per_post(pipe, self._open, posts, [])
         if inboxes:
             keys = list(chain.from_iterable((inbox_key(u), trimmed_key(user_tag(u))) for u in inboxes))
             per_key = list(chain.from_iterable(([u, len(entries), *chain.from_iterable((ts, m) for m, ts in entries.items())], [])
@@ -327,19 +337,20 @@ class Inbox:
         await self._settle(removed)
         return removed
 
-    async def acknowledge(self, acks: list[tuple[Pair, int]]) -> list[Pair]:
-        """Close deliveries their users acknowledged (each with its ack's time, ms); return those that were open.
+    async def acknowledge(self, frames: list[Acked]) -> list[Pair]:
+        """Close deliveries their users acknowledged (ack frames, each with its time); return those that were open.
 
         Only an entry in the user's own inbox closes. While the user's bucket has no epoch marker the ack is also held
         for the rebuild (``held_acks``), which closes it once the entry is back and records it ``acked``: the caller
         records only what this returns.
         """
-        if not acks:
+        if not frames:
             return []
-        keys = list(chain.from_iterable((inbox_key(u), epoch_key(user_tag(u)), held_key(user_tag(u))) for (_, u), _ in acks))
-        per_key = list(chain.from_iterable(([m, f"{m},{u}", at], [], []) for (m, u), at in acks))
+        keys = list(chain.from_iterable((inbox_key(f.user_id), epoch_key(tag), held_key(tag))
+                                        for f in frames for tag in [user_tag(f.user_id)]))
+        per_key = list(chain.from_iterable(([f.user_id, f.at, len(f.ids), *f.ids], (), ()) for f in frames))
         flags = await self._ack.each(keys, per_key, head=[HELD_ACK_TTL_SECONDS])
-        removed = [pair for (pair, _), there in zip(acks, flags[::3]) if there]
+        removed = [(m, f.user_id) for f, there in zip(frames, flags[::3]) for m, found in zip(f.ids, there) if found]
         await self._settle(removed)
         return removed
 
@@ -377,7 +388,7 @@ class Inbox:
             per_post[post_of(m)][index_of(m)] += 1
         args = {post: [post, len(counts), *chain.from_iterable(counts.items())] for post, counts in per_post.items()}
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._per_bucket(pipe, self._close, args, [])
+            await self._per_post(pipe, self._close, args, [])
             await pipe.execute()
 
     async def trimmed(self, limit: int) -> list[Pair]:
@@ -410,7 +421,7 @@ class Inbox:
             pairs += [(message_id(post, i), u) for i in expired[post] for u in split_users(fields[b"u%d" % i])]
         open_ = await self._remove(pairs)
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._per_bucket(pipe, self._expire, {p: [p, len(ix), *ix] for p, ix in expired.items()}, [now_ms])
+            await self._per_post(pipe, self._expire, {p: [p, len(ix), *ix] for p, ix in expired.items()}, [now_ms])
             await pipe.execute()
         return open_, more
 

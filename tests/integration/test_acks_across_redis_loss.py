@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection
 
 from services.dispatch.rebuild import close_held_acks
 from shared.cluster.routes import NODES_KEY
-from shared.delivery.inbox import Inbox, held_key
+from shared.delivery.inbox import Acked, Inbox, held_key
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.infra.clients import redis_client
 from shared.infra.clock import now_ms
@@ -200,7 +200,8 @@ async def test_acks_while_the_state_is_incomplete_are_held_and_the_rebuild_close
         await inbox.open(messages[:20])  # the first 20 are open already (live traffic), the rest not yet reopened
         acks = [((m.id, u), now - n) for n, (m, u) in enumerate(zip(messages, users))]
         forged = ((messages[0].id, users[1]), now)  # users[1] acks users[0]'s message
-        assert sorted(await inbox.acknowledge([*acks, forged])) == sorted(pair for pair, _ in acks[:20])
+        frames = [Acked(u, at, (m,)) for (m, u), at in [*acks, forged]]
+        assert sorted(await inbox.acknowledge(frames)) == sorted(pair for pair, _ in acks[:20])
         assert sorted(await inbox.held_acks()) == sorted([*acks, forged])
         await inbox.open(messages)  # the rebuild's first pass reopens all 40
         lifecycle = Written()
@@ -210,7 +211,7 @@ async def test_acks_while_the_state_is_incomplete_are_held_and_the_rebuild_close
         assert not any([await redis.exists(held_key(tag)) for tag in all_user_tags()])
         await inbox.complete()
         await inbox.open(messages[:1])
-        assert await inbox.acknowledge(acks[:1]) == [acks[0][0]]
+        assert await inbox.acknowledge(frames[:1]) == [acks[0][0]]
         assert await inbox.held_acks() == [], "a complete state holds nothing"
     finally:
         await redis.aclose()

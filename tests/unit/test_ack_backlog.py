@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.push.acks import Acks
-from shared.delivery.inbox import Inbox
+from shared.delivery.inbox import Acked, Inbox
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.model.message import Pair
 
@@ -20,7 +20,7 @@ class DownInbox:
 
     calls = 0
 
-    async def acknowledge(self, acks: list[tuple[Pair, int]]) -> list[Pair]:
+    async def acknowledge(self, frames: list[Acked]) -> list[Pair]:
         self.calls += 1
         raise RedisConnectionError("Redis is down")
 
@@ -82,7 +82,7 @@ def test_acks_of_messages_the_node_wrote_are_marked_acked_once_when_redis_refuse
 class ClosedElsewhereInbox:
     """An inbox where another socket's ack (on another node) already closed every delivery: nothing closes here."""
 
-    async def acknowledge(self, acks: list[tuple[Pair, int]]) -> list[Pair]:
+    async def acknowledge(self, frames: list[Acked]) -> list[Pair]:
         return []
 
 
