@@ -63,32 +63,38 @@ local function names(i) return """ + lua_fields("i", ("n",)) + """ end
 """
 
 # Transition ``open`` (``PostState.open``). ARGV per post: its id, its earliest expiry, a count f and f field/value
-# pairs (``post_fields``), a count m and m (``n<index>``, recipients) pairs, each index once. A post's first part (no
-# hash yet) writes its counts and ``h`` with its fields; a later part adds to each count, and to ``h`` for each
-# message not held before (``n`` absent or 0).
+# pairs (``post_fields``). Each ``u<i>`` field (message i's recipients, joined by ``,``) opens message i for that many
+# deliveries: a post's first part (no hash yet) writes the counts and ``h`` in one HSET; a later part adds to each
+# count, and to ``h`` for each message not held before (``n`` absent or 0).
 OPEN_POSTS = _HELPERS + """
 local a = 1
 for k = 1, #KEYS, 2 do
-  local post, earliest, f = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local m = tonumber(ARGV[a + 3 + 2 * f])
-  local counts = a + 4 + 2 * f
-  if redis.call('EXISTS', KEYS[k + 1]) == 0 then
-    chunked('HSET', KEYS[k + 1], ARGV, a + 3, a + 2 + 2 * f)
-    chunked('HSET', KEYS[k + 1], ARGV, counts, counts + 2 * m - 1)
-    redis.call('HSET', KEYS[k + 1], 'h', m)
-  else
-    chunked('HSET', KEYS[k + 1], ARGV, a + 3, a + 2 + 2 * f)
-    local held = 0
-    for j = counts, counts + 2 * m - 1, 2 do
-      if redis.call('HINCRBY', KEYS[k + 1], ARGV[j], ARGV[j + 1]) == tonumber(ARGV[j + 1]) then
+  local post, earliest, first, last = ARGV[a], ARGV[a + 1], a + 3, a + 2 + 2 * tonumber(ARGV[a + 2])
+  local hash = KEYS[k + 1]
+  local fresh = redis.call('EXISTS', hash) == 0
+  chunked('HSET', hash, ARGV, first, last)
+  local counts, held = {}, 0
+  for j = first, last, 2 do
+    if string.byte(ARGV[j]) == 117 then
+      local n = select(2, string.gsub(ARGV[j + 1], ',', ',')) + 1
+      local count = 'n' .. string.sub(ARGV[j], 2)
+      if fresh then
+        counts[#counts + 1] = count
+        counts[#counts + 1] = n
+        held = held + 1
+      elseif redis.call('HINCRBY', hash, count, n) == n then
         held = held + 1
       end
     end
-    if held > 0 then
-      redis.call('HINCRBY', KEYS[k + 1], 'h', held)
-    end
   end
-  a = counts + 2 * m
+  if fresh then
+    counts[#counts + 1] = 'h'
+    counts[#counts + 1] = held
+    chunked('HSET', hash, counts, 1, #counts)
+  elseif held > 0 then
+    redis.call('HINCRBY', hash, 'h', held)
+  end
+  a = last + 1
   redis.call('ZADD', KEYS[k], 'LT', earliest, post)
 end
 return #KEYS / 2
@@ -260,11 +266,7 @@ class Inbox:
         now = clock_ms() if now_ms is None else now_ms
         for post, batch in by_post(m for m in messages if m.topic is None and m.expires_ms > now).items():
             fields = post_fields(batch)
-            recipients = Counter[int]()
-            for m in batch:
-                recipients[m.index] += len(m.users)
-            posts[post] = [post, min(m.expires_ms for m in batch), len(fields), *chain.from_iterable(fields.items()),
-                           len(recipients), *chain.from_iterable((f"n{i}", n) for i, n in recipients.items())]
+            posts[post] = [post, min(m.expires_ms for m in batch), len(fields), *chain.from_iterable(fields.items())]
             for m in batch:
                 for user in m.users:
                     inboxes[user][m.id] = m.ts

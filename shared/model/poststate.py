@@ -63,7 +63,9 @@ class PostState:
     score: int | None = None  # the post's score in the expiry index; None: not in it
 
     def open(self, parts: Iterable[Part]) -> None:
-        parts = list(parts)
+        """A part handed over; a message in it twice (two submissions of one post in one batch) opens once, as its
+        inbox entries are written once."""
+        parts = list({p.index: p for p in parts}.values())
         for p in parts:
             previous = self.held.get(p.index)
             self.held[p.index] = Held(p.recipients, p.expires_ms, (previous.open if previous else 0) + len(p.recipients))
