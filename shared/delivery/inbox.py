@@ -107,18 +107,21 @@ return #KEYS / 2
 CLOSE_POSTS = _HELPERS + """
 local a = 1
 for k = 1, #KEYS, 2 do
-  local post, dropped, stray = ARGV[a], 0, {}
+  local post, dropped, stray = ARGV[a], 0, nil
   for j = a + 2, a + 1 + 2 * tonumber(ARGV[a + 1]), 2 do
     local closed = tonumber(ARGV[j + 1])
     local left = redis.call('HINCRBY', KEYS[k + 1], 'n' .. ARGV[j], -closed)
     if left + closed > 0 and left <= 0 then dropped = dropped + 1 end
-    if left < 0 then stray[#stray + 1] = 'n' .. ARGV[j] end
+    if left < 0 then
+      stray = stray or {}
+      stray[#stray + 1] = 'n' .. ARGV[j]
+    end
   end
   a = a + 2 + 2 * tonumber(ARGV[a + 1])
   if dropped > 0 and redis.call('HINCRBY', KEYS[k + 1], 'h', -dropped) <= 0 then
     redis.call('DEL', KEYS[k + 1])
     redis.call('ZREM', KEYS[k], post)
-  else
+  elseif stray then
     chunked('HDEL', KEYS[k + 1], stray, 1, #stray)
   end
 end
@@ -165,35 +168,37 @@ return #KEYS / 2
 """
 
 
-# Acknowledging (transition ``close``'s inbox part, by the acking users). KEYS per ack frame (``Acked``): its user's
-# inbox, that bucket's epoch marker and held acks; ARGV[1]: the held acks' lifetime (s), then per frame: its user, its
-# time (ms), a count c and c message ids. The inbox key answers, per id, whether its entry was removed (the other two
-# answer 0). With the marker missing (the state incomplete) the ack is held as well (``{message id},{user}``, scored by
-# its time), found or not, for the rebuild to honour; each marker is looked up once per call.
+# Acknowledging (transition ``close``'s inbox part, by the acking users). KEYS per user bucket: its epoch marker and
+# held acks, then the inbox of each ack frame (``Acked``) of a user in that bucket; ARGV[1]: the held acks' lifetime
+# (s), then per key: ``*`` for a bucket's two keys, or a frame's time (ms), a count c and c message ids. The reply says,
+# per id in order, whether its entry was removed: one flat list (a table per frame would cost Redis more than the
+# removals). With the bucket's marker missing (the state incomplete) each ack is held as well (``{message id},{user}``,
+# the user read from the inbox key, scored by the frame's time), found or not, for the rebuild to honour.
 ACK_INBOXES = """
 local ttl = ARGV[1]
-local answers, complete = {}, {}
+local removed, hold, held = {}, false, nil
 local a = 2
-for k = 1, #KEYS, 3 do
-  local user, at, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  if complete[KEYS[k + 1]] == nil then
-    complete[KEYS[k + 1]] = redis.call('EXISTS', KEYS[k + 1])
-  end
-  local hold = complete[KEYS[k + 1]] == 0
-  local removed = {}
-  for j = a + 3, a + 2 + count do
-    removed[#removed + 1] = redis.call('ZREM', KEYS[k], ARGV[j])
-    if hold then
-      redis.call('ZADD', KEYS[k + 2], 'NX', at, ARGV[j] .. ',' .. user)
+local k = 1
+while k <= #KEYS do
+  if ARGV[a] == '*' then
+    hold, held = redis.call('EXISTS', KEYS[k]) == 0, KEYS[k + 1]
+    k, a = k + 2, a + 2
+  else
+    local at, count = ARGV[a], tonumber(ARGV[a + 1])
+    local user = hold and string.match(KEYS[k], '^inbox:{[^}]*}:(.*)$')
+    for j = a + 2, a + 1 + count do
+      removed[#removed + 1] = redis.call('ZREM', KEYS[k], ARGV[j])
+      if hold then
+        redis.call('ZADD', held, 'NX', at, ARGV[j] .. ',' .. user)
+      end
     end
+    if hold then
+      redis.call('EXPIRE', held, ttl)
+    end
+    k, a = k + 1, a + 2 + count
   end
-  if hold then
-    redis.call('EXPIRE', KEYS[k + 2], ttl)
-  end
-  answers[k], answers[k + 1], answers[k + 2] = removed, 0, 0
-  a = a + 3 + count
 end
-return answers
+return removed
 """
 
 HELD_ACK_TTL_SECONDS = 86_400  # a held ack outlives any rebuild; one older is of a state rebuilt since (or given up)
@@ -348,11 +353,26 @@ class Inbox:
         """
         if not frames:
             return []
-        keys = list(chain.from_iterable((inbox_key(f.user_id), epoch_key(tag), held_key(tag))
-                                        for f in frames for tag in [user_tag(f.user_id)]))
-        per_key = list(chain.from_iterable(([f.user_id, f.at, len(f.ids), *f.ids], (), ()) for f in frames))
-        flags = await self._ack.each(keys, per_key, head=[HELD_ACK_TTL_SECONDS])
-        removed = [(m, f.user_id) for f, there in zip(frames, flags[::3]) for m, found in zip(f.ids, there) if found]
+        per_bucket: defaultdict[str, list[Acked]] = defaultdict(list)
+        for f in frames:
+            per_bucket[user_tag(f.user_id)].append(f)
+        keys: list[str] = []
+        per_key: list[list[Any]] = []
+        framed: dict[int, Acked] = {}  # the frame of each inbox key, by its position
+        for tag, bucket in per_bucket.items():
+            keys += [epoch_key(tag), held_key(tag)]
+            per_key += [["*"], ["*"]]
+            for f in bucket:
+                framed[len(keys)] = f
+                keys.append(inbox_key(f.user_id))
+                per_key.append([f.at, len(f.ids), *f.ids])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            groups = await self._ack.stage(pipe, keys, per_key, head=[HELD_ACK_TTL_SECONDS])
+            replies = await pipe.execute()
+        removed: list[Pair] = []
+        for group, flags in zip(groups, replies):  # a call's flags: the ids of its frames, in key order
+            found = iter(flags)
+            removed += [(m, f.user_id) for f in (framed[k] for k in group if k in framed) for m in f.ids if next(found)]
         await self._settle(removed)
         return removed
 
