@@ -216,8 +216,9 @@ def expiry_key(tag: str) -> str:
     return f"expiry:{tag}"
 
 
-def inbox_key(user_id: str) -> str:
-    return f"inbox:{user_tag(user_id)}:{user_id}"
+def inbox_key(user_id: str, tag: str | None = None) -> str:
+    """The user's inbox; ``tag``: the user's bucket's, if the caller has it already."""
+    return f"inbox:{tag or user_tag(user_id)}:{user_id}"
 
 
 def trimmed_key(tag: str) -> str:
@@ -364,7 +365,7 @@ class Inbox:
             per_key += [["*"], ["*"]]
             for f in bucket:
                 framed[len(keys)] = f
-                keys.append(inbox_key(f.user_id))
+                keys.append(inbox_key(f.user_id, tag))
                 per_key.append([f.at, len(f.ids), *f.ids])
         async with self.redis.pipeline(transaction=False) as pipe:
             groups = await self._ack.stage(pipe, keys, per_key, head=[HELD_ACK_TTL_SECONDS])
