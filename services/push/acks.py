@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections import defaultdict
+from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
 from services.push.metrics import ACKS_DROPPED, ACKS_PENDING
@@ -61,7 +62,13 @@ class Acks:
 
     def add(self, user_id: str, message_ids: tuple[str, ...], written: Collection[str] = ()) -> None:
         """Take a client's acks; ``written``: those of the ids this node wrote to the acking socket."""
-        self._keep([AckFrame(Acked(user_id, now_ms(), message_ids), frozenset(written))])
+        frame = AckFrame(Acked(user_id, now_ms(), message_ids), frozenset(written))
+        if self._count + len(message_ids) <= self.max_pending:
+            self._pending.append(frame)
+            self._count += len(message_ids)
+            ACKS_PENDING.set(self._count)
+        else:
+            self._keep([frame])
         self._wake.set()
 
     def _keep(self, frames: list[AckFrame]) -> None:
@@ -84,28 +91,33 @@ class Acks:
     def pending(self) -> int:
         return self._count
 
-    def _mark(self, acked: Acked, ids: Collection[str], report: bool = True) -> None:
-        """Mark these of a frame's acks ``acked`` in the lifecycle, at the frame's time; ``report``: with their webhook
-        facts."""
-        if ids:
-            self.lifecycle.mark("acked", [(m, acked.user_id) for m in ids], acked.at, report)
+    def _mark(self, by_time: Mapping[int, list[Pair]], report: bool = True) -> None:
+        """Mark these acks ``acked`` in the lifecycle, by the time of their frames; ``report``: with their webhook facts."""
+        for at, pairs in by_time.items():
+            self.lifecycle.mark("acked", pairs, at, report)
 
     async def flush(self) -> None:
         frames, self._pending, self._count = self._pending, [], 0
         try:
             closed: set[Pair] = set(await self.inbox.acknowledge([f.acked for f in frames]))
         except REDIS_FAILURES:
-            for frame in frames:
-                self._mark(frame.acked, frame.written)
+            written: defaultdict[int, list[Pair]] = defaultdict(list)
+            for (user, at, _), mine in frames:
+                written[at] += [(m, user) for m in mine]
+            self._mark(written)
             later, self._pending, self._count = self._pending, [], 0  # the failed frames first, then those that came
             self._keep([f._replace(written=frozenset()) for f in frames] + later)  # meanwhile, up to the cap
             raise
         finally:
             ACKS_PENDING.set(self._count)
-        for acked, written in frames:
-            user = acked.user_id
-            self._mark(acked, [m for m in acked.ids if (m, user) in closed])
-            self._mark(acked, [m for m in written if (m, user) not in closed], report=False)
+        acked: defaultdict[int, list[Pair]] = defaultdict(list)
+        elsewhere: defaultdict[int, list[Pair]] = defaultdict(list)  # written here, closed by another socket's ack
+        for (user, at, ids), mine in frames:
+            acked[at] += [(m, user) for m in ids if (m, user) in closed]
+            if mine:
+                elsewhere[at] += [(m, user) for m in mine if (m, user) not in closed]
+        self._mark(acked)
+        self._mark(elsewhere, report=False)
 
     async def run(self) -> None:
         backoff = Backoff()
