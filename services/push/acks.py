@@ -94,7 +94,8 @@ class Acks:
     def _mark(self, by_time: Mapping[int, list[Pair]], report: bool = True) -> None:
         """Mark these acks ``acked`` in the lifecycle, by the time of their frames; ``report``: with their webhook facts."""
         for at, pairs in by_time.items():
-            self.lifecycle.mark("acked", pairs, at, report)
+            if pairs:
+                self.lifecycle.mark("acked", pairs, at, report)
 
     async def flush(self) -> None:
         frames, self._pending, self._count = self._pending, [], 0
