@@ -278,7 +278,7 @@ class Inbox:
                     inboxes[user][m.id] = m.ts
         await self._per_post(pipe, self._open, posts, [])
         if inboxes:
-            keys = list(chain.from_iterable((inbox_key(u), trimmed_key(user_tag(u))) for u in inboxes))
+            keys = list(chain.from_iterable((inbox_key(u, tag), trimmed_key(tag)) for u in inboxes for tag in [user_tag(u)]))
             per_key = list(chain.from_iterable(([u, len(entries), *chain.from_iterable((ts, m) for m, ts in entries.items())], [])
                                                for u, entries in inboxes.items()))
             await self.scripts.open_inboxes.stage(pipe, keys, per_key, head=[self.limit])
