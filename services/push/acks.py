@@ -62,13 +62,7 @@ class Acks:
 
     def add(self, user_id: str, message_ids: tuple[str, ...], written: Collection[str] = ()) -> None:
         """Take a client's acks; ``written``: those of the ids this node wrote to the acking socket."""
-        frame = AckFrame(Acked(user_id, now_ms(), message_ids), frozenset(written))
-        if self._count + len(message_ids) <= self.max_pending:
-            self._pending.append(frame)
-            self._count += len(message_ids)
-            ACKS_PENDING.set(self._count)
-        else:
-            self._keep([frame])
+        self._keep([AckFrame(Acked(user_id, now_ms(), message_ids), frozenset(written))])
         self._wake.set()
 
     def _keep(self, frames: list[AckFrame]) -> None:
