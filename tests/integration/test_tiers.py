@@ -57,7 +57,8 @@ def restart_dispatch(stack: RunningStack, cluster: Cluster) -> None:
 async def test_a_backlog_of_low_does_not_delay_high(start_stack, cluster: Cluster, topology: str) -> None:
     """With dispatch stopped, 1,000 low posts then 5 high ones to one socket: once dispatch is back, the high messages
     arrive in its first batch (per stream shard), ahead of nearly all the low ones, and every low one still arrives."""
-    stack: RunningStack = start_stack(nodes=1, BATCH_SIZE=str(BATCH_SIZE), SHED_LOW_ENTRIES="100000")
+    stack: RunningStack = start_stack(nodes=1, BATCH_SIZE=str(BATCH_SIZE), SHED_LOW_ENTRIES="100000",
+                                      SHED_LOW_AGE_MS="600000")  # posting the backlog may take seconds on a busy machine
     reader = Receiver("mixed", await stack.client.connect("mixed"))
     stack.procs["dispatch"].stop()
     low = await post_many(stack, "mixed", "low", LOW_BACKLOG)
