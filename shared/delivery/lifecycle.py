@@ -7,9 +7,11 @@ records how many of its sockets it was written to (``count``), merged the same w
 ``max_pending`` deliveries the oldest marks are dropped with a warning (they only refine the status
 view: the delivery state itself lives in Redis).
 
-With a ``WebhookFeed``, the stages webhooks report (delivered, acked, expired) are also kept as facts
-and appended to the webhooks stream at the same flush, as one entry (``shared.delivery.webhook_feed``);
-a failed append is kept for the next flush, up to ``max_pending`` facts.
+With a ``WebhookFeed``, the stages webhooks report (delivered, acked, expired) are also kept, as the
+marks' own lists (no work per delivery), and at the same flush those of the stages some endpoint wants
+become facts, appended to the webhooks stream as one entry (``shared.delivery.webhook_feed``): a
+cluster without webhook endpoints pays one SMEMBERS a second. A failed append is kept for the next
+flush, up to ``max_pending`` facts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from shared.delivery.store import MessageStore, NodeCount
 from shared.delivery.webhook_feed import WebhookFeed
@@ -32,6 +35,14 @@ FACT_STAGES = frozenset({"delivered", "acked", "expired"})  # the stages webhook
 FLUSH_SECONDS = 1.0  # marks wait this long at most before their bulk write begins
 
 
+class FactBatch(NamedTuple):
+    """One mark's deliveries at a stage webhooks report, kept as marked until a flush turns the wanted ones into facts."""
+
+    stage: str
+    pairs: list[Pair]
+    at: int
+
+
 class LifecycleWriter:
     def __init__(self, store: MessageStore, interval: float = FLUSH_SECONDS, max_pending: int = 200_000,
                  feed: WebhookFeed | None = None, node: str = "") -> None:
@@ -42,7 +53,7 @@ class LifecycleWriter:
         self.node = node  # named in the delivered facts this writer records
         self._pending: dict[Pair, dict[str, int]] = {}
         self._counts: dict[tuple[str, str], NodeCount] = {}
-        self._facts: list[Fact] = []
+        self._facts: list[FactBatch] = []  # since the last flush, for the webhooks stream
 
     def mark(self, stage: str, pairs: Iterable[Pair], at_ms: int | None = None, report: bool = True) -> None:
         """Record that these deliveries reached ``stage`` at ``at_ms`` (now by default); the first time wins.
@@ -51,7 +62,7 @@ class LifecycleWriter:
         at = at_ms or int(time.time() * 1000)
         if report and self.feed is not None and stage in FACT_STAGES:
             pairs = list(pairs)
-            self._facts += [self._fact(stage, pair, at) for pair in pairs]
+            self._facts.append(FactBatch(stage, pairs, at))
         pending = self._pending
         for pair in pairs:
             stages = pending.get(pair)
@@ -65,16 +76,13 @@ class LifecycleWriter:
                 del pending[pair]
             log.warning("lifecycle backlog full; dropping oldest marks", extra={"count": dropped})
 
-    def _fact(self, stage: str, pair: Pair, at: int) -> Fact:
-        return Fact(stage, pair[0], pair[1], at, self.node if stage == "delivered" else "")
-
     async def write(self, stage: str, marks: Mapping[Pair, int]) -> None:
         """Record that these deliveries reached ``stage``, each at its own time (ms), in MongoDB before returning (for a
         caller that must not go on until they are on record; ``Unavailable`` if they are not); their webhook facts go
         with the next flush."""
         await self.store.record({pair: {stage: at} for pair, at in marks.items()})
         if self.feed is not None and stage in FACT_STAGES:
-            self._facts += [self._fact(stage, pair, at) for pair, at in marks.items()]
+            self._facts += [FactBatch(stage, [pair], at) for pair, at in marks.items()]
 
     def count(self, message_id: str, node: str, sockets: int, stages: dict[str, int]) -> None:
         """Record that a topic message reached ``stages`` on ``node`` and was written to ``sockets`` of its sockets."""
@@ -102,15 +110,29 @@ class LifecycleWriter:
         await self._publish_facts()
 
     async def _publish_facts(self) -> None:
-        """Append the facts marked since the last flush to the webhooks stream; keep them if Redis fails."""
-        facts, self._facts = self._facts, []
-        if self.feed is None or not facts:
+        """Append the wanted facts marked since the last flush to the webhooks stream; keep them if Redis fails."""
+        batches, self._facts = self._facts, []
+        if self.feed is None or not batches:
             return
         try:
-            await self.feed.publish(facts)
+            stages = await self.feed.wanted_stages()
+            await self.feed.append([Fact(b.stage, m, u, b.at, self.node if b.stage == "delivered" else "")
+                                    for b in batches if b.stage in stages for m, u in b.pairs])
         except Exception as exc:  # Redis down: keep them for the next flush, the newest max_pending at most
-            self._facts = (facts + self._facts)[-self.max_pending:]
-            log.warning("webhook facts not appended; kept for the next flush", extra={"count": len(facts), "error": repr(exc)})
+            self._facts = self._newest(batches + self._facts)
+            log.warning("webhook facts not appended; kept for the next flush",
+                        extra={"count": sum(len(b.pairs) for b in batches), "error": repr(exc)})
+
+    def _newest(self, batches: list[FactBatch]) -> list[FactBatch]:
+        """The newest of ``batches`` holding ``max_pending`` facts at most (the oldest batch cut to fit)."""
+        kept: list[FactBatch] = []
+        room = self.max_pending
+        for batch in reversed(batches):
+            if room <= 0:
+                break
+            kept.append(batch if len(batch.pairs) <= room else batch._replace(pairs=batch.pairs[-room:]))
+            room -= len(batch.pairs)
+        return kept[::-1]
 
     async def run(self) -> None:
         backoff = Backoff()

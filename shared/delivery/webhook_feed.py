@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared.infra.clients import text
-from shared.model.webhook_events import Fact, encode_facts
+from shared.model.webhook_events import STAGE_EVENTS, Fact, encode_facts
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,25 @@ class WebhookFeed:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
+    async def wanted_stages(self) -> frozenset[str]:
+        """The fact stages some enabled endpoint wants, asked of Redis now; ``delivered`` too whenever expiries are
+        wanted (an expiry's last state needs the deliveries)."""
+        types = {text(t) for t in await self.redis.smembers(TYPES_KEY)}
+        stages = {stage for stage, event in STAGE_EVENTS.items() if event in types}
+        return frozenset(stages | {"delivered"} if "message.expired" in types else stages)
+
     async def publish(self, facts: list[Fact]) -> int:
         """Append those of ``facts`` some endpoint wants, as one stream entry; returns how many."""
         if not facts:
             return 0
-        wanted = {text(t) for t in await self.redis.smembers(TYPES_KEY)}
-        # an expiry's last state needs the deliveries, so those are appended whenever expiries are wanted
-        chosen = [f for f in facts if f.type in wanted or (f.stage == "delivered" and "message.expired" in wanted)]
-        if chosen:
-            await self.redis.xadd(EVENTS_KEY, {"f": encode_facts(chosen)}, maxlen=EVENTS_MAXLEN, approximate=True)
-        return len(chosen)
+        stages = await self.wanted_stages()
+        return await self.append([f for f in facts if f.stage in stages])
+
+    async def append(self, facts: list[Fact]) -> int:
+        """Append ``facts``, already chosen by ``wanted_stages``, as one stream entry; returns how many."""
+        if facts:
+            await self.redis.xadd(EVENTS_KEY, {"f": encode_facts(facts)}, maxlen=EVENTS_MAXLEN, approximate=True)
+        return len(facts)
 
 
 def stage_presence(pipe: Pipeline, users: list[str]) -> None:

@@ -67,9 +67,10 @@ class StalledFeed:
     def __init__(self) -> None:
         self.stalled = asyncio.Event()
 
-    async def publish(self, facts: list) -> None:
+    async def wanted_stages(self) -> frozenset[str]:
         self.stalled.set()
         await asyncio.Event().wait()
+        return frozenset()
 
 
 async def test_the_marks_reach_mongodb_while_the_webhook_feed_stalls() -> None:
@@ -84,3 +85,39 @@ async def test_the_marks_reach_mongodb_while_the_webhook_feed_stalls() -> None:
     flushing.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await flushing
+
+
+class ListFeed:
+    """Stands in for the webhooks stream: endpoints want ``stages``; the first ``failures`` calls fail like a Redis down."""
+
+    def __init__(self, stages: set[str], failures: int = 0) -> None:
+        self.stages = frozenset(stages)
+        self.failures = failures
+        self.appended: list = []
+
+    async def wanted_stages(self) -> frozenset[str]:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("Redis is down")
+        return self.stages
+
+    async def append(self, facts: list) -> int:
+        self.appended += facts
+        return len(facts)
+
+
+async def test_facts_of_unwanted_stages_are_not_appended_and_a_failed_append_keeps_the_newest() -> None:
+    """Only the stages some endpoint wants become facts; an append Redis refused is retried at the next flush with the
+    newest ``max_pending`` facts, in the order they were marked, a delivery naming the node."""
+    store, feed = GatedStore(), ListFeed({"delivered", "acked"}, failures=1)
+    store.gate.set()
+    writer = LifecycleWriter(store, max_pending=3, feed=feed, node="n1")  # type: ignore[arg-type]
+    writer.mark("delivered", [("m1", "a"), ("m2", "a")], 1)
+    writer.mark("expired", [("m3", "b")], 2)
+    writer.mark("acked", [("m1", "a")], 3)
+    await writer.flush()
+    assert feed.appended == []
+    writer.mark("acked", [("m2", "a")], 4, report=False)
+    await writer.flush()
+    assert [(f.stage, f.message_id, f.user_id, f.at, f.node) for f in feed.appended] == [
+        ("delivered", "m2", "a", 1, "n1"), ("acked", "m1", "a", 3, "")]
