@@ -74,8 +74,8 @@ class Firing:
             return 0, wake_ms, claimed_at
         messages = await self.schedule.load(ids)
         async with self.handover.redis.pipeline(transaction=not is_cluster(self.handover.redis)) as pipe:
-            await self.handover.stage(pipe, messages)
-            await self.schedule.settle(pipe, ids)
+            self.handover.stage(pipe, messages)
+            self.schedule.settle(pipe, ids)
             await pipe.execute()
         elapsed = time.perf_counter() - started
         at = claimed_at + int(elapsed * 1000)  # Redis's clock at the hand-over, near enough

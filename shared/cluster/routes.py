@@ -97,7 +97,7 @@ class RouteWriter:
             for user in gone:
                 pipe.hdel(route_key(user), self.node_id)
             stage_presence(pipe, [*present, *gone])
-            await self.topics.stage(pipe, topics)
+            self.topics.stage(pipe, topics)
             await pipe.execute()
 
     async def heartbeat(self, card: NodeCard) -> bool:
@@ -117,7 +117,7 @@ class RouteWriter:
         async with self.redis.pipeline(transaction=False) as pipe:
             for user in users:
                 pipe.hdel(route_key(user), self.node_id)
-            await self.topics.stage(pipe, dict.fromkeys(topics, 0))
+            self.topics.stage(pipe, dict.fromkeys(topics, 0))
             pipe.delete(node_key(self.node_id))
             pipe.srem(NODES_KEY, self.node_id)
             await pipe.execute()

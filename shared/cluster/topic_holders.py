@@ -57,12 +57,12 @@ class TopicWriter:
         self.ttl = ttl
         self.script = SlotScript(redis, WRITE_COUNTS)
 
-    async def stage(self, pipe: Pipeline, counts: Mapping[str, int]) -> None:
+    def stage(self, pipe: Pipeline, counts: Mapping[str, int]) -> None:
         """Queue one script call writing these topics' local counts (0 removes this node from the topic)."""
         if not counts:
             return
         per_key = [*([topic, count] for topic, count in counts.items()), []]  # the index key last, with no arguments
-        await self.script.stage(pipe, [*map(topic_key, counts), TOPICS_KEY], per_key, head=[self.node_id, self.ttl])
+        self.script.stage(pipe, [*map(topic_key, counts), TOPICS_KEY], per_key, head=[self.node_id, self.ttl])
 
 
 class TopicReader:

@@ -67,7 +67,7 @@ class Handover:
         now = now_ms()
         due = [m for m in messages if m.due_ms <= now]
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.stage(pipe, due)
+            self.stage(pipe, due)
             self.schedule.stage(pipe, (m for m in messages if m.due_ms > now))
             pipe.zrem(HANDOVER_KEY, *by_post(messages))
             waits = self._stage_waits(pipe)
@@ -84,9 +84,9 @@ class Handover:
             pipe.execute_command("WAIT", self.replica_acks, self.ack_ms, **({"target_nodes": node} if node else {}))
         return len(masters)
 
-    async def stage(self, pipe: Pipeline, messages: list[Message]) -> None:
+    def stage(self, pipe: Pipeline, messages: list[Message]) -> None:
         """Queue on ``pipe`` what hands ``messages`` to dispatch now: their inboxes opened, their posts on the stream."""
-        await self.inbox.stage(pipe, messages)
+        self.inbox.stage(pipe, messages)
         self.stream.stage(pipe, messages)
 
     async def finish(self, messages: list[Message]) -> None:

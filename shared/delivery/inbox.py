@@ -255,14 +255,14 @@ class Inbox:
         self._expire = SlotScript(redis, EXPIRE_POSTS)
         self._ack = SlotScript(redis, ACK_INBOXES, once=True)  # a retry would answer 0 for what the first removed
 
-    async def _per_post(self, pipe: Pipeline, script: SlotScript, args: Mapping[str, list[Any]], head: list[Any]) -> None:
+    def _per_post(self, pipe: Pipeline, script: SlotScript, args: Mapping[str, list[Any]], head: list[Any]) -> None:
         """Queue a post-state script over these posts (one call per hash slot): per post its bucket's expiry index and
         its hash as keys, and its arguments."""
         if args:
             keys = list(chain.from_iterable((expiry_key(post_tag(p)), post_key(p)) for p in args))
-            await script.stage(pipe, keys, list(chain.from_iterable((a, ()) for a in args.values())), head=head)
+            script.stage(pipe, keys, list(chain.from_iterable((a, ()) for a in args.values())), head=head)
 
-    async def stage(self, pipe: Pipeline, messages: Iterable[Message], now_ms: int | None = None) -> None:
+    def stage(self, pipe: Pipeline, messages: Iterable[Message], now_ms: int | None = None) -> None:
         """Queue the commands that open ``messages`` for their recipients: transition ``open`` for their posts, then
         their inbox entries (in this order: a count is never behind its entries). Topic messages are skipped (they
         are never replayed), and so are messages expired by ``now_ms`` (default: now): they could not be sent, and
@@ -276,16 +276,16 @@ class Inbox:
             for m in batch:
                 for user in m.users:
                     inboxes[user][m.id] = m.ts
-        await self._per_post(pipe, self._open, posts, [])
+        self._per_post(pipe, self._open, posts, [])
         if inboxes:
             keys = list(chain.from_iterable((inbox_key(u, tag), trimmed_key(tag)) for u in inboxes for tag in [user_tag(u)]))
             per_key = list(chain.from_iterable(([u, len(entries), *chain.from_iterable((ts, m) for m, ts in entries.items())], [])
                                                for u, entries in inboxes.items()))
-            await self.scripts.open_inboxes.stage(pipe, keys, per_key, head=[self.limit])
+            self.scripts.open_inboxes.stage(pipe, keys, per_key, head=[self.limit])
 
     async def open(self, messages: list[Message], now_ms: int | None = None) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.stage(pipe, messages, now_ms)
+            self.stage(pipe, messages, now_ms)
             await pipe.execute()
 
     async def pending(self, users: list[str], limit: int) -> list[list[str]]:
@@ -368,7 +368,7 @@ class Inbox:
                 keys.append(inbox_key(f.user_id, tag))
                 per_key.append([f.at, len(f.ids), *f.ids])
         async with self.redis.pipeline(transaction=False) as pipe:
-            groups = await self._ack.stage(pipe, keys, per_key, head=[HELD_ACK_TTL_SECONDS])
+            groups = self._ack.stage(pipe, keys, per_key, head=[HELD_ACK_TTL_SECONDS])
             replies = await pipe.execute()
         removed: list[Pair] = []
         for group, flags in zip(groups, replies):  # a call's flags: the ids of its frames, in key order
@@ -411,7 +411,7 @@ class Inbox:
             per_post[post_of(m)][index_of(m)] += 1
         args = {post: [post, len(counts), *chain.from_iterable(counts.items())] for post, counts in per_post.items()}
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._per_post(pipe, self._close, args, [])
+            self._per_post(pipe, self._close, args, [])
             await pipe.execute()
 
     async def trimmed(self, limit: int) -> list[Pair]:
@@ -444,7 +444,7 @@ class Inbox:
             pairs += [(message_id(post, i), u) for i in expired[post] for u in split_users(fields[b"u%d" % i])]
         open_ = await self._remove(pairs)
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._per_post(pipe, self._expire, {p: [p, len(ix), *ix] for p, ix in expired.items()}, [now_ms])
+            self._per_post(pipe, self._expire, {p: [p, len(ix), *ix] for p, ix in expired.items()}, [now_ms])
             await pipe.execute()
         return open_, more
 

@@ -253,20 +253,20 @@ class Schedule:
         """Put ``messages`` (back) in the schedule, all but those recorded as cancelled, in one script call (idempotent):
         for messages read back from MongoDB, which a cancel may have taken out since."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.stage_hold(pipe, messages)
+            self.stage_hold(pipe, messages)
             await pipe.execute()
 
-    async def stage_hold(self, pipe: Pipeline, messages: list[Message]) -> None:
+    def stage_hold(self, pipe: Pipeline, messages: list[Message]) -> None:
         posts = by_post(messages)
         if posts:
-            await self._hold.stage(pipe, [SCHEDULE_KEY, CANCELLED_KEY, *(sched_key(p) for p in posts)],
+            self._hold.stage(pipe, [SCHEDULE_KEY, CANCELLED_KEY, *(sched_key(p) for p in posts)],
                                    [[], [], *(held_fields(batch) for batch in posts.values())])
 
     async def restore(self, message: Message) -> None:
         """Undo a cancel whose record failed: the message is no longer recorded as cancelled and waits as it did."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(CANCELLED_KEY, message.id)
-            await self.stage_hold(pipe, [message])
+            self.stage_hold(pipe, [message])
             await pipe.execute()
 
     async def claim(self, limit: int, grace_ms: int) -> tuple[list[str], int | None, int]:
@@ -305,12 +305,12 @@ class Schedule:
                 messages += [m for m in messages_of(post, int(fields[b"t"]), fields) if m.index in indexes]
         return messages
 
-    async def settle(self, pipe: Pipeline, ids: list[str]) -> None:
+    def settle(self, pipe: Pipeline, ids: list[str]) -> None:
         """Queue on ``pipe``: the claimed ``ids`` leave ``schedule:firing`` and their fields their posts' hashes."""
         if not ids:
             return
         claimed = by_post_id(ids)
-        await self._settle.stage(pipe, [FIRING_KEY, *(sched_key(p) for p in claimed)],
+        self._settle.stage(pipe, [FIRING_KEY, *(sched_key(p) for p in claimed)],
                                  [[], *([len(wanted), *wanted] for wanted in claimed.values())])
 
     async def cancel(self, message_id: str, sender: str, token: str | None = None) -> Message | None:
@@ -330,5 +330,5 @@ class Schedule:
         if message_ids:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(SCHEDULE_KEY, *message_ids)
-                await self.settle(pipe, message_ids)
+                self.settle(pipe, message_ids)
                 await pipe.execute()

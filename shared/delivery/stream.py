@@ -217,7 +217,7 @@ class DeliveryStream:
         """Each tier's backlog, in one round trip (a script per stream: each touches one key)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for tier in TIERS:
-                await self._backlog.stage(pipe, [self.keys[tier]], head=[GROUP])
+                self._backlog.stage(pipe, [self.keys[tier]], head=[GROUP])
             replies = await pipe.execute()
         return {tier: Backlog(int(entries), int(first.split(b"-")[0]) if first else None)
                 for tier, (entries, first) in zip(TIERS, replies)}

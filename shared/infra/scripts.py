@@ -106,17 +106,18 @@ class SlotScript:
         """A call's keys, with its guard key last (named by ``token``, default a new one) when the script is applied once."""
         return [*keys, guard_key(keys[0], token or secrets.token_hex(8))] if self.once else keys
 
-    async def stage(self, pipe: Pipeline, keys: Sequence[str], per_key: Sequence[Sequence[Any]] | None = None,
+    def stage(self, pipe: Pipeline, keys: Sequence[str], per_key: Sequence[Sequence[Any]] | None = None,
                     head: Sequence[Any] = ()) -> list[list[int]]:
-        """Queue the calls on ``pipe``, one per group of key positions; return the groups (their replies come in order)."""
+        """Queue the calls on ``pipe``, one per group of key positions; return the groups (their replies come in order).
+
+        Queued as EVAL with the script's text: Redis finds it compiled by its digest, and the pipeline needs no SCRIPT
+        EXISTS round trip before it runs (redis-py's way for a script queued by digest), nor a NOSCRIPT recovery
+        (none exists for a cluster pipeline)."""
         groups = slot_groups(self.redis, keys)
         for group in groups:
             group_keys = self._keys([keys[i] for i in group])
             args = [*head, *chain.from_iterable(per_key[i] for i in group)] if per_key is not None else list(head)
-            if self.cluster:
-                pipe.eval(self.body, len(group_keys), *group_keys, *args)
-            else:
-                await self.script(keys=group_keys, args=args, client=pipe)
+            pipe.eval(self.body, len(group_keys), *group_keys, *args)
         return groups
 
     async def run(self, keys: Sequence[str], args: Sequence[Any], token: str | None = None) -> Any:
@@ -136,7 +137,7 @@ class SlotScript:
             args = [*head, *chain.from_iterable(per_key)] if per_key is not None else list(head)
             return list(await self.script(keys=self._keys(list(keys)), args=args))
         async with self.redis.pipeline(transaction=False) as pipe:
-            groups = await self.stage(pipe, keys, per_key, head)
+            groups = self.stage(pipe, keys, per_key, head)
             replies = await pipe.execute()
         out: list[Any] = [None] * len(keys)
         for group, reply in zip(groups, replies):
