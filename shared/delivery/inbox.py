@@ -267,7 +267,7 @@ class Inbox:
         their inbox entries (in this order: a count is never behind its entries). Topic messages are skipped (they
         are never replayed), and so are messages expired by ``now_ms`` (default: now): they could not be sent, and
         one forgotten on expiry and held again would be behind a trim counted after (``shared.model.poststate``)."""
-        inboxes: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        inboxes: defaultdict[str, dict[str, int]] = defaultdict(dict)  # user -> message id -> score
         posts: dict[str, list[Any]] = {}
         now = clock_ms() if now_ms is None else now_ms
         for post, batch in by_post(m for m in messages if m.topic is None and m.expires_ms > now).items():
@@ -278,9 +278,14 @@ class Inbox:
                     inboxes[user][m.id] = m.ts
         self._per_post(pipe, self._open, posts, [])
         if inboxes:
-            keys = list(chain.from_iterable((inbox_key(u, tag), trimmed_key(tag)) for u in inboxes for tag in [user_tag(u)]))
-            per_key = list(chain.from_iterable(([u, len(entries), *chain.from_iterable((ts, m) for m, ts in entries.items())], [])
-                                               for u, entries in inboxes.items()))
+            per_bucket: defaultdict[str, list[str]] = defaultdict(list)
+            for user in inboxes:
+                per_bucket[user_tag(user)].append(user)
+            keys: list[str] = []
+            per_key: list[list[Any]] = []
+            for tag, users in per_bucket.items():
+                keys += [trimmed_key(tag), *(inbox_key(u, tag) for u in users)]
+                per_key += [["*"], *([len(e), *chain.from_iterable((ts, m) for m, ts in e.items())] for e in (inboxes[u] for u in users))]
             self.scripts.open_inboxes.stage(pipe, keys, per_key, head=[self.limit])
 
     async def open(self, messages: list[Message], now_ms: int | None = None) -> None:

@@ -20,29 +20,31 @@ from redis.asyncio.client import Pipeline
 from shared.infra.clients import is_cluster
 from shared.infra.slots import slot_groups
 
-# Opening inboxes (transition ``open``, ``shared.model.poststate``: run after the posts' part). KEYS: pairs of an
-# inbox and its bucket's trimmed queue; ARGV[1]: the limit, then per inbox: its user, a count n and n (score, member)
-# pairs. An inbox past the limit loses its oldest entries to the trimmed queue (``{message id},{user}``), which the
-# reconciler closes.
+# Opening inboxes (transition ``open``, ``shared.model.poststate``: run after the posts' part). KEYS per user bucket:
+# its trimmed queue, then the inboxes of its users; ARGV[1]: the limit, then per key: ``*`` for a trimmed queue, or a
+# count n and n (score, member) pairs for an inbox (one ZADD each). An inbox past the limit loses its oldest entries
+# to the trimmed queue (``{message id},{user}``, the user read from the inbox key), which the reconciler closes.
 OPEN_INBOXES = """
 local limit = tonumber(ARGV[1])
-local a = 2
-for k = 1, #KEYS, 2 do
-  local key, user, n = KEYS[k], ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
-  for _ = 1, n do
-    redis.call('ZADD', key, ARGV[a], ARGV[a + 1])
-    a = a + 2
-  end
-  local over = redis.call('ZRANGE', key, 0, -limit - 1)
-  if #over > 0 then
-    redis.call('ZREMRANGEBYRANK', key, 0, #over - 1)
-    for _, m in ipairs(over) do
-      redis.call('RPUSH', KEYS[k + 1], m .. ',' .. user)
+local a, trimmed = 2, nil
+for k = 1, #KEYS do
+  if ARGV[a] == '*' then
+    trimmed, a = KEYS[k], a + 1
+  else
+    local key, n = KEYS[k], tonumber(ARGV[a])
+    redis.call('ZADD', key, unpack(ARGV, a + 1, a + 2 * n))
+    a = a + 1 + 2 * n
+    local over = redis.call('ZRANGE', key, 0, -limit - 1)
+    if #over > 0 then
+      local user = string.match(key, '^inbox:{[^}]*}:(.*)$')
+      redis.call('ZREMRANGEBYRANK', key, 0, #over - 1)
+      for _, m in ipairs(over) do
+        redis.call('RPUSH', trimmed, m .. ',' .. user)
+      end
     end
   end
 end
-return #KEYS / 2
+return #KEYS
 """
 
 # KEYS[i] loses member ARGV[i]; the reply says, per pair, whether it was there.
