@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio.connection import Connection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.infra.clients import GuardedConnection, redis_client
+from shared.infra.clients import ServiceConnection, redis_client
 from tests.conftest import Servers
 from tools.cluster import Cluster, free_port
 
@@ -30,7 +30,7 @@ async def test_a_pooled_connection_that_died_with_a_redis_restart_is_replaced_on
         await client.aclose()
 
 
-@pytest.mark.parametrize("connection_class", [GuardedConnection, Connection], ids=["guarded", "redis-py"])
+@pytest.mark.parametrize("connection_class", [ServiceConnection, Connection], ids=["guarded", "redis-py"])
 async def test_a_command_on_a_connection_closed_while_it_is_written_fails_as_a_connection_error(
         servers: Servers, connection_class: type[Connection]) -> None:
     """A command whose connection another task closes before its bytes are written (a cluster client refreshing its
@@ -42,7 +42,7 @@ async def test_a_command_on_a_connection_closed_while_it_is_written_fails_as_a_c
         writing = asyncio.create_task(connection.send_packed_command(connection.pack_command("PING")))
         await asyncio.sleep(0)  # the write now waits in its own task (redis-py's socket timeout)
         await connection.disconnect(nowait=True)
-        expected = RedisConnectionError if connection_class is GuardedConnection else AttributeError
+        expected = RedisConnectionError if connection_class is ServiceConnection else AttributeError
         with pytest.raises(expected):
             await writing
     finally:

@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection
 
 from shared.delivery.inbox import inbox_key
 from shared.delivery.stream import tier_keys
-from shared.infra.clients import ClusterAddress, GuardedConnection, redis_client
+from shared.infra.clients import ClusterAddress, ServiceConnection, redis_client
 from shared.infra.scripts import Scripts
 from shared.infra.slots import slot_groups
 from shared.model.priority import Priority
@@ -45,7 +45,7 @@ async def test_a_batch_script_over_keys_of_every_master_answers_in_key_order(ser
         flags = await Scripts(client).zrem_each.each(keys, [["m"]] * len(keys))
         assert flags == [1, 0] * 150
         assert await Scripts(client).zrem_each.each(keys, [["m"]] * len(keys)) == [0] * 300
-        assert {node.connection_class for node in client.get_nodes()} == {GuardedConnection}, "every node's connections are guarded"
+        assert {node.connection_class for node in client.get_nodes()} == {ServiceConnection}, "every node's connections are guarded"
     finally:
         await client.aclose()
         for proc in procs:
