@@ -76,7 +76,7 @@ for k = 1, #KEYS, 2 do
   local counts, held = {}, 0
   for j = first, last, 2 do
     if string.byte(ARGV[j]) == 117 then
-      local n = select(2, string.gsub(ARGV[j + 1], ',', ',')) + 1
+      local n = string.find(ARGV[j + 1], ',', 1, true) and select(2, string.gsub(ARGV[j + 1], ',', ',')) + 1 or 1
       local count = 'n' .. string.sub(ARGV[j], 2)
       if fresh then
         counts[#counts + 1] = count

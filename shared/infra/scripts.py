@@ -22,8 +22,8 @@ from shared.infra.slots import slot_groups
 
 # Opening inboxes (transition ``open``, ``shared.model.poststate``: run after the posts' part). KEYS per user bucket:
 # its trimmed queue, then the inboxes of its users; ARGV[1]: the limit, then per key: ``*`` for a trimmed queue, or a
-# count n and n (score, member) pairs for an inbox (one ZADD each). An inbox past the limit loses its oldest entries
-# to the trimmed queue (``{message id},{user}``, the user read from the inbox key), which the reconciler closes.
+# count n and n (score, member) pairs for an inbox (one ZADD each, then a ZCARD). An inbox past the limit loses its
+# oldest entries to the trimmed queue (``{message id},{user}``, the user read from the inbox key), which the reconciler closes.
 OPEN_INBOXES = """
 local limit = tonumber(ARGV[1])
 local a, trimmed = 2, nil
@@ -34,8 +34,8 @@ for k = 1, #KEYS do
     local key, n = KEYS[k], tonumber(ARGV[a])
     redis.call('ZADD', key, unpack(ARGV, a + 1, a + 2 * n))
     a = a + 1 + 2 * n
-    local over = redis.call('ZRANGE', key, 0, -limit - 1)
-    if #over > 0 then
+    if redis.call('ZCARD', key) > limit then
+      local over = redis.call('ZRANGE', key, 0, -limit - 1)
       local user = string.match(key, '^inbox:{[^}]*}:(.*)$')
       redis.call('ZREMRANGEBYRANK', key, 0, #over - 1)
       for _, m in ipairs(over) do

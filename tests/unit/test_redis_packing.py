@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from bson.int64 import Int64
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
@@ -15,12 +16,13 @@ COMMANDS = [
     ("CONFIG GET", "maxmemory"),
     ("SET", "k", memoryview(b"view")),
     ("SET", "big", b"x" * 100_000),
+    ("ZADD", "expiry:{p1}", Int64(1765000000000), "post"),  # a number read back from MongoDB
 ]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c[0] for c in COMMANDS])
 def test_commands_are_packed_into_the_bytes_redis_py_writes(command: tuple) -> None:
-    """Scripts with thousands of mixed arguments, scores, UTF-8 text, multi-word names and large values alike."""
+    """Scripts with thousands of mixed arguments, scores, UTF-8 text, multi-word names, large values and int subclasses."""
     assert b"".join(ServiceConnection().pack_command(*command)) == b"".join(Connection().pack_command(*command))
 
 
