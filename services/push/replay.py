@@ -83,16 +83,19 @@ class Replayer:
         return len(written)
 
     async def watch_epoch(self, interval: float) -> None:
-        """When the state's epoch changes (dispatch rebuilt it), send every open session what came back."""
+        """When the state's epoch changes (dispatch rebuilt it), send every open session what came back. An incomplete
+        state (no epoch: Redis came back empty and the rebuild runs) counts as a change too, so a rebuild is seen even by a
+        node that never read the epoch before it (one started just before Redis was lost)."""
         last: str | None = None
+        first = True
         while True:
             try:
                 epoch = await self.inbox.epoch()
             except REDIS_FAILURES:
-                epoch = last
-            if epoch is not None and last is not None and epoch != last:
+                epoch = last  # unknown: nothing changed as far as this node can tell
+            if epoch is not None and epoch != last and not first:
                 await self.replay_open_sessions("delivery state was rebuilt")
-            last = epoch if epoch is not None else last
+            last, first = epoch, False
             await asyncio.sleep(interval)
 
     def catch_up(self, why: str) -> None:
@@ -102,7 +105,21 @@ class Replayer:
         task.add_done_callback(self._catch_ups.discard)
 
     async def replay_open_sessions(self, why: str) -> None:
-        """Send every open session what waits in its inbox (sockets skip what they were already sent)."""
+        """Send every open session what waits in its inbox (sockets skip what they were already sent), each retrying
+        with backoff while Redis fails or the state is being rebuilt, for as long as its socket stays open."""
         sessions = [s for s in self.hub.sessions() if s.open and not s.replaying]
         log.warning(f"{why}; replaying to open sessions", extra={"count": len(sessions)})
-        await asyncio.gather(*(self.send_pending(s) for s in sessions), return_exceptions=True)
+        for outcome in await asyncio.gather(*(self._catch_up(s) for s in sessions), return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("replay to an open session failed", extra={"error": repr(outcome)})
+
+    async def _catch_up(self, session: Session) -> None:
+        backoff = Backoff()
+        while session.open:
+            try:
+                await self.send_pending(session)
+                return
+            except NOT_YET as exc:
+                await backoff.failed(log, "replay to an open session", exc)
+            except ConnectionClosed:
+                return
