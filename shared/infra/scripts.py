@@ -22,8 +22,9 @@ from shared.infra.slots import slot_groups
 
 # Opening inboxes (transition ``open``, ``shared.model.poststate``: run after the posts' part). KEYS per user bucket:
 # its trimmed queue, then the inboxes of its users; ARGV[1]: the limit, then per key: ``*`` for a trimmed queue, or a
-# count n and n (score, member) pairs for an inbox (one ZADD each, then a ZCARD). An inbox past the limit loses its
-# oldest entries to the trimmed queue (``{message id},{user}``, the user read from the inbox key), which the reconciler closes.
+# count n and n (score, member) pairs for an inbox (ZADDs of up to 1,000 pairs, within Lua's unpack limit, then a
+# ZCARD). An inbox past the limit loses its oldest entries to the trimmed queue (``{message id},{user}``, the user
+# read from the inbox key), which the reconciler closes.
 OPEN_INBOXES = """
 local limit = tonumber(ARGV[1])
 local a, trimmed = 2, nil
@@ -31,9 +32,11 @@ for k = 1, #KEYS do
   if ARGV[a] == '*' then
     trimmed, a = KEYS[k], a + 1
   else
-    local key, n = KEYS[k], tonumber(ARGV[a])
-    redis.call('ZADD', key, unpack(ARGV, a + 1, a + 2 * n))
-    a = a + 1 + 2 * n
+    local key, last = KEYS[k], a + 2 * tonumber(ARGV[a])
+    for c = a + 1, last, 2000 do
+      redis.call('ZADD', key, unpack(ARGV, c, math.min(c + 1999, last)))
+    end
+    a = last + 1
     if redis.call('ZCARD', key) > limit then
       local over = redis.call('ZRANGE', key, 0, -limit - 1)
       local user = string.match(key, '^inbox:{[^}]*}:(.*)$')

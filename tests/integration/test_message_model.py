@@ -149,3 +149,19 @@ async def test_a_close_sent_twice_by_the_clients_retry_counts_once(servers: Serv
     finally:
         await redis.flushdb()
         await redis.aclose()
+
+
+async def test_one_user_given_more_entries_than_lua_unpacks_at_once_gets_them_all_trimmed_to_the_limit(servers: Servers) -> None:
+    """A hand-over of 6,000 messages to one user (12,000 arguments for one inbox, past Lua's unpack limit) opens every
+    one, then trims the inbox to its limit, the oldest 1,000 queued as trimmed."""
+    redis_url, _ = servers.fresh_database()
+    redis = Redis.from_url(redis_url)
+    inbox = Inbox(redis, limit=5_000)
+    messages = catalogue(6, 1_000, now_ms(), [("ann",)] * 6_000, [60_000] * 6_000)
+    try:
+        await inbox.open(messages)
+        assert await redis.zrange(inbox_key("ann"), 0, -1) == [m.id.encode() for m in messages[1_000:]]
+        assert len(await inbox.trimmed(10_000)) == 1_000
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
