@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 
 import aiohttp
@@ -150,7 +151,8 @@ async def test_collect_answers_503_while_mongodb_is_down_and_recovers(start_stac
         "MongoDB is unavailable (circuit open); nothing was stored"}, answers
     logged = [json.loads(line) for line in stack.procs["collect"].log_path.read_text().splitlines() if line.startswith("{")]
     refusals = [line for line in logged if line["event"] == "request refused" and line.get("status") == 503]
-    assert any("Error" in (line.get("detail") or "") for line in refusals), refusals[-3:]
+    # the driver's own exception, "Type: text" (AutoReconnect, ServerSelectionTimeoutError, ... as the outage met it)
+    assert any(re.match(r"\w+: .", line.get("detail") or "") for line in refusals), refusals[-3:]
     mongo = cluster.start_ferretdb(mongo_port)
     after = await c.post_until_accepted({"user_id": "pia", "payload": "after"})
     received = await receive_ids(ws, 2)
