@@ -60,7 +60,9 @@ async def test_unacked_messages_are_redelivered_on_reconnect_but_acked_ones_are_
     c = stack.client
     ws = await c.connect("mia")
     ids = [(await c.post({"user_id": "mia", "payload": n}))[1]["id"] for n in range(4)]
-    assert await receive_ids(ws, 4) == ids
+    got = await receive_ids(ws, 4)
+    # with STREAM_SHARDS above 1 (the cluster's 3) posts on different shards may overtake each other live (README)
+    assert got == ids if topology == "single" else sorted(got) == sorted(ids), got
     await ws.send(orjson.dumps({"type": "ack", "ids": ids[:2]}).decode())
     await wait_for_state(stack, ids[1], "acked")
     await ws.close()
