@@ -1,14 +1,16 @@
-"""A headless Chromium (Debian's, never a downloaded one) driven by Playwright, and pages that fail on script errors."""
+"""A headless Chromium (Debian's, never a downloaded one) driven by Playwright, pages that fail on script errors, and the
+demo page driven through its form."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Locator, Page, async_playwright, expect
 
 from tests.conftest import OUTPUT
 from tests.waits import scaled
@@ -70,3 +72,39 @@ async def screenshot(page: Page, name: str) -> Path:
     path = OUTPUT / name
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+class Demo:
+    """The demo page, driven the way a person would: through its form fields and buttons."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.messages = page.locator("#messages li[data-id]")
+
+    async def connect(self, user_id: str) -> str:
+        """Connect as ``user_id``; returns the id of the node the page says it is on."""
+        await self.page.fill("#user", user_id)
+        await self.page.click("#connect")
+        await expect(self.page.locator("#status")).to_have_text("connected")
+        return await self.page.locator("#node-id").inner_text()
+
+    async def subscribe(self, topic: str) -> None:
+        """Subscribe through the topic field (before connecting or while connected); connected, wait until granted."""
+        connected = await self.page.locator("#status").inner_text() == "connected"
+        await self.page.fill("#topic", topic)
+        await self.page.click("#subscribe")
+        await expect(self.chip(topic)).to_have_text("subscribed" if connected else "on connect")
+
+    def chip(self, topic: str) -> Locator:
+        return self.page.locator(f'#topics li[data-topic="{topic}"] .pill')
+
+    async def send(self, to: str, text: str, kind: str = "user") -> None:
+        await self.page.select_option("#kind", kind)
+        if kind != "broadcast":
+            await self.page.fill("#to", to)
+        await self.page.fill("#text", text)
+        await self.page.click("#send")
+        await expect(self.page.locator("#sent")).to_have_text(re.compile("^Accepted as "))
+
+    async def shown_ids(self) -> list[str]:
+        return [await m.get_attribute("data-id") or "" for m in await self.messages.all()]

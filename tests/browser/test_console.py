@@ -5,50 +5,14 @@ from __future__ import annotations
 
 import re
 
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import expect
 
-from tests.browser.conftest import Pages, screenshot
+from tests.browser.conftest import Demo, Pages, screenshot
 from tests.client import API_KEY
 from tests.conftest import RunningStack
 from tests.webhook_receiver import Receiver
 
 LATENCY = re.compile(r"^\d+(\.\d)? (ms|s)$")
-
-
-class Demo:
-    """The demo page, driven the way a person would: through its form fields and buttons."""
-
-    def __init__(self, page: Page) -> None:
-        self.page = page
-        self.messages = page.locator("#messages li[data-id]")
-
-    async def connect(self, user_id: str) -> str:
-        """Connect as ``user_id``; returns the id of the node the page says it is on."""
-        await self.page.fill("#user", user_id)
-        await self.page.click("#connect")
-        await expect(self.page.locator("#status")).to_have_text("connected")
-        return await self.page.locator("#node-id").inner_text()
-
-    async def subscribe(self, topic: str) -> None:
-        """Subscribe through the topic field (before connecting or while connected); connected, wait until granted."""
-        connected = await self.page.locator("#status").inner_text() == "connected"
-        await self.page.fill("#topic", topic)
-        await self.page.click("#subscribe")
-        await expect(self.chip(topic)).to_have_text("subscribed" if connected else "on connect")
-
-    def chip(self, topic: str) -> Locator:
-        return self.page.locator(f'#topics li[data-topic="{topic}"] .pill')
-
-    async def send(self, to: str, text: str, kind: str = "user") -> None:
-        await self.page.select_option("#kind", kind)
-        if kind != "broadcast":
-            await self.page.fill("#to", to)
-        await self.page.fill("#text", text)
-        await self.page.click("#send")
-        await expect(self.page.locator("#sent")).to_have_text(re.compile("^Accepted as "))
-
-    async def shown_ids(self) -> list[str]:
-        return [await m.get_attribute("data-id") or "" for m in await self.messages.all()]
 
 
 def node_index(stack: RunningStack, node_id: str) -> int:

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, it, mock } from "node:test";
 
-import { CLOSE, PushClient, RecentIds, backoffDelay, chooseNode } from "../../services/collect/static/pushclient.js";
+import { CLOSE, PushClient, RecentIds, backoffDelay, chooseNode, tokenExpiry } from "../../services/collect/static/pushclient.js";
 
 describe("backoffDelay", () => {
   it("doubles its range per attempt up to the cap", () => {
@@ -69,6 +69,19 @@ describe("RecentIds", () => {
     assert.equal(recent.ids.size, 3);
     assert.equal(recent.seen("m4"), true);
     assert.equal(recent.seen("m1"), false);
+  });
+});
+
+/** A JWT-shaped token whose payload says it expires at `exp` (seconds). */
+const jwt = (exp, sub = "alice") => ["e30", Buffer.from(JSON.stringify({ sub, exp })).toString("base64url"), "sig"].join(".");
+
+describe("tokenExpiry", () => {
+  it("reads a JWT's exp, in ms", () => {
+    assert.equal(tokenExpiry(jwt(1_800_000_000, "ünï")), 1_800_000_000_000);
+  });
+
+  it("is null for a token it cannot read", () => {
+    for (const token of ["opaque", "a.b.c", jwt("soon"), `e30.${Buffer.from("{}").toString("base64url")}.sig`]) assert.equal(tokenExpiry(token), null, token);
   });
 });
 
@@ -155,7 +168,7 @@ describe("PushClient", () => {
     ws.frame({ type: "message", id: "m1", payload: "hi", ts: clock - 5 });
     await settle();
     assert.deepEqual(events.filter(([t]) => t === "message").map(([, d]) => [d.id, d.latencyMs]), [["m1", 5]]);
-    assert.deepEqual(ws.sent, [{ type: "ack", ids: ["m1", "m1"] }]);
+    assert.deepEqual(ws.sent.filter((f) => f.type === "ack"), [{ type: "ack", ids: ["m1", "m1"] }]);
     assert.equal(client.duplicates, 1);
   });
 
@@ -326,7 +339,9 @@ describe("PushClient topics", () => {
       random: () => 0,
       now: () => 1_000_000,
     });
-    for (const type of ["message", "subscribed", "forbidden"]) client.addEventListener(type, (e) => events.push([type, e.detail]));
+    for (const type of ["message", "subscribed", "forbidden", "unsubscribed", "recovered", "gap", "join", "leave"]) {
+      client.addEventListener(type, (e) => events.push([type, e.detail]));
+    }
   });
 
   afterEach(() => {
@@ -342,17 +357,43 @@ describe("PushClient topics", () => {
     return ws;
   };
 
+  /** Drop the link and return the next one, welcomed. */
+  const reconnect = async (ws) => {
+    ws.drop(1006);
+    mock.timers.tick(60_000);
+    await settle();
+    const next = FakeSocket.all.at(-1);
+    next.accept("a");
+    return next;
+  };
+
+  const topicMessage = (id, topic, offset, epoch = "e1") => ({ type: "message", id, topic, payload: id, ts: 1_000_000, offset, epoch });
+  const broadcast = (id, offset, epoch = "e1") => ({ type: "message", id, broadcast: true, payload: id, ts: 1_000_000, offset, epoch });
+  const delivered = () => events.filter(([t]) => t === "message").map(([, d]) => d.id);
+
+  /** Connected and subscribed to news at offset 40 and the broadcast stream at 7, both in epoch e1. */
+  const subscribedToNews = async () => {
+    client.subscribe(["news"]);
+    const ws = await connect();
+    ws.frame({ type: "subscribed", topics: ["news", "*"], positions: { news: { offset: 40, epoch: "e1" }, "*": { offset: 7, epoch: "e1" } } });
+    events.length = 0;
+    return ws;
+  };
+
   it("subscribes once connected, and again with every topic after a reconnect", async () => {
     client.subscribe(["news"]);
     const first = await connect();
     client.subscribe(["news", "room:1"]);
-    assert.deepEqual(first.sent, [{ type: "subscribe", topics: ["news"] }, { type: "subscribe", topics: ["room:1"] }]);
-    first.drop(1006);
-    mock.timers.tick(60_000);
-    await settle();
-    const second = FakeSocket.all.at(-1);
-    second.accept("a");
-    assert.deepEqual(second.sent, [{ type: "subscribe", topics: ["news", "room:1"] }]);
+    assert.deepEqual(first.sent, [{ type: "subscribe", topics: ["news", "*"] }, { type: "subscribe", topics: ["room:1"] }]);
+    const second = await reconnect(first);
+    assert.deepEqual(second.sent, [{ type: "subscribe", topics: ["news", "room:1", "*"] }]);
+  });
+
+  it("subscribes to the broadcast stream alone when the page holds no topic, and reports no page topic granted", async () => {
+    const ws = await connect();
+    assert.deepEqual(ws.sent, [{ type: "subscribe", topics: ["*"] }]);
+    ws.frame({ type: "subscribed", topics: ["*"], positions: { "*": { offset: 0, epoch: "e1" } } });
+    assert.deepEqual(events, []);
   });
 
   it("unsubscribes on the open link and forgets the topic for later connections", async () => {
@@ -379,6 +420,167 @@ describe("PushClient topics", () => {
     ws.frame({ type: "message", id: "u1", payload: 3, ts: 1_000_000 });
     await settle();
     assert.deepEqual(events.map(([, d]) => [d.id, d.topic, d.broadcast]), [["t1", "news", false], ["b1", null, true], ["u1", null, false]]);
-    assert.deepEqual(ws.sent, [{ type: "ack", ids: ["u1"] }]);
+    assert.deepEqual(ws.sent.filter((f) => f.type === "ack"), [{ type: "ack", ids: ["u1"] }]);
+  });
+
+  it("unsubscribes the topics the node drops (a refreshed token grants fewer) and stops asking for them", async () => {
+    client.subscribe(["news", "vip:1"]);
+    const ws = await connect();
+    ws.frame({ type: "subscribed", topics: ["news", "vip:1", "*"], positions: { news: { offset: 1, epoch: "e1" }, "vip:1": { offset: 5, epoch: "e1" } } });
+    ws.frame({ type: "unsubscribed", topics: ["vip:1"] });
+    assert.deepEqual(events.at(-1), ["unsubscribed", { topics: ["vip:1"] }]);
+    assert.deepEqual(client.topics, ["news"]);
+    const next = await reconnect(ws);
+    assert.deepEqual(next.sent, [{ type: "subscribe", topics: ["news", "*"], recover: { news: { offset: 1, epoch: "e1" } } }]);
+  });
+
+  it("keeps a topic unsubscribed and subscribed again before the node answered", async () => {
+    client.subscribe(["news"]);
+    const ws = await connect();
+    client.unsubscribe(["news"]);
+    client.subscribe(["news"]);
+    ws.frame({ type: "unsubscribed", topics: ["news"] });
+    ws.frame({ type: "subscribed", topics: ["news"], positions: { news: { offset: 3, epoch: "e1" } } });
+    assert.deepEqual(client.topics, ["news"]);
+  });
+
+  it("remembers each topic's last position and the broadcast stream's, and recovers from them after a reconnect", async () => {
+    const ws = await subscribedToNews();
+    ws.frame(topicMessage("n41", "news", 41));
+    ws.frame(topicMessage("n42", "news", 42));
+    ws.frame(broadcast("b8", 8));
+    await settle();
+    assert.deepEqual(events.map(([, d]) => [d.id, d.topic, d.offset, d.epoch]), [["n41", "news", 41, "e1"], ["n42", "news", 42, "e1"], ["b8", null, 8, "e1"]]);
+    const next = await reconnect(ws);
+    assert.deepEqual(next.sent, [{ type: "subscribe", topics: ["news", "*"], recover: { news: { offset: 42, epoch: "e1" }, "*": { offset: 8, epoch: "e1" } } }]);
+  });
+
+  it("recovers after a drain too: the move's new link asks for what was missed", async () => {
+    const ws = await subscribedToNews();
+    ws.frame(topicMessage("n41", "news", 41));
+    ws.frame({ type: "reconnect", after_ms: 100, url: "ws://b/ws" });
+    mock.timers.tick(100); // the close at after_ms
+    mock.timers.tick(100); // the move, timed by this suite's clock, which stands still
+    await settle();
+    const moved = FakeSocket.all.at(-1);
+    assert.equal(moved.url, "ws://b/ws?token=token");
+    moved.accept("b");
+    assert.deepEqual(moved.sent, [{ type: "subscribe", topics: ["news", "*"], recover: { news: { offset: 41, epoch: "e1" }, "*": { offset: 7, epoch: "e1" } } }]);
+  });
+
+  it("emits recovered with the count that follows, then delivers the missed messages once and the live ones after", async () => {
+    const next = await reconnect(await subscribedToNews());
+    next.frame({ type: "subscribed", topics: ["news", "*"], positions: { news: { offset: 43, epoch: "e1" }, "*": { offset: 7, epoch: "e1" } },
+                 recovered: { news: true, "*": true } });
+    assert.deepEqual(events, [["subscribed", { topics: ["news"] }], ["recovered", { topic: "news", missed: 3 }], ["recovered", { topic: "*", missed: 0 }]]);
+    for (const offset of [41, 42, 43, 42, 44]) next.frame(topicMessage(`n${offset}`, "news", offset)); // 42 again: a duplicate
+    await settle();
+    assert.deepEqual(delivered(), ["n41", "n42", "n43", "n44"]);
+    assert.equal(client.duplicates, 1);
+  });
+
+  it("emits gap when the node cannot recover, and takes the node's position in its new epoch", async () => {
+    const ws = await subscribedToNews();
+    ws.frame(broadcast("b8", 8));
+    const next = await reconnect(ws);
+    next.frame({ type: "subscribed", topics: ["news", "*"], positions: { news: { offset: 2, epoch: "e2" }, "*": { offset: 8, epoch: "e1" } },
+                 recovered: { news: false, "*": true } });
+    assert.deepEqual(events.slice(1), [["subscribed", { topics: ["news"] }], ["gap", { topic: "news" }], ["recovered", { topic: "*", missed: 0 }]]);
+    next.frame(topicMessage("old", "news", 2, "e2")); // at the position the node reported: not new
+    next.frame(topicMessage("new", "news", 3, "e2"));
+    await settle();
+    assert.deepEqual(delivered(), ["b8", "new"]);
+    const last = await reconnect(next);
+    assert.deepEqual(last.sent[0].recover, { news: { offset: 3, epoch: "e2" }, "*": { offset: 8, epoch: "e1" } });
+  });
+
+  it("drops a topic message at or before the remembered offset of its epoch, and follows a new epoch", async () => {
+    const ws = await subscribedToNews();
+    ws.frame(topicMessage("a", "news", 41));
+    ws.frame(topicMessage("a-again-by-another-id", "news", 41));
+    ws.frame(topicMessage("older", "news", 39));
+    ws.frame(topicMessage("fresh-epoch", "news", 1, "e2"));
+    ws.frame(topicMessage("b", "news", 2, "e2"));
+    ws.frame(broadcast("b7", 7)); // the broadcast stream's own offsets: 7 was its position
+    ws.frame(broadcast("b8", 8));
+    await settle();
+    assert.deepEqual(delivered(), ["a", "fresh-epoch", "b", "b8"]);
+    assert.equal(client.duplicates, 3);
+  });
+
+  it("emits join and leave with the topic and the user", async () => {
+    const ws = await subscribedToNews();
+    ws.frame({ type: "join", topic: "news", user_id: "bob" });
+    ws.frame({ type: "leave", topic: "news", user_id: "bob" });
+    assert.deepEqual(events, [["join", { topic: "news", userId: "bob" }], ["leave", { topic: "news", userId: "bob" }]]);
+  });
+});
+
+describe("PushClient token refresh", () => {
+  let clock, issued, refreshed, client;
+
+  beforeEach(() => {
+    FakeSocket.all = [];
+    clock = 1_000_000_000;
+    mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
+    issued = 0;
+    refreshed = 0;
+  });
+
+  afterEach(() => {
+    client.stop();
+    mock.timers.reset();
+  });
+
+  /** A client whose tokens hold 120 s; with `refresh`, the page gives a refreshToken callback of its own. */
+  const started = async ({ refresh = false } = {}) => {
+    client = new PushClient({
+      getToken: async () => jwt(clock / 1000 + 120, `got-${++issued}`),
+      ...(refresh && { refreshToken: async () => jwt(clock / 1000 + 120, `refreshed-${++refreshed}`) }),
+      fetch: async () => ({ ok: true, json: async () => ({ nodes: [{ url: "ws://a/ws" }] }) }),
+      WebSocket: FakeSocket,
+      window: null,
+      random: () => 0,
+      now: () => clock,
+    });
+    client.start();
+    await settle();
+    const ws = FakeSocket.all.at(-1);
+    ws.accept("a");
+    return ws;
+  };
+
+  const subject = (token) => JSON.parse(Buffer.from(token.split(".")[1], "base64url")).sub;
+
+  it("answers the node's expiring notice with a refresh frame carrying a token from refreshToken()", async () => {
+    const ws = await started({ refresh: true });
+    ws.frame({ type: "expiring", expires_in_ms: 60_000 });
+    await settle();
+    assert.equal(subject(ws.sent.at(-1).token), "refreshed-1");
+    assert.equal(ws.sent.at(-1).type, "refresh");
+    assert.equal(issued, 1, "getToken() only for the first token");
+    ws.frame({ type: "refreshed", expires_at: clock / 1000 + 120 });
+    assert.equal(ws.closedWith, undefined, "refreshed in place, no reconnect");
+  });
+
+  it("refreshes through getToken() when the page gives no refreshToken", async () => {
+    const ws = await started();
+    ws.frame({ type: "expiring", expires_in_ms: 60_000 });
+    await settle();
+    assert.deepEqual([ws.sent.at(-1).type, subject(ws.sent.at(-1).token)], ["refresh", "got-2"]);
+  });
+
+  it("gets a fresh token before reconnecting when the one it holds has expired, and not while it holds", async () => {
+    const ws = await started({ refresh: true });
+    ws.drop(1006);
+    mock.timers.tick(60_000);
+    await settle();
+    const second = FakeSocket.all.at(-1);
+    assert.equal(subject(decodeURIComponent(second.url.split("token=")[1])), "got-1", "still valid: reused");
+    clock += 200_000;
+    second.drop(1006);
+    mock.timers.tick(60_000);
+    await settle();
+    assert.equal(subject(decodeURIComponent(FakeSocket.all.at(-1).url.split("token=")[1])), "refreshed-1");
   });
 });

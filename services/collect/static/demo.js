@@ -25,31 +25,43 @@ function kindOf({ topic, broadcast }) {
 }
 
 function show(detail) {
-  const { id, payload, latencyMs } = detail;
+  const { id, payload, latencyMs, offset } = detail;
   $("messages").querySelector(".empty")?.remove();
   const text = typeof payload === "object" && payload !== null && "text" in payload ? String(payload.text) : JSON.stringify(payload);
   const fanout = kindOf(detail);
-  const item = h("li", { "data-id": id, ...(fanout && { class: fanout.kind }) },
+  const item = h("li", { "data-id": id, ...(fanout && { class: fanout.kind }), ...(offset !== null && { "data-offset": offset }) },
     h("span", { class: "text" }, text),
     h("span", { class: "latency", title: "now − ts" }, duration(Math.max(0, latencyMs))),
     h("span", { class: "meta" },
       ...(fanout ? [h("span", { class: `tag ${fanout.kind}` }, fanout.label)] : []),
+      ...(offset !== null ? [h("span", { class: "mono", title: "offset in its topic (broadcasts: in theirs)" }, `#${offset}`)] : []),
       h("span", { class: "mono" }, id), h("span", {}, `via ${client?.node ?? "?"}`), h("span", {}, clock(Date.now()))));
   $("messages").prepend(item);
   while ($("messages").children.length > MAX_SHOWN) $("messages").lastElementChild.remove();
   $("received").textContent = String(++received);
 }
 
+function chipOf(topic) {
+  return [...$("topics").children].find((c) => c.dataset.topic === topic);
+}
+
 /** Show a topic's chip (created on first use) with its state ("asking", "subscribed", "refused", ...). */
 function mark(topic, state, tone) {
-  let chip = [...$("topics").children].find((c) => c.dataset.topic === topic);
+  let chip = chipOf(topic);
   if (!chip) {
     const drop = h("button", { type: "button", class: "secondary", title: `unsubscribe from ${topic}` }, "×");
     drop.addEventListener("click", () => unsubscribe(topic));
-    chip = h("li", { "data-topic": topic }, h("span", { class: "mono" }, topic), h("span", { class: "pill" }), drop);
+    chip = h("li", { "data-topic": topic }, h("span", { class: "mono" }, topic), h("span", { class: "pill" }), h("span", { class: "recovery hint" }), drop);
     $("topics").append(chip);
   }
   setPill(chip.querySelector(".pill"), state, tone);
+}
+
+/** After a reconnect: whether the node sent what a topic ("*": the broadcasts) missed, or left a gap. */
+function recovery(topic, text) {
+  const chip = chipOf(topic);
+  if (chip) chip.querySelector(".recovery").textContent = text;
+  log(`${topic === "*" ? "broadcasts" : topic}: ${text}`);
 }
 
 function connect(userId) {
@@ -78,16 +90,24 @@ function connect(userId) {
     }
     log(`refused: ${detail.topics.join(", ")}`);
   });
+  client.addEventListener("recovered", ({ detail }) => recovery(detail.topic, `recovered ${detail.missed} missed message${detail.missed === 1 ? "" : "s"}`));
+  client.addEventListener("gap", ({ detail }) => recovery(detail.topic, "gap: reload"));
+  client.addEventListener("join", ({ detail }) => log(`${detail.userId} joined ${detail.topic}`));
+  client.addEventListener("leave", ({ detail }) => log(`${detail.userId} left ${detail.topic}`));
   client.addEventListener("close", ({ detail }) => {
     $("duplicates").textContent = String(client.duplicates);
     $("node").textContent = "";
     for (const topic of wanted) mark(topic, "not subscribed", "");
-    if (detail.retryInMs === null) {
+    const lost = `link lost (${detail.code}${detail.reason ? `: ${detail.reason}` : ""})`;
+    if (detail.retryInMs !== null) {
+      setPill($("status"), "reconnecting", "warn");
+      log(`${lost}, retrying in ${(detail.retryInMs / 1000).toFixed(1)} s`);
+    } else if (client.state === "offline") {
+      setPill($("status"), "offline", "warn");
+      log(`${lost}, offline: reconnecting once the network is back`);
+    } else {
       setPill($("status"), "disconnected", "");
       log(`closed (${detail.code})`);
-    } else {
-      setPill($("status"), "reconnecting", "warn");
-      log(`link lost (${detail.code}${detail.reason ? `: ${detail.reason}` : ""}), retrying in ${(detail.retryInMs / 1000).toFixed(1)} s`);
     }
   });
   client.addEventListener("error", ({ detail }) => log(`error: ${detail.error.message}`));
@@ -122,7 +142,7 @@ function subscribe(topic) {
 function unsubscribe(topic) {
   wanted.delete(topic);
   client?.unsubscribe([topic]);
-  [...$("topics").children].find((c) => c.dataset.topic === topic)?.remove();
+  chipOf(topic)?.remove();
 }
 
 $("connect-form").addEventListener("submit", (event) => {

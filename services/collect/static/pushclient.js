@@ -13,13 +13,17 @@
  *   browser is offline or the page is hidden in the back/forward cache;
  * - sends application-level pings and treats a link that stays silent as dead;
  * - acknowledges every message and drops redelivered duplicates by id, in bounded memory;
- * - asks getToken() again when the node closes with 4001 (token missing, bad or expired);
+ * - asks getToken() again when the node closes with 4001 (token missing, bad or expired), and refreshes its token
+ *   in place when the node says it is expiring (refreshToken(), getToken() unless the page gives one), or before
+ *   reconnecting when it has expired;
  * - follows a draining node's advice ({"type": "reconnect", after_ms, url}): waits after_ms, then moves to
  *   url (or a node from the directory, not the draining one), without counting it as a failure;
  * - keeps the page's topic subscriptions (subscribe / unsubscribe) and makes them again on every
- *   new connection; topic and broadcast messages are at most once, so they are not acked.
+ *   new connection; topic and broadcast messages are not acked: each carries its position in its topic
+ *   (offset and epoch; broadcasts in the stream "*"), the client remembers the last one and resubscribes
+ *   with it, so the node sends what it missed (a "recovered" event) or says it cannot (a "gap" event).
  *
- * The pure pieces (backoffDelay, chooseNode, RecentIds) are exported for unit tests; the module
+ * The pure pieces (backoffDelay, chooseNode, RecentIds, tokenExpiry) are exported for unit tests; the module
  * touches no browser global at import time, so node --test can load it.
  */
 
@@ -34,6 +38,7 @@ export const CLOSE = Object.freeze({
 });
 
 const MAX_ACK_IDS = 1000;
+const BROADCAST = "*"; // the stream broadcasts are numbered in: subscribed on every connection, never a page's topic
 
 /**
  * Delay before reconnect attempt `attempt` (0 for the first): the cap doubles per attempt up to
@@ -61,6 +66,19 @@ export function chooseNode(nodes, avoidUntil, now, random = Math.random) {
   return usable[Math.floor(random() * Math.min(2, usable.length))].url;
 }
 
+/**
+ * When a token expires (ms since epoch), read from its JWT payload's `exp`; null when it is not a JWT with one.
+ * Only to avoid reconnecting with an expired token: the node checks the token, the page's clock may be off.
+ */
+export function tokenExpiry(token) {
+  try {
+    const { exp } = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return Number.isFinite(exp) ? exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
 /** The ids of the most recent `capacity` messages: enough to catch redeliveries, bounded in memory. */
 export class RecentIds {
   constructor(capacity = 1000) {
@@ -80,10 +98,15 @@ export class RecentIds {
 /**
  * A connection to the cluster that stays up. Events (all CustomEvent, details below):
  * - "open"    {node, userId, url}            the node has routed us: messages can arrive;
- * - "message" {id, payload, ts, latencyMs, topic, broadcast}   a new message (duplicates are not
- *                                            re-emitted); topic / broadcast are set on topic and broadcast messages;
+ * - "message" {id, payload, ts, latencyMs, topic, broadcast, offset, epoch}   a new message (duplicates are not
+ *                                            re-emitted); topic / broadcast are set on topic and broadcast messages,
+ *                                            offset / epoch on those the node numbered;
  * - "subscribed" {topics}                    the node granted these topics;
  * - "forbidden"  {topics}                    the node refused these topics (the token does not grant them);
+ * - "unsubscribed" {topics}                  the node dropped these topics (asked, or a refreshed token no longer grants them);
+ * - "recovered" {topic, missed}              resubscribed: the `missed` messages of topic ("*": broadcasts) follow;
+ * - "gap"     {topic}                        resubscribed, but what topic missed is gone: the page must reload its state;
+ * - "join" / "leave" {topic, userId}         a user's first socket subscribed to topic / their last one left it;
  * - "reconnect" {afterMs, url}               the node is draining: we move to url (null: the directory) in afterMs;
  * - "close"   {code, reason, retryInMs}      the link closed; retryInMs is null when not retrying;
  * - "error"   {error}                        getting a token or the directory failed, or a socket error.
@@ -105,12 +128,15 @@ export class PushClient extends EventTarget {
   #listening = false;
   #resumeOnShow = false;
   #topics = new Set();
+  #positions = new Map(); // topic (BROADCAST for broadcasts) -> {offset, epoch} of the last message seen
+  #expiresAt = Infinity; // when #token expires (ms), as far as it says
   #advice = null; // {url, at}: where and when a draining node told us to move
   #moveTimer = null;
 
   /**
    * @param {object} options
    * @param {() => Promise<string>} options.getToken  called for the first token and after close 4001
+   * @param {() => Promise<string>} [options.refreshToken]  called for a token replacing one that expires (getToken by default)
    * @param {string} [options.directoryUrl]  where to read live nodes ("/v1/nodes" on collect)
    * @param {number} [options.pingIntervalMs]  how often to ping an idle link
    * @param {number} [options.pongTimeoutMs]  how long a ping, the handshake or the directory may take before giving up
@@ -139,6 +165,7 @@ export class PushClient extends EventTarget {
       ...options,
     };
     if (typeof this.#o.getToken !== "function") throw new TypeError("PushClient needs a getToken() function");
+    this.#o.refreshToken ??= this.#o.getToken;
     this.#recent = new RecentIds(this.#o.dedupCapacity);
     this.duplicates = 0;
     this.state = "idle"; // idle | connecting | open | waiting | offline | stopped
@@ -168,9 +195,9 @@ export class PushClient extends EventTarget {
     if (fresh.length && this.state === "open") this.#send({ type: "subscribe", topics: fresh });
   }
 
-  /** Stop receiving messages of these topics. */
+  /** Stop receiving messages of these topics (and forget their positions). */
   unsubscribe(topics) {
-    const gone = topics.filter((t) => this.#topics.delete(t));
+    const gone = this.#forget(topics);
     if (gone.length && this.state === "open") this.#send({ type: "unsubscribe", topics: gone });
   }
 
@@ -202,7 +229,9 @@ export class PushClient extends EventTarget {
     this.state = "connecting";
     let url;
     try {
-      this.#token ??= await this.#o.getToken();
+      // expiring before the handshake could end: the node would close 4001 at once
+      if (this.#token !== null && this.#expiresAt <= this.#o.now() + this.#o.pongTimeoutMs) this.#useToken(await this.#o.refreshToken());
+      if (this.#token === null) this.#useToken(await this.#o.getToken());
       url = advised ?? (await this.#pick());
     } catch (error) {
       this.#emit("error", { error });
@@ -210,6 +239,21 @@ export class PushClient extends EventTarget {
     }
     if (!this.#running || this.#ws) return; // stopped, or paused and resumed, while we waited
     this.#open(url);
+  }
+
+  #useToken(token) {
+    this.#token = token;
+    this.#expiresAt = tokenExpiry(token) ?? Infinity;
+  }
+
+  /** The node said the token expires soon: replace it on the open link. */
+  async #refresh() {
+    try {
+      this.#useToken(await this.#o.refreshToken());
+    } catch (error) {
+      return this.#emit("error", { error }); // the node closes 4001 at expiry and getToken() takes over
+    }
+    this.#send({ type: "refresh", token: this.#token });
   }
 
   async #pick() {
@@ -245,16 +289,24 @@ export class PushClient extends EventTarget {
       this.#welcomedAt = this.#o.now();
       this.node = frame.node;
       this.state = "open";
-      if (this.#topics.size) this.#send({ type: "subscribe", topics: [...this.#topics] });
+      this.#resubscribe();
       this.#emit("open", { node: frame.node, userId: frame.user_id, url: this.#url });
     } else if (frame.type === "message") {
-      const fanout = frame.topic !== undefined || frame.broadcast === true;
-      if (this.#recent.seen(frame.id)) this.duplicates += 1;
+      const stream = frame.broadcast === true ? BROADCAST : frame.topic;
+      if (this.#seen(stream, frame) || this.#recent.seen(frame.id)) this.duplicates += 1;
       else this.#emit("message", { id: frame.id, payload: frame.payload, ts: frame.ts, latencyMs: this.#o.now() - frame.ts,
-                                   topic: frame.topic ?? null, broadcast: frame.broadcast === true });
-      if (!fanout) this.#ack(frame.id); // duplicates too: the node redelivered because it has not seen our ack
+                                   topic: frame.topic ?? null, broadcast: frame.broadcast === true,
+                                   offset: frame.offset ?? null, epoch: frame.epoch ?? null });
+      if (stream === undefined) this.#ack(frame.id); // duplicates too: the node redelivered because it has not seen our ack
     } else if (frame.type === "subscribed") {
-      this.#emit("subscribed", { topics: frame.topics });
+      this.#subscribed(frame);
+    } else if (frame.type === "unsubscribed") {
+      this.#forget(frame.topics);
+      this.#emit("unsubscribed", { topics: frame.topics });
+    } else if (frame.type === "join" || frame.type === "leave") {
+      this.#emit(frame.type, { topic: frame.topic, userId: frame.user_id });
+    } else if (frame.type === "expiring") {
+      this.#refresh();
     } else if (frame.type === "reconnect") {
       const afterMs = Math.max(0, Number(frame.after_ms) || 0);
       this.#advice = { url: typeof frame.url === "string" ? frame.url : null, at: this.#o.now() + afterMs };
@@ -262,9 +314,54 @@ export class PushClient extends EventTarget {
       this.#moveTimer = setTimeout(() => this.#halt(CLOSE.NORMAL, "moving to another node", true), afterMs);
       this.#emit("reconnect", { afterMs, url: this.#advice.url });
     } else if (frame.type === "error" && frame.code === "forbidden") {
-      for (const t of frame.topics ?? []) this.#topics.delete(t); // asking again on reconnect would be refused again
+      this.#forget(frame.topics ?? []); // asking again on reconnect would be refused again
       this.#emit("forbidden", { topics: frame.topics });
     }
+  }
+
+  /** Subscribe a new connection to every topic and the broadcast stream, asking to recover from the positions held. */
+  #resubscribe() {
+    const topics = [...this.#topics, BROADCAST];
+    const recover = Object.fromEntries(topics.filter((t) => this.#positions.has(t)).map((t) => [t, this.#positions.get(t)]));
+    this.#send({ type: "subscribe", topics, ...(Object.keys(recover).length && { recover }) });
+  }
+
+  /**
+   * The node granted topics, with their positions. A recovered topic keeps its position: the messages it missed
+   * follow and move it. Any other takes the node's (a gap: the new epoch, or past what history no longer holds).
+   */
+  #subscribed({ topics, positions = {}, recovered = {} }) {
+    const granted = topics.filter((t) => t !== BROADCAST);
+    // answers come in the order asked: a topic unsubscribed and subscribed again is dropped, then granted again
+    for (const t of granted) this.#topics.add(t);
+    if (granted.length) this.#emit("subscribed", { topics: granted });
+    for (const [topic, position] of Object.entries(positions)) {
+      const from = this.#positions.get(topic);
+      if (recovered[topic] === true && from) {
+        this.#emit("recovered", { topic, missed: position.offset - from.offset });
+      } else {
+        this.#seen(topic, position);
+        if (recovered[topic] === false) this.#emit("gap", { topic });
+      }
+    }
+  }
+
+  /** Stop holding topics and their positions; returns the topics that were held. */
+  #forget(topics) {
+    for (const t of topics) this.#positions.delete(t);
+    return topics.filter((t) => this.#topics.delete(t));
+  }
+
+  /**
+   * True if a numbered message (or position) of `stream` was seen already: at or before the remembered position in
+   * the same epoch. Otherwise it becomes the remembered position; another epoch replaces it (its history was lost).
+   */
+  #seen(stream, { offset, epoch }) {
+    if (stream === undefined || offset === undefined) return false;
+    const last = this.#positions.get(stream);
+    if (last?.epoch === epoch && offset <= last.offset) return true;
+    this.#positions.set(stream, { offset, epoch });
+    return false;
   }
 
   /** Queue an ack; acks arriving in one burst go out as one frame, after the handlers ran. */
