@@ -1,8 +1,9 @@
 """One browser socket, from its token to its close: verify, admit, welcome, replay, then read its frames.
 
 The frames a browser may send (``shared.wire.protocol.parse_client_frame``): pings, acks, subscribe and
-unsubscribe, each paid for from the socket's token bucket. A refusal closes the socket with its
-error's close code (``shared.wire.errors``); the token's expiry ends the session (4001).
+unsubscribe, and refresh (a new token for the same user), each paid for from the socket's token bucket. A refusal
+closes the socket with its error's close code (``shared.wire.errors``); the token's expiry ends the session (4001)
+unless a refresh moved it, and ``EXPIRING_NOTICE_SECONDS`` before it the socket is told (``Lease``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
@@ -30,9 +31,13 @@ from shared.model.topics import Grants
 from shared.wire.errors import CloseCode, RateLimited, ServiceError, Unauthorized
 from shared.wire.protocol import (
     AckFrame,
+    ExpiringFrame,
+    Identity,
     Op,
     PingFrame,
     PongFrame,
+    RefreshedFrame,
+    RefreshFrame,
     SubscribeFrame,
     TopicsFrame,
     UnsubscribeFrame,
@@ -50,6 +55,40 @@ def token_of(request: Request) -> str | None:
         return query["token"][0]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class Lease:
+    """What a socket's current token allows, and until when: the topics it grants, the session's deadline (the
+    ``asyncio.timeout`` around it: 4001 at the token's expiry) and the one ``expiring`` notice due ``warn_before``
+    seconds earlier. A refresh renews all three in place; the notice is a loop timer, so an idle socket costs no task."""
+
+    __slots__ = ("deadline", "grants", "notice", "session", "warn_before")
+
+    def __init__(self, session: Session, deadline: asyncio.Timeout, warn_before: int) -> None:
+        self.session = session
+        self.deadline = deadline
+        self.warn_before = warn_before
+        self.grants = Grants()
+        self.notice: asyncio.TimerHandle | None = None
+
+    def renew(self, grants: Grants, expires_at: int) -> None:
+        """The token now grants ``grants`` until ``expires_at`` (seconds since epoch): move the deadline there and arm
+        the notice for this token (at once if it has less than ``warn_before`` left; never with ``warn_before`` 0)."""
+        loop = asyncio.get_running_loop()
+        left = expires_at - time.time()
+        self.grants = grants
+        self.deadline.reschedule(loop.time() + left)
+        self.cancel_notice()
+        if self.warn_before:
+            self.notice = loop.call_later(max(0.0, left - self.warn_before), self._warn, expires_at)
+
+    def cancel_notice(self) -> None:
+        if self.notice is not None:
+            self.notice.cancel()
+
+    def _warn(self, expires_at: int) -> None:
+        if self.session.open:  # written as it is, like a topic message: no await in a timer callback
+            broadcast([self.session.ws], ExpiringFrame(max(0, round((expires_at - time.time()) * 1000))).encode())
 
 
 class SocketHandler:
@@ -87,11 +126,14 @@ class SocketHandler:
             await ws.send(WelcomeFrame(user, self.config.node_id).encode())
             session.welcomed = True
             CONNECTS.inc()
-            async with asyncio.timeout(identity.expires_at - time.time()):
+            async with asyncio.timeout(None) as deadline:
+                lease = Lease(session, deadline, self.config.expiring_notice)
+                lease.renew(self.grants(identity), identity.expires_at)
                 replay = asyncio.create_task(self.replayer.replay(session))
                 try:
-                    await self.read_frames(session, Grants.of(identity.topics) | self.public_topics)
+                    await self.read_frames(session, lease)
                 finally:
+                    lease.cancel_notice()
                     replay.cancel()
                     await asyncio.wait([replay])  # a bug in it still surfaces: asyncio logs an unretrieved error
         except TimeoutError:
@@ -104,23 +146,50 @@ class SocketHandler:
             self.registrar.unsubscribed(self.hub.remove(session))
             self.registrar.left(user)
 
-    async def read_frames(self, session: Session, grants: Grants) -> None:
+    def grants(self, identity: Identity) -> Grants:
+        """The topics ``identity``'s token lets its socket subscribe to: its claim's and the node's public ones."""
+        return Grants.of(identity.topics) | self.public_topics
+
+    async def read_frames(self, session: Session, lease: Lease) -> None:
         """Answer the socket's frames until it closes; past its rate, ``RateLimited``."""
         budget = TokenBucket.full(self.config.client_rate, self.config.client_burst, time.monotonic())
         async for data in session.ws:
             frame = parse_client_frame(data)
-            cost = 1 if isinstance(frame, PingFrame) else len(frame.ids if isinstance(frame, AckFrame) else frame.topics)
+            cost = (1 if isinstance(frame, (PingFrame, RefreshFrame))
+                    else len(frame.ids if isinstance(frame, AckFrame) else frame.topics))
             if not budget.take(cost, time.monotonic()):
-                raise RateLimited(f"more than {self.config.client_rate:g} acks a second (ack ids, topics and pings count)")
+                raise RateLimited(f"more than {self.config.client_rate:g} acks a second "
+                                  "(ack ids, topics, pings and refreshes count)")
             if isinstance(frame, PingFrame):
                 await session.ws.send(PongFrame().encode())
             elif isinstance(frame, AckFrame):
                 self.acks.add(session.user_id, frame.ids, written=session.acknowledged(frame.ids))
             elif isinstance(frame, SubscribeFrame):
-                await self.subscribe(session, grants, frame.topics)
+                await self.subscribe(session, lease.grants, frame.topics)
             elif isinstance(frame, UnsubscribeFrame):
-                self.registrar.unsubscribed(self.hub.unsubscribe(session, frame.topics))
-                await session.ws.send(TopicsFrame(Op.UNSUBSCRIBED, frame.topics).encode())
+                await self.unsubscribe(session, frame.topics)
+            elif isinstance(frame, RefreshFrame):
+                await self.refresh(session, lease, frame.token)
+
+    async def unsubscribe(self, session: Session, topics: tuple[str, ...]) -> None:
+        """Leave these topics (Redis counts the change at the next flush) and say so."""
+        self.registrar.unsubscribed(self.hub.unsubscribe(session, topics))
+        await session.ws.send(TopicsFrame(Op.UNSUBSCRIBED, topics).encode())
+
+    async def refresh(self, session: Session, lease: Lease, token: str) -> None:
+        """Replace the socket's token with ``token``, verified as at connect and the same user's (else
+        ``Unauthorized``): leave the topics it no longer grants (``unsubscribed``), answer ``refreshed``, then move the
+        session's deadline and its expiring notice to the new expiry, so the notice cannot precede the answer."""
+        assert self.verifier is not None  # set before any socket is served
+        identity = await self.verifier.verify(token)
+        if identity.user_id != session.user_id:
+            raise Unauthorized("refresh token is for another user")
+        grants = self.grants(identity)
+        revoked = tuple(sorted(t for t in session.topics if not grants.allows(t)))
+        if revoked:
+            await self.unsubscribe(session, revoked)
+        await session.ws.send(RefreshedFrame(identity.expires_at).encode())
+        lease.renew(grants, identity.expires_at)
 
     async def subscribe(self, session: Session, grants: Grants, topics: tuple[str, ...]) -> None:
         """Subscribe to the granted topics (up to the per-connection cap) once Redis counts them, then say which

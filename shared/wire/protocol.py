@@ -3,7 +3,8 @@
 Two links carry frames:
 
 * browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame``,
-  ``TopicsFrame``, ``ReconnectFrame`` out; ``AckFrame``, ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame`` in);
+  ``TopicsFrame``, ``ReconnectFrame``, ``RefreshedFrame``, ``ExpiringFrame`` out; ``AckFrame``, ``PingFrame``,
+  ``SubscribeFrame``, ``UnsubscribeFrame``, ``RefreshFrame`` in);
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
 
 Every frame is a JSON object whose ``type`` is an ``Op`` (a deliver batch: its head); a connection closes with a
@@ -48,10 +49,13 @@ class Op(StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     ERROR = "error"
     RECONNECT = "reconnect"
+    REFRESHED = "refreshed"
+    EXPIRING = "expiring"
     PING = "ping"  # browser -> node
     ACK = "ack"
     SUBSCRIBE = "subscribe"
     UNSUBSCRIBE = "unsubscribe"
+    REFRESH = "refresh"
     DELIVER = "deliver"  # dispatch -> node
     RESULT = "result"  # node -> dispatch
 
@@ -155,9 +159,37 @@ class ReconnectFrame:
         return orjson.dumps(head if self.url is None else {**head, "url": self.url}).decode()
 
 
+@dataclass(frozen=True, slots=True)
+class RefreshFrame:
+    """The client replaces its connection's token (the same user's) without reconnecting."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshedFrame:
+    """The node's answer to a refresh: the new token holds until ``expires_at`` (seconds since epoch)."""
+
+    expires_at: int
+
+    def encode(self) -> str:
+        return orjson.dumps({"type": Op.REFRESHED, "expires_at": self.expires_at}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiringFrame:
+    """Sent once per token, ``EXPIRING_NOTICE_SECONDS`` before it expires, so a client with a way to get a new one
+    can refresh before the node closes the socket (4001)."""
+
+    expires_in_ms: int
+
+    def encode(self) -> str:
+        return orjson.dumps({"type": Op.EXPIRING, "expires_in_ms": self.expires_in_ms}).decode()
+
+
 MAX_ACK_IDS = 1000
 MAX_FRAME_TOPICS = 100
-ClientFrame = AckFrame | PingFrame | SubscribeFrame | UnsubscribeFrame
+ClientFrame = AckFrame | PingFrame | SubscribeFrame | UnsubscribeFrame | RefreshFrame
 
 
 def _topics(obj: dict[str, Any]) -> tuple[str, ...]:
@@ -187,6 +219,11 @@ def parse_client_frame(data: str | bytes) -> ClientFrame:
         return SubscribeFrame(_topics(obj))
     if kind == Op.UNSUBSCRIBE:
         return UnsubscribeFrame(_topics(obj))
+    if kind == Op.REFRESH:
+        token = obj.get("token")
+        if not isinstance(token, str) or not token:
+            raise MalformedRequest("refresh needs 'token': the new token, a non-empty string")
+        return RefreshFrame(token)
     raise MalformedRequest(f"unknown frame type {kind!r}")
 
 

@@ -31,8 +31,8 @@ from tests.fuzz.strategies import INT64, JSON_VALUES, Outcomes, mostly, wire_inp
 FUZZ = settings(max_examples=2000, deadline=None, database=None)
 ROUND_TRIPS = settings(max_examples=600, deadline=None, database=None)
 
-CLIENT_FIELDS = {"type": mostly(st.sampled_from(["ack", "ping"]), st.sampled_from(["pong", "message", "ACK", ""]) | JSON_VALUES),
-                 "id": mostly(st.text(max_size=30)),
+CLIENT_FIELDS = {"type": mostly(st.sampled_from(["ack", "ping", "refresh"]), st.sampled_from(["pong", "message", "ACK", ""]) | JSON_VALUES),
+                 "id": mostly(st.text(max_size=30)), "token": mostly(st.text(max_size=30)),
                  "ids": mostly(st.lists(st.text(max_size=30), max_size=4), st.lists(JSON_VALUES, max_size=4) | JSON_VALUES)}
 ITEM = st.tuples(st.text(max_size=20), st.integers(0, 12), INT64, st.lists(st.text(max_size=8), max_size=3)).map(list)
 LINK_FIELDS = {"type": mostly(st.sampled_from(["deliver", "result"])),
@@ -76,7 +76,8 @@ def fuzz_parser(name: str, parse: Callable[[Any], Any], inputs: st.SearchStrateg
 
 
 def test_client_frame_parser_parses_or_refuses_any_input() -> None:
-    """Any bytes, text or JSON a browser can send parses to an ack or ping, or raises MalformedRequest, nothing else."""
+    """Any bytes, text or JSON a browser can send parses to an ack, ping or refresh, or raises MalformedRequest, nothing
+    else."""
     outcomes = fuzz_parser("protocol: parse_client_frame", parse_client_frame, wire_inputs(CLIENT_FIELDS))
     assert outcomes.counts["malformed"] and outcomes.counts["AckFrame"] + outcomes.counts["PingFrame"]
 

@@ -47,10 +47,12 @@ async def test_expired_token_is_closed_with_4001(shared_stack: RunningStack) -> 
 
 
 async def test_token_expiring_during_session_closes_with_4001(shared_stack: RunningStack) -> None:
-    """A connection is closed with 4001 when its token expires, so the client fetches a new one."""
+    """A connection is closed with 4001 when its token expires, so the client fetches a new one (told at once that it
+    is expiring: it has less left than EXPIRING_NOTICE_SECONDS)."""
     c = shared_stack.client
     ws = await c.open(await c.token("short-lived", ttl_seconds=2))
     assert (await next_frame(ws))["type"] == "welcome"
+    assert (await next_frame(ws))["type"] == "expiring"
     code, reason = await closed_with(ws)
     assert (code, reason) == (4001, "token expired")
 

@@ -13,8 +13,11 @@ from shared.wire.protocol import (
     BatchResult,
     DeliverBatch,
     Delivery,
+    ExpiringFrame,
     MessageFrame,
     PingFrame,
+    RefreshedFrame,
+    RefreshFrame,
     SubscribeFrame,
     TopicsFrame,
     UnsubscribeFrame,
@@ -50,6 +53,25 @@ def test_garbage_client_frames_are_malformed(data: str | bytes) -> None:
     """Anything but a known frame raises MalformedRequest (closed with 4002)."""
     with pytest.raises(MalformedRequest):
         parse_client_frame(data)
+
+
+def test_a_refresh_frame_parses_to_its_token() -> None:
+    """A refresh frame carries the new token, as it was sent."""
+    assert parse_client_frame('{"type": "refresh", "token": "a.b.c"}') == RefreshFrame("a.b.c")
+
+
+@pytest.mark.parametrize("data", ['{"type": "refresh"}', '{"type": "refresh", "token": ""}', '{"type": "refresh", "token": 5}',
+                                  '{"type": "refresh", "token": null}', '{"type": "refresh", "token": ["a.b.c"]}'])
+def test_a_refresh_frame_without_a_non_empty_string_token_is_malformed_naming_the_token(data: str) -> None:
+    """A refresh whose token is missing, empty or not a string raises MalformedRequest (4002) saying what it needs."""
+    with pytest.raises(MalformedRequest, match="refresh needs 'token'"):
+        parse_client_frame(data)
+
+
+def test_refreshed_and_expiring_frames_encode_the_documented_shapes() -> None:
+    """refreshed names the new token's expiry in seconds since epoch; expiring the time left in ms."""
+    assert orjson.loads(RefreshedFrame(1_900_000_000).encode()) == {"type": "refreshed", "expires_at": 1_900_000_000}
+    assert orjson.loads(ExpiringFrame(59_500).encode()) == {"type": "expiring", "expires_in_ms": 59_500}
 
 
 def test_topics_replies_encode_the_documented_shapes() -> None:
