@@ -134,13 +134,20 @@ async def receive_ids(ws: ClientConnection, count: int, timeout: float = 30) -> 
 
 
 async def subscribe(ws: ClientConnection, topics: list[str], kind: str = "subscribe") -> list[dict[str, Any]]:
-    """Send a (un)subscribe frame and return the node's replies: the granted list first, then any refusals."""
+    """Send a (un)subscribe frame and return the node's replies: the granted list first, then any refusals. A
+    ``subscribed`` reply must give each granted topic's position (an offset and an epoch); it is returned without
+    them (``tests/integration/test_topic_recovery.py`` checks their values)."""
     await ws.send(orjson.dumps({"type": kind, "topics": topics}).decode())
     replies = [await next_frame(ws)]
     answered = set(replies[0]["topics"])
     while answered != set(topics):
         replies.append(await next_frame(ws))
         answered |= set(replies[-1]["topics"])
+    for reply in replies:
+        if reply["type"] == "subscribed":
+            positions = reply.pop("positions")
+            assert set(positions) == set(reply["topics"]), reply
+            assert all(type(p["offset"]) is int and isinstance(p["epoch"], str) for p in positions.values()), positions
     return replies
 
 

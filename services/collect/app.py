@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from services.collect.config import CollectConfig
 from services.collect.console import console_routes
+from services.collect.history import history_routes
 from services.collect.intake import Limits, parse_body
 from services.collect.openapi import spec
 from services.collect.presence import TopicUsers, presence_routes
@@ -23,6 +24,7 @@ from services.collect.scopes import EVERYTHING, Scope
 from services.collect.shedding import Shedder
 from services.collect.webhooks import webhook_routes
 from shared.cluster.routes import RouteReader
+from shared.cluster.topic_log import TopicLog
 from shared.cluster.topic_holders import TopicReader
 from shared.delivery.handover import Handover
 from shared.delivery.inbox import Inbox
@@ -223,6 +225,7 @@ def create_app(config: CollectConfig) -> Starlette:
         *console_routes(config, reader, inbox, post_messages, shedder.report, endpoints, queues),
         *presence_routes(reader, TopicReader(redis), TopicUsers(config.internal_key, config.topic_users_cache_seconds, config.link_tls()),
                          presence_access),
+        *history_routes(TopicLog(redis, config.namespaces), presence_access),
         *webhook_routes(endpoints, queues, redis_breaker,
                         UrlPolicy.of(config.production, config.webhook_allow_private), lambda request: sender_of(request, config.api_keys)),
         openapi_route(spec(config.production)),

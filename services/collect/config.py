@@ -13,6 +13,7 @@ from shared.infra.config import (
     HandoverSettings,
     InternalKeySettings,
     MongoSettings,
+    TopicSettings,
     WebhookUrlSettings,
     setting,
 )
@@ -31,7 +32,7 @@ def parse_api_keys(raw: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, WebhookUrlSettings):
+class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, WebhookUrlSettings, TopicSettings):
     SERVICE: ClassVar[str] = "collect"
     PREFIXES: ClassVar[tuple[str, ...]] = ("COLLECT_",)
 

@@ -13,10 +13,12 @@ from starlette.applications import Starlette
 from services.dispatch.config import DispatchConfig
 from services.dispatch.firing import Firing
 from services.dispatch.forwarder import Forwarder, LiveNodes
+from services.dispatch.placing import Placing
 from services.dispatch.lease import Lease
 from services.dispatch.link_pool import LinkPool
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
 from shared.cluster.routes import RouteReader
+from shared.cluster.topic_log import TopicLog
 from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.delivery.store import MessageStore
@@ -39,7 +41,9 @@ def create_app(config: DispatchConfig) -> Starlette:
     routes = RouteReader(redis, config.internal_key)
     live = LiveNodes(routes, links, config.nodes_refresh)
     inbox = Inbox(redis)
-    forwarders = [Forwarder(config, shard, routes, links, live, inbox) for shard in stream.shards]  # one read loop per stream shard
+    # A retried entry keeps its topic messages' positions for as long as retries of it may come.
+    placing = Placing(TopicLog(redis, config.namespaces, config.claim_idle_ms * (config.max_attempts + 1) // 1000 + 1))
+    forwarders = [Forwarder(config, shard, routes, links, live, inbox, placing) for shard in stream.shards]  # one read loop per stream shard
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, inbox, lifecycle, lease, routes, stream)
     firing = Firing(config, reconciler.handover, lifecycle)

@@ -7,11 +7,11 @@ import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shared.infra.config import HandoverSettings, InternalKeySettings, MongoSettings, setting
+from shared.infra.config import HandoverSettings, InternalKeySettings, MongoSettings, TopicSettings, setting
 
 
 @dataclass(frozen=True)
-class DispatchConfig(HandoverSettings, MongoSettings, InternalKeySettings):
+class DispatchConfig(HandoverSettings, MongoSettings, InternalKeySettings, TopicSettings):
     SERVICE: ClassVar[str] = "dispatch"
     PREFIXES: ClassVar[tuple[str, ...]] = ("DISPATCH_",)
 

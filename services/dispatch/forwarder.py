@@ -36,6 +36,7 @@ from dataclasses import replace
 from services.dispatch.config import DispatchConfig
 from services.dispatch.ledger import Ledger
 from services.dispatch.link_pool import LinkPool, NodeLink
+from services.dispatch.placing import Placing
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
 from shared.cluster.routes import NodeCard, RouteReader
 from shared.cluster.topic_holders import TopicReader
@@ -49,6 +50,7 @@ from shared.infra.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.infra.retry import Backoff
 from shared.model.message import BROADCAST
 from shared.wire.errors import LinkDown
+from shared.model.topics import Position
 from shared.wire.protocol import Delivery
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,10 @@ def chunk_by_bytes(items: list[Delivery], max_bytes: int) -> list[list[Delivery]
 
 
 def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: int,
-             topics: Mapping[str, Iterable[str]] = {}, live: Iterable[str] = ()) -> dict[str, dict[str, list[Delivery]]]:
+             topics: Mapping[str, Iterable[str]] = {}, live: Iterable[str] = (),
+             positions: Mapping[str, Position] = {}) -> dict[str, dict[str, list[Delivery]]]:
     """For each node, the unexpired messages it must take, by stream entry, each naming only that node's recipients;
-    a topic message goes to the nodes ``topics`` names for it, a broadcast to every ``live`` node."""
+    a topic message goes, with its position, to the nodes ``topics`` names for it, a broadcast to every ``live`` node."""
     work: defaultdict[str, defaultdict[str, list[Delivery]]] = defaultdict(lambda: defaultdict(list))
     everyone = list(live)
     for entry in entries:
@@ -77,8 +80,9 @@ def per_node(entries: list[StreamEntry], routes: dict[str, list[str]], now_ms: i
             if m.expires_ms <= now_ms:
                 continue
             if m.topic is not None:
+                delivery = Delivery.of(m, position=positions.get(m.id))
                 for node in everyone if m.topic == BROADCAST else topics.get(m.topic, ()):
-                    work[node][entry.entry_id].append(Delivery.of(m))
+                    work[node][entry.entry_id].append(delivery)
                 continue
             users_on: defaultdict[str, list[str]] = defaultdict(list)
             for user in m.users:
@@ -112,12 +116,13 @@ class LiveNodes:
 
 class Forwarder:
     def __init__(self, config: DispatchConfig, stream: DeliveryStream, routes: RouteReader, links: LinkPool,
-                 live: LiveNodes, inbox: Inbox) -> None:
+                 live: LiveNodes, inbox: Inbox, placing: Placing) -> None:
         self.config = config
         self.stream = stream
         self.inbox = inbox
         self.routes = routes
         self.topics = TopicReader(routes.redis)
+        self.placing = placing
         self.links = links
         self.live = live
         self.breaker = CircuitBreaker("redis", failures=REDIS_FAILURES)
@@ -204,15 +209,32 @@ class Forwarder:
         now = now_ms()
         nodes = await self.live.get()
         routes = await self.routes.lookup(list({u for e in entries for m in e.messages for u in m.users}), nodes)
-        topics = {m.topic for e in entries for m in e.messages if m.topic not in (None, BROADCAST)}
-        holders = await self.topics.counts(list(topics), nodes)
         ids = [e.entry_id for e in entries]
         late = asyncio.Event()  # set once this cycle stops waiting: sends ending after it acknowledge for themselves
+        placed = [m for e in entries for m in e.messages if m.topic is not None and m.expires_ms > now]
+        async with self.placing.place(placed, now) as positions:
+            topics = {m.topic for m in placed if m.topic != BROADCAST}
+            holders = await self.topics.counts(list(topics), nodes)
+            work = self.ledger.plan(ids, per_node(entries, routes, now, holders, nodes, positions))
+            awaited = self.start_sends(work, nodes, now, late, traces)
+        if awaited:
+            await asyncio.wait(awaited, timeout=self.config.send_wait_ms / 1000)
+        late.set()
+        done = self.ledger.settled(ids)
+        await self.stream.ack(done)
+        UNROUTED.inc(sum(1 for e in entries for m in e.messages for u in m.users if u not in routes))
+        MESSAGES_OUT.inc(messages)
+        BATCH_SECONDS.observe(time.perf_counter() - start)
+
+    def start_sends(self, work: dict[str, dict[str, list[Delivery]]], nodes: dict[str, NodeCard], now: int,
+                    late: asyncio.Event, traces: dict[str, str]) -> list[asyncio.Task[None]]:
+        """Start sending each node its part (one task per node, each writing its batch as it first runs, in the order
+        started); return the sends this cycle waits for. A node with ``link_window`` batches unanswered is skipped."""
         sends: list[asyncio.Task[None]] = []
         awaited: list[asyncio.Task[None]] = []
         stalled: list[str] = []
         waiting: set[str] = set()
-        for node, by_entry in self.ledger.plan(ids, per_node(entries, routes, now, holders, nodes)).items():
+        for node, by_entry in work.items():
             link = self.links.get(nodes[node])
             if link.in_flight >= self.config.link_window:
                 stalled.append(node)
@@ -228,14 +250,7 @@ class Forwarder:
         if stalled:
             RETRIED.inc(len(waiting))
             log.warning("nodes not answering: their part waits for a retry", extra={"nodes": stalled, "count": len(waiting)})
-        if awaited:
-            await asyncio.wait(awaited, timeout=self.config.send_wait_ms / 1000)
-        late.set()
-        done = self.ledger.settled(ids)
-        await self.stream.ack(done)
-        UNROUTED.inc(sum(1 for e in entries for m in e.messages for u in m.users if u not in routes))
-        MESSAGES_OUT.inc(messages)
-        BATCH_SECONDS.observe(time.perf_counter() - start)
+        return awaited
 
     async def send(self, link: NodeLink, by_entry: dict[str, list[Delivery]], at: int, late: asyncio.Event,
                    trace: tuple[str, ...] = ()) -> None:

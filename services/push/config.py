@@ -6,7 +6,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from shared.infra.config import InternalKeySettings, MongoSettings, ProxySettings, RedisSettings, flag, setting
+from shared.infra.config import InternalKeySettings, MongoSettings, ProxySettings, RedisSettings, TopicSettings, flag, setting
 from shared.model.topics import valid_pattern
 
 
@@ -20,7 +20,7 @@ def parse_topics(raw: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySettings):
+class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySettings, TopicSettings):
     SERVICE: ClassVar[str] = "push"
     PREFIXES: ClassVar[tuple[str, ...]] = ("PUSH_",)
 

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 HELD_LIMIT = 1000
 PUBLISH_SLICE = 1000  # sockets written between two yields to the loop
 PUBLISHED_MEMORY = 100_000  # topic message ids remembered, so a retried batch is not written twice
+POSITIONING_LIMIT = 10_000  # live frames of one topic held for one socket while its position is read; past it: 1013
 FLUSH_INTERVAL = 0.005  # seconds between two passes of the flusher over backed-up sockets
 ACKED_LIMIT = 1_000  # acknowledged ids one socket still remembers, so a late batch does not write them again
 SENT_LIMIT = 10_000  # unacked message ids one socket remembers (the default INBOX_LIMIT), ~1 MB at most
@@ -138,6 +139,17 @@ class Session:
     topics: set[str] = field(default_factory=set)
     welcomed: bool = False  # sent its welcome frame: broadcasts reach it from then on, never before the welcome
     waiting: Waiting | None = None  # live frames queued while its buffer is backed up
+    # Topics whose live frames wait until their position is known (``Hub.resume``): (offset, frame on the wire) each.
+    positioning: dict[str, list[tuple[int | None, bytes]]] | None = None  # (None rather than empty: a dict per socket costs)
+    # Per topic, the last offset a resume wrote: live frames up to it still on their way (placed before the read of
+    # the history, sent after) are dropped; the first one past it ends the watch.
+    floors: dict[str, int] | None = None
+
+    def await_positions(self, topics: Iterable[str]) -> None:
+        """Hold the live frames of these topics until ``Hub.resume`` (their position is being read)."""
+        self.positioning = self.positioning or {}
+        for topic in topics:
+            self.positioning.setdefault(topic, [])
 
     @property
     def open(self) -> bool:
@@ -239,16 +251,17 @@ class Hub:
     def topic_count(self) -> int:
         return len(self._by_topic)
 
-    def close_slow(self, session: Session) -> None:
-        """Close a socket whose client does not read: its unsent messages stay in the inbox for the next
-        connect, and the node's memory stays bounded (the socket stops being written once closing)."""
+    def close_slow(self, session: Session, reason: str = "too slow: reconnect to get the rest") -> None:
+        """Close a socket whose client does not read (or whose recovery fell too far behind): its unsent messages stay
+        in the inbox (or the topic's history) for the next connect, and the node's memory stays bounded (the socket
+        stops being written once closing)."""
         if session.closing:
             return
         session.closing = True
         SLOW_CLOSED.inc()
-        log.warning("closing a connection that does not read", extra={"user_id": session.user_id,
-                                                                       "bytes": session.ws.transport.get_write_buffer_size()})
-        task = asyncio.get_running_loop().create_task(session.ws.close(CloseCode.TRY_AGAIN, "too slow: reconnect to get the rest"))
+        log.warning("closing a connection that does not keep up", extra={
+            "user_id": session.user_id, "bytes": session.ws.transport.get_write_buffer_size(), "reason": reason})
+        task = asyncio.get_running_loop().create_task(session.ws.close(CloseCode.TRY_AGAIN, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -288,10 +301,7 @@ class Hub:
                 continue
             session.sent.add(message_id)
             data = data or wire(frame)
-            if session.waiting is not None or buffered > self.backlog_bytes:
-                self._queue(session, data, high)
-            else:
-                session.ws.transport.write(data)
+            self._write(session, data, high, buffered)
         return taken
 
     def _buffered(self, session: Session) -> int | None:
@@ -340,9 +350,54 @@ class Hub:
         finally:
             self._flusher = None
 
-    async def publish(self, message_id: str, frame: bytes, topic: str, high: bool = False) -> int:
+    def resume(self, session: Session, topic: str, missed: list[bytes], after: int) -> None:
+        """End the wait for ``topic``'s position: write the messages the session ``missed`` (its recovery, in offset
+        order), then the live frames held meanwhile that come after offset ``after`` (the position it was told), with
+        no await in between, so nothing is lost, doubled or reordered between the two."""
+        held = session.positioning.pop(topic, []) if session.positioning else []
+        if not session.positioning:
+            session.positioning = None
+        if not session.open or (buffered := self._buffered(session)) is None:
+            return
+        later = [(offset, data) for offset, data in held if offset is None or offset > after]
+        for data in [*map(wire, missed), *(data for _, data in later)]:
+            self._write(session, data, False, buffered)
+        session.floors = session.floors or {}
+        session.floors[topic] = max((offset for offset, _ in later if offset is not None), default=after)
+
+    @staticmethod
+    def _past_floor(session: Session, topic: str, offset: int) -> bool:
+        """Whether a live frame at ``offset`` comes after what the session's resume of ``topic`` wrote (the first that
+        does ends the watch: later ones are placed later still)."""
+        assert session.floors is not None
+        if offset <= session.floors[topic]:
+            return False
+        del session.floors[topic]
+        if not session.floors:
+            session.floors = None
+        return True
+
+    def _write(self, session: Session, data: bytes, high: bool, buffered: int) -> None:
+        """Append ``data`` to the socket, or queue it while the socket is backed up (``buffered`` bytes waiting)."""
+        if session.waiting is not None or buffered > self.backlog_bytes:
+            self._queue(session, data, high)
+        else:
+            session.ws.transport.write(data)
+
+    def announce(self, topic: str, frame: bytes) -> None:
+        """Write a notice about ``topic`` (a join or leave) to its open subscribers here (held, like its messages, for a
+        subscriber whose position in the topic is being read, so it never precedes the ``subscribed`` answer)."""
+        data = wire(frame)
+        for session in list(self._by_topic.get(topic, ())):
+            if session.positioning and (held := session.positioning.get(topic)) is not None:
+                held.append((None, data))
+            elif session.open and (buffered := self._buffered(session)) is not None:
+                self._write(session, data, False, buffered)
+
+    async def publish(self, message_id: str, frame: bytes, topic: str, high: bool = False, offset: int = 0) -> int:
         """Write a topic message to the open sessions subscribed to ``topic`` (every open session for
-        ``BROADCAST``), without awaiting any socket (queued for a backed-up one); return how many were written."""
+        ``BROADCAST``), without awaiting any socket (queued for a backed-up one; held for one whose position in the
+        topic is being read); return how many were written."""
         if message_id in self._published:
             return 0
         self._published[message_id] = None
@@ -359,9 +414,13 @@ class Hub:
             for session in sessions[start:start + PUBLISH_SLICE]:
                 if not session.welcomed or not session.open or (buffered := self._buffered(session)) is None:
                     continue
-                if session.waiting is not None or buffered > self.backlog_bytes:
-                    self._queue(session, data, high)
-                else:
-                    session.ws.transport.write(data)
+                if session.positioning and (held := session.positioning.get(topic)) is not None:
+                    held.append((offset, data))
+                    if len(held) > POSITIONING_LIMIT:
+                        self.close_slow(session, "too many messages while recovering: reconnect to recover again")
+                    continue
+                if session.floors and topic in session.floors and not self._past_floor(session, topic, offset):
+                    continue
+                self._write(session, data, high, buffered)
                 written += 1
         return written

@@ -27,7 +27,7 @@ async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWrite
     delivered, absent, published = [], 0, 0
     for item in batch.items:
         if item.topic is not None:
-            sockets = await hub.publish(item.message_id, item.frame, item.topic, item.priority is Priority.HIGH)
+            sockets = await hub.publish(item.message_id, item.frame, item.topic, item.priority is Priority.HIGH, item.offset or 0)
             published += sockets
             reached = {"dispatched": batch.at, **({"delivered": int(now * 1000)} if sockets else {})}
             lifecycle.count(item.message_id, node, sockets, reached)

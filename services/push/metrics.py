@@ -24,3 +24,7 @@ SENT_FORGOTTEN = Counter("push_sent_forgotten_total", "Sent, unacked message ids
                          "may then write one again; the client drops it by id)")
 SIGNED = Counter("push_signed_requests_total", "Signed internal requests admitted (each nonce kept 60 s, at most 10,000 per "
                  "purpose), by purpose: link, drain, topic_users", ["purpose"])
+HISTORY_READS = Counter("push_history_reads_total", "Reads of topic positions and histories from Redis (one per batch of "
+                        "subscribes waiting at once, whatever their number)")
+RECOVERIES = Counter("push_recoveries_total", "Topic recoveries asked by subscribers, by outcome: recovered (every missed "
+                     "message sent) or gap (the client must reload)", ["outcome"])

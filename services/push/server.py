@@ -25,10 +25,13 @@ from services.push.hub import Hub
 from services.push.identity import TokenVerifier
 from services.push.limits import AddressCount
 from services.push.link import serve_link
+from services.push.membership import Membership
+from services.push.recovery import TopicReads
 from services.push.registrar import Registrar
 from services.push.replay import NOT_YET, Replayer
 from services.push.sockets import SocketHandler
 from shared.cluster.routes import NodeCard, RouteReader, RouteWriter, directory
+from shared.cluster.topic_log import TopicLog
 from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.delivery.store import MessageStore
@@ -56,7 +59,9 @@ class PushNode:
         self.addresses = AddressCount(config.max_connections_per_address)
         self.drain = Drain(self.hub, self.registrar, self.other_nodes, config.drain_seconds)
         self.gate = Gate(config, self.hub, self.drain, self.addresses, self.health)
-        self.sockets = SocketHandler(config, self.hub, self.registrar, self.replayer, self.acks, self.drain)
+        reads = TopicReads(TopicLog(self.redis, config.namespaces))
+        self.membership = Membership(self.redis, config.node_id, self.hub, config.namespaces, RouteReader(self.redis, config.internal_key))
+        self.sockets = SocketHandler(config, self.hub, self.registrar, self.replayer, self.acks, self.drain, reads, self.membership)
 
     def card(self) -> NodeCard:
         c = self.config
@@ -107,7 +112,7 @@ class PushNode:
                 create_connection=ProxiedConnection if c.proxy_protocol else None,
             )
             async with running(self.registrar.run_flusher(), self.registrar.run_heartbeat(), self.lifecycle.run(),
-                               self.acks.run(), self.replayer.watch_epoch(c.heartbeat_interval)):
+                               self.acks.run(), self.replayer.watch_epoch(c.heartbeat_interval), self.membership.run()):
                 log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
                 await stop
                 log.info("shutting down", extra={"node": c.node_id, "count": self.hub.connections})

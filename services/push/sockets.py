@@ -22,13 +22,17 @@ from services.push.config import PushConfig
 from services.push.drain import Drain
 from services.push.hub import Hub, Session
 from services.push.identity import TokenVerifier
-from services.push.metrics import CONNECTS, REFUSED
+from services.push.membership import Membership
+from services.push.metrics import CONNECTS, RECOVERIES, REFUSED
+from services.push.recovery import TopicReads
 from services.push.registrar import Registrar
 from services.push.replay import Replayer
+from shared.infra.clients import REDIS_FAILURES
 from shared.infra.metrics import ERRORS
 from shared.infra.token_bucket import TokenBucket
-from shared.model.topics import Grants
-from shared.wire.errors import CloseCode, RateLimited, ServiceError, Unauthorized
+from shared.model.message import BROADCAST
+from shared.model.topics import Grants, Position
+from shared.wire.errors import CloseCode, RateLimited, ServiceError, Unauthorized, Unavailable
 from shared.wire.protocol import (
     AckFrame,
     ExpiringFrame,
@@ -43,6 +47,7 @@ from shared.wire.protocol import (
     UnsubscribeFrame,
     WelcomeFrame,
     parse_client_frame,
+    with_position,
 )
 
 log = logging.getLogger(__name__)
@@ -94,10 +99,13 @@ class Lease:
 class SocketHandler:
     """Runs each browser socket of the node; ``verifier`` is set once the node's HTTP client session exists."""
 
-    def __init__(self, config: PushConfig, hub: Hub, registrar: Registrar, replayer: Replayer, acks: Acks, drain: Drain) -> None:
+    def __init__(self, config: PushConfig, hub: Hub, registrar: Registrar, replayer: Replayer, acks: Acks, drain: Drain,
+                 reads: TopicReads, membership: Membership) -> None:
         self.config = config
         self.hub = hub
         self.registrar = registrar
+        self.reads = reads
+        self.membership = membership
         self.replayer = replayer
         self.acks = acks
         self.drain = drain
@@ -143,7 +151,7 @@ class SocketHandler:
         except ConnectionClosed:
             pass
         finally:
-            self.registrar.unsubscribed(self.hub.remove(session))
+            self.left_topics(session, self.hub.remove(session))
             self.registrar.left(user)
 
     def grants(self, identity: Identity) -> Grants:
@@ -165,7 +173,7 @@ class SocketHandler:
             elif isinstance(frame, AckFrame):
                 self.acks.add(session.user_id, frame.ids, written=session.acknowledged(frame.ids))
             elif isinstance(frame, SubscribeFrame):
-                await self.subscribe(session, lease.grants, frame.topics)
+                await self.subscribe(session, lease.grants, frame)
             elif isinstance(frame, UnsubscribeFrame):
                 await self.unsubscribe(session, frame.topics)
             elif isinstance(frame, RefreshFrame):
@@ -173,7 +181,7 @@ class SocketHandler:
 
     async def unsubscribe(self, session: Session, topics: tuple[str, ...]) -> None:
         """Leave these topics (Redis counts the change at the next flush) and say so."""
-        self.registrar.unsubscribed(self.hub.unsubscribe(session, topics))
+        self.left_topics(session, self.hub.unsubscribe(session, topics))
         await session.ws.send(TopicsFrame(Op.UNSUBSCRIBED, topics).encode())
 
     async def refresh(self, session: Session, lease: Lease, token: str) -> None:
@@ -191,21 +199,44 @@ class SocketHandler:
         await session.ws.send(RefreshedFrame(identity.expires_at).encode())
         lease.renew(grants, identity.expires_at)
 
-    async def subscribe(self, session: Session, grants: Grants, topics: tuple[str, ...]) -> None:
-        """Subscribe to the granted topics (up to the per-connection cap) once Redis counts them, then say which
-        were granted and which refused; a refusal leaves the connection open."""
-        forbidden = [t for t in topics if not grants.allows(t)]
-        fresh = [t for t in topics if grants.allows(t) and t not in session.topics]
+    def left_topics(self, session: Session, topics: list[str]) -> None:
+        """The session left these topics (unsubscribed or closed): their counts in Redis change at the next flushes."""
+        self.registrar.unsubscribed(topics)
+        self.membership.unsubscribed(session.user_id, topics)
+
+    async def subscribe(self, session: Session, grants: Grants, frame: SubscribeFrame) -> None:
+        """Subscribe to the granted topics (up to the per-connection cap) once Redis counts them, then say which were
+        granted, at which position, and which refused (a refusal leaves the connection open); then send what each
+        recovering topic missed and the live messages held meanwhile. ``BROADCAST`` is always granted: the socket
+        gets broadcasts anyway, its subscribe only reads (and recovers) their position."""
+        allowed = [t for t in frame.topics if t == BROADCAST or grants.allows(t)]
+        forbidden = [t for t in frame.topics if t not in allowed]
+        fresh = [t for t in allowed if t != BROADCAST and t not in session.topics]
         over = fresh[max(0, self.config.max_connection_topics - len(session.topics)):]
-        granted = [t for t in topics if grants.allows(t) and t not in over]
-        added = self.hub.subscribe(session, granted)
-        if added:
-            await self.registrar.subscribed(added)
-        replies = [TopicsFrame(Op.SUBSCRIBED, tuple(granted)) if granted else None,
+        granted = [t for t in allowed if t not in over]
+        added = self.hub.subscribe(session, [t for t in granted if t != BROADCAST])
+        self.membership.subscribed(session.user_id, added)
+        # Live frames of a new subscription (or of broadcasts being recovered) wait until its position is known.
+        session.await_positions([*added, *([BROADCAST] if BROADCAST in frame.recover else [])])
+        try:
+            if added:
+                await self.registrar.subscribed(added)
+            states = await self.reads.read({t: p.offset if (p := frame.recover.get(t)) else None for t in granted})
+        except REDIS_FAILURES as exc:
+            raise Unavailable.of("Redis", exc, "subscribe again") from None
+        missed = {t: states[t].recover(p) for t, p in frame.recover.items() if t in states}
+        for topic, messages in missed.items():
+            RECOVERIES.labels("recovered" if messages is not None else "gap").inc()
+        replies = [TopicsFrame(Op.SUBSCRIBED, tuple(granted), positions={t: states[t].position for t in granted},
+                               recovered={t: m is not None for t, m in missed.items()}) if granted else None,
                    TopicsFrame(Op.ERROR, tuple(forbidden), "forbidden") if forbidden else None,
                    TopicsFrame(Op.ERROR, tuple(over), "limit") if over else None]
         for reply in filter(None, replies):
             await session.ws.send(reply.encode())
+        for topic in granted:
+            position = states[topic].position
+            frames = [with_position(m.frame, Position(m.offset, position.epoch)) for m in missed.get(topic) or ()]
+            self.hub.resume(session, topic, frames, position.offset)
 
     @staticmethod
     async def refuse(ws: ServerConnection, exc: ServiceError, user: str | None) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, overload
 from urllib.parse import urlsplit
 
+from shared.model.topics import Namespaces, TopicPolicy, parse_namespaces
 from shared.wire.forwarding import Network, parse_networks
 
 T = TypeVar("T")
@@ -263,6 +264,24 @@ class WebhookUrlSettings(Settings):
     webhook_allow_private: bool = setting("WEBHOOK_ALLOW_PRIVATE", "0", "1: webhook URLs may resolve to loopback, link-local "
                                           "and private addresses in production too (development always allows them, and http)",
                                           cast=flag)
+
+
+@dataclass(frozen=True)
+class TopicSettings(Settings):
+    """What dispatch (which writes topic histories), push nodes (which recover from them and say who joins) and collect
+    (which serves them) must agree on about topics (``shared.model.topics``)."""
+
+    topic_history_size: int = setting("TOPIC_HISTORY_SIZE", 100, "messages each topic keeps for subscribers to recover "
+                                      "(0: none; offsets still count)", low=0)
+    topic_history_seconds: int = setting("TOPIC_HISTORY_SECONDS", 300, "... for at most this long", low=1)
+    topic_namespaces: dict[str, dict[str, object]] = setting(
+        "TOPIC_NAMESPACES", "", 'JSON: per namespace (a topic name\'s part before `:`), overrides of `history_size`, '
+        '`history_seconds` and `join_leave` (tell subscribers who joins and leaves), e.g. `{"chat": {"history_size": 50, '
+        '"join_leave": true}, "ticker": {"history_size": 0}}`', cast=parse_namespaces)
+
+    @property
+    def namespaces(self) -> Namespaces:
+        return Namespaces(TopicPolicy(self.topic_history_size, self.topic_history_seconds), self.topic_namespaces)
 
 
 @dataclass(frozen=True)

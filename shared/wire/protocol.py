@@ -15,7 +15,7 @@ A ``MessageFrame`` is encoded once, when collect accepts the message, to the UTF
 browser receives; those bytes travel as they are (Redis, the link, the node's socket write), never decoded and
 re-encoded. So a deliver batch is a binary websocket message that carries them unescaped: a 4-byte big-endian
 length (``BATCH_HEAD``), a JSON head of that many bytes, ``{"type": "deliver", "batch", "at", "items": [[id, frame
-length, ts, [users](, topic(, priority))], ...]}``, then the items' frames concatenated in order, which the node
+length, ts, [users](, topic(, priority(, offset)))], ...]}``, then the items' frames concatenated in order, which the node
 slices out by their lengths. A ``BatchResult`` is a JSON object.
 """
 
@@ -25,7 +25,7 @@ import re
 import secrets
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -33,7 +33,7 @@ import orjson
 
 from shared.model.message import BROADCAST, Message
 from shared.model.priority import Priority
-from shared.model.topics import valid_topic
+from shared.model.topics import Position, valid_topic
 from shared.wire.errors import CloseCode, MalformedRequest
 
 __all__ = ["CloseCode", "Op"]  # and the frames below
@@ -51,6 +51,8 @@ class Op(StrEnum):
     RECONNECT = "reconnect"
     REFRESHED = "refreshed"
     EXPIRING = "expiring"
+    JOIN = "join"
+    LEAVE = "leave"
     PING = "ping"  # browser -> node
     ACK = "ack"
     SUBSCRIBE = "subscribe"
@@ -74,12 +76,14 @@ def load_object(data: str | bytes | memoryview, what: str = "frame") -> dict[str
 @dataclass(frozen=True, slots=True)
 class MessageFrame:
     """A message as the browser receives it; ``id`` lets clients drop duplicates. A topic message names its
-    ``topic``; a broadcast (topic ``BROADCAST``) says ``"broadcast": true``."""
+    ``topic``; a broadcast (topic ``BROADCAST``) says ``"broadcast": true``. Once dispatched, a topic message also
+    carries its ``position`` in its topic (``with_position``)."""
 
     id: str
     payload: Any
     ts: int
     topic: str | None = None
+    position: Position | None = None
 
     def encode(self) -> bytes:
         """The frame's JSON text as UTF-8 bytes: what every recipient's socket is sent, as a text frame."""
@@ -88,7 +92,14 @@ class MessageFrame:
             head["broadcast"] = True
         elif self.topic is not None:
             head["topic"] = self.topic
-        return orjson.dumps({**head, "payload": self.payload, "ts": self.ts})
+        frame = orjson.dumps({**head, "payload": self.payload, "ts": self.ts})
+        return frame if self.position is None else with_position(frame, self.position)
+
+
+def with_position(frame: bytes, position: Position) -> bytes:
+    """A topic message's frame (a JSON object, as collect encoded it) with its ``offset`` and ``epoch`` added last:
+    the bytes are extended, never decoded (an epoch is hex, so it needs no escaping)."""
+    return b"%s,\"offset\":%d,\"epoch\":\"%s\"}" % (frame[:-1], position.offset, position.epoch.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +133,11 @@ class AckFrame:
 
 @dataclass(frozen=True, slots=True)
 class SubscribeFrame:
-    """The client asks for the messages of these topics."""
+    """The client asks for the messages of these topics (``BROADCAST`` among them: the broadcasts' position), and for
+    those in ``recover`` every message after the position it gives."""
 
     topics: tuple[str, ...]
+    recover: dict[str, Position] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +148,42 @@ class UnsubscribeFrame:
 @dataclass(frozen=True, slots=True)
 class TopicsFrame:
     """The node's answer to a (un)subscribe: ``subscribed`` / ``unsubscribed`` topics, or an ``error`` with its
-    ``code`` (``forbidden``: not granted; ``limit``: past the node's topics per connection) naming the topics refused."""
+    ``code`` (``forbidden``: not granted; ``limit``: past the node's topics per connection) naming the topics refused.
+    ``subscribed`` gives each topic's current ``positions`` and, for those the client asked to recover, whether every
+    message it missed follows (``recovered``)."""
 
     type: Op  # SUBSCRIBED, UNSUBSCRIBED or ERROR
     topics: tuple[str, ...]
     code: str | None = None
+    positions: dict[str, Position] | None = None
+    recovered: dict[str, bool] | None = None
 
     def encode(self) -> str:
-        head = {"type": self.type} if self.code is None else {"type": self.type, "code": self.code}
-        return orjson.dumps({**head, "topics": list(self.topics)}).decode()
+        head: dict[str, Any] = {"type": self.type} if self.code is None else {"type": self.type, "code": self.code}
+        head["topics"] = list(self.topics)
+        if self.positions is not None:
+            head["positions"] = {t: p.as_json() for t, p in self.positions.items()}
+        if self.recovered:
+            head["recovered"] = self.recovered
+        return orjson.dumps(head).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceFrame:
+    """A ``join`` (the user's first socket, on any node, subscribed to the topic) or a ``leave`` (their last one left
+    it), sent to the topic's subscribers where its namespace has join/leave on."""
+
+    type: Op  # JOIN or LEAVE
+    topic: str
+    user_id: str
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"type": self.type, "topic": self.topic, "user_id": self.user_id})
+
+    @classmethod
+    def decode_all(cls, data: bytes) -> list[PresenceFrame]:
+        """The frames a node announced together (a JSON array of encoded frames)."""
+        return [cls(Op(f["type"]), f["topic"], f["user_id"]) for f in orjson.loads(data)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +234,27 @@ ClientFrame = AckFrame | PingFrame | SubscribeFrame | UnsubscribeFrame | Refresh
 
 def _topics(obj: dict[str, Any]) -> tuple[str, ...]:
     topics = obj.get("topics")
-    if not isinstance(topics, list) or not 0 < len(topics) <= MAX_FRAME_TOPICS or not all(map(valid_topic, topics)):
+    if (not isinstance(topics, list) or not 0 < len(topics) <= MAX_FRAME_TOPICS
+            or not all(t == BROADCAST or valid_topic(t) for t in topics)):
         raise MalformedRequest(f"{obj['type']} needs 'topics': 1 to {MAX_FRAME_TOPICS} topic names "
-                               "(letters, digits and _ . : @ -)")
+                               f"(letters, digits and _ . : @ -, or {BROADCAST} for the broadcasts)")
     return tuple(dict.fromkeys(topics))
+
+
+def _recover(obj: dict[str, Any], topics: tuple[str, ...]) -> dict[str, Position]:
+    """A subscribe's ``recover``: topic -> ``{"offset", "epoch"}``, each topic among those subscribed."""
+    recover = obj.get("recover", {})
+    if not isinstance(recover, dict):
+        raise MalformedRequest("subscribe's 'recover' must be an object of topic -> {\"offset\", \"epoch\"}")
+    positions = {}
+    for topic, value in recover.items():
+        if topic not in topics:
+            raise MalformedRequest(f"subscribe recovers {topic[:130]!r}, which is not among its 'topics'")
+        position = Position.parse(value)
+        if position is None:
+            raise MalformedRequest(f"subscribe's 'recover' for {topic!r} needs 'offset' (an integer >= 0) and 'epoch' (a string)")
+        positions[topic] = position
+    return positions
 
 
 def parse_client_frame(data: str | bytes) -> ClientFrame:
@@ -216,7 +273,8 @@ def parse_client_frame(data: str | bytes) -> ClientFrame:
             raise MalformedRequest("ack ids must be strings")
         return AckFrame(tuple(ids))
     if kind == Op.SUBSCRIBE:
-        return SubscribeFrame(_topics(obj))
+        topics = _topics(obj)
+        return SubscribeFrame(topics, _recover(obj, topics))
     if kind == Op.UNSUBSCRIBE:
         return UnsubscribeFrame(_topics(obj))
     if kind == Op.REFRESH:
@@ -238,10 +296,10 @@ class Identity:
 
 BATCH_HEAD = struct.Struct(">I")  # a deliver batch's first bytes: the length of its JSON head
 # Per item of a deliver batch's head besides its strings: brackets, commas, the id's quotes, the topic's quotes (or a
-# null), a priority, and the frame's length and the ts (each up to 20 characters).
-ITEM_OVERHEAD = 64
+# null), a priority, and the frame's length, the ts and an offset (each up to 20 characters).
+ITEM_OVERHEAD = 84
 DELIVER_SHAPE = ("a deliver batch's head needs 'type': 'deliver', 'batch', 'at' and 'items' "
-                 "[[id, frame length, ts, [users](, topic(, priority))], ...], and 'tp' if any, a list of traceparents")
+                 "[[id, frame length, ts, [users](, topic(, priority(, offset)))], ...], and 'tp' if any, a list of traceparents")
 
 
 def _integer(value: object) -> int:
@@ -255,7 +313,8 @@ def _integer(value: object) -> int:
 class Delivery:
     """One message for the users of one node: the frame their sockets receive (UTF-8 JSON text, as collect encoded it),
     and its acceptance time (ms). A topic message names no users but its ``topic`` (``BROADCAST``: every socket of the
-    node). ``priority`` orders the frames waiting for a backed-up socket."""
+    node) and its ``offset`` there (its frame carries its position). ``priority`` orders the frames waiting for a
+    backed-up socket."""
 
     message_id: str
     frame: bytes
@@ -263,16 +322,23 @@ class Delivery:
     users: tuple[str, ...]
     topic: str | None = None
     priority: Priority = Priority.NORMAL
+    offset: int | None = None
 
     @classmethod
-    def of(cls, message: Message, users: Iterable[str] = ()) -> Delivery:
-        """``message`` for ``users`` of one node (none for a topic message)."""
-        return cls(message.id, message.frame, message.ts, tuple(users), message.topic, message.priority)
+    def of(cls, message: Message, users: Iterable[str] = (), position: Position | None = None) -> Delivery:
+        """``message`` for ``users`` of one node (none for a topic message, which has its ``position``)."""
+        if position is None:
+            return cls(message.id, message.frame, message.ts, tuple(users), message.topic, message.priority)
+        return cls(message.id, with_position(message.frame, position), message.ts, (), message.topic, message.priority,
+                   position.offset)
 
     def head(self) -> list[Any]:
         """The item in a deliver batch's head: ``[id, frame length, ts, [users]]``, then the topic (or null) only when
-        there is one or a priority other than normal, then that priority. The frame follows the head."""
+        there is one or a priority other than normal, then that priority, then the offset of a positioned topic
+        message. The frame follows the head."""
         item = [self.message_id, len(self.frame), self.ts, list(self.users)]
+        if self.offset is not None:
+            return [*item, self.topic, self.priority.value, self.offset]
         if self.priority is not Priority.NORMAL:
             return [*item, self.topic, self.priority.value]
         return item if self.topic is None else [*item, self.topic]
@@ -287,7 +353,7 @@ class Delivery:
     def decode(cls, item: Any, frames: memoryview, offset: int) -> Delivery:
         """The inverse of ``head``, its frame sliced from ``frames`` at ``offset`` (cut short where ``frames`` ends: the
         batch checks that the lengths add up); TypeError or ValueError unless ``item`` is one of its shapes."""
-        if type(item) is not list or len(item) not in (4, 5, 6):
+        if type(item) is not list or len(item) not in (4, 5, 6, 7):
             raise TypeError("not a delivery")
         message_id, length, ts, users = item[:4]
         if type(message_id) is not str or type(length) is not int or length < 0 or type(ts) is not int or type(users) is not list:
@@ -298,8 +364,9 @@ class Delivery:
         topic = item[4] if len(item) >= 5 else None
         if (topic is not None or len(item) == 5) and type(topic) is not str:
             raise TypeError("a topic is a string")
+        position = _integer(item[6]) if len(item) == 7 else None
         return cls(message_id, bytes(frames[offset:offset + length]), ts, tuple(users), topic,
-                   Priority(item[5]) if len(item) == 6 else Priority.NORMAL)
+                   Priority(item[5]) if len(item) >= 6 else Priority.NORMAL, position)
 
 
 @dataclass(frozen=True, slots=True)

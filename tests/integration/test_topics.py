@@ -125,7 +125,7 @@ async def test_topic_message_reaches_each_subscriber_on_both_nodes_exactly_once(
     for ws in subscribers:
         frames = await frames_within(ws, 1.5)
         assert [(f["id"], f["topic"], f["payload"]) for f in frames] == [(body["id"], "public:once", {"n": 1})]
-        assert set(frames[0]) == {"type", "id", "topic", "payload", "ts"}
+        assert set(frames[0]) == {"type", "id", "topic", "payload", "ts", "offset", "epoch"}
     assert await frames_within(left, 0.3) == [] and await frames_within(bystander, 0.3) == []
     for ws in [*subscribers, left, bystander]:
         await ws.close()
@@ -154,7 +154,8 @@ async def test_broadcast_reaches_every_socket_of_both_nodes(any_shared_stack: Ru
     assert status == 202
     for ws in sockets:
         frames = await frames_within(ws, 1.5)
-        assert frames == [{"type": "message", "id": body["id"], "broadcast": True, "payload": "everyone", "ts": frames[0]["ts"]}]
+        assert frames == [{"type": "message", "id": body["id"], "broadcast": True, "payload": "everyone", "ts": frames[0]["ts"],
+                           "offset": frames[0]["offset"], "epoch": frames[0]["epoch"]}]
         await ws.close()
 
 

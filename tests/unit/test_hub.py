@@ -251,3 +251,21 @@ async def test_a_frame_of_any_length_reaches_the_client_as_a_text_frame_of_the_s
     hub.deliver("u", "m1", frame)
     await hub.publish("t1", frame, "news")
     assert [t.encode() for t in texts(s)] == [frame, frame]
+
+
+async def test_a_resume_writes_the_missed_messages_then_the_held_live_ones_after_the_position_then_drops_late_copies() -> None:
+    """While a new subscription's position is read, its live frames are held; the resume writes the missed ones, then
+    the held ones past the position told, and a live copy of an already written offset arriving later is dropped."""
+    hub = Hub()
+    s = session("u")
+    hub.add(s)
+    hub.subscribe(s, ["news"])
+    s.await_positions(["news"])
+    for offset in (4, 5, 6):  # 4 and 5 were placed before the read, 6 after
+        await hub.publish(f"m{offset}", b'{"o":%d}' % offset, "news", offset=offset)
+    assert s.ws.texts() == []
+    hub.resume(s, "news", [b'{"o":3}', b'{"o":4}', b'{"o":5}'], after=5)
+    await hub.publish("m5-late", b'{"o":5}', "news", offset=5)  # sent before the read, arriving after the resume
+    await hub.publish("m7", b'{"o":7}', "news", offset=7)
+    assert s.ws.texts() == [f'{{"o":{n}}}' for n in (3, 4, 5, 6, 7)]
+    assert s.positioning is None and s.floors is None

@@ -7,6 +7,7 @@ import re
 import orjson
 import pytest
 
+from shared.model.topics import Position
 from shared.wire.errors import MalformedRequest
 from shared.wire.protocol import (
     AckFrame,
@@ -210,6 +211,29 @@ def test_dispatch_sends_a_topic_message_once_to_each_holding_node_and_a_broadcas
     work = per_node(entries, {}, 50, {"news": {"n2": 3}}, ["n1", "n2"])
     assert work == {"n1": {"1-0": [Delivery("b1", b"B", 5, (), BROADCAST)]},
                     "n2": {"1-0": [Delivery("t1", b"T", 5, (), "news"), Delivery("b1", b"B", 5, (), BROADCAST)]}}
+
+
+def test_a_positioned_topic_message_carries_its_offset_and_epoch_in_its_frame_and_across_the_link() -> None:
+    """A topic message given a position has ``offset`` and ``epoch`` added to its frame (still the frame collect
+    encoded, extended), and its offset crosses the link in the batch head."""
+    from shared.model.message import Message
+
+    frame = MessageFrame("t1", {"q": "\"x\""}, 5, "news").encode()
+    delivery = Delivery.of(Message("t1", (), frame, 5, 99, topic="news"), position=Position(42, "k3x9"))
+    assert orjson.loads(delivery.frame) == {**orjson.loads(frame), "offset": 42, "epoch": "k3x9"}
+    assert delivery.frame == MessageFrame("t1", {"q": "\"x\""}, 5, "news", Position(42, "k3x9")).encode()
+    assert DeliverBatch.decode(DeliverBatch(1, 2, (delivery,)).encode()).items == (delivery,)
+    assert delivery.offset == 42 and len(delivery.head()) == 7
+
+
+def test_a_subscribe_may_recover_positions_of_its_own_topics_and_the_broadcasts() -> None:
+    """``recover`` maps topics of the subscribe (``*`` among them) to positions; anything else is malformed."""
+    frame = parse_client_frame('{"type": "subscribe", "topics": ["news", "*"], "recover": {"*": {"offset": 3, "epoch": "e"}}}')
+    assert frame == SubscribeFrame(("news", "*"), {"*": Position(3, "e")})
+    for recover in ('{"room": {"offset": 1, "epoch": "e"}}', '{"news": {"offset": -1, "epoch": "e"}}',
+                    '{"news": {"offset": 1}}', '[]'):
+        with pytest.raises(MalformedRequest):
+            parse_client_frame(f'{{"type": "subscribe", "topics": ["news"], "recover": {recover}}}')
 
 
 def test_the_largest_accepted_message_fits_one_batch_and_the_nodes_link_limit(monkeypatch: pytest.MonkeyPatch) -> None:
