@@ -137,6 +137,10 @@ class _Api:
     def _topic(topic: str, users: bool) -> Call:
         return Call("GET", f"/v1/topics/{quote(topic, safe='')}" + ("?users=1" if users else ""))
 
+    @staticmethod
+    def _history(topic: str, since: int, limit: int) -> Call:
+        return Call("GET", f"/v1/topics/{quote(topic, safe='')}/history?since={since}&limit={limit}")
+
 
 class PushClient(_Api):
     """Blocking client."""
@@ -182,6 +186,11 @@ class PushClient(_Api):
     def topic(self, topic: str, users: bool = False) -> dict[str, Any]:
         """The topic's subscribed sockets and nodes (and with ``users``, up to 1,000 user ids)."""
         return self._call(self._topic(topic, users))
+
+    def history(self, topic: str, since: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """The topic's kept messages after offset ``since`` (``*``: broadcasts): ``{"epoch", "offset", "complete",
+        "messages"}``, each message as subscribers received it."""
+        return self._call(self._history(topic, since, limit))
 
     def _call(self, call: Call) -> Any:
         for attempt in itertools.count():
@@ -241,6 +250,9 @@ class AsyncPushClient(_Api):
 
     async def topic(self, topic: str, users: bool = False) -> dict[str, Any]:
         return await self._call(self._topic(topic, users))
+
+    async def history(self, topic: str, since: int = 0, limit: int = 1000) -> dict[str, Any]:
+        return await self._call(self._history(topic, since, limit))
 
     async def _call(self, call: Call) -> Any:
         for attempt in itertools.count():

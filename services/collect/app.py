@@ -24,8 +24,8 @@ from services.collect.scopes import EVERYTHING, Scope
 from services.collect.shedding import Shedder
 from services.collect.webhooks import webhook_routes
 from shared.cluster.routes import RouteReader
-from shared.cluster.topic_log import TopicLog
 from shared.cluster.topic_holders import TopicReader
+from shared.cluster.topic_log import TopicLog
 from shared.delivery.handover import Handover
 from shared.delivery.inbox import Inbox
 from shared.delivery.store import MessageStore

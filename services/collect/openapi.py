@@ -223,6 +223,24 @@ PATHS: dict[str, Any] = {
             **errors(Unauthorized, NotFound, InvalidFields, RateLimited, Unavailable),
         },
     }},
+    "/v1/topics/{topic}/history": {"get": {
+        "summary": "A topic's kept messages after an offset, oldest first, as subscribers received them (* : broadcasts)",
+        "security": [{"apiKey": []}],
+        "parameters": [{"name": "topic", "in": "path", "required": True, "schema": {"anyOf": [TOPIC, {"const": "*"}]}},
+                       {"name": "since", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                       {"name": "limit", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+        "responses": {
+            **ok("the history", {"type": "object", "required": ["topic", "epoch", "offset", "complete", "messages"],
+                                 "additionalProperties": False,
+                                 "properties": {"topic": {"type": "string"}, "epoch": {"type": "string"},
+                                                "offset": {"type": "integer", "description": "the topic's current position"},
+                                                "complete": {"type": "boolean", "description": "false: the history no "
+                                                             "longer reaches back to since"},
+                                                "messages": {"type": "array", "items": {"type": "object"}}}}),
+            **errors(Unauthorized, NotFound, InvalidFields, RateLimited, Unavailable),
+        },
+    }},
     "/v1/nodes": {"get": {
         "summary": "Live push nodes, least loaded first, with the websocket URL browsers use",
         "responses": {**ok("the nodes", {"type": "object", "required": ["nodes"],

@@ -13,9 +13,9 @@ from starlette.applications import Starlette
 from services.dispatch.config import DispatchConfig
 from services.dispatch.firing import Firing
 from services.dispatch.forwarder import Forwarder, LiveNodes
-from services.dispatch.placing import Placing
 from services.dispatch.lease import Lease
 from services.dispatch.link_pool import LinkPool
+from services.dispatch.placing import Placing
 from services.dispatch.reconciler import LEASE_KEY, Reconciler
 from shared.cluster.routes import RouteReader
 from shared.cluster.topic_log import TopicLog
@@ -43,7 +43,8 @@ def create_app(config: DispatchConfig) -> Starlette:
     inbox = Inbox(redis)
     # A retried entry keeps its topic messages' positions for as long as retries of it may come.
     placing = Placing(TopicLog(redis, config.namespaces, config.claim_idle_ms * (config.max_attempts + 1) // 1000 + 1))
-    forwarders = [Forwarder(config, shard, routes, links, live, inbox, placing) for shard in stream.shards]  # one read loop per stream shard
+    # one read loop per stream shard
+    forwarders = [Forwarder(config, shard, routes, links, live, inbox, placing) for shard in stream.shards]
     lease = Lease(redis, LEASE_KEY, config.consumer, int(config.reconcile_interval * 3000))
     reconciler = Reconciler(config, store, inbox, lifecycle, lease, routes, stream)
     firing = Firing(config, reconciler.handover, lifecycle)

@@ -36,8 +36,8 @@ from dataclasses import replace
 from services.dispatch.config import DispatchConfig
 from services.dispatch.ledger import Ledger
 from services.dispatch.link_pool import LinkPool, NodeLink
-from services.dispatch.placing import Placing
 from services.dispatch.metrics import BATCH_SECONDS, FORWARDED, GIVEN_UP, LIVE_NODES, RETRIED, UNROUTED
+from services.dispatch.placing import Placing
 from shared.cluster.routes import NodeCard, RouteReader
 from shared.cluster.topic_holders import TopicReader
 from shared.delivery.inbox import Inbox
@@ -49,8 +49,8 @@ from shared.infra.clock import now_ms
 from shared.infra.metrics import MESSAGES_IN, MESSAGES_OUT
 from shared.infra.retry import Backoff
 from shared.model.message import BROADCAST
-from shared.wire.errors import LinkDown
 from shared.model.topics import Position
+from shared.wire.errors import LinkDown
 from shared.wire.protocol import Delivery
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Forwarder:
         late = asyncio.Event()  # set once this cycle stops waiting: sends ending after it acknowledge for themselves
         placed = [m for e in entries for m in e.messages if m.topic is not None and m.expires_ms > now]
         async with self.placing.place(placed, now) as positions:
-            topics = {m.topic for m in placed if m.topic != BROADCAST}
+            topics = {m.topic for m in placed if m.topic is not None and m.topic != BROADCAST}
             holders = await self.topics.counts(list(topics), nodes)
             work = self.ledger.plan(ids, per_node(entries, routes, now, holders, nodes, positions))
             awaited = self.start_sends(work, nodes, now, late, traces)

@@ -21,6 +21,9 @@ The hub also keeps topic -> subscribed sessions. A topic (or broadcast) message 
 each open session subscribed at that moment, whatever its replay state (it is in no inbox, so it has
 no order to keep with the user's messages), in slices of ``PUBLISH_SLICE`` sockets with a yield to
 the loop in between, and at most once per message id on this node (a retried batch writes nothing).
+While a session's position in a topic is being read (a new subscription, or a recovery), that
+topic's live frames are held for it; ``resume`` writes what it missed, then the held frames past the
+position it was told, and drops late live copies of offsets already written.
 """
 
 from __future__ import annotations

@@ -225,7 +225,7 @@ class SocketHandler:
         except REDIS_FAILURES as exc:
             raise Unavailable.of("Redis", exc, "subscribe again") from None
         missed = {t: states[t].recover(p) for t, p in frame.recover.items() if t in states}
-        for topic, messages in missed.items():
+        for messages in missed.values():
             RECOVERIES.labels("recovered" if messages is not None else "gap").inc()
         replies = [TopicsFrame(Op.SUBSCRIBED, tuple(granted), positions={t: states[t].position for t in granted},
                                recovered={t: m is not None for t, m in missed.items()}) if granted else None,

@@ -83,25 +83,30 @@ class TopicMembers:
             return []
         node = node or self.node_id
         left = _which(pairs, await self.unmark.each([member_key(t, u) for t, u in pairs], head=[node]))
-        await self.redis.srem(joined_key(node), *(f"{t} {u}" for t, u in pairs))  # type: ignore[misc]
+        await self.redis.srem(joined_key(node), *(f"{t} {u}" for t, u in pairs))
         return left
 
     async def sweep(self, node: str) -> list[Pair]:
         """Unmark everything ``node`` had marked (it died, or is this node's earlier life); return who left."""
-        pairs = [tuple(text(m).split(" ", 1)) for m in await self.redis.smembers(joined_key(node))]  # type: ignore[misc]
-        left = await self.leave(pairs, node) if pairs else []  # type: ignore[arg-type]
-        await self.redis.srem(JOINERS_KEY, node)  # type: ignore[misc]
+        pairs = [_pair(text(m)) for m in await self.redis.smembers(joined_key(node))]
+        left = await self.leave(pairs, node) if pairs else []
+        await self.redis.srem(JOINERS_KEY, node)
         return left
 
     async def joiners(self) -> set[str]:
         """The nodes that hold marks."""
-        return {text(n) for n in await self.redis.smembers(JOINERS_KEY)}  # type: ignore[misc]
+        return {text(n) for n in await self.redis.smembers(JOINERS_KEY)}
 
     async def announce(self, events: Iterable[PresenceFrame]) -> None:
         """Send these frames to every node, in one message (``PresenceFrame.decode_all`` reads it)."""
         frames = [e.encode() for e in events]
         if frames:
             await self.redis.publish(EVENTS_CHANNEL, b"[" + b",".join(frames) + b"]")
+
+
+def _pair(member: str) -> Pair:
+    topic, _, user = member.partition(" ")
+    return topic, user
 
 
 def _which(pairs: list[Pair], flags: list[int]) -> list[Pair]:

@@ -2,7 +2,7 @@
 
 * ``message`` -- a message's fields, its ids, its Redis field map (and the Lua field lists made from it);
 * ``priority`` -- the priority tiers and what each may use;
-* ``topics`` -- topic names, patterns and the grants a token carries;
+* ``topics`` -- topic names, patterns, the grants a token carries, positions and recovery, namespace policies;
 * ``states`` -- a delivery's states (accepted, scheduled, due, dispatched, delivered, acked, expired,
   cancelled, trimmed), which follows which, and which close it;
 * ``poststate`` -- a post's delivery state as pure data: every transition the Redis scripts of

@@ -1,8 +1,14 @@
-"""Topic names and who may subscribe to them. Pure logic, no I/O.
+"""Topics: names, who may subscribe, what each namespace keeps, and recovering from a position. Pure logic, no I/O.
 
 A topic is 1-128 characters of letters, digits and ``_ . : @ -``. A *pattern* is a topic name or a
 prefix ending in ``:*`` (``room:*`` grants ``room:42`` and ``room:lobby``, not ``room`` itself).
 A user may subscribe to a topic its token's ``topics`` claim or the node's ``PUBLIC_TOPICS`` grants.
+
+Every topic message has a ``Position`` in its topic (``BROADCAST`` is a topic here): an offset one
+above the previous message's, within an epoch. A subscriber that comes back with its position gets
+what it missed when the topic's history still holds all of it (``recover``), else nothing and is told
+so. How much history a topic keeps, and whether its subscribers hear joins and leaves, is its
+namespace's ``TopicPolicy`` (``Namespaces``, from ``TOPIC_NAMESPACES``).
 """
 
 from __future__ import annotations
@@ -127,7 +133,7 @@ def parse_namespaces(raw: str) -> dict[str, dict[str, object]]:
             kind = POLICY_FIELDS.get(key)
             if kind is None:
                 raise ValueError(f"gives {name!r} an unknown setting {key!r} (known: {', '.join(POLICY_FIELDS)})")
-            if type(value) is not kind or (key == "history_size" and value < 0) or (key == "history_seconds" and value < 1):
+            if type(value) is not kind or (kind is int and isinstance(value, int) and value < (0 if key == "history_size" else 1)):
                 raise ValueError(f"gives {name!r} {key}={value!r}: expected "
                                  + {"history_size": "an integer >= 0", "history_seconds": "an integer >= 1",
                                     "join_leave": "true or false"}[key])

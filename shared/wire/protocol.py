@@ -3,8 +3,8 @@
 Two links carry frames:
 
 * browser <-> push node: JSON text frames (``MessageFrame``, ``WelcomeFrame``, ``PongFrame``,
-  ``TopicsFrame``, ``ReconnectFrame``, ``RefreshedFrame``, ``ExpiringFrame`` out; ``AckFrame``, ``PingFrame``,
-  ``SubscribeFrame``, ``UnsubscribeFrame``, ``RefreshFrame`` in);
+  ``TopicsFrame``, ``PresenceFrame``, ``ReconnectFrame``, ``RefreshedFrame``, ``ExpiringFrame`` out; ``AckFrame``,
+  ``PingFrame``, ``SubscribeFrame``, ``UnsubscribeFrame``, ``RefreshFrame`` in);
 * dispatch -> push node (internal websocket): ``DeliverBatch`` out, ``BatchResult`` back.
 
 Every frame is a JSON object whose ``type`` is an ``Op`` (a deliver batch: its head); a connection closes with a

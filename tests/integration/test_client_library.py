@@ -69,7 +69,8 @@ async def test_a_send_during_a_store_outage_is_retried_until_stored_and_arrives_
 
 
 async def test_client_publishes_broadcasts_and_reads_presence(shared_stack: RunningStack) -> None:
-    """publish reaches a topic's subscriber, broadcast every socket, and presence and topic() count them."""
+    """publish reaches a topic's subscriber, broadcast every socket, presence and topic() count them, and history()
+    returns what the topic keeps after an offset."""
     c = shared_stack.client
     listener = await c.connect("lib-listener", node=0, topics=["lib:news"])
     bystander = await c.connect("lib-bystander", node=1)
@@ -85,6 +86,11 @@ async def test_client_publishes_broadcasts_and_reads_presence(shared_stack: Runn
         everyone = await client.broadcast("to all")
         assert [(await next_frame(ws))["id"] for ws in (listener, bystander)] == [everyone, everyone]
         assert (await client.status(published))["topic"] == "lib:news"
+        history = await client.history("lib:news")
+        assert [m["id"] for m in history["messages"]] == [published] and history["complete"]
+        assert history["offset"] == history["messages"][0]["offset"]
+        blocking = PushClient(shared_stack.stack.collect_url, API_KEY)
+        assert await asyncio.to_thread(blocking.history, "lib:news", history["offset"]) == {**history, "messages": []}
     finally:
         await client.close()
     await asyncio.gather(listener.close(), bystander.close())

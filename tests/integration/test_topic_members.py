@@ -51,7 +51,8 @@ async def test_a_user_joins_with_the_first_tab_and_leaves_with_the_last_on_eithe
     await observer.close()
 
 
-async def test_a_killed_nodes_users_leave_within_the_node_ttl_and_leave_no_ghost(start_stack: Callable[..., RunningStack]) -> None:
+async def test_a_killed_nodes_users_leave_within_the_node_ttl_and_leave_no_ghost(start_stack: Callable[..., RunningStack],
+                                                                                topology: str) -> None:
     """With NODE_TTL_SECONDS=3, a node SIGKILLed makes its subscribers leave (once each, seen on the other node)
     within the TTL and a sweep, and the topic's user list then names only the live node's users."""
     stack = start_stack(NODE_TTL_SECONDS="3", **STACK_ENV)

@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
+from redis.crc import key_slot
 from websockets.asyncio.client import ClientConnection
 
+from shared.cluster.topic_log import position_key
 from tests.client import API_KEY, ClusterClient, frames_within, next_frame
 from tests.conftest import RunningStack
 from tests.integration.test_delivery_state import connect_until_welcomed
+from tests.integration.test_redis_cluster import until_role
 from tests.waits import scaled, until
-from tools.cluster import Cluster, free_port
+from tools.cluster import CLUSTER_SLOTS, Cluster, Proc, free_port
 
 STACK_ENV = {"PUBLIC_TOPICS": "news, feed:*, short:*", "TOPIC_HISTORY_SIZE": "1000",
              "TOPIC_NAMESPACES": '{"short": {"history_size": 5}}'}
@@ -165,23 +168,37 @@ async def test_broadcasts_carry_positions_of_their_own_and_recover_under_star(sh
     await again.close()
 
 
-async def test_redis_restarted_empty_gives_topics_a_new_epoch(start_stack: Callable[..., RunningStack], cluster: Cluster) -> None:
-    """After Redis restarts empty, the topic's position has a new epoch and offsets start again, so recovering from
-    the old position answers recovered false."""
-    port = free_port()
-    redis = cluster.start_redis(port)
-    stack = start_stack(redis_url=cluster.redis_url(port), PUBLIC_TOPICS="news")
+async def restart_empty(stack: RunningStack, cluster: Cluster, private: Proc | None, key: str) -> Proc | None:
+    """SIGKILL and restart, empty, the Redis holding ``key``: the test's ``private`` Redis, or the cluster master
+    owning its slot (slots split evenly over the 3 masters, as ``start_redis_cluster`` assigns them)."""
+    if private is not None:
+        private.kill()
+        return cluster.respawn(private)
+    master = stack.redis[min(key_slot(key.encode()) // (CLUSTER_SLOTS // 3), 2)]
+    master.kill()
+    stack.redis[stack.redis.index(master)] = cluster.respawn(master)
+    await until_role(stack.stack.redis_url, int(master.argv[master.argv.index("--port") + 1]), "master")
+    return None
+
+
+async def test_redis_restarted_empty_gives_topics_a_new_epoch(start_stack: Callable[..., RunningStack], cluster: Cluster,
+                                                              topology: str) -> None:
+    """After the Redis holding a topic's history restarts empty (the single Redis, or the cluster master of its
+    slot), the topic's position has a new epoch and offsets start again, so recovering from the old position answers
+    recovered false."""
+    private = cluster.start_redis(port := free_port()) if topology == "single" else None
+    stack = start_stack(redis_url=cluster.redis_url(port) if private else None, PUBLIC_TOPICS="news")
     ws = await stack.client.connect("epoch")
     before = (await subscribe(ws, ["news"]))["positions"]["news"]
     assert (await stack.client.post({"topic": "news", "payload": "before"}))[0] == 202
     placed = await next_frame(ws)
+    assert (placed["offset"], placed["epoch"]) == (before["offset"] + 1, before["epoch"])
     await ws.close()
-    redis.stop()
-    redis = cluster.start_redis(port)
+    private = await restart_empty(stack, cluster, private, position_key("news"))
     again = await connect_until_welcomed(stack, "epoch", 0)
-    answer = await subscribe(again, ["news"], {"news": {"offset": placed["offset"], "epoch": placed["epoch"]}})
-    assert placed["epoch"] == before["epoch"]
-    assert answer["recovered"] == {"news": False}
-    assert answer["positions"]["news"]["epoch"] != before["epoch"] and answer["positions"]["news"]["offset"] == 0
+    answer = await until(lambda: subscribe(again, ["news"], {"news": {"offset": placed["offset"], "epoch": placed["epoch"]}}),
+                         lambda a: a["positions"]["news"]["epoch"] != before["epoch"], what="the topic's new epoch")
+    assert answer["recovered"] == {"news": False} and answer["positions"]["news"]["offset"] == 0
     await again.close()
-    redis.stop()
+    if private is not None:
+        private.stop()
