@@ -57,6 +57,15 @@ class Api:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Rejected(type(exc).__name__) from None
 
+    async def history(self, topic: str, since: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """GET /v1/topics/{topic}/history: the topic's position (``offset``, ``epoch``) and its messages after ``since``
+        (at most ``limit``)."""
+        async with self.session.get(f"{self.collect_url}/v1/topics/{topic}/history", params={"since": since, "limit": limit},
+                                    headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            if r.status != 200:
+                raise RuntimeError(f"collect answered {r.status}: {await r.text()}")
+            return dict(await r.json(content_type=None))
+
     async def webhook(self, url: str, events: list[str]) -> dict[str, Any]:
         """POST /v1/webhooks: an endpoint for ``events`` at ``url``, as the business system of the development key."""
         async with self.session.post(f"{self.collect_url}/v1/webhooks", json={"url": url, "events": events},

@@ -22,6 +22,16 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
 * topic (only when named): ``--topic-subscribers`` sockets over both nodes subscribed to one topic;
   one topic message per POST at ``--topic-rate`` for ``--topic-seconds``: deliveries, lost,
   duplicates, latency percentiles from acceptance to socket, the CPU split.
+* recovery (only when named; one Redis, not ``--redis-cluster``): ``--recovery-subscribers`` sockets subscribe to one
+  topic, alternately on the two push nodes (client processes of ``--recovery-per-process``), and note the position
+  their ``subscribed`` answer gives; all disconnect; ``--recovery-messages`` topic messages are posted (posts of
+  ``--recovery-batch``); then all reconnect, each to the other node, and resubscribe with ``recover`` from their
+  position. Each checks it got exactly offsets position+1 .. position+messages, in order, once, in its epoch. Prints
+  the answers' recovered flags, the sockets complete or not (the first ten described: offsets missing, duplicated,
+  out of order, unexpected), the time from the start of the reconnects to every socket complete (target: 10 s),
+  each socket's subscribe to its last message, Redis commands per recovering socket (``INFO commandstats`` before and
+  after, every client), each node's history reads and recoveries (``push_history_reads_total``,
+  ``push_recoveries_total`` on its ``/metrics``), CPU per node, per server and per client process.
 * schedule (only when named): ``--schedule-rate`` messages due per second for ``--schedule-seconds``,
   to ``--schedule-users`` offline users, posted (posts of 1,000, ``--posters`` in flight) so the first
   is due ``--schedule-lead`` s after the start: fire lateness p50/p99 (due time to hand-over, from
@@ -67,23 +77,26 @@ import resource
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.api import Api, Rejected
-from loadtest.cpu import CpuMeter, cpu_seconds
+from loadtest.cpu import CpuMeter, CpuSplit, cpu_seconds
 from loadtest.fanout import FanoutReport, FanoutShare, listen
 from loadtest.fleet import Fleet
 from loadtest.idle import hold
 from loadtest.inbox import NO_TALLY, Inbox, Tally, Users
-from loadtest.redis_watch import watch
+from loadtest.recovery import RecoveryReport, RecoveryShare, resume
+from loadtest.redis_watch import command_counts, watch
 from loadtest.report import Table, latency_summary, percentile
 from loadtest.schedule import scrape
 from loadtest.storm import StormShare, replay
@@ -95,7 +108,8 @@ MB = 1024 * 1024
 SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
 EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
 DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
-SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "schedule", "priority", "webhooks", "expiry")
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "recovery", "schedule", "priority", "webhooks", "expiry")
+RECOVERY_TARGET_SECONDS = 10.0
 MIX = ("high", *["normal"] * 6, *["low"] * 3)  # the priority scenario's tiers: post k is of MIX[k % 10]
 
 
@@ -124,6 +138,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--topic-subscribers", type=int, default=5_000, help="topic: sockets subscribed to the topic")
     p.add_argument("--topic-rate", type=float, default=100.0, help="topic: topic messages per second")
     p.add_argument("--topic-seconds", type=float, default=20.0, help="topic: how long to post at --topic-rate")
+    p.add_argument("--recovery-subscribers", type=int, default=5_000, help="recovery: sockets subscribed to the topic, "
+                   "half on each node, that all disconnect and resubscribe on the other node with their positions")
+    p.add_argument("--recovery-messages", type=int, default=100, help="recovery: topic messages posted while they are away")
+    p.add_argument("--recovery-batch", type=int, default=10, help="recovery: topic messages per post")
+    p.add_argument("--recovery-per-process", type=int, default=2_500, help="recovery: sockets per client process (one "
+                   "127.x source each)")
     p.add_argument("--schedule-rate", type=int, default=10_000, help="schedule: messages due per second")
     p.add_argument("--schedule-seconds", type=float, default=5.0, help="schedule: seconds over which they are due")
     p.add_argument("--schedule-lead", type=float, default=15.0, help="schedule: seconds from the start to the first due "
@@ -158,8 +178,8 @@ def parse_args() -> argparse.Namespace:
     args.scenarios = [s.strip().lower() for s in args.scenarios.split(",") if s.strip()]
     if not set(args.scenarios) <= set(SCENARIO_NAMES):
         p.error(f"--scenarios takes {', '.join(SCENARIO_NAMES)}")
-    if args.redis_cluster and {"expiry", "connections"} & set(args.scenarios):
-        p.error("expiry and connections read a single Redis: leave them out with --redis-cluster")
+    if args.redis_cluster and {"expiry", "connections", "recovery"} & set(args.scenarios):
+        p.error("expiry, connections and recovery read a single Redis: leave them out with --redis-cluster")
     if args.collect_url and "webhooks" in args.scenarios:
         p.error("webhooks compares two clusters of its own, one without webhooks: leave out --collect-url")
     if not 1 <= args.batch <= MAX_BATCH:
@@ -462,13 +482,15 @@ async def scenario_connections(target: Target, api: Api, table: Table, args: arg
         await asyncio.to_thread(fleet.close)
 
 
-async def all_connected(api: Api, target: Target, count: int, timeout: float = 120) -> None:
-    """Wait until the push nodes report ``count`` open sockets between them (or ``timeout`` passes)."""
+async def node_connections(api: Api, target: Target, enough: Callable[[int], bool], timeout: float = 120) -> int:
+    """Wait until the open sockets the push nodes report between them are ``enough`` (or ``timeout`` passes); return
+    their number."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         healths = await asyncio.gather(*(node_health(api.session, url) for url in target.push_urls))
-        if sum(int(h["connections"]) for h in healths) >= count:
-            return
+        count = sum(int(h["connections"]) for h in healths)
+        if enough(count) or time.monotonic() > deadline:
+            return count
         await asyncio.sleep(0.2)
 
 
@@ -485,7 +507,7 @@ async def fanout_fleet(target: Target, api: Api, args: argparse.Namespace, run: 
     try:
         await asyncio.to_thread(fleet.start)
         reports = asyncio.ensure_future(asyncio.to_thread(fleet.go))
-        await all_connected(api, target, sockets)
+        await node_connections(api, target, lambda count: count >= sockets)
         await asyncio.sleep(1)  # the nodes write new topic subscriptions to Redis in coalesced batches
 
         async def results() -> list[FanoutReport]:
@@ -496,13 +518,18 @@ async def fanout_fleet(target: Target, api: Api, args: argparse.Namespace, run: 
         await asyncio.to_thread(fleet.close)
 
 
+def report_sockets(table: Table, name: str, reports: Sequence[FanoutReport | RecoveryReport], what: str = "sockets") -> int:
+    """How many sockets the client processes had up, failed (by kind) and refused a subscription; return the first."""
+    connected = sum(r.connected for r in reports)
+    failures = sum((r.failures for r in reports), Counter[str]())
+    table.add(name, f"{what} up / failed / subscription refused",
+              f"{connected:,} / {counted(failures)} / {sum(r.refused for r in reports):,}")
+    return connected
+
+
 def report_fanout(table: Table, name: str, reports: list[FanoutReport], messages: int) -> None:
     """Sockets, the delivery tally (each socket up should get each of ``messages``), latency, client CPU."""
-    connected = sum(r.connected for r in reports)
-    expected = connected * messages
-    failures = sum((r.failures for r in reports), Counter[str]())
-    table.add(name, "sockets up / failed / subscription refused",
-              f"{connected:,} / {counted(failures)} / {sum(r.refused for r in reports):,}")
+    expected = report_sockets(table, name, reports) * messages
     delivered = sum(r.deliveries for r in reports)
     table.add(name, "deliveries expected / arrived / missing by --timeout / duplicates",
               f"{expected:,} / {delivered:,} / {expected - delivered:,} / {sum(r.duplicates for r in reports):,}")
@@ -552,6 +579,120 @@ async def scenario_topic(target: Target, api: Api, table: Table, args: argparse.
         reports = await results()
         report_cpu(table, "topic", meter, sum(r.deliveries for r in reports))
     report_fanout(table, "topic", reports, accepted)
+
+
+async def recovery_counts(session: aiohttp.ClientSession, push_url: str) -> Counter[str]:
+    """A push node's reads of topic histories and its recoveries by outcome so far, from its ``/metrics``: "reads",
+    "recovered", "gap"."""
+    async with session.get(f"{push_url}/metrics") as r:
+        text = await r.text()
+    counts = Counter[str]()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "push_history_reads_total":
+                counts["reads"] += int(sample.value)
+            elif sample.name == "push_recoveries_total":
+                counts[sample.labels["outcome"]] += int(sample.value)
+    return counts
+
+
+@contextlib.asynccontextmanager
+async def recovery_fleet(args: argparse.Namespace, tokens: list[str], urls: list[str], topic: str,
+                         since: list[dict[str, Any]] | None, expect: int) -> AsyncIterator[Callable[[], Awaitable[list[RecoveryReport]]]]:
+    """Client processes of ``--recovery-per-process`` sockets, socket i to ``urls[i]`` (resuming from ``since[i]``),
+    spawned and waiting; gives the function that releases them and waits for their reports. Leaving closes the sockets."""
+    per = args.recovery_per_process
+    shares = [RecoveryShare(tokens[k:k + per], urls[k:k + per], topic, since[k:k + per] if since else None, expect, args.timeout)
+              for k in range(0, len(tokens), per)]
+    fleet = Fleet(partial(resume, args.connect_concurrency), shares, max_hold_seconds=args.timeout + 600)
+    try:
+        await asyncio.to_thread(fleet.start)
+        yield lambda: asyncio.to_thread(fleet.go)
+    finally:
+        await asyncio.to_thread(fleet.close)
+
+
+async def scenario_recovery(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    name, topic, n, count = "recovery", f"{run}:bench", args.recovery_subscribers, len(target.push_urls)
+    if count < 2:
+        raise SystemExit("recovery moves every subscriber to another push node: it needs two")
+    table.add(name, "subscribers / push nodes / messages missed (per post)",
+              f"{n:,} / {count} / {args.recovery_messages} ({args.recovery_batch})")
+    tokens = await api.tokens([f"{run}-r{i}" for i in range(n)], topics=[topic])
+    urls = [target.ws_url(k) for k in range(count)]
+
+    # Every socket subscribes on node i mod nodes and notes its position; leaving the fleet disconnects them all.
+    async with recovery_fleet(args, tokens, [urls[i % count] for i in range(n)], topic, None, 0) as go:
+        noted = await go()
+    report_sockets(table, name, noted, "first subscribe: sockets")
+    positions = [p for r in noted for p in r.positions]
+    distinct = Counter((p["offset"], p["epoch"]) for p in positions if p)
+    table.add(name, "positions noted (offset, epoch: sockets)", "; ".join(f"{o}, {e}: {c:,}" for (o, e), c in distinct.items()))
+    table.add(name, "sockets still open on the nodes after the disconnect", await node_connections(api, target, lambda c: c == 0))
+
+    rejected, accepted = Counter[str](), 0
+    for ks in batches(args.recovery_messages, args.recovery_batch):
+        try:
+            accepted += len(await api.post({"messages": [{"topic": topic, "payload": {"n": k}} for k in ks]}))
+        except Rejected as exc:
+            rejected[exc.reason] += len(ks)
+    report_rejected(table, name, rejected)
+    placed_at, deadline = max((o for o, _ in distinct), default=0) + accepted, time.monotonic() + args.timeout
+    while (state := await api.history(topic, limit=1))["offset"] < placed_at and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # dispatch gives the messages their offsets (the history) as it forwards them
+    table.add(name, "topic position once published (offset / epoch)", f"{state['offset']} / {state['epoch']}")
+
+    # Every socket that noted a position resubscribes with it, on the next node.
+    kept = [i for i, p in enumerate(positions) if p]  # a socket that failed or was refused has no position to resume
+    async with recovery_fleet(args, [tokens[i] for i in kept], [urls[(i + 1) % count] for i in kept], topic,
+                              [p for p in positions if p], accepted) as go:
+        meter, commands = CpuMeter(target.processes), await command_counts(target.redis_url)
+        counts = await asyncio.gather(*(recovery_counts(api.session, url) for url in target.push_urls))
+        wall = time.monotonic()
+        reports = await go()
+        split, wall = meter.stop(), time.monotonic() - wall
+        commands = await command_counts(target.redis_url) - commands
+        counts = [after - before for before, after in
+                  zip(counts, await asyncio.gather(*(recovery_counts(api.session, url) for url in target.push_urls)))]
+    nodes = {f"push-{urlsplit(url).port}": c for url, c in zip(target.push_urls, counts)}
+    report_recovery(table, name, args, reports, len(kept), commands, nodes, split, wall)
+
+
+def report_recovery(table: Table, name: str, args: argparse.Namespace, reports: list[RecoveryReport], resuming: int,
+                    commands: Counter[str], nodes: dict[str, Counter[str]], split: CpuSplit, wall: float) -> None:
+    """What the reconnect of ``resuming`` sockets with positions gave: answers, completeness and time, Redis commands
+    (``commands``), each node's history reads and recoveries (``nodes``), CPU over the ``wall`` seconds it took."""
+    recovering = report_sockets(table, name, reports, "reconnect: sockets")
+    recovered = sum((r.recovered for r in reports), Counter[str]())
+    table.add(name, "answered recovered true / false / without the flag",
+              f"{recovered['true']:,} / {recovered['false']:,} / {recovered['none']:,}")
+    complete, incomplete = sum(r.complete for r in reports), sum(r.incomplete for r in reports)
+    table.add(name, "subscribers with exactly offsets position+1.. in order, once / not / no answer",
+              f"{complete:,} / {incomplete:,} / {resuming - complete - incomplete:,}")
+    for line in [line for r in reports for line in r.described][:10]:
+        table.add(name, "not complete", line)
+    start, last = min(r.started for r in reports), max(r.last_answer for r in reports)
+    table.add(name, "reconnect start to the last subscribed answer",
+              f"{last - start:.1f} s ({recovering / (last - start):,.0f} sockets/s)" if last else "none answered")
+    took = max(r.last_complete for r in reports) - start if complete == resuming > 0 else None
+    table.add(name, "reconnect start to every subscriber having all (s)",
+              took if took is not None else f"not all: {complete:,} of {resuming:,} (waited at most --timeout {args.timeout:g} s)")
+    table.add(name, "per-socket recovery (subscribe to its last message)", latency_summary([ms for r in reports for ms in r.recovery_ms]))
+    total = sum(commands.values())
+    table.add(name, "Redis commands (all clients, INFO commandstats, scripts' own included) / per recovering socket",
+              f"{total:,} / {total / max(recovering, 1):.2f} ({', '.join(f'{k} {v:,}' for k, v in commands.most_common())})")
+    table.add(name, "history reads / recovered / gap per node (push_history_reads_total, push_recoveries_total)",
+              " / ".join(f"{node} {c['reads']:,} / {c['recovered']:,} / {c['gap']:,}" for node, c in nodes.items()))
+    table.add(name, "server CPU-s by process", split.describe(sum(r.messages for r in reports)))
+    table.add(name, "push node CPU-s over the reconnect (% of one core)",
+              " / ".join(f"{node} {split.seconds.get(node, 0.0):.2f} ({100 * split.seconds.get(node, 0.0) / wall:.0f}%)"
+                         for node in nodes))
+    report_busy(table, name, [r.busy for r in reports])
+    reads = max((c["reads"] for c in nodes.values()), default=0)
+    table.add(name, f"target: all within {RECOVERY_TARGET_SECONDS:g} s; history reads per node, not per socket",
+              f"{'met' if took is not None and took <= RECOVERY_TARGET_SECONDS else 'missed'} "
+              f"({f'{took:.1f} s' if took is not None else 'not all'}); at most {reads:,} reads on a node "
+              f"for {recovering / len(nodes):,.0f} sockets each")
 
 
 async def scenario_schedule(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
@@ -761,6 +902,7 @@ def scenario_webhooks(args: argparse.Namespace, table: Table) -> None:
 
 SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,
              "connections": scenario_connections, "broadcast": scenario_broadcast, "topic": scenario_topic,
+             "recovery": scenario_recovery,
              "schedule": scenario_schedule, "priority": scenario_priority, "expiry": scenario_expiry}
 
 

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection
@@ -45,9 +46,15 @@ class FanoutReport:
     busy: float = 0.0  # this process's CPU over its work, as a fraction of one core
 
 
-async def subscribed(ws: ClientConnection, topic: str) -> bool:
-    await ws.send(orjson.dumps({"type": "subscribe", "topics": [topic]}).decode())
-    answer = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+async def subscribe(ws: ClientConnection, topic: str, since: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Subscribe ``ws`` to ``topic``, resuming from the position ``since`` (``{"offset", "epoch"}``) when given, and
+    return the node's answer (the next frame: nothing else is sent to the socket meanwhile)."""
+    ask = {"type": "subscribe", "topics": [topic], **({"recover": {topic: since}} if since else {})}
+    await ws.send(orjson.dumps(ask).decode())
+    return dict(orjson.loads(await asyncio.wait_for(ws.recv(), 30)))
+
+
+def granted(answer: dict[str, Any], topic: str) -> bool:
     return answer.get("type") == "subscribed" and topic in answer.get("topics", [])
 
 
@@ -65,7 +72,7 @@ async def listen(concurrency: int, source: str, share: FanoutShare) -> AsyncIter
             except Exception as exc:  # counted and reported: the parent prints failures by kind
                 report.failures[type(exc).__name__] += 1
                 return
-            if share.topic is not None and not await subscribed(ws, share.topic):
+            if share.topic is not None and not granted(await subscribe(ws, share.topic), share.topic):
                 report.refused += 1
             sockets.append(ws)
             report.connected += 1

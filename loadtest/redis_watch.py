@@ -1,4 +1,4 @@
-"""Which Redis commands one process issues over a window, read with MONITOR.
+"""Which Redis commands one process issues over a window, read with MONITOR; every client's commands by name.
 
 ``INFO commandstats`` counts every client together (dispatch's stream reads, the other node's
 heartbeat, ...). MONITOR names each command's client address, and the node's own sockets to Redis
@@ -67,3 +67,14 @@ async def watch(redis_url: str, pid: int, seconds: float) -> CommandWindow:
         await redis.aclose()
     round_trips = sum(1 for i, t in enumerate(times) if i == 0 or t - times[i - 1] > PIPELINE_GAP_SECONDS)
     return CommandWindow(seconds, by_command, round_trips, after - before)
+
+
+async def command_counts(redis_url: str) -> Counter[str]:
+    """Every client's commands so far, by name (``INFO commandstats``: those a script calls included, so a script call
+    counts as EVAL or EVALSHA and again as each command it ran)."""
+    redis = Redis.from_url(redis_url)
+    try:
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    return Counter({name.removeprefix("cmdstat_").upper(): int(value["calls"]) for name, value in stats.items()})
