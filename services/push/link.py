@@ -10,24 +10,37 @@ from websockets.exceptions import ConnectionClosed
 
 from services.push.hub import Hub
 from services.push.metrics import ABSENT, DELIVERED, DELIVERY_LATENCY, PUBLISHED
+from services.push.sequencer import Sequencer
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.infra import tracing
 from shared.infra.metrics import ERRORS, MESSAGES_IN, MESSAGES_OUT
+from shared.model.message import BROADCAST
 from shared.model.priority import Priority
+from shared.model.topics import Position
 from shared.wire.errors import MalformedRequest
-from shared.wire.protocol import BatchResult, DeliverBatch
+from shared.wire.protocol import BatchResult, DeliverBatch, with_position
 
 log = logging.getLogger(__name__)
 
 
-async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter, node: str) -> BatchResult:
-    """Write each message to its users' sockets, or a topic message to its subscribers' sockets; mark the pairs
-    written as dispatched and delivered, and count a topic message's sockets for this node."""
+async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter, node: str, sequencer: Sequencer) -> BatchResult:
+    """Write each message to its users' sockets, or a topic message to its subscribers' sockets (after any of the
+    topic's messages this node missed, ``sequencer.py``); mark the pairs written as dispatched and delivered, and count
+    a topic message's sockets for this node."""
     now = time.time()
     delivered, absent, published = [], 0, 0
     for item in batch.items:
         if item.topic is not None:
-            sockets = await hub.publish(item.message_id, item.frame, item.topic, item.priority is Priority.HIGH, item.offset or 0)
+            offset = 0
+            if item.position is not None and (item.topic == BROADCAST or hub.subscribers(item.topic)):
+                missed = await sequencer.admit(item.topic, item.position)
+                if missed is None:  # a late copy of a message written already
+                    continue
+                for m in missed:
+                    frame = with_position(m.frame, Position(m.offset, item.position.epoch))
+                    published += await hub.publish(m.message_id, frame, item.topic, offset=m.offset)
+                offset = item.position.offset
+            sockets = await hub.publish(item.message_id, item.frame, item.topic, item.priority is Priority.HIGH, offset)
             published += sockets
             reached = {"dispatched": batch.at, **({"delivered": int(now * 1000)} if sockets else {})}
             lifecycle.count(item.message_id, node, sockets, reached)
@@ -50,7 +63,7 @@ async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWrite
     return BatchResult(batch.batch, len(delivered) + published)
 
 
-async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter, node: str) -> None:
+async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter, node: str, sequencer: Sequencer) -> None:
     peer = str(ws.remote_address)
     log.info("dispatch link open", extra={"peer": peer})
     try:
@@ -63,7 +76,7 @@ async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter,
                 await ws.close(exc.close_code, exc.message[:120])
                 return
             with tracing.span("push.batch", batch.trace, node=node, deliveries=len(batch.items)):
-                result = await deliver_batch(hub, batch, lifecycle, node)
+                result = await deliver_batch(hub, batch, lifecycle, node, sequencer)
             await ws.send(result.encode())
     except ConnectionClosed:
         pass

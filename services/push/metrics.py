@@ -28,3 +28,6 @@ HISTORY_READS = Counter("push_history_reads_total", "Reads of topic positions an
                         "subscribes waiting at once, whatever their number)")
 RECOVERIES = Counter("push_recoveries_total", "Topic recoveries asked by subscribers, by outcome: recovered (every missed "
                      "message sent) or gap (the client must reload)", ["outcome"])
+TOPIC_GAPS = Counter("push_topic_gaps_total", "Holes in a topic's offsets on this node (a stall, a retry overtaken, two dispatch "
+                     "instances), by outcome: filled from the history before the next message was written, or not (gone)",
+                     ["outcome"])

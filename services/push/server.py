@@ -29,6 +29,7 @@ from services.push.membership import Membership
 from services.push.recovery import TopicReads
 from services.push.registrar import Registrar
 from services.push.replay import NOT_YET, Replayer
+from services.push.sequencer import Sequencer
 from services.push.sockets import SocketHandler
 from shared.cluster.routes import NodeCard, RouteReader, RouteWriter, directory
 from shared.cluster.topic_log import TopicLog
@@ -60,8 +61,10 @@ class PushNode:
         self.drain = Drain(self.hub, self.registrar, self.other_nodes, config.drain_seconds)
         self.gate = Gate(config, self.hub, self.drain, self.addresses, self.health)
         reads = TopicReads(TopicLog(self.redis, config.namespaces))
+        self.sequencer = Sequencer(reads)
         self.membership = Membership(self.redis, config.node_id, self.hub, config.namespaces, RouteReader(self.redis, config.internal_key))
-        self.sockets = SocketHandler(config, self.hub, self.registrar, self.replayer, self.acks, self.drain, reads, self.membership)
+        self.sockets = SocketHandler(config, self.hub, self.registrar, self.replayer, self.acks, self.drain, reads, self.membership,
+                                     self.sequencer)
 
     def card(self) -> NodeCard:
         c = self.config
@@ -86,7 +89,7 @@ class PushNode:
             # left its users' messages in their inboxes: send the open sessions what waits there.
             if len(self.hub) and time.monotonic() - self.registrar.card_lost_at < 2 * self.config.node_ttl:
                 self.replayer.catch_up("a dispatch link opened after the node card was gone")
-            await serve_link(ws, self.hub, self.lifecycle, self.config.node_id)
+            await serve_link(ws, self.hub, self.lifecycle, self.config.node_id, self.sequencer)
             return
         source = client_address(ws, self.config.trusted_proxies)
         self.addresses.opened(source)

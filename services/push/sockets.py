@@ -27,6 +27,7 @@ from services.push.metrics import CONNECTS, RECOVERIES, REFUSED
 from services.push.recovery import TopicReads
 from services.push.registrar import Registrar
 from services.push.replay import Replayer
+from services.push.sequencer import Sequencer
 from shared.infra.clients import REDIS_FAILURES
 from shared.infra.metrics import ERRORS
 from shared.infra.token_bucket import TokenBucket
@@ -100,12 +101,13 @@ class SocketHandler:
     """Runs each browser socket of the node; ``verifier`` is set once the node's HTTP client session exists."""
 
     def __init__(self, config: PushConfig, hub: Hub, registrar: Registrar, replayer: Replayer, acks: Acks, drain: Drain,
-                 reads: TopicReads, membership: Membership) -> None:
+                 reads: TopicReads, membership: Membership, sequencer: Sequencer) -> None:
         self.config = config
         self.hub = hub
         self.registrar = registrar
         self.reads = reads
         self.membership = membership
+        self.sequencer = sequencer
         self.replayer = replayer
         self.acks = acks
         self.drain = drain
@@ -203,6 +205,9 @@ class SocketHandler:
         """The session left these topics (unsubscribed or closed): their counts in Redis change at the next flushes."""
         self.registrar.unsubscribed(topics)
         self.membership.unsubscribed(session.user_id, topics)
+        for topic in topics:
+            if not self.hub.subscribers(topic):
+                self.sequencer.forget(topic)
 
     async def subscribe(self, session: Session, grants: Grants, frame: SubscribeFrame) -> None:
         """Subscribe to the granted topics (up to the per-connection cap) once Redis counts them, then say which were
@@ -235,6 +240,7 @@ class SocketHandler:
             await session.ws.send(reply.encode())
         for topic in granted:
             position = states[topic].position
+            self.sequencer.seed(topic, position)
             frames = [with_position(m.frame, Position(m.offset, position.epoch)) for m in missed.get(topic) or ()]
             self.hub.resume(session, topic, frames, position.offset)
 

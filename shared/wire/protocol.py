@@ -15,7 +15,7 @@ A ``MessageFrame`` is encoded once, when collect accepts the message, to the UTF
 browser receives; those bytes travel as they are (Redis, the link, the node's socket write), never decoded and
 re-encoded. So a deliver batch is a binary websocket message that carries them unescaped: a 4-byte big-endian
 length (``BATCH_HEAD``), a JSON head of that many bytes, ``{"type": "deliver", "batch", "at", "items": [[id, frame
-length, ts, [users](, topic(, priority(, offset)))], ...]}``, then the items' frames concatenated in order, which the node
+length, ts, [users](, topic(, priority(, [offset, epoch])))], ...]}``, then the items' frames concatenated in order, which the node
 slices out by their lengths. A ``BatchResult`` is a JSON object.
 """
 
@@ -296,10 +296,11 @@ class Identity:
 
 BATCH_HEAD = struct.Struct(">I")  # a deliver batch's first bytes: the length of its JSON head
 # Per item of a deliver batch's head besides its strings: brackets, commas, the id's quotes, the topic's quotes (or a
-# null), a priority, and the frame's length, the ts and an offset (each up to 20 characters).
-ITEM_OVERHEAD = 84
+# null), a priority, the frame's length and the ts (each up to 20 characters), and a position (an offset up to 20, an
+# epoch up to 16, with its brackets and quotes).
+ITEM_OVERHEAD = 104
 DELIVER_SHAPE = ("a deliver batch's head needs 'type': 'deliver', 'batch', 'at' and 'items' "
-                 "[[id, frame length, ts, [users](, topic(, priority(, offset)))], ...], and 'tp' if any, a list of traceparents")
+                 "[[id, frame length, ts, [users](, topic(, priority(, [offset, epoch])))], ...], and 'tp' if any, a list of traceparents")
 
 
 def _integer(value: object) -> int:
@@ -313,7 +314,7 @@ def _integer(value: object) -> int:
 class Delivery:
     """One message for the users of one node: the frame their sockets receive (UTF-8 JSON text, as collect encoded it),
     and its acceptance time (ms). A topic message names no users but its ``topic`` (``BROADCAST``: every socket of the
-    node) and its ``offset`` there (its frame carries its position). ``priority`` orders the frames waiting for a
+    node) and its ``position`` there (which its frame carries too). ``priority`` orders the frames waiting for a
     backed-up socket."""
 
     message_id: str
@@ -322,7 +323,7 @@ class Delivery:
     users: tuple[str, ...]
     topic: str | None = None
     priority: Priority = Priority.NORMAL
-    offset: int | None = None
+    position: Position | None = None
 
     @classmethod
     def of(cls, message: Message, users: Iterable[str] = (), position: Position | None = None) -> Delivery:
@@ -330,15 +331,15 @@ class Delivery:
         if position is None:
             return cls(message.id, message.frame, message.ts, tuple(users), message.topic, message.priority)
         return cls(message.id, with_position(message.frame, position), message.ts, (), message.topic, message.priority,
-                   position.offset)
+                   position)
 
     def head(self) -> list[Any]:
         """The item in a deliver batch's head: ``[id, frame length, ts, [users]]``, then the topic (or null) only when
-        there is one or a priority other than normal, then that priority, then the offset of a positioned topic
-        message. The frame follows the head."""
+        there is one or a priority other than normal, then that priority, then a topic message's position as
+        ``[offset, epoch]``. The frame follows the head."""
         item = [self.message_id, len(self.frame), self.ts, list(self.users)]
-        if self.offset is not None:
-            return [*item, self.topic, self.priority.value, self.offset]
+        if self.position is not None:
+            return [*item, self.topic, self.priority.value, [self.position.offset, self.position.epoch]]
         if self.priority is not Priority.NORMAL:
             return [*item, self.topic, self.priority.value]
         return item if self.topic is None else [*item, self.topic]
@@ -364,7 +365,11 @@ class Delivery:
         topic = item[4] if len(item) >= 5 else None
         if (topic is not None or len(item) == 5) and type(topic) is not str:
             raise TypeError("a topic is a string")
-        position = _integer(item[6]) if len(item) == 7 else None
+        position = None
+        if len(item) == 7:
+            if type(item[6]) is not list or len(item[6]) != 2 or type(item[6][1]) is not str:
+                raise TypeError("a position is [offset, epoch]")
+            position = Position(_integer(item[6][0]), item[6][1])
         return cls(message_id, bytes(frames[offset:offset + length]), ts, tuple(users), topic,
                    Priority(item[5]) if len(item) >= 6 else Priority.NORMAL, position)
 

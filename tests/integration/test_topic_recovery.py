@@ -16,6 +16,7 @@ from websockets.asyncio.client import ClientConnection
 from shared.cluster.topic_log import position_key
 from tests.client import API_KEY, ClusterClient, frames_within, next_frame
 from tests.conftest import RunningStack
+from tests.integration.test_acks_across_redis_loss import stopped
 from tests.integration.test_delivery_state import connect_until_welcomed
 from tests.integration.test_redis_cluster import until_role
 from tests.waits import scaled, until
@@ -202,3 +203,27 @@ async def test_redis_restarted_empty_gives_topics_a_new_epoch(start_stack: Calla
     await again.close()
     if private is not None:
         private.stop()
+
+
+async def test_a_node_that_missed_topic_messages_while_stalled_fills_the_hole_before_the_next(
+        start_stack: Callable[..., RunningStack]) -> None:
+    """A node SIGSTOPped past its card's TTL misses the topic messages dispatch sent meanwhile to the live node only; once
+    it resumes, the next message it receives makes it read the hole from the history and write it first: its
+    connected subscriber gets every message in offset order, and the node counts the hole as filled."""
+    stack = start_stack(NODE_TTL_SECONDS="3", LINK_TIMEOUT_SECONDS="2", CLAIM_IDLE_MS="1000", **STACK_ENV)
+    c = stack.client
+    ws = await c.connect("stalled", node=1)
+    position = (await subscribe(ws, ["news"]))["positions"]["news"]
+    async with stopped(stack.push(1)):
+        for n in range(5):
+            assert (await c.post({"topic": "news", "payload": n}))[0] == 202
+            await asyncio.sleep(scaled(1))  # past the stalled node's card TTL, in all
+    node_url = stack.stack.push_url(stack.stack.push_ports[1])
+    await until(lambda: c.metric(node_url, "push_connections", absent=0), lambda n: n >= 1, what="the node to serve again")
+    status, last = await c.post({"topic": "news", "payload": "after"})
+    assert status == 202
+    frames = await messages_until(ws, lambda frames: any(f["id"] == last["id"] for f in frames))
+    assert [f["offset"] for f in frames] == list(range(position["offset"] + 1, position["offset"] + 7)), "in order, no hole"
+    filled = await c.metric(node_url, "push_topic_gaps_total", absent=0, outcome="filled")
+    assert filled >= 1, "the node filled a hole (else dispatch's retries covered every message, and this test proved nothing)"
+    await ws.close()

@@ -1,0 +1,53 @@
+"""Each topic's messages written on this node in offset order, without holes.
+
+A node holding a topic receives all its messages. One arriving more than one past the last the node
+wrote (the node was stalled past dispatch's patience, a retried batch was overtaken, two dispatch
+instances raced) means the node missed some: it reads them from the topic's history
+(``recovery.TopicReads``) and writes them first; one at or before the last is a late copy of what
+was already written, and is dropped. So a subscriber that stays connected gets every message of the
+topic in offset order, whatever happened between dispatch and the node, as long as the history
+still holds the hole (``push_topic_gaps_total`` counts holes filled and not). A new subscription's
+position seeds a topic the node did not hold, so messages placed after it but arriving out of order
+are filled too; a topic without subscribers here is forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from services.push.metrics import TOPIC_GAPS
+from services.push.recovery import TopicReads
+from shared.model.topics import Logged, Position
+
+log = logging.getLogger(__name__)
+
+
+class Sequencer:
+    def __init__(self, reads: TopicReads) -> None:
+        self.reads = reads
+        self._last: dict[str, Position] = {}  # per topic held here, the last position written
+
+    def seed(self, topic: str, position: Position) -> None:
+        """A subscriber was told ``position``: everything after it must reach this node (if it was not tracking the
+        topic yet, it does from there)."""
+        self._last.setdefault(topic, position)
+
+    def forget(self, topic: str) -> None:
+        self._last.pop(topic, None)
+
+    async def admit(self, topic: str, position: Position) -> list[Logged] | None:
+        """What must be written before the message at ``position``: the messages missed since the last one written
+        (none: ``[]``), or None when it is a late copy of one written already."""
+        last = self._last.get(topic)
+        if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
+            return None
+        self._last[topic] = position
+        if last is None or last.epoch != position.epoch or position.offset == last.offset + 1:
+            return []
+        state = (await self.reads.read({topic: last.offset}))[topic]
+        missed = [m for m in state.history if last.offset < m.offset < position.offset]
+        whole = state.position.epoch == position.epoch and len(missed) == position.offset - last.offset - 1
+        TOPIC_GAPS.labels("filled" if whole else "gone").inc()
+        log.warning("a hole in a topic's offsets", extra={"topic": topic, "after": last.offset, "before": position.offset,
+                                                          "filled": len(missed), "whole": whole})
+        return missed if state.position.epoch == position.epoch else []
