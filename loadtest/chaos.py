@@ -110,7 +110,7 @@ async def settle(clients: Clients, obs: Observations, users: list[UserPlan], nod
     planned = max(time.time() + settle_s, latest_due + SETTLE_MARGIN_S)
     now = time.time() - clients.started
     end = planned + SETTLE_MAX_EXTRA_S - clients.started  # the sockets' own limit; the loop below ends them sooner
-    plans = [SocketPlan(f"{u.name}.settle", u, now, end, i % nodes, False, 100) for i, u in enumerate(users)]
+    plans = [SocketPlan(f"{u.name}.settle", u, now, end, i % nodes, False, 100, f"{u.name}.settle") for i, u in enumerate(users)]
     running = asyncio.create_task(clients.run(plans, settle=True))
     names = {u.name for u in users}
     while time.time() < settle_deadline(planned, obs, time.time()) and not running.done():

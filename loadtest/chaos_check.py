@@ -9,8 +9,10 @@ before that socket acked it; a topic message twice at all), ``order`` (messages 
 order on one socket), ``status`` (``GET /v1/messages/{id}`` contradicting what clients saw), ``topic_lost`` (a socket
 subscribed before the post and open well after it, away from any fault, missed a topic or broadcast message),
 ``unaccepted`` (a message whose every post attempt was refused arrived), ``idempotency`` (one Idempotency-Key, two id
-lists), ``server_error`` (a 5xx other than 503) and ``acked_came_back`` (after Redis restarted empty, a message acked
-before it arrived again).
+lists), ``server_error`` (a 5xx other than 503), ``acked_came_back`` (after Redis restarted empty, a message acked
+before it arrived again), ``topic_gap`` (a socket's offsets of a topic, from the position its subscribe was told or
+recovered from, with a hole, a repeat or, but for broadcasts, out of order) and ``recovery_refused`` (a resubscribe
+told ``recovered: false`` though its position was in the same epoch and within the history's size).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ BROADCAST = "*"
 OPEN_STATES = ("accepted", "scheduled", "due")
 ACK_RECORDED_S = 3.0  # an ack this old is in Redis and on record in MongoDB (written once a second)
 REDELIVERY_S = 30.0  # a dispatch instance SIGKILLed may have its entries sent again this long after it came back
+HISTORY_SIZE = 100  # the stack's TOPIC_HISTORY_SIZE (its default): a position this close to the topic's is recoverable
 CLASSES = ("lost", "early", "after_cancel", "wrong_user", "duplicate", "order", "status", "topic_lost", "unaccepted",
-           "idempotency", "server_error", "acked_came_back")
+           "idempotency", "server_error", "acked_came_back", "topic_gap", "recovery_refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ class Arrival:
     ts: int
     at: float
     topic: str | None = None  # the frame's topic, ``*`` for a broadcast
+    offset: int | None = None  # a topic message's position
+    epoch: str | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +107,9 @@ class SocketRecord:
     refused: set[str] = field(default_factory=set)
     arrivals: list[Arrival] = field(default_factory=list)
     acks: dict[str, float] = field(default_factory=dict)  # message id -> when this socket first acked it
+    told: dict[str, tuple[int, str]] = field(default_factory=dict)  # topic -> (offset, epoch) its subscribed answer gave
+    recover_from: dict[str, tuple[int, str]] = field(default_factory=dict)  # topic -> position its subscribe recovered
+    recovered: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +242,7 @@ def check(obs: Observations) -> Report:
     _check_topics(obs, known, report)
     _check_statuses(obs, known, report)
     _check_acked_came_back(obs, report)
+    _check_positions(obs, report)
     _tally(obs, known, report)
     return report
 
@@ -417,6 +426,35 @@ def _check_acked_came_back(obs: Observations, report: Report) -> None:
                     report.add("acked_came_back", f"{a.message_id} on socket {s.id} of {s.user} at {a.at:.3f}: acked at "
                                f"{acks}, before {restart.target} restarted at {restart.start:.3f}")
                     break
+
+
+def _check_positions(obs: Observations, report: Report) -> None:
+    """On each socket, each topic's offsets in the epoch its subscribe was told run on from that position (or the one
+    it recovered from) with no hole and no repeat, in order but for broadcasts (``*``: they reach a socket from its
+    welcome, before its subscribe, so a recovery of them may follow later ones); and a recovery is refused only when
+    its position was in another epoch or further back than the history keeps."""
+    restarts = [f for f in obs.faults if f.kind == "redis"]
+    outcomes: Counter[str] = Counter()
+    for s in obs.sockets:
+        for topic, (told, epoch) in s.told.items():
+            recovered = s.recovered.get(topic)
+            if recovered is not None:
+                outcomes["recovered" if recovered else "refused"] += 1
+            start = s.recover_from[topic][0] if recovered else told
+            offsets = [a.offset for a in s.arrivals if a.topic == topic and a.epoch == epoch and a.offset is not None]
+            after = [o for o in offsets if o > start]
+            where = f"socket {s.id} of {s.user} (node {s.node}), topic {topic}, from {start}"
+            if sorted(set(after)) != list(range(start + 1, start + 1 + len(set(after)))) or len(set(after)) != len(after):
+                report.add("topic_gap", f"{where}: offsets {after[:20]}")
+            elif topic != BROADCAST and after != sorted(after):
+                report.add("topic_gap", f"{where}: out of order {after[:20]}")
+            if recovered is False:
+                since, old_epoch = s.recover_from[topic]
+                opened = s.opened_at or 0.0
+                if old_epoch == epoch and told - since <= HISTORY_SIZE and not any(f.start <= opened for f in restarts):
+                    report.add("recovery_refused", f"{where}: asked from {since}, the topic at {told}, epoch {epoch}")
+    report.tally["topic recoveries answered true"] = outcomes["recovered"]
+    report.tally["topic recoveries answered false"] = outcomes["refused"]
 
 
 def _tally(obs: Observations, known: dict[str, Accepted], report: Report) -> None:

@@ -2,8 +2,9 @@
 
 Each user is granted a few topics in their token (``news``, ``sport``, ``room:*``), subscribes to some, and now and
 then also asks for one it was not granted (``vip``: refused). A quarter of the users stay offline until the settle
-phase, so their messages wait in their inboxes; the others hold 1-2 sockets, each open a few seconds, then closed
-and opened again elsewhere. A socket acks most frames (which ones is a hash of the seed, socket and message id, so
+phase, so their messages wait in their inboxes; the others hold 1-2 sockets (tabs), each open a few seconds, then
+closed and opened again elsewhere. A tab remembers each topic's last position (and the broadcasts', ``*``) and its
+next socket subscribes with ``recover`` from there, as the browser client does. A socket acks most frames (which ones is a hash of the seed, socket and message id, so
 a seed replays the same choices), and some read slowly. A socket the server closes is opened again on the next node.
 Every frame is recorded with the client's wall time (``chaos_check.SocketRecord``).
 """
@@ -22,7 +23,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from loadtest.chaos_check import Arrival, Observations, SocketRecord
+from loadtest.chaos_check import BROADCAST, Arrival, Observations, SocketRecord
 from tests.client import ClusterClient, next_frame
 
 GRANTS = ("news", "sport", "room:*")
@@ -48,6 +49,7 @@ class SocketPlan:
     node: int  # index of the first push node tried
     slow: bool
     ack_percent: int
+    tab: str  # the sockets of one tab share their topics' positions
 
 
 def plan_users(rng: random.Random, run: str) -> list[UserPlan]:
@@ -72,7 +74,8 @@ def plan_sockets(rng: random.Random, users: list[UserPlan], seconds: float, node
             while at < seconds:
                 hold = rng.uniform(2, 8)
                 plans.append(SocketPlan(f"{user.name}.{slot}.{len(plans)}", user, at, min(seconds, at + hold),
-                                        rng.randrange(nodes), rng.random() < 0.1, rng.choice((80, 90, 100))))
+                                        rng.randrange(nodes), rng.random() < 0.1, rng.choice((80, 90, 100)),
+                                        f"{user.name}.{slot}"))
                 at += hold + rng.uniform(0.3, 3)
     return plans
 
@@ -95,6 +98,7 @@ class Clients:
         self._open: set[ClientConnection] = set()
         self._ending: set[ClientConnection] = set()  # closed by the client: its plan's stop time, or ``end_now``
         self._closes: set[asyncio.Task[None]] = set()
+        self._positions: dict[str, dict[str, tuple[int, str]]] = {}  # tab -> topic -> its last (offset, epoch)
 
     def end_now(self) -> None:
         """Close every socket, and open no other."""
@@ -158,17 +162,25 @@ class Clients:
         if welcome.get("type") != "welcome":
             raise ConnectionClosed(None, None)
         record.opened_at = time.time()
-        if plan.user.topics:
-            for topic in plan.user.topics:
-                record.subscribe_sent[topic] = time.time()
-            await ws.send(orjson.dumps({"type": "subscribe", "topics": list(plan.user.topics)}).decode())
+        positions = self._positions.setdefault(plan.tab, {})
+        topics = [*plan.user.topics, BROADCAST]
+        for topic in plan.user.topics:
+            record.subscribe_sent[topic] = time.time()
+        record.recover_from = {t: positions[t] for t in topics if t in positions}
+        recover = {t: {"offset": o, "epoch": e} for t, (o, e) in record.recover_from.items()}
+        await ws.send(orjson.dumps({"type": "subscribe", "topics": topics, **({"recover": recover} if recover else {})}).decode())
         async for data in ws:
             frame = orjson.loads(data)
             kind = frame.get("type")
             if kind == "message":
                 await self.received(ws, record, plan, frame)
             elif kind == "subscribed":
-                record.granted.update((t, time.time()) for t in frame["topics"])
+                record.granted.update((t, time.time()) for t in frame["topics"] if t != BROADCAST)
+                record.recovered.update(frame.get("recovered", {}))
+                for topic, p in frame["positions"].items():
+                    record.told[topic] = (p["offset"], p["epoch"])
+                    if not frame.get("recovered", {}).get(topic):
+                        positions[topic] = (p["offset"], p["epoch"])
             elif kind == "error" and frame.get("code") == "forbidden":
                 record.refused.update(frame["topics"])
             elif kind == "reconnect":
@@ -177,8 +189,14 @@ class Clients:
     async def received(self, ws: ClientConnection, record: SocketRecord, plan: SocketPlan, frame: dict[str, Any]) -> None:
         payload = frame.get("payload")
         tag = payload.get("chaos") if isinstance(payload, dict) else None
-        topic = "*" if frame.get("broadcast") else frame.get("topic")
-        record.arrivals.append(Arrival(frame["id"], tag, frame["ts"], time.time(), topic))
+        topic = BROADCAST if frame.get("broadcast") else frame.get("topic")
+        offset, epoch = frame.get("offset"), frame.get("epoch")
+        record.arrivals.append(Arrival(frame["id"], tag, frame["ts"], time.time(), topic, offset, epoch))
+        positions = self._positions.setdefault(plan.tab, {})
+        if topic is not None and offset is not None and epoch is not None:
+            last = positions.get(topic)
+            if last is None or last[1] != epoch or last[0] < offset:
+                positions[topic] = (offset, epoch)
         if plan.slow:
             await asyncio.sleep(0.05 + 0.25 * chosen(self.seed, record.id, frame["id"], "slow", percent=50))
         if chosen(self.seed, record.id, frame["id"], percent=plan.ack_percent):

@@ -147,6 +147,7 @@ class Session:
     # Per topic, the last offset a resume wrote: live frames up to it still on their way (placed before the read of
     # the history, sent after) are dropped; the first one past it ends the watch.
     floors: dict[str, int] | None = None
+    first_broadcast: int = 0  # the offset of the first broadcast written to it (0: none yet), where a recovery of * stops
 
     def await_positions(self, topics: Iterable[str]) -> None:
         """Hold the live frames of these topics until ``Hub.resume`` (their position is being read)."""
@@ -424,6 +425,8 @@ class Hub:
                     continue
                 if session.floors and topic in session.floors and not self._past_floor(session, topic, offset):
                     continue
+                if topic == BROADCAST and not session.first_broadcast:
+                    session.first_broadcast = offset
                 self._write(session, data, high, buffered)
                 written += 1
         return written

@@ -40,14 +40,16 @@ def clean() -> Observations:
     posts = [PostRecord(0, messages, T0, "k0", T0 + 0.1, 202, ids), PostRecord(0, messages, T0 + 0.5, "k0", T0 + 0.6, 202, ids),
              PostRecord(1, (Planned("1.0", ("alice",)),), T0 + 1, None, T0 + 1.1, 413)]
     alice = SocketRecord("a", "alice", NODE, settle=True, opened_at=T0 - 5, subscribe_sent={"news": T0 - 5},
-                         granted={"news": T0 - 4.9})
-    bob = SocketRecord("b", "bob", NODE, settle=True, opened_at=T0 - 5)
+                         granted={"news": T0 - 4.9}, told={"news": (10, "e"), "*": (20, "e")})
+    bob = SocketRecord("b", "bob", NODE, settle=True, opened_at=T0 - 5, told={"*": (20, "e")})
     ts = ms(T0 + 0.05)
+    offsets = {"news": 11, "*": 21}  # each topic's next position
     for socket, arrivals in ((alice, [("0000", T0 + 0.2), ("0001", T0 + 0.2), ("0004", T0 + 0.3), ("0005", T0 + 0.3)]),
                              (bob, [("0001", T0 + 0.2), ("0002", T0 + 2.2), ("0005", T0 + 0.3)])):
         for suffix, at in arrivals:
             message = messages[int(suffix, 16)]
-            socket.arrivals.append(Arrival(f"aaaa{suffix}", message.tag, ts, at, message.topic))
+            position = (offsets[message.topic], "e") if message.topic else (None, None)
+            socket.arrivals.append(Arrival(f"aaaa{suffix}", message.tag, ts, at, message.topic, *position))
             socket.acks[f"aaaa{suffix}"] = at + 0.01
     statuses = {"aaaa0000": (200, {"recipients": [{"user_id": "alice", "state": "acked"}]}),
                 "aaaa0001": (200, {"recipients": [{"user_id": "alice", "state": "acked"}, {"user_id": "bob", "state": "delivered"}]}),
@@ -142,12 +144,23 @@ def arrive_again_after_a_redis_restart(obs: Observations) -> None:
     socket(obs, "bob").arrivals.append(Arrival("aaaa0001", "0.1", ms(T0 + 0.05), T0 + 15))
 
 
+def skip_an_offset(obs: Observations) -> None:
+    s = socket(obs, "alice")
+    s.arrivals = [replace(a, offset=12) if a.topic == "news" else a for a in s.arrivals]
+
+
+def refuse_a_recoverable_position(obs: Observations) -> None:
+    s = socket(obs, "alice")
+    s.recover_from["news"], s.recovered["news"] = (5, "e"), False
+
+
 PLANTED: list[tuple[str, Callable[[Observations], None]]] = [
     ("lost", drop_arrival), ("early", arrive_early), ("after_cancel", arrive_after_cancel), ("wrong_user", arrive_at_wrong_user),
     ("wrong_user", arrive_on_unsubscribed_socket), ("duplicate", arrive_twice_unacked), ("order", arrive_out_of_order),
     ("status", status_left_accepted), ("topic_lost", miss_a_topic_message), ("unaccepted", arrive_from_a_refused_post),
     ("idempotency", answer_a_retry_with_other_ids), ("server_error", answer_500),
-    ("acked_came_back", arrive_again_after_a_redis_restart),
+    ("acked_came_back", arrive_again_after_a_redis_restart), ("topic_gap", skip_an_offset),
+    ("recovery_refused", refuse_a_recoverable_position),
 ]
 
 
@@ -254,3 +267,13 @@ def test_the_settle_phase_waits_out_a_rebuild_and_its_margin() -> None:
     obs.rebuilding_since = 110.0
     assert settle_deadline(100.0, obs, 120.0) == 120.0 + SETTLE_MARGIN_S
     assert settle_deadline(100.0, obs, 1_000.0) == 100.0 + SETTLE_MAX_EXTRA_S
+
+
+def test_a_recovered_socket_runs_on_from_the_position_it_recovered_from() -> None:
+    """A socket that recovered from offset 10 and got 11 counts nothing; had it recovered from 9, 11 is a hole."""
+    obs = clean()
+    s = socket(obs, "alice")
+    s.recover_from["news"], s.recovered["news"] = (10, "e"), True
+    assert counted(obs).violations == 0
+    s.recover_from["news"] = (9, "e")
+    only(counted(obs), "topic_gap")
