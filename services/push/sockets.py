@@ -63,6 +63,9 @@ def token_of(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+TIMER_SLACK = 0.01  # s
+
+
 class Lease:
     """What a socket's current token allows, and until when: the topics it grants, the session's deadline (the
     ``asyncio.timeout`` around it: 4001 at the token's expiry) and the one ``expiring`` notice due ``warn_before``
@@ -86,7 +89,9 @@ class Lease:
         self.deadline.reschedule(loop.time() + left)
         self.cancel_notice()
         if self.warn_before:
-            self.notice = loop.call_later(max(0.0, left - self.warn_before), self._warn, expires_at)
+            # A loop timer may fire a millisecond early (uvloop keeps whole milliseconds): aim a little late, so the
+            # notice always comes within the last ``warn_before`` seconds.
+            self.notice = loop.call_later(max(0.0, left - self.warn_before) + TIMER_SLACK, self._warn, expires_at)
 
     def cancel_notice(self) -> None:
         if self.notice is not None:
