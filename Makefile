@@ -12,6 +12,7 @@ PY := $(VENV)/bin/python
 FERRETDB := bin/ferretdb
 TOXIPROXY := bin/toxiproxy-server
 HELM := bin/helm
+CENTRIFUGO := bin/centrifugo
 INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql/15/bin/postgres
@@ -37,8 +38,9 @@ unit: $(INSTALLED)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 # `make bench REDIS_CLUSTER=1`: the benchmark's own cluster on a 3-master Redis Cluster (storm, steady, latency by default).
-bench: $(INSTALLED) $(FERRETDB) $(POSTGRES)
-	$(PY) -m loadtest.bench_e2e $(if $(REDIS_CLUSTER),--redis-cluster 3 --scenarios storm$(,)steady$(,)latency) $(BENCH_ARGS)
+# `make bench PEER=centrifugo`: steady, latency and broadcast, each on our cluster and then on Centrifugo, side by side.
+bench: $(INSTALLED) $(FERRETDB) $(POSTGRES) $(if $(filter centrifugo,$(PEER)),$(CENTRIFUGO))
+	$(PY) -m loadtest.bench_e2e $(if $(REDIS_CLUSTER),--redis-cluster 3 --scenarios storm$(,)steady$(,)latency) $(if $(PEER),--peer $(PEER)) $(BENCH_ARGS)
 
 # The whole-system checker on a stack of its own (loadtest/README.md): `make chaos SECONDS=1800 SEED=42`, REDIS_CLUSTER=1
 # for a 3-master Redis Cluster, CHAOS_ARGS for more (e.g. --faults kill); exit status 1 on any violation. A random seed
@@ -68,6 +70,12 @@ $(POSTGRES):
 $(TOXIPROXY):
 	GOBIN=$(CURDIR)/bin go install github.com/Shopify/toxiproxy/v2/cmd/server@v2.12.0
 	mv bin/server $@
+
+# The bench's peer (`make bench PEER=centrifugo`, loadtest/peer_centrifugo.py): Centrifugo, pinned, from the Go module
+# proxy, its version stamped as a release build's is.
+$(CENTRIFUGO):
+	GOBIN=$(CURDIR)/bin go install -ldflags "-X github.com/centrifugal/centrifugo/v6/internal/build.Version=6.9.1" \
+		github.com/centrifugal/centrifugo/v6@v6.9.1
 
 # The Helm chart's lint and render tests (deploy/helm/pushcluster, tests/integration/test_helm_chart.py): Helm, pinned.
 $(HELM):

@@ -10,9 +10,9 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
 * steady: ``--users`` connected users acking every 100 ms; ``--steady-messages`` posted in posts of
   ``--batch`` by ``--posters`` concurrent posters: accepted and delivered msgs/s, latency from
   collect's acceptance (the frame's ``ts``) to the socket, the tally.
-* latency: the same users; one message per POST at a paced ``--rate`` for ``--seconds`` (up to
-  ``--in-flight`` requests in flight): latency percentiles from acceptance to socket, POST round
-  trips, the achieved rate and the most posts awaiting an answer.
+* latency: the same users; ``--rate`` messages a second, paced, for ``--seconds``, in posts of ``--latency-batch``
+  (one, or 10 with ``--peer``; up to ``--in-flight`` requests in flight): latency percentiles from acceptance to
+  socket, POST round trips, the achieved rate and the most posts awaiting an answer.
 * connections: ``--connections`` idle sockets to one push node from several client processes
   (``--per-process`` each, each bound to its own 127.x source address): connect rate, the node's
   RSS and memory per connection, and the Redis commands the node issues over ``--idle-seconds``.
@@ -65,6 +65,12 @@ Without ``--collect-url`` it starts a fresh cluster on free ports for each scena
 servers' pids it finds by their listening ports (a server it cannot find is left out of the split).
 With ``--redis-cluster 3`` (``make bench REDIS_CLUSTER=1``) its own cluster runs on a 3-master Redis
 Cluster with ``STREAM_SHARDS=3`` instead of one Redis.
+With ``--peer centrifugo`` (``make bench PEER=centrifugo``) it runs steady, latency and broadcast (or those of them
+named) first on its own cluster, then on Centrifugo (``loadtest.peer_centrifugo``: two nodes on a Redis of their own),
+one after the other in the same sitting, driven by the same client processes and scenario code, and prints per
+scenario one table of both sides' figures (msgs/s, latency p50/p99, server CPU-s per 1,000 messages and its split
+by process) with the ratio ours / theirs. Latency on both sides is then from each post's send time, stamped in its
+payload, to the socket (Centrifugo has no acceptance time to give).
 Run it as ``make bench BENCH_ARGS='--scenarios steady'`` or ``.venv/bin/python -m loadtest.bench_e2e --help``.
 """
 
@@ -73,8 +79,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import resource
 import secrets
+import statistics
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -95,6 +103,7 @@ from loadtest.fanout import FanoutReport, FanoutShare, listen
 from loadtest.fleet import Fleet
 from loadtest.idle import hold
 from loadtest.inbox import NO_TALLY, Inbox, Tally, Users
+from loadtest.peer_centrifugo import centrifugo
 from loadtest.recovery import RecoveryReport, RecoveryShare, resume
 from loadtest.redis_watch import command_counts, watch
 from loadtest.report import Table, latency_summary, percentile
@@ -108,6 +117,9 @@ MB = 1024 * 1024
 SCRATCH_DB = 999  # expiry: a database of the target's Redis that the cluster does not use
 EXPIRE_PAGE = 500  # dispatch's EXPIRE_BATCH default
 DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
+PEER_SCENARIOS = ("steady", "latency", "broadcast")  # what a peer (--peer) runs, and all it can
+PEERS = {"centrifugo": centrifugo}
+PEER_NOTE = "the same client processes; latency from each post's send time to the socket; CPU per 1,000 delivered"
 SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "recovery", "schedule", "priority", "webhooks", "expiry")
 RECOVERY_TARGET_SECONDS = 10.0
 MIX = ("high", *["normal"] * 6, *["low"] * 3)  # the priority scenario's tiers: post k is of MIX[k % 10]
@@ -116,7 +128,11 @@ MIX = ("high", *["normal"] * 6, *["low"] * 3)  # the priority scenario's tiers: 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_e2e", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS), help="comma-separated subset of " + ", ".join(SCENARIO_NAMES))
+    p.add_argument("--scenarios", help="comma-separated subset of " + ", ".join(SCENARIO_NAMES) + " (default: "
+                   + ", ".join(DEFAULT_SCENARIOS) + "; with --peer: " + ", ".join(PEER_SCENARIOS) + ")")
+    p.add_argument("--peer", choices=sorted(PEERS), help="also run each scenario on this system, right after ours (on its "
+                   "own, on free ports), and print the two side by side: latency is then from each post's send time "
+                   "(loadtest/peer_centrifugo.py)")
     p.add_argument("--storm-users", type=int, default=10_000, help="storm: offline users who then all connect")
     p.add_argument("--storm-messages", type=int, default=10, help="storm: messages stored per user before they connect")
     p.add_argument("--storm-per-process", type=int, default=10_000, help="storm: users per client process (one 127.x source each)")
@@ -124,7 +140,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steady-messages", type=int, default=40_000, help="steady: messages posted")
     p.add_argument("--batch", type=int, default=200, help="steady: messages per post")
     p.add_argument("--posters", type=int, default=4, help="storm and steady: posts in flight")
-    p.add_argument("--rate", type=float, default=1000.0, help="latency: single-message posts per second")
+    p.add_argument("--rate", type=float, default=1000.0, help="latency: messages per second")
+    p.add_argument("--latency-batch", type=int, help="latency: messages per post (default: 1, a single message's post; "
+                   "10 with --peer)")
     p.add_argument("--seconds", type=float, default=10.0, help="latency: how long to post at --rate")
     p.add_argument("--in-flight", type=int, default=1000, help="most HTTP requests in flight (connections to collect "
                    "and auth): enough for latency to keep its pace; the other scenarios bound theirs lower")
@@ -175,15 +193,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mongo-url", default="mongodb://127.0.0.1:27017/", help="with --collect-url, FerretDB (for its and its "
                    "PostgreSQL's CPU)")
     args = p.parse_args()
-    args.scenarios = [s.strip().lower() for s in args.scenarios.split(",") if s.strip()]
+    scenarios = args.scenarios or ",".join(PEER_SCENARIOS if args.peer else DEFAULT_SCENARIOS)
+    args.scenarios = [s.strip().lower() for s in scenarios.split(",") if s.strip()]
     if not set(args.scenarios) <= set(SCENARIO_NAMES):
         p.error(f"--scenarios takes {', '.join(SCENARIO_NAMES)}")
+    if args.peer and not set(args.scenarios) <= set(PEER_SCENARIOS):
+        p.error(f"--peer runs {', '.join(PEER_SCENARIOS)}")
+    if args.peer and (args.collect_url or args.redis_cluster):
+        p.error("--peer compares its own clusters on one Redis: leave out --collect-url and --redis-cluster")
     if args.redis_cluster and {"expiry", "connections", "recovery"} & set(args.scenarios):
         p.error("expiry, connections and recovery read a single Redis: leave them out with --redis-cluster")
     if args.collect_url and "webhooks" in args.scenarios:
         p.error("webhooks compares two clusters of its own, one without webhooks: leave out --collect-url")
     if not 1 <= args.batch <= MAX_BATCH:
         p.error(f"--batch must be 1..{MAX_BATCH}")
+    args.latency_batch = args.latency_batch or (10 if args.peer else 1)
     return args
 
 
@@ -224,6 +248,7 @@ def report_connects(table: Table, name: str, connected: int, failures: Counter[s
 def report_tally(table: Table, name: str, tally: Tally) -> None:
     table.add(name, "expected / delivered / lost / duplicates / unexpected",
               f"{tally.expected:,} / {tally.delivered:,} / {tally.lost:,} / {tally.duplicates:,} / {tally.unexpected:,}")
+    table.keep(name, "lost / duplicates", f"{tally.lost:,} / {tally.duplicates:,}")
 
 
 def report_delivery(table: Table, name: str, inbox: Inbox, started: float, rejected: Counter[str]) -> None:
@@ -232,18 +257,30 @@ def report_delivery(table: Table, name: str, inbox: Inbox, started: float, rejec
     report_rejected(table, name, rejected)
     elapsed = max(inbox.last_receive - started, 1e-9)
     table.add(name, "latency p50/p90/p99/max", latency_summary(inbox.latencies_ms))
+    keep_latency(table, name, inbox.latencies_ms)
     table.add(name, "delivered msgs/s", tally.delivered / elapsed if tally.delivered else 0.0)
+    table.keep(name, "delivered msgs/s", tally.delivered / elapsed if tally.delivered else 0.0)
     report_tally(table, name, tally)
 
 
+def keep_latency(table: Table, name: str, latencies_ms: list[float]) -> None:
+    ordered = sorted(latencies_ms)
+    table.keep(name, "latency p50 (ms)", percentile(ordered, .5), 1)
+    table.keep(name, "latency p99 (ms)", percentile(ordered, .99), 1)
+
+
 def report_cpu(table: Table, name: str, meter: CpuMeter, messages: int) -> None:
-    table.add(name, "server CPU-s by process", meter.stop().describe(messages))
+    split = meter.stop()
+    table.add(name, "server CPU-s by process", split.describe(messages))
+    table.keep(name, "server CPU-s per 1,000 msgs", 1000 * split.total / messages if messages else math.nan, 3)
+    table.keep(name, "  by process", split.per_thousand(messages))
 
 
 def report_busy(table: Table, name: str, busy: list[float]) -> None:
     """The load generator's CPU over the scenario, per client process: near 100% means it may be what limits
     the figures."""
     table.add(name, "load generator CPU busy (% of one core, per process)", " / ".join(f"{100 * b:.0f}" for b in busy))
+    table.keep(name, "load generator CPU busy (% of one core)", " / ".join(f"{100 * b:.0f}" for b in busy))
 
 
 async def post_batches(api: Api, inbox: Inbox, user_ids: list[str], total: int, size: int, posters: int,
@@ -284,31 +321,34 @@ class Paced:
 
 
 async def post_paced(api: Api, inbox: Inbox, user_ids: list[str], rate: float, seconds: float,
-                     rejected: Counter[str]) -> Paced:
-    """One message per POST, post k sent at ``k / rate`` seconds from the start (a schedule, not a drifting
-    sleep), whatever the answers to the earlier ones."""
+                     rejected: Counter[str], batch: int = 1) -> Paced:
+    """``rate`` messages a second in posts of ``batch`` (message m to user m mod users; one message as a single
+    message's body), post k sent at ``k * batch / rate`` seconds from the start (a schedule, not a drifting sleep),
+    whatever the answers to the earlier ones."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     paced = Paced()
 
     async def post(k: int) -> None:
-        await asyncio.sleep(max(0.0, start + k / rate - loop.time()))
-        user = user_ids[k % len(user_ids)]
+        await asyncio.sleep(max(0.0, start + k * batch / rate - loop.time()))
+        users = [user_ids[m % len(user_ids)] for m in range(k * batch, (k + 1) * batch)]
+        messages = [{"user_id": user, "payload": {"n": k * batch + j}} for j, user in enumerate(users)]
         sent = time.perf_counter()
         paced.last_sent = max(paced.last_sent, loop.time() - start)
         paced.in_flight += 1
         paced.peak_in_flight = max(paced.peak_in_flight, paced.in_flight)
         try:
-            (mid,) = await api.post({"user_id": user, "payload": {"n": k}})
+            ids = await api.post(messages[0] if batch == 1 else {"messages": messages})
         except Rejected as exc:
-            rejected[exc.reason] += 1
+            rejected[exc.reason] += batch
             return
         finally:
             paced.in_flight -= 1
         paced.round_trips_ms.append((time.perf_counter() - sent) * 1000)
-        inbox.expect(user, mid)
+        for user, mid in zip(users, ids):
+            inbox.expect(user, mid)
 
-    await asyncio.gather(*(post(k) for k in range(int(rate * seconds))))
+    await asyncio.gather(*(post(k) for k in range(int(rate * seconds / batch))))
     return paced
 
 
@@ -392,6 +432,7 @@ async def scenario_steady(target: Target, api: Api, table: Table, args: argparse
         table.add("steady", "users / messages / per post / posters", f"{len(user_ids):,} / {total:,} / {args.batch} / {args.posters}")
         answered = await post_batches(api, inbox, user_ids, total, args.batch, args.posters, rejected)
         table.add("steady", "accepted msgs/s at collect", len(inbox.expected) / (answered - started))
+        table.keep("steady", "accepted msgs/s (posts answered)", len(inbox.expected) / (answered - started))
 
     await with_connected_users("steady", target, api, table, args, user_ids, drive)
 
@@ -400,14 +441,19 @@ async def scenario_latency(target: Target, api: Api, table: Table, args: argpars
     user_ids = [f"{run}-a{i}" for i in range(args.users)]
 
     async def drive(inbox: Inbox, rejected: Counter[str], started: float) -> None:
-        table.add("latency", "users / target rate / seconds", f"{len(user_ids):,} / {args.rate:,.0f} msgs/s / {args.seconds:g}")
-        paced = await post_paced(api, inbox, user_ids, args.rate, args.seconds, rejected)
-        sent = int(args.rate * args.seconds)
+        batch = args.latency_batch
+        table.add("latency", "users / target rate / seconds / per post",
+                  f"{len(user_ids):,} / {args.rate:,.0f} msgs/s / {args.seconds:g} / {batch}")
+        paced = await post_paced(api, inbox, user_ids, args.rate, args.seconds, rejected, batch)
+        sent = int(args.rate * args.seconds / batch)
         table.add("latency", "achieved rate (posts sent / seconds, first to last)",
                   f"{sent:,} / {paced.last_sent:.2f} s = {sent / max(paced.last_sent, 1e-9):,.0f} posts/s")
+        table.keep("latency", "achieved msgs/s (sent)", sent * batch / max(paced.last_sent, 1e-9))
         table.add("latency", "posts awaiting an answer, peak / connection limit", f"{paced.peak_in_flight:,} / {args.in_flight:,}")
         round_trips = sorted(paced.round_trips_ms)
         table.add("latency", "POST round trip p50/p99", f"{percentile(round_trips, .5):.1f} / {percentile(round_trips, .99):.1f} ms")
+        table.keep("latency", "POST round trip p50 (ms)", percentile(round_trips, .5), 1)
+        table.keep("latency", "POST round trip p99 (ms)", percentile(round_trips, .99), 1)
 
     await with_connected_users("latency", target, api, table, args, user_ids, drive)
 
@@ -443,11 +489,6 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / MB
 
 
-async def node_health(session: aiohttp.ClientSession, push_url: str) -> dict[str, object]:
-    async with session.get(f"{push_url}/healthz") as r:
-        return await r.json(content_type=None)
-
-
 async def scenario_connections(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
     n, node = args.connections, args.node
     started = time.time()
@@ -467,7 +508,7 @@ async def scenario_connections(target: Target, api: Api, table: Table, args: arg
         table.add("connections", "node CPU busy while connecting (% of one core)", 100 * (cpu_seconds(pid) - cpu_before) / window)
         await asyncio.sleep(2)  # let the route flusher and the allocator settle
         after = rss_mb(pid)
-        health = await node_health(api.session, target.push_urls[node])
+        health = await api.node_health(target.push_urls[node])
         table.add("connections", "node reports connections / users", f"{health['connections']:,} / {health['users']:,}")
         table.add("connections", "node RSS before / after (MB)", f"{before:.1f} / {after:.1f}")
         table.add("connections", "node memory per connection (KB)", (after - before) * 1024 / max(opened, 1))
@@ -487,8 +528,7 @@ async def node_connections(api: Api, target: Target, enough: Callable[[int], boo
     their number."""
     deadline = time.monotonic() + timeout
     while True:
-        healths = await asyncio.gather(*(node_health(api.session, url) for url in target.push_urls))
-        count = sum(int(h["connections"]) for h in healths)
+        count = await api.connections(target.push_urls)
         if enough(count) or time.monotonic() > deadline:
             return count
         await asyncio.sleep(0.2)
@@ -501,7 +541,7 @@ async def fanout_fleet(target: Target, api: Api, args: argparse.Namespace, run: 
     a function that waits for their reports."""
     tokens = await api.tokens([f"{run}-f{i}" for i in range(sockets)], topics=[topic] if topic else None)
     urls = [target.ws_url(i) for i in range(len(target.push_urls))]
-    shares = [FanoutShare(tokens[i:i + args.per_process], urls, topic, expect, args.timeout)
+    shares = [FanoutShare(tokens[i:i + args.per_process], urls, topic, expect, args.timeout, target.client)
               for i in range(0, sockets, args.per_process)]
     fleet = Fleet(partial(listen, args.connect_concurrency), shares, max_hold_seconds=args.timeout + 600)
     try:
@@ -531,9 +571,13 @@ def report_fanout(table: Table, name: str, reports: list[FanoutReport], messages
     """Sockets, the delivery tally (each socket up should get each of ``messages``), latency, client CPU."""
     expected = report_sockets(table, name, reports) * messages
     delivered = sum(r.deliveries for r in reports)
+    duplicates = sum(r.duplicates for r in reports)
     table.add(name, "deliveries expected / arrived / missing by --timeout / duplicates",
-              f"{expected:,} / {delivered:,} / {expected - delivered:,} / {sum(r.duplicates for r in reports):,}")
-    table.add(name, "latency p50/p90/p99/max (acceptance to socket)", latency_summary([ms for r in reports for ms in r.latencies_ms]))
+              f"{expected:,} / {delivered:,} / {expected - delivered:,} / {duplicates:,}")
+    table.keep(name, "deliveries arrived / expected; duplicates", f"{delivered:,} / {expected:,}; {duplicates:,}")
+    latencies = [ms for r in reports for ms in r.latencies_ms]
+    table.add(name, "latency p50/p90/p99/max", latency_summary(latencies))
+    keep_latency(table, name, latencies)
     report_busy(table, name, [r.busy for r in reports])
 
 
@@ -549,11 +593,15 @@ async def scenario_broadcast(target: Target, api: Api, table: Table, args: argpa
             await asyncio.sleep(1)
         reports = await results()
         report_cpu(table, "broadcast", meter, sum(r.deliveries for r in reports))
+    took = []
     for k, (mid, started) in enumerate(posted.items(), 1):
         reached = sum(r.per_message[mid] for r in reports)
         last = max((r.last_arrival[mid] for r in reports if mid in r.last_arrival), default=None)
         table.add("broadcast", f"broadcast {k}: sockets reached / POST to last socket",
                   f"{reached:,} / {(last - started) * 1000:.0f} ms" if last else f"{reached:,} / none arrived")
+        took += [(last - started) * 1000] if last else []
+    table.keep("broadcast", "POST to last socket, median (ms)", statistics.median(took) if took else math.nan)
+    table.keep("broadcast", "POST to last socket, range (ms)", f"{min(took):,.0f}-{max(took):,.0f}" if took else "-")
     report_fanout(table, "broadcast", reports, len(posted))
 
 
@@ -910,9 +958,10 @@ T = TypeVar("T")
 
 
 async def with_api(target: Target, args: argparse.Namespace, work: Callable[[Api], Awaitable[T]]) -> T:
+    """``work`` with the target's API (posts stamped with their send time in a run beside a peer)."""
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=args.in_flight)) as session:
-        return await work(Api(target.auth_url, target.collect_url, session))
+        return await work(target.api(target.auth_url, target.collect_url, session, stamp=bool(args.peer)))
 
 
 async def run(name: str, target: Target, args: argparse.Namespace, table: Table) -> None:
@@ -933,8 +982,16 @@ def main() -> None:
             with target_of(args) as target:
                 print(f"target: collect {target.collect_url}, auth {target.auth_url}, push {', '.join(target.push_urls)}", flush=True)
                 uvloop.run(run(name, target, args, table))
+            if args.peer:  # right after ours, on the same machine in the same state
+                print(f"scenario {name} on {args.peer}...", flush=True)
+                with PEERS[args.peer](args.workdir) as target:
+                    print(f"target: {args.peer} nodes {', '.join(target.push_urls)}, its Redis {target.redis_url}", flush=True)
+                    uvloop.run(run(name, target, args, table.labelled(args.peer)))
+                print(table.compare(name, args.peer, PEER_NOTE), flush=True)
     finally:
         print(table.render())
+        for name in args.scenarios if args.peer else ():
+            print(table.compare(name, args.peer, PEER_NOTE))
 
 
 if __name__ == "__main__":

@@ -37,16 +37,23 @@ class CpuSplit:
     def total(self) -> float:
         return sum(self.seconds.values())
 
-    def describe(self, messages: int) -> str:
-        """One row: each kind of server, most first ("push-8101" and "push-8102" add up as "push"), the total,
-        and the total per 1,000 ``messages``."""
+    def kinds(self) -> dict[str, float]:
+        """Each kind of server's CPU-s, most first ("push-8101" and "push-8102" add up as "push")."""
         kinds: dict[str, float] = {}
         for name, value in self.seconds.items():
             kind = name.partition("-")[0]
             kinds[kind] = kinds.get(kind, 0.0) + value
-        split = " / ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+    def describe(self, messages: int) -> str:
+        """One row: each kind of server, most first, the total, and the total per 1,000 ``messages``."""
+        split = " / ".join(f"{k} {v:.2f}" for k, v in self.kinds().items())
         per_thousand = f"{1000 * self.total / messages:.3f}" if messages else "n/a (none delivered)"
         return f"{split} / total {self.total:.2f} = {per_thousand} CPU-s per 1,000 msgs"
+
+    def per_thousand(self, messages: int) -> str:
+        """Each kind of server's CPU-s per 1,000 ``messages``, most first."""
+        return " / ".join(f"{k} {1000 * v / messages:.3f}" for k, v in self.kinds().items()) if messages else "n/a"
 
 
 class CpuMeter:

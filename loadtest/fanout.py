@@ -3,8 +3,9 @@ sockets, subscribed to a topic or not, and records when each message reaches eac
 
 Each socket counts the messages it receives by id; a message reaching the same socket twice is a
 duplicate. The latency of a delivery is its arrival minus the frame's ``ts`` (when collect accepted
-it), recorded on every tenth socket to keep the report small; the parent also gets each message's
-last arrival, to time a broadcast to its last socket.
+it; or the post's send time, as ``Client.read`` gives it), recorded on every tenth socket to keep the
+report small; the parent also gets each message's last arrival, to time a broadcast to its last socket.
+The sockets speak as the share's ``client`` does: ours, or a peer's.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from loadtest.inbox import open_socket
+from loadtest.inbox import Client
 
 
 @dataclass
@@ -31,6 +32,7 @@ class FanoutShare:
     topic: str | None  # subscribe every socket to it (None: broadcast only)
     expect: int  # messages the parent will post: each socket should get each once
     timeout: float  # the longest this worker waits for them after its sockets are up
+    client: Client  # how the sockets speak (a peer's has no topics: ``topic`` None)
 
 
 @dataclass
@@ -68,7 +70,7 @@ async def listen(concurrency: int, source: str, share: FanoutShare) -> AsyncIter
     async def one(i: int, token: str) -> None:
         async with gate:
             try:
-                ws = await open_socket(share.urls[i % len(share.urls)], token, source)
+                ws = await share.client.open(share.urls[i % len(share.urls)], token, source)
             except Exception as exc:  # counted and reported: the parent prints failures by kind
                 report.failures[type(exc).__name__] += 1
                 return
@@ -84,20 +86,21 @@ async def listen(concurrency: int, source: str, share: FanoutShare) -> AsyncIter
         seen: set[str] = set()
         with contextlib.suppress(ConnectionClosed):
             async for data in ws:
-                frame = orjson.loads(data)
-                if frame.get("type") != "message":
-                    continue
-                now, mid = time.time(), frame["id"]
-                if mid in seen:
-                    report.duplicates += 1
-                    continue
-                seen.add(mid)
-                report.deliveries += 1
-                report.per_message[mid] += 1
-                report.last_arrival[mid] = now
-                if sampled:
-                    report.latencies_ms.append(now * 1000 - frame["ts"])
-                changed.set()
+                now = time.time()
+                messages, answer = share.client.read(data)
+                if answer is not None:
+                    await ws.send(answer)
+                for mid, sent_ms in messages:
+                    if mid in seen:
+                        report.duplicates += 1
+                        continue
+                    seen.add(mid)
+                    report.deliveries += 1
+                    report.per_message[mid] += 1
+                    report.last_arrival[mid] = now
+                    if sampled:
+                        report.latencies_ms.append(now * 1000 - sent_ms)
+                    changed.set()
                 if len(seen) == share.expect:
                     return
 

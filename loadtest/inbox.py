@@ -1,8 +1,12 @@
 """Benchmark users that stay connected, receive and ack messages, and the tally of what they got.
 
 Latency is the receive time minus the frame's ``ts`` (when collect accepted the message), both wall
-clock on this machine. Every posted id is registered as expected for its user, so the tally can
-say, per (user, message), whether it arrived exactly once, never, or more than once.
+clock on this machine; or, when the post stamped its send time in the payload (``sent``, in a run beside a peer,
+``--peer``), minus that, as the peer's latency is measured. Every posted id is registered as expected for its user,
+so the tally can say, per (user, message), whether it arrived exactly once, never, or more than once.
+
+How a socket speaks to the push nodes is a ``Client``: ours (``OURS``), or a peer's
+(``loadtest.peer_centrifugo``), so the same users and scenarios drive either system.
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ import socket
 import time
 from collections import Counter
 from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from loadtest.target import Target
+if TYPE_CHECKING:
+    from loadtest.target import Target
 
 ACK_EVERY_SECONDS = 0.1
+Delivery = tuple[str, float]  # a message's id, and the wall-clock ms its latency counts from
 
 
 @dataclass(frozen=True)
@@ -59,17 +66,47 @@ async def tcp_from(source: str, url: str) -> socket.socket:
     return sock
 
 
-async def open_socket(url: str, token: str, source: str | None = None) -> ClientConnection:
-    """A socket that the node has routed (its welcome frame arrived), so posts can reach it; from the
-    local address ``source`` if given."""
-    async with asyncio.timeout(30):  # the TCP and websocket handshakes, then as long again for the welcome
+async def dial(url: str, source: str | None = None) -> ClientConnection:
+    """A websocket to ``url`` (the TCP and websocket handshakes within 30 s), from the local address ``source`` if
+    given; no compression, no pings."""
+    async with asyncio.timeout(30):
         sock = None if source is None else await tcp_from(source, url)
-        ws = await connect(f"{url}?token={token}", sock=sock, open_timeout=None, compression=None, ping_interval=None,
-                           max_size=None)
+        return await connect(url, sock=sock, open_timeout=None, compression=None, ping_interval=None, max_size=None)
+
+
+async def open_socket(url: str, token: str, source: str | None = None) -> ClientConnection:
+    """A socket that the node has routed (its welcome frame arrived, within 30 s more), so posts can reach it; from
+    the local address ``source`` if given."""
+    ws = await dial(f"{url}?token={token}", source)
     welcome = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
     if welcome.get("type") != "welcome":
         raise RuntimeError(f"expected a welcome frame, got {welcome}")
     return ws
+
+
+class Client:
+    """This project's client side: the token in the URL, a ``welcome`` frame, one message per frame, acks."""
+
+    path = "/ws"  # the push nodes' websocket endpoint
+    acks = True
+
+    async def open(self, url: str, token: str, source: str | None = None) -> ClientConnection:
+        return await open_socket(url, token, source)
+
+    def read(self, data: str | bytes) -> tuple[list[Delivery], str | None]:
+        """The messages in one frame, and what to answer it with (None: nothing)."""
+        frame = orjson.loads(data)
+        if frame.get("type") != "message":
+            return [], None
+        payload: Any = frame.get("payload")
+        sent = payload.get("sent") if isinstance(payload, dict) else None
+        return [(frame["id"], sent or frame["ts"])], None
+
+    def ack(self, ids: list[str]) -> str:
+        return orjson.dumps({"type": "ack", "ids": ids}).decode()
+
+
+OURS = Client()
 
 
 class Inbox:
@@ -117,8 +154,8 @@ class Inbox:
 
 class Users:
     """Users connected round-robin over the push nodes, at most ``concurrency`` handshakes in flight, each
-    receiving into ``inbox`` from the moment its node welcomed it (``welcomed``: user -> when), and acking.
-    Sockets come from the local address ``source`` if given."""
+    receiving into ``inbox`` from the moment its node welcomed it (``welcomed``: user -> when), and acking if
+    the target's client does. Sockets come from the local address ``source`` if given."""
 
     def __init__(self, target: Target, tokens: dict[str, str], inbox: Inbox, concurrency: int = 200,
                  source: str | None = None) -> None:
@@ -164,7 +201,7 @@ class Users:
     async def _session(self, user_id: str, token: str, url: str, gate: asyncio.Semaphore) -> None:
         try:
             async with gate:
-                ws = await open_socket(url, token, self.source)
+                ws = await self.target.client.open(url, token, self.source)
         except (OSError, TimeoutError, RuntimeError, WebSocketException) as exc:
             self.failures[type(exc).__name__] += 1
             self._opened()
@@ -177,28 +214,31 @@ class Users:
     async def _listen(self, user_id: str, ws: ClientConnection) -> None:
         """Record each message as it arrives; ack what arrived within 100 ms of the first unacked one,
         as a browser client would (an idle user costs no timer)."""
-        unacked: list[str] = []
-        waiting = asyncio.Event()
-        acker = asyncio.create_task(self._ack_loop(ws, unacked, waiting))
+        client, unacked, waiting = self.target.client, list[str](), asyncio.Event()
+        acker = asyncio.create_task(self._ack_loop(ws, client, unacked, waiting)) if client.acks else None
         try:
             async for data in ws:
                 received_ms = time.time() * 1000
-                frame = orjson.loads(data)
-                if frame.get("type") == "message":
-                    self.inbox.record(user_id, frame["id"], received_ms - frame["ts"])
-                    unacked.append(frame["id"])
+                messages, answer = client.read(data)
+                if answer is not None:
+                    await ws.send(answer)
+                for message_id, sent_ms in messages:
+                    self.inbox.record(user_id, message_id, received_ms - sent_ms)
+                if messages and acker:
+                    unacked.extend(message_id for message_id, _ in messages)
                     waiting.set()
         except ConnectionClosed:
             pass
         finally:
-            acker.cancel()
+            if acker:
+                acker.cancel()
 
     @staticmethod
-    async def _ack_loop(ws: ClientConnection, unacked: list[str], waiting: asyncio.Event) -> None:
+    async def _ack_loop(ws: ClientConnection, client: Client, unacked: list[str], waiting: asyncio.Event) -> None:
         while True:
             await waiting.wait()
             await asyncio.sleep(ACK_EVERY_SECONDS)
             waiting.clear()
             while unacked:
                 ids, unacked[:] = unacked[:1000], unacked[1000:]
-                await ws.send(orjson.dumps({"type": "ack", "ids": ids}).decode())
+                await ws.send(client.ack(ids))
