@@ -9,7 +9,7 @@ scenario's posting has begun, past the connects), then samples collect, dispatch
 py-spy for ``--seconds``, all at once; the bench's own table follows as usual. Each process's samples are kept as
 py-spy's collapsed stacks (``<scenario>-<service>.txt``, one line per stack and its count) and drawn as an SVG flame
 graph beside them (``flamegraph.py``), titled with the command. ``summarize`` prints, per process, the share of its
-samples in the parts that matter most (``FOCUS``), which ``loadtest/README.md`` quotes.
+samples in each part (``PARTS``: JSON, the Redis client, websockets, ...), which ``loadtest/README.md`` quotes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -27,7 +28,9 @@ from loadtest import flamegraph
 
 PROFILES = Path(__file__).parent / "profiles"
 SERVICES = ("services.collect", "services.dispatch", "services.auth", "services.push")
-BUSY_PERCENT = 30.0  # collect's CPU (% of a core) that says the scenario's posting has begun
+BUSY_PERCENT = 30.0  # collect's CPU (% of a core) that says the scenario's posting has begun...
+STARTED_S = 5.0  # ... once it has run this long (its own start is busy too)
+PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
 def service_processes(bench: psutil.Process) -> dict[str, psutil.Process]:
@@ -48,14 +51,25 @@ def service_processes(bench: psutil.Process) -> dict[str, psutil.Process]:
     return found
 
 
-def wait_busy(proc: psutil.Process, timeout: float) -> None:
-    """Return once ``proc`` uses more than ``BUSY_PERCENT`` of a core over half a second (or at ``timeout``)."""
-    proc.cpu_percent()
+def wait_busy(bench: psutil.Process, timeout: float) -> dict[str, psutil.Process]:
+    """The bench's services once its collect uses more than ``BUSY_PERCENT`` of a core over half a second (the
+    scenario's posting has begun), found again at each look (a service may be restarted while the cluster starts)."""
     deadline = time.monotonic() + timeout
+    seen: dict[int, tuple[float, float]] = {}  # pid -> (first seen, CPU-s at the last look)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if proc.cpu_percent() > BUSY_PERCENT:
-            return
+        services = service_processes(bench)
+        collect = services.get("collect")
+        try:
+            used = sum(collect.cpu_times()[:2]) if collect else None
+        except psutil.Error:
+            continue
+        if collect and used is not None:
+            first, last = seen.get(collect.pid, (time.monotonic(), used))
+            if time.monotonic() - first > STARTED_S and (used - last) / 0.5 * 100 > BUSY_PERCENT:
+                return services
+            seen[collect.pid] = (first, used)
+    raise SystemExit("the scenario's posting did not begin")
 
 
 def record(args: argparse.Namespace, bench_args: list[str]) -> int:
@@ -63,18 +77,8 @@ def record(args: argparse.Namespace, bench_args: list[str]) -> int:
     command = [sys.executable, "-m", "loadtest.bench_e2e", "--scenarios", args.scenario, *bench_args]
     bench = subprocess.Popen(command)
     try:
-        parent = psutil.Process(bench.pid)
-        deadline = time.monotonic() + args.timeout
-        services: dict[str, psutil.Process] = {}
-        while "collect" not in services or not any(n.startswith("push") for n in services):
-            if time.monotonic() > deadline or bench.poll() is not None:
-                raise SystemExit("the bench's services did not start")
-            time.sleep(0.5)
-            services = service_processes(parent)
-        time.sleep(2)  # every push node up
-        services = service_processes(parent)
-        wait_busy(services["collect"], args.timeout)
-        spies = {name: subprocess.Popen(["py-spy", "record", "--pid", str(p.pid), "--duration", str(args.seconds),
+        services = wait_busy(psutil.Process(bench.pid), args.timeout)
+        spies = {name: subprocess.Popen([str(PY_SPY), "record", "--pid", str(p.pid), "--duration", str(args.seconds),
                                          "--rate", str(args.rate), "--format", "raw", "--nonblocking",
                                          *(["--native"] if args.native else []),
                                          "--output", str(PROFILES / f"{args.scenario}-{name}.txt")],
@@ -92,28 +96,57 @@ def record(args: argparse.Namespace, bench_args: list[str]) -> int:
             bench.wait()
 
 
-FOCUS = {  # a part -> a pattern of frame names; a sample counts for a part when any frame of its stack matches
-    "HTTP server (uvicorn, httptools, Starlette)": r"uvicorn|httptools|starlette",
-    "MongoDB driver (pymongo)": r"pymongo",
-    "Redis client (redis-py, hiredis)": r"redis/|hiredis",
-    "websockets": r"websockets/",
-    "JSON (orjson)": r"orjson|\(loads\)|\(dumps\)",
+RUNNER = re.compile(r"\((asyncio/runners|uvloop/__init__)\.py")  # the event loop's own frame: tasks run above it
+PROJECT = re.compile(r"\((shared|services)/(?!.*__main__)")
+PARTS = {  # what the project's code calls, by the file of the called frame (``function (file:line)``)
+    "JSON (orjson)": r"orjson|^(loads|dumps) ",
+    "Redis client (redis-py, hiredis)": r"\((redis|hiredis)/",
+    "MongoDB driver (pymongo, bson)": r"\((pymongo|bson)/",
+    "websockets (framing, reading, handshakes)": r"\(websockets/",
+    "HTTP (uvicorn, httptools, Starlette)": r"\((uvicorn|httptools|starlette)/",
+    "metrics (prometheus_client)": r"\(prometheus_client/",
+    "logging": r"\(logging/",
     "garbage collector": r"gc_collect|collect_generation",
-    "idle (waiting in the event loop)": r"\(select\)|epoll_wait|_run_once.*\(base_events|run_forever",
+    "event loop (asyncio, uvloop)": r"\((asyncio|uvloop)/",
 }
 
 
+def part_of(stack: tuple[str, ...]) -> str:
+    """What a sample was doing: the event loop itself (polling, scheduling) when no task was running; else the
+    project's own code if its innermost frame is the project's, or the part the project's innermost frame called; for
+    a task with no project frame (an HTTP parser calling in), its innermost frame's part."""
+    runner = [i for i, frame in enumerate(stack) if RUNNER.search(frame)]
+    stack = stack[runner[-1] + 1:] if runner else stack  # what the loop runs, not how the process started it
+    if not stack:
+        return "event loop (asyncio, uvloop)"
+    mine = [i for i, frame in enumerate(stack) if PROJECT.search(frame)]
+    if mine and mine[-1] == len(stack) - 1:
+        return "this project's code (shared/, services/)"
+    for frame in [stack[mine[-1] + 1]] if mine else reversed(stack):
+        for part, pattern in PARTS.items():
+            if re.search(pattern, frame):
+                return part
+    return "other (interpreter, other libraries)"
+
+
 def summarize(paths: list[Path]) -> None:
-    """Per process: its samples, and the share of them in each ``FOCUS`` part (parts overlap: a Redis call made
-    by a Starlette handler counts for both)."""
+    """Per process: its samples (each one taken while it ran), the share of them in each part of ``PARTS`` (each
+    sample counted once, for the innermost frame that names a part), and the project's functions with the most
+    samples in their own code."""
     for path in paths:
         stacks = flamegraph.read(path)
-        total = sum(stacks.values())
+        total = sum(stacks.values()) or 1
+        parts: Counter[str] = Counter()
+        own: Counter[str] = Counter()
+        for stack, n in stacks.items():
+            parts[part_of(stack)] += n
+            if PROJECT.search(stack[-1]):
+                own[stack[-1]] += n
         print(f"{path.stem}: {total:,} samples")
-        for label, pattern in FOCUS.items():
-            hits = sum(n for stack, n in stacks.items() if any(re.search(pattern, frame) for frame in stack))
-            if hits:
-                print(f"  {label:<45} {100 * hits / total:5.1f}%")
+        for part, n in parts.most_common():
+            print(f"  {part:<45} {100 * n / total:5.1f}%")
+        for frame, n in own.most_common(5):
+            print(f"    own time {100 * n / total:4.1f}%  {frame}")
 
 
 def main() -> None:

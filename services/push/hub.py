@@ -29,6 +29,7 @@ position it was told, and drops late live copies of offsets already written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 from collections import OrderedDict, defaultdict, deque
@@ -196,6 +197,7 @@ class Hub:
         self._closing: set[asyncio.Task[None]] = set()
         self._by_topic: defaultdict[str, set[Session]] = defaultdict(set)
         self._published: OrderedDict[str, None] = OrderedDict()
+        self._corked: dict[Session, list[bytes]] | None = None  # frames gathered per socket inside ``corked``
         self.empty = asyncio.Event()  # set while no session is open (a drain waits for it)
         self.empty.set()
 
@@ -382,11 +384,27 @@ class Hub:
         return True
 
     def _write(self, session: Session, data: bytes, high: bool, buffered: int) -> None:
-        """Append ``data`` to the socket, or queue it while the socket is backed up (``buffered`` bytes waiting)."""
+        """Append ``data`` to the socket (to its corked bytes, while corked), or queue it while the socket is backed up
+        (``buffered`` bytes waiting)."""
         if session.waiting is not None or buffered > self.backlog_bytes:
             self._queue(session, data, high)
+        elif self._corked is not None:
+            self._corked.setdefault(session, []).append(data)
         else:
             session.ws.transport.write(data)
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """Within the block (which must not await), frames for one socket are gathered and written at its end in one
+        write: a deliver batch carrying several messages for a user costs its socket one send, not one per message."""
+        self._corked = {}
+        try:
+            yield
+        finally:
+            corked, self._corked = self._corked, None
+            for session, chunks in corked.items():
+                if session.open:
+                    session.ws.transport.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
 
     def announce(self, topic: str, frame: bytes) -> None:
         """Write a notice about ``topic`` (a join or leave) to its open subscribers here (held, like its messages, for a

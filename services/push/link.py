@@ -18,41 +18,34 @@ from shared.model.message import BROADCAST
 from shared.model.priority import Priority
 from shared.model.topics import Position
 from shared.wire.errors import MalformedRequest
-from shared.wire.protocol import BatchResult, DeliverBatch, with_position
+from shared.wire.protocol import BatchResult, DeliverBatch, Delivery, with_position
 
 log = logging.getLogger(__name__)
 
 
 async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWriter, node: str, sequencer: Sequencer) -> BatchResult:
-    """Write each message to its users' sockets, or a topic message to its subscribers' sockets (after any of the
-    topic's messages this node missed, ``sequencer.py``); mark the pairs written as dispatched and delivered, and count
-    a topic message's sockets for this node."""
+    """Write each message to its users' sockets (all of a socket's in one write), then each topic message to its
+    subscribers' sockets; mark the pairs written as dispatched and delivered, and count a topic message's sockets for
+    this node."""
     now = time.time()
     delivered, absent, published = [], 0, 0
+    with hub.corked():
+        for item in batch.items:
+            if item.topic is None:
+                for user in item.users:
+                    if hub.deliver(user, item.message_id, item.frame, item.priority is Priority.HIGH):
+                        delivered.append((item.message_id, user))
+                        DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
+                    else:
+                        absent += 1
     for item in batch.items:
         if item.topic is not None:
-            offset = 0
-            if item.position is not None and (item.topic == BROADCAST or hub.subscribers(item.topic)):
-                missed = await sequencer.admit(item.topic, item.position)
-                if missed is None:  # a late copy of a message written already
-                    continue
-                for m in missed:
-                    frame = with_position(m.frame, Position(m.offset, item.position.epoch))
-                    published += await hub.publish(m.message_id, frame, item.topic, offset=m.offset)
-                offset = item.position.offset
-            sockets = await hub.publish(item.message_id, item.frame, item.topic, item.priority is Priority.HIGH, offset)
+            sockets = await publish(hub, item, sequencer)
             published += sockets
             reached = {"dispatched": batch.at, **({"delivered": int(now * 1000)} if sockets else {})}
             lifecycle.count(item.message_id, node, sockets, reached)
             if sockets:
                 DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
-            continue
-        for user in item.users:
-            if hub.deliver(user, item.message_id, item.frame, item.priority is Priority.HIGH):
-                delivered.append((item.message_id, user))
-                DELIVERY_LATENCY.observe(max(0.0, now - item.ts / 1000))
-            else:
-                absent += 1
     lifecycle.mark("dispatched", delivered, batch.at)
     lifecycle.mark("delivered", delivered, int(now * 1000))
     MESSAGES_IN.inc(len(delivered) + absent)
@@ -61,6 +54,23 @@ async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWrite
     PUBLISHED.inc(published)
     ABSENT.inc(absent)
     return BatchResult(batch.batch, len(delivered) + published)
+
+
+async def publish(hub: Hub, item: Delivery, sequencer: Sequencer) -> int:
+    """Write a topic message to its subscribers here, after any of the topic's messages this node missed
+    (``sequencer.py``); return the sockets it was written to (0 for a late copy)."""
+    offset = 0
+    if item.topic is None:
+        return 0
+    if item.position is not None and (item.topic == BROADCAST or hub.subscribers(item.topic)):
+        missed = await sequencer.admit(item.topic, item.position)
+        if missed is None:  # a late copy of a message written already
+            return 0
+        for m in missed:
+            frame = with_position(m.frame, Position(m.offset, item.position.epoch))
+            await hub.publish(m.message_id, frame, item.topic, offset=m.offset)
+        offset = item.position.offset
+    return await hub.publish(item.message_id, item.frame, item.topic, item.priority is Priority.HIGH, offset)
 
 
 async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter, node: str, sequencer: Sequencer) -> None:

@@ -23,9 +23,11 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written = bytearray()
         self.backlog = 0
+        self.writes = 0
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.writes += 1
 
     def get_write_buffer_size(self) -> int:
         return self.backlog
@@ -269,3 +271,19 @@ async def test_a_resume_writes_the_missed_messages_then_the_held_live_ones_after
     await hub.publish("m7", b'{"o":7}', "news", offset=7)
     assert s.ws.texts() == [f'{{"o":{n}}}' for n in (3, 4, 5, 6, 7)]
     assert s.positioning is None and s.floors is None
+
+
+def test_corked_deliveries_reach_each_socket_in_one_write_in_order() -> None:
+    """Inside ``corked``, three messages for one user's two sockets are written at its end, one write per socket, in
+    order; outside it each message is a write of its own."""
+    hub = Hub()
+    tabs = [session("u"), session("u")]
+    for s in tabs:
+        hub.add(s)
+    with hub.corked():
+        for n in range(3):
+            hub.deliver("u", f"m{n}", b'{"n":%d}' % n)
+        assert all(s.ws.transport.writes == 0 for s in tabs)
+    assert [(s.ws.texts(), s.ws.transport.writes) for s in tabs] == [(['{"n":0}', '{"n":1}', '{"n":2}'], 1)] * 2
+    hub.deliver("u", "m3", b'{"n":3}')
+    assert [s.ws.transport.writes for s in tabs] == [2, 2]
