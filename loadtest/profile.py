@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -78,7 +79,7 @@ def record(args: argparse.Namespace, bench_args: list[str]) -> int:
     bench = subprocess.Popen(command)
     try:
         services = wait_busy(psutil.Process(bench.pid), args.timeout)
-        spies = {name: subprocess.Popen([str(PY_SPY), "record", "--pid", str(p.pid), "--duration", str(args.seconds),
+        spies = {name: subprocess.Popen([str(PY_SPY), "record", "--pid", str(p.pid), "--duration", str(args.sample_seconds),
                                          "--rate", str(args.rate), "--format", "raw", "--nonblocking",
                                          *(["--native"] if args.native else []),
                                          "--output", str(PROFILES / f"{args.scenario}-{name}.txt")],
@@ -91,8 +92,8 @@ def record(args: argparse.Namespace, bench_args: list[str]) -> int:
             stacks.with_suffix(".svg").write_text(flamegraph.render(flamegraph.read(stacks), f"{name}, {args.scenario}: {title}"))
         return bench.wait()
     finally:
-        if bench.poll() is None:
-            bench.terminate()
+        if bench.poll() is None:  # an interrupt, so the bench stops the cluster it started (SIGTERM would orphan it)
+            bench.send_signal(signal.SIGINT)
             bench.wait()
 
 
@@ -152,7 +153,7 @@ def summarize(paths: list[Path]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", default="steady", help="one bench scenario (steady, latency, storm, ...)")
-    p.add_argument("--seconds", type=int, default=15, help="how long to sample once the posting has begun")
+    p.add_argument("--sample-seconds", type=int, default=10, help="how long to sample once the posting has begun")
     p.add_argument("--rate", type=int, default=200, help="samples per second")
     p.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     p.add_argument("--timeout", type=float, default=300, help="give up waiting for the services or the posting")
