@@ -1,10 +1,11 @@
 """The dispatch loop: read the streams, find each recipient's live nodes, forward one frame per node, acknowledge.
 
-The streams are read high tier first (``shared.delivery.stream``): a batch takes normal or low entries only
-where high ones leave room, and stale entries are claimed in the same order.
+The streams are read high tier first (``shared.delivery.stream``): behind a backlog a batch takes normal or low
+entries only where high ones leave room, and stale entries are claimed in the same order.
 
 An entry (one post: its messages and their recipients) is acknowledged once every node holding
-one of its recipients accepted it. Recipients with no live route are left to their inbox in Redis,
+one of its recipients accepted it, in the round trip of the next read (a cycle costs Redis two round trips, that
+read and the routes, and two more with topic messages: their positions, then their topics' holders). Recipients with no live route are left to their inbox in Redis,
 which their node replays when they connect; an expired message is not forwarded (the expiry loop
 closes its inboxes). A topic message goes once to each live node holding subscribers of its topic
 (``topic:{name}``), a broadcast once to every live node; the node writes it to its sockets. The
@@ -131,6 +132,7 @@ class Forwarder:
         self._group_ready = False
         self._next_claim = 0.0
         self._sends: set[asyncio.Task[None]] = set()
+        self._settled: list[str] = []  # entries every node took in the last cycle, to acknowledge with the next read
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -146,6 +148,10 @@ class Forwarder:
             for task in self._sends:
                 task.cancel()
             await asyncio.gather(*self._sends, return_exceptions=True)
+            try:
+                await self.stream.ack(self._settled)
+            except REDIS_FAILURES as exc:  # still pending: claimed and sent again later (at least once)
+                log.warning("acknowledgements lost at shutdown", extra={"count": len(self._settled), "error": repr(exc)})
 
     async def cycle(self) -> None:
         """One step: make sure the group exists, take stale or new entries, forward them."""
@@ -160,8 +166,12 @@ class Forwarder:
                 full = len(entries) == self.config.batch_size
                 self._next_claim = time.monotonic() + (0 if full else self.config.claim_idle_ms / 2000)
                 entries = await self.give_up(entries)
-            if not entries:
-                entries = await self.stream.read(self.config.consumer, self.config.batch_size, self.config.block_ms)
+            if entries:
+                await self.stream.ack(self._settled)
+            else:
+                entries = await self.stream.read(self.config.consumer, self.config.batch_size, self.config.block_ms,
+                                                 ack=self._settled)
+            self._settled = []
         except REDIS_FAILURES as exc:
             self._group_ready = "NOGROUP" not in str(exc)  # Redis lost its data: recreate the group
             raise
@@ -220,8 +230,7 @@ class Forwarder:
         if awaited:
             await asyncio.wait(awaited, timeout=self.config.send_wait_ms / 1000)
         late.set()
-        done = self.ledger.settled(ids)
-        await self.stream.ack(done)
+        self._settled += self.ledger.settled(ids)  # acknowledged with the next read, in its round trip
         UNROUTED.inc(sum(1 for e in entries for m in e.messages for u in m.users if u not in routes))
         MESSAGES_OUT.inc(messages)
         BATCH_SECONDS.observe(time.perf_counter() - start)

@@ -131,6 +131,7 @@ class DeliveryStream:
         self.keys = keys or tier_keys()
         self.tier_of_key = {key.encode(): tier for tier, key in self.keys.items()}
         self._backlog = SlotScript(redis, BACKLOG)
+        self._behind = False  # the last read was full: read the tiers in turn (``read``)
 
     def _entries(self, reply: Any) -> list[StreamEntry]:
         """The entries of an XREADGROUP reply (over one or more of the tiers' streams), most urgent tier first."""
@@ -154,19 +155,38 @@ class DeliveryStream:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    async def read(self, consumer: str, count: int, block_ms: int) -> list[StreamEntry]:
-        """Up to ``count`` new entries for this consumer, high before normal before low; they stay pending until ``ack``.
-        Waits up to ``block_ms`` only when every tier is empty (then the first to get an entry answers)."""
+    async def read(self, consumer: str, count: int, block_ms: int, ack: Iterable[str] = ()) -> list[StreamEntry]:
+        """New entries for this consumer, most urgent tier first; they stay pending until acknowledged. Waits up to
+        ``block_ms`` when every tier is empty. The entries in ``ack`` (the previous cycle's) are acknowledged in the
+        same round trip, before the read.
+
+        While the streams keep up (the last read was not full), one blocking read over the three tiers answers at once
+        with what any of them holds (up to ``count`` each): one round trip per cycle. Behind a backlog (the last read
+        was full), the tiers are read in turn, so high entries fill a batch before normal and low ones take the rest."""
         entries: list[StreamEntry] = []
-        for tier in TIERS:
-            one: dict[KeyT, StreamIdT] = {self.keys[tier]: ">"}
-            entries += self._entries(await self.redis.xreadgroup(GROUP, consumer, one, count=count - len(entries)))
-            if len(entries) >= count:
-                break
-        if entries:
-            return entries
-        streams: dict[KeyT, StreamIdT] = {self.keys[tier]: ">" for tier in TIERS}
-        return self._entries(await self.redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms))
+        acks = list(ack)
+        if self._behind:
+            for tier in TIERS:
+                one: dict[KeyT, StreamIdT] = {self.keys[tier]: ">"}
+                entries += self._entries(await self._read(acks, consumer, one, count - len(entries)))
+                acks = []
+                if len(entries) >= count:
+                    break
+        if not entries:
+            streams: dict[KeyT, StreamIdT] = {self.keys[tier]: ">" for tier in TIERS}
+            entries = self._entries(await self._read(acks, consumer, streams, count, block_ms))
+        self._behind = len(entries) >= count
+        return entries
+
+    async def _read(self, acks: list[str], consumer: str, streams: dict[KeyT, StreamIdT], count: int,
+                    block_ms: int | None = None) -> Any:
+        """One XREADGROUP, after acknowledging ``acks`` in the same pipeline if there are any."""
+        if not acks:
+            return await self.redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._stage_ack(pipe, acks)
+            pipe.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
+            return (await pipe.execute())[-1]
 
     async def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[StreamEntry]:
         """Up to ``count`` entries another (or this) consumer read but did not acknowledge in time, high tier first,
@@ -201,17 +221,21 @@ class DeliveryStream:
 
     async def ack(self, entry_ids: Iterable[str]) -> None:
         """Acknowledge and delete, so each stream holds only work not yet done."""
+        ids = list(entry_ids)
+        if not ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._stage_ack(pipe, ids)
+            await pipe.execute()
+
+    def _stage_ack(self, pipe: Pipeline, entry_ids: list[str]) -> None:
         by_tier: dict[Priority, list[str]] = {}
         for entry_id in entry_ids:
             tier, stream_id = split_entry_id(entry_id)
             by_tier.setdefault(tier, []).append(stream_id)
-        if not by_tier:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for tier, ids in by_tier.items():
-                pipe.xack(self.keys[tier], GROUP, *ids)
-                pipe.xdel(self.keys[tier], *ids)
-            await pipe.execute()
+        for tier, ids in by_tier.items():
+            pipe.xack(self.keys[tier], GROUP, *ids)
+            pipe.xdel(self.keys[tier], *ids)
 
     async def backlog(self) -> dict[Priority, Backlog]:
         """Each tier's backlog, in one round trip (a script per stream: each touches one key)."""

@@ -122,25 +122,33 @@ async def test_shedding_refuses_low_then_normal_never_high_and_keeps_what_it_acc
 
 
 async def test_the_streams_serve_high_then_normal_then_low(start_stack) -> None:
-    """A read takes high entries first and fills the batch from normal, then low, only where room is left; the backlog
-    counts per tier the entries no consumer has read yet."""
+    """A read keeping up takes what every tier holds in one round trip, high first; once a read was full (a backlog),
+    high entries fill the batch first, then normal, then low where room is left; the backlog counts per tier the
+    entries no consumer has read yet."""
     stack: RunningStack = start_stack(nodes=1)
     stack.procs["dispatch"].stop()
-    for priority in ("low", "normal", "high", "low", "high"):
-        await post(stack, "nobody", priority)
     redis = Redis.from_url(stack.stack.redis_url)
     stream = DeliveryStream(redis)
 
     async def backlog() -> list[int]:
         return [b.entries for b in (await stream.backlog()).values()]
 
+    async def tiers_read(count: int) -> list[str]:
+        entries = await stream.read("probe", count, 100)
+        await stream.ack([e.entry_id for e in entries])
+        return [e.entry_id.partition("/")[0] for e in entries]
+
+    for priority in ("low", "normal", "high", "low", "high"):
+        await post(stack, "nobody", priority)
     assert await backlog() == [2, 1, 2]
-    first = await stream.read("probe", 3, 100)
-    assert [e.entry_id.partition("/")[0] for e in first] == ["high", "high", "normal"]
-    assert await backlog() == [0, 0, 2], "entries read and not yet acknowledged are no longer backlog"
-    rest = await stream.read("probe", 10, 100)
-    assert [e.entry_id.partition("/")[0] for e in rest] == ["low", "low"]
-    await stream.ack([e.entry_id for e in first + rest])
+    assert await tiers_read(3) == ["high", "high", "normal", "low", "low"], "keeping up: every tier, up to 3 each"
+    assert await backlog() == [0, 0, 0], "entries read are no longer backlog"
+    for priority in ("low", "normal", "high", "low", "high"):
+        await post(stack, "nobody", priority)
+    assert await tiers_read(3) == ["high", "high", "normal"], "behind (the last read was full): high fills the batch first"
+    assert await backlog() == [0, 0, 2]
+    assert await tiers_read(10) == ["low", "low"]
+    assert await tiers_read(10) == [], "caught up: the next read blocks over every tier"
     assert await backlog() == [0, 0, 0]
     await redis.aclose()
 
