@@ -29,13 +29,13 @@ from loadtest import flamegraph
 
 PROFILES = Path(__file__).parent / "profiles"
 SERVICES = ("services.collect", "services.dispatch", "services.auth", "services.push")
-BUSY_PERCENT = 30.0  # collect's CPU (% of a core) that says the scenario's posting has begun...
+BUSY_PERCENT = 10.0  # collect's CPU (% of a core) that says the scenario's posting has begun...
 STARTED_S = 5.0  # ... once it has run this long (its own start is busy too)
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
 def service_processes(bench: psutil.Process) -> dict[str, psutil.Process]:
-    """The services the bench started, by name (``push-<port>`` for each node)."""
+    """The services the bench started, by name (``push-1``, ``push-2``, ... for the nodes, by port)."""
     found = {}
     for proc in bench.children(recursive=True):
         try:
@@ -49,7 +49,8 @@ def service_processes(bench: psutil.Process) -> dict[str, psutil.Process]:
                     port = next((c.laddr.port for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN), proc.pid)
                     name = f"push-{port}"
                 found[name] = proc
-    return found
+    nodes = sorted((n for n in found if n.startswith("push-")), key=lambda n: int(n.removeprefix("push-")))
+    return {(f"push-{nodes.index(n) + 1}" if n in nodes else n): p for n, p in found.items()}
 
 
 def wait_busy(bench: psutil.Process, timeout: float) -> dict[str, psutil.Process]:
