@@ -5,9 +5,9 @@ entries only where high ones leave room, and stale entries are claimed in the sa
 
 An entry (one post: its messages and their recipients) is acknowledged once every node holding
 one of its recipients accepted it, in the round trip of the next read (a cycle costs Redis two round trips, that
-read and the routes, and two more with topic messages: their positions, then their topics' holders). Recipients with no live route are left to their inbox in Redis,
-which their node replays when they connect; an expired message is not forwarded (the expiry loop
-closes its inboxes). A topic message goes once to each live node holding subscribers of its topic
+read and the routes, and two more with topic messages: their positions, then their topics' holders). Recipients
+with no live route are left to their inbox in Redis, which their node replays when they connect; an expired
+message is not forwarded (the expiry loop closes its inboxes). A topic message goes once to each live node holding subscribers of its topic
 (``topic:{name}``), a broadcast once to every live node; the node writes it to its sockets. The
 push node records the lifecycle stages.
 

@@ -92,6 +92,9 @@ class Waiting:
         return len(self.urgent) + len(self.rest)
 
 
+NOTHING: OrderedDict[str, None] = OrderedDict()  # never written: the empty start of every ``SentIds``
+
+
 class SentIds:
     """The ids written to one socket and not acknowledged yet, oldest first, at most ``limit``: past it the oldest is
     forgotten (counted), so a socket that never acks costs bounded memory. The newest ``ACKED_LIMIT`` acknowledged ids
@@ -101,8 +104,10 @@ class SentIds:
     __slots__ = ("_acked", "_ids", "limit")
 
     def __init__(self, limit: int = SENT_LIMIT) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._acked: OrderedDict[str, None] = OrderedDict()
+        # Both start as the one shared empty map, and get one of their own at their first write: an idle socket's
+        # costs nothing here (two empty maps per socket were ~0.3 KB of the ~19 KB a connection costs).
+        self._ids: OrderedDict[str, None] = NOTHING
+        self._acked: OrderedDict[str, None] = NOTHING
         self.limit = limit
 
     def __contains__(self, message_id: object) -> bool:
@@ -112,6 +117,8 @@ class SentIds:
         return len(self._ids)
 
     def add(self, message_id: str) -> None:
+        if self._ids is NOTHING:
+            self._ids = OrderedDict()
         self._ids[message_id] = None
         if len(self._ids) > self.limit:
             self._ids.popitem(last=False)
@@ -121,6 +128,8 @@ class SentIds:
         """These ids were acknowledged: no longer counted as unacked, remembered among the newest acked. Returns those
         that were written to this socket and unacked until now."""
         written = []
+        if self._acked is NOTHING:
+            self._acked = OrderedDict()
         for message_id in message_ids:
             if message_id in self._ids:
                 del self._ids[message_id]

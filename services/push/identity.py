@@ -2,10 +2,13 @@
 
 Tokens not in the cache are verified in batches: connects that arrive while a request to auth is
 out share the next one (``{"tokens": [...]}``), so a storm costs auth a few requests, not one per socket.
+The cache keeps a 16-byte digest of each token, not the token (a JWT is a few hundred bytes, and a node
+caches as many as it holds sockets).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 
@@ -23,21 +26,22 @@ class TokenVerifier:
         self.url = auth_url.rstrip("/") + "/v1/verify"
         self.session = session
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, Identity] = OrderedDict()
+        self._cache: OrderedDict[bytes, Identity] = OrderedDict()
         self._asks: Coalescer[str, Identity | Unauthorized] = Coalescer(self._ask_auth)
 
     async def verify(self, token: str | None) -> Identity:
         """The token's identity, from the cache while unexpired, else from auth (refused -> Unauthorized)."""
         if not token:
             raise Unauthorized("missing token: use ?token=JWT or an Authorization header")
-        cached = self._cache.get(token)
+        key = hashlib.blake2b(token.encode(), digest_size=16).digest()
+        cached = self._cache.get(key)
         if cached is not None and cached.expires_at > time.time():
-            self._cache.move_to_end(token)
+            self._cache.move_to_end(key)
             return cached
         (answer,) = await self._asks.submit([token])
         if isinstance(answer, Unauthorized):
             raise answer
-        self._cache[token] = answer
+        self._cache[key] = answer
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return answer
