@@ -36,16 +36,48 @@ PG_USER = "postgres"  # initdb and the server refuse to run as root
 CLUSTER_SLOTS = 16384
 
 
+# Servers' ports come from below the kernel's ephemeral range (32768 up), where outgoing connections take their
+# source ports (one could take a port handed out here before its server binds it), and from under 12,000, where
+# ``free_cluster_port``'s nodes and their bus ports live; each pytest-xdist worker draws from its own slice, so two
+# workers never hand out the same port, and a process never hands out one port twice while its server may not be up.
+SERVER_PORTS = (2_000, 12_000)
+_handed: set[int] = set()
+
+
+def worker_ports() -> range:
+    """This process's slice of ``SERVER_PORTS``: by pytest-xdist worker (``gw<n>`` of ``PYTEST_XDIST_WORKER_COUNT``),
+    or all of it."""
+    low, high = SERVER_PORTS
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2:
+        return range(low, high)
+    size = (high - low) // count
+    start = low + int(worker[2:]) % count * size
+    return range(start, start + size)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, and not handed out by this process before."""
+    ports = worker_ports()
+    while True:
+        port = random.choice(ports)
+        if port in _handed:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        if len(_handed) > len(ports) // 2:  # a long run: forget them (their servers are gone, or bound: refused above)
+            _handed.clear()
+        return port
 
 
 def free_cluster_port() -> int:
     """A free port whose Redis Cluster bus port (10,000 above: Redis 6.2 has no setting for it) is free too: both
-    below the kernel's ephemeral range (32768 up), where ``free_port`` and outgoing connections take theirs, and
-    never one node's port another's bus port."""
+    below the kernel's ephemeral range (32768 up), where outgoing connections take theirs, above ``free_port``'s
+    (``SERVER_PORTS``), and never one node's port another's bus port."""
     while True:
         port = random.randrange(12_000, 22_000)
         if port_is_free(port) and port_is_free(port + 10_000):
