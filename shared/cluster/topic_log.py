@@ -34,19 +34,24 @@ from shared.model.topics import Logged, Namespaces, Position, recover
 
 POSITION_SECONDS = 7 * 24 * 3600  # a topic's position outlives its history: idle this long, it starts a new epoch
 
-# Transition ``dispatched`` of topic messages: each takes the next offset of its topic, once. KEYS: the topic's
-# position and history, then each message's guard; ARGV: a fresh epoch, now (ms), the position's and the guards'
-# TTLs, the history's size and seconds, then per message its id and frame. Replies "offset:epoch" per message.
-APPEND = """
+# The topic's epoch (KEYS[1]: its position, KEYS[2]: its history; ARGV[1]: a fresh epoch): a missing position is
+# created at offset 0 with the fresh epoch, and any history left without one is dropped (its offsets would not compare).
+EPOCH = """
 local position, history = KEYS[1], KEYS[2]
-local now, keep, guard_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local size, seconds = tonumber(ARGV[5]), tonumber(ARGV[6])
 local epoch = redis.call('HGET', position, 'e')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', history)
   redis.call('HSET', position, 'e', epoch, 'o', 0)
 end
+"""
+
+# Transition ``dispatched`` of topic messages: each takes the next offset of its topic, once. KEYS: the topic's
+# position and history, then each message's guard; ARGV: a fresh epoch, now (ms), the position's and the guards'
+# TTLs, the history's size and seconds, then per message its id and frame. Replies "offset:epoch" per message.
+APPEND = EPOCH + """
+local now, keep, guard_ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local size, seconds = tonumber(ARGV[5]), tonumber(ARGV[6])
 local placed = {}
 for i = 3, #KEYS do
   local id, frame = ARGV[5 + 2 * (i - 2)], ARGV[6 + 2 * (i - 2)]
@@ -68,17 +73,11 @@ if size > 0 then redis.call('EXPIRE', history, seconds) end
 return placed
 """
 
-# A topic's position (created with a fresh epoch when missing) and its history after an offset. KEYS: position,
-# history; ARGV: a fresh epoch, the position's TTL, the offset to read after (-1: none), the most entries to read.
-READ = """
-local position, history = KEYS[1], KEYS[2]
-local epoch = redis.call('HGET', position, 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', history)
-  redis.call('HSET', position, 'e', epoch, 'o', 0)
-  redis.call('EXPIRE', position, tonumber(ARGV[2]))
-end
+# A topic's position (created with a fresh epoch when missing; read, it is kept ``POSITION_SECONDS`` more) and its
+# history after an offset. KEYS: position, history; ARGV: a fresh epoch, the position's TTL, the offset to read after
+# (-1: none), the most entries to read.
+READ = EPOCH + """
+redis.call('EXPIRE', position, tonumber(ARGV[2]))
 local offset = tonumber(redis.call('HGET', position, 'o'))
 local after = tonumber(ARGV[3])
 local entries = {}
