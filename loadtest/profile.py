@@ -29,7 +29,7 @@ from loadtest import flamegraph
 
 PROFILES = Path(__file__).parent / "profiles"
 SERVICES = ("services.collect", "services.dispatch", "services.auth", "services.push")
-BUSY_PERCENT = 10.0  # collect's CPU (% of a core) that says the scenario's posting has begun...
+BUSY_PERCENT = 10.0  # the watched service's CPU (% of a core) that says the scenario's load has begun...
 STARTED_S = 5.0  # ... once it has run this long (its own start is busy too)
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
@@ -53,25 +53,25 @@ def service_processes(bench: psutil.Process) -> dict[str, psutil.Process]:
     return {(f"push-{nodes.index(n) + 1}" if n in nodes else n): p for n, p in found.items()}
 
 
-def wait_busy(bench: psutil.Process, timeout: float) -> dict[str, psutil.Process]:
-    """The bench's services once its collect uses more than ``BUSY_PERCENT`` of a core over half a second (the
-    scenario's posting has begun), found again at each look (a service may be restarted while the cluster starts)."""
+def wait_busy(bench: psutil.Process, timeout: float, watched: str) -> dict[str, psutil.Process]:
+    """The bench's services once one named ``watched`` or starting so (collect: the scenario's posting has begun; push
+    for connections) uses more than ``BUSY_PERCENT`` of a core over half a second, found again at each look (a
+    service may be restarted while the cluster starts)."""
     deadline = time.monotonic() + timeout
     seen: dict[int, tuple[float, float]] = {}  # pid -> (first seen, CPU-s at the last look)
     while time.monotonic() < deadline:
         time.sleep(0.5)
         services = service_processes(bench)
-        collect = services.get("collect")
-        try:
-            used = sum(collect.cpu_times()[:2]) if collect else None
-        except psutil.Error:
-            continue
-        if collect and used is not None:
-            first, last = seen.get(collect.pid, (time.monotonic(), used))
+        for proc in (p for name, p in services.items() if name.startswith(watched)):
+            try:
+                used = sum(proc.cpu_times()[:2])
+            except psutil.Error:
+                continue
+            first, last = seen.get(proc.pid, (time.monotonic(), used))
             if time.monotonic() - first > STARTED_S and (used - last) / 0.5 * 100 > BUSY_PERCENT:
                 return services
-            seen[collect.pid] = (first, used)
-    raise SystemExit("the scenario's posting did not begin")
+            seen[proc.pid] = (first, used)
+    raise SystemExit(f"{watched} did not get busy: the scenario's load did not begin")
 
 
 def record(args: argparse.Namespace, bench_args: list[str]) -> int:
@@ -79,7 +79,7 @@ def record(args: argparse.Namespace, bench_args: list[str]) -> int:
     command = [sys.executable, "-m", "loadtest.bench_e2e", "--scenarios", args.scenario, *bench_args]
     bench = subprocess.Popen(command)
     try:
-        services = wait_busy(psutil.Process(bench.pid), args.timeout)
+        services = wait_busy(psutil.Process(bench.pid), args.timeout, args.busy)
         spies = {name: subprocess.Popen([str(PY_SPY), "record", "--pid", str(p.pid), "--duration", str(args.sample_seconds),
                                          "--rate", str(args.rate), "--format", "raw", "--nonblocking",
                                          *(["--native"] if args.native else []),
@@ -154,6 +154,7 @@ def summarize(paths: list[Path]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", default="steady", help="one bench scenario (steady, latency, storm, ...)")
+    p.add_argument("--busy", default="collect", help="the service whose CPU says the load has begun (push for connections)")
     p.add_argument("--sample-seconds", type=int, default=10, help="how long to sample once the posting has begun")
     p.add_argument("--rate", type=int, default=200, help="samples per second")
     p.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")

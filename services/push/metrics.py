@@ -31,3 +31,5 @@ RECOVERIES = Counter("push_recoveries_total", "Topic recoveries asked by subscri
 TOPIC_GAPS = Counter("push_topic_gaps_total", "Holes in a topic's offsets on this node (a stall, a retry overtaken, two dispatch "
                      "instances), by outcome: filled from the history before the next message was written, or not (gone)",
                      ["outcome"])
+UNANSWERED = Counter("push_keepalive_closed_total", "Sockets closed (1011) because a ping was still unanswered at the next, "
+                     "PING_INTERVAL_SECONDS later")

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request
 
 from services.push.acks import Acks
 from services.push.config import PushConfig
@@ -23,6 +25,7 @@ from services.push.drain import Drain
 from services.push.gate import LINK_PATH, Gate
 from services.push.hub import Hub
 from services.push.identity import TokenVerifier
+from services.push.keepalive import Keepalive
 from services.push.limits import AddressCount
 from services.push.link import serve_link
 from services.push.membership import Membership
@@ -30,7 +33,7 @@ from services.push.recovery import TopicReads
 from services.push.registrar import Registrar
 from services.push.replay import NOT_YET, Replayer
 from services.push.sequencer import Sequencer
-from services.push.sockets import SocketHandler
+from services.push.sockets import SocketHandler, token_of
 from shared.cluster.routes import NodeCard, RouteReader, RouteWriter, directory
 from shared.cluster.topic_log import TopicLog
 from shared.delivery.inbox import Inbox
@@ -42,6 +45,7 @@ from shared.infra.clock import now_ms
 from shared.infra.serve import running
 
 log = logging.getLogger(__name__)
+HANDSHAKEN = Request("", Headers())  # every session's request once its own was read (``PushNode.serve``)
 LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands of SYN retries of 1 s and more)
 
 
@@ -57,6 +61,7 @@ class PushNode:
         self.replayer = Replayer(self.hub, inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
         self.registrar = Registrar(self.writer, self.hub, self.card, config.heartbeat_interval, self.replayer.catch_up)
         self.acks = Acks(inbox, self.lifecycle)
+        self.keepalive = Keepalive(config.ping_interval)
         self.addresses = AddressCount(config.max_connections_per_address)
         self.drain = Drain(self.hub, self.registrar, self.other_nodes, config.drain_seconds)
         self.gate = Gate(config, self.hub, self.drain, self.addresses, self.health)
@@ -81,7 +86,15 @@ class PushNode:
                 "draining": self.drain.started, "connections": self.hub.connections, "users": len(self.hub)}
 
     async def handle(self, ws: ServerConnection) -> None:
-        """An upgraded socket: dispatch's link, or a browser's session (counted against its address while open)."""
+        """An upgraded socket, pinged while open: dispatch's link, or a browser's session."""
+        self.keepalive.watch(ws)
+        try:
+            await self.serve(ws)
+        finally:
+            self.keepalive.unwatch(ws)
+
+    async def serve(self, ws: ServerConnection) -> None:
+        """Dispatch's link, or a browser's session (counted against its address while open)."""
         assert ws.request is not None  # set by the handshake
         if urlsplit(ws.request.path).path == LINK_PATH:
             # A dispatch instance opens a link when it finds this node live. Just after the card was gone (Redis
@@ -91,10 +104,14 @@ class PushNode:
                 self.replayer.catch_up("a dispatch link opened after the node card was gone")
             await serve_link(ws, self.hub, self.lifecycle, self.config.node_id, self.sequencer)
             return
-        source = client_address(ws, self.config.trusted_proxies)
+        source, token = client_address(ws, self.config.trusted_proxies), token_of(ws.request)
+        # Nothing reads the handshake's request and response past here: let them go (their headers, the token in the
+        # path: ~3 KB of an idle socket's ~19). The connection takes a request of None for a handshake yet to come, so
+        # one shared empty request stands in.
+        ws.request, ws.response = HANDSHAKEN, None
         self.addresses.opened(source)
         try:
-            await self.sockets.serve(ws)
+            await self.sockets.serve(ws, token)
         finally:
             self.addresses.closed(source)
 
@@ -110,12 +127,13 @@ class PushNode:
             server = await serve(
                 self.handle, c.host, c.port, process_request=self.gate.process_request,
                 process_response=self.gate.process_response, compression=None,
-                ping_interval=c.ping_interval, ping_timeout=c.ping_interval, max_size=c.max_frame_bytes,
+                ping_interval=None, max_size=c.max_frame_bytes,
                 server_header=None, backlog=LISTEN_BACKLOG, ssl=c.tls(),
                 create_connection=ProxiedConnection if c.proxy_protocol else None,
             )
             async with running(self.registrar.run_flusher(), self.registrar.run_heartbeat(), self.lifecycle.run(),
-                               self.acks.run(), self.replayer.watch_epoch(c.heartbeat_interval), self.membership.run()):
+                               self.acks.run(), self.replayer.watch_epoch(c.heartbeat_interval), self.membership.run(),
+                               self.keepalive.run()):
                 log.info("push node listening", extra={"node": c.node_id, "url": c.public_url})
                 await stop
                 log.info("shutting down", extra={"node": c.node_id, "count": self.hub.connections})

@@ -119,10 +119,11 @@ class SocketHandler:
         self.public_topics = Grants.of(config.public_topics)
         self.verifier: TokenVerifier | None = None
 
-    async def serve(self, ws: ServerConnection) -> None:
-        assert self.verifier is not None and ws.request is not None  # both set before any socket is served
+    async def serve(self, ws: ServerConnection, token: str | None) -> None:
+        """The session of ``ws``, upgraded with ``token`` (``token_of`` its request)."""
+        assert self.verifier is not None  # set before any socket is served
         try:
-            identity = await self.verifier.verify(token_of(ws.request))
+            identity = await self.verifier.verify(token)
         except ServiceError as exc:
             await self.refuse(ws, exc, None)
             return
