@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 import aiohttp
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.http11 import Request
 
 from services.push.acks import Acks
 from services.push.config import PushConfig
@@ -45,7 +44,7 @@ from shared.infra.clock import now_ms
 from shared.infra.serve import running
 
 log = logging.getLogger(__name__)
-HANDSHAKEN = Request("", Headers())  # every session's request once its own was read (``PushNode.serve``)
+NO_HEADERS = Headers()  # every session's request's, once its own were read (``PushNode.serve``)
 LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands of SYN retries of 1 s and more)
 
 
@@ -105,10 +104,10 @@ class PushNode:
             await serve_link(ws, self.hub, self.lifecycle, self.config.node_id, self.sequencer)
             return
         source, token = client_address(ws, self.config.trusted_proxies), token_of(ws.request)
-        # Nothing reads the handshake's request and response past here: let them go (their headers, the token in the
-        # path: ~3 KB of an idle socket's ~19). The connection takes a request of None for a handshake yet to come, so
-        # one shared empty request stands in.
-        ws.request, ws.response = HANDSHAKEN, None
+        # Nothing reads the handshake's request and response past here: let their headers and the path (the token) go,
+        # ~3 KB of an idle socket's ~19. The protocol's parser keeps the request itself for the connection's life, so
+        # it is emptied in place.
+        ws.request.path, ws.request.headers, ws.response = "", NO_HEADERS, None
         self.addresses.opened(source)
         try:
             await self.sockets.serve(ws, token)
