@@ -17,7 +17,7 @@ INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql/15/bin/postgres
 
-.PHONY: run test lint unit jstest bench chaos loadtest clean
+.PHONY: run test lint unit jstest bench bench-parts chaos loadtest clean
 
 # `make run REDIS_CLUSTER=1`: on a 3-master Redis Cluster (ports 7000-7002) instead of one Redis (tools/run.py).
 run: $(INSTALLED) $(FERRETDB) $(POSTGRES)
@@ -41,6 +41,11 @@ unit: $(INSTALLED)
 # `make bench PEER=centrifugo`: steady, latency and broadcast, each on our cluster and then on Centrifugo, side by side.
 bench: $(INSTALLED) $(FERRETDB) $(POSTGRES) $(if $(filter centrifugo,$(PEER)),$(CENTRIFUGO))
 	$(PY) -m loadtest.bench_e2e $(if $(REDIS_CLUSTER),--redis-cluster 3 --scenarios storm$(,)steady$(,)latency) $(if $(PEER),--peer $(PEER)) $(BENCH_ARGS)
+
+# Three faster parts from PyPI, each against the one in use, bare (no services, Redis or MongoDB): websockets vs picows,
+# uvicorn vs granian, orjson vs msgspec (loadtest/parts.py), e.g. `make bench-parts PARTS_ARGS='--parts json'`.
+bench-parts: $(INSTALLED)
+	$(PY) -m loadtest.parts $(PARTS_ARGS)
 
 # The whole-system checker on a stack of its own (loadtest/README.md): `make chaos SECONDS=1800 SEED=42`, REDIS_CLUSTER=1
 # for a 3-master Redis Cluster, CHAOS_ARGS for more (e.g. --faults kill); exit status 1 on any violation. A random seed
