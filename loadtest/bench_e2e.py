@@ -50,6 +50,11 @@ Scenarios (``--scenarios storm,steady,latency,connections``, these four by defau
   expiry, and from the end of the outage), lost (not arrived within TTL + outage + ``--timeout`` of the last
   post), duplicates (a ``webhook-id`` answered 200 twice), and the online users' latency without and with
   webhooks side by side. The services retry on ``--webhook-schedule`` (``WEBHOOK_SCHEDULE_SECONDS``).
+* floor (only when named): what collect's accept path cannot go below on this target, each timed alone and one at
+  a time (``--floor-samples`` each) from the bench process: a MongoDB insert of one post of 1, 10 and 200 messages
+  (``MessageStore.accept``, as collect's write, into a database of its own that is dropped after) and a Redis round
+  trip (ZADD, in a scratch database). A post pays one insert and two Redis round trips (the intent, then the
+  hand-over) before its 202. Like expiry it calls the cluster's internals.
 * expiry (only when named): ``--expiry-deliveries`` open deliveries already past their expiry in a
   scratch Redis database of the target's Redis, closed by the same ``Inbox.due``/``Inbox.expire``
   pages dispatch's reconciler runs: deliveries expired per second. Unlike the others it calls the
@@ -120,7 +125,7 @@ DEFAULT_SCENARIOS = ("storm", "steady", "latency", "connections")
 PEER_SCENARIOS = ("steady", "latency", "broadcast")  # what a peer (--peer) runs, and all it can
 PEERS = {"centrifugo": centrifugo}
 PEER_NOTE = "the same client processes; latency from each post's send time to the socket; CPU per 1,000 delivered"
-SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "recovery", "schedule", "priority", "webhooks", "expiry")
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, "broadcast", "topic", "recovery", "schedule", "priority", "webhooks", "expiry", "floor")
 RECOVERY_TARGET_SECONDS = 10.0
 MIX = ("high", *["normal"] * 6, *["low"] * 3)  # the priority scenario's tiers: post k is of MIX[k % 10]
 
@@ -146,6 +151,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="latency: how long to post at --rate")
     p.add_argument("--in-flight", type=int, default=1000, help="most HTTP requests in flight (connections to collect "
                    "and auth): enough for latency to keep its pace; the other scenarios bound theirs lower")
+    p.add_argument("--floor-samples", type=int, default=300, help="floor: timed inserts of each post size (and 3x as many "
+                   "Redis round trips)")
     p.add_argument("--expiry-deliveries", type=int, default=100_000, help="expiry: deliveries past expiry (posts of 100)")
     p.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in flight (per client process in storm and connections)")
     p.add_argument("--connections", type=int, default=10_000, help="connections: idle sockets opened to one push node")
@@ -201,8 +208,8 @@ def parse_args() -> argparse.Namespace:
         p.error(f"--peer runs {', '.join(PEER_SCENARIOS)}")
     if args.peer and (args.collect_url or args.redis_cluster):
         p.error("--peer compares its own clusters on one Redis: leave out --collect-url and --redis-cluster")
-    if args.redis_cluster and {"expiry", "connections", "recovery"} & set(args.scenarios):
-        p.error("expiry, connections and recovery read a single Redis: leave them out with --redis-cluster")
+    if args.redis_cluster and {"expiry", "connections", "recovery", "floor"} & set(args.scenarios):
+        p.error("expiry, connections, recovery and floor use a single Redis: leave them out with --redis-cluster")
     if args.collect_url and "webhooks" in args.scenarios:
         p.error("webhooks compares two clusters of its own, one without webhooks: leave out --collect-url")
     if not 1 <= args.batch <= MAX_BATCH:
@@ -481,6 +488,45 @@ async def scenario_expiry(target: Target, api: Api, table: Table, args: argparse
         table.add("expiry", "deliveries expired / seconds", f"{expired:,} / {elapsed:.2f}")
         table.add("expiry", "deliveries expired per second", expired / elapsed)
     finally:
+        await scratch.flushdb()
+        await scratch.aclose()
+
+
+async def scenario_floor(target: Target, api: Api, table: Table, args: argparse.Namespace, run: str) -> None:
+    # Imported here, as in expiry: it calls the cluster's store and Redis the way collect does.
+    from redis.asyncio import Redis
+
+    from services.collect.intake import Limits, parse_body
+    from shared.delivery.store import MessageStore
+
+    store = MessageStore(target.mongo_url, f"{run}_floor")  # a database of its own, dropped after
+    scratch = Redis.from_url(target.redis_url.rsplit("/", 1)[0] + f"/{SCRATCH_DB}")
+    limits = Limits(max_payload_bytes=65536, max_batch=MAX_BATCH, max_recipients=1, default_ttl_seconds=3600)
+    try:
+        await store.prepare()
+        for size in (1, 10, 200):
+            times = []
+            for i in range(args.floor_samples):
+                body = {"messages": [{"user_id": f"{run}-f{j}", "payload": {"n": i, "text": "x" * 40}} for j in range(size)]}
+                messages = parse_body(body, limits, int(time.time() * 1000))
+                began = time.perf_counter()
+                await store.accept(messages)
+                times.append((time.perf_counter() - began) * 1000)
+            times.sort()
+            table.add("floor", f"MongoDB insert of a post of {size}, alone: p50 / p99",
+                      f"{percentile(times, .5):.2f} / {percentile(times, .99):.2f} ms")
+            table.keep("floor", f"insert of {size} p50 (ms)", percentile(times, .5), 2)
+        times = []
+        for i in range(3 * args.floor_samples):
+            began = time.perf_counter()
+            await scratch.zadd("floor", {str(i): i})
+            times.append((time.perf_counter() - began) * 1000)
+        times.sort()
+        table.add("floor", "Redis round trip (ZADD), alone: p50 / p99", f"{percentile(times, .5):.3f} / {percentile(times, .99):.3f} ms")
+        table.keep("floor", "Redis round trip p50 (ms)", percentile(times, .5), 3)
+    finally:
+        await store.client.drop_database(f"{run}_floor")
+        await store.close()
         await scratch.flushdb()
         await scratch.aclose()
 
@@ -951,7 +997,7 @@ def scenario_webhooks(args: argparse.Namespace, table: Table) -> None:
 SCENARIOS = {"storm": scenario_storm, "steady": scenario_steady, "latency": scenario_latency,
              "connections": scenario_connections, "broadcast": scenario_broadcast, "topic": scenario_topic,
              "recovery": scenario_recovery,
-             "schedule": scenario_schedule, "priority": scenario_priority, "expiry": scenario_expiry}
+             "schedule": scenario_schedule, "priority": scenario_priority, "expiry": scenario_expiry, "floor": scenario_floor}
 
 
 T = TypeVar("T")

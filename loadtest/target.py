@@ -47,6 +47,7 @@ class Target:
     redis_url: str
     processes: dict[str, int] = field(default_factory=dict)  # server name -> pid, for the CPU split
     dispatch_url: str = ""  # its /metrics, for what only dispatch can tell (scheduled messages' fire lateness)
+    mongo_url: str = ""  # its MongoDB (FerretDB), for the floor scenario's inserts
     client: Client = OURS  # how its sockets speak
     api: type[Api] = Api  # its HTTP side: tokens, posts (to ``collect_url``), open sockets
 
@@ -72,7 +73,7 @@ def running_target(auth_url: str, collect_url: str, push_urls: list[str], redis_
     pids = {name: pid for name, url in named.items() if (pid := listening_pid(urlsplit(url).port)) is not None}
     if "ferretdb" in pids and (postgres := upstream_pid(pids["ferretdb"])) is not None:
         pids["postgres"] = postgres
-    return Target(auth_url, collect_url, push_urls, redis_url, pids, dispatch_url)
+    return Target(auth_url, collect_url, push_urls, redis_url, pids, dispatch_url, mongo_url=mongo_url)
 
 
 @contextlib.contextmanager
@@ -119,5 +120,5 @@ def own_cluster(workdir: Path | None = None, nodes: int = 2, redis_masters: int 
         cluster.start_stack(stack)
         processes = {proc.name: proc.popen.pid for proc in cluster.procs}
         yield Target(stack.auth_url, stack.collect_url, [stack.push_url(p) for p in stack.push_ports], redis_url, processes,
-                     stack.dispatch_url)
+                     stack.dispatch_url, mongo_url=stack.mongo_url)
 
