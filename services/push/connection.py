@@ -1,4 +1,9 @@
-"""A push node's server connection: websockets' own, plus who the client is behind a load balancer.
+"""A push node's server connection: websockets' own, a hook that takes a browser's acks as they arrive, and who the
+client is behind a load balancer.
+
+``SessionConnection.take_text``, set by a session once it is welcomed, sees each whole text frame as it is parsed off
+the socket and may take it there (``sockets.py`` takes acks, most of what a browser sends): no queue, no future and no
+wake-up of the session's task per frame. A frame it declines goes to the task's reader as before.
 
 ``client_address`` is what the per-address cap counts and the logs name: the TCP peer, unless the peer is
 one of ``TRUSTED_PROXIES`` and says who it serves, in a PROXY protocol header (``ProxiedConnection``, with
@@ -8,8 +13,11 @@ one of ``TRUSTED_PROXIES`` and says who it serves, in a PROXY protocol header (`
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
 
 from shared.wire.forwarding import Network, ProxyHeaderError, forwarded_client, is_trusted, parse_proxy_header
 
@@ -25,7 +33,17 @@ def client_address(connection: ServerConnection, trusted: tuple[Network, ...]) -
     return forwarded_client(peer, forwarded, trusted)
 
 
-class ProxiedConnection(ServerConnection):
+class SessionConnection(ServerConnection):
+    take_text: Callable[[bytes], bool] | None = None  # True: the frame was taken (see the module's docstring)
+
+    def process_event(self, event: Event) -> None:
+        if (self.take_text is not None and isinstance(event, Frame) and event.opcode is Opcode.TEXT and event.fin
+                and self.take_text(bytes(event.data))):
+            return
+        super().process_event(event)
+
+
+class ProxiedConnection(SessionConnection):
     """A listener behind a balancer that speaks the PROXY protocol: a header before the HTTP request is taken
     off here (a connection without one is served as it is); a malformed one closes the connection."""
 

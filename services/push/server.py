@@ -19,7 +19,7 @@ from websockets.datastructures import Headers
 
 from services.push.acks import Acks
 from services.push.config import PushConfig
-from services.push.connection import ProxiedConnection, client_address
+from services.push.connection import ProxiedConnection, SessionConnection, client_address
 from services.push.drain import Drain
 from services.push.gate import LINK_PATH, Gate
 from services.push.hub import Hub
@@ -108,6 +108,7 @@ class PushNode:
         # ~3 KB of an idle socket's ~19. The protocol's parser keeps the request itself for the connection's life, so
         # it is emptied in place.
         ws.request.path, ws.request.headers, ws.response = "", NO_HEADERS, None
+        assert isinstance(ws, SessionConnection)  # the server's create_connection
         self.addresses.opened(source)
         try:
             await self.sockets.serve(ws, token)
@@ -128,7 +129,7 @@ class PushNode:
                 process_response=self.gate.process_response, compression=None,
                 ping_interval=None, max_size=c.max_frame_bytes,
                 server_header=None, backlog=LISTEN_BACKLOG, ssl=c.tls(),
-                create_connection=ProxiedConnection if c.proxy_protocol else None,
+                create_connection=ProxiedConnection if c.proxy_protocol else SessionConnection,
             )
             async with running(self.registrar.run_flusher(), self.registrar.run_heartbeat(), self.lifecycle.run(),
                                self.acks.run(), self.replayer.watch_epoch(c.heartbeat_interval), self.membership.run(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -19,6 +20,7 @@ from websockets.http11 import Request
 
 from services.push.acks import Acks
 from services.push.config import PushConfig
+from services.push.connection import SessionConnection
 from services.push.drain import Drain
 from services.push.hub import Hub, Session
 from services.push.identity import TokenVerifier
@@ -33,7 +35,7 @@ from shared.infra.metrics import ERRORS
 from shared.infra.token_bucket import TokenBucket
 from shared.model.message import BROADCAST
 from shared.model.topics import Grants, Position
-from shared.wire.errors import CloseCode, RateLimited, ServiceError, Unauthorized, Unavailable
+from shared.wire.errors import CloseCode, MalformedRequest, RateLimited, ServiceError, Unauthorized, Unavailable
 from shared.wire.protocol import (
     AckFrame,
     ExpiringFrame,
@@ -48,6 +50,7 @@ from shared.wire.protocol import (
     UnsubscribeFrame,
     WelcomeFrame,
     parse_client_frame,
+    parse_client_text,
     with_position,
 )
 
@@ -119,7 +122,7 @@ class SocketHandler:
         self.public_topics = Grants.of(config.public_topics)
         self.verifier: TokenVerifier | None = None
 
-    async def serve(self, ws: ServerConnection, token: str | None) -> None:
+    async def serve(self, ws: SessionConnection, token: str | None) -> None:
         """The session of ``ws``, upgraded with ``token`` (``token_of`` its request)."""
         assert self.verifier is not None  # set before any socket is served
         try:
@@ -145,10 +148,13 @@ class SocketHandler:
             async with asyncio.timeout(None) as deadline:
                 lease = Lease(session, deadline, self.config.expiring_notice)
                 lease.renew(self.grants(identity), identity.expires_at)
+                budget = TokenBucket.full(self.config.client_rate, self.config.client_burst, time.monotonic())
+                ws.take_text = partial(self.take_ack, session, budget)
                 replay = asyncio.create_task(self.replayer.replay(session))
                 try:
-                    await self.read_frames(session, lease)
+                    await self.read_frames(session, lease, budget)
                 finally:
+                    ws.take_text = None
                     lease.cancel_notice()
                     replay.cancel()
                     await asyncio.wait([replay])  # a bug in it still surfaces: asyncio logs an unretrieved error
@@ -166,9 +172,20 @@ class SocketHandler:
         """The topics ``identity``'s token lets its socket subscribe to: its claim's and the node's public ones."""
         return Grants.of(identity.topics) | self.public_topics
 
-    async def read_frames(self, session: Session, lease: Lease) -> None:
-        """Answer the socket's frames until it closes; past its rate, ``RateLimited``."""
-        budget = TokenBucket.full(self.config.client_rate, self.config.client_burst, time.monotonic())
+    def take_ack(self, session: Session, budget: TokenBucket, data: bytes) -> bool:
+        """An ack frame, taken as it arrives (``SessionConnection.take_text``) while the budget pays for it; any other
+        frame, a malformed one or one past the budget is left to ``read_frames``, which answers or refuses it."""
+        try:
+            frame = parse_client_text(data)
+        except MalformedRequest:
+            return False
+        if not isinstance(frame, AckFrame) or not budget.take(len(frame.ids), time.monotonic()):
+            return False
+        self.acks.add(session.user_id, frame.ids, written=session.acknowledged(frame.ids))
+        return True
+
+    async def read_frames(self, session: Session, lease: Lease, budget: TokenBucket) -> None:
+        """Answer the socket's frames that ``take_ack`` left until it closes; past its rate, ``RateLimited``."""
         async for data in session.ws:
             frame = parse_client_frame(data)
             cost = (1 if isinstance(frame, (PingFrame, RefreshFrame))

@@ -258,10 +258,15 @@ def _recover(obj: dict[str, Any], topics: tuple[str, ...]) -> dict[str, Position
 
 
 def parse_client_frame(data: str | bytes) -> ClientFrame:
-    """Decode a browser frame or raise ``MalformedRequest`` naming what is wrong."""
+    """Decode a browser frame (``bytes`` are a binary frame) or raise ``MalformedRequest`` naming what is wrong."""
     if isinstance(data, bytes):
         raise MalformedRequest("binary frames are not accepted")
-    obj = load_object(data)
+    return parse_client_text(data)
+
+
+def parse_client_text(text: str | bytes) -> ClientFrame:
+    """Decode a browser's text frame, as text or as its UTF-8 bytes, or raise ``MalformedRequest``."""
+    obj = load_object(text)
     kind = obj.get("type")
     if kind == Op.PING:
         return PingFrame()
