@@ -14,6 +14,7 @@ import logging
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from services.push.metrics import UNANSWERED
 from shared.wire.errors import CloseCode
@@ -54,6 +55,10 @@ class Keepalive:
                 task = asyncio.create_task(ws.close(CloseCode.INTERNAL, "keepalive ping timeout"))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
+                continue
+            if ws.protocol.state is not State.OPEN or ws.paused:
+                # Closing, or its client not reading (its buffer full): a ping would wait for the close or the drain, and
+                # every socket after it with it. Pinged next pass.
                 continue
             try:
                 await ws.ping()  # its pong clears ``pending_pings``; the future it returns is not needed
