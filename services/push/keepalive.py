@@ -4,7 +4,9 @@ websockets' own keepalive runs a task per connection (its coroutine, its sleep's
 idle socket cost). Here one loop visits every open socket (browsers' and dispatch links alike) once per
 ``PING_INTERVAL_SECONDS``: a socket whose ping of the previous pass is still unanswered is closed with 1011, as
 websockets' keepalive would; the others get a new ping. A pong is thus due within one interval, and a dead peer
-is found within two.
+is found within two. A socket that is closing, or whose client stopped reading (its buffer full, which the hub's
+``MAX_BUFFERED_BYTES`` deals with), waits for the next pass: its ping would wait for the close or the drain, and hold
+up every socket after it.
 """
 
 from __future__ import annotations
@@ -56,9 +58,7 @@ class Keepalive:
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
                 continue
-            if ws.protocol.state is not State.OPEN or ws.paused:
-                # Closing, or its client not reading (its buffer full): a ping would wait for the close or the drain, and
-                # every socket after it with it. Pinged next pass.
+            if ws.protocol.state is not State.OPEN or ws.paused:  # closing, or backed up: next pass
                 continue
             try:
                 await ws.ping()  # its pong clears ``pending_pings``; the future it returns is not needed
