@@ -24,7 +24,10 @@ the purge of old history.
 
 Both carry ``purge_at``; a TTL index drops them where the server has TTL indexes, and dispatch
 deletes them otherwise. Any driver failure becomes ``Unavailable`` (503 / retry) through one circuit
-breaker: nobody is told a message is stored when the write was not acknowledged. A document the
+breaker: nobody is told a message is stored when the write was not acknowledged. A ``posts`` insert is
+acknowledged only once journaled (``j: true``, beside whatever ``w`` the URL asks): a standalone MongoDB
+otherwise answers before its next journal flush (up to 100 ms later), and a crash in between would lose
+posts collect answered 202 for. FerretDB commits to PostgreSQL before answering either way. A document the
 server refuses is the request's fault, not the database's: it fails its own post only (the other
 posts of the same insert are stored whole) and never counts against the breaker.
 
@@ -45,7 +48,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pymongo
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.cursor import AsyncCursor
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError, WriteError
 
@@ -211,7 +214,8 @@ class MessageStore:
             url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 2,
             tz_aware=True, **client_options,
         )
-        self.posts = self.client[database]["posts"]
+        journaled = WriteConcern(**{**self.client.write_concern.document, "j": True})  # the module's docstring: why
+        self.posts = self.client[database].get_collection("posts", write_concern=journaled)
         self.events = self.client[database]["events"]
         self.breaker = CircuitBreaker("mongodb", failures=(PyMongoError,), blameless=refused_by_document)
 

@@ -9,6 +9,7 @@ import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError, NetworkTimeout, OperationFailure, ServerSelectionTimeoutError, WriteError
 
 from shared.delivery.store import (
+    MessageStore,
     NodeCount,
     cancel_document,
     derive,
@@ -190,3 +191,16 @@ def test_a_scheduled_message_shows_its_due_time_then_its_cancellation() -> None:
     counts = derive_counts(doc, 1, events)
     assert counts["stages"] == {"accepted": 1000, "scheduled": 6000, "cancelled": int(NOW.timestamp() * 1000)}
     assert counts["nodes"] == counts["sockets"] == 0
+
+
+async def test_a_post_is_stored_journaled_with_the_urls_other_write_concern_kept() -> None:
+    """The posts collection asks for j: true whatever the URL says, and keeps the URL's w (majority on a replica set);
+    lifecycle events keep the URL's write concern as it is."""
+    majority, plain = MessageStore("mongodb://127.0.0.1:1/?w=majority&wtimeoutMS=5000"), MessageStore("mongodb://127.0.0.1:1/")
+    try:
+        assert majority.posts.write_concern.document == {"w": "majority", "wtimeout": 5000, "j": True}
+        assert majority.events.write_concern.document == {"w": "majority", "wtimeout": 5000}
+        assert plain.posts.write_concern.document == {"j": True}
+    finally:
+        await majority.close()
+        await plain.close()
