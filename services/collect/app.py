@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -34,6 +33,7 @@ from shared.delivery.webhook_endpoints import EndpointStore
 from shared.delivery.webhook_feed import WebhookFeed
 from shared.delivery.webhook_queue import WebhookQueues
 from shared.infra import tracing
+from shared.infra.background import Background
 from shared.infra.breaker import OPEN, CircuitBreaker
 from shared.infra.clients import REDIS_FAILURES, redis_alive, redis_client
 from shared.infra.clock import now_ms
@@ -146,7 +146,7 @@ def create_app(config: CollectConfig) -> Starlette:
             raise NotFound(f"no message {message_id!r} for this API key")
         return json_response(status)
 
-    put_backs: set[asyncio.Task[None]] = set()
+    put_backs = Background()
 
     async def put_back(message: Message) -> None:
         """Hold a message whose cancel could not be recorded back in the schedule, no longer recorded as cancelled; if
@@ -169,9 +169,7 @@ def create_app(config: CollectConfig) -> Starlette:
                 except Exception as exc:
                     await backoff.failed(log, f"putting message {message.id} back in the schedule", exc)
 
-        task = asyncio.get_running_loop().create_task(keep_trying())
-        put_backs.add(task)
-        task.add_done_callback(put_backs.discard)
+        put_backs.start(keep_trying())
 
     async def cancel_message(request: Request) -> Response:
         """Cancel a scheduled message that has not fired yet; only the business system that posted it may. The

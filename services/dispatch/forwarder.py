@@ -44,6 +44,7 @@ from shared.cluster.topic_holders import TopicReader
 from shared.delivery.inbox import Inbox
 from shared.delivery.stream import DeliveryStream, StreamEntry
 from shared.infra import tracing
+from shared.infra.background import Background
 from shared.infra.breaker import CircuitBreaker
 from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
@@ -131,7 +132,7 @@ class Forwarder:
         self.last_cycle = time.time()
         self._group_ready = False
         self._next_claim = 0.0
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends = Background()  # sends to nodes, answered or not
         self._settled: list[str] = []  # entries every node took in the last cycle, to acknowledge with the next read
 
     async def run(self) -> None:
@@ -145,9 +146,9 @@ class Forwarder:
                 except Exception as exc:  # never die silently: log, back off, go on
                     await backoff.failed(log, "dispatch cycle", exc)
         finally:
-            for task in self._sends:
+            for task in self._sends.tasks:
                 task.cancel()
-            await asyncio.gather(*self._sends, return_exceptions=True)
+            await asyncio.gather(*self._sends.tasks, return_exceptions=True)
             try:
                 await self.stream.ack(self._settled)
             except REDIS_FAILURES as exc:  # still pending: claimed and sent again later (at least once)
@@ -250,12 +251,9 @@ class Forwarder:
                 waiting.update(by_entry)
                 continue
             self.ledger.sending(node, by_entry)
-            sends.append(asyncio.create_task(self.send(link, by_entry, now, late, tuple(traces[e] for e in by_entry if e in traces))))
+            sends.append(self._sends.start(self.send(link, by_entry, now, late, tuple(traces[e] for e in by_entry if e in traces))))
             if not link.in_flight:  # a node still owing answers from earlier cycles is not waited for again
                 awaited.append(sends[-1])
-        self._sends.update(sends)
-        for task in sends:
-            task.add_done_callback(self._sends.discard)
         if stalled:
             RETRIED.inc(len(waiting))
             log.warning("nodes not answering: their part waits for a retry", extra={"nodes": stalled, "count": len(waiting)})

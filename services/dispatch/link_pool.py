@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from shared.cluster.routes import NodeCard
+from shared.infra.background import Background
 from shared.infra.clock import now_ms
 from shared.wire.errors import LinkDown
 from shared.wire.protocol import BatchResult, DeliverBatch, Delivery
@@ -110,7 +111,7 @@ class LinkPool:
         self.timeout = timeout
         self.tls = tls
         self.links: dict[str, NodeLink] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = Background()
 
     def get(self, card: NodeCard) -> NodeLink:
         link = self.links.get(card.id)
@@ -122,10 +123,8 @@ class LinkPool:
         """Close links to nodes that are gone, or that came back at another link URL. The closing handshake runs in
         the background: a hung node's card expires while it does not answer, and nobody may wait for it."""
         for node_id in [n for n, link in self.links.items() if n not in live or live[n].link_url != link.card.link_url]:
-            task = asyncio.create_task(self.links.pop(node_id).close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._closing.start(self.links.pop(node_id).close())
 
     async def close(self) -> None:
         self.retain({})
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await asyncio.gather(*self._closing.tasks, return_exceptions=True)

@@ -40,6 +40,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
 from services.push.metrics import CONNECTIONS, QUEUED, SENT_FORGOTTEN, SLOW_CLOSED, USERS
+from shared.infra.background import Background
 from shared.model.message import BROADCAST
 from shared.wire.errors import CloseCode
 
@@ -203,7 +204,7 @@ class Hub:
         self.backlog_bytes = backlog_bytes
         self._backed: dict[Session, None] = {}  # sessions with queued frames, in the order they backed up
         self._flusher: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = Background()  # close handshakes of slow sockets
         self._by_topic: defaultdict[str, set[Session]] = defaultdict(set)
         self._published: OrderedDict[str, None] = OrderedDict()
         self._corked: dict[Session, list[bytes]] | None = None  # frames gathered per socket inside ``corked``
@@ -276,9 +277,7 @@ class Hub:
         SLOW_CLOSED.inc()
         log.warning("closing a connection that does not keep up", extra={
             "user_id": session.user_id, "bytes": session.ws.transport.get_write_buffer_size(), "reason": reason})
-        task = asyncio.get_running_loop().create_task(session.ws.close(CloseCode.TRY_AGAIN, reason))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._closing.start(session.ws.close(CloseCode.TRY_AGAIN, reason))
 
     def _gauge(self) -> None:
         CONNECTIONS.set(self.connections)

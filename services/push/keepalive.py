@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from services.push.metrics import UNANSWERED
+from shared.infra.background import Background
 from shared.wire.errors import CloseCode
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Keepalive:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._sockets: set[ServerConnection] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = Background()  # close handshakes of silent sockets
 
     def watch(self, ws: ServerConnection) -> None:
         self._sockets.add(ws)
@@ -54,9 +55,7 @@ class Keepalive:
             if ws.pending_pings:
                 silent += 1
                 self._sockets.discard(ws)
-                task = asyncio.create_task(ws.close(CloseCode.INTERNAL, "keepalive ping timeout"))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._closing.start(ws.close(CloseCode.INTERNAL, "keepalive ping timeout"))
                 continue
             if ws.protocol.state is not State.OPEN or ws.paused:  # closing, or backed up: next pass
                 continue

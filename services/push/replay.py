@@ -20,6 +20,7 @@ from services.push.hub import Hub, Session
 from services.push.metrics import REPLAYED
 from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
+from shared.infra.background import Background
 from shared.infra.clients import REDIS_FAILURES
 from shared.infra.clock import now_ms
 from shared.infra.coalesce import Coalescer
@@ -40,7 +41,7 @@ class Replayer:
         self.limit = limit
         self.page = page
         self.gate = asyncio.Semaphore(concurrency)
-        self._catch_ups: set[asyncio.Task[None]] = set()
+        self._catch_ups = Background()
         # Replays running at once share their Redis reads: one pipeline for all their inboxes, one for frames.
         self._inboxes: Coalescer[str, list[str]] = Coalescer(lambda users: inbox.pending(users, limit))
         self._frames: Coalescer[str, bytes | None] = Coalescer(lambda ids: inbox.frames(ids, now_ms()))
@@ -100,9 +101,7 @@ class Replayer:
 
     def catch_up(self, why: str) -> None:
         """Replay every open session in the background."""
-        task = asyncio.create_task(self.replay_open_sessions(why))
-        self._catch_ups.add(task)
-        task.add_done_callback(self._catch_ups.discard)
+        self._catch_ups.start(self.replay_open_sessions(why))
 
     async def replay_open_sessions(self, why: str) -> None:
         """Send every open session what waits in its inbox (sockets skip what they were already sent), each retrying

@@ -181,8 +181,12 @@ class SocketHandler:
             return False
         if not isinstance(frame, AckFrame) or not budget.take(len(frame.ids), time.monotonic()):
             return False
-        self.acks.add(session.user_id, frame.ids, written=session.acknowledged(frame.ids))
+        self.ack(session, frame)
         return True
+
+    def ack(self, session: Session, frame: AckFrame) -> None:
+        """The socket's client acknowledged these ids: closed in Redis at the next flush (those written to it)."""
+        self.acks.add(session.user_id, frame.ids, written=session.acknowledged(frame.ids))
 
     async def read_frames(self, session: Session, lease: Lease, budget: TokenBucket) -> None:
         """Answer the socket's frames that ``take_ack`` left until it closes; past its rate, ``RateLimited``."""
@@ -196,7 +200,7 @@ class SocketHandler:
             if isinstance(frame, PingFrame):
                 await session.ws.send(PongFrame().encode())
             elif isinstance(frame, AckFrame):
-                self.acks.add(session.user_id, frame.ids, written=session.acknowledged(frame.ids))
+                self.ack(session, frame)
             elif isinstance(frame, SubscribeFrame):
                 await self.subscribe(session, lease.grants, frame)
             elif isinstance(frame, UnsubscribeFrame):
