@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.collect.acceptance import Acceptance, Submitted
 from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.history import history_routes
@@ -73,27 +74,10 @@ def create_app(config: CollectConfig) -> Starlette:
     limits = Limits(config.max_payload_bytes, config.max_batch, config.max_recipients, config.message_ttl_seconds,
                     config.max_deliveries)
 
-    async def store_and_hand_over(messages: list[Message]) -> list[ServiceError | None]:
-        """An intent in Redis, the insert in MongoDB, then the hand-over (which drops the intent): a 503 from
-        MongoDB means nothing reached anyone, and whatever dies after the insert, the reconciler finishes the
-        hand-over from the intent (``shared/delivery/handover.py``). A retried Idempotency-Key's post is not stored twice.
-        Per message, the error refusing its post: a post the store refuses fails alone, the others are handed over."""
-        now = now_ms()
-        await redis_breaker.call(lambda: handover.intend(messages, now))
-        fresh, refusals = await store.accept(messages)
-        await redis_breaker.call(lambda: handover.complete(fresh))
-        stored = {m.post for m in fresh}
-        refused = {m.post for m, refusal in zip(messages, refusals) if refusal is not None}
-        retried = [m for m in messages if m.post not in stored and m.post not in refused]
-        if retried:
-            await redis_breaker.call(lambda: handover.settle_retried(retried, now))
-        if refused:
-            await redis_breaker.call(lambda: handover.drop(sorted(refused)))
-        return refusals
-
+    acceptance = Acceptance(store, handover, redis_breaker, config.handover_while_storing)
     # Posts arriving while a write runs share the next one: one insert and one pipeline for all. Each tier has its
     # own write lane, so a high post never waits for a large write of low ones.
-    lanes: dict[Priority, Coalescer[Message, ServiceError | None]] = {tier: Coalescer(store_and_hand_over) for tier in TIERS}
+    lanes: dict[Priority, Coalescer[Submitted, ServiceError | None]] = {tier: Coalescer(acceptance.write) for tier in TIERS}
 
     def storing() -> dict[Priority, Backlog]:
         """Per tier, the posts waiting for their write here, and when the oldest arrived."""
@@ -128,7 +112,8 @@ def create_app(config: CollectConfig) -> Starlette:
             if trace:  # tracing is on: the post's stream entry carries its span on to dispatch
                 messages = [replace(m, trace=trace) for m in messages]
             await redis_breaker.call(lambda: pending.admit(sender, messages, accepted_at))
-            refusal = next(filter(None, await lanes[tier].submit(messages)), None)
+            keyed = idempotency_key is not None
+            refusal = next(filter(None, await lanes[tier].submit([Submitted(m, keyed) for m in messages])), None)
             if refusal is not None:
                 raise refusal
             await pending.record(sender, messages, accepted_at)

@@ -15,6 +15,7 @@ from shared.infra.config import (
     MongoSettings,
     TopicSettings,
     WebhookUrlSettings,
+    flag,
     setting,
 )
 from shared.model.priority import Priority
@@ -60,6 +61,10 @@ class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, Webhoo
                                   low=1)
     message_ttl_seconds: int = setting("MESSAGE_TTL_SECONDS", 7 * 24 * 3600,
                                        "default lifetime of an undelivered message (7 days; 30 at most)", low=1)
+    handover_while_storing: bool = setting("HANDOVER_WHILE_STORING", "1", "1: a post without an Idempotency-Key whose messages are "
+                                           "all due now goes to dispatch while its MongoDB insert runs (its 202 still waits "
+                                           "for both); a 503 may then follow a delivery to sockets online at that moment "
+                                           "(`services/collect/acceptance.py`). 0: the insert first, always", cast=flag)
     inbox_limit: int = setting("INBOX_LIMIT", 10_000, "most open messages kept per user in Redis (the oldest go first)", low=1)
     stream_maxlen: int = setting("STREAM_MAXLEN", 1_000_000,
                                  "about this many posts may wait for dispatch; past it the oldest lose only their live push",

@@ -1,10 +1,11 @@
-"""collect's validation of posted bodies and its idempotent ids (pure logic)."""
+"""collect's validation of posted bodies, its idempotent ids and which posts go out while stored (pure logic)."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
+from services.collect.acceptance import Submitted, early_posts
 from services.collect.intake import Limits, parse_body
 from shared.model.message import BROADCAST
 from shared.wire.errors import InvalidFields, PayloadTooLarge
@@ -131,3 +132,15 @@ def test_due_times_from_deliver_at_or_delay_seconds() -> None:
     assert [m.due_ms for m in parse_body({"messages": items}, LIMITS, NOW)] == [NOW + 1500, NOW + 30_000, 0]
     items = [{"user_id": "a", "payload": 3, "delay_seconds": 0}, {"user_id": "a", "payload": 4, "deliver_at": NOW - 2000}]
     assert [m.due_ms for m in parse_body({"messages": items}, LIMITS, NOW)] == [0, 0]
+
+
+def test_only_posts_without_a_key_and_with_every_message_due_now_go_out_while_stored() -> None:
+    """A post goes early only if it has no Idempotency-Key and none of its messages is scheduled."""
+    now = 1_000_000
+    plain = parse_body({"user_id": "a", "payload": 1}, LIMITS, now)
+    keyed = parse_body({"user_id": "a", "payload": 2}, LIMITS, now, "shop", "k-1")
+    mixed = parse_body({"messages": [{"user_id": "a", "payload": 3}, {"user_id": "b", "payload": 4, "delay_seconds": 5}]},
+                       LIMITS, now)
+    entries = [Submitted(m, False) for m in plain] + [Submitted(m, True) for m in keyed] + [Submitted(m, False) for m in mixed]
+    assert early_posts(entries, now) == {plain[0].post}
+    assert early_posts(entries, now + 5000) == {plain[0].post, mixed[0].post}  # the delay has passed: due now

@@ -1,0 +1,62 @@
+"""A post without an Idempotency-Key goes to dispatch while its MongoDB insert runs; the others wait for the insert."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from tests.client import frames_within, next_frame
+from tests.conftest import RunningStack
+from tools.cluster import Cluster, free_port
+
+
+def own_store(start_stack, cluster: Cluster, **env: str) -> tuple[RunningStack, object]:
+    """A stack on a FerretDB of its own (to be SIGSTOPped), and that FerretDB."""
+    port = free_port()
+    ferretdb = cluster.start_ferretdb(port)
+    return start_stack(mongo_url=f"mongodb://127.0.0.1:{port}/", **env), ferretdb
+
+
+async def test_a_post_without_a_key_reaches_its_socket_while_its_insert_is_still_running(start_stack, cluster: Cluster) -> None:
+    """With FerretDB stopped mid-way, an unkeyed post's message arrives on the socket before its 202, which follows
+    once the insert finishes."""
+    stack, ferretdb = own_store(start_stack, cluster)
+    ws = await stack.client.connect("early")
+    await stack.client.post_until_accepted({"user_id": "early", "payload": "warm"})
+    assert (await next_frame(ws))["payload"] == "warm"
+    ferretdb.popen.send_signal(signal.SIGSTOP)
+    try:
+        posting = asyncio.create_task(stack.client.post({"user_id": "early", "payload": "while storing"}))
+        frame = await next_frame(ws)
+        assert not posting.done(), "the 202 came first"
+    finally:
+        ferretdb.popen.send_signal(signal.SIGCONT)
+    code, body = await posting
+    assert (code, frame["payload"]) == (202, "while storing"), body
+    assert frame["id"] == body["id"]
+    await ws.close()
+
+
+@pytest.mark.parametrize(("env", "headers"), [({}, {"Idempotency-Key": "k-1"}), ({"HANDOVER_WHILE_STORING": "0"}, {})],
+                         ids=["keyed post", "switched off"])
+async def test_a_keyed_post_or_any_post_with_the_setting_off_waits_for_its_insert(start_stack, cluster: Cluster,
+                                                                                  env: dict[str, str], headers: dict[str, str]) -> None:
+    """A post with an Idempotency-Key (a retry must not bring back what was acked or cancelled), or any post with
+    HANDOVER_WHILE_STORING=0, reaches no socket while its insert is held, and arrives after its 202."""
+    stack, ferretdb = own_store(start_stack, cluster, **env)
+    ws = await stack.client.connect("late")
+    await stack.client.post_until_accepted({"user_id": "late", "payload": "warm"})
+    assert (await next_frame(ws))["payload"] == "warm"
+    ferretdb.popen.send_signal(signal.SIGSTOP)
+    try:
+        posting = asyncio.create_task(stack.client.post({"user_id": "late", "payload": "after the insert"}, headers=headers))
+        early = await frames_within(ws, 1.5)
+    finally:
+        ferretdb.popen.send_signal(signal.SIGCONT)
+    assert early == []
+    code, body = await posting
+    assert code == 202, body
+    assert (await next_frame(ws))["id"] == body["id"]
+    await ws.close()
