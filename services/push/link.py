@@ -59,18 +59,19 @@ async def deliver_batch(hub: Hub, batch: DeliverBatch, lifecycle: LifecycleWrite
 async def publish(hub: Hub, item: Delivery, sequencer: Sequencer) -> int:
     """Write a topic message to its subscribers here, after any of the topic's messages this node missed
     (``sequencer.py``); return the sockets it was written to (0 for a late copy)."""
-    offset = 0
     if item.topic is None:
         return 0
-    if item.position is not None and (item.topic == BROADCAST or hub.subscribers(item.topic)):
+    high = item.priority is Priority.HIGH
+    if item.position is None or not (item.topic == BROADCAST or hub.subscribers(item.topic)):
+        return await hub.publish(item.message_id, item.frame, item.topic, high)
+    async with sequencer.turn(item.topic):
         missed = await sequencer.admit(item.topic, item.position)
         if missed is None:  # a late copy of a message written already
             return 0
         for m in missed:
             frame = with_position(m.frame, Position(m.offset, item.position.epoch))
             await hub.publish(m.message_id, frame, item.topic, offset=m.offset)
-        offset = item.position.offset
-    return await hub.publish(item.message_id, item.frame, item.topic, item.priority is Priority.HIGH, offset)
+        return await hub.publish(item.message_id, item.frame, item.topic, high, item.position.offset)
 
 
 async def serve_link(ws: ServerConnection, hub: Hub, lifecycle: LifecycleWriter, node: str, sequencer: Sequencer) -> None:

@@ -6,14 +6,19 @@ instances raced) means the node missed some: it reads them from the topic's hist
 (``recovery.TopicReads``) and writes them first; one at or before the last is a late copy of what
 was already written, and is dropped. So a subscriber that stays connected gets every message of the
 topic in offset order, whatever happened between dispatch and the node, as long as the history
-still holds the hole (``push_topic_gaps_total`` counts holes filled and not). A new subscription's
+still holds the hole (``push_topic_gaps_total`` counts holes filled and not). Two links (two dispatch instances, or a
+retry) can bring one topic's messages at once: each is admitted and written in the topic's ``turn``, so the next
+message never overtakes a hole being filled. A new subscription's
 position seeds a topic the node did not hold, so messages placed after it but arriving out of order
 are filled too; a topic without subscribers here is forgotten.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from services.push.metrics import TOPIC_GAPS
 from services.push.recovery import TopicReads
@@ -26,6 +31,13 @@ class Sequencer:
     def __init__(self, reads: TopicReads) -> None:
         self.reads = reads
         self._last: dict[str, Position] = {}  # per topic held here, the last position written
+        self._turns: dict[str, asyncio.Lock] = {}  # per topic held here, whose admit-and-write runs now
+
+    @contextlib.asynccontextmanager
+    async def turn(self, topic: str) -> AsyncIterator[None]:
+        """Admit and write one message of ``topic`` (and the hole before it) while no other of its messages is."""
+        async with self._turns.setdefault(topic, asyncio.Lock()):
+            yield
 
     def seed(self, topic: str, position: Position) -> None:
         """A subscriber was told ``position``: everything after it must reach this node (if it was not tracking the
@@ -34,6 +46,8 @@ class Sequencer:
 
     def forget(self, topic: str) -> None:
         self._last.pop(topic, None)
+        if not (turn := self._turns.get(topic)) or not turn.locked():  # a held turn stays, so its waiters share it
+            self._turns.pop(topic, None)
 
     async def admit(self, topic: str, position: Position) -> list[Logged] | None:
         """What must be written before the message at ``position``: the messages missed since the last one written

@@ -1,0 +1,74 @@
+"""A node writes each topic's messages in offset order, also when two links bring them at once (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.push.link import publish
+from services.push.sequencer import Sequencer
+from shared.cluster.topic_log import TopicState
+from shared.model.topics import Logged, Position
+from shared.wire.protocol import Delivery, MessageFrame
+
+EPOCH = "e1"
+
+
+class HeldReads:
+    """The topic's history, answered only once the test lets it (a slow Redis read of a hole)."""
+
+    def __init__(self, history: list[Logged], last: int) -> None:
+        self.history, self.last = history, last
+        self.release = asyncio.Event()
+
+    async def read(self, wanted: dict[str, int | None]) -> dict[str, TopicState]:
+        await self.release.wait()
+        return {topic: TopicState(Position(self.last, EPOCH), self.history) for topic in wanted}
+
+
+class WrittenOrder:
+    """The part of the hub ``publish`` uses: one subscriber, and the order messages were written to it."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def subscribers(self, topic: str) -> int:
+        return 1
+
+    async def publish(self, message_id: str, frame: bytes, topic: str, high: bool = False, offset: int = 0) -> int:
+        self.written.append(message_id)
+        return 1
+
+
+def delivery(offset: int) -> Delivery:
+    frame = MessageFrame(f"m{offset}", offset, 0, "news").encode()
+    return Delivery(f"m{offset}", frame, 0, (), "news", position=Position(offset, EPOCH))
+
+
+async def test_a_message_after_a_hole_being_filled_waits_for_the_fill() -> None:
+    """With offset 20 written, 22 (a hole at 21) and then 23 arrive on two links: 23 is written after 21 and 22, not
+    while the hole's history read is still out."""
+    reads = HeldReads([Logged(21, "m21", 0, MessageFrame("m21", 21, 0, "news").encode())], last=23)
+    sequencer, hub = Sequencer(reads), WrittenOrder()
+    sequencer.seed("news", Position(20, EPOCH))
+    filling = asyncio.create_task(publish(hub, delivery(22), sequencer))
+    following = asyncio.create_task(publish(hub, delivery(23), sequencer))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert hub.written == []
+    reads.release.set()
+    assert await asyncio.gather(filling, following) == [1, 1]
+    assert hub.written == ["m21", "m22", "m23"]
+
+
+async def test_a_late_copy_waiting_for_its_turn_is_dropped() -> None:
+    """A retried copy of 21 arriving while the hole before 22 is filled is not written a second time."""
+    reads = HeldReads([Logged(21, "m21", 0, MessageFrame("m21", 21, 0, "news").encode())], last=22)
+    sequencer, hub = Sequencer(reads), WrittenOrder()
+    sequencer.seed("news", Position(20, EPOCH))
+    filling = asyncio.create_task(publish(hub, delivery(22), sequencer))
+    late = asyncio.create_task(publish(hub, delivery(21), sequencer))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    reads.release.set()
+    assert await asyncio.gather(filling, late) == [1, 0]
+    assert hub.written == ["m21", "m22"]
