@@ -14,8 +14,9 @@ for both. The others keep the insert first:
 If the store refuses or fails an early post, its deliveries are closed in the inboxes (``withdraw``): a recipient
 online at that moment may have it, nobody gets it later, and the answer is 503 ("maybe delivered", as any 503 is
 "maybe stored"). After such a failure the next writes keep the insert first, until one insert succeeds (as the first
-writes after a start do): a store going down costs at most the posts of the write it went down under. ``early=False`` (``HANDOVER_WHILE_STORING=0``) keeps it
-first always, for a business system that needs a 503 to mean "sent to nobody".
+writes after a start do): a store going down costs at most the posts of the write it went down under.
+``early=False`` (``HANDOVER_WHILE_STORING=0``) keeps it first always, for a business system that needs a 503 to mean
+"sent to nobody".
 """
 
 from __future__ import annotations
