@@ -41,8 +41,12 @@ class Sequencer:
 
     def seed(self, topic: str, position: Position) -> None:
         """A subscriber was told ``position``: everything after it must reach this node (if it was not tracking the
-        topic yet, it does from there)."""
-        self._last.setdefault(topic, position)
+        topic yet, it does from there). A position in another epoch than the one tracked (the history was lost since,
+        say Redis restarted empty) replaces it: the new epoch's first messages may not have reached this node (its
+        topics not registered again yet), and its subscribers are owed them from there."""
+        last = self._last.get(topic)
+        if last is None or last.epoch != position.epoch:
+            self._last[topic] = position
 
     def forget(self, topic: str) -> None:
         self._last.pop(topic, None)

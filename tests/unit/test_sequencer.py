@@ -72,3 +72,16 @@ async def test_a_late_copy_waiting_for_its_turn_is_dropped() -> None:
     reads.release.set()
     assert await asyncio.gather(filling, late) == [1, 0]
     assert hub.written == ["m21", "m22"]
+
+
+async def test_a_subscriber_told_a_new_epoch_gets_it_from_its_start_though_the_node_tracked_the_old_one() -> None:
+    """After the history was lost (Redis restarted empty), a socket told offset 0 of the new epoch gets 1-3 before 4,
+    even if they never reached this node (its topics not registered again yet) and it still tracked the old epoch."""
+    history = [Logged(n, f"m{n}", 0, MessageFrame(f"m{n}", n, 0, "news").encode()) for n in (1, 2, 3)]
+    reads = HeldReads(history, last=4)
+    reads.release.set()
+    sequencer, hub = Sequencer(reads), WrittenOrder()
+    sequencer.seed("news", Position(57, "e0"))
+    sequencer.seed("news", Position(0, EPOCH))
+    assert await publish(hub, delivery(4), sequencer) == 1
+    assert hub.written == ["m1", "m2", "m3", "m4"]
