@@ -91,7 +91,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,6 +163,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--topic-subscribers", type=int, default=5_000, help="topic: sockets subscribed to the topic")
     p.add_argument("--topic-rate", type=float, default=100.0, help="topic: topic messages per second")
     p.add_argument("--topic-seconds", type=float, default=20.0, help="topic: how long to post at --topic-rate")
+    p.add_argument("--bundle", type=int, choices=(0, 1), default=1, help="topic, broadcast: 1 if the sockets ask for bundles "
+                   "(several topic frames in one websocket frame, at most one per the nodes' BUNDLE_MS), as the JS client does")
     p.add_argument("--recovery-subscribers", type=int, default=5_000, help="recovery: sockets subscribed to the topic, "
                    "half on each node, that all disconnect and resubscribe on the other node with their positions")
     p.add_argument("--recovery-messages", type=int, default=100, help="recovery: topic messages posted while they are away")
@@ -587,7 +589,8 @@ async def fanout_fleet(target: Target, api: Api, args: argparse.Namespace, run: 
     a function that waits for their reports."""
     tokens = await api.tokens([f"{run}-f{i}" for i in range(sockets)], topics=[topic] if topic else None)
     urls = [target.ws_url(i) for i in range(len(target.push_urls))]
-    shares = [FanoutShare(tokens[i:i + args.per_process], urls, topic, expect, args.timeout, target.client)
+    client = replace(target.client, bundles=args.bundle)
+    shares = [FanoutShare(tokens[i:i + args.per_process], urls, topic, expect, args.timeout, client)
               for i in range(0, sockets, args.per_process)]
     fleet = Fleet(partial(listen, args.connect_concurrency), shares, max_hold_seconds=args.timeout + 600)
     try:
@@ -624,6 +627,8 @@ def report_fanout(table: Table, name: str, reports: list[FanoutReport], messages
     latencies = [ms for r in reports for ms in r.latencies_ms]
     table.add(name, "latency p50/p90/p99/max", latency_summary(latencies))
     keep_latency(table, name, latencies)
+    frames = sum(r.frames for r in reports)
+    table.add(name, "websocket frames read / deliveries a frame", f"{frames:,} / {delivered / frames:.2f}" if frames else "0")
     report_busy(table, name, [r.busy for r in reports])
 
 

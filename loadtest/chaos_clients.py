@@ -50,6 +50,7 @@ class SocketPlan:
     slow: bool
     ack_percent: int
     tab: str  # the sockets of one tab share their topics' positions
+    bundles: bool = False  # asks for bundles (several topic frames in one websocket frame)
 
 
 def plan_users(rng: random.Random, run: str) -> list[UserPlan]:
@@ -64,7 +65,8 @@ def plan_users(rng: random.Random, run: str) -> list[UserPlan]:
 
 
 def plan_sockets(rng: random.Random, users: list[UserPlan], seconds: float, nodes: int) -> list[SocketPlan]:
-    """Each online user's 1-2 slots, each a chain of sockets open 2-8 s with 0.3-3 s between them."""
+    """Each online user's 1-2 slots, each a chain of sockets open 2-8 s with 0.3-3 s between them; half the slots (by
+    their name, leaving the seed's draws as they were) ask for bundles."""
     plans: list[SocketPlan] = []
     for user in users:
         if user.offline:
@@ -75,7 +77,7 @@ def plan_sockets(rng: random.Random, users: list[UserPlan], seconds: float, node
                 hold = rng.uniform(2, 8)
                 plans.append(SocketPlan(f"{user.name}.{slot}.{len(plans)}", user, at, min(seconds, at + hold),
                                         rng.randrange(nodes), rng.random() < 0.1, rng.choice((80, 90, 100)),
-                                        f"{user.name}.{slot}"))
+                                        f"{user.name}.{slot}", chosen(0, user.name, str(slot), percent=50)))
                 at += hold + rng.uniform(0.3, 3)
     return plans
 
@@ -136,7 +138,8 @@ class Clients:
             record = SocketRecord(f"{plan.id}.{attempt}", plan.user.name, ports[node], settle, plan.slow)
             attempt += 1
             try:
-                ws = await self.client.open(await self.client.token(plan.user.name, topics=list(plan.user.grants)), node)
+                ws = await self.client.open(await self.client.token(plan.user.name, topics=list(plan.user.grants)), node,
+                                            bundles=plan.bundles)
             except (OSError, TimeoutError, InvalidHandshake, aiohttp.ClientError):
                 await asyncio.sleep(RETRY_CONNECT_S)
                 continue
@@ -170,21 +173,26 @@ class Clients:
         recover = {t: {"offset": o, "epoch": e} for t, (o, e) in record.recover_from.items()}
         await ws.send(orjson.dumps({"type": "subscribe", "topics": topics, **({"recover": recover} if recover else {})}).decode())
         async for data in ws:
-            frame = orjson.loads(data)
-            kind = frame.get("type")
-            if kind == "message":
-                await self.received(ws, record, plan, frame)
-            elif kind == "subscribed":
-                record.granted.update((t, time.time()) for t in frame["topics"] if t != BROADCAST)
-                record.recovered.update(frame.get("recovered", {}))
-                for topic, p in frame["positions"].items():
-                    record.told[topic] = (p["offset"], p["epoch"])
-                    if not frame.get("recovered", {}).get(topic):
-                        positions[topic] = (p["offset"], p["epoch"])
-            elif kind == "error" and frame.get("code") == "forbidden":
-                record.refused.update(frame["topics"])
-            elif kind == "reconnect":
-                raise ConnectionClosed(None, None)
+            for line in data.splitlines() if plan.bundles else [data]:
+                await self.take(ws, record, plan, positions, orjson.loads(line))
+
+    async def take(self, ws: ClientConnection, record: SocketRecord, plan: SocketPlan, positions: dict[str, tuple[int, str]],
+                   frame: dict[str, Any]) -> None:
+        """One frame of the protocol (alone in its websocket frame, or a line of a bundle)."""
+        kind = frame.get("type")
+        if kind == "message":
+            await self.received(ws, record, plan, frame)
+        elif kind == "subscribed":
+            record.granted.update((t, time.time()) for t in frame["topics"] if t != BROADCAST)
+            record.recovered.update(frame.get("recovered", {}))
+            for topic, p in frame["positions"].items():
+                record.told[topic] = (p["offset"], p["epoch"])
+                if not frame.get("recovered", {}).get(topic):
+                    positions[topic] = (p["offset"], p["epoch"])
+        elif kind == "error" and frame.get("code") == "forbidden":
+            record.refused.update(frame["topics"])
+        elif kind == "reconnect":
+            raise ConnectionClosed(None, None)
 
     async def received(self, ws: ClientConnection, record: SocketRecord, plan: SocketPlan, frame: dict[str, Any]) -> None:
         payload = frame.get("payload")

@@ -41,6 +41,7 @@ class FanoutReport:
     failures: Counter[str] = field(default_factory=Counter)
     refused: int = 0  # sockets whose subscription the node refused
     deliveries: int = 0
+    frames: int = 0  # websocket frames that carried them (fewer, with bundles)
     duplicates: int = 0
     last_arrival: dict[str, float] = field(default_factory=dict)  # message id -> its last arrival here
     per_message: Counter[str] = field(default_factory=Counter)  # message id -> sockets it reached here
@@ -87,6 +88,7 @@ async def listen(concurrency: int, source: str, share: FanoutShare) -> AsyncIter
         with contextlib.suppress(ConnectionClosed):
             async for data in ws:
                 now = time.time()
+                report.frames += 1
                 messages, answer = share.client.read(data)
                 if answer is not None:
                     await ws.send(answer)

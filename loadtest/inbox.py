@@ -16,7 +16,7 @@ import socket
 import time
 from collections import Counter
 from dataclasses import astuple, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -74,33 +74,38 @@ async def dial(url: str, source: str | None = None) -> ClientConnection:
         return await connect(url, sock=sock, open_timeout=None, compression=None, ping_interval=None, max_size=None)
 
 
-async def open_socket(url: str, token: str, source: str | None = None) -> ClientConnection:
+async def open_socket(url: str, token: str, source: str | None = None, bundles: bool = False) -> ClientConnection:
     """A socket that the node has routed (its welcome frame arrived, within 30 s more), so posts can reach it; from
-    the local address ``source`` if given."""
-    ws = await dial(f"{url}?token={token}", source)
+    the local address ``source`` if given; asking for bundles if ``bundles``."""
+    ws = await dial(f"{url}?token={token}{'&bundle=1' if bundles else ''}", source)
     welcome = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
     if welcome.get("type") != "welcome":
         raise RuntimeError(f"expected a welcome frame, got {welcome}")
     return ws
 
 
+@dataclass(frozen=True)
 class Client:
-    """This project's client side: the token in the URL, a ``welcome`` frame, one message per frame, acks."""
+    """This project's client side: the token in the URL, a ``welcome`` frame, a frame per message (several topic
+    frames, newline-separated, in one websocket frame when it asked for ``bundles``), acks."""
 
-    path = "/ws"  # the push nodes' websocket endpoint
-    acks = True
+    bundles: bool = False  # ask the node for bundles (``?bundle=1``)
+    path: ClassVar[str] = "/ws"  # the push nodes' websocket endpoint
+    acks: ClassVar[bool] = True
 
     async def open(self, url: str, token: str, source: str | None = None) -> ClientConnection:
-        return await open_socket(url, token, source)
+        return await open_socket(url, token, source, self.bundles)
 
     def read(self, data: str | bytes) -> tuple[list[Delivery], str | None]:
-        """The messages in one frame, and what to answer it with (None: nothing)."""
-        frame = orjson.loads(data)
-        if frame.get("type") != "message":
-            return [], None
-        payload: Any = frame.get("payload")
-        sent = payload.get("sent") if isinstance(payload, dict) else None
-        return [(frame["id"], sent or frame["ts"])], None
+        """The messages in one websocket frame, and what to answer it with (None: nothing)."""
+        deliveries = []
+        for line in data.splitlines() if self.bundles else [data]:
+            frame = orjson.loads(line)
+            if frame.get("type") == "message":
+                payload: Any = frame.get("payload")
+                sent = payload.get("sent") if isinstance(payload, dict) else None
+                deliveries.append((frame["id"], sent or frame["ts"]))
+        return deliveries, None
 
     def ack(self, ids: list[str]) -> str:
         return orjson.dumps({"type": "ack", "ids": ids}).decode()

@@ -29,8 +29,9 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import jwt
@@ -63,9 +64,12 @@ def config(port: int, redis_address: str) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
 class CentrifugoClient(Client):
-    path = "/connection/websocket"
-    acks = False
+    """Centrifugo's client side: its frames are newline-separated replies anyway (``bundles`` changes nothing)."""
+
+    path: ClassVar[str] = "/connection/websocket"
+    acks: ClassVar[bool] = False
 
     async def open(self, url: str, token: str, source: str | None = None) -> ClientConnection:
         """A socket whose connect command was answered (its server-side subscriptions made)."""

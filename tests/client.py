@@ -34,9 +34,11 @@ class ClusterClient:
             assert r.status == 200, await r.text()
             return (await r.json())["token"]
 
-    async def open(self, token: str, node: int = 0) -> ClientConnection:
-        """A websocket to push node ``node`` (no welcome awaited: the node may refuse it)."""
-        return await connect(f"ws://127.0.0.1:{self.stack.push_ports[node]}/ws?token={token}", open_timeout=scaled(5))
+    async def open(self, token: str, node: int = 0, bundles: bool = False) -> ClientConnection:
+        """A websocket to push node ``node``, asking for bundles if ``bundles`` (no welcome awaited: the node may refuse
+        it)."""
+        query = f"token={token}{'&bundle=1' if bundles else ''}"
+        return await connect(f"ws://127.0.0.1:{self.stack.push_ports[node]}/ws?{query}", open_timeout=scaled(5))
 
     async def connect(self, user_id: str, node: int = 0, topics: list[str] | None = None) -> ClientConnection:
         """A websocket for ``user_id`` (whose token grants ``topics``) on push node ``node``, returned once the node

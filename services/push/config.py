@@ -62,6 +62,9 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySetting
                                    "reconnects over this, then closes the rest (1001)", low=0)
     write_backlog_bytes: int = setting("WRITE_BACKLOG_BYTES", 64 * 1024, "past this many bytes in a socket's buffer, its new "
                                        "frames wait in the node, high priority first", low=0)
+    bundle_ms: int = setting("BUNDLE_MS", 100, "a socket that asked for bundles (`?bundle=1`) is written topic frames at most "
+                             "once per this many ms: those coming sooner go out together in one frame, newline-separated "
+                             "(0: never bundled)", low=0)
     expiring_notice: int = setting("EXPIRING_NOTICE_SECONDS", 60, "a socket is sent `expiring` this long before its token "
                                    "expires, once per token (at once if it has less left; 0: never)", low=0)
 

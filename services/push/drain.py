@@ -78,5 +78,6 @@ class Drain:
         except TimeoutError:
             pass
         left = self.hub.sessions()
+        self.hub.flush_bundles()  # what waits for them goes out before their close
         self._closing = [asyncio.create_task(s.ws.close(CloseCode.GOING_AWAY, "node drained")) for s in left]
         log.info("drained", extra={"node_closed": len(left)})

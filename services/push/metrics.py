@@ -33,3 +33,6 @@ TOPIC_GAPS = Counter("push_topic_gaps_total", "Holes in a topic's offsets on thi
                      ["outcome"])
 UNANSWERED = Counter("push_keepalive_closed_total", "Sockets closed (1011) because a ping was still unanswered at the next, "
                      "PING_INTERVAL_SECONDS later")
+BUNDLES = Counter("push_bundles_total", "Bundles written: one websocket frame of the topic frames that waited for a socket "
+                  "that asked for bundles (it is written at most once per BUNDLE_MS)")
+BUNDLED = Counter("push_bundled_frames_total", "Topic frames written inside bundles (over push_bundles_total: frames a bundle)")

@@ -32,7 +32,7 @@ from services.push.recovery import TopicReads
 from services.push.registrar import Registrar
 from services.push.replay import NOT_YET, Replayer
 from services.push.sequencer import Sequencer
-from services.push.sockets import SocketHandler, token_of
+from services.push.sockets import SocketHandler, Upgrade
 from shared.cluster.routes import NodeCard, RouteReader, RouteWriter, directory
 from shared.cluster.topic_log import TopicLog
 from shared.delivery.inbox import Inbox
@@ -51,7 +51,7 @@ LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands
 class PushNode:
     def __init__(self, config: PushConfig) -> None:
         self.config = config
-        self.hub = Hub(config.max_buffered_bytes, config.write_backlog_bytes)
+        self.hub = Hub(config.max_buffered_bytes, config.write_backlog_bytes, config.bundle_ms / 1000)
         self.redis = redis_client(config.redis_url)
         self.writer = RouteWriter(self.redis, config.node_id, config.route_ttl, config.node_ttl)
         self.store = MessageStore(config.mongo_url, config.mongo_db)
@@ -103,7 +103,7 @@ class PushNode:
                 self.replayer.catch_up("a dispatch link opened after the node card was gone")
             await serve_link(ws, self.hub, self.lifecycle, self.config.node_id, self.sequencer)
             return
-        source, token = client_address(ws, self.config.trusted_proxies), token_of(ws.request)
+        source, upgrade = client_address(ws, self.config.trusted_proxies), Upgrade.of(ws.request)
         # Nothing reads the handshake's request and response past here: let their headers and the path (the token) go,
         # ~3 KB of an idle socket's ~19. The protocol's parser keeps the request itself for the connection's life, so
         # it is emptied in place.
@@ -111,7 +111,7 @@ class PushNode:
         assert isinstance(ws, SessionConnection)  # the server's create_connection
         self.addresses.opened(source)
         try:
-            await self.sockets.serve(ws, token)
+            await self.sockets.serve(ws, upgrade)
         finally:
             self.addresses.closed(source)
 

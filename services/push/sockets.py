@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
@@ -57,13 +58,23 @@ from shared.wire.protocol import (
 log = logging.getLogger(__name__)
 
 
-def token_of(request: Request) -> str | None:
-    """The token from ``?token=`` (browsers cannot set headers) or an ``Authorization: Bearer`` header."""
-    query = parse_qs(urlsplit(request.path).query)
-    if query.get("token"):
-        return query["token"][0]
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """What a browser's upgrade request asks for: its ``token``, from ``?token=`` (browsers cannot set headers) or an
+    ``Authorization: Bearer`` header; and ``bundles`` (``?bundle=1``: it reads several topic frames, newline-separated,
+    in one websocket frame)."""
+
+    token: str | None
+    bundles: bool
+
+    @classmethod
+    def of(cls, request: Request) -> Upgrade:
+        query = parse_qs(urlsplit(request.path).query)
+        bundles = query.get("bundle", [""])[0] == "1"
+        if query.get("token"):
+            return cls(query["token"][0], bundles)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return cls(token.strip() if scheme.lower() == "bearer" and token.strip() else None, bundles)
 
 
 TIMER_SLACK = 0.01  # s
@@ -122,11 +133,11 @@ class SocketHandler:
         self.public_topics = Grants.of(config.public_topics)
         self.verifier: TokenVerifier | None = None
 
-    async def serve(self, ws: SessionConnection, token: str | None) -> None:
-        """The session of ``ws``, upgraded with ``token`` (``token_of`` its request)."""
+    async def serve(self, ws: SessionConnection, upgrade: Upgrade) -> None:
+        """The session of ``ws``, upgraded as ``upgrade`` asked."""
         assert self.verifier is not None  # set before any socket is served
         try:
-            identity = await self.verifier.verify(token)
+            identity = await self.verifier.verify(upgrade.token)
         except ServiceError as exc:
             await self.refuse(ws, exc, None)
             return
@@ -138,11 +149,11 @@ class SocketHandler:
         if cap and self.hub.count(user) >= cap:
             await self.refuse(ws, RateLimited(f"{cap} connections for this user already"), user)
             return
-        session = Session(ws, user)
+        session = Session(ws, user, bundles=upgrade.bundles and self.config.bundle_ms > 0)
         self.hub.add(session)
         try:
             await self.registrar.arrived(user)
-            await ws.send(WelcomeFrame(user, self.config.node_id).encode())
+            await ws.send(WelcomeFrame(user, self.config.node_id, self.config.bundle_ms if session.bundles else 0).encode())
             session.welcomed = True
             CONNECTS.inc()
             async with asyncio.timeout(None) as deadline:
@@ -209,8 +220,10 @@ class SocketHandler:
                 await self.refresh(session, lease, frame.token)
 
     async def unsubscribe(self, session: Session, topics: tuple[str, ...]) -> None:
-        """Leave these topics (Redis counts the change at the next flush) and say so."""
+        """Leave these topics (Redis counts the change at the next flush) and say so, after the bundle waiting for the
+        socket (which may hold their last messages)."""
         self.left_topics(session, self.hub.unsubscribe(session, topics))
+        self.hub.flush_bundles(session)
         await session.ws.send(TopicsFrame(Op.UNSUBSCRIBED, topics).encode())
 
     async def refresh(self, session: Session, lease: Lease, token: str) -> None:

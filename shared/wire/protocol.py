@@ -104,13 +104,17 @@ def with_position(frame: bytes, position: Position) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class WelcomeFrame:
-    """Sent once the node has registered the connection's route, so a client knows it is reachable."""
+    """Sent once the node has registered the connection's route, so a client knows it is reachable; ``bundle_ms`` when
+    the client asked for bundles and gets them: its topic frames may then come several to a websocket frame,
+    newline-separated, at most one such frame per ``bundle_ms``."""
 
     user_id: str
     node: str
+    bundle_ms: int = 0
 
     def encode(self) -> str:
-        return orjson.dumps({"type": Op.WELCOME, "user_id": self.user_id, "node": self.node}).decode()
+        return orjson.dumps({"type": Op.WELCOME, "user_id": self.user_id, "node": self.node,
+                             **({"bundle_ms": self.bundle_ms} if self.bundle_ms else {})}).decode()
 
 
 @dataclass(frozen=True, slots=True)

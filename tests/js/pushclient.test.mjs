@@ -174,7 +174,7 @@ describe("PushClient", () => {
 
   it("reconnects to the other node after a backoff delay when its node dies", async () => {
     const first = await connected();
-    assert.equal(first.url, "ws://a/ws?token=token-1");
+    assert.equal(first.url, "ws://a/ws?bundle=1&token=token-1");
     first.drop(1006);
     const [, close] = events.at(-1);
     assert.equal(close.code, 1006);
@@ -182,7 +182,7 @@ describe("PushClient", () => {
     await advance(close.retryInMs - 1);
     assert.equal(FakeSocket.all.length, 1, "no reconnect before the delay");
     await advance(1);
-    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?token=token-1");
+    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?bundle=1&token=token-1");
   });
 
   it("backs off further on every failed attempt instead of spinning", async () => {
@@ -201,7 +201,7 @@ describe("PushClient", () => {
     const ws = await connected();
     ws.drop(CLOSE.TOKEN);
     await advance(events.at(-1)[1].retryInMs);
-    assert.equal(FakeSocket.all.at(-1).url, "ws://a/ws?token=token-2");
+    assert.equal(FakeSocket.all.at(-1).url, "ws://a/ws?bundle=1&token=token-2");
   });
 
   it("drops a link that does not answer a ping, then reconnects", async () => {
@@ -221,7 +221,7 @@ describe("PushClient", () => {
     await advance(10000);
     assert.equal(FakeSocket.all[0].closedWith, CLOSE.SILENT);
     await advance(events.at(-1)[1].retryInMs);
-    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?token=token-1");
+    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?bundle=1&token=token-1");
   });
 
   it("does not retry after stop() while a failing token fetch was in flight", async () => {
@@ -279,7 +279,7 @@ describe("PushClient", () => {
     assert.equal(FakeSocket.all.length, 1);
     await advance(1);
     assert.equal(ws.closedWith, CLOSE.NORMAL);
-    assert.equal(FakeSocket.all.at(-1).url, "ws://c/ws?token=token-1");
+    assert.equal(FakeSocket.all.at(-1).url, "ws://c/ws?bundle=1&token=token-1");
   });
 
   it("does not count a move as a failure: the next failure backs off from the start", async () => {
@@ -287,7 +287,7 @@ describe("PushClient", () => {
     ws.frame({ type: "reconnect", after_ms: 0, url: "ws://b/ws" });
     await advance(0);
     const moved = FakeSocket.all.at(-1);
-    assert.equal(moved.url, "ws://b/ws?token=token-1");
+    assert.equal(moved.url, "ws://b/ws?bundle=1&token=token-1");
     moved.drop(1006);
     assert.equal(events.at(-1)[1].retryInMs, 250, "the first backoff step (random 0), not a grown one");
   });
@@ -301,7 +301,7 @@ describe("PushClient", () => {
     await advance(1999);
     assert.equal(FakeSocket.all.length, 1);
     await advance(1);
-    assert.equal(FakeSocket.all.at(-1).url, "ws://c/ws?token=token-1");
+    assert.equal(FakeSocket.all.at(-1).url, "ws://c/ws?bundle=1&token=token-1");
   });
 
   it("without an advised url, picks another node from the directory than the draining one", async () => {
@@ -309,7 +309,7 @@ describe("PushClient", () => {
     assert.ok(ws.url.startsWith("ws://a/ws"));
     ws.frame({ type: "reconnect", after_ms: 500 });
     await advance(500);
-    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?token=token-1");
+    assert.equal(FakeSocket.all.at(-1).url, "ws://b/ws?bundle=1&token=token-1");
   });
 
   it("stops for good on stop(): no reconnect, no listeners left", async () => {
@@ -423,6 +423,15 @@ describe("PushClient topics", () => {
     assert.deepEqual(ws.sent.filter((f) => f.type === "ack"), [{ type: "ack", ids: ["u1"] }]);
   });
 
+  it("asks for bundles and handles each line of a bundle as a frame of its own, in order", async () => {
+    const ws = await subscribedToNews();
+    assert.match(ws.url, /[?&]bundle=1(&|$)/);
+    ws.onmessage({ data: [topicMessage("t41", "news", 41), { type: "join", topic: "news", user_id: "bob" }, topicMessage("t42", "news", 42)]
+      .map((f) => JSON.stringify(f)).join("\n") });
+    await settle();
+    assert.deepEqual(events.map(([t, d]) => [t, d.id ?? d.userId]), [["message", "t41"], ["join", "bob"], ["message", "t42"]]);
+  });
+
   it("unsubscribes the topics the node drops (a refreshed token grants fewer) and stops asking for them", async () => {
     client.subscribe(["news", "vip:1"]);
     const ws = await connect();
@@ -463,7 +472,7 @@ describe("PushClient topics", () => {
     mock.timers.tick(100); // the move, timed by this suite's clock, which stands still
     await settle();
     const moved = FakeSocket.all.at(-1);
-    assert.equal(moved.url, "ws://b/ws?token=token");
+    assert.equal(moved.url, "ws://b/ws?bundle=1&token=token");
     moved.accept("b");
     assert.deepEqual(moved.sent, [{ type: "subscribe", topics: ["news", "*"], recover: { news: { offset: 41, epoch: "e1" }, "*": { offset: 7, epoch: "e1" } } }]);
   });

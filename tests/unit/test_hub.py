@@ -15,6 +15,7 @@ from services.push import hub as hub_module
 from services.push.hub import Hub, Session
 from shared.model.message import BROADCAST
 from shared.wire.errors import CloseCode
+from tests.waits import until
 
 
 class FakeTransport:
@@ -287,3 +288,77 @@ def test_corked_deliveries_reach_each_socket_in_one_write_in_order() -> None:
     assert [(s.ws.texts(), s.ws.transport.writes) for s in tabs] == [(['{"n":0}', '{"n":1}', '{"n":2}'], 1)] * 2
     hub.deliver("u", "m3", b'{"n":3}')
     assert [s.ws.transport.writes for s in tabs] == [2, 2]
+
+
+def bundling(user: str) -> Session:
+    s = session(user)
+    s.bundles = True
+    return s
+
+
+async def test_a_socket_that_asked_for_bundles_gets_a_busy_topics_frames_together_at_most_once_per_interval() -> None:
+    """With bundles, a topic's first message is written at once and the four following within the interval wait and
+    go out as one frame, newline-separated, in order; a socket that did not ask gets five frames; once the topic
+    is quiet for an interval, the next message is written at once again."""
+    hub = Hub(bundle_interval=0.05)
+    bundled, plain = bundling("u1"), session("u2")
+    for s in (bundled, plain):
+        hub.add(s)
+        hub.subscribe(s, ["news"])
+    for n in range(5):
+        assert await hub.publish(f"m{n}", b'{"n":%d}' % n, "news", offset=n + 1) == 2
+    assert texts(bundled) == ['{"n":0}'] and len(texts(plain)) == 5
+    await until(lambda: texts(bundled), lambda t: len(t) == 2, what="the bundle written")
+    assert texts(bundled)[1] == "\n".join('{"n":%d}' % n for n in range(1, 5))
+    await asyncio.sleep(0.06)
+    await hub.publish("m5", b'{"n":5}', "news", offset=6)
+    assert texts(bundled)[2:] == ['{"n":5}']
+
+
+async def test_a_bundle_past_its_byte_bound_is_written_at_once_and_the_next_frame_starts_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame that would take a waiting bundle past ``BUNDLE_BYTES`` writes the bundle first; the frame waits in the
+    next one."""
+    monkeypatch.setattr(hub_module, "BUNDLE_BYTES", 20)
+    hub = Hub(bundle_interval=10)
+    s = bundling("u")
+    hub.add(s)
+    hub.subscribe(s, ["news"])
+    for n in range(4):  # 7 bytes each: the first at once, two fit a bundle (7 + 1 + 7), the fourth does not
+        await hub.publish(f"m{n}", b'{"n":%d}' % n, "news")
+    assert texts(s) == ['{"n":0}', '{"n":1}\n{"n":2}']
+    hub.flush_bundles(s)
+    assert texts(s)[2:] == ['{"n":3}']
+
+
+async def test_waiting_bundles_are_flushed_on_demand_and_dropped_with_their_session() -> None:
+    """``flush_bundles`` writes a session's waiting frames at once (before an ``unsubscribed`` answer, a close); a
+    session removed while its bundle waits is written nothing more, and the bundler ends."""
+    hub = Hub(bundle_interval=0.05)
+    kept, gone = bundling("u1"), bundling("u2")
+    for s in (kept, gone):
+        hub.add(s)
+        hub.subscribe(s, ["news"])
+    for n in range(3):
+        await hub.publish(f"m{n}", b'{"n":%d}' % n, "news")
+    hub.flush_bundles(kept)
+    assert texts(kept) == ['{"n":0}', '{"n":1}\n{"n":2}']
+    hub.remove(gone)
+    await until(lambda: hub._bundler, lambda task: task is None, what="the bundler ended")
+    assert texts(gone) == ['{"n":0}']
+
+
+async def test_a_resume_on_a_bundling_socket_keeps_the_recovered_and_live_frames_in_offset_order() -> None:
+    """A recovery's missed messages and the live ones held meanwhile go through the socket's bundle in offset order,
+    and a late live copy of a recovered offset is still dropped."""
+    hub = Hub(bundle_interval=0.05)
+    s = bundling("u")
+    hub.add(s)
+    hub.subscribe(s, ["news"])
+    s.await_positions(["news"])
+    await hub.publish("m6", b'{"o":6}', "news", offset=6)
+    hub.resume(s, "news", [b'{"o":4}', b'{"o":5}'], after=5)
+    await hub.publish("m5-late", b'{"o":5}', "news", offset=5)
+    await hub.publish("m7", b'{"o":7}', "news", offset=7)
+    await until(lambda: texts(s), lambda t: len(t) == 2, what="the bundle written")
+    assert "\n".join(texts(s)).split("\n") == [f'{{"o":{n}}}' for n in (4, 5, 6, 7)]

@@ -21,7 +21,9 @@
  * - keeps the page's topic subscriptions (subscribe / unsubscribe) and makes them again on every
  *   new connection; topic and broadcast messages are not acked: each carries its position in its topic
  *   (offset and epoch; broadcasts in the stream "*"), the client remembers the last one and resubscribes
- *   with it, so the node sends what it missed (a "recovered" event) or says it cannot (a "gap" event).
+ *   with it, so the node sends what it missed (a "recovered" event) or says it cannot (a "gap" event);
+ * - asks for bundles (?bundle=1): a busy topic's frames may come several to a websocket frame,
+ *   newline-separated (at most one such frame per the node's BUNDLE_MS), each handled as if it came alone.
  *
  * The pure pieces (backoffDelay, chooseNode, RecentIds, tokenExpiry) are exported for unit tests; the module
  * touches no browser global at import time, so node --test can load it.
@@ -267,7 +269,7 @@ export class PushClient extends EventTarget {
 
   #open(url) {
     this.#url = url;
-    const ws = new this.#o.WebSocket(`${url}?token=${encodeURIComponent(this.#token)}`);
+    const ws = new this.#o.WebSocket(`${url}?bundle=1&token=${encodeURIComponent(this.#token)}`);
     this.#ws = ws;
     // A node that never completes the handshake (say, a black-holed address) is given up like a silent one.
     this.#silenceTimer = setTimeout(() => this.#halt(CLOSE.SILENT, "no welcome from the node", true), this.#o.pongTimeoutMs);
@@ -277,11 +279,16 @@ export class PushClient extends EventTarget {
     ws.onclose = (event) => this.#closed(event.code, event.reason);
   }
 
+  /** One websocket frame: a frame of the protocol, or a bundle of them, one per line. */
   #receive(data) {
     this.#heard();
+    for (const line of String(data).split("\n")) this.#handle(line);
+  }
+
+  #handle(text) {
     let frame;
     try {
-      frame = JSON.parse(data);
+      frame = JSON.parse(text);
     } catch {
       return; // nodes only send JSON; ignore anything else rather than drop the link
     }
