@@ -163,7 +163,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--topic-subscribers", type=int, default=5_000, help="topic: sockets subscribed to the topic")
     p.add_argument("--topic-rate", type=float, default=100.0, help="topic: topic messages per second")
     p.add_argument("--topic-seconds", type=float, default=20.0, help="topic: how long to post at --topic-rate")
-    p.add_argument("--bundle", type=int, choices=(0, 1), default=1, help="topic, broadcast: 1 if the sockets ask for bundles "
+    p.add_argument("--bundle", type=int, choices=(0, 1), default=1, help="topic, broadcast, recovery: 1 if the sockets ask for bundles "
                    "(several topic frames in one websocket frame, at most one per the nodes' BUNDLE_MS), as the JS client does")
     p.add_argument("--recovery-subscribers", type=int, default=5_000, help="recovery: sockets subscribed to the topic, "
                    "half on each node, that all disconnect and resubscribe on the other node with their positions")
@@ -701,7 +701,8 @@ async def recovery_fleet(args: argparse.Namespace, tokens: list[str], urls: list
     """Client processes of ``--recovery-per-process`` sockets, socket i to ``urls[i]`` (resuming from ``since[i]``),
     spawned and waiting; gives the function that releases them and waits for their reports. Leaving closes the sockets."""
     per = args.recovery_per_process
-    shares = [RecoveryShare(tokens[k:k + per], urls[k:k + per], topic, since[k:k + per] if since else None, expect, args.timeout)
+    shares = [RecoveryShare(tokens[k:k + per], urls[k:k + per], topic, since[k:k + per] if since else None, expect, args.timeout,
+                            bool(args.bundle))
               for k in range(0, len(tokens), per)]
     fleet = Fleet(partial(resume, args.connect_concurrency), shares, max_hold_seconds=args.timeout + 600)
     try:

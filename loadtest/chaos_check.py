@@ -99,6 +99,7 @@ class SocketRecord:
     node: int
     settle: bool = False
     slow: bool = False
+    bundles: int = 0  # websocket frames that brought several protocol frames (it asked for bundles)
     opened_at: float | None = None
     closed_at: float | None = None  # None: still open when the run ended
     server_closed: bool = False
@@ -469,6 +470,7 @@ def _tally(obs: Observations, known: dict[str, Accepted], report: Report) -> Non
     t["deliveries owed"] = len(debts)
     t["deliveries owed and arrived"] = len(debts.keys() & got)
     t["frames received"] = sum(len(s.arrivals) for s in obs.sockets)
+    t["bundles received (websocket frames of several)"] = sum(s.bundles for s in obs.sockets)
     t["sockets welcomed"] = sum(s.opened_at is not None for s in obs.sockets)
     t["statuses read"] = len(obs.statuses)
     for f in obs.faults:

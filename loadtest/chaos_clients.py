@@ -173,7 +173,9 @@ class Clients:
         recover = {t: {"offset": o, "epoch": e} for t, (o, e) in record.recover_from.items()}
         await ws.send(orjson.dumps({"type": "subscribe", "topics": topics, **({"recover": recover} if recover else {})}).decode())
         async for data in ws:
-            for line in data.splitlines() if plan.bundles else [data]:
+            lines = data.split("\n")  # one line unless it is a bundle (JSON text has no raw newline)
+            record.bundles += len(lines) > 1
+            for line in lines:
                 await self.take(ws, record, plan, positions, orjson.loads(line))
 
     async def take(self, ws: ClientConnection, record: SocketRecord, plan: SocketPlan, positions: dict[str, tuple[int, str]],

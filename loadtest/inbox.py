@@ -99,7 +99,7 @@ class Client:
     def read(self, data: str | bytes) -> tuple[list[Delivery], str | None]:
         """The messages in one websocket frame, and what to answer it with (None: nothing)."""
         deliveries = []
-        for line in data.splitlines() if self.bundles else [data]:
+        for line in data.split("\n"):  # one line unless it is a bundle (JSON text has no raw newline)
             frame = orjson.loads(line)
             if frame.get("type") == "message":
                 payload: Any = frame.get("payload")

@@ -37,6 +37,7 @@ class RecoveryShare:
     since: list[dict[str, Any]] | None  # socket i resumes from since[i] ({"offset", "epoch"}); None: none resumes
     expect: int  # messages each socket should get after its position
     timeout: float  # the longest this worker waits for them, from its first connect
+    bundles: bool = False  # the sockets ask for bundles
 
 
 @dataclass
@@ -113,7 +114,7 @@ async def resume(concurrency: int, source: str, share: RecoveryShare) -> AsyncIt
         finished = False
         try:
             async with gate:
-                ws = await open_socket(share.urls[i], share.tokens[i], source)
+                ws = await open_socket(share.urls[i], share.tokens[i], source, share.bundles)
             sockets.append(ws)
             report.connected += 1
             asked = time.time()
@@ -129,8 +130,9 @@ async def resume(concurrency: int, source: str, share: RecoveryShare) -> AsyncIt
             if share.expect == 0 or (since and flags[i] != "true"):  # not recovered: nothing more is due
                 return
             async for data in ws:
-                frame = orjson.loads(data)
-                if frame.get("type") == "message":
+                for frame in map(orjson.loads, data.split("\n")):  # one line unless it is a bundle
+                    if frame.get("type") != "message":
+                        continue
                     got.append((frame.get("offset"), frame.get("epoch")))
                     report.messages += 1
                     if len(got) == share.expect:

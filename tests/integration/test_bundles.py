@@ -29,7 +29,7 @@ async def lines_until(ws: ClientConnection, count: int, timeout: float = 10) -> 
     frames: list[list[dict[str, Any]]] = []
     async with asyncio.timeout(scaled(timeout)):
         while sum(map(len, frames)) < count:
-            frames.append([orjson.loads(line) for line in (await ws.recv()).splitlines()])
+            frames.append([orjson.loads(line) for line in (await ws.recv()).split("\n")])
     return frames
 
 
