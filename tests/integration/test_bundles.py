@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from tests.client import next_frame, subscribe
 from tests.conftest import RunningStack
@@ -72,3 +73,25 @@ async def test_a_bundle_waits_out_its_interval_and_goes_before_the_unsubscribed_
     frames = await lines_until(ws, 3)
     assert [[f.get("payload", f["type"]) for f in lines] for lines in frames] == [[1, 2], ["unsubscribed"]]
     await ws.close()
+
+
+async def test_a_drain_writes_the_waiting_bundle_before_it_closes_the_socket(start_stack) -> None:
+    """With BUNDLE_MS=3000 and DRAIN_SECONDS=0.5, a socket that stays on a draining node gets the bundle that waited
+    for it, and then the drain's close (1001)."""
+    stack = start_stack(nodes=2, BUNDLE_MS="3000", DRAIN_SECONDS="0.5")
+    topic = "drained"
+    ws = await bundled_socket(stack, "staying-reader", topic)
+    await stack.client.post({"topic": topic, "payload": 0})
+    assert [f["payload"] for (f,) in await lines_until(ws, 1)] == [0]
+    await stack.client.post({"messages": [{"topic": topic, "payload": n} for n in (1, 2)]})
+    await asyncio.sleep(0.5)  # the scenario: the two wait in the bundle (3 s) when the drain begins
+    status, _ = await stack.client.drain(0)
+    assert status == 202
+    got: list[object] = []
+    try:
+        async with asyncio.timeout(scaled(10)):
+            async for data in ws:
+                got += [f.get("payload", f["type"]) for f in map(orjson.loads, data.split("\n"))]
+    except ConnectionClosed:
+        pass
+    assert got == ["reconnect", 1, 2] and ws.close_code == 1001, (got, ws.close_code)
