@@ -296,15 +296,21 @@ def bundling(user: str) -> Session:
     return s
 
 
+def news_hub(bundle_interval: float, *sessions: Session) -> Hub:
+    """A hub bundling every ``bundle_interval`` seconds, holding ``sessions``, each subscribed to ``news``."""
+    hub = Hub(bundle_interval=bundle_interval)
+    for s in sessions:
+        hub.add(s)
+        hub.subscribe(s, ["news"])
+    return hub
+
+
 async def test_a_socket_that_asked_for_bundles_gets_a_busy_topics_frames_together_at_most_once_per_interval() -> None:
     """With bundles, a topic's first message is written at once and the four following within the interval wait and
     go out as one frame, newline-separated, in order; a socket that did not ask gets five frames; once the topic
     is quiet for an interval, the next message is written at once again."""
-    hub = Hub(bundle_interval=0.05)
     bundled, plain = bundling("u1"), session("u2")
-    for s in (bundled, plain):
-        hub.add(s)
-        hub.subscribe(s, ["news"])
+    hub = news_hub(0.05, bundled, plain)
     for n in range(5):
         assert await hub.publish(f"m{n}", b'{"n":%d}' % n, "news", offset=n + 1) == 2
     assert texts(bundled) == ['{"n":0}'] and len(texts(plain)) == 5
@@ -320,10 +326,8 @@ async def test_a_bundle_past_its_byte_bound_is_written_at_once_and_the_next_fram
     """A frame that would take a waiting bundle past ``BUNDLE_BYTES`` writes the bundle first; the frame waits in the
     next one."""
     monkeypatch.setattr(hub_module, "BUNDLE_BYTES", 20)
-    hub = Hub(bundle_interval=10)
     s = bundling("u")
-    hub.add(s)
-    hub.subscribe(s, ["news"])
+    hub = news_hub(10, s)
     for n in range(4):  # 7 bytes each: the first at once, two fit a bundle (7 + 1 + 7), the fourth does not
         await hub.publish(f"m{n}", b'{"n":%d}' % n, "news")
     assert texts(s) == ['{"n":0}', '{"n":1}\n{"n":2}']
@@ -334,11 +338,8 @@ async def test_a_bundle_past_its_byte_bound_is_written_at_once_and_the_next_fram
 async def test_waiting_bundles_are_flushed_on_demand_and_dropped_with_their_session() -> None:
     """``flush_bundles`` writes a session's waiting frames at once (before an ``unsubscribed`` answer, a close); a
     session removed while its bundle waits is written nothing more, and the bundler ends."""
-    hub = Hub(bundle_interval=0.05)
     kept, gone = bundling("u1"), bundling("u2")
-    for s in (kept, gone):
-        hub.add(s)
-        hub.subscribe(s, ["news"])
+    hub = news_hub(0.05, kept, gone)
     for n in range(3):
         await hub.publish(f"m{n}", b'{"n":%d}' % n, "news")
     hub.flush_bundles(kept)
@@ -351,10 +352,8 @@ async def test_waiting_bundles_are_flushed_on_demand_and_dropped_with_their_sess
 async def test_a_resume_on_a_bundling_socket_keeps_the_recovered_and_live_frames_in_offset_order() -> None:
     """A recovery's missed messages and the live ones held meanwhile go through the socket's bundle in offset order,
     and a late live copy of a recovered offset is still dropped."""
-    hub = Hub(bundle_interval=0.05)
     s = bundling("u")
-    hub.add(s)
-    hub.subscribe(s, ["news"])
+    hub = news_hub(0.05, s)
     s.await_positions(["news"])
     await hub.publish("m6", b'{"o":6}', "news", offset=6)
     hub.resume(s, "news", [b'{"o":4}', b'{"o":5}'], after=5)
