@@ -434,7 +434,7 @@ class Hub:
         """Write a topic frame (``data``: ``frame`` on the wire) to the session if it is open and keeps up, or add it to
         its bundle when it takes bundles and had a frame less than ``bundle_interval`` ago (or a bundle waits already:
         then the socket is checked when the bundle is written). Whether it was taken."""
-        bundle = self._bundled.get(session)
+        bundle = self._bundled.get(session) if session.bundles else None
         if bundle is not None and bundle.size + len(frame) <= BUNDLE_BYTES:
             bundle.add(frame)
             return True
