@@ -36,7 +36,8 @@ class Sequencer:
     @contextlib.asynccontextmanager
     async def turn(self, topic: str) -> AsyncIterator[None]:
         """Admit and write one message of ``topic`` (and the hole before it) while no other of its messages is."""
-        async with self._turns.setdefault(topic, asyncio.Lock()):
+        turn = self._turns.get(topic) or self._turns.setdefault(topic, asyncio.Lock())  # a lock made once per topic
+        async with turn:
             yield
 
     def seed(self, topic: str, position: Position) -> None:
