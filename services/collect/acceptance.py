@@ -1,17 +1,18 @@
-"""Storing a group commit's posts in MongoDB and handing them to dispatch, with the due-now part going out while the
-insert runs.
+"""Storing a group commit's posts in MongoDB and handing them to dispatch, with the due-now part going out before the
+insert.
 
 The order that makes a 202 safe is: an intent in Redis, the insert, the hand-over (``shared/delivery/handover.py``).
 The insert is most of a small post's time to its sockets (1.5-2 ms on FerretDB), and nothing in the 202's promise
 needs a message to wait for it before it is *sent*: only before it is *answered*. So a post without an
-``Idempotency-Key`` whose messages are all due now is handed over alongside its insert (*early*); the 202 still waits
-for both. The others keep the insert first:
+``Idempotency-Key`` whose messages are all due now is handed over first (*early*), in the pipeline that records the
+other posts' intents, then inserted; the 202 waits for both. It needs no intent: a failure of that pipeline comes
+before its insert begins. The others keep the insert first:
 - a post with an Idempotency-Key may be a retry of one stored, delivered, acked or cancelled since, which the insert
   tells (a duplicate) and a second hand-over would bring back;
 - a scheduled message would fire seconds later whatever the insert's answer (and its post's intent must outlive the
   insert, so a post with any keeps the usual order whole).
 
-If the store refuses or fails an early post, its deliveries are closed in the inboxes (``withdraw``): a recipient
+If the store refuses or fails an early post (or that pipeline fails), its deliveries are closed in the inboxes (``withdraw``): a recipient
 online at that moment may have it, nobody gets it later, and the answer is 503 ("maybe delivered", as any 503 is
 "maybe stored"). After such a failure the next writes keep the insert first, until one insert succeeds (as the first
 writes after a start do): a store going down costs at most the posts of the write it went down under.
@@ -21,7 +22,6 @@ writes after a start do): a store going down costs at most the posts of the writ
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -64,17 +64,18 @@ class Acceptance:
         now = now_ms()
         going = early_posts(entries, now) if self.early and self.store_trusted else set()
         early = [m for m in messages if m.post in going]
-        await self.redis.call(lambda: self.handover.intend(messages, now))
-        stored, handed = await asyncio.gather(self.store.accept(messages), self.redis.call(lambda: self.handover.complete(early)),
-                                              return_exceptions=True)
-        self.store_trusted = not isinstance(stored, BaseException)
-        if isinstance(stored, BaseException):
-            if not isinstance(handed, BaseException):
-                await self._withdraw(early)
-            raise stored
-        if isinstance(handed, BaseException):
-            raise handed  # the intents stay: the reconciler hands the stored posts over
-        fresh, refusals = stored
+        try:
+            await self.redis.call(lambda: self.handover.intend([m for m in messages if m.post not in going], now, handing=early))
+        except Exception:
+            await self._withdraw(early)  # the pipeline may have run in part (or on a master its replicas did not confirm)
+            raise
+        try:
+            fresh, refusals = await self.store.accept(messages)
+        except Exception:
+            self.store_trusted = False
+            await self._withdraw(early)
+            raise
+        self.store_trusted = True
         refused = {m.post for m, refusal in zip(messages, refusals) if refusal is not None}
         await self._withdraw([m for m in early if m.post in refused])
         await self.redis.call(lambda: self.handover.complete([m for m in fresh if m.post not in going]))

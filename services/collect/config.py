@@ -62,8 +62,8 @@ class CollectConfig(HandoverSettings, MongoSettings, InternalKeySettings, Webhoo
     message_ttl_seconds: int = setting("MESSAGE_TTL_SECONDS", 7 * 24 * 3600,
                                        "default lifetime of an undelivered message (7 days; 30 at most)", low=1)
     handover_while_storing: bool = setting("HANDOVER_WHILE_STORING", "1", "1: a post without an Idempotency-Key whose messages are "
-                                           "all due now goes to dispatch while its MongoDB insert runs (its 202 still waits "
-                                           "for both); a 503 may then follow a delivery to sockets online at that moment "
+                                           "all due now goes to dispatch just before its MongoDB insert (its 202 still "
+                                           "waits for the insert); a 503 may then follow a delivery to sockets online at that moment "
                                            "(`services/collect/acceptance.py`). 0: the insert first, always", cast=flag)
     inbox_limit: int = setting("INBOX_LIMIT", 10_000, "most open messages kept per user in Redis (the oldest go first)", low=1)
     stream_maxlen: int = setting("STREAM_MAXLEN", 1_000_000,

@@ -13,7 +13,8 @@ which skips those cancelled since.
 A scheduled message not yet due is held back instead (``shared.delivery.schedule``), in the same pipeline:
 it reaches inboxes and the stream when dispatch fires it.
 
-Costs one ZADD per group commit, and nothing per recipient. With Redis replicas (a Redis Cluster
+Costs one ZADD per group commit, in the pipeline that hands over the posts that go before their insert
+(``services/collect/acceptance.py``), and nothing per recipient. With Redis replicas (a Redis Cluster
 with a replica per master), ``REPLICA_ACKS`` makes the hand-over wait for them before the 202
 (``complete``): a failover then loses nothing collect accepted. While a master has no live replica
 (one died, or a failover just promoted it), collect answers 503 until a replica is back.
@@ -22,7 +23,7 @@ with a replica per master), ``REPLICA_ACKS`` makes the hand-over wait for them b
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
@@ -47,11 +48,21 @@ class Handover:
         self.ack_ms = ack_ms
         self.schedule = Schedule(redis)
 
-    async def intend(self, messages: Iterable[Message], now_ms: int) -> None:
-        """Record that these posts are about to be stored; an intent already there (an earlier attempt) keeps its time."""
+    async def intend(self, messages: Iterable[Message], now_ms: int, handing: list[Message] | None = None) -> None:
+        """Record that these posts are about to be stored; an intent already there (an earlier attempt) keeps its time.
+
+        ``handing`` (posts whose messages are all due now) are handed over in the same pipeline, ahead of their insert
+        (``services/collect/acceptance.py``): they need no intent, since a failure of this pipeline comes before their
+        insert begins, and their hand-over is done once it is answered."""
         posts = by_post(messages)
-        if posts:
-            await self.redis.zadd(HANDOVER_KEY, dict.fromkeys(posts, now_ms), nx=True)
+        if not posts and not handing:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if posts:
+                pipe.zadd(HANDOVER_KEY, dict.fromkeys(posts, now_ms), nx=True)
+            waits = self._stage_handover(pipe, handing or [])
+            replies = await pipe.execute()
+        self._check_waits(replies, waits)
 
     async def complete(self, messages: list[Message]) -> None:
         """One pipeline: open each delivery in its user's inbox, append the posts to the stream (or hold back the
@@ -64,14 +75,23 @@ class Handover:
         """
         if not messages:
             return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            waits = self._stage_handover(pipe, messages)
+            replies = await pipe.execute()
+        self._check_waits(replies, waits)
+
+    def _stage_handover(self, pipe: Pipeline, messages: list[Message]) -> int:
+        """Queue ``complete``'s writes for ``messages`` (none for none); return how many ``WAIT`` replies end the pipeline."""
+        if not messages:
+            return 0
         now = now_ms()
         due = [m for m in messages if m.due_ms <= now]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self.stage(pipe, due)
-            self.schedule.stage(pipe, (m for m in messages if m.due_ms > now))
-            pipe.zrem(HANDOVER_KEY, *by_post(messages))
-            waits = self._stage_waits(pipe)
-            replies = await pipe.execute()
+        self.stage(pipe, due)
+        self.schedule.stage(pipe, (m for m in messages if m.due_ms > now))
+        pipe.zrem(HANDOVER_KEY, *by_post(messages))
+        return self._stage_waits(pipe)
+
+    def _check_waits(self, replies: list[Any], waits: int) -> None:
         if waits and min(replies[-waits:]) < self.replica_acks:
             raise Unavailable(f"Redis replicas did not confirm the hand-over within {self.ack_ms} ms")
 
