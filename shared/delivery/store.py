@@ -15,10 +15,13 @@ the purge of old history.
   when the post has a scheduled message; ``priorities`` (each message's, ``shared.model.priority``) only
   when one is not normal. A duplicate ``_id`` means the post was already accepted (an
   Idempotency-Key retry).
-* ``events``: per post and flush window one document ``{p, rows: [{i, u, s: {stage: ms}}], closed,
-  at}``: each delivery's stages reached in that window (dispatched, delivered, acked, expired), so
-  the usual path costs one insert per post, not one per delivery and stage. ``closed`` says a row
-  was acked or expired. A topic or broadcast message has a row per node instead, ``{i, node, k, s}``:
+* ``events``: per post and flush window one document ``{p, rows, closed, at}``, ``rows`` the JSON
+  text of ``[{i, u, s: {stage: ms}}]``: each delivery's stages reached in that window (dispatched,
+  delivered, acked, expired), so the usual path costs one insert per post, not one per delivery and
+  stage. ``closed`` says a row was acked or expired. The rows are text, as a post's frames are, because
+  nothing queries inside them and FerretDB converts every BSON value to JSONB on its way in: as an array
+  of objects they cost PostgreSQL and FerretDB more than the posts themselves (``rows_of`` reads both:
+  documents written before ``rows`` was text hold the array). A topic or broadcast message has a row per node instead, ``{i, node, k, s}``:
   how many of the node's sockets it was written to (``k``), and when. A scheduled message cancelled
   before it fired has a ``cancelled`` row per recipient, or one row ``{i, s}`` for a topic message.
 
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import orjson
 import pymongo
 from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.cursor import AsyncCursor
@@ -143,8 +147,19 @@ def event_documents(stages: dict[Pair, dict[str, int]], now: dt.datetime,
         rows.setdefault(post_of(m), []).append({"i": index_of(m), "u": u, "s": s})
     for (m, node), count in counts.items():
         rows.setdefault(post_of(m), []).append({"i": index_of(m), "node": node, "k": count.sockets, "s": count.stages})
-    return [{"p": post, "rows": r, "closed": any(c in row["s"] for row in r for c in CLOSING), "at": now,
+    return [{"p": post, "rows": rows_text(r), "closed": any(c in row["s"] for row in r for c in CLOSING), "at": now,
              "purge_at": now + PURGE_AFTER} for post, r in rows.items()]
+
+
+def rows_text(rows: list[dict[str, Any]]) -> str:
+    """An event document's rows as stored: their JSON text."""
+    return orjson.dumps(rows).decode()
+
+
+def rows_of(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """An event document's rows: its ``rows`` text read back (or the array a document written before held)."""
+    rows = event["rows"]
+    return orjson.loads(rows) if isinstance(rows, str) else rows  # type: ignore[no-any-return]
 
 
 def cancel_document(message: Message, now: dt.datetime) -> dict[str, Any]:
@@ -153,7 +168,7 @@ def cancel_document(message: Message, now: dt.datetime) -> dict[str, Any]:
     at = int(now.timestamp() * 1000)
     if message.topic is not None:
         rows = [{"i": message.index, "s": {"cancelled": at}}]
-        return {"p": message.post, "rows": rows, "closed": True, "at": now, "purge_at": now + PURGE_AFTER}
+        return {"p": message.post, "rows": rows_text(rows), "closed": True, "at": now, "purge_at": now + PURGE_AFTER}
     return event_documents({(message.id, u): {"cancelled": at} for u in message.users}, now)[0]
 
 
@@ -169,8 +184,8 @@ def derive(post: dict[str, Any], index: int, events: list[dict[str, Any]]) -> li
     rows = {u: {"user_id": u, "state": "scheduled" if scheduled else "accepted", "accepted_at": post["ts"], **scheduled}
             for u in split_users(post["users"][index])}
     for e in events:
-        for r in e["rows"]:
-            row = rows.get(r.get("u")) if r["i"] == index else None
+        for r in rows_of(e):
+            row = rows.get(r.get("u", "")) if r["i"] == index else None
             if row is None:
                 continue
             for stage, at in r["s"].items():
@@ -185,7 +200,7 @@ def derive_counts(post: dict[str, Any], index: int, events: list[dict[str, Any]]
     the nodes that took it and the sockets they wrote it to."""
     topic = post["topics"][index]
     stages, nodes, sockets = {"accepted": post["ts"], **scheduled_stage(post, index)}, set(), 0
-    for r in (r for e in events for r in e["rows"] if r["i"] == index and "u" not in r):
+    for r in (r for e in events for r in rows_of(e) if r["i"] == index and "u" not in r):
         if "node" in r:  # else the message's own row: its cancellation
             nodes.add(r["node"])
             sockets += r["k"]
@@ -305,7 +320,7 @@ class MessageStore:
         async def read() -> list[list[dict[str, Any]]]:
             return list(await asyncio.gather(*(self.events.find({"p": p}, {"rows": 1, "_id": 0}).to_list(None) for p in posts)))
 
-        return {m for post, docs in zip(posts, await self.breaker.call(read)) for d in docs for r in d["rows"]
+        return {m for post, docs in zip(posts, await self.breaker.call(read)) for d in docs for r in rows_of(d)
                 if (m := message_id(post, r["i"])) in wanted}
 
     async def record_cancelled(self, message: Message) -> None:
@@ -318,7 +333,7 @@ class MessageStore:
         message accepted after it), and the ids of the messages cancelled among them, ``page`` documents at a time."""
         cursor = self.events.find({"closed": True, "at": {"$gte": since}}, {"p": 1, "rows": 1, "_id": 0}, batch_size=page)
         while batch := await self.breaker.call(lambda: bulk_page(cursor, page)):
-            rows = [(message_id(d["p"], r["i"]), r) for d in batch for r in d["rows"] if any(c in r["s"] for c in CLOSING)]
+            rows = [(message_id(d["p"], r["i"]), r) for d in batch for r in rows_of(d) if any(c in r["s"] for c in CLOSING)]
             yield ([(m, r["u"]) for m, r in rows if "u" in r],
                    list(dict.fromkeys(m for m, r in rows if "cancelled" in r["s"])))
 

@@ -20,6 +20,7 @@ from shared.delivery.store import (
     post_bytes,
     post_document,
     refused_by_document,
+    rows_of,
 )
 from shared.model.message import BROADCAST, Message, message_id, messages_of, post_fields, submitted_posts
 from shared.wire.errors import InvalidFields
@@ -92,13 +93,15 @@ def test_a_post_document_stores_each_payload_once_whatever_the_recipients() -> N
 
 
 def test_lifecycle_rows_group_by_post_and_flag_closing_stages() -> None:
-    """Marks for two posts become two documents; only the one holding an ack or expiry says closed."""
+    """Marks for two posts become two documents, their rows stored as JSON text; only the one holding an ack or expiry
+    says closed."""
     stages = {(message_id("p1", 0), "a"): {"dispatched": 1, "delivered": 2, "acked": 3},
               (message_id("p1", 1), "a"): {"delivered": 2},
               (message_id("p2", 0), "b"): {"delivered": 4}}
     docs = {d["p"]: d for d in event_documents(stages, NOW)}
-    assert docs["p1"]["rows"] == [{"i": 0, "u": "a", "s": {"dispatched": 1, "delivered": 2, "acked": 3}},
-                                  {"i": 1, "u": "a", "s": {"delivered": 2}}]
+    assert isinstance(docs["p1"]["rows"], str)
+    assert rows_of(docs["p1"]) == [{"i": 0, "u": "a", "s": {"dispatched": 1, "delivered": 2, "acked": 3}},
+                                   {"i": 1, "u": "a", "s": {"delivered": 2}}]
     assert (docs["p1"]["closed"], docs["p2"]["closed"]) == (True, False)
 
 
