@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import time
 from pathlib import Path
 
+import bson
 import orjson
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
@@ -15,6 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from shared.cluster.routes import NODES_KEY
 from shared.cluster.topic_holders import topic_key
 from shared.delivery.schedule import PAUSED_KEY, SCHEDULE_KEY, Schedule, sched_key
+from shared.delivery.store import event_documents
 from shared.model.message import index_of, post_of
 from tests.client import frames_within, subscribe
 from tests.conftest import RunningStack
@@ -76,10 +79,10 @@ def user_names(count: int) -> list[str]:
 
 
 async def test_a_cancel_the_store_refuses_answers_503_and_the_message_stays_scheduled(start_stack) -> None:
-    """A cancel whose record MongoDB cannot take (a message to 320,000 recipients: a row each passes the 16 MB
+    """A cancel whose record MongoDB cannot take (a message to 360,000 recipients: a row each passes the 16 MiB
     document limit) answers 503, never 500, and the message is back in the schedule with its due time and
     recipients."""
-    recipients = 320_000
+    recipients = 360_000
     stack: RunningStack = start_stack(MAX_RECIPIENTS=str(recipients), MAX_DELIVERIES=str(recipients),
                                       MAX_BODY_BYTES=str(8 * 1024 * 1024))
     deliver_at = clock_ms() + 3_600_000
@@ -87,6 +90,8 @@ async def test_a_cancel_the_store_refuses_answers_503_and_the_message_stays_sche
     code, answer = await stack.client.post({"user_ids": users, "payload": "to everyone", "deliver_at": deliver_at})
     assert code == 202, answer
     mid = answer["id"]
+    record = event_documents({(mid, u): {"cancelled": deliver_at} for u in users}, dt.datetime.now(dt.UTC))[0]
+    assert len(bson.encode(record)) > 16 * 1024 * 1024, "the premise: the cancel record passes MongoDB's limit"
     for _ in range(2):  # refused each time, and each time put back
         code, body = await stack.client.cancel(mid)
         assert code == 503 and body["error"]["code"] == "unavailable", (code, body)
