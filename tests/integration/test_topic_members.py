@@ -51,6 +51,39 @@ async def test_a_user_joins_with_the_first_tab_and_leaves_with_the_last_on_eithe
     await observer.close()
 
 
+async def topic_users(stack: RunningStack, topic: str) -> list[str]:
+    """The user ids ``GET /v1/topics/{topic}?users=1`` lists."""
+    async with stack.client.session.get(f"{stack.stack.collect_url}/v1/topics/{topic}?users=1",
+                                        headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        assert r.status == 200, await r.text()
+        return sorted((await r.json())["users"])
+
+
+async def test_closing_a_users_last_socket_leaves_once_and_drops_them_from_the_user_list(any_shared_stack: RunningStack) -> None:
+    """With a user's two sockets on two nodes, closing one makes no leave and closing the last (no unsubscribe) makes
+    one leave and takes them off the topic's user list."""
+    c = any_shared_stack.client
+    topic = f"chat:closing-{any_shared_stack.stack.push_ports[0]}"
+    observer = await c.connect("onlooker", node=0)
+    await subscribe(observer, [topic])
+    assert await next_presence(observer) == {"type": "join", "topic": topic, "user_id": "onlooker"}
+    tabs = [await c.connect("closer", node=node) for node in (0, 1)]
+    for ws in tabs:
+        await subscribe(ws, [topic])
+    assert await next_presence(observer) == {"type": "join", "topic": topic, "user_id": "closer"}
+    assert await until(lambda: topic_users(any_shared_stack, topic), lambda users: users == ["closer", "onlooker"],
+                       what="both users listed") == ["closer", "onlooker"]
+    await tabs[0].close()
+    assert await presence(observer) == [], "closing one of two tabs leaves nobody"
+    assert await topic_users(any_shared_stack, topic) == ["closer", "onlooker"]
+    await tabs[1].close()
+    assert await next_presence(observer) == {"type": "leave", "topic": topic, "user_id": "closer"}
+    assert await presence(observer, 0.5) == [], "the user left once"
+    assert await until(lambda: topic_users(any_shared_stack, topic), lambda users: users == ["onlooker"],
+                       what="the closed user gone from the list") == ["onlooker"]
+    await observer.close()
+
+
 async def test_a_killed_nodes_users_leave_within_the_node_ttl_and_leave_no_ghost(start_stack: Callable[..., RunningStack],
                                                                                 topology: str) -> None:
     """With NODE_TTL_SECONDS=3, a node SIGKILLed makes its subscribers leave (once each, seen on the other node)
