@@ -10,6 +10,7 @@ import pytest
 
 from tests.client import subscribe
 from tests.conftest import RunningStack
+from tests.waits import until
 
 SHOP, BILLING = "shop-key-for-tests", "billing-key-for-tests"
 SCOPES = {"shop": {"users": ["shop-"], "topics": ["shop"]}, "billing": {"users": ["bill-"], "topics": ["billing"]}}
@@ -70,6 +71,30 @@ async def test_a_key_reads_no_presence_or_topic_outside_its_scope(scoped: Runnin
     code, topic = await call(scoped, "GET", "/v1/topics/billing:due?users=1", BILLING)
     assert code == 200 and topic["users"] == ["bill-1"], topic
     await asyncio.gather(shopper.close(), biller.close())
+
+
+async def test_a_key_reads_no_topic_history_outside_its_scope(scoped: RunningStack) -> None:
+    """shop asking for a billing topic's history is 404 (with or without since and limit) while billing gets that
+    history, and shop gets its own topic's."""
+    code, posted = await call(scoped, "POST", "/v1/messages", BILLING, {"topic": "billing:invoices", "payload": "due"})
+    assert code == 202, posted
+    code, own = await call(scoped, "POST", "/v1/messages", SHOP, {"topic": "shop:sale", "payload": "cheap"})
+    assert code == 202, own
+
+    async def history(key: str, topic: str) -> tuple[int, Any]:
+        return await call(scoped, "GET", f"/v1/topics/{topic}/history", key)
+
+    code, kept = await until(lambda: history(BILLING, "billing:invoices"), lambda a: a[0] == 200 and a[1]["messages"],
+                             what="billing's message in its topic's history")
+    assert [(m["id"], m["payload"]) for m in kept["messages"]] == [(posted["id"], "due")] and kept["complete"], kept
+    for path in ("/v1/topics/billing:invoices/history", "/v1/topics/billing:invoices/history?since=0&limit=10",
+                 "/v1/topics/billing/history", "/v1/topics/*/history"):
+        code, answer = await call(scoped, "GET", path, SHOP)
+        assert code == 404 and answer["error"]["code"] == "not_found", (path, answer)
+        assert "due" not in orjson.dumps(answer).decode(), answer
+    code, mine = await until(lambda: history(SHOP, "shop:sale"), lambda a: a[0] == 200 and a[1]["messages"],
+                             what="shop's message in its topic's history")
+    assert [m["id"] for m in mine["messages"]] == [own["id"]], mine
 
 
 async def test_a_key_cannot_see_or_change_another_keys_messages_or_webhooks(scoped: RunningStack) -> None:
