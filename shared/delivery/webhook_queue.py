@@ -5,6 +5,9 @@ Keys per endpoint ``<ep>``, under ``{webhooks}`` like the feed (``shared.deliver
 * ``{webhooks}:due:<ep>`` -- ZSET of queued events by when their next attempt is due (ms); a member is
   its order key (the fact's stream id and position), so events fanned out in one millisecond keep
   the order they happened in;
+* ``{webhooks}:order:<ep>`` -- ZSET of the same members, all scored 0, so the lowest is the event that
+  happened first (the member order); a full queue pushes out from here, not from ``due``, where an event
+  waiting for its retry scores later than one just queued;
 * ``{webhooks}:body:<ep>`` -- HASH member -> ``{"id", "u", "b"}``: the webhook-id, the ordering key
   (the user, or the message for a cancel) and the exact body;
 * ``{webhooks}:tries:<ep>`` -- HASH member -> ``{"n", "error"}``: attempts made and the last error;
@@ -42,6 +45,7 @@ for _, e in ipairs(plan.events) do
     for _, t in ipairs(e[3]) do
       local ep = plan.eps[t[1]]
       redis.call('ZADD', KEYS[ep[1]], plan.now, e[2])
+      redis.call('ZADD', KEYS[ep[5]], 0, e[2])
       redis.call('HSET', KEYS[ep[2]], e[2], t[2])
       touched[t[1]] = true
     end
@@ -53,8 +57,9 @@ for i, ep in ipairs(plan.eps) do
   if touched[i] then
     local over = redis.call('ZCARD', KEYS[ep[1]]) - plan.limit
     if over > 0 then
-      local popped = redis.call('ZPOPMIN', KEYS[ep[1]], over)
+      local popped = redis.call('ZPOPMIN', KEYS[ep[5]], over)
       for j = 1, #popped, 2 do
+        redis.call('ZREM', KEYS[ep[1]], popped[j])
         redis.call('ZADD', KEYS[ep[3]], plan.now, popped[j])
       end
       redis.call('HINCRBY', KEYS[ep[4]], 'dropped', over)
@@ -73,6 +78,7 @@ _REPLAY = """
 local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 for _, m in ipairs(members) do
   redis.call('ZADD', KEYS[2], ARGV[1], m)
+  redis.call('ZADD', KEYS[4], 0, m)
   redis.call('HDEL', KEYS[3], m)
   redis.call('ZREM', KEYS[1], m)
 end
@@ -88,7 +94,7 @@ def seen_key(webhook_id: str) -> str:
     return f"{TAG}:seen:{webhook_id}"
 
 
-KINDS = ("due", "body", "tries", "failed", "stats")
+KINDS = ("due", "body", "tries", "failed", "stats", "order")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +151,7 @@ class WebhookQueues:
             return index[k]
 
         endpoints = list(dict.fromkeys(ep for _, _, targets in events for ep, _ in targets))
-        eps = [[at(key(kind, ep)) for kind in ("due", "body", "failed", "stats")] for ep in endpoints]
+        eps = [[at(key(kind, ep)) for kind in ("due", "body", "failed", "stats", "order")] for ep in endpoints]
         position = {ep: i + 1 for i, ep in enumerate(endpoints)}
         plan = {"group": group, "acks": acks, "ttl": str(SEEN_TTL_SECONDS), "limit": limit, "now": str(now), "eps": eps,
                 "events": [[at(seen_key(webhook_id)), member, [[position[ep], body.decode()] for ep, body in targets]]
@@ -176,6 +182,7 @@ class WebhookQueues:
         if orphans:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(key("due", endpoint_id), *orphans)
+                pipe.zrem(key("order", endpoint_id), *orphans)
                 pipe.zrem(key("failed", endpoint_id), *orphans)
                 await pipe.execute()
         return [Queued.read(m, b, t, int(score)) for m, (_, score), b, t in zip(members, found, bodies, tries) if b is not None]
@@ -183,7 +190,7 @@ class WebhookQueues:
     async def settle(self, endpoint_id: str, outcomes: Iterable[Outcome], now: int) -> None:
         """Record a round of attempts in one pipeline: sent ones leave, failed ones wait for their retry or go to the
         failure list. Additions come before removals, so a round cut short loses nothing (at worst one is sent again)."""
-        due, body, tries, failed, stats = (key(kind, endpoint_id) for kind in KINDS)
+        due, body, tries, failed, stats, order = (key(kind, endpoint_id) for kind in KINDS)
         outcomes = list(outcomes)
         sent = [o.queued.member for o in outcomes if o.sent]
         errors = [o for o in outcomes if not o.sent]
@@ -195,8 +202,10 @@ class WebhookQueues:
                 else:
                     pipe.zadd(failed, {o.queued.member: now})
                     pipe.zrem(due, o.queued.member)
+                    pipe.zrem(order, o.queued.member)
             if sent:
                 pipe.zrem(due, *sent)
+                pipe.zrem(order, *sent)
                 pipe.zrem(failed, *sent)
                 pipe.hdel(body, *sent)
                 pipe.hdel(tries, *sent)
@@ -213,8 +222,8 @@ class WebhookQueues:
     async def replay(self, endpoint_id: str, now: int, page: int = 10_000) -> int:
         """Queue every failed event again, due now, with its attempts forgotten; returns how many."""
         total = 0
-        while n := int(await self._replay(keys=[key("failed", endpoint_id), key("due", endpoint_id), key("tries", endpoint_id)],
-                                          args=[now, page])):
+        keys = [key(kind, endpoint_id) for kind in ("failed", "due", "tries", "order")]
+        while n := int(await self._replay(keys=keys, args=[now, page])):
             total += n
         return total
 

@@ -192,6 +192,21 @@ async def test_a_full_queue_moves_its_oldest_events_to_the_failure_list_and_coun
         assert sorted(e["data"]["user_id"] for e in events) == sorted(users)
 
 
+async def test_a_full_queue_for_a_dead_endpoint_pushes_out_its_oldest_events_not_its_newest(servers: Servers,
+                                                                                               cluster: Cluster) -> None:
+    """40 expiries waiting for their retry, then 40 more into a queue of 50: the 30 pushed out are the oldest."""
+    async with webhook_stack(servers, cluster, WEBHOOK_SCHEDULE_SECONDS="60") as running, \
+            endpoint(running, ["message.expired"], Receiver(answer=lambda _id, _attempt: 500)) as (rx, hook):
+        old, new = [f"wh-old-{i}" for i in range(40)], [f"wh-new-{i}" for i in range(40)]
+        assert (await running.client.post({"user_ids": old, "payload": 1, "ttl_seconds": 1}))[0] == 202
+        await until(lambda: len({r.webhook_id for r in rx.requests}), lambda n: n == 40, what="the first 40 tried once")
+        assert (await running.client.post({"user_ids": new, "payload": 1, "ttl_seconds": 1}))[0] == 202
+        path = f"/v1/webhooks/{hook['id']}/failures"
+        _, listing = await until(lambda: call(running, "GET", path), lambda r: len(r[1]["failures"]) == 30,
+                                 what="30 events pushed out of the full queue")
+        assert {f["data"]["user_id"] for f in listing["failures"]} <= set(old), listing["failures"]
+
+
 async def test_a_reload_within_the_grace_gives_no_offline(stack: RunningStack) -> None:
     """A socket closed and another opened within OFFLINE_GRACE_SECONDS is no offline; a user who stays away goes offline."""
     async with endpoint(stack, PRESENCE_EVENTS) as (rx, hook):
