@@ -28,7 +28,7 @@ import aiohttp
 
 from loadtest.chaos_check import CLASSES, OPEN_STATES, FaultRecord, Observations, Report, arrived, check, owed, recipients
 from loadtest.chaos_clients import Clients, SocketPlan, UserPlan, plan_sockets, plan_users
-from loadtest.chaos_faults import FAULT_KINDS, SERVER_KINDS, ChaosStack, Faults, plan_faults
+from loadtest.chaos_faults import FAULT_KINDS, NODE_TTL_SECONDS, SERVER_KINDS, ChaosStack, Faults, plan_faults
 from loadtest.chaos_net import Toxiproxy
 from loadtest.chaos_workload import Poster, plan_posts, request
 from shared.infra.serve import running
@@ -187,7 +187,8 @@ def main(argv: list[str]) -> int:
         workdir = args.workdir or Path(scope.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
         cluster = Cluster(workdir, redis_password=secrets.token_urlsafe(16))
         scope.callback(cluster.stop_all)
-        stack, redis = Servers(cluster).stack_on("cluster" if args.redis_cluster else "single", args.nodes)
+        stack, redis = Servers(cluster).stack_on("cluster" if args.redis_cluster else "single", args.nodes,
+                                                 NODE_TTL_SECONDS=str(NODE_TTL_SECONDS))
         servers = [p for p in cluster.procs if p.name.split("-")[0] in ("ferretdb", "postgres")] + \
             (redis or [p for p in cluster.procs if p.name.startswith("redis-")])
         proxy = Toxiproxy(cluster) if "net" in args.faults else None

@@ -26,6 +26,8 @@ from loadtest.chaos_net import TOXICS, Toxiproxy
 from tools.cluster import Cluster, Proc, Stack, free_port
 
 FAULT_KINDS = ("kill", "stop")  # the default run's
+NODE_TTL_SECONDS = 6  # the stack's card TTL: short, so that a long fault cuts a push node off for longer than it
+CUT_OFF = ("push", "toxiproxy")  # the targets of the faults that cut a push node off (stopped, or from Redis)
 SERVER_KINDS = ("redis", "store", "net")  # the second phase's, for a stack whose servers are its own
 TARGETS = {"kill": ("push", "dispatch"), "stop": ("push", "dispatch", "collect"), "redis": ("redis",), "store": ("ferretdb", "postgres"),
            "net": ("toxiproxy",)}
@@ -92,12 +94,16 @@ class FaultPlan:
 
 
 def plan_faults(rng: random.Random, seconds: float, kinds: list[str]) -> list[FaultPlan]:
-    """One fault every 15-30 s (the first 4-8 s in), each undone 2-5 s later, none overlapping, all over before the end."""
+    """One fault every 15-30 s (the first 4-8 s in), each undone 2-5 s later, none overlapping, all over before the end;
+    one in three of those that cut a push node off lasts 1-3 s past its card's TTL instead (its routes expire)."""
     plans: list[FaultPlan] = []
     at = rng.uniform(4, 8)
     while kinds:
         kind = rng.choice(kinds)
-        plan = FaultPlan(kind, rng.choice(TARGETS[kind]), rng.randrange(1000), at, rng.uniform(2, 5))
+        role = rng.choice(TARGETS[kind])
+        long = role in CUT_OFF and rng.random() < 1 / 3
+        duration = NODE_TTL_SECONDS + rng.uniform(1, 3) if long else rng.uniform(2, 5)
+        plan = FaultPlan(kind, role, rng.randrange(1000), at, duration)
         if plan.at + plan.duration > seconds - 2:
             break
         plans.append(plan)

@@ -10,7 +10,7 @@ import secrets
 import pytest
 
 from loadtest.chaos import drive, render
-from loadtest.chaos_faults import FAULT_KINDS, ChaosStack
+from loadtest.chaos_faults import FAULT_KINDS, NODE_TTL_SECONDS, ChaosStack
 from tests.conftest import Servers
 from tools.cluster import Cluster
 
@@ -20,7 +20,7 @@ RANDOM_SEED = int(os.environ.get("PYTEST_XDIST_TESTRUNUID") or secrets.token_hex
 
 
 async def run(servers: Servers, cluster: Cluster, topology: str, seed: int) -> None:
-    stack, redis = servers.stack_on(topology, 3)
+    stack, redis = servers.stack_on(topology, 3, NODE_TTL_SECONDS=str(NODE_TTL_SECONDS))
     chaos = ChaosStack.start(cluster, stack, redis)
     try:
         report = await drive(chaos, seed, SECONDS, list(FAULT_KINDS))
