@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def create_app(config: DispatchConfig) -> Starlette:
     redis = redis_client(config.redis_url)
     store = MessageStore(config.mongo_url, config.mongo_db)
-    lifecycle = LifecycleWriter(store, feed=WebhookFeed(redis))
+    lifecycle = LifecycleWriter(store, config.lifecycle_flush, feed=WebhookFeed(redis))
     stream = ShardedStream(redis, shards=config.stream_shards)
     links = LinkPool(config.internal_key, config.link_timeout, config.link_tls())
     routes = RouteReader(redis, config.internal_key)

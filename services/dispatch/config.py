@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from shared.delivery.lifecycle import FLUSH_SECONDS
 from shared.infra.config import HandoverSettings, InternalKeySettings, MongoSettings, TopicSettings, setting
 
 
@@ -38,9 +39,12 @@ class DispatchConfig(HandoverSettings, MongoSettings, InternalKeySettings, Topic
                                     "a post stored this long ago and still not handed over was left by collect", low=0.1)
     handover_abandon: float = setting("HANDOVER_ABANDON_SECONDS", 120.0,
                                       "an intent this old whose post MongoDB never got is dropped", low=1)
-    expire_batch: int = setting("EXPIRE_BATCH", 500, "due posts read per post bucket in one expiry page, trimmed "
-                                                     "deliveries per user bucket", low=1)
+    expire_batch: int = setting("EXPIRE_BATCH", 500, "due posts read per post bucket in one expiry page; expired "
+                                                     "and trimmed deliveries recorded per user bucket in one page", low=1)
     rebuild_page: int = setting("REBUILD_PAGE", 1000, "documents per page when rebuilding Redis from MongoDB", low=1)
+    lifecycle_flush: float = setting("LIFECYCLE_FLUSH_SECONDS", FLUSH_SECONDS, "how long a lifecycle mark (a fired "
+                                     "message's `due`) waits for its bulk write to MongoDB; expired and trimmed "
+                                     "deliveries are recorded as they close, not with it", low=0.01)
     purge_interval: float = setting("PURGE_INTERVAL_SECONDS", 3600.0, "how often history past its `purge_at` is deleted", low=1)
     fire_interval_ms: int = setting("FIRE_INTERVAL_MS", 50, "shortest pause between looks for due scheduled messages", low=1)
     fire_idle_ms: int = setting("FIRE_IDLE_MS", 500, "longest pause between looks (how late a message scheduled for sooner "

@@ -7,10 +7,18 @@ Each pass, in this order:
   and its Redis pipeline): their posts are read back from MongoDB by id (``shared/delivery/handover.py``), their
   scheduled messages going to the schedule, never straight to the stream, so one cancelled since stays cancelled;
 * expire: close every inbox entry of messages past their expiry, a page at a time, from Redis's
-  expiry indexes (no MongoDB read), and mark them ``expired`` in the lifecycle;
-* close the deliveries an inbox past ``INBOX_LIMIT`` pushed out, and mark them ``trimmed``;
+  expiry indexes (no MongoDB read); the script that closes them notes each in its user's bucket
+  (``expired:{u<b>}``), and each page of notes is then recorded ``expired`` (MongoDB, then the
+  webhooks stream) before the notes are dropped;
+* record the deliveries an inbox past ``INBOX_LIMIT`` pushed out (``trimmed:{u<b>}``) the same way,
+  ``trimmed``, then drop their notes and count them against their messages;
 * every ``purge_interval``, delete history past its ``purge_at`` (a TTL index does it on MongoDB),
   node ids whose card is gone, and consumers of dispatch instances gone for an hour.
+
+So a closing made in Redis is recorded at least once, whenever this instance dies: notes left behind (a
+SIGKILL, MongoDB or Redis failing mid-page) are recorded again at the next pass, by this instance or
+another, an expiry under the time it was noted with. Twice is once: a status keeps each stage's first
+time, and a webhook event's id is derived from its delivery and stage.
 
 Apart from those hand-overs, nothing here appends to the stream: an entry a node did not take stays pending in the consumer
 group and is claimed again; a delivery that reached no socket waits in its user's inbox.
@@ -41,6 +49,7 @@ log = logging.getLogger(__name__)
 EXPIRED = Counter("dispatch_expired_total", "Deliveries closed because their message expired")
 TRIMMED = Counter("dispatch_trimmed_total", "Deliveries pushed out of an inbox past INBOX_LIMIT, closed as trimmed")
 REBUILDS = Counter("dispatch_rebuilds_total", "Rebuilds of the delivery state after Redis lost it")
+CLOSED = {"expired": EXPIRED, "trimmed": TRIMMED}
 HANDED_OVER = Counter("dispatch_handovers_finished_total", "Posts collect stored but did not hand over, handed over here")
 
 LEASE_KEY = "lease:reconciler"
@@ -112,26 +121,35 @@ class Reconciler:
         return len(found)
 
     async def expire(self) -> int:
-        """Close every delivery of every message due by now, a page at a time; return how many."""
+        """Close every delivery of every message due by now, a page at a time, and record each page ``expired``; return
+        how many were recorded (notes left by an earlier pass included)."""
         total, now, more = 0, now_ms(), True
         while more:
-            closed, more = await self.inbox.expire(now, self.config.expire_batch)
-            self.lifecycle.mark("expired", closed, now)
-            total += len(closed)
-        EXPIRED.inc(total)
+            _, more = await self.inbox.expire(now, self.config.expire_batch)
+            total += await self.record_noted("expired")
         if total:
             log.info("expired deliveries", extra={"count": total})
         return total
 
     async def close_trimmed(self) -> int:
-        """Close the deliveries the inbox limit pushed out of their inboxes, and record them ``trimmed``; return how many."""
-        total, more = 0, True
-        while more:
-            closed = await self.inbox.trimmed(self.config.expire_batch)
-            self.lifecycle.mark("trimmed", closed)
-            total += len(closed)
-            more = len(closed) >= self.config.expire_batch
-        TRIMMED.inc(total)
+        """Record ``trimmed`` the deliveries the inbox limit pushed out of their inboxes, then close them; return how many."""
+        total = await self.record_noted("trimmed")
         if total:
             log.warning("deliveries pushed out of full inboxes (INBOX_LIMIT)", extra={"count": total})
+        return total
+
+    async def record_noted(self, stage: str) -> int:
+        """Record at ``stage`` the deliveries Redis noted closing (``Inbox.noted``), a page at a time: in MongoDB and the
+        webhooks stream (``LifecycleWriter.write``), and only then drop the notes; return how many were dropped. Raises
+        if the record fails, the notes kept for the next pass."""
+        total, more = 0, True
+        while more:
+            noted = await self.inbox.noted(stage, self.config.expire_batch, now_ms())
+            if not noted.entries:
+                break
+            await self.lifecycle.write(stage, noted.marks, publish=True)
+            closed = len(await self.inbox.forget(stage, noted))
+            CLOSED[stage].inc(closed)
+            total += closed
+            more = noted.more
         return total

@@ -14,9 +14,15 @@ Keys (a post is one POST's messages, see ``shared.model.message``):
   read by dispatch's expiry pass; it shares its posts' hash tag, so each transition changes a post
   and its expiry in one script;
 * ``inbox:{u<bucket>}:<user>`` -- a ZSET of the user's open message ids scored by acceptance time, trimmed to
-  the newest ``limit``; Redis drops it when the last entry goes. What the trim pushes out is queued
-  in ``trimmed:{u<bucket>}`` and closed (counted, and recorded ``trimmed`` in the status) by
-  dispatch's reconciler;
+  the newest ``limit``; Redis drops it when the last entry goes. What the trim pushes out is queued,
+  by the same script, in ``trimmed:{u<bucket>}`` (``{message id},{user}``);
+* ``expired:{u<bucket>}`` -- a LIST of the deliveries the expiry pass closed (``{message id},{user},{time}``),
+  each noted by the same script that removes its inbox entry (``EXPIRE_INBOXES``).
+  Both lists are notes of closings the durable record does not have yet, kept in Redis so that none is lost
+  with the process that made it: dispatch's reconciler reads a page (``noted``), records it ``expired`` or
+  ``trimmed`` (MongoDB, then the webhooks stream), and only then drops it (``forget``; a trimmed delivery is
+  counted against its message then). One killed in between records the page again, expiries under the
+  same times;
 * ``state:epoch:{u<bucket>}`` -- one marker per user bucket (``shared.infra.slots``, rule 4), present once
   this state is complete, each beside the inboxes of its bucket: a Redis restarted empty, or one
   master of a Redis Cluster restarted empty, loses the markers of exactly the buckets it lost. With
@@ -201,6 +207,34 @@ end
 return removed
 """
 
+# Expiring inboxes (transition ``expire``'s inbox part, ``Inbox.expire``). KEYS per user bucket: its expired list, then
+# the inbox of each user with expired deliveries; ARGV[1]: the pass's time (ms), then per key: ``*`` for the list, or a
+# count c and c message ids. Each entry removed is noted on the list in the same step (``{message id},{user},{time}``,
+# the user read from the inbox key) for the reconciler to record; the reply says, per id in order, whether it was
+# removed. Run again (a retry after a dropped reply) it removes and notes nothing more.
+EXPIRE_INBOXES = """
+local at = ARGV[1]
+local removed, noted = {}, nil
+local a = 2
+for k = 1, #KEYS do
+  if ARGV[a] == '*' then
+    noted, a = KEYS[k], a + 1
+  else
+    local count = tonumber(ARGV[a])
+    local user = string.match(KEYS[k], '^inbox:{[^}]*}:(.*)$')
+    for j = a + 1, a + count do
+      local gone = redis.call('ZREM', KEYS[k], ARGV[j])
+      removed[#removed + 1] = gone
+      if gone == 1 then
+        redis.call('RPUSH', noted, ARGV[j] .. ',' .. user .. ',' .. at)
+      end
+    end
+    a = a + 1 + count
+  end
+end
+return removed
+"""
+
 HELD_ACK_TTL_SECONDS = 86_400  # a held ack outlives any rebuild; one older is of a state rebuilt since (or given up)
 
 
@@ -225,8 +259,15 @@ def trimmed_key(tag: str) -> str:
     return f"trimmed:{tag}"
 
 
+def expired_key(tag: str) -> str:
+    return f"expired:{tag}"
+
+
 def held_key(tag: str) -> str:
     return f"held:{tag}"
+
+
+NOTES = {"expired": expired_key, "trimmed": trimmed_key}  # the stages closed in Redis and noted for the reconciler
 
 
 class Acked(NamedTuple):
@@ -235,6 +276,15 @@ class Acked(NamedTuple):
     user_id: str
     at: int  # ms
     ids: tuple[str, ...]
+
+
+class Noted(NamedTuple):
+    """A page of one stage's notes (``Inbox.noted``): each delivery with the time it closed (ms), and the entries as
+    read, each with its list's key, to forget once recorded."""
+
+    marks: dict[Pair, int]
+    entries: list[tuple[str, bytes]]
+    more: bool  # some bucket's list held a full page: read again
 
 
 def by_bucket(posts: Iterable[str]) -> dict[str, list[str]]:
@@ -253,6 +303,7 @@ class Inbox:
         self._open = SlotScript(redis, OPEN_POSTS, once=True)  # counts: a retried call after a dropped reply would
         self._close = SlotScript(redis, CLOSE_POSTS, once=True)  # count twice (a close twice: a frame still owed gone)
         self._expire = SlotScript(redis, EXPIRE_POSTS)
+        self._expire_inboxes = SlotScript(redis, EXPIRE_INBOXES)  # idempotent: a retry finds nothing more to note
         self._ack = SlotScript(redis, ACK_INBOXES, once=True)  # a retry would answer 0 for what the first removed
 
     def _per_post(self, pipe: Pipeline, script: SlotScript, args: Mapping[str, list[Any]], head: list[Any]) -> None:
@@ -419,20 +470,39 @@ class Inbox:
             self._per_post(pipe, self._close, args, [])
             await pipe.execute()
 
-    async def trimmed(self, limit: int) -> list[Pair]:
-        """Close up to ``limit`` deliveries per user bucket that the inbox limit pushed out; return them."""
+    async def noted(self, stage: str, limit: int, now_ms: int) -> Noted:
+        """Up to ``limit`` of the oldest notes per user bucket of deliveries closed in Redis at ``stage`` (``expired``:
+        by ``expire``, at its time; ``trimmed``: by the inbox limit, at ``now_ms``), one round trip. Nothing is taken:
+        the caller records them, then ``forget``s them."""
+        key_of = NOTES[stage]
+        keys = [key_of(tag) for tag in all_user_tags()]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for tag in all_user_tags():
-                pipe.lpop(trimmed_key(tag), limit)
+            for key in keys:
+                pipe.lrange(key, 0, limit - 1)
             replies = await pipe.execute()
-        pairs = [cast_pair(entry) for reply in replies if reply for entry in reply]
-        await self._settle(pairs)
-        return pairs
+        marks: dict[Pair, int] = {}
+        for entry in chain.from_iterable(replies):
+            m, user, *at = entry.decode().split(",")
+            when = int(at[0]) if at else now_ms
+            marks[m, user] = min(when, marks.get((m, user), when))
+        return Noted(marks, [(key, entry) for key, reply in zip(keys, replies) for entry in reply],
+                     any(len(reply) >= limit for reply in replies))
+
+    async def forget(self, stage: str, noted: Noted) -> list[Pair]:
+        """Drop these notes, once recorded; return the deliveries of those still there (another instance may have taken
+        some). Trimmed ones are counted against their messages only now (transition ``close``), once each: a dispatch
+        killed before it only overcounts, which keeps the frames until they expire."""
+        flags = await self.scripts.lrem_each.each([key for key, _ in noted.entries], [[entry] for _, entry in noted.entries])
+        removed = [cast_pair(entry) for (_, entry), there in zip(noted.entries, flags) if there]
+        if stage == "trimmed":
+            await self._settle(removed)
+        return removed
 
     async def expire(self, now_ms: int, limit: int) -> tuple[list[Pair], bool]:
         """Transition ``expire`` for up to ``limit`` posts per bucket whose earliest expiry has passed: close their
-        expired messages' deliveries, then forget those messages. Returns the deliveries that were open, and whether
-        a bucket had more due posts than ``limit``."""
+        expired messages' deliveries, each noted ``expired`` at ``now_ms`` in its user's bucket in the same script
+        (``EXPIRE_INBOXES``; recorded from there, ``noted``), then forget those messages. Returns the deliveries this
+        call closed, and whether a bucket had more due posts than ``limit``."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for tag in all_post_tags():
                 pipe.zrangebyscore(expiry_key(tag), "-inf", now_ms, start=0, num=limit)
@@ -447,11 +517,41 @@ class Inbox:
             fields = dict(zip(flat[::2], flat[1::2]))
             expired[post] = [int(k[1:]) for k, v in fields.items() if k.startswith(b"x") and int(v) <= now_ms]
             pairs += [(message_id(post, i), u) for i in expired[post] for u in split_users(fields[b"u%d" % i])]
-        open_ = await self._remove(pairs)
+        open_ = await self._close_expired(pairs, now_ms)
         async with self.redis.pipeline(transaction=False) as pipe:
             self._per_post(pipe, self._expire, {p: [p, len(ix), *ix] for p, ix in expired.items()}, [now_ms])
             await pipe.execute()
         return open_, more
+
+    async def _close_expired(self, pairs: list[Pair], at: int) -> list[Pair]:
+        """Remove each expired (message, user) from the user's inbox and note those removed, closed at ``at``, in the
+        user's bucket's expired list: one script call per user bucket. Returns those that were there."""
+        if not pairs:
+            return []
+        per_user: defaultdict[str, list[str]] = defaultdict(list)
+        for m, u in pairs:
+            per_user[u].append(m)
+        per_bucket: defaultdict[str, list[str]] = defaultdict(list)
+        for user in per_user:
+            per_bucket[user_tag(user)].append(user)
+        keys: list[str] = []
+        per_key: list[list[Any]] = []
+        owner: dict[int, str] = {}  # the user of each inbox key, by its position
+        for tag, users in per_bucket.items():
+            keys.append(expired_key(tag))
+            per_key.append(["*"])
+            for user in users:
+                owner[len(keys)] = user
+                keys.append(inbox_key(user, tag))
+                per_key.append([len(per_user[user]), *per_user[user]])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            groups = self._expire_inboxes.stage(pipe, keys, per_key, head=[at])
+            replies = await pipe.execute()
+        removed: list[Pair] = []
+        for group, flags in zip(groups, replies):  # a call's flags: the ids of its inboxes, in key order
+            found = iter(flags)
+            removed += [(m, owner[k]) for k in group if k in owner for m in per_user[owner[k]] if next(found)]
+        return removed
 
     async def open_count(self) -> int:
         """Posts holding at least one message some recipient may still be sent."""
@@ -488,6 +588,7 @@ class Inbox:
 
 
 def cast_pair(entry: bytes) -> Pair:
-    """A trimmed queue's or held acks' entry, ``{message id},{user}``, as a delivery."""
-    m, _, user = entry.decode().partition(",")
+    """A trimmed queue's, held acks' or expired list's entry, ``{message id},{user}`` (then ``,{time}`` for the
+    latter), as a delivery."""
+    m, user, *_ = entry.decode().split(",")
     return m, user

@@ -12,6 +12,11 @@ marks' own lists (no work per delivery), and at the same flush those of the stag
 become facts, appended to the webhooks stream as one entry (``shared.delivery.webhook_feed``): a
 cluster without webhook endpoints pays one SMEMBERS a second. A failed append is kept for the next
 flush, up to ``max_pending`` facts.
+
+So a mark lives only in this process until its flush, and a SIGKILL loses what the last second marked. A
+caller whose marks must survive it keeps its own durable note of them (dispatch's expired and trimmed
+deliveries, noted in Redis by the script that closes them) and calls ``write``, which records them in
+MongoDB before returning and, with ``publish``, appends their facts too; it drops its note only then.
 """
 
 from __future__ import annotations
@@ -76,13 +81,20 @@ class LifecycleWriter:
                 del pending[pair]
             log.warning("lifecycle backlog full; dropping oldest marks", extra={"count": dropped})
 
-    async def write(self, stage: str, marks: Mapping[Pair, int]) -> None:
+    async def write(self, stage: str, marks: Mapping[Pair, int], publish: bool = False) -> None:
         """Record that these deliveries reached ``stage``, each at its own time (ms), in MongoDB before returning (for a
-        caller that must not go on until they are on record; ``Unavailable`` if they are not); their webhook facts go
-        with the next flush."""
+        caller that must not go on until they are on record; ``Unavailable`` if they are not). Their webhook facts go
+        with the next flush, or with ``publish`` are appended to the webhooks stream before returning too (one entry;
+        the Redis error raised if not), for a caller that keeps its own note of the deliveries until this returns:
+        writing them again, under the same times, is one status and one event each."""
         await self.store.record({pair: {stage: at} for pair, at in marks.items()})
-        if self.feed is not None and stage in FACT_STAGES:
+        if self.feed is None or stage not in FACT_STAGES or not marks:
+            return
+        if not publish:
             self._facts += [FactBatch(stage, [pair], at) for pair, at in marks.items()]
+        elif stage in await self.feed.wanted_stages():
+            node = self.node if stage == "delivered" else ""
+            await self.feed.append([Fact(stage, m, u, at, node) for (m, u), at in marks.items()])
 
     def count(self, message_id: str, node: str, sockets: int, stages: dict[str, int]) -> None:
         """Record that a topic message reached ``stages`` on ``node`` and was written to ``sockets`` of its sockets."""

@@ -59,6 +59,15 @@ end
 return removed
 """
 
+# KEYS[i] loses one ARGV[i] (the first from its head); the reply says, per pair, whether it was there.
+LREM_EACH = """
+local removed = {}
+for i, key in ipairs(KEYS) do
+  removed[i] = redis.call('LREM', key, 1, ARGV[i])
+end
+return removed
+"""
+
 # Each key's hash, as a flat [field, value, ...] list.
 HGETALL_EACH = """
 local hashes = {}
@@ -156,3 +165,4 @@ class Scripts:
         self.open_inboxes = SlotScript(redis, OPEN_INBOXES, once=True)  # a trim queued twice would be counted twice
         self.zrem_each = SlotScript(redis, ZREM_EACH, once=True)  # a retry would answer 0 for what the first removed
         self.hgetall_each = SlotScript(redis, HGETALL_EACH)
+        self.lrem_each = SlotScript(redis, LREM_EACH, once=True)  # a retry would answer 0 for what the first removed

@@ -31,7 +31,8 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
    user bucket, beside the inboxes it vouches for, so a master restarted empty is noticed by the
    markers it lost (``shared.delivery.inbox``), whichever master it is; the acks held while a marker is
    missing (``held:{u<b>}``) share that tag too, so one script removes an inbox entry, reads the marker
-   and holds the ack.
+   and holds the ack; so do the notes of closed deliveries not yet on record (``expired:{u<b>}``,
+   ``trimmed:{u<b>}``), so the script that removes an entry notes it in the same step.
 6. **A stream that would be a hot spot is sharded**: ``STREAM_SHARDS`` shards, a post going to one
    by the CRC32 of its id; every dispatch instance reads every shard, one loop per shard
    (``shared.delivery.stream``). A shard is a stream per priority tier under one tag, ``{push:deliveries:<i>}``

@@ -14,6 +14,7 @@ import pytest
 from pymongo import monitoring
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -21,15 +22,17 @@ from services.dispatch.config import DispatchConfig
 from services.dispatch.lease import Lease
 from services.dispatch.reconciler import Reconciler
 from shared.cluster.routes import NODES_KEY, NodeCard, RouteReader, RouteWriter
-from shared.delivery.inbox import Inbox, epoch_key, inbox_key, post_key
+from shared.delivery.inbox import Inbox, epoch_key, expired_key, inbox_key, post_key
 from shared.delivery.lifecycle import LifecycleWriter
 from shared.delivery.store import MessageStore
 from shared.delivery.stream import ShardedStream, tier_keys
+from shared.delivery.webhook_feed import EVENTS_KEY, TYPES_KEY, WebhookFeed
 from shared.infra.clock import now_ms
 from shared.infra.config import DEV_INTERNAL_KEY
 from shared.infra.slots import POST_BUCKETS, all_user_tags, user_tag
 from shared.model.message import Message, message_id, post_of
 from shared.model.priority import Priority
+from shared.model.webhook_events import Fact, decode_facts
 from shared.wire.protocol import MessageFrame
 from tests.client import Receiver, frames_within, next_frame, receive_ids
 from tests.conftest import RunningStack, Servers, report_scenario
@@ -232,6 +235,47 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     await store.client.drop_database(mongo_db)
     await store.close()
     await redis.aclose()
+
+
+async def test_expiries_whose_record_fails_stay_noted_in_redis_and_are_recorded_at_the_next_pass(
+        servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reconciler pass that closes an expired delivery but cannot append its webhook fact (that Redis unreachable) keeps
+    the note; the next pass records it: status ``expired``, and the fact, under the time the closing was noted with."""
+    redis_url, mongo_db = servers.fresh_database()
+    redis = Redis.from_url(redis_url)
+    store = MessageStore(servers.mongo_url, mongo_db)
+    inbox = Inbox(redis)
+    now = now_ms()
+    gone = Message(message_id("pgone", 0), ("ann",), MessageFrame(message_id("pgone", 0), 0, now).encode(), now - 2000,
+                   now - 1000, sender="demo")
+    await store.accept([gone])
+    await inbox.open([gone], now - 2000)
+    await inbox.complete()
+    await redis.sadd(TYPES_KEY, "message.expired")  # an endpoint wants expiries
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    lifecycle = LifecycleWriter(store, feed=WebhookFeed(unreachable))
+    monkeypatch.setenv("APP_ENV", "development")
+    reconciler = Reconciler(DispatchConfig.from_env(), store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000),
+                            RouteReader(redis, DEV_INTERNAL_KEY), ShardedStream(redis))
+    try:
+        with pytest.raises(RedisError):
+            await reconciler.reconcile()
+        assert await inbox.still_open([(gone.id, "ann")]) == set(), "closed in Redis"
+        noted = await inbox.noted("expired", 10, now_ms())
+        assert list(noted.marks) == [(gone.id, "ann")], "and noted there, not forgotten"
+        lifecycle.feed = WebhookFeed(redis)
+        await reconciler.reconcile()
+        assert await redis.llen(expired_key(user_tag("ann"))) == 0
+        facts = [f for _, fields in await redis.xrange(EVENTS_KEY) for f in decode_facts(fields[b"f"])]
+        assert facts == [Fact("expired", gone.id, "ann", noted.marks[gone.id, "ann"])]
+        answer = await store.lifecycle(gone.id, "demo")
+        assert answer is not None and answer["recipients"][0]["state"] == "expired"
+    finally:
+        await unreachable.aclose()
+        await redis.flushdb()
+        await redis.aclose()
+        await store.client.drop_database(mongo_db)
+        await store.close()
 
 
 async def test_an_inbox_keeps_only_the_newest_messages_up_to_its_limit(servers: Servers) -> None:

@@ -78,7 +78,8 @@ async def redis_view(redis: Redis, world: World, users: tuple[str, ...]) -> tupl
 async def test_redis_delivery_state_follows_the_model_through_random_transitions(servers: Servers, cluster: Cluster,
                                                                                  seed: int, where: str) -> None:
     """200 random opens (in parts, again too), acks, trims and expiry passes leave Redis's post hashes, expiry index
-    and inboxes exactly as the pure model says, and the model's invariants hold after each."""
+    and inboxes exactly as the pure model says, and the model's invariants hold after each; each closing is noted once,
+    an expiry at its pass's time."""
     rng = random.Random(seed)
     redis_url, procs = servers.redis_cluster() if where == "cluster" else (servers.fresh_database()[0], [])
     redis = redis_client(redis_url)
@@ -98,11 +99,15 @@ async def test_redis_delivery_state_follows_the_model_through_random_transitions
                 pairs = [(m.id, u) for m in rng.sample(messages, 3) for u in USERS if rng.random() < 0.5]
                 assert sorted(await inbox.close(pairs)) == sorted(world.close(pairs)), f"step {step}"
             elif op == "trimmed":
-                assert sorted(await inbox.trimmed(100)) == sorted(world.close_trimmed()), f"step {step}"
+                noted = await inbox.noted("trimmed", 100, now)
+                assert sorted(await inbox.forget("trimmed", noted)) == sorted(world.close_trimmed()), f"step {step}"
             else:
                 now += rng.randint(1, 40)
                 closed, _ = await inbox.expire(now, 100)
                 assert sorted(closed) == sorted(world.expire(now)), f"step {step}"
+                noted = await inbox.noted("expired", 100, now + 1)
+                assert noted.marks == dict.fromkeys(closed, now), f"step {step}: each closing noted at the pass's time"
+                assert sorted(await inbox.forget("expired", noted)) == sorted(closed), f"step {step}"
             got, want = await redis_view(redis, world, USERS)
             assert got == want, f"seed {seed} step {step} after {op}"
             assert world.broken() == [], f"seed {seed} step {step} after {op}"
@@ -161,7 +166,7 @@ async def test_one_user_given_more_entries_than_lua_unpacks_at_once_gets_them_al
     try:
         await inbox.open(messages)
         assert await redis.zrange(inbox_key("ann"), 0, -1) == [m.id.encode() for m in messages[1_000:]]
-        assert len(await inbox.trimmed(10_000)) == 1_000
+        assert len((await inbox.noted("trimmed", 10_000, now_ms())).entries) == 1_000
     finally:
         await redis.flushdb()
         await redis.aclose()

@@ -1,5 +1,6 @@
 """Webhooks through real processes: every event type signed and verifiable, retries under one id, the failure list and
-replay, presence with its grace, a killed node, killed services mid-retry, and one API key's events kept from another's."""
+replay, presence with its grace, a killed node, killed services mid-retry, an expiry outliving a killed dispatch, and one
+API key's events kept from another's."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from pushcluster.webhooks import verify
+from shared.delivery.inbox import post_key
+from shared.model.message import post_of
 from shared.model.webhook_events import EVENT_TYPES, MESSAGE_EVENTS, PRESENCE_EVENTS
 from tests.client import API_KEY, ClusterClient, next_frame
 from tests.conftest import RunningStack, Servers
@@ -307,6 +311,29 @@ async def test_killing_collect_dispatch_or_the_sender_mid_retry_loses_no_event(s
         await arrived(rx, hook["secret"], "message.cancelled", "message_id", cancelled)
         await arrived(rx, hook["secret"], "message.expired", "message_id", expired)
         await ws.close()
+
+
+async def test_an_expiry_closed_in_redis_survives_dispatch_killed_before_its_lifecycle_flush(servers: Servers,
+                                                                                          cluster: Cluster) -> None:
+    """A message expired in Redis by a dispatch SIGKILLed before its next lifecycle flush still shows ``expired`` and
+    sends ``message.expired`` once dispatch is back."""
+    async with webhook_stack(servers, cluster, LIFECYCLE_FLUSH_SECONDS="3600") as running, \
+            endpoint(running, ["message.expired"]) as (rx, hook):
+        expired = await post(running, "wh-gone", ttl_seconds=1)
+        redis = Redis.from_url(running.stack.redis_url)
+        try:
+            await until(lambda: redis.exists(post_key(post_of(expired))), lambda n: n == 0,
+                        what="the expiry pass to close the message in Redis")
+        finally:
+            await redis.aclose()
+        proc = running.procs["dispatch"]
+        proc.kill()
+        running.procs["dispatch"] = fresh = cluster.respawn(proc)
+        cluster.wait_http(fresh, f"http://127.0.0.1:{running.stack.dispatch_port}/healthz")
+        await until(lambda: call(running, "GET", f"/v1/messages/{expired}"),
+                    lambda answer: answer[0] == 200 and answer[1]["recipients"][0]["state"] == "expired",
+                    what="the message's status to say expired")
+        await arrived(rx, hook["secret"], "message.expired", "message_id", expired)
 
 
 async def test_the_dashboard_stats_show_each_endpoints_attempts_queue_and_last_error(stack: RunningStack) -> None:

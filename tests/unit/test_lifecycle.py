@@ -1,4 +1,5 @@
-"""The lifecycle writer's coalescing when MongoDB fails, and its bound (no MongoDB: a store stand-in)."""
+"""The lifecycle writer's coalescing when MongoDB fails, its bound, and when its webhook facts are appended (no MongoDB:
+a store stand-in)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ class GatedStore:
         self.down = False
         self.stored: list[tuple[dict, dict]] = []
 
-    async def record(self, stages: dict, counts: dict) -> None:
+    async def record(self, stages: dict, counts: dict | None = None) -> None:
         await self.gate.wait()
         if self.down:
             raise Unavailable("MongoDB is not answering")
-        self.stored.append((stages, counts))
+        self.stored.append((stages, counts or {}))
 
 
 async def test_a_failed_flush_keeps_its_marks_and_merges_those_made_meanwhile_keeping_first_times() -> None:
@@ -121,3 +122,25 @@ async def test_facts_of_unwanted_stages_are_not_appended_and_a_failed_append_kee
     await writer.flush()
     assert [(f.stage, f.message_id, f.user_id, f.at, f.node) for f in feed.appended] == [
         ("delivered", "m2", "a", 1, "n1"), ("acked", "m1", "a", 3, "")]
+
+
+async def test_a_published_write_appends_its_facts_before_returning_and_raises_if_redis_fails() -> None:
+    """``write(publish=True)`` records in MongoDB and appends the wanted facts before it returns, under the given times;
+    with Redis down it raises and keeps nothing for the flush (the caller writes again), and without ``publish`` the
+    facts wait for the flush."""
+    store, feed = GatedStore(), ListFeed({"expired"}, failures=1)
+    store.gate.set()
+    writer = LifecycleWriter(store, feed=feed)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        await writer.write("expired", {("m1", "a"): 5}, publish=True)
+    await writer.flush()
+    assert feed.appended == []
+    await writer.write("expired", {("m1", "a"): 5, ("m2", "b"): 6}, publish=True)
+    assert [(f.stage, f.message_id, f.user_id, f.at) for f in feed.appended] == [("expired", "m1", "a", 5),
+                                                                                  ("expired", "m2", "b", 6)]
+    await writer.write("expired", {("m3", "c"): 7})
+    assert len(feed.appended) == 2
+    await writer.flush()
+    assert [(f.message_id, f.at) for f in feed.appended[2:]] == [("m3", 7)]
+    assert [stages for stages, _ in store.stored if stages] == [
+        {("m1", "a"): {"expired": 5}}, {("m1", "a"): {"expired": 5}, ("m2", "b"): {"expired": 6}}, {("m3", "c"): {"expired": 7}}]
