@@ -17,7 +17,7 @@ INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 POSTGRES := /usr/lib/postgresql/15/bin/postgres
 
-.PHONY: run test lint unit jstest bench bench-parts chaos loadtest clean
+.PHONY: run test lint unit jstest bench bench-parts chaos loadtest panels clean
 
 # `make run REDIS_CLUSTER=1`: on a 3-master Redis Cluster (ports 7000-7002) instead of one Redis (tools/run.py).
 run: $(INSTALLED) $(FERRETDB) $(POSTGRES)
@@ -59,6 +59,11 @@ chaos: $(INSTALLED) $(FERRETDB) $(POSTGRES) $(TOXIPROXY)
 LOCUST_ARGS ?= -u 200 -r 50 -t 30s
 loadtest: $(INSTALLED)
 	$(VENV)/bin/locust -f loadtest/locustfile.py --headless $(LOCUST_ARGS)
+
+# The Grafana dashboard's panels without Prometheus or Grafana, from a running `make run`'s /metrics (tools/panels.py),
+# e.g. `make panels PANELS_ARGS='--seconds 60 --svg panels.svg'`.
+panels: $(INSTALLED)
+	$(PY) -m tools.panels $(PANELS_ARGS)
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
