@@ -3,8 +3,8 @@
 ``ChaosStack`` starts auth, collect, two dispatch instances and the push nodes over a Redis (or Redis Cluster) and
 FerretDB that ``tests.conftest.Servers`` provides (the session's in ``make test``, the run's own under ``python -m
 loadtest.chaos``), owns those processes and stops them by pid. ``Faults`` injects the planned faults on time:
-``kill`` (SIGKILL a push node or a dispatch instance, started again a few seconds later with ``Cluster.respawn``)
-and ``stop`` (SIGSTOP a push node, dispatch or collect, SIGCONT a few seconds later); and, for a stack whose servers
+``kill`` (SIGKILL a push node, a dispatch instance, collect or auth, started again a few seconds later with
+``Cluster.respawn``) and ``stop`` (SIGSTOP one of them, SIGCONT a few seconds later); and, for a stack whose servers
 are its own (``expose``), ``redis`` (SIGKILL Redis, or one Redis Cluster master, restarted empty), ``store``
 (SIGKILL FerretDB, or a fast shutdown of PostgreSQL, started again) and ``net`` (a toxic between one push node and
 Redis, ``chaos_net``). Each is recorded as a
@@ -29,8 +29,8 @@ FAULT_KINDS = ("kill", "stop")  # the default run's
 NODE_TTL_SECONDS = 6  # the stack's card TTL: short, so that a long fault cuts a push node off for longer than it
 CUT_OFF = ("push", "toxiproxy")  # the targets of the faults that cut a push node off (stopped, or from Redis)
 SERVER_KINDS = ("redis", "store", "net")  # the second phase's, for a stack whose servers are its own
-TARGETS = {"kill": ("push", "dispatch"), "stop": ("push", "dispatch", "collect"), "redis": ("redis",), "store": ("ferretdb", "postgres"),
-           "net": ("toxiproxy",)}
+SERVICES = ("push", "dispatch", "collect", "auth")
+TARGETS = {"kill": SERVICES, "stop": SERVICES, "redis": ("redis",), "store": ("ferretdb", "postgres"), "net": ("toxiproxy",)}
 
 
 class ChaosStack:
@@ -87,7 +87,7 @@ class ChaosStack:
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
     kind: str
-    role: str  # push, dispatch or collect
+    role: str  # which kind of process (``TARGETS``)
     pick: int  # which of that role's processes (modulo their number)
     at: float  # s after the run's start
     duration: float  # s until it is undone
