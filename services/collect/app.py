@@ -133,13 +133,17 @@ def create_app(config: CollectConfig) -> Starlette:
 
     put_backs = Background()
 
-    async def put_back(message: Message) -> None:
-        """Hold a message whose cancel could not be recorded back in the schedule, no longer recorded as cancelled; if
-        Redis fails that too, keep trying in the background until it takes it (``restore`` is idempotent), so the
-        message is never lost."""
+    async def put_back(message: Message) -> bool:
+        """Hold a message whose cancel could not be recorded back in the schedule, no longer recorded as cancelled, its
+        cancel note dropped; if Redis fails that too, keep trying in the background until it takes it (``restore`` is
+        idempotent), so the message is never lost. False if dispatch's reconciler claimed the note meanwhile (a record
+        slower than ``CANCEL_GRACE_SECONDS``): the cancel stands, and the reconciler records it."""
         try:
-            await redis_breaker.call(lambda: handover.schedule.restore(message))
-            return
+            if await redis_breaker.call(lambda: handover.schedule.restore(message)):
+                return True
+            log.warning("cancel not recorded here, but dispatch's reconciler has taken it over: it stands",
+                        extra={"id": message.id})
+            return False
         except Exception as exc:
             log.error("could not put a message whose cancel failed back in the schedule; retrying",
                       extra={"id": message.id, "error": repr(exc)})
@@ -148,37 +152,55 @@ def create_app(config: CollectConfig) -> Starlette:
             backoff = Backoff()
             while True:
                 try:
-                    await redis_breaker.call(lambda: handover.schedule.restore(message))
-                    log.info("message put back in the schedule", extra={"id": message.id})
+                    if await redis_breaker.call(lambda: handover.schedule.restore(message)):
+                        log.info("message put back in the schedule", extra={"id": message.id})
+                    else:
+                        log.warning("message not put back: dispatch's reconciler recorded its cancel meanwhile",
+                                    extra={"id": message.id})
                     return
                 except Exception as exc:
                     await backoff.failed(log, f"putting message {message.id} back in the schedule", exc)
 
         put_backs.start(keep_trying())
+        return True
 
     async def cancel_message(request: Request) -> Response:
         """Cancel a scheduled message that has not fired yet; only the business system that posted it may. The
-        schedule's script decides (it or a firing dispatch wins, never both), then MongoDB records it. If that record
-        fails for any reason (MongoDB down, or the document refused) the message goes back in the schedule as it was
-        and the answer is 503: a cancel is either recorded or undone, never a 500 with the message gone."""
+        schedule's script decides (it or a firing dispatch wins, never both) and, in the same step, notes the cancel
+        with its time in Redis (``shared.delivery.schedule``); then MongoDB records it, the ``message.cancelled`` fact
+        is appended to the webhooks stream, and only then is the note dropped. If collect dies in between, or Redis
+        fails under the fact, dispatch's reconciler finds the note after ``CANCEL_GRACE_SECONDS`` and records and
+        appends it itself, under the same time. If the record fails for any reason (MongoDB down, or the document
+        refused) the message goes back in the schedule as it was, its note dropped, and the answer is 503: a cancel is
+        either recorded (or noted for dispatch to record) or undone, never a 500 with the message gone. A record
+        failing after the reconciler has claimed the note (a request slower than the grace) is not undone: the cancel
+        stands and the answer is 200. One window is left: a put-back that Redis keeps refusing (in the background,
+        after the 503) for longer than the grace can lose to the reconciler, which then records the cancel the 503
+        called undone."""
         sender = sender_of(request, config.api_keys)
         message_id = request.path_params["message_id"]
         schedule = handover.schedule
-        message = await redis_breaker.call(lambda: schedule.cancel(message_id, sender)) if is_message_id(message_id) else None
-        if message is None:
+        cancel = await redis_breaker.call(lambda: schedule.cancel(message_id, sender)) if is_message_id(message_id) else None
+        if cancel is None:
             raise NotFound(f"no scheduled message {message_id!r} waiting for this API key (unknown, or already fired)")
+        message, at = cancel
+        recorded = True
         try:
-            await store.record_cancelled(message)
+            await store.record_cancelled(message, at)
         except Exception as exc:
-            await put_back(message)
-            log.warning("cancel not recorded; the message is scheduled again", extra={"id": message_id, "error": repr(exc)})
-            raise Unavailable("the cancel could not be recorded; the message is still scheduled", detail=str(exc)) from exc
+            if await put_back(message):
+                log.warning("cancel not recorded; the message is scheduled again", extra={"id": message_id, "error": repr(exc)})
+                raise Unavailable("the cancel could not be recorded; the message is still scheduled", detail=str(exc)) from exc
+            recorded = False
         log.info("scheduled message cancelled", extra={"id": message_id, "sender": sender, "due": message.due_ms})
         await pending.forget(sender, message_id)
-        try:
-            await feed.publish([Fact("cancelled", message_id, "", now_ms())])
-        except REDIS_FAILURES as exc:  # the cancel stands; only its webhook event is lost
-            log.warning("message.cancelled not appended for webhooks", extra={"id": message_id, "error": repr(exc)})
+        if recorded:
+            try:
+                await feed.publish([Fact("cancelled", message_id, "", at)])
+                await schedule.forget_cancels([message_id])
+            except REDIS_FAILURES as exc:  # the note stays: dispatch's reconciler records and appends it again
+                log.warning("message.cancelled not appended yet; left to dispatch's reconciler",
+                            extra={"id": message_id, "error": repr(exc)})
         return json_response({"id": message_id, "state": "cancelled"})
 
     async def health() -> dict[str, object]:

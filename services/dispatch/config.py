@@ -39,8 +39,15 @@ class DispatchConfig(HandoverSettings, MongoSettings, InternalKeySettings, Topic
                                     "a post stored this long ago and still not handed over was left by collect", low=0.1)
     handover_abandon: float = setting("HANDOVER_ABANDON_SECONDS", 120.0,
                                       "an intent this old whose post MongoDB never got is dropped", low=1)
+    cancel_grace: float = setting("CANCEL_GRACE_SECONDS", 20.0,
+                                  "a cancel noted in Redis this long ago and still not on record was left by collect (killed, "
+                                  "or Redis failing under its webhook fact): the reconciler records it and sends "
+                                  "`message.cancelled`; longer than a DELETE's record should take (MongoDB's timeouts: 3 s to "
+                                  "find the server, 6 s for an answer); a slower one leaves its cancel to the reconciler",
+                                  low=0.1)
     expire_batch: int = setting("EXPIRE_BATCH", 500, "due posts read per post bucket in one expiry page; expired "
-                                                     "and trimmed deliveries recorded per user bucket in one page", low=1)
+                                                     "and trimmed deliveries recorded per user bucket in one page; cancels "
+                                                     "left by collect finished in one page", low=1)
     rebuild_page: int = setting("REBUILD_PAGE", 1000, "documents per page when rebuilding Redis from MongoDB", low=1)
     lifecycle_flush: float = setting("LIFECYCLE_FLUSH_SECONDS", FLUSH_SECONDS, "how long a lifecycle mark (a fired "
                                      "message's `due`) waits for its bulk write to MongoDB; expired and trimmed "

@@ -6,6 +6,13 @@ Each pass, in this order:
 * finish the hand-overs collect left undone (it died, or Redis failed, between its MongoDB insert
   and its Redis pipeline): their posts are read back from MongoDB by id (``shared/delivery/handover.py``), their
   scheduled messages going to the schedule, never straight to the stream, so one cancelled since stays cancelled;
+* finish the cancels collect left undone (it died between the schedule's cancel script and the cancel's record, or
+  Redis failed under its ``message.cancelled`` fact): the script notes each cancel in ``{schedule}:cancelling`` with
+  its time, and a note older than ``CANCEL_GRACE_SECONDS`` is claimed a page at a time; the page's posts are read back
+  from MongoDB by id, the cancels recorded (one insert) and their facts appended (one stream entry), all under the
+  noted times, and only then are the notes dropped (``shared/delivery/schedule.py``). A cancel whose record the
+  server refuses (past MongoDB's document limit) is undone instead, as collect would have: the message goes back
+  in the schedule;
 * expire: close every inbox entry of messages past their expiry, a page at a time, from Redis's
   expiry indexes (no MongoDB read); the script that closes them notes each in its user's bucket
   (``expired:{u<b>}``), and each page of notes is then recorded ``expired`` (MongoDB, then the
@@ -17,8 +24,8 @@ Each pass, in this order:
 
 So a closing made in Redis is recorded at least once, whenever this instance dies: notes left behind (a
 SIGKILL, MongoDB or Redis failing mid-page) are recorded again at the next pass, by this instance or
-another, an expiry under the time it was noted with. Twice is once: a status keeps each stage's first
-time, and a webhook event's id is derived from its delivery and stage.
+another, an expiry or a cancel under the time it was noted with. Twice is once: a status keeps each stage's first
+time, and a webhook event's id is derived from its delivery and stage (a cancel's from its message).
 
 Apart from those hand-overs, nothing here appends to the stream: an entry a node did not take stays pending in the consumer
 group and is claimed again; a delivery that reached no socket waits in its user's inbox.
@@ -40,10 +47,13 @@ from shared.cluster.routes import RouteReader
 from shared.delivery.handover import Handover
 from shared.delivery.inbox import Inbox
 from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.schedule import Cancelled
 from shared.delivery.store import MessageStore
 from shared.delivery.stream import ShardedStream
 from shared.infra.clock import now_ms
 from shared.infra.retry import Backoff
+from shared.model.message import post_of
+from shared.model.webhook_events import Fact
 
 log = logging.getLogger(__name__)
 EXPIRED = Counter("dispatch_expired_total", "Deliveries closed because their message expired")
@@ -51,6 +61,8 @@ TRIMMED = Counter("dispatch_trimmed_total", "Deliveries pushed out of an inbox p
 REBUILDS = Counter("dispatch_rebuilds_total", "Rebuilds of the delivery state after Redis lost it")
 CLOSED = {"expired": EXPIRED, "trimmed": TRIMMED}
 HANDED_OVER = Counter("dispatch_handovers_finished_total", "Posts collect stored but did not hand over, handed over here")
+CANCELS_FINISHED = Counter("dispatch_cancels_finished_total", "Cancels collect took out of the schedule but did not "
+                           "finish (record, webhook fact), finished here")
 
 LEASE_KEY = "lease:reconciler"
 IDLE_CONSUMER_MS = 3_600_000  # a dispatch instance silent for an hour with nothing pending is gone
@@ -89,6 +101,7 @@ class Reconciler:
                           self.lifecycle)
             REBUILDS.inc()
         await self.finish_handovers()
+        await self.finish_cancels()
         await self.expire()
         await self.close_trimmed()
         if time.monotonic() >= self._next_purge:
@@ -119,6 +132,36 @@ class Reconciler:
         log.warning("finished hand-overs collect left undone", extra={"posts": len(found), "count": len(messages),
                                                                       "dropped": len(abandoned)})
         return len(found)
+
+    async def finish_cancels(self) -> int:
+        """Record the cancels noted longer than the grace ago and not yet dropped, a page at a time: one script call
+        claims the page, one bulk read gets its posts, one insert records it, one stream entry carries its facts, one
+        ZREM drops the notes; return how many were recorded. Raises if MongoDB or Redis fails, the notes kept (claimed)
+        for the next pass."""
+        schedule, total, limit = self.handover.schedule, 0, self.config.expire_batch
+        while True:
+            noted = await schedule.unfinished_cancels(int(self.config.cancel_grace * 1000), limit)
+            if not noted:
+                break
+            stored = {m.id: m for m in await self.store.stored_posts(list(dict.fromkeys(map(post_of, noted))))}
+            cancels = [Cancelled(stored[m], at) for m, at in noted.items() if m in stored]
+            refused = await self.store.record_cancels(cancels)
+            for cancel in cancels:  # the record can never be written: undone, as collect does
+                if cancel.message.id in refused:
+                    await schedule.restore(cancel.message, claimed=True)
+            recorded = [c for c in cancels if c.message.id not in refused]
+            if self.lifecycle.feed is not None:
+                await self.lifecycle.feed.publish([Fact("cancelled", c.message.id, "", c.at) for c in recorded])
+            gone = [m for m in noted if m not in stored]
+            if gone:  # its post is not in MongoDB (purged since): nothing to record, nothing to put back
+                log.error("cancels noted for messages MongoDB does not have; dropped", extra={"ids": gone[:10]})
+            await schedule.forget_cancels([c.message.id for c in recorded] + gone)
+            CANCELS_FINISHED.inc(len(recorded))
+            total += len(recorded)
+            log.warning("finished cancels collect left undone", extra={"count": len(recorded), "refused": len(refused)})
+            if len(noted) < limit:
+                break
+        return total
 
     async def expire(self) -> int:
         """Close every delivery of every message due by now, a page at a time, and record each page ``expired``; return

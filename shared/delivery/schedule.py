@@ -6,7 +6,9 @@ Keys:
   still waiting, plus ``t`` (the post's acceptance time) and ``s`` (its sender, for cancellation). A
   message's fields go when it fires or is cancelled, the hash with the last of them;
 * ``{schedule}`` -- a ZSET of waiting message ids scored by due time (ms);
-* ``{schedule}:firing`` -- a ZSET of ids a dispatch instance claimed, scored by the claim time.
+* ``{schedule}:firing`` -- a ZSET of ids a dispatch instance claimed, scored by the claim time;
+* ``{schedule}:cancelled`` and ``{schedule}:cancelling`` -- ZSETs of cancelled ids, by expiry and by cancel time
+  (below).
 
 They share the hash tag ``{schedule}``: the scripts below touch several at once, so on a Redis
 Cluster they live on one master (``shared/infra/slots.py``, rule 3).
@@ -30,6 +32,18 @@ script that would write it: the paths that put a message back from MongoDB's rec
 hand-over a refused Idempotency-Key retry left behind, the rebuild after Redis came back empty) may have read it
 before the cancel, and a cancel answered 200 must still win. Only ``restore`` (a cancel whose record failed) takes
 the id out again.
+
+The same script notes the cancel in ``{schedule}:cancelling`` (a ZSET: id -> the cancel's time in ms, Redis's clock).
+Until MongoDB records it and its ``message.cancelled`` fact is on the webhooks stream, a cancel lives only in Redis: a
+collect SIGKILLed in between (or Redis failing under the fact) would otherwise lose the record or the event for good,
+the message out of the schedule, its status ``scheduled``. collect records,
+appends the fact, then drops the note (``forget_cancels``); ``restore`` drops it in the same script that puts the
+message back. A note older than dispatch's grace (``CANCEL_GRACE_SECONDS``) was left behind: dispatch's reconciler
+claims it (``unfinished_cancels``: its score turns negative, the time kept as its absolute value), records the cancel
+and appends the fact under the noted time, then drops it. A claimed note is the reconciler's: ``restore`` leaves it
+(and the message out of the schedule), so a collect whose record failed past the grace never puts back a message the
+reconciler is recording as cancelled. Recording twice (collect slow, not dead) is harmless: a status keeps a stage's
+first time, and both record the same time; the fact's webhook-id is derived from the message, so its event is sent once.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
 from itertools import chain
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -50,6 +65,7 @@ TAG = "{schedule}"  # every key here: the claim, settle and cancel scripts touch
 SCHEDULE_KEY = TAG
 FIRING_KEY = f"{TAG}:firing"
 CANCELLED_KEY = f"{TAG}:cancelled"  # ids cancelled, until their expiry: ``hold`` never puts them back
+CANCELLING_KEY = f"{TAG}:cancelling"  # ids cancelled but maybe not on record yet, by cancel time (negative: claimed)
 PAUSED_KEY = f"{TAG}:paused"  # present while dispatch rebuilds the state: nothing fires (a cancel may not be replayed yet)
 META_FIELDS = 2  # "t" and "s": a hash with only these holds no message
 
@@ -177,12 +193,13 @@ end
 return #KEYS
 """ % INDEX_DIGITS
 
-# KEYS[1] schedule, KEYS[2] the post's hash, KEYS[3] the cancelled ids; ARGV: message id, its index, the sender. Nil
-# unless it was waiting and the sender's; else the due time, the post's time and the message's fields as name/value
-# pairs (all a put-back, ``restore``, needs to restore it as it was). The id is recorded as cancelled until its expiry
-# (ids past theirs leave). Applied once per call (``SlotScript(once=True)``): the client's retry after a dropped reply
-# gets the same answer, not a nil that would read as "not waiting" for a message it had just taken out (a 404, and no
-# cancel record: it would come back in a rebuild).
+# KEYS[1] schedule, KEYS[2] the post's hash, KEYS[3] the cancelled ids, KEYS[4] the cancel notes; ARGV: message id,
+# its index, the sender. Nil unless it was waiting and the sender's; else the due time, the post's time, the cancel's
+# time (ms, Redis's clock) and the message's fields as name/value pairs (all a put-back, ``restore``, needs to restore it
+# as it was). The id is recorded as cancelled until its expiry (ids past theirs leave), and noted with the cancel's time
+# until the cancel is on record (``forget_cancels``). Applied once per call (``SlotScript(once=True)``): the client's
+# retry after a dropped reply gets the same answer, not a nil that would read as "not waiting" for a message it had
+# just taken out (a 404, and no cancel record: it would come back in a rebuild).
 CANCEL = _CHUNKED + _NOW + """
 if redis.call('HGET', KEYS[2], 's') ~= ARGV[3] then
   return false
@@ -192,20 +209,66 @@ if not due then
   return false
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+local now = now_ms()
 local names = %s
 local values = redis.call('HMGET', KEYS[2], unpack(names))
-local reply = {due, redis.call('HGET', KEYS[2], 't')}
+local reply = {due, redis.call('HGET', KEYS[2], 't'), now}
 for n, name in ipairs(names) do
   if values[n] then
     reply[#reply + 1] = name
     reply[#reply + 1] = values[n]
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%%d', now_ms()))
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%%d', now))
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[2], 'x' .. ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[4], now, ARGV[1])
 drop(KEYS[2], {ARGV[2]})
 return reply
 """ % lua_fields("ARGV[2]")
+
+# KEYS[1] schedule, KEYS[2] the cancelled ids, KEYS[3] the cancel notes, KEYS[4] the post's hash; ARGV[1] ``any`` to
+# take a note the reconciler claimed too (its own), else ``unclaimed``; then ``HOLD``'s arguments for the one message
+# (``held_fields``: post time, sender, 1, id, due time, a count n of fields, n name/value pairs). Puts the message back
+# as it was, no longer recorded as cancelled, and drops its note, if the note is there (and unclaimed, unless ``any``):
+# 1. A message back in the schedule already (this put-back applied before, its reply lost) is 1 too. Else 0: the
+# reconciler claimed the note, or recorded the cancel and dropped it; the cancel stands.
+RESTORE = """
+local id = ARGV[5]
+local noted = redis.call('ZSCORE', KEYS[3], id)
+if not noted then
+  if redis.call('ZSCORE', KEYS[1], id) then
+    return 1
+  end
+  return 0
+end
+if tonumber(noted) < 0 and ARGV[1] ~= 'any' then
+  return 0
+end
+redis.call('ZREM', KEYS[3], id)
+redis.call('ZREM', KEYS[2], id)
+local n = tonumber(ARGV[7])
+redis.call('HSET', KEYS[4], 't', ARGV[2], 's', ARGV[3], unpack(ARGV, 8, 7 + 2 * n))
+redis.call('ZADD', KEYS[1], ARGV[6], id)
+return 1
+"""
+
+# KEYS[1] the cancel notes; ARGV: grace (ms), limit. Up to ``limit`` notes older than the grace (Redis's clock), those
+# claimed before first (a reconciler pass that died), each claimed now: its score negated, so ``restore`` leaves it.
+# Returns a flat [id, cancel time, ...] list.
+CLAIM_CANCELS = _NOW + """
+local bound = string.format('%d', now_ms() - tonumber(ARGV[1]))
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', bound, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local reply = {}
+for i = 1, #found, 2 do
+  local at = tonumber(found[i + 1])
+  if at > 0 then
+    redis.call('ZADD', KEYS[1], -at, found[i])
+  end
+  reply[#reply + 1] = found[i]
+  reply[#reply + 1] = string.format('%d', math.abs(at))
+end
+return reply
+"""
 
 # KEYS[1] schedule, KEYS[2] the cancelled ids, then post hashes; ARGV per hash: the post's time, its sender, a count of
 # messages and per message its id, due time, a count n of fields and n name/value pairs. A message recorded as cancelled
@@ -229,6 +292,14 @@ return held
 """
 
 
+class Cancelled(NamedTuple):
+    """A message a cancel took out of the schedule (whole, priority included, so it can be put back as it was), and
+    the cancel's time (ms, Redis's clock): the time its record and its webhook fact carry, whoever writes them."""
+
+    message: Message
+    at: int
+
+
 class Schedule:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -237,6 +308,8 @@ class Schedule:
         self._settle = SlotScript(redis, SETTLE)
         self._cancel = SlotScript(redis, CANCEL, once=True)
         self._hold = SlotScript(redis, HOLD)
+        self._restore = SlotScript(redis, RESTORE, once=True)  # a retry after a dropped reply could read as "claimed"
+        self._claim_cancels = SlotScript(redis, CLAIM_CANCELS)  # idempotent: a retry claims nothing new
         self._scripts = Scripts(redis)
 
     def stage(self, pipe: Pipeline, messages: Iterable[Message]) -> None:
@@ -262,12 +335,24 @@ class Schedule:
             self._hold.stage(pipe, [SCHEDULE_KEY, CANCELLED_KEY, *(sched_key(p) for p in posts)],
                                    [[], [], *(held_fields(batch) for batch in posts.values())])
 
-    async def restore(self, message: Message) -> None:
-        """Undo a cancel whose record failed: the message is no longer recorded as cancelled and waits as it did."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(CANCELLED_KEY, message.id)
-            self.stage_hold(pipe, [message])
-            await pipe.execute()
+    async def restore(self, message: Message, claimed: bool = False) -> bool:
+        """Undo a cancel whose record failed, in one script: the message is no longer recorded as cancelled, waits as
+        it did, and its cancel note is dropped. Returns False, changing nothing, if the note is gone (the cancel is on
+        record) or the reconciler claimed it (it is recording the cancel): the cancel stands. ``claimed``: the
+        reconciler's own put-back of a note it claimed."""
+        keys = [SCHEDULE_KEY, CANCELLED_KEY, CANCELLING_KEY, sched_key(message.post)]
+        return bool(await self._restore.run(keys, ["any" if claimed else "unclaimed", *held_fields([message])]))
+
+    async def forget_cancels(self, message_ids: list[str]) -> None:
+        """Drop the notes of these cancels, now on record and their facts appended (claimed or not)."""
+        if message_ids:
+            await self.redis.zrem(CANCELLING_KEY, *message_ids)
+
+    async def unfinished_cancels(self, grace_ms: int, limit: int) -> dict[str, int]:
+        """Up to ``limit`` cancels noted longer than ``grace_ms`` ago (Redis's clock) and still not on record, each with
+        its time (ms), now claimed by the caller: ``restore`` no longer puts them back. One script call."""
+        flat = await self._claim_cancels.run([CANCELLING_KEY], [grace_ms, limit])
+        return {m.decode(): int(at) for m, at in zip(flat[::2], flat[1::2])}
 
     async def claim(self, limit: int, grace_ms: int) -> tuple[list[str], int | None, int]:
         """Up to ``limit`` ids due by now (and claims older than ``grace_ms``), now this caller's to fire; the time (ms)
@@ -313,16 +398,17 @@ class Schedule:
         self._settle.stage(pipe, [FIRING_KEY, *(sched_key(p) for p in claimed)],
                                  [[], *([len(wanted), *wanted] for wanted in claimed.values())])
 
-    async def cancel(self, message_id: str, sender: str, token: str | None = None) -> Message | None:
-        """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s; return it (whole, priority
-        included, so ``hold`` can put it back as it was), or None."""
+    async def cancel(self, message_id: str, sender: str, token: str | None = None) -> Cancelled | None:
+        """Take ``message_id`` out of the schedule if it is still waiting and ``sender``'s, noting the cancel until it is
+        on record; return it with the cancel's time, or None."""
         post, index = post_of(message_id), index_of(message_id)
-        reply = await self._cancel.run([SCHEDULE_KEY, sched_key(post), CANCELLED_KEY], [message_id, index, sender], token)
+        keys = [SCHEDULE_KEY, sched_key(post), CANCELLED_KEY, CANCELLING_KEY]
+        reply = await self._cancel.run(keys, [message_id, index, sender], token)
         if not reply:
             return None
-        due, ts, *flat = (v.encode() if isinstance(v, str) else v for v in reply)
+        due, ts, at, *flat = (v.encode() if isinstance(v, str) else v for v in reply)
         fields = {**dict(zip(flat[::2], flat[1::2])), b"d%d" % index: due}
-        return replace(messages_of(post, int(ts), fields)[0], sender=sender)
+        return Cancelled(replace(messages_of(post, int(ts), fields)[0], sender=sender), int(at))
 
     async def unschedule(self, message_ids: list[str]) -> None:
         """Drop these ids from the schedule, if there (the rebuild: messages recorded as cancelled, and due ones it

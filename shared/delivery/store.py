@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -162,10 +162,10 @@ def rows_of(event: dict[str, Any]) -> list[dict[str, Any]]:
     return orjson.loads(rows) if isinstance(rows, str) else rows  # type: ignore[no-any-return]
 
 
-def cancel_document(message: Message, now: dt.datetime) -> dict[str, Any]:
-    """The closing record of a scheduled message cancelled before it fired: a row per recipient (one for a topic
-    message)."""
-    at = int(now.timestamp() * 1000)
+def cancel_document(message: Message, at: int, now: dt.datetime) -> dict[str, Any]:
+    """The closing record of a scheduled message cancelled at ``at`` (ms) before it fired, written at ``now``: a row per
+    recipient (one for a topic message). Written twice (collect, then dispatch's reconciler finishing a cancel it
+    thought left behind) it is the same: each stage's first time counts (``derive``, ``derive_counts``)."""
     if message.topic is not None:
         rows = [{"i": message.index, "s": {"cancelled": at}}]
         return {"p": message.post, "rows": rows_text(rows), "closed": True, "at": now, "purge_at": now + PURGE_AFTER}
@@ -323,10 +323,24 @@ class MessageStore:
         return {m for post, docs in zip(posts, await self.breaker.call(read)) for d in docs for r in rows_of(d)
                 if (m := message_id(post, r["i"])) in wanted}
 
-    async def record_cancelled(self, message: Message) -> None:
-        """One insert: the closing ``cancelled`` record of a scheduled message taken back before it fired."""
-        doc = cancel_document(message, dt.datetime.now(dt.UTC))
+    async def record_cancelled(self, message: Message, at: int) -> None:
+        """One insert: the closing ``cancelled`` record of a scheduled message taken back at ``at`` (ms) before it
+        fired. Raises if it is not stored (``Unavailable``, or the server's refusal of the document)."""
+        doc = cancel_document(message, at, dt.datetime.now(dt.UTC))
         await self.breaker.call(lambda: self.events.insert_one(doc))
+
+    async def record_cancels(self, cancels: Sequence[tuple[Message, int]]) -> set[str]:
+        """One unordered insert: the ``cancelled`` records of these messages, each at its time (ms). Returns the ids of
+        those whose document the server refused (the others are stored); ``Unavailable`` if MongoDB is."""
+        if not cancels:
+            return set()
+        now = dt.datetime.now(dt.UTC)
+        docs = [cancel_document(message, at, now) for message, at in cancels]
+        try:
+            await self.breaker.call(lambda: self.events.insert_many(docs, ordered=False))
+        except BulkWriteError as exc:  # refused_by_document: any other failure is Unavailable by now
+            return {cancels[e["index"]][0].id for e in exc.details["writeErrors"]}
+        return set()
 
     async def closed_deliveries(self, since: dt.datetime, page: int) -> AsyncIterator[tuple[list[Pair], list[str]]]:
         """Deliveries recorded as acknowledged, expired or cancelled since ``since`` (no earlier record can close a

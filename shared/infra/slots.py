@@ -40,8 +40,9 @@ there is one. One command, ``MULTI`` or Lua script may only touch keys of a sing
    blocking read waits on the three.
 7. **Nothing enumerates the keyspace** (no ``KEYS``, no ``SCAN``): sets (``{nodes}``, ``{topics}``)
    list what must be listed. A cluster has no database numbers: one cluster holds one deployment.
-8. **Scheduled messages** share the tag ``{schedule}`` (the schedule, the claims and the held posts'
-   hashes): their claim, settle and cancel scripts touch several at once (``shared.delivery.schedule``).
+8. **Scheduled messages** share the tag ``{schedule}`` (the schedule, the claims, the held posts'
+   hashes, the cancelled ids and the notes of cancels not yet on record): their claim, settle, cancel and
+   put-back scripts touch several at once (``shared.delivery.schedule``).
 
 A new key follows the same rules: give it a tag only if a script or multi-key command must see it
 with another key, and batch per-entity keys through ``SlotScript`` or a pipeline.

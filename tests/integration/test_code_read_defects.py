@@ -193,7 +193,7 @@ async def test_a_cancel_retried_after_its_reply_was_lost_gets_the_same_answer_no
         schedule = Schedule(redis)
         first = await schedule.cancel(mid, sender.decode(), token="one-request")
         again = await schedule.cancel(mid, sender.decode(), token="one-request")
-        assert first is not None and again == first and first.priority.value == "low", (first, again)
+        assert first is not None and again == first and first.message.priority.value == "low", (first, again)
         assert await schedule.cancel(mid, sender.decode()) is None
         assert await redis.zscore(SCHEDULE_KEY, mid) is None
     finally:

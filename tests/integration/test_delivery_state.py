@@ -24,9 +24,11 @@ from services.dispatch.reconciler import Reconciler
 from shared.cluster.routes import NODES_KEY, NodeCard, RouteReader, RouteWriter
 from shared.delivery.inbox import Inbox, epoch_key, expired_key, inbox_key, post_key
 from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.schedule import CANCELLING_KEY, SCHEDULE_KEY, Schedule
 from shared.delivery.store import MessageStore
 from shared.delivery.stream import ShardedStream, tier_keys
 from shared.delivery.webhook_feed import EVENTS_KEY, TYPES_KEY, WebhookFeed
+from shared.infra.clients import redis_client
 from shared.infra.clock import now_ms
 from shared.infra.config import DEV_INTERNAL_KEY
 from shared.infra.slots import POST_BUCKETS, all_user_tags, user_tag
@@ -217,7 +219,8 @@ async def test_reconciler_at_20000_open_deliveries_reads_no_document_and_expires
     await reconciler.reconcile()
     assert counter.documents == 0 and "find" not in counter.commands
     calls = {name.removeprefix("cmdstat_"): stats["calls"] for name, stats in (await redis.info("commandstats")).items()}
-    assert calls["zrangebyscore"] == POST_BUCKETS + 1, "one expiry page per post bucket, and one look for unfinished hand-overs"
+    assert calls["zrangebyscore"] == POST_BUCKETS + 2, ("one expiry page per post bucket, one look for unfinished "
+                                                        "hand-overs and one for unfinished cancels")
     assert calls["hgetall"] == 50
     assert calls["zrem"] == 10_000 + 50, "one per delivery, and one per post leaving its expiry index"
     assert await inbox.open_count() == 50
@@ -276,6 +279,63 @@ async def test_expiries_whose_record_fails_stay_noted_in_redis_and_are_recorded_
         await redis.aclose()
         await store.client.drop_database(mongo_db)
         await store.close()
+
+
+@pytest.mark.parametrize("where", ["single", "cluster"])
+async def test_cancels_left_noted_are_recorded_past_the_grace_and_a_claimed_one_is_not_put_back(
+        servers: Servers, cluster: Cluster, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Two cancels whose collect never finished (noted in Redis by the cancel script): the reconciler leaves them within
+    CANCEL_GRACE_SECONDS; past it, a pass that records them but cannot append their facts (that Redis unreachable)
+    keeps their notes, claimed, so collect's late put-back no longer brings a message back; the next pass records them
+    and appends ``cancelled`` facts under the noted times, then drops the notes."""
+    redis_url, procs = servers.redis_cluster() if where == "cluster" else (servers.fresh_database()[0], [])
+    _, mongo_db = servers.fresh_database()
+    redis = redis_client(redis_url)
+    store = MessageStore(servers.mongo_url, mongo_db)
+    schedule = Schedule(redis)
+    now = now_ms()
+    waiting = [Message(message_id("pcancel", i), ("ann", "bob"), MessageFrame(message_id("pcancel", i), i, now).encode(),
+                       now, now + 600_000, sender="demo", due_ms=now + 300_000) for i in range(2)]
+    await store.accept(waiting)
+    await schedule.hold(waiting)
+    await redis.sadd(TYPES_KEY, "message.cancelled")  # an endpoint wants cancels
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    lifecycle = LifecycleWriter(store, feed=WebhookFeed(unreachable))
+    monkeypatch.setenv("APP_ENV", "development")
+    monkeypatch.setenv("CANCEL_GRACE_SECONDS", "1")
+    inbox = Inbox(redis)
+    reconciler = Reconciler(DispatchConfig.from_env(), store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000),
+                            RouteReader(redis, DEV_INTERNAL_KEY), ShardedStream(redis))
+    try:
+        cancels = [await schedule.cancel(m.id, "demo") for m in waiting]
+        assert all(c is not None for c in cancels)
+        times = {c.message.id: c.at for c in cancels if c is not None}
+        assert await reconciler.finish_cancels() == 0, "within the grace a cancel is collect's"
+        await asyncio.sleep(1.2)
+        with pytest.raises(RedisError):
+            await reconciler.finish_cancels()
+        assert not await schedule.restore(waiting[0]), "claimed: collect's late put-back leaves it cancelled"
+        assert await redis.zscore(SCHEDULE_KEY, waiting[0].id) is None
+        lifecycle.feed = WebhookFeed(redis)
+        assert await reconciler.finish_cancels() == 2
+        assert await redis.zcard(CANCELLING_KEY) == 0, "the notes are dropped once recorded and appended"
+        facts = [f for _, fields in await redis.xrange(EVENTS_KEY) for f in decode_facts(fields[b"f"])]
+        assert sorted(facts, key=lambda f: f.message_id) == [Fact("cancelled", m, "", at) for m, at in sorted(times.items())]
+        for m in waiting:
+            answer = await store.lifecycle(m.id, "demo")
+            assert answer is not None
+            assert {(r["state"], r["cancelled_at"]) for r in answer["recipients"]} == {("cancelled", times[m.id])}
+        assert await schedule.restore(waiting[1]) is False, "recorded: nothing to put back"
+    finally:
+        await unreachable.aclose()
+        if not procs:
+            await redis.flushdb()
+        await redis.aclose()
+        await store.client.drop_database(mongo_db)
+        await store.close()
+        for proc in procs:
+            proc.stop()
+            cluster.procs.remove(proc)
 
 
 async def test_an_inbox_keeps_only_the_newest_messages_up_to_its_limit(servers: Servers) -> None:

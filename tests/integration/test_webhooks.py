@@ -1,10 +1,12 @@
 """Webhooks through real processes: every event type signed and verifiable, retries under one id, the failure list and
-replay, presence with its grace, a killed node, killed services mid-retry, an expiry outliving a killed dispatch, and one
-API key's events kept from another's."""
+replay, presence with its grace, a killed node, killed services mid-retry, an expiry outliving a killed dispatch, a cancel
+outliving a killed collect, and one API key's events kept from another's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +18,7 @@ from redis.asyncio import Redis
 
 from pushcluster.webhooks import verify
 from shared.delivery.inbox import post_key
+from shared.delivery.schedule import SCHEDULE_KEY
 from shared.model.message import post_of
 from shared.model.webhook_events import EVENT_TYPES, MESSAGE_EVENTS, PRESENCE_EVENTS
 from tests.client import API_KEY, ClusterClient, next_frame
@@ -32,9 +35,11 @@ FAST = {"COLLECT_API_KEYS": f"demo:{API_KEY},other:{OTHER_KEY}", "WEBHOOK_SCHEDU
 
 
 @contextlib.asynccontextmanager
-async def webhook_stack(servers: Servers, cluster: Cluster, **env: str) -> AsyncIterator[RunningStack]:
-    """A stack with the webhooks service, stopped on leaving."""
+async def webhook_stack(servers: Servers, cluster: Cluster, mongo_url: str | None = None,
+                        **env: str) -> AsyncIterator[RunningStack]:
+    """A stack with the webhooks service (on ``mongo_url``, default the shared FerretDB), stopped on leaving."""
     stack = servers.new_stack(2, **{**FAST, **env})
+    stack.mongo_url = mongo_url or stack.mongo_url
     stack.webhooks_port = free_port()
     procs = cluster.start_stack(stack)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=scaled(15))) as session:
@@ -334,6 +339,53 @@ async def test_an_expiry_closed_in_redis_survives_dispatch_killed_before_its_lif
                     lambda answer: answer[0] == 200 and answer[1]["recipients"][0]["state"] == "expired",
                     what="the message's status to say expired")
         await arrived(rx, hook["secret"], "message.expired", "message_id", expired)
+
+
+async def answered(request: Any) -> tuple[int, Any] | None:
+    """A request's answer, or None if its connection failed (a collect killed and restarted since it was opened)."""
+    try:
+        return await request  # type: ignore[no-any-return]
+    except aiohttp.ClientError:
+        return None
+
+
+async def test_a_cancel_whose_collect_is_killed_before_its_record_is_recorded_and_sent(servers: Servers,
+                                                                                      cluster: Cluster) -> None:
+    """A DELETE whose collect took the message out of the schedule in Redis and was SIGKILLed before MongoDB had the
+    record (its insert sent to a SIGSTOPped FerretDB, then SIGKILLed unread): the status still says ``cancelled``, ``message.cancelled`` is
+    sent, and the message stays out of the schedule."""
+    mongo_port = free_port()
+    mongo = cluster.start_ferretdb(mongo_port)
+    async with webhook_stack(servers, cluster, f"mongodb://127.0.0.1:{mongo_port}/", CANCEL_GRACE_SECONDS="1") as running, \
+            endpoint(running, ["message.cancelled"]) as (rx, hook):
+        cancelled = await post(running, "wh-kim", delay_seconds=600)
+        redis = Redis.from_url(running.stack.redis_url)
+        mongo.popen.send_signal(signal.SIGSTOP)
+        try:
+            request = asyncio.ensure_future(running.client.cancel(cancelled))
+            await until(lambda: redis.zscore(SCHEDULE_KEY, cancelled), lambda due: due is None,
+                        what="the cancel script to take the message out of the schedule")
+            assert not request.done(), "the premise: collect is still waiting for MongoDB's record"
+            running.procs["collect"].kill()
+        finally:
+            mongo.kill()  # stopped: the insert collect sent is never read, a FerretDB on the same data takes over
+            mongo = cluster.start_ferretdb(mongo_port)
+            await redis.aclose()
+        assert await answered(request) is None, "collect answered, so it was not killed before its record"
+        running.procs["collect"] = fresh = cluster.respawn(running.procs["collect"])
+        cluster.wait_http(fresh, f"{running.stack.collect_url}/healthz")
+        status = await until(lambda: answered(call(running, "GET", f"/v1/messages/{cancelled}")),
+                             lambda answer: answer is not None and answer[0] == 200
+                             and answer[1]["recipients"][0]["state"] == "cancelled",
+                             what="the message's status to say cancelled", timeout=30)
+        assert status is not None and status[1]["recipients"][0]["cancelled_at"] > 0
+        await arrived(rx, hook["secret"], "message.cancelled", "message_id", cancelled, timeout=30)
+        redis = Redis.from_url(running.stack.redis_url)
+        try:
+            assert await redis.zscore(SCHEDULE_KEY, cancelled) is None, "the cancelled message is scheduled again"
+        finally:
+            await redis.aclose()
+        assert (await running.client.cancel(cancelled))[0] == 404
 
 
 async def test_the_dashboard_stats_show_each_endpoints_attempts_queue_and_last_error(stack: RunningStack) -> None:

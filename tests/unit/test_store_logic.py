@@ -188,12 +188,31 @@ def test_a_scheduled_message_shows_its_due_time_then_its_cancellation() -> None:
     assert messages_of_document(doc) == [to_users, broadcast, now]
     assert [r["state"] for r in derive(doc, 0, [])] == ["scheduled", "scheduled"]
     assert derive(doc, 0, [])[0]["scheduled_at"] == 5000 and derive(doc, 2, [])[0]["state"] == "accepted"
-    events = [cancel_document(to_users, NOW), cancel_document(broadcast, NOW)]
+    at = int(NOW.timestamp() * 1000)
+    events = [cancel_document(to_users, at, NOW), cancel_document(broadcast, at, NOW)]
     assert all(e["closed"] for e in events)
     assert [r["state"] for r in derive(doc, 0, events)] == ["cancelled", "cancelled"]
     counts = derive_counts(doc, 1, events)
-    assert counts["stages"] == {"accepted": 1000, "scheduled": 6000, "cancelled": int(NOW.timestamp() * 1000)}
+    assert counts["stages"] == {"accepted": 1000, "scheduled": 6000, "cancelled": at}
     assert counts["nodes"] == counts["sockets"] == 0
+
+
+def test_a_cancel_recorded_twice_shows_once_at_its_first_time() -> None:
+    """collect's record and dispatch's reconciler finishing the same cancel (a later write, under the noted time or,
+    for an older record, a later one) leave one ``cancelled`` state at the first time, per recipient and for a topic
+    message alike."""
+    to_users = Message(message_id("p4", 0), ("a", "b"), b"F", 1000, 90_000, "shop", due_ms=5000)
+    topic = Message(message_id("p4", 1), (), b"G", 1000, 90_000, "shop", "news", due_ms=6000)
+    doc = post_document([to_users, topic])
+    later = NOW + dt.timedelta(seconds=20)
+    for message, index in ((to_users, 0), (topic, 1)):
+        events = [cancel_document(message, 3000, NOW), cancel_document(message, 3000, later),
+                  cancel_document(message, 4000, later)]
+        for order in (events, events[::-1]):
+            if index == 0:
+                assert [(r["state"], r["cancelled_at"]) for r in derive(doc, 0, order)] == [("cancelled", 3000)] * 2
+            else:
+                assert derive_counts(doc, 1, order)["stages"]["cancelled"] == 3000
 
 
 async def test_a_post_is_stored_journaled_with_the_urls_other_write_concern_kept() -> None:
