@@ -15,7 +15,8 @@ that node's next lifecycle flush (once a second), and a second pass reading befo
 the message open, to be replayed.
 Last, the acks Redis held while the state was incomplete (``Inbox.acknowledge``: taken
 while it was empty, or closing what the first pass then reopened) are closed again and recorded
-``acked`` in MongoDB before the state is marked complete, so no replay can send them.
+``acked`` in MongoDB, their webhook facts appended, before the state is marked complete, so no replay
+can send them.
 
 Live traffic goes on meanwhile (new messages go to Redis as usual). The rebuild first marks the
 whole state incomplete, whichever buckets were lost, and pauses the schedule: replays wait until a
@@ -78,13 +79,15 @@ async def keep_paused(schedule: Schedule) -> None:
 
 async def close_held_acks(inbox: Inbox, lifecycle: LifecycleWriter) -> int:
     """Close the deliveries acked while the state was incomplete, now that the passes reopened them, record exactly
-    those ``acked`` in MongoDB (an ack the node could not record: it found nothing to close), then forget the held
-    acks; return how many closed. Only an entry in the acking user's own inbox closes, as for any ack."""
+    those ``acked`` in MongoDB (an ack the node could not record: it found nothing to close) and append their
+    ``message.acked`` facts to the webhooks stream, then forget the held acks; return how many closed. Only an entry
+    in the acking user's own inbox closes, as for any ack. The facts go before the held acks are forgotten, not with
+    the next lifecycle flush: a dispatch SIGKILLed after forgetting them would lose those events."""
     acks = await inbox.held_acks()
     if not acks:
         return 0
     closed = set(await inbox.close([pair for pair, _ in acks]))
-    await lifecycle.write("acked", {pair: at for pair, at in acks if pair in closed})
+    await lifecycle.write("acked", {pair: at for pair, at in acks if pair in closed}, publish=True)
     await inbox.forget_held(acks)
     return len(closed)
 

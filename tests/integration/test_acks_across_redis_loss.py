@@ -12,16 +12,20 @@ from typing import cast
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection
 
 from services.dispatch.rebuild import close_held_acks
 from shared.cluster.routes import NODES_KEY
 from shared.delivery.inbox import Acked, Inbox, held_key
 from shared.delivery.lifecycle import LifecycleWriter
+from shared.delivery.store import MessageStore
+from shared.delivery.webhook_feed import EVENTS_KEY, TYPES_KEY, WebhookFeed
 from shared.infra.clients import redis_client
 from shared.infra.clock import now_ms
 from shared.infra.slots import all_user_tags
 from shared.model.message import Message, Pair, message_id
+from shared.model.webhook_events import Fact, decode_facts
 from tests.client import receive_ids
 from tests.conftest import RunningStack, Servers
 from tests.integration.test_delivery_guarantees import FAST, wait_for_state
@@ -180,8 +184,8 @@ class Written:
 
     marks: dict[Pair, int] = field(default_factory=dict)
 
-    async def write(self, stage: str, marks: Mapping[Pair, int]) -> None:
-        assert stage == "acked"
+    async def write(self, stage: str, marks: Mapping[Pair, int], publish: bool = False) -> None:
+        assert stage == "acked" and publish, "held acks' facts are appended before the held acks are forgotten"
         self.marks |= marks
 
 
@@ -215,3 +219,36 @@ async def test_acks_while_the_state_is_incomplete_are_held_and_the_rebuild_close
         assert await inbox.held_acks() == [], "a complete state holds nothing"
     finally:
         await redis.aclose()
+
+
+async def test_held_acks_are_appended_for_webhooks_before_they_are_forgotten(servers: Servers) -> None:
+    """The rebuild's step that closes held acks appends their ``acked`` facts to the webhooks stream before it returns
+    (not at a later lifecycle flush, which a dispatch SIGKILLed after the held acks were forgotten would never make);
+    when that append fails (the webhooks stream's Redis unreachable) the held acks are kept for the next rebuild."""
+    redis_url, mongo_db = servers.fresh_database()
+    redis = redis_client(redis_url)
+    store = MessageStore(servers.mongo_url, mongo_db)
+    inbox = Inbox(redis)
+    now = now_ms()
+    messages = [Message(message_id("heldfacts0", n), (f"fact{n}",), b"F", now, now + 60_000) for n in range(3)]
+    acks = [((m.id, m.users[0]), now - n) for n, m in enumerate(messages)]
+    unreachable = redis_client(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        await store.accept(messages)
+        await redis.sadd(TYPES_KEY, "message.acked")  # an endpoint wants acks
+        assert await inbox.acknowledge([Acked(u, at, (m,)) for (m, u), at in acks]) == [], "no epoch: held"
+        await inbox.open(messages)  # the rebuild's first pass reopens them
+        with pytest.raises(RedisError):
+            await close_held_acks(inbox, LifecycleWriter(store, feed=WebhookFeed(unreachable)))
+        assert sorted(await inbox.held_acks()) == sorted(acks), "kept: their facts were not appended"
+        await inbox.open(messages)  # the next rebuild reopens them again
+        assert await close_held_acks(inbox, LifecycleWriter(store, feed=WebhookFeed(redis))) == 3
+        facts = [f for _, fields in await redis.xrange(EVENTS_KEY) for f in decode_facts(fields[b"f"])]
+        assert sorted(facts, key=lambda f: f.message_id) == [Fact("acked", m, u, at) for (m, u), at in acks]
+        assert await inbox.held_acks() == []
+    finally:
+        await unreachable.aclose()
+        await redis.flushdb()
+        await redis.aclose()
+        await store.client.drop_database(mongo_db)
+        await store.close()
