@@ -2,8 +2,9 @@
 
 * ``POST /v1/webhooks`` ``{"url", "events": [...], "include_payload"?}`` -> 201 ``{"id", "url", "events",
   "include_payload", "secret"}``; the URL is checked against ``shared.wire.webhook_urls``;
-* ``GET /v1/webhooks`` -> ``{"webhooks": [...]}``, each with its counts (queued, failures, sent, failed
-  attempts, dropped, last error);
+* ``GET /v1/webhooks`` -> ``{"webhooks": [...]}``, each with ``disabled`` (null, or why the webhooks service
+  stopped sending to it: ``"answered 410 Gone"``) and its counts (queued, failures, sent, failed attempts,
+  dropped, last error);
 * ``DELETE /v1/webhooks/{id}``; ``POST /v1/webhooks/{id}/rotate`` -> ``{"id", "secret"}`` (the old secret
   signs too for 24 h);
 * ``GET /v1/webhooks/{id}/failures`` -> the events past their last attempt (the first 1,000), and

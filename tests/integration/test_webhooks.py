@@ -1,6 +1,6 @@
 """Webhooks through real processes: every event type signed and verifiable, retries under one id, the failure list and
-replay, presence with its grace, a killed node, killed services mid-retry, an expiry outliving a killed dispatch, a cancel
-outliving a killed collect, and one API key's events kept from another's."""
+replay, a 410 disabling its endpoint, presence with its grace, a killed node, killed services mid-retry, an expiry
+outliving a killed dispatch, a cancel outliving a killed collect, and one API key's events kept from another's."""
 
 from __future__ import annotations
 
@@ -214,6 +214,37 @@ async def test_a_full_queue_for_a_dead_endpoint_pushes_out_its_oldest_events_not
         _, listing = await until(lambda: call(running, "GET", path), lambda r: len(r[1]["failures"]) == 30,
                                  what="30 events pushed out of the full queue")
         assert {f["data"]["user_id"] for f in listing["failures"]} <= set(old), listing["failures"]
+
+
+async def test_a_receiver_answering_410_is_tried_once_then_disabled_and_sent_nothing_more(stack: RunningStack) -> None:
+    """An endpoint whose receiver answers 410 Gone gets one attempt (no retry: the event goes to the failure list),
+    shows as disabled in GET /v1/webhooks (the reason), and is neither sent nor queued a later event, which another
+    endpoint for the same type gets."""
+    gone = Receiver(answer=lambda _id, _attempt: 410)
+    async with endpoint(stack, ["message.cancelled"], gone) as (rx, hook), \
+            endpoint(stack, ["message.cancelled"]) as (witness, witness_hook):
+        first = await post(stack, "wh-lee", delay_seconds=600)
+        assert (await stack.client.cancel(first))[0] == 200
+        await until(lambda: len(rx.requests), lambda n: n == 1, what="the one attempt at the 410 endpoint")
+
+        async def listed() -> dict[str, Any]:
+            status, listing = await call(stack, "GET", "/v1/webhooks")
+            assert status == 200, listing
+            return dict(next(w for w in listing["webhooks"] if w["id"] == hook["id"]))
+
+        mine = await until(listed, lambda w: w["disabled"], what="the endpoint to show as disabled")
+        assert mine["disabled"] == "answered 410 Gone"
+        await arrived(witness, witness_hook["secret"], "message.cancelled", "message_id", first)
+        later = await post(stack, "wh-lee", delay_seconds=600)
+        assert (await stack.client.cancel(later))[0] == 200
+        await arrived(witness, witness_hook["secret"], "message.cancelled", "message_id", later)
+        await asyncio.sleep(scaled(1))  # a retry would be due 0.3 s after the attempt
+        assert [(r.event(hook["secret"])["data"]["message_id"], r.status) for r in rx.requests] == [(first, 410)]
+        mine = await listed()
+        assert mine["disabled"] == "answered 410 Gone"
+        assert {k: mine["stats"][k] for k in ("queued", "failures", "ok", "failed_attempts")} == {
+            "queued": 0, "failures": 1, "ok": 0, "failed_attempts": 1}, "the event answered 410 is in the failure list"
+        assert mine["stats"]["last_error"] == "HTTP 410"
 
 
 async def test_a_reload_within_the_grace_gives_no_offline(stack: RunningStack) -> None:
