@@ -6,6 +6,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from shared.delivery.lifecycle import FLUSH_SECONDS
 from shared.infra.config import InternalKeySettings, MongoSettings, ProxySettings, RedisSettings, TopicSettings, flag, setting
 from shared.model.topics import valid_pattern
 
@@ -65,6 +66,9 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySetting
     bundle_ms: int = setting("BUNDLE_MS", 100, "a socket that asked for bundles (`?bundle=1`) is written topic frames at most "
                              "once per this many ms: those coming sooner go out together in one frame, newline-separated "
                              "(0: never bundled)", low=0)
+    lifecycle_flush: float = setting("LIFECYCLE_FLUSH_SECONDS", FLUSH_SECONDS, "how long a lifecycle mark (a delivery, an "
+                                     "ack) waits for its bulk write to MongoDB, and its webhook fact for the webhooks "
+                                     "stream (keep it below `WEBHOOK_ORDER_WINDOW_MS`)", low=0.01)
     expiring_notice: int = setting("EXPIRING_NOTICE_SECONDS", 60, "a socket is sent `expiring` this long before its token "
                                    "expires, once per token (at once if it has less left; 0: never)", low=0)
 

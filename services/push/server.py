@@ -55,7 +55,7 @@ class PushNode:
         self.redis = redis_client(config.redis_url)
         self.writer = RouteWriter(self.redis, config.node_id, config.route_ttl, config.node_ttl)
         self.store = MessageStore(config.mongo_url, config.mongo_db)
-        self.lifecycle = LifecycleWriter(self.store, feed=WebhookFeed(self.redis), node=config.node_id)
+        self.lifecycle = LifecycleWriter(self.store, config.lifecycle_flush, feed=WebhookFeed(self.redis), node=config.node_id)
         inbox = Inbox(self.redis)
         self.replayer = Replayer(self.hub, inbox, self.lifecycle, config.replay_limit, config.replay_page, config.replay_concurrency)
         self.registrar = Registrar(self.writer, self.hub, self.card, config.heartbeat_interval, self.replayer.catch_up)

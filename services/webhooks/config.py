@@ -35,5 +35,9 @@ class WebhooksConfig(RedisSettings, MongoSettings, InternalKeySettings, WebhookU
     concurrency: int = setting("WEBHOOK_CONCURRENCY", 16, "requests in flight per endpoint (events of one user go one "
                                                           "after another)", low=1)
     batch: int = setting("WEBHOOK_BATCH", 500, "events taken from an endpoint's queue per round, and facts per fan-out", low=1)
+    order_window: int = setting("WEBHOOK_ORDER_WINDOW_MS", 3000, "facts are held this long before their events are queued, "
+                                "so one user's go out in the order they happened: longer than any producer takes to "
+                                "append a fact (its `LIFECYCLE_FLUSH_SECONDS` plus its MongoDB write) and than the "
+                                "hosts' clocks differ; every event waits it", low=0)
     offline_grace: float = setting("OFFLINE_GRACE_SECONDS", 10.0, "user.offline only once a user has had no socket this "
                                                                   "long (a page reload is not an offline)", low=0)

@@ -1,14 +1,18 @@
 """From facts to queued events: read ``{webhooks}:events`` as a consumer group and queue each event for the endpoints
-that want it.
+that want it, in the order the events happened.
 
-A batch of stream entries becomes events in one pass: message facts of a type some endpoint wants are
-attributed to the API key that posted the message (the post's ``sender`` in MongoDB, read once per
-post by id, an equality filter, and cached; never a query per event; the deliveries kept only for a
-later expiry's ``last_state`` read nothing), presence facts go to every endpoint that wants them,
-and one script (``shared.delivery.webhook_queue``) queues them and acknowledges the entries at once.
-A process killed before that script leaves its entries pending under its consumer name, and the next
-one starts by reading them again (``0``): nothing is lost, nothing queued twice (the script skips
-events already fanned out). One instance runs this loop.
+Facts reach the stream up to a flush after they happened, so the facts read are held for ``WEBHOOK_ORDER_WINDOW_MS``
+(``order.py``, which argues why that orders them) and each pass queues those the window releases, in the order they
+happened, as one batch (``WEBHOOK_BATCH`` facts at most): message facts of a type some endpoint wants are attributed to
+the API key that posted the message (the post's ``sender`` in MongoDB, read once per post by id, an equality filter,
+and cached; never a query per event; the deliveries kept only for a later expiry's ``last_state`` read nothing),
+presence facts go to every endpoint that wants them, and one script (``shared.delivery.webhook_queue``) queues them
+and acknowledges the entries whose last fact they are, at once. A delivery's ``delivered`` fact happened before its
+expiry, so it is released in the same batch or an earlier one, and the expiry's ``last_state`` sees it.
+
+A process killed with facts held, or before that script, leaves their entries pending under its consumer name, and the
+next one (or this loop after an error, its window emptied) starts by reading them again (from ``0``): nothing is lost,
+nothing queued twice (the script skips events already fanned out). One instance runs this loop.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from redis.exceptions import ResponseError
 
 from services.webhooks import metrics
 from services.webhooks.config import WebhooksConfig
+from services.webhooks.order import OrderWindow, entry_ms
 from services.webhooks.registry import Registry
 from shared.delivery.store import MessageStore
-from shared.delivery.webhook_feed import EVENTS_KEY, entries_of
+from shared.delivery.webhook_feed import EVENTS_KEY
 from shared.delivery.webhook_queue import Queued, WebhookQueues, seen_key
+from shared.infra.clients import text
 from shared.infra.clock import now_ms
 from shared.infra.retry import Backoff
 from shared.model.message import index_of, post_of
@@ -35,7 +41,8 @@ from shared.model.webhook_events import Fact, PostFacts, decode_facts, event_bod
 log = logging.getLogger(__name__)
 GROUP, CONSUMER = "webhooks", "webhooks"
 CACHED_POSTS = 100_000
-ENTRIES_PER_READ = 100  # stream entries (each a flush's facts) per fan-out
+ENTRIES_PER_READ = 100  # stream entries (each a flush's facts) per read
+IDLE_MS = 1000  # the longest wait for new entries
 
 
 async def ensure_group(redis: Redis, stream: str, group: str) -> None:
@@ -71,10 +78,11 @@ class Posts:
         return found
 
 
-def member(entry_id: str, position: int) -> str:
-    """An event's order key in a queue: its stream entry's id and its place in the entry, sortable as text."""
-    ms, _, seq = entry_id.partition("-")
-    return f"{int(ms):013d}-{int(seq):06d}-{position:05d}"
+def read_entries(reply: Any) -> list[tuple[str, list[Fact]]]:
+    """The entries of an XREADGROUP reply on one stream, with their facts; one deleted meanwhile (a pending entry the
+    stream's cap trimmed) has none."""
+    streams = reply.items() if isinstance(reply, dict) else reply or []
+    return [(text(i), decode_facts(fields[b"f"]) if fields else []) for _, batch in streams for i, fields in batch]
 
 
 class Fanout:
@@ -86,27 +94,48 @@ class Fanout:
         self.config = config
         self.posts = Posts(store)
 
+    def window(self) -> OrderWindow:
+        return OrderWindow(self.config.order_window, int(self.config.offline_grace * 1000))
+
     async def run(self) -> None:
-        backoff, backlog = Backoff(), True
+        backoff, window, cursor = Backoff(), self.window(), "0"
         while True:
             try:
                 await ensure_group(self.redis, EVENTS_KEY, GROUP)
-                # first what this consumer read and did not finish (a killed process), then new entries
-                replies = await self.redis.xreadgroup(GROUP, CONSUMER, {EVENTS_KEY: "0" if backlog else ">"},
-                                                      count=ENTRIES_PER_READ, block=None if backlog else 1000)
-                entries = entries_of(replies)
-                backlog = backlog and bool(entries)
-                if entries:
-                    await self.fan_out(entries)
+                cursor = await self.read(window, cursor)
+                while True:
+                    released, acks = window.release(self.config.batch)
+                    if not released and not acks:
+                        break
+                    await self.fan_out(released, acks)
                 backoff.succeeded()
-            except Exception as exc:  # never die silently: the entries stay pending and are read again
-                backlog = True
+            except Exception as exc:  # never die silently: the entries stay pending and are read again, from the start
+                window, cursor = self.window(), "0"
                 await backoff.failed(log, "webhook fan-out", exc)
 
-    async def fan_out(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
+    async def read(self, window: OrderWindow, cursor: str) -> str:
+        """Read a page of entries into ``window`` and return the next cursor: first this consumer's pending entries past
+        ``cursor`` (those a killed process, or this loop before an error, left unacknowledged), then (``>``) new ones,
+        waiting for them until the first held fact is due at most."""
+        started = now_ms()
+        due_in = window.due_in(started)
+        block = None if cursor != ">" or due_in == 0 else IDLE_MS if due_in is None else min(IDLE_MS, due_in)
+        entries = read_entries(await self.redis.xreadgroup(GROUP, CONSUMER, {EVENTS_KEY: cursor}, count=ENTRIES_PER_READ,
+                                                           block=block))
+        for entry_id, facts in entries:
+            window.add(entry_id, facts)
+        if entries:
+            window.advance(entry_ms(entries[-1][0]))
+        if cursor != ">":
+            return entries[-1][0] if entries else ">"
+        if len(entries) < ENTRIES_PER_READ:
+            window.advance(started)  # all there was: every entry appended before this read has been read
+        return ">"
+
+    async def fan_out(self, facts: list[tuple[str, Fact]], acks: list[str]) -> None:
+        """Queue the events of ``facts`` (``(member, fact)``, in the order they happened) and acknowledge ``acks``."""
         await self.registry.refresh()
         endpoints = [e for e in self.registry.endpoints.values() if not e.disabled]
-        facts = [(member(i, n), fact) for i, fields in entries for n, fact in enumerate(decode_facts(fields[b"f"]))]
         # only the posts of events some endpoint wants: a delivery recorded just for a later expiry's last state
         # (every delivery, whenever message.expired is wanted) reads no post
         wanted = {t for e in endpoints for t in e.events}
@@ -133,7 +162,7 @@ class Fanout:
                       for e in targets}
             events.append((fact.event_id, key, list(bodies.items())))
             counted += [fact.type] if targets else []
-        fresh, dropped = await self.queues.fan_out(GROUP, [i for i, _ in entries], events, now_ms(), self.config.queue_limit)
+        fresh, dropped = await self.queues.fan_out(GROUP, acks, events, now_ms(), self.config.queue_limit)
         for event_type in counted:
             metrics.EVENTS.labels(event_type).inc()
         for endpoint_id, n in dropped.items():

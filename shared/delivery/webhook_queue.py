@@ -3,8 +3,9 @@
 Keys per endpoint ``<ep>``, under ``{webhooks}`` like the feed (``shared.delivery.webhook_feed``):
 
 * ``{webhooks}:due:<ep>`` -- ZSET of queued events by when their next attempt is due (ms); a member is
-  its order key (the fact's stream id and position), so events fanned out in one millisecond keep
-  the order they happened in;
+  its order key (``services.webhooks.order.member``: when the event happened, then its fact's stream
+  id and position, as fixed-width text), so the events of one fan-out, all due at the same score,
+  are read in the order they happened;
 * ``{webhooks}:order:<ep>`` -- ZSET of the same members, all scored 0, so the lowest is the event that
   happened first (the member order); a full queue pushes out from here, not from ``due``, where an event
   waiting for its retry scores later than one just queued;

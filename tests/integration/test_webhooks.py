@@ -1,6 +1,7 @@
 """Webhooks through real processes: every event type signed and verifiable, retries under one id, the failure list and
 replay, a 410 disabling its endpoint, presence with its grace, a killed node, killed services mid-retry, an expiry
-outliving a killed dispatch, a cancel outliving a killed collect, and one API key's events kept from another's."""
+outliving a killed dispatch, a cancel outliving a killed collect, one API key's events kept from another's, and one
+user's events sent in the order they happened though their facts reached the stream the other way round."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from redis.asyncio import Redis
 from pushcluster.webhooks import verify
 from shared.delivery.inbox import post_key
 from shared.delivery.schedule import SCHEDULE_KEY
+from shared.delivery.webhook_feed import EVENTS_KEY
 from shared.model.message import post_of
-from shared.model.webhook_events import EVENT_TYPES, MESSAGE_EVENTS, PRESENCE_EVENTS
+from shared.model.webhook_events import EVENT_TYPES, MESSAGE_EVENTS, PRESENCE_EVENTS, decode_facts
 from tests.client import API_KEY, ClusterClient, next_frame
 from tests.conftest import RunningStack, Servers
 from tests.waits import scaled, until
@@ -31,7 +33,9 @@ OTHER_KEY = "other-api-key"
 GRACE, NODE_TTL = 2, 3
 FAST = {"COLLECT_API_KEYS": f"demo:{API_KEY},other:{OTHER_KEY}", "WEBHOOK_SCHEDULE_SECONDS": "0.3,0.3,0.3,0.3",
         "OFFLINE_GRACE_SECONDS": str(GRACE), "NODE_TTL_SECONDS": str(NODE_TTL), "RECONCILE_INTERVAL_SECONDS": "0.5",
-        "WEBHOOK_QUEUE_LIMIT": "50"}
+        "WEBHOOK_QUEUE_LIMIT": "50", "WEBHOOK_ORDER_WINDOW_MS": "500"}
+# WEBHOOK_ORDER_WINDOW_MS: 500 ms, not the 3 s default, so that every event is not held 3 s; shorter than the nodes'
+# 1 s lifecycle flush, so order is not promised here, except in the ordering test, which sets its own window
 
 
 @contextlib.asynccontextmanager
@@ -441,3 +445,35 @@ async def test_the_dashboard_stats_show_each_endpoints_attempts_queue_and_last_e
         "owner": "demo", "origin": f"http://127.0.0.1:{rx.port}", "events": ["message.delivered"], "disabled": None,
         "ok": 2, "failed_attempts": 4, "queued": 0, "failures": 0, "dropped": 0, "last_error": "HTTP 500"}
     assert entry["last_error_at"] <= time.time() * 1000
+
+
+async def test_one_users_events_from_two_processes_arrive_in_the_order_they_happened(servers: Servers,
+                                                                                    cluster: Cluster) -> None:
+    """A delivery reaches the webhooks stream after its own expiry, through the real producers: the push node appends its
+    delivered fact at its lifecycle flush, slowed to 4 s (``LIFECYCLE_FLUSH_SECONDS``), while dispatch appends the expiry
+    as it closes it, a second after the delivery (TTL 1 s). The test waits for a flush (a probe message's status turns
+    ``delivered``) and posts right after it, so the expiry goes in about 3 s before the delivery does; the ordering
+    window (6 s here, longer than that flush) still sends ``message.delivered`` first, and the expiry's ``last_state``
+    is ``delivered``."""
+    async with webhook_stack(servers, cluster, LIFECYCLE_FLUSH_SECONDS="4", WEBHOOK_ORDER_WINDOW_MS="6000") as running, \
+            endpoint(running, ["message.delivered", "message.expired"]) as (rx, hook):
+        ws = await running.client.connect("wh-ord")
+        probe = await post(running, "wh-ord")
+        assert (await next_frame(ws))["id"] == probe
+        await until(lambda: running.client.status(probe), lambda a: a[0] == 200 and a[1]["recipients"][0]["state"] == "delivered",
+                    what="the node's lifecycle flush to record the probe delivered", every=0.02)
+        message_id = await post(running, "wh-ord", ttl_seconds=1)  # the node's next flush is about 4 s away
+        assert (await next_frame(ws))["id"] == message_id  # written to the socket, never acked: it expires
+        await arrived(rx, hook["secret"], "message.expired", "message_id", message_id, timeout=20)
+        await arrived(rx, hook["secret"], "message.delivered", "message_id", message_id)
+        redis = Redis.from_url(running.stack.redis_url)
+        try:
+            appended = [f.stage for _, fields in await redis.xrange(EVENTS_KEY) for f in decode_facts(fields[b"f"])
+                        if f.message_id == message_id]
+        finally:
+            await redis.aclose()
+        await ws.close()
+    assert appended == ["expired", "delivered"], "the facts did not reach the stream swapped: the test proved nothing"
+    events = about(rx.accepted(hook["secret"]), "message_id", message_id)
+    assert [e["type"] for e in events] == ["message.delivered", "message.expired"]
+    assert events[1]["data"]["last_state"] == "delivered"
