@@ -172,8 +172,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.faults = [f for f in args.faults.split(",") if f]
     if not set(args.faults) <= set(FAULT_KINDS + SERVER_KINDS):
         p.error(f"--faults takes {', '.join(FAULT_KINDS + SERVER_KINDS)}")
-    if "net" in args.faults and args.redis_cluster:
-        p.error("--faults net puts one Redis behind a proxy: not with --redis-cluster")
     return args
 
 
@@ -191,14 +189,8 @@ def main(argv: list[str]) -> int:
                                                  NODE_TTL_SECONDS=str(NODE_TTL_SECONDS))
         servers = [p for p in cluster.procs if p.name.split("-")[0] in ("ferretdb", "postgres")] + \
             (redis or [p for p in cluster.procs if p.name.startswith("redis-")])
-        proxy = Toxiproxy(cluster) if "net" in args.faults else None
-        node_redis_url = None
-        if proxy is not None:
-            redis_port = int(servers[-1].name.rpartition("-")[2])
-            node_redis_url = stack.redis_url.replace(f":{redis_port}/", f":{proxy.proxy(redis_port)}/")
-        chaos = ChaosStack.start(cluster, stack, redis, node_redis_url)
+        chaos = ChaosStack.start(cluster, stack, redis, Toxiproxy(cluster) if "net" in args.faults else None)
         chaos.expose(servers)
-        chaos.toxiproxy = proxy
         report = asyncio.run(drive(chaos, seed, args.seconds, args.faults, args.settle))
         if report.violations and args.workdir is None:  # the temp dir goes: keep what explains the violations
             kept = KEPT_LOGS / f"seed-{seed}"

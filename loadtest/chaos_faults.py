@@ -20,9 +20,10 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from loadtest.chaos_check import FaultRecord, Observations
-from loadtest.chaos_net import TOXICS, Toxiproxy
+from loadtest.chaos_net import Toxiproxy
 from tools.cluster import Cluster, Proc, Stack, free_port
 
 FAULT_KINDS = ("kill", "stop")  # the default run's
@@ -39,26 +40,37 @@ class ChaosStack:
         self.stack = stack
         self.procs = procs  # by name: auth, collect, dispatch-<port>, push-<port>; servers added by ``expose``
         self.redis = redis  # a Redis Cluster started for this stack alone, stopped with it
-        self.toxiproxy: Toxiproxy | None = None  # in front of the last push node's Redis, for ``net`` faults
+        self.toxiproxy: Toxiproxy | None = None  # its proxies, for ``net`` faults
 
     @classmethod
-    def start(cls, cluster: Cluster, stack: Stack, redis: list[Proc], node_redis_url: str | None = None) -> ChaosStack:
-        """The services on ``stack``, with a second dispatch instance on a port of its own; with ``node_redis_url``, the
-        last push node reaches Redis there."""
+    def start(cls, cluster: Cluster, stack: Stack, redis: list[Proc], toxiproxy: Toxiproxy | None = None) -> ChaosStack:
+        """The services on ``stack``, with a second dispatch instance on a port of its own. With ``toxiproxy``, the
+        first push node's link goes through its proxy ``link`` and, on one Redis (``redis`` empty), the last push node
+        reaches Redis through its proxy ``redis``."""
         before = len(cluster.procs)
         try:
-            others = dataclasses.replace(stack, push_ports=stack.push_ports[:-1]) if node_redis_url else stack
+            first, last = stack.push_ports[0], stack.push_ports[-1]
+            proxied: dict[int, dict[str, str]] = {}
+            if toxiproxy is not None:
+                proxied[first] = {"PUSH_LINK_ADDRESS": f"127.0.0.1:{toxiproxy.proxy('link', first)}"}
+                if not redis:
+                    upstream = urlsplit(stack.redis_url).port
+                    assert upstream is not None, stack.redis_url
+                    url = stack.redis_url.replace(f":{upstream}/", f":{toxiproxy.proxy('redis', upstream)}/")
+                    proxied.setdefault(last, {})["REDIS_URL"] = url
+            others = dataclasses.replace(stack, push_ports=[p for p in stack.push_ports if p not in proxied])
             procs = {f"dispatch-{stack.dispatch_port}" if name == "dispatch" else name: proc
                      for name, proc in cluster.start_stack(others).items()}
-            if node_redis_url:
-                last = stack.push_ports[-1]
-                procs[f"push-{last}"] = cluster.start_service("push", stack, last, REDIS_URL=node_redis_url)
+            for node, env in proxied.items():
+                procs[f"push-{node}"] = cluster.start_service("push", stack, node, **env)
             port = free_port()
             procs[f"dispatch-{port}"] = cluster.start_service("dispatch", stack, port, DISPATCH_PORT=str(port))
         except BaseException:
             cls(cluster, stack, {p.name: p for p in cluster.procs[before:]}, redis).stop()
             raise
-        return cls(cluster, stack, procs, redis)
+        chaos = cls(cluster, stack, procs, redis)
+        chaos.toxiproxy = toxiproxy
+        return chaos
 
     def expose(self, servers: list[Proc]) -> None:
         """Let faults restart these servers too (Redis, FerretDB, PostgreSQL: redis-<port>, ...), which this stack has
@@ -120,7 +132,7 @@ class Faults:
     async def run(self, plans: list[FaultPlan]) -> None:
         for plan in plans:
             await asyncio.sleep(max(0.0, self.started + plan.at - time.time()))
-            names = self.stack.named(plan.role) or [f"{plan.role}-{TOXICS[plan.pick % len(TOXICS)]}"]
+            names = self.stack.toxiproxy.faults() if plan.kind == "net" and self.stack.toxiproxy else self.stack.named(plan.role)
             name = names[plan.pick % len(names)]
             print(f"  fault at {time.time() - self.started:.1f} s: {plan.kind} {name} for {plan.duration:.1f} s", flush=True)
             start = time.time()
@@ -147,14 +159,15 @@ class Faults:
             self.stack.cluster.wait_http(proc, f"{self.stack.url(proc.name)}/healthz")
 
     async def harm(self, name: str, seconds: float) -> None:
-        """A toxic (``toxiproxy-<toxic>``) between the last push node and Redis for ``seconds``, then none."""
-        proxy = self.stack.toxiproxy
-        assert proxy is not None, "net faults need ChaosStack.toxiproxy"
-        await asyncio.to_thread(proxy.harm, name.rpartition("-")[2], 1000 + int(seconds * 200))
+        """A toxic (``<proxy>-<toxic>``: ``link-blackhole``, ``redis-reset``, ...) on one proxy for ``seconds``, then none."""
+        toxiproxy = self.stack.toxiproxy
+        assert toxiproxy is not None, "net faults need ChaosStack.toxiproxy"
+        proxy, _, toxic = name.partition("-")
+        await asyncio.to_thread(toxiproxy.harm, proxy, toxic, 1000 + int(seconds * 200))
         try:
             await asyncio.sleep(seconds)
         finally:
-            await asyncio.to_thread(proxy.heal)
+            await asyncio.to_thread(toxiproxy.heal, proxy)
 
     async def pause(self, name: str, seconds: float) -> None:
         """SIGSTOP for ``seconds``, then SIGCONT (also if cancelled meanwhile)."""

@@ -33,6 +33,8 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySetting
     tls_cert: str = setting("PUSH_TLS_CERT", "", "PEM certificate (chain) the node serves TLS with, to browsers and dispatch "
                             "alike: its link URL becomes `wss://` (dispatch and collect verify it against `LINK_CA`)")
     tls_key: str = setting("PUSH_TLS_KEY", "", "the certificate's private key (PEM)")
+    link_address: str = setting("PUSH_LINK_ADDRESS", "", "`host:port` the node's card gives dispatch and collect for its "
+                                "`/internal` link, when they reach it through a proxy or NAT", shown="{host}:{port}")
     auth_url: str = setting("AUTH_URL", "http://127.0.0.1:8001", "auth, asked to verify tokens")
     node_ttl: int = setting("NODE_TTL_SECONDS", 30, "a killed node stops being routed to within this", low=3)
     route_ttl: int = setting("ROUTE_TTL_SECONDS", 3600, "garbage-collection TTL of user routes", low=1)
@@ -78,7 +80,7 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySetting
 
     @property
     def link_url(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}/internal"
+        return f"{self.scheme}://{self.link_address or f'{self.host}:{self.port}'}/internal"
 
     def tls(self) -> ssl.SSLContext | None:
         """The server's TLS context, or None to serve plain websockets."""
