@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 HELD_LIMIT = 1000
 PUBLISH_SLICE = 1000  # sockets written between two yields to the loop
-PUBLISHED_MEMORY = 100_000  # topic message ids remembered, so a retried batch is not written twice
+PUBLISHED_MEMORY = 100_000  # unpositioned topic message ids remembered, so a retried batch is not written twice
 POSITIONING_LIMIT = 10_000  # live frames of one topic held for one socket while its position is read; past it: 1013
 FLUSH_INTERVAL = 0.005  # seconds between two passes of the flusher over backed-up sockets
 ACKED_LIMIT = 1_000  # acknowledged ids one socket still remembers, so a late batch does not write them again
@@ -506,12 +506,16 @@ class Hub:
     async def publish(self, message_id: str, frame: bytes, topic: str, high: bool = False, offset: int = 0) -> int:
         """Write a topic message to the open sessions subscribed to ``topic`` (every open session for
         ``BROADCAST``), without awaiting any socket (queued for a backed-up one; held for one whose position in the
-        topic is being read); return how many were written."""
-        if message_id in self._published:
-            return 0
-        self._published[message_id] = None
-        if len(self._published) > PUBLISHED_MEMORY:
-            self._published.popitem(last=False)
+        topic is being read); return how many were written. A message without a position (``offset`` 0) already
+        published is not written again (a retried batch); one with a position always is: the sequencer admits each
+        offset once (``sequencer.py``), and the same id placed again at a new offset (the topic's placement guard
+        lost with Redis) must not leave a hole in the offsets its subscribers see."""
+        if not offset:
+            if message_id in self._published:
+                return 0
+            self._published[message_id] = None
+            if len(self._published) > PUBLISHED_MEMORY:
+                self._published.popitem(last=False)
         sessions = self.sessions() if topic == BROADCAST else list(self._by_topic.get(topic, ()))
         # One frame for every socket, serialised once (``wire``), each socket's transport just appends it. This
         # skips what websockets' broadcast() redoes per socket (framing), about half the node's CPU per socket.

@@ -197,6 +197,18 @@ async def test_a_topic_message_reaches_welcomed_open_subscribers_once_per_messag
     assert [texts(s) for s in (reader, unwelcomed, closing, elsewhere)] == [["T1"], [], [], []]
 
 
+async def test_a_topic_message_placed_again_at_a_new_offset_is_written_there_too() -> None:
+    """An id written at offset 101 and placed again at 102 is written at 102 as well: positioned messages are
+    admitted once per offset by the sequencer, so dropping the id here would leave subscribers a hole at 102."""
+    hub = Hub()
+    reader = session("a")
+    hub.add(reader)
+    hub.subscribe(reader, ["room:3"])
+    assert await hub.publish("t1", b"T1@101", "room:3", offset=101) == 1
+    assert await hub.publish("t1", b"T1@102", "room:3", offset=102) == 1
+    assert texts(reader) == ["T1@101", "T1@102"]
+
+
 async def test_a_broadcast_reaches_every_welcomed_session_whatever_it_subscribed_to() -> None:
     """A broadcast is written to every welcomed open session, subscribed to anything or nothing, during a replay too."""
     hub = Hub()
