@@ -117,14 +117,15 @@ class Reconciler:
             log.info("tidied", extra={"history": deleted, "nodes": nodes, "consumers": consumers})
 
     async def finish_handovers(self) -> int:
-        """Hand over the posts MongoDB has whose intent outlived the grace period; drop intents of posts it never
+        """Hand over the posts MongoDB has whose intent outlived the grace period, but none of their messages with a
+        lifecycle record (handed over already: fired, delivered, acked or cancelled); drop intents of posts it never
         got once no insert can still be running; return how many posts were handed over."""
         now = now_ms()
         intents = await self.handover.unfinished(now - int(self.config.handover_grace * 1000), self.config.expire_batch)
         if not intents:
             return 0
         messages = await self.store.stored_posts([post for post, _ in intents])
-        await self.handover.finish(messages)
+        await self.handover.finish(messages, await self.store.recorded([m.id for m in messages]))
         found = {m.post for m in messages}
         abandoned = [post for post, at in intents if post not in found and at < now - self.config.handover_abandon * 1000]
         await self.handover.drop(abandoned)

@@ -7,8 +7,9 @@ it. An intent older than a grace period is a hand-over nobody finished: dispatch
 that post back from MongoDB by id and hands it over itself. An intent whose post MongoDB never got
 (the insert failed) is dropped once it is old enough that no insert can still be running. An intent can also
 outlive a hand-over that was done: an Idempotency-Key retry refused while MongoDB was down leaves its own, after the
-first attempt was handed over. So the reconciler's ``finish`` puts scheduled messages back only through the schedule,
-which skips those cancelled since.
+first attempt was handed over. So the reconciler's ``finish`` hands over none of a post's messages that have a
+lifecycle record (the hand-over was done: fired, delivered, acked, cancelled), and puts scheduled messages back only
+through the schedule, which skips those cancelled since.
 
 A scheduled message not yet due is held back instead (``shared.delivery.schedule``), in the same pipeline:
 it reaches inboxes and the stream when dispatch fires it.
@@ -22,7 +23,8 @@ with a replica per master), ``REPLICA_ACKS`` makes the hand-over wait for them b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 from redis.asyncio import Redis, RedisCluster
@@ -37,6 +39,17 @@ from shared.model.message import Message, by_post
 from shared.wire.errors import Unavailable
 
 HANDOVER_KEY = "handover"
+
+
+def unrecorded(message: Message, recorded: Collection[str]) -> Message | None:
+    """``message`` for those of its recipients no lifecycle row names (``recorded``), None if there are none left; a
+    topic or broadcast message (no recipients) whole, or None once any row names it."""
+    if message.topic is not None:
+        return None if recorded else message
+    users = tuple(u for u in message.users if u not in recorded)
+    if not users:
+        return None
+    return message if len(users) == len(message.users) else replace(message, users=users)
 
 
 class Handover:
@@ -109,13 +122,16 @@ class Handover:
         self.inbox.stage(pipe, messages)
         self.stream.stage(pipe, messages)
 
-    async def finish(self, messages: list[Message]) -> None:
+    async def finish(self, messages: list[Message], recorded: Mapping[str, Collection[str]] | None = None) -> None:
         """Hand over posts MongoDB has whose hand-over nobody finished (the reconciler): like ``complete``, except that
         every scheduled message goes to the schedule, even one due by now (it fires at once), and only if no cancel
-        took it out. The intent may be a refused Idempotency-Key retry's, left after the first attempt's hand-over
-        and a cancel answered 200 since: the message must not come back."""
-        await self.schedule.hold([m for m in messages if m.due_ms])
-        await self.complete([m for m in messages if not m.due_ms])
+        took it out; then drop their intents. The intent may be a refused Idempotency-Key retry's, left after the
+        first attempt's hand-over, and its deliveries fired, acked or cancelled since: a delivery with a lifecycle
+        record (``recorded``: message id -> the users its rows name, "" for a topic message's) is not handed over
+        again, nor is a scheduled message a cancel took out: none must come back."""
+        waiting = [w for m in messages if (w := unrecorded(m, (recorded or {}).get(m.id, ()))) is not None]
+        await self.schedule.hold([m for m in waiting if m.due_ms])
+        await self.complete([m for m in waiting if not m.due_ms])
         await self.drop(list(by_post(messages)))
 
     async def settle_retried(self, messages: Iterable[Message], now_ms: int) -> None:

@@ -310,18 +310,23 @@ class MessageStore:
 
         return [m for doc in await self.breaker.call(read) for m in messages_of_document(doc)]
 
-    async def recorded(self, message_ids: list[str]) -> set[str]:
-        """Those of ``message_ids`` with any lifecycle row: a node's count, a delivery's stage or a cancellation. For a
-        topic or broadcast message, the record that it fired (or was cancelled). One query per post, by its id (an
-        equality filter, which FerretDB pushes down)."""
+    async def recorded(self, message_ids: list[str]) -> dict[str, set[str]]:
+        """Those of ``message_ids`` with any lifecycle row (a node's count, a delivery's stage or a cancellation), each
+        with the users its rows name ("" for a row naming none: a topic or broadcast message's count or cancellation,
+        the record that it fired or was cancelled). One query per post, by its id (an equality filter, which FerretDB
+        pushes down)."""
         wanted = set(message_ids)
         posts = list(dict.fromkeys(post_of(m) for m in message_ids))
 
         async def read() -> list[list[dict[str, Any]]]:
             return list(await asyncio.gather(*(self.events.find({"p": p}, {"rows": 1, "_id": 0}).to_list(None) for p in posts)))
 
-        return {m for post, docs in zip(posts, await self.breaker.call(read)) for d in docs for r in rows_of(d)
-                if (m := message_id(post, r["i"])) in wanted}
+        found: dict[str, set[str]] = {}
+        for post, docs in zip(posts, await self.breaker.call(read)):
+            for r in (r for d in docs for r in rows_of(d)):
+                if (m := message_id(post, r["i"])) in wanted:
+                    found.setdefault(m, set()).add(r.get("u", ""))
+        return found
 
     async def record_cancelled(self, message: Message, at: int) -> None:
         """One insert: the closing ``cancelled`` record of a scheduled message taken back at ``at`` (ms) before it
