@@ -8,6 +8,7 @@ and ``any_shared_stack`` follow it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -18,7 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 
+from shared.delivery.store import MessageStore
 from tests.client import ClusterClient
 from tests.waits import scaled
 from tools.cluster import Cluster, Proc, Stack, free_cluster_port, free_port
@@ -46,6 +49,20 @@ class Servers:
         """A Redis URL and a MongoDB database name no other test uses."""
         n = next(self._dbs)
         return self.cluster.redis_url(self.redis_port, n), f"push_test_{n}"
+
+    @contextlib.asynccontextmanager
+    async def fresh_state(self) -> AsyncIterator[tuple[Redis, MessageStore]]:
+        """Clients on a Redis database and a MongoDB database no other test uses, for a test that drives the delivery
+        state's pieces without services; the databases emptied and the clients closed on leaving."""
+        redis_url, mongo_db = self.fresh_database()
+        redis, store = Redis.from_url(redis_url), MessageStore(self.mongo_url, mongo_db)
+        try:
+            yield redis, store
+        finally:
+            await redis.flushdb()
+            await redis.aclose()
+            await store.client.drop_database(mongo_db)
+            await store.close()
 
     def new_stack(self, nodes: int = 2, redis_url: str | None = None, **env: str) -> Stack:
         own_redis, mongo_db = self.fresh_database()

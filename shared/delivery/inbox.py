@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any, NamedTuple
 
@@ -415,21 +415,15 @@ class Inbox:
             per_bucket[user_tag(f.user_id)].append(f)
         keys: list[str] = []
         per_key: list[list[Any]] = []
-        framed: dict[int, Acked] = {}  # the frame of each inbox key, by its position
+        inboxes: dict[int, tuple[str, Sequence[str]]] = {}  # the user and ids of each inbox key, by its position
         for tag, bucket in per_bucket.items():
             keys += [epoch_key(tag), held_key(tag)]
             per_key += [["*"], ["*"]]
             for f in bucket:
-                framed[len(keys)] = f
+                inboxes[len(keys)] = (f.user_id, f.ids)
                 keys.append(inbox_key(f.user_id, tag))
                 per_key.append([f.at, len(f.ids), *f.ids])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            groups = self._ack.stage(pipe, keys, per_key, head=[HELD_ACK_TTL_SECONDS])
-            replies = await pipe.execute()
-        removed: list[Pair] = []
-        for group, flags in zip(groups, replies):  # a call's flags: the ids of its frames, in key order
-            found = iter(flags)
-            removed += [(m, f.user_id) for f in (framed[k] for k in group if k in framed) for m in f.ids if next(found)]
+        removed = await self._removed(self._ack, keys, per_key, [HELD_ACK_TTL_SECONDS], inboxes)
         await self._settle(removed)
         return removed
 
@@ -536,21 +530,27 @@ class Inbox:
             per_bucket[user_tag(user)].append(user)
         keys: list[str] = []
         per_key: list[list[Any]] = []
-        owner: dict[int, str] = {}  # the user of each inbox key, by its position
+        inboxes: dict[int, tuple[str, Sequence[str]]] = {}  # the user and ids of each inbox key, by its position
         for tag, users in per_bucket.items():
             keys.append(expired_key(tag))
             per_key.append(["*"])
             for user in users:
-                owner[len(keys)] = user
+                inboxes[len(keys)] = (user, per_user[user])
                 keys.append(inbox_key(user, tag))
                 per_key.append([len(per_user[user]), *per_user[user]])
+        return await self._removed(self._expire_inboxes, keys, per_key, [at], inboxes)
+
+    async def _removed(self, script: SlotScript, keys: list[str], per_key: list[list[Any]], head: list[Any],
+                       inboxes: dict[int, tuple[str, Sequence[str]]]) -> list[Pair]:
+        """Run ``script`` once per slot of ``keys`` (one pipeline), whose reply flags each id of each inbox key in key
+        order; return the (id, user) pairs flagged (removed from their inbox)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            groups = self._expire_inboxes.stage(pipe, keys, per_key, head=[at])
+            groups = script.stage(pipe, keys, per_key, head=head)
             replies = await pipe.execute()
         removed: list[Pair] = []
-        for group, flags in zip(groups, replies):  # a call's flags: the ids of its inboxes, in key order
+        for group, flags in zip(groups, replies):
             found = iter(flags)
-            removed += [(m, owner[k]) for k in group if k in owner for m in per_user[owner[k]] if next(found)]
+            removed += [(m, inboxes[k][0]) for k in group if k in inboxes for m in inboxes[k][1] if next(found)]
         return removed
 
     async def open_count(self) -> int:

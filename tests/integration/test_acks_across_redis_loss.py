@@ -19,7 +19,6 @@ from services.dispatch.rebuild import close_held_acks
 from shared.cluster.routes import NODES_KEY
 from shared.delivery.inbox import Acked, Inbox, held_key
 from shared.delivery.lifecycle import LifecycleWriter
-from shared.delivery.store import MessageStore
 from shared.delivery.webhook_feed import EVENTS_KEY, TYPES_KEY, WebhookFeed
 from shared.infra.clients import redis_client
 from shared.infra.clock import now_ms
@@ -225,15 +224,11 @@ async def test_held_acks_are_appended_for_webhooks_before_they_are_forgotten(ser
     """The rebuild's step that closes held acks appends their ``acked`` facts to the webhooks stream before it returns
     (not at a later lifecycle flush, which a dispatch SIGKILLed after the held acks were forgotten would never make);
     when that append fails (the webhooks stream's Redis unreachable) the held acks are kept for the next rebuild."""
-    redis_url, mongo_db = servers.fresh_database()
-    redis = redis_client(redis_url)
-    store = MessageStore(servers.mongo_url, mongo_db)
-    inbox = Inbox(redis)
-    now = now_ms()
-    messages = [Message(message_id("heldfacts0", n), (f"fact{n}",), b"F", now, now + 60_000) for n in range(3)]
-    acks = [((m.id, m.users[0]), now - n) for n, m in enumerate(messages)]
-    unreachable = redis_client(f"redis://127.0.0.1:{free_port()}/0")
-    try:
+    async with servers.fresh_state() as (redis, store), redis_client(f"redis://127.0.0.1:{free_port()}/0") as unreachable:
+        inbox = Inbox(redis)
+        now = now_ms()
+        messages = [Message(message_id("heldfacts0", n), (f"fact{n}",), b"F", now, now + 60_000) for n in range(3)]
+        acks = [((m.id, m.users[0]), now - n) for n, m in enumerate(messages)]
         await store.accept(messages)
         await redis.sadd(TYPES_KEY, "message.acked")  # an endpoint wants acks
         assert await inbox.acknowledge([Acked(u, at, (m,)) for (m, u), at in acks]) == [], "no epoch: held"
@@ -246,9 +241,3 @@ async def test_held_acks_are_appended_for_webhooks_before_they_are_forgotten(ser
         facts = [f for _, fields in await redis.xrange(EVENTS_KEY) for f in decode_facts(fields[b"f"])]
         assert sorted(facts, key=lambda f: f.message_id) == [Fact("acked", m, u, at) for (m, u), at in acks]
         assert await inbox.held_acks() == []
-    finally:
-        await unreachable.aclose()
-        await redis.flushdb()
-        await redis.aclose()
-        await store.client.drop_database(mongo_db)
-        await store.close()

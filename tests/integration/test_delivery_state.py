@@ -244,23 +244,19 @@ async def test_expiries_whose_record_fails_stay_noted_in_redis_and_are_recorded_
         servers: Servers, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reconciler pass that closes an expired delivery but cannot append its webhook fact (that Redis unreachable) keeps
     the note; the next pass records it: status ``expired``, and the fact, under the time the closing was noted with."""
-    redis_url, mongo_db = servers.fresh_database()
-    redis = Redis.from_url(redis_url)
-    store = MessageStore(servers.mongo_url, mongo_db)
-    inbox = Inbox(redis)
-    now = now_ms()
-    gone = Message(message_id("pgone", 0), ("ann",), MessageFrame(message_id("pgone", 0), 0, now).encode(), now - 2000,
+    async with servers.fresh_state() as (redis, store), Redis.from_url(f"redis://127.0.0.1:{free_port()}/0") as unreachable:
+        inbox = Inbox(redis)
+        now = now_ms()
+        gone = Message(message_id("pgone", 0), ("ann",), MessageFrame(message_id("pgone", 0), 0, now).encode(), now - 2000,
                    now - 1000, sender="demo")
-    await store.accept([gone])
-    await inbox.open([gone], now - 2000)
-    await inbox.complete()
-    await redis.sadd(TYPES_KEY, "message.expired")  # an endpoint wants expiries
-    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
-    lifecycle = LifecycleWriter(store, feed=WebhookFeed(unreachable))
-    monkeypatch.setenv("APP_ENV", "development")
-    reconciler = Reconciler(DispatchConfig.from_env(), store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000),
+        await store.accept([gone])
+        await inbox.open([gone], now - 2000)
+        await inbox.complete()
+        await redis.sadd(TYPES_KEY, "message.expired")  # an endpoint wants expiries
+        lifecycle = LifecycleWriter(store, feed=WebhookFeed(unreachable))
+        monkeypatch.setenv("APP_ENV", "development")
+        reconciler = Reconciler(DispatchConfig.from_env(), store, inbox, lifecycle, Lease(redis, "lease:test", "me", 10_000),
                             RouteReader(redis, DEV_INTERNAL_KEY), ShardedStream(redis))
-    try:
         with pytest.raises(RedisError):
             await reconciler.reconcile()
         assert await inbox.still_open([(gone.id, "ann")]) == set(), "closed in Redis"
@@ -273,12 +269,6 @@ async def test_expiries_whose_record_fails_stay_noted_in_redis_and_are_recorded_
         assert facts == [Fact("expired", gone.id, "ann", noted.marks[gone.id, "ann"])]
         answer = await store.lifecycle(gone.id, "demo")
         assert answer is not None and answer["recipients"][0]["state"] == "expired"
-    finally:
-        await unreachable.aclose()
-        await redis.flushdb()
-        await redis.aclose()
-        await store.client.drop_database(mongo_db)
-        await store.close()
 
 
 @pytest.mark.parametrize("where", ["single", "cluster"])

@@ -55,7 +55,8 @@ def test_the_chart_renders_every_service_with_a_readiness_probe_on_healthz() -> 
     assert {("Deployment", f"demo-{s}") for s in ("auth", "collect", "dispatch", "webhooks")} | {("StatefulSet", "demo-push")} <= kinds
     assert {("PodDisruptionBudget", f"demo-{s}") for s in ("auth", "collect", "dispatch", "push")} <= kinds
     hpa = next(doc for doc in docs if doc["kind"] == "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet" and hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "push_connections"
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "push_connections"
     for service, container in workloads(docs).items():
         port = container["ports"][0]["containerPort"]
         assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": port}, service
