@@ -30,9 +30,8 @@ from services.webhooks.config import WebhooksConfig
 from services.webhooks.order import OrderWindow, entry_ms
 from services.webhooks.registry import Registry
 from shared.delivery.store import MessageStore
-from shared.delivery.webhook_feed import EVENTS_KEY
+from shared.delivery.webhook_feed import EVENTS_KEY, entries_of
 from shared.delivery.webhook_queue import Queued, WebhookQueues, seen_key
-from shared.infra.clients import text
 from shared.infra.clock import now_ms
 from shared.infra.retry import Backoff
 from shared.model.message import index_of, post_of
@@ -79,10 +78,8 @@ class Posts:
 
 
 def read_entries(reply: Any) -> list[tuple[str, list[Fact]]]:
-    """The entries of an XREADGROUP reply on one stream, with their facts; one deleted meanwhile (a pending entry the
-    stream's cap trimmed) has none."""
-    streams = reply.items() if isinstance(reply, dict) else reply or []
-    return [(text(i), decode_facts(fields[b"f"]) if fields else []) for _, batch in streams for i, fields in batch]
+    """The entries of an XREADGROUP reply on one stream, with their facts; one deleted meanwhile has none."""
+    return [(i, decode_facts(fields[b"f"]) if fields else []) for i, fields in entries_of(reply, deleted=True)]
 
 
 class Fanout:

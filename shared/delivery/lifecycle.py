@@ -93,8 +93,7 @@ class LifecycleWriter:
         if not publish:
             self._facts += [FactBatch(stage, [pair], at) for pair, at in marks.items()]
         elif stage in await self.feed.wanted_stages():
-            node = self.node if stage == "delivered" else ""
-            await self.feed.append([Fact(stage, m, u, at, node) for (m, u), at in marks.items()])
+            await self.feed.append([self._fact(stage, pair, at) for pair, at in marks.items()])
 
     def count(self, message_id: str, node: str, sockets: int, stages: dict[str, int]) -> None:
         """Record that a topic message reached ``stages`` on ``node`` and was written to ``sockets`` of its sockets."""
@@ -128,12 +127,15 @@ class LifecycleWriter:
             return
         try:
             stages = await self.feed.wanted_stages()
-            await self.feed.append([Fact(b.stage, m, u, b.at, self.node if b.stage == "delivered" else "")
-                                    for b in batches if b.stage in stages for m, u in b.pairs])
+            await self.feed.append([self._fact(b.stage, pair, b.at) for b in batches if b.stage in stages for pair in b.pairs])
         except Exception as exc:  # Redis down: keep them for the next flush, the newest max_pending at most
             self._facts = self._newest(batches + self._facts)
             log.warning("webhook facts not appended; kept for the next flush",
                         extra={"count": sum(len(b.pairs) for b in batches), "error": repr(exc)})
+
+    def _fact(self, stage: str, pair: Pair, at: int) -> Fact:
+        """The webhook fact of a delivery reaching ``stage`` at ``at``: a delivery names the node that wrote it."""
+        return Fact(stage, pair[0], pair[1], at, self.node if stage == "delivered" else "")
 
     def _newest(self, batches: list[FactBatch]) -> list[FactBatch]:
         """The newest of ``batches`` holding ``max_pending`` facts at most (the oldest batch cut to fit)."""

@@ -70,7 +70,8 @@ def stage_presence(pipe: Pipeline, users: list[str]) -> None:
         pipe.xadd(PRESENCE_KEY, {"u": ",".join(users)}, maxlen=PRESENCE_MAXLEN, approximate=True)
 
 
-def entries_of(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
-    """The entries of an XREADGROUP reply on one stream: (id, fields), skipping any deleted meanwhile."""
+def entries_of(reply: Any, deleted: bool = False) -> list[tuple[str, dict[bytes, bytes]]]:
+    """The entries of an XREADGROUP reply on one stream: (id, fields), skipping any deleted meanwhile (a pending entry
+    the stream's cap trimmed) unless ``deleted``, which keeps them with no fields (to be acknowledged)."""
     streams = reply.items() if isinstance(reply, dict) else reply or []
-    return [(text(i), fields) for _, batch in streams for i, fields in batch if fields]
+    return [(text(i), fields or {}) for _, batch in streams for i, fields in batch if fields or deleted]
