@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.collect.acceptance import Acceptance, Submitted
+from services.collect.acceptance import Acceptance
 from services.collect.config import CollectConfig
 from services.collect.console import console_routes
 from services.collect.history import history_routes
@@ -38,7 +38,6 @@ from shared.infra.background import Background
 from shared.infra.breaker import OPEN, CircuitBreaker
 from shared.infra.clients import REDIS_FAILURES, redis_alive, redis_client
 from shared.infra.clock import now_ms
-from shared.infra.coalesce import Coalescer
 from shared.infra.config import same_secret
 from shared.infra.metrics import MESSAGES_IN
 from shared.infra.retry import Backoff
@@ -47,7 +46,7 @@ from shared.infra.web import EXCEPTION_HANDLERS, bearer, json_response, ops_rout
 from shared.model.message import Message, is_message_id
 from shared.model.priority import TIERS, Priority, post_tier
 from shared.model.webhook_events import Fact
-from shared.wire.errors import NotFound, ServiceError, Unauthorized, Unavailable
+from shared.wire.errors import NotFound, Unauthorized, Unavailable
 from shared.wire.openapi import openapi_route
 from shared.wire.webhook_urls import UrlPolicy
 
@@ -75,15 +74,12 @@ def create_app(config: CollectConfig) -> Starlette:
                     config.max_deliveries)
 
     acceptance = Acceptance(store, handover, redis_breaker, config.handover_while_storing)
-    # Posts arriving while a write runs share the next one: one insert and one pipeline for all. Each tier has its
-    # own write lane, so a high post never waits for a large write of low ones.
-    lanes: dict[Priority, Coalescer[Submitted, ServiceError | None]] = {tier: Coalescer(acceptance.write) for tier in TIERS}
 
     def storing() -> dict[Priority, Backlog]:
         """Per tier, the posts waiting for their write here, and when the oldest arrived."""
         now = now_ms()
         return {tier: Backlog(calls, now - int(waited * 1000) if calls else None)
-                for tier, lane in lanes.items() for calls, waited in [lane.backlog()]}
+                for tier in TIERS for calls, waited in [acceptance.backlog(tier)]}
 
     shedder = Shedder(stream, config.shed_thresholds, config.shed_sample_ms, storing)
     rates = KeyRates({DELIVERIES: config.key_delivery_rate, PRESENCE: config.key_presence_rate})
@@ -112,8 +108,7 @@ def create_app(config: CollectConfig) -> Starlette:
             if trace:  # tracing is on: the post's stream entry carries its span on to dispatch
                 messages = [replace(m, trace=trace) for m in messages]
             await redis_breaker.call(lambda: pending.admit(sender, messages, accepted_at))
-            keyed = idempotency_key is not None
-            refusal = next(filter(None, await lanes[tier].submit([Submitted(m, keyed) for m in messages])), None)
+            refusal = await acceptance.accept(tier, messages, keyed=idempotency_key is not None)
             if refusal is not None:
                 raise refusal
             await pending.record(sender, messages, accepted_at)

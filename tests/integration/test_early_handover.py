@@ -60,3 +60,26 @@ async def test_a_keyed_post_or_any_post_with_the_setting_off_waits_for_its_inser
     assert code == 202, body
     assert (await next_frame(ws))["id"] == body["id"]
     await ws.close()
+
+
+async def test_a_post_reaches_its_socket_while_another_posts_insert_is_still_running(start_stack, cluster: Cluster) -> None:
+    """An unkeyed post's hand-over does not queue behind the insert of a post that came before it: with FerretDB
+    stopped under the first post's insert, the second post's message still arrives, before either 202."""
+    stack, ferretdb = own_store(start_stack, cluster)
+    first_ws, second_ws = await stack.client.connect("first"), await stack.client.connect("second")
+    await stack.client.post_until_accepted({"user_id": "first", "payload": "warm"})
+    assert (await next_frame(first_ws))["payload"] == "warm"
+    ferretdb.popen.send_signal(signal.SIGSTOP)
+    try:
+        first = asyncio.create_task(stack.client.post({"user_id": "first", "payload": "stuck in its insert"}))
+        assert (await next_frame(first_ws))["payload"] == "stuck in its insert"
+        second = asyncio.create_task(stack.client.post({"user_id": "second", "payload": "behind it"}))
+        frame = await next_frame(second_ws)
+        assert not first.done() and not second.done(), "an insert finished with FerretDB stopped"
+    finally:
+        ferretdb.popen.send_signal(signal.SIGCONT)
+    assert frame["payload"] == "behind it"
+    (code, body), (second_code, _) = await first, await second
+    assert (code, second_code) == (202, 202), body
+    await first_ws.close()
+    await second_ws.close()

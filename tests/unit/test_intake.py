@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from services.collect.acceptance import Submitted, early_posts
+from services.collect.acceptance import goes_early
 from services.collect.intake import Limits, parse_body
 from shared.model.message import BROADCAST
 from shared.wire.errors import InvalidFields, PayloadTooLarge
@@ -141,6 +141,5 @@ def test_only_posts_without_a_key_and_with_every_message_due_now_go_out_while_st
     keyed = parse_body({"user_id": "a", "payload": 2}, LIMITS, now, "shop", "k-1")
     mixed = parse_body({"messages": [{"user_id": "a", "payload": 3}, {"user_id": "b", "payload": 4, "delay_seconds": 5}]},
                        LIMITS, now)
-    entries = [Submitted(m, False) for m in plain] + [Submitted(m, True) for m in keyed] + [Submitted(m, False) for m in mixed]
-    assert early_posts(entries, now) == {plain[0].post}
-    assert early_posts(entries, now + 5000) == {plain[0].post, mixed[0].post}  # the delay has passed: due now
+    assert [goes_early(plain, False, now), goes_early(keyed, True, now), goes_early(mixed, False, now)] == [True, False, False]
+    assert goes_early(mixed, False, now + 5000)  # the delay has passed: due now
