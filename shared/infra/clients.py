@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import hiredis
 import redis
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -74,13 +75,18 @@ class ServiceConnection(Connection):
       opening (seen in a chaos soak: 3 posts answered 500);
     * commands are packed by hiredis, in C: the asyncio connection packs in Python, argument by argument, which cost
       8.5 ms for a hand-over script of 6,000 arguments (hiredis: 1.2 ms, the same bytes), 40% of collect's CPU in a
-      storm of 1,000-message posts. An argument hiredis does not take is packed by redis-py."""
+      storm of 1,000-message posts. A command named in one word goes to hiredis as it is (redis-py's hiredis packer
+      first copies the arguments, checking each for a memoryview: half its cost at 800 arguments); a command named in
+      two (``CLIENT SETNAME``) or with a memoryview goes through that packer, and an argument hiredis does not take
+      is packed by redis-py."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         try:
+            if isinstance(args[0], str) and " " not in args[0]:
+                return [hiredis.pack_command(args)]
             packed: list[bytes] = _PACKER.pack(*args)
-        except DataError:  # hiredis takes exact types only: an int subclass (bson's Int64 from MongoDB) goes through
-            return super().pack_command(*args)  # redis-py's own packing, as does an argument it refuses in turn
+        except (TypeError, DataError):  # hiredis takes exact types only: an int subclass (bson's Int64 from MongoDB)
+            return super().pack_command(*args)  # goes through redis-py's own packing, as does an argument it refuses
         return packed
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
