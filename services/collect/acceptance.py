@@ -82,7 +82,7 @@ class Acceptance:
     async def hand_early(self, messages: list[Message]) -> list[None]:
         """Hand over early posts, in one pipeline; if it fails, close what of it may have run (nothing is stored)."""
         try:
-            await self.redis.call(lambda: self.handover.intend([], now_ms(), handing=messages))
+            await self.redis.call(lambda: self.handover.complete(messages))
         except Exception:
             await self._withdraw(messages)
             raise
@@ -99,7 +99,7 @@ class Acceptance:
         try:
             await self.redis.call(lambda: self.handover.intend([m for m in messages if m.post not in going], now))
         except Exception:
-            await self._withdraw(early)
+            await self._withdraw(early)  # handed over already, and now not stored
             raise
         try:
             fresh, refusals = await self.store.accept(messages)

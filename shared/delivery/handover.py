@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
-from typing import Any, cast
+from typing import cast
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
@@ -61,21 +61,12 @@ class Handover:
         self.ack_ms = ack_ms
         self.schedule = Schedule(redis)
 
-    async def intend(self, messages: Iterable[Message], now_ms: int, handing: list[Message] | None = None) -> None:
+    async def intend(self, messages: Iterable[Message], now_ms: int) -> None:
         """Record that these posts are about to be stored; an intent already there (an earlier attempt) keeps its time.
-
-        ``handing`` (posts whose messages are all due now) are handed over in the same pipeline, ahead of their insert
-        (``services/collect/acceptance.py``): they need no intent, since a failure of this pipeline comes before their
-        insert begins, and their hand-over is done once it is answered."""
+        (A post handed over ahead of its insert needs none: ``services/collect/acceptance.py``.)"""
         posts = by_post(messages)
-        if not posts and not handing:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if posts:
-                pipe.zadd(HANDOVER_KEY, dict.fromkeys(posts, now_ms), nx=True)
-            waits = self._stage_handover(pipe, handing or [])
-            replies = await pipe.execute()
-        self._check_waits(replies, waits)
+        if posts:
+            await self.redis.zadd(HANDOVER_KEY, dict.fromkeys(posts, now_ms), nx=True)
 
     async def complete(self, messages: list[Message]) -> None:
         """One pipeline: open each delivery in its user's inbox, append the posts to the stream (or hold back the
@@ -88,23 +79,13 @@ class Handover:
         """
         if not messages:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            waits = self._stage_handover(pipe, messages)
-            replies = await pipe.execute()
-        self._check_waits(replies, waits)
-
-    def _stage_handover(self, pipe: Pipeline, messages: list[Message]) -> int:
-        """Queue ``complete``'s writes for ``messages`` (none for none); return how many ``WAIT`` replies end the pipeline."""
-        if not messages:
-            return 0
         now = now_ms()
-        due = [m for m in messages if m.due_ms <= now]
-        self.stage(pipe, due)
-        self.schedule.stage(pipe, (m for m in messages if m.due_ms > now))
-        pipe.zrem(HANDOVER_KEY, *by_post(messages))
-        return self._stage_waits(pipe)
-
-    def _check_waits(self, replies: list[Any], waits: int) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.stage(pipe, [m for m in messages if m.due_ms <= now])
+            self.schedule.stage(pipe, (m for m in messages if m.due_ms > now))
+            pipe.zrem(HANDOVER_KEY, *by_post(messages))
+            waits = self._stage_waits(pipe)
+            replies = await pipe.execute()
         if waits and min(replies[-waits:]) < self.replica_acks:
             raise Unavailable(f"Redis replicas did not confirm the hand-over within {self.ack_ms} ms")
 
