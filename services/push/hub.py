@@ -180,7 +180,10 @@ class Session:
     # Per topic, the last offset a resume wrote: live frames up to it still on their way (placed before the read of
     # the history, sent after) are dropped; the first one past it ends the watch.
     floors: dict[str, int] | None = None
-    first_broadcast: int = 0  # the offset of the first broadcast written to it (0: none yet), where a recovery of * stops
+    # The offsets of the first and the last broadcast written to it live (0: none yet): a recovery of * writes only the
+    # missed broadcasts outside them (before its welcome, or placed but not yet on this node: ``broadcast_written``).
+    first_broadcast: int = 0
+    last_broadcast: int = 0
     bundles: bool = False  # its client reads several topic frames in one websocket frame (asked with ``?bundle=1``)
     topic_written: float = 0.0  # when its last topic frame or bundle was written (loop time), while it takes bundles
 
@@ -214,6 +217,11 @@ class Session:
                 self.sent.add(message_id)
                 broadcast([self.ws], frame, text=True)
         return True
+
+    def broadcast_written(self, offset: int) -> bool:
+        """Whether the broadcast at ``offset`` was written to this socket live: broadcasts reach it in offset order
+        without holes (``sequencer.py``), from the first written to the last."""
+        return self.first_broadcast <= offset <= self.last_broadcast and self.first_broadcast > 0
 
     def acknowledged(self, message_ids: Iterable[str]) -> list[str]:
         """The client acknowledged these ids; returns those written to this socket (surely this user's deliveries)."""
@@ -537,6 +545,7 @@ class Hub:
                     continue
                 if self._send_topic(session, frame, data, high, now):
                     written += 1
-                    if topic == BROADCAST and not session.first_broadcast:
-                        session.first_broadcast = offset
+                    if topic == BROADCAST and offset:
+                        session.first_broadcast = session.first_broadcast or offset
+                        session.last_broadcast = offset
         return written

@@ -281,9 +281,9 @@ class SocketHandler:
         for topic in granted:
             position = states[topic].position
             self.sequencer.seed(topic, position)
-            # Broadcasts reach a socket from its welcome on: a recovery of * stops where they began.
-            upto = session.first_broadcast if topic == BROADCAST and session.first_broadcast else position.offset + 1
-            frames = [with_position(m.frame, Position(m.offset, position.epoch)) for m in missed.get(topic) or () if m.offset < upto]
+            # Broadcasts reach a socket from its welcome on: a recovery of * skips those written to it live.
+            frames = [with_position(m.frame, Position(m.offset, position.epoch)) for m in missed.get(topic) or ()
+                      if topic != BROADCAST or not session.broadcast_written(m.offset)]
             self.hub.resume(session, topic, frames, position.offset)
 
     @staticmethod
