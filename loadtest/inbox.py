@@ -23,6 +23,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from shared.infra.text_taker import TextTaker
+
 if TYPE_CHECKING:
     from loadtest.target import Target
 
@@ -66,15 +68,22 @@ async def tcp_from(source: str, url: str) -> socket.socket:
     return sock
 
 
-async def dial(url: str, source: str | None = None) -> ClientConnection:
+class TakingConnection(TextTaker, ClientConnection):
+    """A client socket whose text frames a callback may take as they are parsed (``loadtest.fanout`` does)."""
+
+
+async def dial(url: str, source: str | None = None) -> TakingConnection:
     """A websocket to ``url`` (the TCP and websocket handshakes within 30 s), from the local address ``source`` if
     given; no compression, no pings."""
     async with asyncio.timeout(30):
         sock = None if source is None else await tcp_from(source, url)
-        return await connect(url, sock=sock, open_timeout=None, compression=None, ping_interval=None, max_size=None)
+        ws = await connect(url, sock=sock, open_timeout=None, compression=None, ping_interval=None, max_size=None,
+                           create_connection=TakingConnection)
+        assert isinstance(ws, TakingConnection)
+        return ws
 
 
-async def open_socket(url: str, token: str, source: str | None = None, bundles: bool = False) -> ClientConnection:
+async def open_socket(url: str, token: str, source: str | None = None, bundles: bool = False) -> TakingConnection:
     """A socket that the node has routed (its welcome frame arrived, within 30 s more), so posts can reach it; from
     the local address ``source`` if given; asking for bundles if ``bundles``."""
     ws = await dial(f"{url}?token={token}{'&bundle=1' if bundles else ''}", source)
@@ -93,13 +102,14 @@ class Client:
     path: ClassVar[str] = "/ws"  # the push nodes' websocket endpoint
     acks: ClassVar[bool] = True
 
-    async def open(self, url: str, token: str, source: str | None = None) -> ClientConnection:
+    async def open(self, url: str, token: str, source: str | None = None) -> TakingConnection:
         return await open_socket(url, token, source, self.bundles)
 
     def read(self, data: str | bytes) -> tuple[list[Delivery], str | None]:
         """The messages in one websocket frame, and what to answer it with (None: nothing)."""
         deliveries = []
-        for line in data.split("\n"):  # one line unless it is a bundle (JSON text has no raw newline)
+        # One line unless it is a bundle (JSON text has no raw newline).
+        for line in data.split(b"\n") if isinstance(data, bytes) else data.split("\n"):
             frame = orjson.loads(line)
             if frame.get("type") == "message":
                 payload: Any = frame.get("payload")

@@ -36,10 +36,9 @@ from typing import Any, ClassVar
 import aiohttp
 import jwt
 import orjson
-from websockets.asyncio.client import ClientConnection
 
 from loadtest.api import Api, Rejected, messages_of, stamp
-from loadtest.inbox import Client, Delivery, dial
+from loadtest.inbox import Client, Delivery, TakingConnection, dial
 from loadtest.target import Target, cluster_in
 from tools.cluster import ROOT, free_port
 
@@ -71,7 +70,7 @@ class CentrifugoClient(Client):
     path: ClassVar[str] = "/connection/websocket"
     acks: ClassVar[bool] = False
 
-    async def open(self, url: str, token: str, source: str | None = None) -> ClientConnection:
+    async def open(self, url: str, token: str, source: str | None = None) -> TakingConnection:
         """A socket whose connect command was answered (its server-side subscriptions made)."""
         ws = await dial(url, source)
         await ws.send(orjson.dumps({"id": 1, "connect": {"token": token}}).decode())

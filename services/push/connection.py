@@ -1,9 +1,9 @@
 """A push node's server connection: websockets' own, a hook that takes a browser's acks as they arrive, and who the
 client is behind a load balancer.
 
-``SessionConnection.take_text``, set by a session once it is welcomed, sees each whole text frame as it is parsed off
-the socket and may take it there (``sockets.py`` takes acks, most of what a browser sends): no queue, no future and no
-wake-up of the session's task per frame. A frame it declines goes to the task's reader as before.
+``SessionConnection.take_text`` (``shared.infra.text_taker``), set by a session once it is welcomed, takes acks, most
+of what a browser sends, as they are parsed (``sockets.py``): no queue, no future and no wake-up of the session's task
+per frame. A frame it declines goes to the task's reader as before.
 
 ``client_address`` is what the per-address cap counts and the logs name: the TCP peer, unless the peer is
 one of ``TRUSTED_PROXIES`` and says who it serves, in a PROXY protocol header (``ProxiedConnection``, with
@@ -13,12 +13,10 @@ one of ``TRUSTED_PROXIES`` and says who it serves, in a PROXY protocol header (`
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Event
 
+from shared.infra.text_taker import TextTaker
 from shared.wire.forwarding import Network, ProxyHeaderError, forwarded_client, is_trusted, parse_proxy_header
 
 log = logging.getLogger(__name__)
@@ -33,14 +31,8 @@ def client_address(connection: ServerConnection, trusted: tuple[Network, ...]) -
     return forwarded_client(peer, forwarded, trusted)
 
 
-class SessionConnection(ServerConnection):
-    take_text: Callable[[bytes], bool] | None = None  # True: the frame was taken (see the module's docstring)
-
-    def process_event(self, event: Event) -> None:
-        if (self.take_text is not None and isinstance(event, Frame) and event.opcode is Opcode.TEXT and event.fin
-                and self.take_text(bytes(event.data))):
-            return
-        super().process_event(event)
+class SessionConnection(TextTaker, ServerConnection):
+    """A browser's socket (see the module's docstring)."""
 
 
 class ProxiedConnection(SessionConnection):
