@@ -1,5 +1,6 @@
 """The connections scenario's client side: a worker (see ``loadtest.fleet``) that opens and holds
-thousands of idle websockets to one push node."""
+thousands of idle websockets to one push node, each a ``RawSocket`` (so the handshakes measured are the node's, not
+this client's)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from websockets.asyncio.client import ClientConnection
+import orjson
 
-from loadtest.inbox import open_socket
+from loadtest.inbox import tcp_from
+from loadtest.raw_socket import RawSocket, upgrade_request
 
 
 @dataclass
@@ -27,15 +30,24 @@ class OpenReport:
 
 @contextlib.asynccontextmanager
 async def hold(url: str, concurrency: int, source: str, tokens: list[str]) -> AsyncIterator[OpenReport]:
-    """Open a socket per token to ``url`` (``concurrency`` handshakes in flight), report, hold them until left."""
+    """Open a socket per token to ``url`` from the local address ``source`` (``concurrency`` handshakes in flight,
+    each welcomed within 30 s), report, hold them until left."""
     report = OpenReport(started=time.time())
     gate = asyncio.Semaphore(concurrency)
-    sockets: list[ClientConnection] = []
+    parts = urlsplit(url)
+    sockets: list[RawSocket] = []
 
     async def one(token: str) -> None:
         async with gate:
             try:
-                sockets.append(await open_socket(url, token, source))
+                async with asyncio.timeout(30):
+                    sock = await tcp_from(source, url)
+                    _, raw = await asyncio.get_running_loop().create_connection(
+                        lambda: RawSocket(upgrade_request(parts.netloc, f"{parts.path}?token={token}")), sock=sock)
+                    sockets.append(raw)
+                    welcome = orjson.loads(await raw.welcome)
+                if welcome.get("type") != "welcome":
+                    raise RuntimeError(f"expected a welcome frame, got {welcome}")
                 report.opened += 1
             except Exception as exc:  # counted and reported: the parent prints failures by kind
                 report.failures[type(exc).__name__] += 1
@@ -45,4 +57,5 @@ async def hold(url: str, concurrency: int, source: str, tokens: list[str]) -> As
     try:
         yield report
     finally:
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        for raw in sockets:
+            raw.close()

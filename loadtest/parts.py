@@ -49,7 +49,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -79,6 +78,7 @@ from websockets.exceptions import ConnectionClosed
 
 from loadtest.cpu import cpu_seconds
 from loadtest.fleet import Fleet
+from loadtest.raw_socket import RawSocket, upgrade_request
 from loadtest.report import grid, percentile
 from services.collect.intake import MAX_TTL_SECONDS, PRIORITIES, Limits, parse_body
 from services.push.hub import wire
@@ -267,11 +267,7 @@ def socket_server_main(spec: SocketServer, pipe: Connection) -> None:
 
 # ---------------------------------------------------------------- sockets: the client
 
-UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's sample key's accept value
-OP_TEXT, OP_PING = 0x1, 0x9
-LENGTH_16, LENGTH_64 = struct.Struct("!H"), struct.Struct("!Q")
+UPGRADE = upgrade_request(HOST, "/ws")
 
 
 @dataclass
@@ -302,7 +298,7 @@ class Tally:
         self.target: int | None = None
         self.done = asyncio.get_running_loop().create_future()
 
-    def frame(self) -> None:
+    def frame(self, _payload: bytes) -> None:
         self.report.frames += 1
         self.report.last_frame = time.time()
         self.check()
@@ -314,64 +310,6 @@ class Tally:
     def check(self) -> None:
         if self.target is not None and self.report.frames >= self.target and not self.done.done():
             self.done.set_result(None)
-
-
-class RawSocket(asyncio.Protocol):
-    """A minimal websocket client: the upgrade request, then the server's (unmasked) frames: the first text frame is
-    the welcome, the later ones count toward the tally; a ping is answered (a pong masked with a zero key)."""
-
-    def __init__(self, tally: Tally) -> None:
-        self.tally = tally
-        self.welcome = asyncio.get_running_loop().create_future()
-        self.buffer = bytearray()
-        self.upgraded = False
-        self.transport: Any = None  # uvloop's TCPTransport (no asyncio.Transport subclass)
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        transport.write(UPGRADE)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.welcome.done():
-            self.welcome.set_exception(exc or ConnectionResetError("closed before the welcome"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.upgraded:
-            head, found, rest = bytes(self.buffer).partition(b"\r\n\r\n")
-            if not found:
-                return
-            if not head.startswith(b"HTTP/1.1 101") or ACCEPT not in head:
-                self.welcome.set_exception(ConnectionError(head.split(b"\r\n")[0].decode()))
-                return
-            self.upgraded, self.buffer = True, bytearray(rest)
-        while (frame := self.next_frame()) is not None:
-            opcode, payload = frame
-            if opcode == OP_PING:
-                self.transport.write(bytes((0x8A, 0x80 | len(payload), 0, 0, 0, 0)) + payload)
-            elif opcode == OP_TEXT and not self.welcome.done():
-                self.welcome.set_result(None)
-            elif opcode == OP_TEXT:
-                self.tally.frame()
-
-    def next_frame(self) -> tuple[int, bytes] | None:
-        buf = self.buffer
-        if len(buf) < 2:
-            return None
-        length, start = buf[1] & 0x7F, 2
-        if length == 126:
-            if len(buf) < 4:
-                return None
-            length, start = LENGTH_16.unpack_from(buf, 2)[0], 4
-        elif length == 127:
-            if len(buf) < 10:
-                return None
-            length, start = LENGTH_64.unpack_from(buf, 2)[0], 10
-        if len(buf) < start + length:
-            return None
-        frame = (buf[0] & 0x0F, bytes(buf[start:start + length]))
-        del buf[:start + length]
-        return frame
 
 
 @contextlib.asynccontextmanager
@@ -387,7 +325,7 @@ async def hold_sockets(source: str, share: SocketShare) -> AsyncIterator[SocketR
         async with gate:
             try:
                 transport, protocol = await asyncio.wait_for(loop.create_connection(
-                    partial(RawSocket, tally), HOST, share.port, local_addr=(source, 0)), 30)
+                    partial(RawSocket, UPGRADE, tally.frame), HOST, share.port, local_addr=(source, 0)), 30)
                 transports.append(transport)
                 await asyncio.wait_for(protocol.welcome, 30)
                 report.opened += 1
