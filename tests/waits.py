@@ -9,8 +9,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from tools.cluster import Proc
 
 T = TypeVar("T")
 
@@ -54,3 +59,14 @@ async def until(probe: Callable[[], T | Awaitable[T]], done: Callable[[T], Any] 
         if not deadline.expired():
             raise  # the probe's own timeout, not this wait's
         raise AssertionError(f"waited {limit:g} s for {what}; last value: {last!r}") from None
+
+
+@asynccontextmanager
+async def stopped(proc: Proc) -> AsyncIterator[None]:
+    """``proc`` SIGSTOPped for the block, from the moment the kernel reports it stopped; SIGCONTed after it."""
+    proc.popen.send_signal(signal.SIGSTOP)
+    try:
+        await until(lambda: proc.state, lambda state: state == "T", what=f"{proc.name} to be stopped", every=0.005)
+        yield
+    finally:
+        proc.popen.send_signal(signal.SIGCONT)

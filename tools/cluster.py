@@ -135,6 +135,14 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    @property
+    def state(self) -> str:
+        """The kernel's one-letter state of the process (``T``: stopped by a signal; ``X``: gone)."""
+        try:
+            return Path(f"/proc/{self.popen.pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return "X"
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

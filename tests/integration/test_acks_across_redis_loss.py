@@ -3,7 +3,6 @@ even if it never does before the rebuild, the acked message is not sent again on
 
 from __future__ import annotations
 
-import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from tests.client import receive_ids
 from tests.conftest import RunningStack, Servers
 from tests.integration.test_delivery_guarantees import FAST, wait_for_state
 from tests.integration.test_delivery_state import connect_until_welcomed
-from tests.waits import until
+from tests.waits import stopped, until
 from tools.cluster import Cluster, Proc, free_port
 
 
@@ -101,16 +100,6 @@ async def delivered(start_stack, cluster: Cluster, tabs: int = 1) -> AsyncIterat
     yield Delivered(stack, cluster, redis, redis_port, sockets[0], message["id"], sockets)
     for ws in sockets:
         await ws.close()
-
-
-@asynccontextmanager
-async def stopped(proc: Proc) -> AsyncIterator[None]:
-    """``proc`` SIGSTOPped for the block (no rebuild while dispatch is stopped), SIGCONTed after it."""
-    proc.popen.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        proc.popen.send_signal(signal.SIGCONT)
 
 
 async def test_an_ack_taken_while_redis_is_down_stays_acked_after_it_comes_back_empty(start_stack, cluster: Cluster) -> None:

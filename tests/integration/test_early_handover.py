@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import pytest
 
 from tests.client import frames_within, next_frame
 from tests.conftest import RunningStack
-from tools.cluster import Cluster, free_port
+from tests.waits import stopped
+from tools.cluster import Cluster, Proc, free_port
 
 
-def own_store(start_stack, cluster: Cluster, **env: str) -> tuple[RunningStack, object]:
+def own_store(start_stack, cluster: Cluster, **env: str) -> tuple[RunningStack, Proc]:
     """A stack on a FerretDB of its own (to be SIGSTOPped), and that FerretDB."""
     port = free_port()
     ferretdb = cluster.start_ferretdb(port)
@@ -26,13 +26,10 @@ async def test_a_post_without_a_key_reaches_its_socket_while_its_insert_is_still
     ws = await stack.client.connect("early")
     await stack.client.post_until_accepted({"user_id": "early", "payload": "warm"})
     assert (await next_frame(ws))["payload"] == "warm"
-    ferretdb.popen.send_signal(signal.SIGSTOP)
-    try:
+    async with stopped(ferretdb):
         posting = asyncio.create_task(stack.client.post({"user_id": "early", "payload": "while storing"}))
         frame = await next_frame(ws)
-        assert not posting.done(), "the 202 came first"
-    finally:
-        ferretdb.popen.send_signal(signal.SIGCONT)
+        assert not posting.done(), f"the 202 came first (FerretDB's state: {ferretdb.state})"
     code, body = await posting
     assert (code, frame["payload"]) == (202, "while storing"), body
     assert frame["id"] == body["id"]
@@ -49,12 +46,9 @@ async def test_a_keyed_post_or_any_post_with_the_setting_off_waits_for_its_inser
     ws = await stack.client.connect("late")
     await stack.client.post_until_accepted({"user_id": "late", "payload": "warm"})
     assert (await next_frame(ws))["payload"] == "warm"
-    ferretdb.popen.send_signal(signal.SIGSTOP)
-    try:
+    async with stopped(ferretdb):
         posting = asyncio.create_task(stack.client.post({"user_id": "late", "payload": "after the insert"}, headers=headers))
         early = await frames_within(ws, 1.5)
-    finally:
-        ferretdb.popen.send_signal(signal.SIGCONT)
     assert early == []
     code, body = await posting
     assert code == 202, body
@@ -69,15 +63,12 @@ async def test_a_post_reaches_its_socket_while_another_posts_insert_is_still_run
     first_ws, second_ws = await stack.client.connect("first"), await stack.client.connect("second")
     await stack.client.post_until_accepted({"user_id": "first", "payload": "warm"})
     assert (await next_frame(first_ws))["payload"] == "warm"
-    ferretdb.popen.send_signal(signal.SIGSTOP)
-    try:
+    async with stopped(ferretdb):
         first = asyncio.create_task(stack.client.post({"user_id": "first", "payload": "stuck in its insert"}))
         assert (await next_frame(first_ws))["payload"] == "stuck in its insert"
         second = asyncio.create_task(stack.client.post({"user_id": "second", "payload": "behind it"}))
         frame = await next_frame(second_ws)
-        assert not first.done() and not second.done(), "an insert finished with FerretDB stopped"
-    finally:
-        ferretdb.popen.send_signal(signal.SIGCONT)
+        assert not first.done() and not second.done(), f"an insert finished with FerretDB stopped ({ferretdb.state})"
     assert frame["payload"] == "behind it"
     (code, body), (second_code, _) = await first, await second
     assert (code, second_code) == (202, 202), body
