@@ -89,6 +89,27 @@ def port_is_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` itself holds a socket listening on ``port`` (IPv4); None if its descriptors cannot be
+    read. A server that lost its port to another process must not pass for up because the port answers."""
+    sockets = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # local address (hex ip:port), remote address, state (0A: LISTEN), ..., inode
+        if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+            sockets.add(f"socket:[{fields[9]}]")
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    for fd in descriptors:
+        try:
+            if os.readlink(fd) in sockets:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
 def primary_group(user: str | None) -> str | None:
     """``user``'s own group: Popen gets it with ``group=`` and ``extra_groups=[]``, since ``user=`` alone
     would keep root's gid and groups. Popen sets the ids itself, so its pid is the program's own, which a
@@ -420,7 +441,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive(proc)
-            if not port_is_free(port):
+            if not port_is_free(port) and listens_on(proc.popen.pid, port) is not False:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"{proc.name} did not listen on {port} within {timeout}s:\n{proc.log_tail()}")

@@ -1,13 +1,18 @@
-"""The suite's wait helper: polls sync or async probes, returns the accepted value, fails naming what it waited for."""
+"""The suite's waits: a polled condition (returning the accepted value, failing with what it waited for), a process held stopped, a port's listener."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.waits import until
+from tests.waits import stopped, until
+from tools.cluster import Proc, listens_on
 
 
 async def test_until_returns_the_first_value_the_condition_accepts_from_a_sync_or_async_probe() -> None:
@@ -35,3 +40,31 @@ async def test_until_lets_a_probes_own_timeout_through() -> None:
 
     with pytest.raises(TimeoutError, match="the probe's own"):
         await until(probe, what="never")
+
+
+def test_a_port_counts_as_listened_on_only_by_the_process_holding_its_socket() -> None:
+    """``listens_on`` names the process that holds a listening socket, not any process while the port answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert listens_on(os.getpid(), port) is True
+        with subprocess.Popen(["sleep", "30"]) as other:
+            try:
+                assert listens_on(other.pid, port) is False
+            finally:
+                other.kill()
+    assert listens_on(os.getpid(), port) is False
+
+
+async def test_stopped_holds_a_process_stopped_as_the_kernel_reports_it_and_continues_it_after(tmp_path: Path) -> None:
+    """Inside ``stopped`` the process's state is ``T``; after it, the process runs again."""
+    with subprocess.Popen(["sleep", "30"]) as popen:
+        proc = Proc("sleep", popen, tmp_path / "sleep.log", ["sleep", "30"])
+        try:
+            async with stopped(proc):
+                assert proc.state == "T"
+            await until(lambda: proc.state, lambda state: state != "T", what="sleep to run again")
+        finally:
+            popen.kill()
+    assert proc.state == "X"
