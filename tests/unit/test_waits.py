@@ -1,4 +1,5 @@
-"""The suite's waits: a polled condition (returning the accepted value, failing with what it waited for), a process held stopped, a port's listener."""
+"""The suite's waits: a polled condition (its accepted value, or a failure naming what it waited for), a process held
+stopped, and who listens on a port."""
 
 from __future__ import annotations
 
