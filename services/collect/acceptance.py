@@ -66,18 +66,27 @@ class Acceptance:
         self.store_trusted = False  # the last insert succeeded: early hand-overs are on (off until the first does)
         self._handing: dict[Priority, Coalescer[Message, None]] = {tier: Coalescer(self.hand_early) for tier in TIERS}
         self._storing: dict[Priority, Coalescer[Submitted, ServiceError | None]] = {tier: Coalescer(self.write) for tier in TIERS}
+        self._on_stream = dict.fromkeys(TIERS, 0)  # early posts in the store's lane: on the stream, which counts them
 
     async def accept(self, tier: Priority, messages: list[Message], keyed: bool) -> ServiceError | None:
         """Store and hand over one post; the error refusing it, if any. Raises if the store or Redis fails its write."""
         handed = self.early and self.store_trusted and goes_early(messages, keyed, now_ms())
         if handed:
             await self._handing[tier].submit(messages)
-        return next(filter(None, await self._storing[tier].submit([Submitted(m, handed) for m in messages])), None)
+            self._on_stream[tier] += 1
+        try:
+            return next(filter(None, await self._storing[tier].submit([Submitted(m, handed) for m in messages])), None)
+        finally:
+            if handed:
+                self._on_stream[tier] -= 1
 
     def backlog(self, tier: Priority) -> tuple[int, float]:
-        """The tier's posts waiting for a write here, and how long the oldest has waited (s)."""
+        """The tier's posts waiting for a write here and not on the stream yet (an early post, once handed over, is the
+        stream's backlog while its insert runs: counted here too, it would count twice toward shedding), and how long
+        the oldest has waited (s)."""
         (handing, handing_for), (storing, storing_for) = self._handing[tier].backlog(), self._storing[tier].backlog()
-        return handing + storing, max(handing_for, storing_for)
+        storing -= self._on_stream[tier]
+        return handing + storing, max(handing_for, storing_for if storing else 0.0)
 
     async def hand_early(self, messages: list[Message]) -> list[None]:
         """Hand over early posts, in one pipeline; if it fails, close what of it may have run (nothing is stored)."""

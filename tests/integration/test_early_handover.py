@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from tests.client import frames_within, next_frame
 from tests.conftest import RunningStack
-from tests.waits import stopped
+from tests.waits import scaled, stopped, until
 from tools.cluster import Cluster, Proc, free_port
 
 
@@ -74,3 +75,29 @@ async def test_a_post_reaches_its_socket_while_another_posts_insert_is_still_run
     assert (code, second_code) == (202, 202), body
     await first_ws.close()
     await second_ws.close()
+
+
+async def test_a_post_handed_over_while_its_insert_runs_counts_once_in_its_tiers_backlog(start_stack, cluster: Cluster) -> None:
+    """With dispatch stopped and FerretDB stopped under an unkeyed post's insert, the backlog its tier is shed by holds
+    the post once (its stream entry), not once more as a post still being stored."""
+    stack, ferretdb = own_store(start_stack, cluster, SHED_SAMPLE_MS="50")
+    ws = await stack.client.connect("counted")
+    await stack.client.post_until_accepted({"user_id": "counted", "payload": "warm"})
+    assert (await next_frame(ws))["payload"] == "warm"  # read by dispatch: in no backlog now
+    stack.procs["dispatch"].stop()
+
+    async def backlog() -> float:
+        return await stack.client.metric(stack.stack.collect_url, "push_tier_backlog", tier="normal")
+
+    async with stopped(ferretdb):
+        posting = asyncio.create_task(stack.client.post({"user_id": "counted", "payload": "stuck in its insert"}))
+        readings = [await until(backlog, lambda n: n >= 1, what="the post in the normal tier's backlog")]
+        with contextlib.suppress(TimeoutError):  # ten samples' time more, the post on the stream and in the store's lane
+            async with asyncio.timeout(scaled(0.5)):
+                while True:
+                    readings.append(await backlog())
+                    await asyncio.sleep(0.02)
+        assert not posting.done(), f"the insert finished with FerretDB stopped ({ferretdb.state})"
+    assert set(readings) == {1}, readings
+    assert (await posting)[0] == 202
+    await ws.close()
