@@ -1,8 +1,8 @@
 """Load shedding by priority tier: under overload the cluster refuses new low posts first, then normal, never high.
 
 A sampler reads every tier's backlog a few times a second: the posts of the tier this collect is still
-storing (its write lane, ``app.py``), and in one Redis round trip the stream entries no dispatch
-instance has read yet (``ShardedStream.backlog``), with the age of the oldest. A new post of a tier
+storing and has not put on the stream yet (its write lanes, ``acceptance.py``), and in one Redis round trip the
+stream entries no dispatch instance has read yet (``ShardedStream.backlog``), with the age of the oldest. A new post of a tier
 waits behind its own tier's backlog and every more urgent tier's, so that is what its thresholds
 measure: the tier is shed when those entries pass ``entries``, or the oldest of them has waited
 past ``age_ms``; a tier is also shed whenever a more urgent one is. A shed post gets 429
