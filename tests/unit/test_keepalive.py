@@ -51,3 +51,40 @@ async def test_a_pass_closes_the_silent_pings_the_open_and_skips_the_closing_and
     assert silent.closed_with == (1011, "keepalive ping timeout")
     assert lively.pending_pings and not backed_up.pending_pings and not closing.pending_pings
     assert backed_up.closed_with is None and closing.closed_with is None and lively.closed_with is None
+
+
+@dataclass
+class Timed(Socket):
+    """A socket that notes the loop's time of its ping."""
+
+    pinged_at: float | None = None
+
+    async def ping(self) -> None:
+        self.pinged_at = asyncio.get_running_loop().time()
+        await super().ping()
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+async def test_a_pass_spreads_its_pings_over_the_interval_in_slices() -> None:
+    """250 sockets over 0.3 s: three slices (100, 100, 50), each pinged a third of the interval after the one before,
+    so no slice holds the loop for the whole node."""
+    sockets = [Timed(f"s{i}") for i in range(250)]
+    keepalive = Keepalive(interval=0.3)
+    for ws in sockets:
+        keepalive.watch(ws)  # type: ignore[arg-type]
+    start = asyncio.get_running_loop().time()
+    await asyncio.wait_for(keepalive.ping_all(spread=0.3), 5)
+    times = sorted(ws.pinged_at - start for ws in sockets if ws.pinged_at is not None)
+    assert len(times) == 250
+    slices = [times[:100], times[100:200], times[200:]]  # apart by the gaps below, so each is pinged together
+    assert slices[0][0] >= 0.09 and slices[1][0] - slices[0][-1] >= 0.09 and slices[2][0] - slices[1][-1] >= 0.09
+
+
+async def test_a_pass_over_no_socket_still_waits_its_interval() -> None:
+    """With nothing to ping, the keepalive task sleeps its interval rather than spinning."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await Keepalive(interval=0.2).ping_all(spread=0.2)
+    assert loop.time() - start >= 0.19
