@@ -111,7 +111,7 @@ from loadtest.inbox import NO_TALLY, Inbox, Tally, Users
 from loadtest.peer_centrifugo import centrifugo
 from loadtest.recovery import RecoveryReport, RecoveryShare, resume
 from loadtest.redis_watch import command_counts, watch
-from loadtest.report import Table, latency_summary, percentile
+from loadtest.report import Table, latency_summary, percentile, slowest_moments
 from loadtest.schedule import scrape
 from loadtest.storm import StormShare, replay
 from loadtest.target import Target, own_cluster, running_target
@@ -266,6 +266,7 @@ def report_delivery(table: Table, name: str, inbox: Inbox, started: float, rejec
     report_rejected(table, name, rejected)
     elapsed = max(inbox.last_receive - started, 1e-9)
     table.add(name, "latency p50/p90/p99/max", latency_summary(inbox.latencies_ms))
+    table.add(name, "slowest 1%, by when they arrived", slowest_moments(inbox.latencies_ms, inbox.arrived, started))
     keep_latency(table, name, inbox.latencies_ms)
     table.add(name, "delivered msgs/s", tally.delivered / elapsed if tally.delivered else 0.0)
     table.keep(name, "delivered msgs/s", tally.delivered / elapsed if tally.delivered else 0.0)

@@ -129,6 +129,7 @@ class Inbox:
         self.expected: set[tuple[str, str]] = set()
         self.counts: Counter[tuple[str, str]] = Counter()
         self.latencies_ms: list[float] = []
+        self.arrived: list[float] = []  # when each of ``latencies_ms`` was received (``time.time()``)
         self.last_receive = 0.0
         self.last_by_user: dict[str, float] = {}
         self._changed = asyncio.Event()
@@ -140,6 +141,7 @@ class Inbox:
         self.counts[(user_id, message_id)] += 1
         self.latencies_ms.append(latency_ms)
         self.last_receive = self.last_by_user[user_id] = time.time()
+        self.arrived.append(self.last_receive)
         self._changed.set()
 
     def missing(self) -> int:

@@ -4,6 +4,7 @@ a peer system, the figures both sides kept, side by side with their ratio."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 
@@ -18,6 +19,21 @@ def latency_summary(values_ms: list[float]) -> str:
     ordered = sorted(values_ms)
     parts = [f"{name} {percentile(ordered, q):.1f}" for name, q in (("p50", .5), ("p90", .9), ("p99", .99))]
     return " / ".join(parts) + f" / max {ordered[-1]:.1f} ms" if ordered else "no samples"
+
+
+def slowest_moments(latencies_ms: Sequence[float], arrived: Sequence[float], started: float, share: float = 0.01,
+                    window: float = 0.1) -> str:
+    """When the slowest ``share`` of the messages arrived, by ``window`` seconds of the run (from ``started``): how many
+    windows they fall in, and the one holding most of them. A stall (a pass over every socket, a flush) puts many in one
+    window; a tail spread thin over many is the machine's contention."""
+    if not latencies_ms:
+        return "no samples"
+    slow = sorted(range(len(latencies_ms)), key=latencies_ms.__getitem__)[-max(1, round(len(latencies_ms) * share)):]
+    windows = Counter(math.floor((arrived[i] - started) / window) for i in slow)
+    at, most = max(windows.items(), key=lambda item: (item[1], -item[0]))
+    worst = max(latencies_ms[i] for i in slow if math.floor((arrived[i] - started) / window) == at)
+    return (f"{len(slow):,} msgs in {len(windows):,} windows of {window * 1000:.0f} ms; most in one: {most:,} "
+            f"(at +{at * window:.1f} s, up to {worst:.1f} ms)")
 
 
 def grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
