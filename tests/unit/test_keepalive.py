@@ -8,7 +8,7 @@ from typing import Any
 
 from websockets.protocol import State
 
-from services.push.keepalive import Keepalive
+from services.push.keepalive import SLICE, Keepalive
 
 
 @dataclass
@@ -68,17 +68,18 @@ class Timed(Socket):
 
 
 async def test_a_pass_spreads_its_pings_over_the_interval_in_slices() -> None:
-    """250 sockets over 0.3 s: three slices (100, 100, 50), each pinged a third of the interval after the one before,
-    so no slice holds the loop for the whole node."""
-    sockets = [Timed(f"s{i}") for i in range(250)]
+    """Two and a half slices of sockets over 0.3 s: three slices, each pinged a third of the interval after the one
+    before, so no slice holds the loop for the whole node."""
+    count = SLICE * 5 // 2
+    sockets = [Timed(f"s{i}") for i in range(count)]
     keepalive = Keepalive(interval=0.3)
     for ws in sockets:
         keepalive.watch(ws)  # type: ignore[arg-type]
     start = asyncio.get_running_loop().time()
     await asyncio.wait_for(keepalive.ping_all(spread=0.3), 5)
     times = sorted(ws.pinged_at - start for ws in sockets if ws.pinged_at is not None)
-    assert len(times) == 250
-    slices = [times[:100], times[100:200], times[200:]]  # apart by the gaps below, so each is pinged together
+    assert len(times) == count
+    slices = [times[:SLICE], times[SLICE:2 * SLICE], times[2 * SLICE:]]  # apart by the gaps below: each pinged together
     assert slices[0][0] >= 0.09 and slices[1][0] - slices[0][-1] >= 0.09 and slices[2][0] - slices[1][-1] >= 0.09
 
 
