@@ -16,9 +16,9 @@ for the insert running when it came (tens of ms for a few posts of 200) before e
 If the store refuses or fails an early post (or its hand-over pipeline fails), its deliveries are closed in the inboxes
 (``withdraw``): a recipient online at that moment may have it, nobody gets it later, and the answer is 503 ("maybe
 delivered", as any 503 is "maybe stored"). After such a failure the posts that come keep the insert first, until one
-insert succeeds (as the first posts after a start do): a store going down costs at most the posts in flight when it
-went down. ``early=False`` (``HANDOVER_WHILE_STORING=0``) keeps it first always, for a business system that needs a
-503 to mean "sent to nobody".
+insert succeeds (as the first posts after a start do, unless the start's index creation reached the store): a store
+going down costs at most the posts in flight when it went down. ``early=False`` (``HANDOVER_WHILE_STORING=0``) keeps
+it first always, for a business system that needs a 503 to mean "sent to nobody".
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Acceptance:
         self.handover = handover
         self.redis = redis_breaker
         self.early = early
-        self.store_trusted = False  # the last insert succeeded: early hand-overs are on (off until the first does)
+        self.store_trusted = False  # the store's last write succeeded: early hand-overs are on (off until one does)
         self._handing: dict[Priority, Coalescer[Message, None]] = {tier: Coalescer(self.hand_early) for tier in TIERS}
         self._storing: dict[Priority, Coalescer[Submitted, ServiceError | None]] = {tier: Coalescer(self.write) for tier in TIERS}
         self._on_stream = dict.fromkeys(TIERS, 0)  # early posts in the store's lane: on the stream, which counts them

@@ -208,6 +208,7 @@ def create_app(config: CollectConfig) -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         try:
             await store.prepare()
+            acceptance.store_trusted = True  # the store answered a write: the first posts need not go insert-first
         except Unavailable as exc:
             log.warning("indexes not created yet", extra={"error": str(exc)})
         async with running(shedder.run()):

@@ -58,6 +58,14 @@ class NodeLink:
                 log.info("link open", extra={"node": self.card.id})
             return self._ws
 
+    async def warm(self) -> None:
+        """Open the link ahead of its first batch; a node that cannot be reached now is the first send's to report."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._connection()
+        except (LinkDown, TimeoutError):
+            pass
+
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for data in ws:
@@ -104,13 +112,14 @@ class NodeLink:
 
 
 class LinkPool:
-    """The links to the currently live nodes; a node that disappears has its link closed."""
+    """The links to the currently live nodes: a node that appears has its link opened, one that disappears closed."""
 
     def __init__(self, key: str, timeout: float, tls: ssl.SSLContext | None = None) -> None:
         self.key = key
         self.timeout = timeout
         self.tls = tls
         self.links: dict[str, NodeLink] = {}
+        self._opening = Background()
         self._closing = Background()
 
     def get(self, card: NodeCard) -> NodeLink:
@@ -120,11 +129,18 @@ class LinkPool:
         return link
 
     def retain(self, live: dict[str, NodeCard]) -> None:
-        """Close links to nodes that are gone, or that came back at another link URL. The closing handshake runs in
-        the background: a hung node's card expires while it does not answer, and nobody may wait for it."""
+        """Keep links to exactly the ``live`` nodes. Close those of nodes gone, or come back at another link URL, in
+        the background: a hung node's card expires while it does not answer, and nobody may wait for it. Open one to
+        each node not linked yet, in the background too, so its first batch does not wait for the handshake (a
+        millisecond or two, for the first messages after a start or a node's arrival)."""
         for node_id in [n for n, link in self.links.items() if n not in live or live[n].link_url != link.card.link_url]:
             self._closing.start(self.links.pop(node_id).close())
+        for card in live.values():
+            if card.id not in self.links:
+                self._opening.start(self.get(card).warm())
 
     async def close(self) -> None:
+        for task in self._opening.tasks:
+            task.cancel()
         self.retain({})
-        await asyncio.gather(*self._closing.tasks, return_exceptions=True)
+        await asyncio.gather(*self._opening.tasks, *self._closing.tasks, return_exceptions=True)

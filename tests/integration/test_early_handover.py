@@ -37,6 +37,20 @@ async def test_a_post_without_a_key_reaches_its_socket_while_its_insert_is_still
     await ws.close()
 
 
+async def test_the_first_post_after_a_start_goes_out_while_its_insert_runs(start_stack, cluster: Cluster) -> None:
+    """collect created its indexes at start, so it trusts the store from its first post: with no post before and
+    FerretDB stopped, that first post's message still arrives before its 202."""
+    stack, ferretdb = own_store(start_stack, cluster)
+    ws = await stack.client.connect("first-ever")
+    async with stopped(ferretdb):
+        posting = asyncio.create_task(stack.client.post({"user_id": "first-ever", "payload": "first"}))
+        frame = await next_frame(ws)
+        assert not posting.done(), f"the 202 came first (FerretDB's state: {ferretdb.state})"
+    code, body = await posting
+    assert (code, frame["payload"], frame["id"]) == (202, "first", body["id"]), body
+    await ws.close()
+
+
 @pytest.mark.parametrize(("env", "headers"), [({}, {"Idempotency-Key": "k-1"}), ({"HANDOVER_WHILE_STORING": "0"}, {})],
                          ids=["keyed post", "switched off"])
 async def test_a_keyed_post_or_any_post_with_the_setting_off_waits_for_its_insert(start_stack, cluster: Cluster,

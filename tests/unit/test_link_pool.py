@@ -104,15 +104,30 @@ async def test_a_node_that_never_answers_fails_the_batch_within_the_timeout(node
 
 
 async def test_the_pool_keeps_one_link_per_node_and_drops_those_of_nodes_gone_or_moved() -> None:
-    """The pool hands out one link per node id; ``retain`` keeps a node still live at the same link URL and drops a
-    node gone and a node now at another URL (whose next link uses the new URL)."""
+    """The pool hands out one link per node id; ``retain`` keeps a node still live at the same link URL, drops a
+    node gone, and gives a node now at another URL a new link to the new URL."""
     pool = LinkPool(KEY, timeout=1)
     stay, gone, moved = (NodeCard(n, f"ws://127.0.0.1:1/{n}", "ws://public") for n in ("stay", "gone", "moved"))
     links = {card.id: pool.get(card) for card in (stay, gone, moved)}
     assert pool.get(stay) is links["stay"]
     moved_now = NodeCard("moved", "ws://127.0.0.1:2/moved", "ws://public")
     pool.retain({"stay": stay, "moved": moved_now})
-    assert pool.links == {"stay": links["stay"]}
-    assert pool.get(moved_now).card.link_url == "ws://127.0.0.1:2/moved"
+    assert pool.links.keys() == {"stay", "moved"} and pool.links["stay"] is links["stay"]
+    assert pool.links["moved"] is not links["moved"] and pool.get(moved_now).card.link_url == "ws://127.0.0.1:2/moved"
     await pool.close()
     assert pool.links == {}
+
+
+async def test_a_node_the_pool_learns_of_is_linked_before_its_first_batch(node: Node) -> None:
+    """``retain`` opens the link to a new live node at once (in the background): the node sees the handshake, and the
+    first send goes over that link rather than opening one."""
+    pool = LinkPool(KEY, timeout=2)
+    pool.retain({NODE: node.card()})
+    await until(lambda: len(node.connections), lambda n: n == 1, what="the link opened by retain")
+    link = pool.get(node.card())
+    sending = asyncio.create_task(link.send(ITEMS, 0))
+    await until(lambda: node.batches, lambda b: b == [1], what="the first batch")
+    await node.answer(1, 1)
+    assert (await asyncio.wait_for(sending, 2)).delivered == 1
+    assert len(node.connections) == 1
+    await pool.close()
