@@ -155,12 +155,10 @@ class Forwarder:
                 log.warning("acknowledgements lost at shutdown", extra={"count": len(self._settled), "error": repr(exc)})
 
     async def cycle(self) -> None:
-        """One step: make sure the group exists, take stale or new entries, forward them. The live nodes are read
-        first (when stale), so a link to a node is open before the first entry for it arrives."""
+        """One step: make sure the group exists, take stale or new entries, forward them."""
         if not self._group_ready:
             await self.stream.ensure_group()
             self._group_ready = True
-        await self.live.get()
         try:
             entries: list[StreamEntry] = []
             if time.monotonic() >= self._next_claim:
