@@ -40,7 +40,7 @@ class PushConfig(RedisSettings, MongoSettings, InternalKeySettings, ProxySetting
     route_ttl: int = setting("ROUTE_TTL_SECONDS", 3600, "garbage-collection TTL of user routes", low=1)
     token_cache_size: int = setting("TOKEN_CACHE_SIZE", 100_000, "verified tokens kept until they expire", low=0)
     ping_interval: float = setting("PING_INTERVAL_SECONDS", 20.0, "every socket is pinged this often, by one task (`keepalive.py`); "
-                                   "a ping unanswered at the next is closed (1011)", low=0.1)
+                                   "a socket whose ping goes unanswered for as long is closed (1011)", low=0.1)
     max_frame_bytes: int = setting("MAX_FRAME_BYTES", 1024 * 1024, "largest frame accepted (client or dispatch)", low=1024)
     shutdown_grace: float = setting("SHUTDOWN_GRACE_SECONDS", 5.0, "wait for closing handshakes before cancelling", low=0)
     max_buffered_bytes: int = setting("MAX_BUFFERED_BYTES", 1024 * 1024,

@@ -19,7 +19,7 @@ class Socket:
     name: str
     state: State = State.OPEN
     paused: bool = False
-    pending_pings: dict[bytes, Any] = field(default_factory=dict)
+    pending_pings: dict[bytes, tuple[Any, float]] = field(default_factory=dict)  # as websockets': (pong future, sent at)
     closed_with: tuple[int, str] | None = None
 
     @property
@@ -29,7 +29,7 @@ class Socket:
     async def ping(self) -> None:
         if self.paused:
             await asyncio.Event().wait()
-        self.pending_pings[b"p"] = None
+        self.pending_pings[b"p"] = (None, asyncio.get_running_loop().time())
 
     async def close(self, code: int, reason: str) -> None:
         self.closed_with = (code, reason)
@@ -39,16 +39,19 @@ class Socket:
 
 
 async def test_a_pass_closes_the_silent_pings_the_open_and_skips_the_closing_and_the_backed_up_without_waiting() -> None:
-    """A socket with last pass's ping unanswered is closed with 1011; a backed-up or closing one is not pinged (a ping
-    would wait on it and hold up the rest); the others get a ping."""
-    silent, backed_up = Socket("silent", pending_pings={b"p": None}), Socket("backed-up", paused=True)
-    closing, lively = Socket("closing", state=State.CLOSING), Socket("lively")
+    """A socket with a ping unanswered for an interval is closed with 1011; one pinged less than an interval ago (its
+    place in the pass moved up) waits; a backed-up or closing one is not pinged (a ping would wait on it and hold up
+    the rest); the others get a ping."""
+    now = asyncio.get_running_loop().time()
+    silent, recent = Socket("silent", pending_pings={b"p": (None, now - 21)}), Socket("recent", pending_pings={b"p": (None, now - 5)})
+    backed_up, closing, lively = Socket("backed-up", paused=True), Socket("closing", state=State.CLOSING), Socket("lively")
     keepalive = Keepalive(interval=20)
-    for ws in (silent, backed_up, closing, lively):
+    for ws in (silent, recent, backed_up, closing, lively):
         keepalive.watch(ws)  # type: ignore[arg-type]
     await asyncio.wait_for(keepalive.ping_all(), 1)
     await asyncio.sleep(0)  # the close runs as a task of its own
     assert silent.closed_with == (1011, "keepalive ping timeout")
+    assert recent.closed_with is None and recent.pending_pings == {b"p": (None, now - 5)}
     assert lively.pending_pings and not backed_up.pending_pings and not closing.pending_pings
     assert backed_up.closed_with is None and closing.closed_with is None and lively.closed_with is None
 
