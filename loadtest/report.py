@@ -29,9 +29,10 @@ def slowest_moments(latencies_ms: Sequence[float], arrived: Sequence[float], sta
     if not latencies_ms:
         return "no samples"
     slow = sorted(range(len(latencies_ms)), key=latencies_ms.__getitem__)[-max(1, round(len(latencies_ms) * share)):]
-    windows = Counter(math.floor((arrived[i] - started) / window) for i in slow)
+    window_of = {i: math.floor((arrived[i] - started) / window) for i in slow}
+    windows = Counter(window_of.values())
     at, most = max(windows.items(), key=lambda item: (item[1], -item[0]))
-    worst = max(latencies_ms[i] for i in slow if math.floor((arrived[i] - started) / window) == at)
+    worst = max(latencies_ms[i] for i in slow if window_of[i] == at)
     return (f"{len(slow):,} msgs in {len(windows):,} windows of {window * 1000:.0f} ms; most in one: {most:,} "
             f"(at +{at * window:.1f} s, up to {worst:.1f} ms)")
 
