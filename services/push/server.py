@@ -95,7 +95,9 @@ class PushNode:
     async def serve(self, ws: ServerConnection) -> None:
         """Dispatch's link, or a browser's session (counted against its address while open)."""
         assert ws.request is not None  # set by the handshake
+        assert isinstance(ws, SessionConnection)  # the server's create_connection
         if urlsplit(ws.request.path).path == LINK_PATH:
+            ws.send_held()
             # A dispatch instance opens a link when it finds this node live. Just after the card was gone (Redis
             # unreachable past NODE_TTL_SECONDS, say during a Redis failover) it had taken the node for dead and
             # left its users' messages in their inboxes: send the open sessions what waits there.
@@ -108,7 +110,6 @@ class PushNode:
         # ~3 KB of an idle socket's ~19. The protocol's parser keeps the request itself for the connection's life, so
         # it is emptied in place.
         ws.request.path, ws.request.headers, ws.response = "", NO_HEADERS, None
-        assert isinstance(ws, SessionConnection)  # the server's create_connection
         self.addresses.opened(source)
         try:
             await self.sockets.serve(ws, upgrade)

@@ -39,6 +39,31 @@ async def test_user_on_node_receives_posted_message(any_shared_stack: RunningSta
     await ws.close()
 
 
+async def first_read_after_upgrade(stack: RunningStack, token: str) -> bytes:
+    """What one read gets from a push node right after a raw upgrade request for ``token``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.stack.push_ports[0])
+    try:
+        writer.write(f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        return await asyncio.wait_for(reader.read(65536), scaled(10))
+    finally:
+        writer.close()
+
+
+async def test_the_upgrade_answer_comes_in_one_write_with_the_welcome_or_the_refusal(shared_stack: RunningStack) -> None:
+    """A node writes its 101 together with the welcome frame once the token is checked and the route written (one
+    write where there were two), and together with the close frame for a token auth refuses."""
+    c = shared_stack.client
+    welcomed = await first_read_after_upgrade(shared_stack, await c.token("one-write"))
+    head, _, frames = welcomed.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert frames[0] == 0x81 and orjson.loads(frames[2:2 + frames[1]])["type"] == "welcome"
+    refused = await first_read_after_upgrade(shared_stack, "not-a-token")
+    head, _, frames = refused.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101") and frames[0] == 0x88  # a close frame
+    assert int.from_bytes(frames[2:4], "big") == 4001
+
+
 async def test_user_on_two_nodes_receives_on_both(any_shared_stack: RunningStack) -> None:
     """A user with one connection on each node receives the message on both."""
     c = any_shared_stack.client
