@@ -38,31 +38,30 @@ class SessionConnection(TextTaker, ServerConnection):
     An upgrade's ``101 Switching Protocols`` is held back and written with the connection's next bytes, one write for
     both: for a session, its welcome frame (or the close that refuses it), sent once its token is checked and its route
     written; the client waits for either anyway. A write to the socket costs a node about a tenth of a connect. Nothing
-    writes a session's transport directly before its welcome (the hub writes only to welcomed sessions), so every
-    first write goes through ``send_data``; dispatch's link, which speaks only after its peer, is sent the 101 at once
-    (``send_held``).
+    writes a session's transport directly before its welcome (the hub holds a session's frames until its replay, which
+    begins after the welcome), so that first write goes through ``send_data``; dispatch's link, which speaks only after
+    its peer, is sent the 101 at once (``send_held``).
     """
 
-    _held: bytes | None = None  # the 101, until the next write
-    _upgraded = False  # whether the 101 went out or is held
+    _held: bytes | None = None  # None until the upgrade; then the held 101; b"" once written
 
     def send_data(self) -> None:
-        if not self._upgraded and self.protocol.state is OPEN:  # the first write since the upgrade: the 101 alone
-            self._upgraded = True
+        held = self._held
+        if held is None and self.protocol.state is OPEN:  # the first write since the upgrade: the 101 alone
             self._held = b"".join(self.protocol.data_to_send())
             return
-        if self._held is not None:
+        if held:
             writes = self.protocol.writes
             if writes and writes[0]:
-                writes[0] = self._held + writes[0]
+                writes[0] = held + writes[0]
             else:
-                writes.insert(0, self._held)
-            self._held = None
+                writes.insert(0, held)
+            self._held = b""
         super().send_data()
 
     def send_held(self) -> None:
         """Write the held 101 now, on a connection whose client speaks first."""
-        if self._held is not None:
+        if self._held:
             self.send_data()
 
 
