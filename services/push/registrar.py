@@ -79,7 +79,7 @@ class Registrar:
         self._waiters.append(waiter)
         self._wake.set()
         try:
-            async with asyncio.timeout(timeout):  # not wait_for: its own future and callbacks cost a twentieth of a connect
+            async with asyncio.timeout(timeout):  # not wait_for, which wraps the waiter in a future and a callback of its own
                 await waiter
         except TimeoutError:
             raise Unavailable(failure) from None
