@@ -42,7 +42,8 @@ NODES_KEY = "{nodes}"  # the hash tag puts the cards and their index on one slot
 
 # KEYS: route hashes; ARGV: node id, ttl, then per hash this node's count of the user's sockets. A count > 0 sets the
 # node's field and renews the TTL; 0 drops the field. One call per slot instead of two pipelined commands per user,
-# whose replies redis-py reads for ~7 µs each.
+# whose replies redis-py reads for ~7 µs each (Redis spends a little more on a script call: loadtest/README.md,
+# "A connect's cost").
 WRITE_ROUTES = """
 local node, ttl = ARGV[1], ARGV[2]
 for i, key in ipairs(KEYS) do
