@@ -13,6 +13,7 @@ one of ``TRUSTED_PROXIES`` and says who it serves, in a PROXY protocol header (`
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import OPEN
@@ -43,7 +44,12 @@ class SessionConnection(TextTaker, ServerConnection):
     its peer, is sent the 101 at once (``send_held``).
     """
 
-    _held: bytes | None = None  # None until the upgrade; then the held 101; b"" once written
+    __slots__ = ("_held",)  # slots, as ``TextTaker``'s
+    _held: bytes | None  # None until the upgrade; then the held 101; b"" once written
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._held = None
 
     def send_data(self) -> None:
         held = self._held
@@ -69,8 +75,13 @@ class ProxiedConnection(SessionConnection):
     """A listener behind a balancer that speaks the PROXY protocol: a header before the HTTP request is taken
     off here (a connection without one is served as it is); a malformed one closes the connection."""
 
-    proxy_source: str | None = None  # the client the header named
-    _head: bytes | None = b""  # bytes received while the header is incomplete; None once it was read
+    __slots__ = ("_head", "proxy_source")
+    proxy_source: str | None  # the client the header named
+    _head: bytes | None  # bytes received while the header is incomplete; None once it was read
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proxy_source, self._head = None, b""
 
     def data_received(self, data: bytes) -> None:
         if self._head is None:

@@ -42,9 +42,25 @@ class Replayer:
         self.page = page
         self.gate = asyncio.Semaphore(concurrency)
         self._catch_ups = Background()
+        self._replays: dict[Session, asyncio.Task[None]] = {}  # each session's first replay, while it runs
         # Replays running at once share their Redis reads: one pipeline for all their inboxes, one for frames.
         self._inboxes: Coalescer[str, list[str]] = Coalescer(lambda users: inbox.pending(users, limit))
         self._frames: Coalescer[str, bytes | None] = Coalescer(lambda ids: inbox.frames(ids, now_ms()))
+
+    def start(self, session: Session) -> None:
+        """Run ``session``'s replay beside its reads. Its task is let go once done (a finished task and its coroutine
+        are ~0.5 KB an idle socket would otherwise keep)."""
+        task = asyncio.create_task(self.replay(session))
+        self._replays[session] = task
+        task.add_done_callback(lambda _: self._replays.pop(session, None))
+
+    async def stop(self, session: Session) -> None:
+        """Cancel ``session``'s replay if it still runs, and wait for it (a bug in it still surfaces: asyncio logs an
+        unretrieved error)."""
+        task = self._replays.get(session)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
 
     async def replay(self, session: Session) -> None:
         """Send what is pending, then let live frames through; retry while Redis fails and the socket is open."""

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
 
 from services.push.acks import Acks
 from services.push.config import PushConfig
@@ -32,7 +31,7 @@ from services.push.recovery import TopicReads
 from services.push.registrar import Registrar
 from services.push.replay import NOT_YET, Replayer
 from services.push.sequencer import Sequencer
-from services.push.sockets import SocketHandler, Upgrade
+from services.push.sockets import SocketHandler
 from shared.cluster.routes import NodeCard, RouteReader, RouteWriter, directory
 from shared.cluster.topic_log import TopicLog
 from shared.delivery.inbox import Inbox
@@ -44,7 +43,6 @@ from shared.infra.clock import now_ms
 from shared.infra.serve import running
 
 log = logging.getLogger(__name__)
-NO_HEADERS = Headers()  # every session's request's, once its own were read (``PushNode.serve``)
 LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands of SYN retries of 1 s and more)
 
 
@@ -105,14 +103,10 @@ class PushNode:
                 self.replayer.catch_up("a dispatch link opened after the node card was gone")
             await serve_link(ws, self.hub, self.lifecycle, self.config.node_id, self.sequencer)
             return
-        source, upgrade = client_address(ws, self.config.trusted_proxies), Upgrade.of(ws.request)
-        # Nothing reads the handshake's request and response past here: let their headers and the path (the token) go,
-        # ~3 KB of an idle socket's ~19. The protocol's parser keeps the request itself for the connection's life, so
-        # it is emptied in place.
-        ws.request.path, ws.request.headers, ws.response = "", NO_HEADERS, None
+        source = client_address(ws, self.config.trusted_proxies)
         self.addresses.opened(source)
         try:
-            await self.sockets.serve(ws, upgrade)
+            await self.sockets.serve(ws)
         finally:
             self.addresses.closed(source)
 

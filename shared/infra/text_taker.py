@@ -10,6 +10,7 @@ takes its browsers' acks this way (``services.push.connection``), and the load g
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from websockets.asyncio.connection import Connection
 from websockets.frames import Frame, Opcode
@@ -17,7 +18,14 @@ from websockets.protocol import Event
 
 
 class TextTaker(Connection):
-    take_text: Callable[[bytes], bool] | None = None  # True: the frame was taken
+    # A slot, not an instance attribute: websockets' connection already has ~28, and one more set after its __init__
+    # turned a push node's connection ``__dict__`` from a shared-key one into a table of its own (+1.5 KB a socket).
+    __slots__ = ("take_text",)
+    take_text: Callable[[bytes], bool] | None  # True: the frame was taken
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.take_text = None
 
     def process_event(self, event: Event) -> None:
         if (self.take_text is not None and isinstance(event, Frame) and event.opcode is Opcode.TEXT and event.fin
