@@ -39,6 +39,12 @@ TOPIC_USERS_LIMIT = 1000
 DRAIN_PATH = "/v1/drain"  # POST, signed like the dispatch link: start draining this node
 
 
+def target_path(target: str) -> str:
+    """The path of an HTTP request's target: an origin-form one (``/ws?token=...``, what clients send) cut at its
+    query, any other through ``urlsplit`` (a few µs, paid three times per connect when every target took it)."""
+    return target.partition("?")[0] if target.startswith("/") else urlsplit(target).path
+
+
 def http_response(body: bytes | dict[str, Any], status: int, headers: dict[str, str] | None = None,
                   content_type: str = "application/json") -> Response:
     """A plain HTTP answer; websockets closes the connection after it, so it says so (a client must not reuse it)."""
@@ -59,7 +65,7 @@ class Gate:
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """An answer for a plain HTTP request or a refused upgrade; None lets the upgrade through."""
-        path = urlsplit(request.path).path
+        path = target_path(request.path)
         try:
             if path == "/healthz":
                 return http_response(*health_answer(await self.health()))
@@ -96,6 +102,6 @@ class Gate:
 
     def process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
         """On an admitted dispatch link, prove this node holds the internal key too (bound to dispatch's nonce)."""
-        if response.status_code == 101 and urlsplit(request.path).path == LINK_PATH:
+        if response.status_code == 101 and target_path(request.path) == LINK_PATH:
             link = LinkRequest.from_headers(request.headers, request.method, LINK_PATH)
             response.headers[PROOF_HEADER] = link.answer(self.config.internal_key)

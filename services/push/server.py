@@ -11,7 +11,6 @@ import logging
 import signal
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from websockets.asyncio.server import ServerConnection, serve
@@ -20,7 +19,7 @@ from services.push.acks import Acks
 from services.push.config import PushConfig
 from services.push.connection import ProxiedConnection, SessionConnection, client_address
 from services.push.drain import Drain
-from services.push.gate import LINK_PATH, Gate
+from services.push.gate import LINK_PATH, Gate, target_path
 from services.push.hub import Hub
 from services.push.identity import TokenVerifier
 from services.push.keepalive import Keepalive
@@ -43,6 +42,7 @@ from shared.infra.clock import now_ms
 from shared.infra.serve import running
 
 log = logging.getLogger(__name__)
+WEBSOCKETS_LOG = logging.getLogger("websockets.server")  # given to each connection: by name, each looked it up
 LISTEN_BACKLOG = 4096  # asyncio's 100 overflows in a reconnect storm (thousands of SYN retries of 1 s and more)
 
 
@@ -94,7 +94,7 @@ class PushNode:
         """Dispatch's link, or a browser's session (counted against its address while open)."""
         assert ws.request is not None  # set by the handshake
         assert isinstance(ws, SessionConnection)  # the server's create_connection
-        if urlsplit(ws.request.path).path == LINK_PATH:
+        if target_path(ws.request.path) == LINK_PATH:
             ws.send_held()
             # A dispatch instance opens a link when it finds this node live. Just after the card was gone (Redis
             # unreachable past NODE_TTL_SECONDS, say during a Redis failover) it had taken the node for dead and
@@ -123,7 +123,7 @@ class PushNode:
                 self.handle, c.host, c.port, process_request=self.gate.process_request,
                 process_response=self.gate.process_response, compression=None,
                 ping_interval=None, max_size=c.max_frame_bytes,
-                server_header=None, backlog=LISTEN_BACKLOG, ssl=c.tls(),
+                server_header=None, backlog=LISTEN_BACKLOG, logger=WEBSOCKETS_LOG, ssl=c.tls(),
                 create_connection=ProxiedConnection if c.proxy_protocol else SessionConnection,
             )
             async with running(self.registrar.run_flusher(), self.registrar.run_heartbeat(), self.lifecycle.run(),

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import partial
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.datastructures import Headers
@@ -70,7 +70,7 @@ class Upgrade:
 
     @classmethod
     def of(cls, request: Request) -> Upgrade:
-        query = parse_qs(urlsplit(request.path).query)
+        query = parse_qs(request.path.partition("?")[2])
         bundles = query.get("bundle", [""])[0] == "1"
         if query.get("token"):
             return cls(query["token"][0], bundles)
