@@ -187,16 +187,19 @@ async def test_a_master_killed_under_load_loses_nothing_accepted_and_delivery_re
 
 @pytest.mark.parametrize("topology", ["replicated"], indirect=True)
 async def test_a_post_no_replica_confirms_is_answered_503_not_202(start_stack, topology: str) -> None:
-    """With REPLICA_ACKS=1, a post whose hand-over a stalled replica cannot confirm gets 503 (a failover could lose
-    it); once the replica reads again, posts get 202 and arrive."""
+    """With REPLICA_ACKS=1, a post whose hand-over stalled replicas cannot confirm gets 503 (a failover could lose
+    it); once they read again, posts get 202 and arrive. Every replica is stalled: a post writes to two or three of
+    the masters (its user's inbox, its stream shard), and a master it did not write to has nothing to confirm."""
     stack: RunningStack = start_stack(REPLICA_ACK_MS="300")
     ws = await stack.client.connect("acked-twice")
-    replica = stack.redis[3]
-    replica.popen.send_signal(signal.SIGSTOP)
+    replicas = stack.redis[3:]
+    for replica in replicas:
+        replica.popen.send_signal(signal.SIGSTOP)
     try:
         status, body = await stack.client.post({"user_id": "acked-twice", "payload": "one copy only"})
     finally:
-        replica.popen.send_signal(signal.SIGCONT)
+        for replica in replicas:
+            replica.popen.send_signal(signal.SIGCONT)
     assert status == 503, body
     posted = await stack.client.post_until_accepted({"user_id": "acked-twice", "payload": "two copies"})
     async with asyncio.timeout(scaled(30)):  # the refused post may arrive too: a 503 means "maybe stored"
